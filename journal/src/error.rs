@@ -1,0 +1,145 @@
+//! The journal's one error type. Every message names the journal file or stream and
+//! says what to do next, because operators read these at 3 a.m.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong in the journal.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The file exists but was not written by rekey (or is not SQLite at all).
+    #[error(
+        "{path}: not a rekey journal ({reason}); point --journal at a journal rekey created, or at a path that does not exist yet"
+    )]
+    NotAJournal { path: PathBuf, reason: String },
+
+    /// The journal was written by a newer rekey; we refuse rather than guess.
+    #[error(
+        "{path}: journal schema version {found} is newer than the newest this rekey understands ({supported}); upgrade rekey to open it (nothing was changed)"
+    )]
+    NewerSchema {
+        path: PathBuf,
+        found: i64,
+        supported: i64,
+    },
+
+    /// The journal file or its directory cannot be written.
+    #[error(
+        "{path}: the journal is read-only ({reason}); rekey must append to it: make it writable, or use the read-only commands (journal verify/show/export)"
+    )]
+    ReadOnly { path: PathBuf, reason: String },
+
+    /// SQLite could not be set to the durability rekey requires.
+    #[error(
+        "{path}: cannot make the journal durable: {setting} is {found}, rekey requires {required}; is the file on a file system that supports SQLite WAL?"
+    )]
+    NotDurable {
+        path: PathBuf,
+        setting: &'static str,
+        found: String,
+        required: &'static str,
+    },
+
+    /// Optimistic concurrency: someone else appended to the stream first.
+    #[error(
+        "stream {stream}: append expected the stream at sequence {expected} but it is at {actual}; another writer appended first: re-read the stream and decide again"
+    )]
+    Conflict {
+        stream: String,
+        expected: u64,
+        actual: u64,
+    },
+
+    /// The writer's fencing token is not the current lease's.
+    #[error(
+        "stream {stream}: lease token {presented} is stale (the lease is now token {current}, held by {holder}); this runner must stop driving the stream"
+    )]
+    StaleFence {
+        stream: String,
+        presented: u64,
+        current: u64,
+        holder: String,
+    },
+
+    /// The writer's lease ran out before it appended.
+    #[error(
+        "stream {stream}: lease token {token} expired at {expired_at_ms} ms; renew the lease before appending, or stop driving the stream"
+    )]
+    LeaseExpired {
+        stream: String,
+        token: u64,
+        expired_at_ms: i64,
+    },
+
+    /// Another owner holds a live lease on the stream.
+    #[error(
+        "stream {stream}: leased by {holder} until {expires_at_ms} ms; another runner is driving it: wait for it to finish or for the lease to expire"
+    )]
+    LeaseHeld {
+        stream: String,
+        holder: String,
+        expires_at_ms: i64,
+    },
+
+    /// An event was refused before it touched the journal.
+    #[error("stream {stream}: event refused: {reason}")]
+    InvalidEvent { stream: String, reason: String },
+
+    /// An event is larger than the journal accepts.
+    #[error(
+        "stream {stream}: event {kind} is {size} bytes, over the {max}-byte limit; events carry ids and metadata only, never bulk data"
+    )]
+    EventTooLarge {
+        stream: String,
+        kind: String,
+        size: usize,
+        max: usize,
+    },
+
+    /// A read found history that does not chain: the journal was edited outside rekey.
+    #[error(
+        "stream {stream}: journal is corrupt at sequence {seq}: {detail}; run `rekey journal verify` and restore the journal from a backup"
+    )]
+    Corrupt {
+        stream: String,
+        seq: u64,
+        detail: String,
+    },
+
+    /// The journal was opened read-only and cannot take writes.
+    #[error("the journal was opened read-only; open it writable to append or take leases")]
+    OpenedReadOnly,
+
+    /// The background writer stopped (the journal was closed or the writer failed).
+    #[error("the journal writer has stopped; reopen the journal")]
+    WriterStopped,
+
+    /// Any other SQLite failure, with what we were doing.
+    #[error("journal {context}: {source}")]
+    Sqlite {
+        context: String,
+        #[source]
+        source: rusqlite::Error,
+    },
+}
+
+impl Error {
+    pub(crate) fn sqlite(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
+        let context = context.into();
+        move |source| Error::Sqlite { context, source }
+    }
+
+    /// True when retrying the same call later may succeed (the database was busy).
+    pub fn is_transient(&self) -> bool {
+        matches!(
+            self,
+            Error::Sqlite {
+                source: rusqlite::Error::SqliteFailure(e, _),
+                ..
+            } if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+        )
+    }
+}
+
+/// The journal's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,35 @@
+//! rekey's journal: a durable, hash-chained, append-only event store.
+//!
+//! Every rotation is one stream of immutable events. Appends are optimistic (the writer
+//! states the sequence it expects) and fenced (the writer presents its lease token), so two
+//! runners can never both drive one stream. Each event's hash covers the previous event's
+//! hash, so any edit, deletion, reorder or truncation is found by `verify`.
+//!
+//! Architecture invariant: this crate knows nothing of secrets, sagas or providers. It
+//! stores opaque JSON objects and never interprets them.
+
+mod api;
+mod clock;
+mod error;
+mod event;
+mod memory;
+mod ops;
+mod schema;
+mod sqlite;
+mod verify;
+
+pub use api::{
+    Append, Appended, Fence, Head, JournalAppend, JournalRead, JournalScan, Lease, Leases,
+    StreamFilter, StreamInfo, Timer,
+};
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Result};
+pub use event::{
+    APPEND_EVENTS_MAX, Digest32, EVENT_BYTES_MAX, Event, KIND_BYTES_MAX, NewEvent,
+    STREAM_ID_BYTES_MAX, TimerOp, chain_hash,
+};
+pub use memory::MemoryJournal;
+pub use ops::DEFAULT_STATUS;
+pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+pub use sqlite::SqliteJournal;
+pub use verify::{BrokenLink, VerifyReport};

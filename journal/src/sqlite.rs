@@ -1,0 +1,746 @@
+//! The embedded engine: one SQLite file in WAL mode with `synchronous=FULL`.
+//!
+//! All writes go through one writer thread that owns the write connection. It takes
+//! every request waiting in its queue, runs each in its own savepoint inside one
+//! transaction, commits once (one fsync), and only then answers each request: group
+//! commit, with per-request results. Reads use a separate connection and never wait
+//! for the writer.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension, params};
+use tokio::sync::oneshot;
+
+use crate::api::{
+    Append, Appended, Head, JournalAppend, JournalRead, JournalScan, Lease, Leases, StreamFilter,
+    StreamInfo, Timer,
+};
+use crate::clock::{Clock, SystemClock};
+use crate::error::{Error, Result};
+use crate::event::{Digest32, Event, check_links};
+use crate::ops::{self, DEFAULT_STATUS, HeadUpdate, WriteStore};
+use crate::schema::{self, Found};
+use crate::verify::{Verifier, VerifyReport};
+
+/// Most requests folded into one transaction.
+const BATCH_REQUESTS_MAX: usize = 1024;
+/// How long SQLite waits for another process's write lock before reporting busy.
+const BUSY_TIMEOUT_MS: u64 = 5_000;
+
+type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A write request for the writer thread.
+enum Request {
+    Append(Append, Reply<Appended>),
+    Acquire {
+        stream_id: String,
+        owner: String,
+        ttl_ms: i64,
+        reply: Reply<Lease>,
+    },
+    Renew(Lease, i64, Reply<Lease>),
+    Release(Lease, Reply<()>),
+}
+
+/// A journal in a SQLite file.
+#[derive(Debug)]
+pub struct SqliteJournal {
+    path: PathBuf,
+    reader: Mutex<Connection>,
+    writer: Option<Writer>,
+    clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug)]
+struct Writer {
+    queue: mpsc::Sender<Request>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Request")
+    }
+}
+
+impl SqliteJournal {
+    /// Opens (or creates) the journal at `path` for reading and writing, stamped by the
+    /// system clock.
+    ///
+    /// # Errors
+    /// [`Error::NotAJournal`], [`Error::NewerSchema`], [`Error::ReadOnly`],
+    /// [`Error::NotDurable`]; in every case the file is left as it was.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::open_with_clock(path, Arc::new(SystemClock))
+    }
+
+    /// As [`SqliteJournal::open`], with an injected clock.
+    ///
+    /// # Errors
+    /// As [`SqliteJournal::open`].
+    pub fn open_with_clock(path: impl AsRef<Path>, clock: Arc<dyn Clock>) -> Result<Self> {
+        let path = path.as_ref().to_owned();
+        refuse_read_only_file(&path)?;
+        let mut write = Connection::open_with_flags(
+            &path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE
+                | OpenFlags::SQLITE_OPEN_CREATE
+                | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| schema::readonly_or(e, &path, "opening the journal"))?;
+        set_busy_timeout(&write)?;
+        let found = schema::inspect(&write, &path)?;
+        schema::make_durable(&write, &path)?;
+        let from = match found {
+            Found::Empty => 0,
+            Found::Journal(v) => v,
+        };
+        schema::migrate(&mut write, &path, from)?;
+        let reader = open_reader(&path)?;
+
+        let (queue, requests) = mpsc::channel();
+        let writer_clock = clock.clone();
+        let thread = std::thread::Builder::new()
+            .name("rekey-journal-writer".into())
+            .spawn(move || write_loop(write, requests, writer_clock))
+            .map_err(|e| Error::Sqlite {
+                context: format!("starting the writer thread: {e}"),
+                source: rusqlite::Error::InvalidQuery,
+            })?;
+        Ok(Self {
+            path,
+            reader: Mutex::new(reader),
+            writer: Some(Writer {
+                queue,
+                thread: Some(thread),
+            }),
+            clock,
+        })
+    }
+
+    /// Opens an existing journal for reading only (auditors, `verify`, `export`). Nothing is
+    /// ever written, so a read-only copy of a journal can be checked.
+    ///
+    /// # Errors
+    /// [`Error::NotAJournal`] (also when the file does not exist) and [`Error::NewerSchema`].
+    pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_owned();
+        if !path.is_file() {
+            return Err(Error::NotAJournal {
+                path,
+                reason: "no such file".into(),
+            });
+        }
+        let reader = open_reader(&path)?;
+        match schema::inspect(&reader, &path)? {
+            Found::Journal(v) if v == schema::SCHEMA_VERSION => {}
+            Found::Journal(v) => {
+                return Err(Error::NotAJournal {
+                    path,
+                    reason: format!(
+                        "schema version {v} is older than {}; open it writable once to migrate",
+                        schema::SCHEMA_VERSION
+                    ),
+                });
+            }
+            Found::Empty => {
+                return Err(Error::NotAJournal {
+                    path,
+                    reason: "the file is empty".into(),
+                });
+            }
+        }
+        Ok(Self {
+            path,
+            reader: Mutex::new(reader),
+            writer: None,
+            clock: Arc::new(SystemClock),
+        })
+    }
+
+    /// The journal's file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The clock stamping this journal's events.
+    pub fn clock(&self) -> &Arc<dyn Clock> {
+        &self.clock
+    }
+
+    async fn request<T>(&self, make: impl FnOnce(Reply<T>) -> Request) -> Result<T> {
+        let writer = self.writer.as_ref().ok_or(Error::OpenedReadOnly)?;
+        let (tx, rx) = oneshot::channel();
+        writer
+            .queue
+            .send(make(tx))
+            .map_err(|_| Error::WriterStopped)?;
+        rx.await.map_err(|_| Error::WriterStopped)?
+    }
+
+    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
+        f(&conn)
+    }
+
+    /// The head of every stream, for export and later truncation checks.
+    ///
+    /// # Errors
+    /// Storage errors, or [`Error::Corrupt`] for a malformed head hash.
+    pub fn heads(&self) -> Result<Vec<Head>> {
+        self.with_reader(|c| {
+            let mut stmt = c
+                .prepare("SELECT stream_id, head_seq, head_hash FROM streams ORDER BY stream_id")
+                .map_err(Error::sqlite("reading stream heads"))?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, i64>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                    ))
+                })
+                .map_err(Error::sqlite("reading stream heads"))?;
+            let mut heads = Vec::new();
+            for row in rows {
+                let (stream_id, seq, hash) = row.map_err(Error::sqlite("reading stream heads"))?;
+                let hash = digest(&stream_id, seq as u64, &hash)?;
+                heads.push(Head {
+                    stream_id,
+                    seq: seq as u64,
+                    hash,
+                });
+            }
+            Ok(heads)
+        })
+    }
+
+    /// Recomputes every chain and checks it against the recorded heads and, when given,
+    /// heads exported earlier (which detects truncation of a stream's tail).
+    ///
+    /// # Errors
+    /// Storage errors only; a broken chain is a report, not an error.
+    pub fn verify(&self, exported: Option<&[Head]>) -> Result<VerifyReport> {
+        let recorded = self.heads()?;
+        self.with_reader(|c| {
+            let mut verifier = Verifier::new(recorded, exported);
+            let mut stmt = c
+                .prepare(&format!("{SELECT_EVENT} ORDER BY stream_id, stream_seq"))
+                .map_err(Error::sqlite("reading events to verify"))?;
+            let mut rows = stmt
+                .query([])
+                .map_err(Error::sqlite("reading events to verify"))?;
+            while let Some(row) = rows.next().map_err(Error::sqlite("reading events"))? {
+                match row_to_event(row) {
+                    Ok(event) => {
+                        if !verifier.feed(&event) {
+                            break;
+                        }
+                    }
+                    // A row that cannot even be decoded is the first broken link.
+                    Err(Error::Corrupt {
+                        stream,
+                        seq,
+                        detail,
+                    }) => {
+                        let mut report = verifier.finish();
+                        report.broken = Some(crate::verify::BrokenLink {
+                            stream_id: stream,
+                            seq,
+                            what: detail,
+                            expected: "a well-formed event row".into(),
+                            found: "a malformed row".into(),
+                        });
+                        return Ok(report);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(verifier.finish())
+        })
+    }
+}
+
+impl Drop for SqliteJournal {
+    fn drop(&mut self) {
+        if let Some(mut writer) = self.writer.take() {
+            drop(writer.queue);
+            if let Some(thread) = writer.thread.take() {
+                let _ = thread.join();
+            }
+        }
+    }
+}
+
+/// Root ignores file modes, so the mode is checked here: a journal marked read-only is
+/// never written, whoever runs rekey.
+fn refuse_read_only_file(path: &Path) -> Result<()> {
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().readonly()
+    {
+        return Err(Error::ReadOnly {
+            path: path.to_owned(),
+            reason: "the file's permissions forbid writing".into(),
+        });
+    }
+    Ok(())
+}
+
+fn set_busy_timeout(conn: &Connection) -> Result<()> {
+    conn.busy_timeout(std::time::Duration::from_millis(BUSY_TIMEOUT_MS))
+        .map_err(Error::sqlite("setting the busy timeout"))
+}
+
+fn open_reader(path: &Path) -> Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|e| match e {
+        rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
+            Error::NotAJournal {
+                path: path.to_owned(),
+                reason: "the file is not a SQLite database".into(),
+            }
+        }
+        other => Error::Sqlite {
+            context: format!("opening {} for reading", path.display()),
+            source: other,
+        },
+    })?;
+    set_busy_timeout(&conn)?;
+    Ok(conn)
+}
+
+fn write_loop(mut conn: Connection, requests: mpsc::Receiver<Request>, clock: Arc<dyn Clock>) {
+    while let Ok(first) = requests.recv() {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_REQUESTS_MAX {
+            match requests.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, batch, clock.now_ms());
+    }
+}
+
+/// A finished request waiting for its commit before its answer is sent.
+enum Done {
+    Appended(Reply<Appended>, Result<Appended>),
+    Lease(Reply<Lease>, Result<Lease>),
+    Released(Reply<()>, Result<()>),
+}
+
+fn commit_batch(conn: &mut Connection, batch: Vec<Request>, now_ms: i64) {
+    let mut done = Vec::with_capacity(batch.len());
+    let outcome = (|| -> Result<()> {
+        let mut tx = conn
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(Error::sqlite("starting a write transaction"))?;
+        for request in batch {
+            let mut sp = tx
+                .savepoint()
+                .map_err(Error::sqlite("starting a savepoint"))?;
+            let mut store = SqlStore(&sp);
+            let (finished, ok) = match request {
+                Request::Append(a, reply) => {
+                    let r = ops::append(&mut store, &a, now_ms);
+                    let ok = r.is_ok();
+                    (Done::Appended(reply, r), ok)
+                }
+                Request::Acquire {
+                    stream_id,
+                    owner,
+                    ttl_ms,
+                    reply,
+                } => {
+                    let r = ops::acquire(&mut store, &stream_id, &owner, ttl_ms, now_ms);
+                    let ok = r.is_ok();
+                    (Done::Lease(reply, r), ok)
+                }
+                Request::Renew(lease, ttl_ms, reply) => {
+                    let r = ops::renew(&mut store, &lease, ttl_ms, now_ms);
+                    let ok = r.is_ok();
+                    (Done::Lease(reply, r), ok)
+                }
+                Request::Release(lease, reply) => {
+                    let r = ops::release(&mut store, &lease, now_ms);
+                    let ok = r.is_ok();
+                    (Done::Released(reply, r), ok)
+                }
+            };
+            if ok {
+                sp.commit()
+                    .map_err(Error::sqlite("releasing a savepoint"))?;
+            } else {
+                sp.rollback()
+                    .map_err(Error::sqlite("rolling back a savepoint"))?;
+                drop(sp);
+            }
+            done.push(finished);
+        }
+        // Commit is the fsync (WAL + synchronous=FULL): nobody hears "ok" before it.
+        tx.commit().map_err(Error::sqlite("committing"))
+    })();
+    for d in done {
+        let failed = |e: &Error| Error::Sqlite {
+            context: format!("the batch commit failed, nothing was written: {e}"),
+            source: rusqlite::Error::InvalidQuery,
+        };
+        match (d, &outcome) {
+            (Done::Appended(reply, r), Ok(())) => drop(reply.send(r)),
+            (Done::Appended(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
+            (Done::Lease(reply, r), Ok(())) => drop(reply.send(r)),
+            (Done::Lease(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
+            (Done::Released(reply, r), Ok(())) => drop(reply.send(r)),
+            (Done::Released(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
+        }
+    }
+}
+
+/// [`WriteStore`] over a SQLite transaction or savepoint.
+struct SqlStore<'c>(&'c Connection);
+
+impl WriteStore for SqlStore<'_> {
+    fn head(&mut self, stream_id: &str) -> Result<Option<(u64, Digest32)>> {
+        let row: Option<(i64, Vec<u8>)> = self
+            .0
+            .prepare_cached("SELECT head_seq, head_hash FROM streams WHERE stream_id = ?1")
+            .and_then(|mut s| {
+                s.query_row([stream_id], |r| Ok((r.get(0)?, r.get(1)?)))
+                    .optional()
+            })
+            .map_err(Error::sqlite(format!("reading the head of {stream_id}")))?;
+        row.map(|(seq, hash)| Ok((seq as u64, digest(stream_id, seq as u64, &hash)?)))
+            .transpose()
+    }
+
+    fn lease(&mut self, stream_id: &str) -> Result<Option<Lease>> {
+        self.0
+            .prepare_cached("SELECT owner, token, expires_at_ms FROM leases WHERE stream_id = ?1")
+            .and_then(|mut s| {
+                s.query_row([stream_id], |r| {
+                    Ok(Lease {
+                        stream_id: stream_id.to_owned(),
+                        owner: r.get(0)?,
+                        token: r.get::<_, i64>(1)? as u64,
+                        expires_at_ms: r.get(2)?,
+                    })
+                })
+                .optional()
+            })
+            .map_err(Error::sqlite(format!("reading the lease of {stream_id}")))
+    }
+
+    fn put_lease(&mut self, l: &Lease) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO leases (stream_id, owner, token, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
+                 ON CONFLICT (stream_id) DO UPDATE SET owner = ?2, token = ?3, expires_at_ms = ?4",
+            )
+            .and_then(|mut s| {
+                s.execute(params![l.stream_id, l.owner, l.token as i64, l.expires_at_ms])
+            })
+            .map(drop)
+            .map_err(Error::sqlite(format!("writing the lease of {}", l.stream_id)))
+    }
+
+    fn insert_event(&mut self, e: &Event) -> Result<u64> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO events (stream_id, stream_seq, kind, schema_version, recorded_at_ms,
+                                     payload, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+            )
+            .and_then(|mut s| {
+                s.execute(params![
+                    e.stream_id,
+                    e.stream_seq as i64,
+                    e.kind,
+                    e.schema_version,
+                    e.recorded_at_ms,
+                    e.payload,
+                    &e.prev_hash.0[..],
+                    &e.hash.0[..],
+                ])
+            })
+            .map_err(Error::sqlite(format!("appending to {}", e.stream_id)))?;
+        Ok(self.0.last_insert_rowid() as u64)
+    }
+
+    fn put_head(&mut self, h: &HeadUpdate<'_>) -> Result<()> {
+        let result = if h.created {
+            self.0
+                .prepare_cached(
+                    "INSERT INTO streams (stream_id, subject, status, created_at_ms, updated_at_ms,
+                                          head_seq, head_hash)
+                     VALUES (?1, ?2, ?3, ?4, ?4, ?5, ?6)",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        h.stream_id,
+                        h.subject,
+                        h.status.unwrap_or(DEFAULT_STATUS),
+                        h.now_ms,
+                        h.head_seq as i64,
+                        &h.head_hash.0[..],
+                    ])
+                })
+        } else {
+            self.0
+                .prepare_cached(
+                    "UPDATE streams SET status = coalesce(?2, status), updated_at_ms = ?3,
+                            head_seq = ?4, head_hash = ?5
+                     WHERE stream_id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        h.stream_id,
+                        h.status,
+                        h.now_ms,
+                        h.head_seq as i64,
+                        &h.head_hash.0[..],
+                    ])
+                })
+        };
+        result.map(drop).map_err(Error::sqlite(format!(
+            "advancing the head of {}",
+            h.stream_id
+        )))
+    }
+
+    fn put_timer(&mut self, t: &Timer) -> Result<()> {
+        self.0
+            .prepare_cached(
+                "INSERT INTO timers (stream_id, name, due_at_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (stream_id, name) DO UPDATE SET due_at_ms = ?3",
+            )
+            .and_then(|mut s| s.execute(params![t.stream_id, t.name, t.due_at_ms]))
+            .map(drop)
+            .map_err(Error::sqlite(format!(
+                "arming timer {} of {}",
+                t.name, t.stream_id
+            )))
+    }
+
+    fn clear_timer(&mut self, stream_id: &str, name: &str) -> Result<()> {
+        self.0
+            .prepare_cached("DELETE FROM timers WHERE stream_id = ?1 AND name = ?2")
+            .and_then(|mut s| s.execute([stream_id, name]))
+            .map(drop)
+            .map_err(Error::sqlite(format!(
+                "clearing timer {name} of {stream_id}"
+            )))
+    }
+}
+
+const SELECT_EVENT: &str = "SELECT global_seq, stream_id, stream_seq, kind, schema_version,
+    recorded_at_ms, payload, prev_hash, hash FROM events";
+
+fn digest(stream_id: &str, seq: u64, bytes: &[u8]) -> Result<Digest32> {
+    Digest32::from_slice(bytes).ok_or_else(|| Error::Corrupt {
+        stream: stream_id.to_owned(),
+        seq,
+        detail: format!("a stored hash is {} bytes, not 32", bytes.len()),
+    })
+}
+
+fn row_to_event(r: &rusqlite::Row<'_>) -> Result<Event> {
+    let get = |e: rusqlite::Error| Error::Sqlite {
+        context: "decoding an event row".into(),
+        source: e,
+    };
+    let stream_id: String = r.get(1).map_err(get)?;
+    let stream_seq = r.get::<_, i64>(2).map_err(get)? as u64;
+    let prev: Vec<u8> = r.get(7).map_err(get)?;
+    let hash: Vec<u8> = r.get(8).map_err(get)?;
+    Ok(Event {
+        global_seq: r.get::<_, i64>(0).map_err(get)? as u64,
+        kind: r.get(3).map_err(get)?,
+        schema_version: r.get(4).map_err(get)?,
+        recorded_at_ms: r.get(5).map_err(get)?,
+        payload: r.get(6).map_err(get)?,
+        prev_hash: digest(&stream_id, stream_seq, &prev)?,
+        hash: digest(&stream_id, stream_seq, &hash)?,
+        stream_id,
+        stream_seq,
+    })
+}
+
+fn collect_events(
+    stmt: &mut rusqlite::Statement<'_>,
+    p: impl rusqlite::Params,
+) -> Result<Vec<Event>> {
+    let mut rows = stmt.query(p).map_err(Error::sqlite("reading events"))?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next().map_err(Error::sqlite("reading events"))? {
+        out.push(row_to_event(row)?);
+    }
+    Ok(out)
+}
+
+fn row_to_info(r: &rusqlite::Row<'_>) -> rusqlite::Result<(StreamInfo, Vec<u8>)> {
+    Ok((
+        StreamInfo {
+            stream_id: r.get(0)?,
+            subject: r.get(1)?,
+            status: r.get(2)?,
+            created_at_ms: r.get(3)?,
+            updated_at_ms: r.get(4)?,
+            head_seq: r.get::<_, i64>(5)? as u64,
+            head_hash: Digest32::GENESIS,
+        },
+        r.get(6)?,
+    ))
+}
+
+fn finish_info((mut info, hash): (StreamInfo, Vec<u8>)) -> Result<StreamInfo> {
+    info.head_hash = digest(&info.stream_id, info.head_seq, &hash)?;
+    Ok(info)
+}
+
+const SELECT_STREAM: &str = "SELECT stream_id, subject, status, created_at_ms, updated_at_ms,
+    head_seq, head_hash FROM streams";
+
+impl JournalRead for SqliteJournal {
+    fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
+        let info = self.stream_info(stream_id)?;
+        self.with_reader(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "{SELECT_EVENT} WHERE stream_id = ?1 ORDER BY stream_seq"
+                ))
+                .map_err(Error::sqlite("reading a stream"))?;
+            let events = collect_events(&mut stmt, [stream_id])?;
+            check_links(0, Digest32::GENESIS, &events)?;
+            // The head record is written in the same transaction as the events it names.
+            let (last_seq, last_hash) = events
+                .last()
+                .map_or((0, Digest32::GENESIS), |e| (e.stream_seq, e.hash));
+            if let Some(info) = info
+                && (info.head_seq != last_seq || info.head_hash != last_hash)
+            {
+                return Err(Error::Corrupt {
+                    stream: stream_id.to_owned(),
+                    seq: last_seq + 1,
+                    detail: format!(
+                        "the stream's events end at sequence {last_seq} but its head record says {}",
+                        info.head_seq
+                    ),
+                });
+            }
+            Ok(events)
+        })
+    }
+
+    fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
+        self.with_reader(|c| {
+            c.prepare_cached(&format!("{SELECT_STREAM} WHERE stream_id = ?1"))
+                .and_then(|mut s| s.query_row([stream_id], row_to_info).optional())
+                .map_err(Error::sqlite(format!("reading stream {stream_id}")))?
+                .map(finish_info)
+                .transpose()
+        })
+    }
+}
+
+impl JournalScan for SqliteJournal {
+    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.with_reader(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "{SELECT_EVENT} WHERE global_seq > ?1 ORDER BY global_seq LIMIT ?2"
+                ))
+                .map_err(Error::sqlite("reading events"))?;
+            collect_events(&mut stmt, params![after as i64, limit as i64])
+        })
+    }
+
+    fn streams(&self, f: &StreamFilter) -> Result<Vec<StreamInfo>> {
+        self.with_reader(|c| {
+            let mut stmt = c
+                .prepare_cached(&format!(
+                    "{SELECT_STREAM} WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR status = ?2)
+                     AND (?3 IS NULL OR created_at_ms >= ?3) AND (?4 IS NULL OR created_at_ms < ?4)
+                     ORDER BY created_at_ms, stream_id"
+                ))
+                .map_err(Error::sqlite("listing streams"))?;
+            let rows = stmt
+                .query_map(
+                    params![f.subject, f.status, f.created_from_ms, f.created_until_ms],
+                    row_to_info,
+                )
+                .map_err(Error::sqlite("listing streams"))?;
+            rows.map(|r| r.map_err(Error::sqlite("listing streams")).and_then(finish_info))
+                .collect()
+        })
+    }
+
+    fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
+        self.with_reader(|c| {
+            let mut stmt = c
+                .prepare_cached(
+                    "SELECT stream_id, name, due_at_ms FROM timers WHERE due_at_ms <= ?1
+                     ORDER BY due_at_ms, stream_id LIMIT ?2",
+                )
+                .map_err(Error::sqlite("reading due timers"))?;
+            let rows = stmt
+                .query_map(params![now_ms, limit as i64], row_to_timer)
+                .map_err(Error::sqlite("reading due timers"))?;
+            rows.collect::<rusqlite::Result<_>>()
+                .map_err(Error::sqlite("reading due timers"))
+        })
+    }
+
+    fn next_timer(&self) -> Result<Option<Timer>> {
+        self.with_reader(|c| {
+            c.prepare_cached(
+                "SELECT stream_id, name, due_at_ms FROM timers ORDER BY due_at_ms, stream_id LIMIT 1",
+            )
+            .and_then(|mut s| s.query_row([], row_to_timer).optional())
+            .map_err(Error::sqlite("reading the next timer"))
+        })
+    }
+}
+
+fn row_to_timer(r: &rusqlite::Row<'_>) -> rusqlite::Result<Timer> {
+    Ok(Timer {
+        stream_id: r.get(0)?,
+        name: r.get(1)?,
+        due_at_ms: r.get(2)?,
+    })
+}
+
+impl JournalAppend for SqliteJournal {
+    async fn append(&self, append: Append) -> Result<Appended> {
+        self.request(|reply| Request::Append(append, reply)).await
+    }
+}
+
+impl Leases for SqliteJournal {
+    async fn acquire(&self, stream_id: &str, owner: &str, ttl_ms: i64) -> Result<Lease> {
+        let (stream_id, owner) = (stream_id.to_owned(), owner.to_owned());
+        self.request(|reply| Request::Acquire {
+            stream_id,
+            owner,
+            ttl_ms,
+            reply,
+        })
+        .await
+    }
+
+    async fn renew(&self, lease: &Lease, ttl_ms: i64) -> Result<Lease> {
+        let lease = lease.clone();
+        self.request(|reply| Request::Renew(lease, ttl_ms, reply))
+            .await
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        let lease = lease.clone();
+        self.request(|reply| Request::Release(lease, reply)).await
+    }
+}
