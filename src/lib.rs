@@ -1,1 +1,7 @@
+//! rekey: a durable, event-sourced secret-rotation orchestrator.
+//!
+//! See `docs/ARCHITECTURE.md` for the map of modules and how data flows.
 
+pub mod cli;
+
+pub use rekey_journal as journal;

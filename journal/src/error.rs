@@ -13,6 +13,10 @@ pub enum Error {
     )]
     NotAJournal { path: PathBuf, reason: String },
 
+    /// A read-only open found no journal file.
+    #[error("{path}: no journal here; check the path (--journal or REKEY_JOURNAL)")]
+    NoJournal { path: PathBuf },
+
     /// The journal was written by a newer rekey; we refuse rather than guess.
     #[error(
         "{path}: journal schema version {found} is newer than the newest this rekey understands ({supported}); upgrade rekey to open it (nothing was changed)"

@@ -125,14 +125,11 @@ impl SqliteJournal {
     /// ever written, so a read-only copy of a journal can be checked.
     ///
     /// # Errors
-    /// [`Error::NotAJournal`] (also when the file does not exist) and [`Error::NewerSchema`].
+    /// [`Error::NoJournal`], [`Error::NotAJournal`] and [`Error::NewerSchema`].
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_owned();
         if !path.is_file() {
-            return Err(Error::NotAJournal {
-                path,
-                reason: "no such file".into(),
-            });
+            return Err(Error::NoJournal { path });
         }
         let reader = open_reader(&path)?;
         match schema::inspect(&reader, &path)? {

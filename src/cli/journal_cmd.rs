@@ -1,0 +1,225 @@
+//! `rekey journal show|export|verify|heads`: the auditor's view. Every command here opens
+//! the journal read-only, so auditing can never change the evidence.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Subcommand, ValueEnum};
+use rekey_journal::{Event, Head, JournalRead, JournalScan, SqliteJournal, StreamFilter};
+
+use super::{JournalArg, exit};
+
+/// Events read per page when exporting.
+const EXPORT_PAGE_EVENTS: usize = 10_000;
+
+#[derive(Debug, Subcommand)]
+pub enum JournalCommand {
+    /// Recompute every hash chain; exit 3 naming the first broken link.
+    #[command(after_help = "Examples:\n  rekey journal verify\n  rekey journal heads > heads.jsonl   # keep somewhere safe\n  rekey journal verify --heads heads.jsonl   # also detects truncation")]
+    Verify {
+        #[command(flatten)]
+        journal: JournalArg,
+        /// Heads exported earlier by `rekey journal heads`; a stream shorter than its
+        /// exported head is reported as truncated.
+        #[arg(long)]
+        heads: Option<PathBuf>,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print one stream (one rotation) as a timeline.
+    #[command(after_help = "Example:\n  rekey journal show 0193a5b2-7c1e-7d3a-9f10-2b7c9e0f1a44")]
+    Show {
+        /// The stream id (a rotation id).
+        stream: String,
+        #[command(flatten)]
+        journal: JournalArg,
+        /// Print the events as a JSON array.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write every event to stdout, in global order, one JSON object per line.
+    #[command(after_help = "Example:\n  rekey journal export --format jsonl --subject payments-api > payments.jsonl")]
+    Export {
+        #[command(flatten)]
+        journal: JournalArg,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = Format::Jsonl)]
+        format: Format,
+        /// Only streams about this subject (a secret's name).
+        #[arg(long)]
+        subject: Option<String>,
+        /// Only streams with this status (open, completed, compensated).
+        #[arg(long)]
+        status: Option<String>,
+    },
+    /// Write each stream's head (last sequence and hash) as JSON lines, to keep outside the
+    /// journal so that `verify --heads` can detect truncation later.
+    Heads {
+        #[command(flatten)]
+        journal: JournalArg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// One JSON object per line.
+    Jsonl,
+}
+
+fn open(arg: &JournalArg) -> Result<SqliteJournal> {
+    Ok(SqliteJournal::open_read_only(&arg.journal)?)
+}
+
+pub fn run(cmd: JournalCommand) -> Result<u8> {
+    let mut out = std::io::stdout().lock();
+    match cmd {
+        JournalCommand::Verify {
+            journal,
+            heads,
+            json,
+        } => {
+            let exported = heads.map(|p| read_heads(&p)).transpose()?;
+            let report = open(&journal)?.verify(exported.as_deref())?;
+            if json {
+                serde_json::to_writer(&mut out, &report)?;
+                writeln!(out)?;
+            } else if let Some(b) = &report.broken {
+                writeln!(
+                    out,
+                    "BROKEN: {b}\nchecked {} streams, {} events before the break; restore the journal from a backup and investigate",
+                    report.streams, report.events
+                )?;
+            } else {
+                writeln!(
+                    out,
+                    "intact: {} streams, {} events, every chain verified{}",
+                    report.streams,
+                    report.events,
+                    if exported.is_some() {
+                        ", no stream shorter than its exported head"
+                    } else {
+                        ""
+                    }
+                )?;
+            }
+            Ok(if report.is_intact() {
+                exit::OK
+            } else {
+                exit::JOURNAL_BROKEN
+            })
+        }
+        JournalCommand::Show {
+            stream,
+            journal,
+            json,
+        } => {
+            let j = open(&journal)?;
+            let events = j.read_stream(&stream)?;
+            if events.is_empty() {
+                anyhow::bail!(
+                    "no stream {stream} in {}; list streams with `rekey journal export`",
+                    journal.journal.display()
+                );
+            }
+            if json {
+                serde_json::to_writer_pretty(&mut out, &events)?;
+                writeln!(out)?;
+            } else {
+                let info = j.stream_info(&stream)?;
+                if let Some(info) = info {
+                    writeln!(
+                        out,
+                        "stream {} ({}) status {}",
+                        info.stream_id,
+                        info.subject.as_deref().unwrap_or("no subject"),
+                        info.status
+                    )?;
+                }
+                for e in &events {
+                    writeln!(out, "{}", timeline_line(e))?;
+                }
+            }
+            Ok(exit::OK)
+        }
+        JournalCommand::Export {
+            journal,
+            format: Format::Jsonl,
+            subject,
+            status,
+        } => {
+            let j = open(&journal)?;
+            let wanted = if subject.is_some() || status.is_some() {
+                let filter = StreamFilter {
+                    subject,
+                    status,
+                    ..StreamFilter::default()
+                };
+                Some(
+                    j.streams(&filter)?
+                        .into_iter()
+                        .map(|s| s.stream_id)
+                        .collect::<std::collections::HashSet<_>>(),
+                )
+            } else {
+                None
+            };
+            let mut after = 0;
+            loop {
+                let page = j.read_after(after, EXPORT_PAGE_EVENTS)?;
+                let Some(last) = page.last() else { break };
+                after = last.global_seq;
+                for e in page
+                    .iter()
+                    .filter(|e| wanted.as_ref().is_none_or(|w| w.contains(&e.stream_id)))
+                {
+                    serde_json::to_writer(&mut out, e)?;
+                    writeln!(out)?;
+                }
+            }
+            Ok(exit::OK)
+        }
+        JournalCommand::Heads { journal } => {
+            for head in open(&journal)?.heads()? {
+                serde_json::to_writer(&mut out, &head)?;
+                writeln!(out)?;
+            }
+            Ok(exit::OK)
+        }
+    }
+}
+
+/// One event as a human-readable line: time, sequence, type, payload.
+pub fn timeline_line(e: &Event) -> String {
+    format!(
+        "{:>4}  {}  {:<22} {}",
+        e.stream_seq,
+        format_ms(e.recorded_at_ms),
+        e.kind,
+        e.payload
+    )
+}
+
+/// Unix milliseconds as an RFC 3339 UTC timestamp.
+pub fn format_ms(ms: i64) -> String {
+    jiff::Timestamp::from_millisecond(ms).map_or_else(|_| format!("{ms}ms"), |t| t.to_string())
+}
+
+fn read_heads(path: &PathBuf) -> Result<Vec<Head>> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read exported heads from {}", path.display()))?;
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).with_context(|| {
+                format!(
+                    "{}:{}: not a head line (expected {{\"stream_id\":…,\"seq\":…,\"hash\":…}} as written by `rekey journal heads`)",
+                    path.display(),
+                    i + 1
+                )
+            })
+        })
+        .collect()
+}
