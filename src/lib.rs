@@ -3,5 +3,9 @@
 //! See `docs/ARCHITECTURE.md` for the map of modules and how data flows.
 
 pub mod cli;
+pub mod provider;
+pub mod retry;
+pub mod runner;
+pub mod saga;
 
 pub use rekey_journal as journal;

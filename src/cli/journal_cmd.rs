@@ -16,7 +16,9 @@ const EXPORT_PAGE_EVENTS: usize = 10_000;
 #[derive(Debug, Subcommand)]
 pub enum JournalCommand {
     /// Recompute every hash chain; exit 3 naming the first broken link.
-    #[command(after_help = "Examples:\n  rekey journal verify\n  rekey journal heads > heads.jsonl   # keep somewhere safe\n  rekey journal verify --heads heads.jsonl   # also detects truncation")]
+    #[command(
+        after_help = "Examples:\n  rekey journal verify\n  rekey journal heads > heads.jsonl   # keep somewhere safe\n  rekey journal verify --heads heads.jsonl   # also detects truncation"
+    )]
     Verify {
         #[command(flatten)]
         journal: JournalArg,
@@ -40,7 +42,9 @@ pub enum JournalCommand {
         json: bool,
     },
     /// Write every event to stdout, in global order, one JSON object per line.
-    #[command(after_help = "Example:\n  rekey journal export --format jsonl --subject payments-api > payments.jsonl")]
+    #[command(
+        after_help = "Example:\n  rekey journal export --format jsonl --subject payments-api > payments.jsonl"
+    )]
     Export {
         #[command(flatten)]
         journal: JournalArg,

@@ -1,0 +1,65 @@
+//! The per-credential lock stream: at most one open rotation per underlying credential.
+//! A stream `lock:<key>` records which rotation is open; optimistic appends make sure two
+//! requesters can never both open one. Triggers that arrive meanwhile are journaled as
+//! coalesced into the open rotation, so nothing is silently dropped.
+
+use serde::{Deserialize, Serialize};
+
+use crate::saga::{Phase, Plan, Trigger};
+
+/// Stream status while a rotation is open.
+pub const BUSY: &str = "busy";
+/// Stream status while none is.
+pub const IDLE: &str = "idle";
+
+/// The lock stream id for a lock key.
+pub fn stream_id(lock_key: &str) -> String {
+    format!("lock:{lock_key}")
+}
+
+/// True for lock streams (as opposed to rotation streams).
+pub fn is_lock_stream(stream_id: &str) -> bool {
+    stream_id.starts_with("lock:")
+}
+
+/// Events of a lock stream.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+pub enum LockEvent {
+    /// A rotation was opened; carries its request so the rotation stream can be created
+    /// again if a crash came between the two appends.
+    Opened {
+        rotation_id: String,
+        plan: Plan,
+        trigger: Trigger,
+        actor: String,
+    },
+    /// A trigger arrived while `into` was open; it is served by that rotation.
+    Coalesced {
+        into: String,
+        trigger: Trigger,
+        actor: String,
+    },
+    /// The open rotation ended.
+    Closed { rotation_id: String, phase: Phase },
+}
+
+impl LockEvent {
+    /// The journal event type.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LockEvent::Opened { .. } => "RotationOpened",
+            LockEvent::Coalesced { .. } => "TriggerCoalesced",
+            LockEvent::Closed { .. } => "RotationClosed",
+        }
+    }
+}
+
+/// The open rotation after folding a lock stream: its `Opened` event, if still open.
+pub fn open_rotation(events: &[LockEvent]) -> Option<&LockEvent> {
+    events.iter().fold(None, |open, e| match e {
+        LockEvent::Opened { .. } => Some(e),
+        LockEvent::Closed { .. } => None,
+        LockEvent::Coalesced { .. } => open,
+    })
+}

@@ -1,0 +1,746 @@
+//! The runner: takes the saga's commands, performs them through providers, and journals
+//! what happened, following the exactly-once protocol of `DESIGN.md` §4:
+//! `StepStarted` is durable before a provider is called; an outcome is journaled after;
+//! a step found started without an outcome is reconciled, never blindly repeated.
+//!
+//! It owns everything impure: leases, the clock, jitter, retries, and secret values held
+//! in memory between steps (read back from a store by version id after a restart).
+
+pub mod lock;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rand::{RngExt, SeedableRng, rngs::StdRng};
+use rekey_journal::{
+    Append, Clock, Fence, JournalAppend, JournalRead, JournalScan, Lease, Leases, NewEvent,
+    StreamFilter, TimerOp,
+};
+use tracing::{Instrument, info, info_span, warn};
+
+use crate::provider::{
+    Applied, Call, Provider, ProviderError, Reconciled, SecretValue, is_compensation,
+};
+use crate::retry::RetryPolicy;
+use crate::saga::{
+    Action, Command, ErrorClass, Nondeterminism, Phase, Plan, Role, Rotation, RotationEvent,
+    StepId, Trigger, Wait, apply, decide,
+};
+use lock::LockEvent;
+
+/// Everything a runner needs from a journal.
+pub trait RunnerJournal: JournalRead + JournalAppend + JournalScan + Leases + Send + Sync {}
+impl<T: JournalRead + JournalAppend + JournalScan + Leases + Send + Sync> RunnerJournal for T {}
+
+/// The timer every rotation stream keeps armed for its next wake-up (retry or grace).
+pub const WAKE_TIMER: &str = "wake";
+
+/// What went wrong while driving rotations.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Journal(#[from] rekey_journal::Error),
+    #[error(transparent)]
+    Nondeterminism(#[from] Nondeterminism),
+    #[error(
+        "rotation {rotation}: event {seq} cannot be decoded ({detail}); the journal was written by another program or edited"
+    )]
+    Decode {
+        rotation: String,
+        seq: u64,
+        detail: String,
+    },
+    #[error(
+        "rotation {rotation} does not exist in the journal; list rotations with `rekey status`"
+    )]
+    UnknownRotation { rotation: String },
+    #[error(
+        "rotation {rotation}: no provider is configured for target {target}; add it to the config or finish the rotation with the config it was started with"
+    )]
+    UnknownTarget { rotation: String, target: String },
+}
+
+/// Options a runner is built with.
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// This runner's identity in leases; unique per process.
+    pub owner: String,
+    /// How long a lease lasts without renewal.
+    pub lease_ttl_ms: i64,
+    pub retry: RetryPolicy,
+    /// Seed for retry jitter (the OS picks one in production; simulations fix it).
+    pub jitter_seed: u64,
+    /// Test-only: plants a known bug so the simulation can show it catches it.
+    #[doc(hidden)]
+    pub planted_bug_skip_reconcile: bool,
+}
+
+impl Options {
+    /// Defaults for `owner`: 15 s leases, Key Vault's backoff, the given jitter seed.
+    pub fn new(owner: impl Into<String>, jitter_seed: u64) -> Self {
+        Self {
+            owner: owner.into(),
+            lease_ttl_ms: 15_000,
+            retry: RetryPolicy::default(),
+            jitter_seed,
+            planted_bug_skip_reconcile: false,
+        }
+    }
+}
+
+/// How a request for a rotation was served.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Requested {
+    /// A new rotation was opened.
+    Started { rotation_id: String },
+    /// One was already open for the same credential; the trigger was journaled against it.
+    Coalesced { into: String },
+}
+
+/// Where `drive` left a rotation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Progress {
+    /// It reached its terminal event.
+    Finished(Phase),
+    /// Nothing to do before `until_ms` (a retry backoff or the grace period).
+    Waiting { until_ms: i64, reason: Wait },
+    /// Another runner holds its lease.
+    Busy { holder: String },
+}
+
+/// Drives rotations through providers, journaling every step.
+#[derive(Debug)]
+pub struct Runner<J> {
+    journal: Arc<J>,
+    providers: HashMap<String, Arc<dyn Provider>>,
+    clock: Arc<dyn Clock>,
+    options: Options,
+    jitter: Mutex<StdRng>,
+    /// New values created by this process, by (rotation, generation). Lost on a crash
+    /// by design: they are read back from a store, or the credential is made again.
+    values: Mutex<HashMap<(String, u32), SecretValue>>,
+}
+
+/// A rotation being driven under a lease.
+struct Driving {
+    state: Rotation,
+    seq: u64,
+    lease: Lease,
+}
+
+impl<J: RunnerJournal> Runner<J> {
+    /// A runner over `journal`, calling `providers` by target name.
+    pub fn new(
+        journal: Arc<J>,
+        providers: HashMap<String, Arc<dyn Provider>>,
+        clock: Arc<dyn Clock>,
+        options: Options,
+    ) -> Self {
+        let jitter = Mutex::new(StdRng::seed_from_u64(options.jitter_seed));
+        Self {
+            journal,
+            providers,
+            clock,
+            options,
+            jitter,
+            values: Mutex::default(),
+        }
+    }
+
+    /// Opens a rotation of `plan`'s secret, or coalesces into the one already open.
+    ///
+    /// # Errors
+    /// Journal errors.
+    pub async fn request(
+        &self,
+        plan: Plan,
+        trigger: Trigger,
+        actor: &str,
+        rotation_id: String,
+    ) -> Result<Requested, Error> {
+        let lock_stream = lock::stream_id(&plan.lock_key);
+        loop {
+            let (events, seq) = self.read_lock(&lock_stream)?;
+            let (event, outcome) = match lock::open_rotation(&events) {
+                Some(LockEvent::Opened {
+                    rotation_id: open, ..
+                }) => (
+                    LockEvent::Coalesced {
+                        into: open.clone(),
+                        trigger: trigger.clone(),
+                        actor: actor.to_owned(),
+                    },
+                    Requested::Coalesced { into: open.clone() },
+                ),
+                _ => (
+                    LockEvent::Opened {
+                        rotation_id: rotation_id.clone(),
+                        plan: plan.clone(),
+                        trigger: trigger.clone(),
+                        actor: actor.to_owned(),
+                    },
+                    Requested::Started {
+                        rotation_id: rotation_id.clone(),
+                    },
+                ),
+            };
+            let opening = matches!(event, LockEvent::Opened { .. });
+            let append =
+                Append::new(&lock_stream, seq, vec![lock_event(&event)]).subject(&plan.secret);
+            let append = if opening {
+                append.status(lock::BUSY)
+            } else {
+                append
+            };
+            match self.journal.append(append).await {
+                Ok(_) => {}
+                Err(rekey_journal::Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+            if opening {
+                self.create_rotation_stream(&rotation_id, &plan, &trigger, actor)
+                    .await?;
+                info!(
+                    rotation_id,
+                    secret = plan.secret,
+                    ?trigger,
+                    "rotation requested"
+                );
+            } else {
+                info!(
+                    secret = plan.secret,
+                    ?trigger,
+                    ?outcome,
+                    "trigger coalesced into the open rotation"
+                );
+            }
+            return Ok(outcome);
+        }
+    }
+
+    async fn create_rotation_stream(
+        &self,
+        rotation_id: &str,
+        plan: &Plan,
+        trigger: &Trigger,
+        actor: &str,
+    ) -> Result<(), Error> {
+        let event = RotationEvent::Requested {
+            rotation_id: rotation_id.to_owned(),
+            plan: plan.clone(),
+            trigger: trigger.clone(),
+            actor: actor.to_owned(),
+        };
+        let append = Append::new(rotation_id, 0, vec![rotation_event(&event)])
+            .subject(&plan.secret)
+            .status("open");
+        match self.journal.append(append).await {
+            // Someone (a resume after a crash) created it first: the same request.
+            Ok(_) | Err(rekey_journal::Error::Conflict { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn read_lock(&self, lock_stream: &str) -> Result<(Vec<LockEvent>, u64), Error> {
+        let events = self.journal.read_stream(lock_stream)?;
+        let seq = events.last().map_or(0, |e| e.stream_seq);
+        let decoded = events
+            .iter()
+            .map(|e| {
+                serde_json::from_str(&e.payload).map_err(|err| Error::Decode {
+                    rotation: lock_stream.to_owned(),
+                    seq: e.stream_seq,
+                    detail: err.to_string(),
+                })
+            })
+            .collect::<Result<_, _>>()?;
+        Ok((decoded, seq))
+    }
+
+    /// Every rotation not yet ended, repairing what a crash between two appends left:
+    /// an opened lock without its rotation stream, or an ended rotation whose lock is open.
+    ///
+    /// # Errors
+    /// Journal errors.
+    pub async fn open_rotations(&self) -> Result<Vec<String>, Error> {
+        let mut open = Vec::new();
+        let busy = StreamFilter {
+            status: Some(lock::BUSY.to_owned()),
+            ..StreamFilter::default()
+        };
+        for info in self.journal.streams(&busy)? {
+            let (events, _) = self.read_lock(&info.stream_id)?;
+            if let Some(LockEvent::Opened {
+                rotation_id,
+                plan,
+                trigger,
+                actor,
+            }) = lock::open_rotation(&events)
+            {
+                self.create_rotation_stream(rotation_id, plan, trigger, actor)
+                    .await?;
+                open.push(rotation_id.clone());
+            }
+        }
+        let still_open = StreamFilter {
+            status: Some("open".to_owned()),
+            ..StreamFilter::default()
+        };
+        for info in self.journal.streams(&still_open)? {
+            if !lock::is_lock_stream(&info.stream_id) && !open.contains(&info.stream_id) {
+                open.push(info.stream_id);
+            }
+        }
+        Ok(open)
+    }
+
+    /// Folds a rotation's stream into its state.
+    ///
+    /// # Errors
+    /// [`Error::UnknownRotation`], decode and nondeterminism errors.
+    pub fn load(&self, rotation_id: &str) -> Result<(Rotation, u64), Error> {
+        let events = self.journal.read_stream(rotation_id)?;
+        let mut state = None;
+        for e in &events {
+            let event: RotationEvent =
+                serde_json::from_str(&e.payload).map_err(|err| Error::Decode {
+                    rotation: rotation_id.to_owned(),
+                    seq: e.stream_seq,
+                    detail: err.to_string(),
+                })?;
+            state = Some(apply(state, &event)?);
+        }
+        let seq = events.last().map_or(0, |e| e.stream_seq);
+        state
+            .map(|s| (s, seq))
+            .ok_or_else(|| Error::UnknownRotation {
+                rotation: rotation_id.to_owned(),
+            })
+    }
+
+    /// Drives one rotation as far as it can go now: to its end, to a wait, or not at all
+    /// when another runner holds it.
+    ///
+    /// # Errors
+    /// Journal, decode and nondeterminism errors; a lost lease is reported as
+    /// [`rekey_journal::Error::StaleFence`] or `LeaseExpired`, and the runner stops.
+    pub async fn drive(&self, rotation_id: &str) -> Result<Progress, Error> {
+        let lease = match self
+            .journal
+            .acquire(rotation_id, &self.options.owner, self.options.lease_ttl_ms)
+            .await
+        {
+            Ok(lease) => lease,
+            Err(rekey_journal::Error::LeaseHeld { holder, .. }) => {
+                return Ok(Progress::Busy { holder });
+            }
+            Err(e) => return Err(e.into()),
+        };
+        let (state, seq) = self.load(rotation_id)?;
+        let span = info_span!("rotation", rotation_id, secret = state.plan.secret);
+        let mut d = Driving { state, seq, lease };
+        let result = self.drive_leased(&mut d).instrument(span).await;
+        // Best effort: an unreleased lease simply expires.
+        let _ = self.journal.release(&d.lease).await;
+        result
+    }
+
+    async fn drive_leased(&self, d: &mut Driving) -> Result<Progress, Error> {
+        loop {
+            let now = self.clock.now_ms();
+            if d.lease.expires_at_ms - now < self.options.lease_ttl_ms / 2 {
+                d.lease = self
+                    .journal
+                    .renew(&d.lease, self.options.lease_ttl_ms)
+                    .await?;
+            }
+            match decide(&d.state, now) {
+                Command::Done { phase } => {
+                    self.close_lock(&d.state, phase).await?;
+                    return Ok(Progress::Finished(phase));
+                }
+                Command::WaitUntil { at_ms, reason } => {
+                    return Ok(Progress::Waiting {
+                        until_ms: at_ms,
+                        reason,
+                    });
+                }
+                Command::StartCompensation { reason } => {
+                    warn!(reason, "compensating");
+                    self.emit(d, RotationEvent::CompensationStarted { reason })
+                        .await?;
+                }
+                Command::ScheduleGrace { due_at_ms } => {
+                    self.emit(d, RotationEvent::GraceScheduled { due_at_ms })
+                        .await?;
+                }
+                Command::Complete => self.emit(d, RotationEvent::Completed).await?,
+                Command::FinishCompensation => self.emit(d, RotationEvent::Compensated).await?,
+                Command::Run { step, attempt, key } => {
+                    let span = info_span!("step", %step, attempt);
+                    self.run_step(d, step, attempt, &key)
+                        .instrument(span)
+                        .await?;
+                }
+                Command::Reconcile { step, attempt, key } => {
+                    let span = info_span!("reconcile", %step, attempt);
+                    self.reconcile_step(d, step, attempt, &key)
+                        .instrument(span)
+                        .await?;
+                }
+            }
+        }
+    }
+
+    /// Appends one event under the lease and folds it into the state.
+    async fn emit(&self, d: &mut Driving, event: RotationEvent) -> Result<(), Error> {
+        let mut append = Append::new(d.state.id.clone(), d.seq, vec![rotation_event(&event)])
+            .fenced(Fence::clone(&d.lease.fence()));
+        match &event {
+            RotationEvent::Completed => append = append.status("completed"),
+            RotationEvent::Compensated => append = append.status("compensated"),
+            _ => {}
+        }
+        let appended = self.journal.append(append).await?;
+        d.state = apply(Some(d.state.clone()), &event)?;
+        d.seq = appended.last_seq;
+        Ok(())
+    }
+
+    fn provider(&self, state: &Rotation, step: StepId) -> Result<Arc<dyn Provider>, Error> {
+        let target = &state.plan.targets[usize::from(step.target)];
+        self.providers
+            .get(&target.name)
+            .cloned()
+            .ok_or_else(|| Error::UnknownTarget {
+                rotation: state.id.clone(),
+                target: target.name.clone(),
+            })
+    }
+
+    fn cached_value(&self, state: &Rotation) -> Option<SecretValue> {
+        let values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+        values.get(&(state.id.clone(), state.generation)).cloned()
+    }
+
+    /// A store this rotation already wrote the new value to, with the version id.
+    fn written_store(state: &Rotation) -> Option<(StepId, String)> {
+        state.forward_steps().into_iter().find_map(|s| {
+            (s.action == Action::Write)
+                .then(|| state.outcome(&s).map(|v| (s, v.to_owned())))
+                .flatten()
+        })
+    }
+
+    /// The new value: from memory, else read back from a store that holds it.
+    async fn new_value(&self, state: &Rotation) -> Result<Option<SecretValue>, ProviderError> {
+        if let Some(v) = self.cached_value(state) {
+            return Ok(Some(v));
+        }
+        let Some((step, version)) = Self::written_store(state) else {
+            return Ok(None);
+        };
+        let provider = self
+            .provider(state, step)
+            .map_err(|e| ProviderError::permanent(e.to_string()))?;
+        provider.read_value(&version).await.map(Some)
+    }
+
+    /// The value before the rotation, read from the first store's captured version.
+    async fn old_value(&self, state: &Rotation) -> Result<Option<SecretValue>, ProviderError> {
+        let first_store = state
+            .plan
+            .targets
+            .iter()
+            .position(|t| t.role == Role::Store)
+            .map(|i| i as u16);
+        let Some(store) = first_store else {
+            return Ok(None);
+        };
+        let Some(version) = state.captured(store) else {
+            return Ok(None);
+        };
+        let provider = self
+            .provider(state, StepId::new(Action::Capture, store))
+            .map_err(|e| ProviderError::permanent(e.to_string()))?;
+        provider.read_value(version).await.map(Some)
+    }
+
+    /// What the provider is told about a step's target.
+    fn call_ids(state: &Rotation, step: StepId) -> (Option<String>, Option<String>) {
+        let captured = state.captured(step.target).map(str::to_owned);
+        let forward = match step.action {
+            Action::Discard => Some(Action::Create),
+            Action::Restore => Some(Action::Write),
+            Action::Revert => Some(Action::Update),
+            Action::DiscardLost => Some(Action::Create),
+            _ => None,
+        };
+        let produced = forward.and_then(|a| {
+            let generation = match step.action {
+                Action::DiscardLost | Action::Discard => step.generation,
+                _ => 0,
+            };
+            state
+                .outcome(&StepId {
+                    action: a,
+                    target: step.target,
+                    generation,
+                })
+                .map(str::to_owned)
+        });
+        (captured, produced)
+    }
+
+    async fn run_step(
+        &self,
+        d: &mut Driving,
+        step: StepId,
+        attempt: u32,
+        key: &str,
+    ) -> Result<(), Error> {
+        let provider = self.provider(&d.state, step)?;
+        let needs_new = matches!(step.action, Action::Write | Action::Update | Action::Verify);
+        if needs_new
+            && self.cached_value(&d.state).is_none()
+            && Self::written_store(&d.state).is_none()
+        {
+            // The value lived only in a crashed process: make the credential again.
+            let create = d
+                .state
+                .forward_steps()
+                .into_iter()
+                .find(|s| s.action == Action::Create);
+            let credential_id = create.and_then(|s| d.state.outcome(&s).map(str::to_owned));
+            warn!(
+                ?credential_id,
+                "new value lost before any store held it; discarding and creating again"
+            );
+            return self
+                .emit(d, RotationEvent::ValueLost { credential_id })
+                .await;
+        }
+        self.emit(
+            d,
+            RotationEvent::StepStarted {
+                step,
+                attempt,
+                key: key.to_owned(),
+            },
+        )
+        .await?;
+        let value = if needs_new {
+            self.new_value(&d.state).await
+        } else if matches!(step.action, Action::Restore | Action::Revert) {
+            self.old_value(&d.state).await
+        } else {
+            Ok(None)
+        };
+        let (captured, produced) = Self::call_ids(&d.state, step);
+        let result = match value {
+            Err(e) => Err(e),
+            Ok(value) => {
+                let call = Call {
+                    rotation_id: &d.state.id,
+                    secret: &d.state.plan.secret,
+                    step,
+                    key,
+                    target: &d.state.plan.targets[usize::from(step.target)],
+                    captured: captured.as_deref(),
+                    produced: produced.as_deref(),
+                    value: value.as_ref(),
+                };
+                if is_compensation(step.action) {
+                    provider.compensate(&call).await
+                } else {
+                    provider.apply(&call).await
+                }
+            }
+        };
+        match result {
+            Ok(Applied { id, value }) => {
+                if let Some(v) = value {
+                    let mut values = self.values.lock().unwrap_or_else(|p| p.into_inner());
+                    values.insert((d.state.id.clone(), d.state.generation), v);
+                }
+                info!(?id, "step succeeded");
+                self.emit(
+                    d,
+                    RotationEvent::StepSucceeded {
+                        step,
+                        id,
+                        reconciled: false,
+                    },
+                )
+                .await
+            }
+            Err(e) => self.fail(d, step, attempt, e).await,
+        }
+    }
+
+    /// Journals a failed call with its next attempt time.
+    async fn fail(
+        &self,
+        d: &mut Driving,
+        step: StepId,
+        attempt: u32,
+        e: ProviderError,
+    ) -> Result<(), Error> {
+        let give_up = step.action.may_abandon()
+            && (e.class == ErrorClass::Permanent || attempt >= d.state.plan.attempts_max);
+        let retry_at_ms = (!give_up).then(|| {
+            let jitter: f64 = self
+                .jitter
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .random();
+            self.clock.now_ms()
+                + self
+                    .options
+                    .retry
+                    .delay_ms(attempt, e.class, e.retry_after_ms, jitter)
+        });
+        let message = self.redact(&d.state, e.message);
+        warn!(class = ?e.class, message, ?retry_at_ms, "step failed");
+        self.emit(
+            d,
+            RotationEvent::StepFailed {
+                step,
+                attempt,
+                class: e.class,
+                message,
+                retry_at_ms,
+            },
+        )
+        .await
+    }
+
+    /// Defence in depth: a provider message that quotes the value loses it here.
+    fn redact(&self, state: &Rotation, message: String) -> String {
+        match self.cached_value(state) {
+            Some(v) if !v.expose().is_empty() && message.contains(v.expose()) => {
+                message.replace(v.expose(), "[redacted]")
+            }
+            _ => message,
+        }
+    }
+
+    async fn reconcile_step(
+        &self,
+        d: &mut Driving,
+        step: StepId,
+        attempt: u32,
+        key: &str,
+    ) -> Result<(), Error> {
+        if self.options.planted_bug_skip_reconcile {
+            return self
+                .emit(
+                    d,
+                    RotationEvent::StepNotApplied {
+                        step,
+                        orphan_discarded: None,
+                    },
+                )
+                .await;
+        }
+        let provider = self.provider(&d.state, step)?;
+        let (captured, produced) = Self::call_ids(&d.state, step);
+        let target = &d.state.plan.targets[usize::from(step.target)];
+        let call = Call {
+            rotation_id: &d.state.id,
+            secret: &d.state.plan.secret,
+            step,
+            key,
+            target,
+            captured: captured.as_deref(),
+            produced: produced.as_deref(),
+            value: None,
+        };
+        let found = provider.reconcile(&call).await;
+        let event = match found {
+            Ok(Reconciled::Applied { id }) => {
+                info!(?id, "in-doubt step was applied");
+                RotationEvent::StepSucceeded {
+                    step,
+                    id,
+                    reconciled: true,
+                }
+            }
+            Ok(Reconciled::NotApplied) => RotationEvent::StepNotApplied {
+                step,
+                orphan_discarded: None,
+            },
+            Ok(Reconciled::AppliedUnusable { orphan_id }) => {
+                let discard = Call {
+                    step: StepId {
+                        action: Action::DiscardLost,
+                        ..step
+                    },
+                    produced: Some(&orphan_id),
+                    ..call
+                };
+                match provider.compensate(&discard).await {
+                    Ok(_) => RotationEvent::StepNotApplied {
+                        step,
+                        orphan_discarded: Some(orphan_id.clone()),
+                    },
+                    Err(e) => return self.fail(d, step, attempt, e).await,
+                }
+            }
+            Err(e) => return self.fail(d, step, attempt, e).await,
+        };
+        self.emit(d, event).await
+    }
+
+    async fn close_lock(&self, state: &Rotation, phase: Phase) -> Result<(), Error> {
+        let lock_stream = lock::stream_id(&state.plan.lock_key);
+        loop {
+            let (events, seq) = self.read_lock(&lock_stream)?;
+            match lock::open_rotation(&events) {
+                Some(LockEvent::Opened { rotation_id, .. }) if *rotation_id == state.id => {}
+                _ => return Ok(()),
+            }
+            let event = LockEvent::Closed {
+                rotation_id: state.id.clone(),
+                phase,
+            };
+            let append =
+                Append::new(&lock_stream, seq, vec![lock_event(&event)]).status(lock::IDLE);
+            match self.journal.append(append).await {
+                Ok(_) => return Ok(()),
+                Err(rekey_journal::Error::Conflict { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+}
+
+/// A rotation event as a journal event, with the wake-up timer it implies.
+pub fn rotation_event(event: &RotationEvent) -> NewEvent {
+    let payload = serde_json::to_value(event).unwrap_or_default();
+    let new = NewEvent::new(event.kind(), payload);
+    match event {
+        RotationEvent::StepFailed {
+            retry_at_ms: Some(at),
+            ..
+        } => new.with_timer(TimerOp::Schedule {
+            name: WAKE_TIMER.into(),
+            due_at_ms: *at,
+        }),
+        RotationEvent::GraceScheduled { due_at_ms } => new.with_timer(TimerOp::Schedule {
+            name: WAKE_TIMER.into(),
+            due_at_ms: *due_at_ms,
+        }),
+        RotationEvent::Completed | RotationEvent::Compensated => new.with_timer(TimerOp::Clear {
+            name: WAKE_TIMER.into(),
+        }),
+        _ => new,
+    }
+}
+
+fn lock_event(event: &LockEvent) -> NewEvent {
+    NewEvent::new(
+        event.kind(),
+        serde_json::to_value(event).unwrap_or_default(),
+    )
+}

@@ -1,0 +1,12 @@
+//! The rotation saga: its events ([`event`]) and its pure state machine ([`state`]).
+//!
+//! Architecture invariant: nothing in this module performs I/O, reads a clock or draws a
+//! random number. The runner owns all of that.
+
+pub mod event;
+pub mod state;
+
+pub use event::{Action, ErrorClass, Plan, Role, RotationEvent, StepId, TargetRef, Trigger};
+pub use state::{
+    Command, Failure, Nondeterminism, Phase, Rotation, StepStatus, Wait, apply, decide, fold,
+};
