@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod provider;
+pub mod providers;
 pub mod retry;
 pub mod runner;
 pub mod saga;

@@ -1,6 +1,7 @@
 //! The command line: argument parsing (clap), output rendering and exit codes.
 //! `anyhow` is used here, at the binary's edge, and nowhere below it.
 
+mod demo;
 mod journal_cmd;
 
 use std::path::PathBuf;
@@ -46,6 +47,10 @@ pub struct JournalArg {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Rotate a demo secret end to end on this machine: local vault file, env-file
+    /// dependent, SQLite journal; then print and verify the journal.
+    #[command(after_help = "Example:\n  rekey demo --dir /tmp/rekey-demo --grace-secs 2")]
+    Demo(demo::DemoArgs),
     /// Read, export and verify the journal (auditors start here).
     #[command(subcommand)]
     Journal(journal_cmd::JournalCommand),
@@ -64,8 +69,10 @@ pub fn main() -> ExitCode {
             });
         }
     };
+    init_tracing();
     let outcome = match cli.command {
         Command::Journal(cmd) => journal_cmd::run(cmd),
+        Command::Demo(args) => block_on(demo::run(args)),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
@@ -74,4 +81,22 @@ pub fn main() -> ExitCode {
             ExitCode::from(exit::FAILED)
         }
     }
+}
+
+/// Runs an async command on a fresh runtime.
+fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(f)
+}
+
+/// Logs to stderr, filtered by `RUST_LOG` (default: warnings).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

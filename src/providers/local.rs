@@ -1,0 +1,426 @@
+//! The embedded default: a random-value rotator, a local vault file, an env-style file
+//! dependent and a verifier that reads the file back. Enough to rotate a secret end to end
+//! on a laptop with no cloud account, through the same runner as every other provider.
+//!
+//! The vault file holds values in plain text with mode 0600; encryption at rest is future
+//! work (see the README).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use rand::RngExt;
+use serde::{Deserialize, Serialize};
+
+use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use crate::saga::Action;
+
+fn unsupported(call: &Call<'_>, what: &str) -> ProviderError {
+    ProviderError::permanent(format!(
+        "{what} {} cannot perform {} (step {}); the plan names it in the wrong role",
+        call.target.name,
+        call.step.action.as_str(),
+        call.step
+    ))
+}
+
+fn io_error(what: &str, path: &Path, e: &std::io::Error) -> ProviderError {
+    let message = format!("{what} {}: {e}", path.display());
+    match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound => {
+            ProviderError::permanent(format!("{message}; check the path and its permissions"))
+        }
+        _ => ProviderError::transient(message),
+    }
+}
+
+/// Writes `bytes` to `path` atomically (temp file, fsync, rename) with mode 0600.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("rekey-tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// Makes new values: `bytes` random bytes from the OS-seeded CSPRNG, hex encoded.
+#[derive(Debug)]
+pub struct RandomRotator {
+    pub bytes: usize,
+}
+
+impl Provider for RandomRotator {
+    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            match call.step.action {
+                // A random value has no source to read or retire: the stores are its source.
+                Action::Capture | Action::RetireOld => Ok(Applied::default()),
+                Action::Create => {
+                    let mut raw = vec![0u8; self.bytes];
+                    rand::rng().fill(&mut raw[..]);
+                    Ok(Applied {
+                        id: Some(format!("random-{}", call.key)),
+                        value: Some(SecretValue::new(hex::encode(raw))),
+                    })
+                }
+                _ => Err(unsupported(call, "rotator")),
+            }
+        })
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        _call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        // Discarding a random value is forgetting it; nothing outside holds it.
+        Box::pin(async { Ok(Applied::default()) })
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        _call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+        // Creating a value touches nothing outside, so no effect can be in doubt.
+        Box::pin(async { Ok(Reconciled::NotApplied) })
+    }
+
+    fn read_value<'a>(
+        &'a self,
+        _version: &'a str,
+    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
+        Box::pin(async { Err(ProviderError::permanent("a rotator holds no stored values")) })
+    }
+}
+
+/// One version in the local vault.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Version {
+    id: String,
+    value: String,
+    enabled: bool,
+    tags: BTreeMap<String, String>,
+}
+
+/// The vault file: versions by secret name, oldest first.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct VaultFile {
+    secrets: BTreeMap<String, Vec<Version>>,
+}
+
+/// A versioned secret store in a local JSON file (mode 0600). Each version is tagged with
+/// the idempotency key that wrote it, as a Key Vault version is.
+#[derive(Debug)]
+pub struct LocalVault {
+    path: PathBuf,
+    /// The secret's name inside the vault.
+    name: String,
+    lock: Mutex<()>,
+}
+
+/// The tag carrying the idempotency key of the step that wrote a version.
+pub const KEY_TAG: &str = "rekey-key";
+
+impl LocalVault {
+    /// The entry `name` in the vault file at `path`.
+    pub fn new(path: impl Into<PathBuf>, name: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            name: name.into(),
+            lock: Mutex::new(()),
+        }
+    }
+
+    fn load(&self) -> Result<VaultFile, ProviderError> {
+        match std::fs::read(&self.path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                ProviderError::permanent(format!(
+                    "local vault {} is not a rekey vault file ({e}); move it aside",
+                    self.path.display()
+                ))
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(VaultFile::default()),
+            Err(e) => Err(io_error("cannot read local vault", &self.path, &e)),
+        }
+    }
+
+    fn save(&self, file: &VaultFile) -> Result<(), ProviderError> {
+        let bytes = serde_json::to_vec_pretty(file)
+            .map_err(|e| ProviderError::permanent(format!("cannot encode the vault: {e}")))?;
+        write_atomic(&self.path, &bytes)
+            .map_err(|e| io_error("cannot write local vault", &self.path, &e))
+    }
+
+    /// Runs `f` on the file under the lock, saving when it returns `true`.
+    fn update<T>(
+        &self,
+        f: impl FnOnce(&mut Vec<Version>) -> Result<(T, bool), ProviderError>,
+    ) -> Result<T, ProviderError> {
+        let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+        let mut file = self.load()?;
+        let versions = file.secrets.entry(self.name.clone()).or_default();
+        let (out, changed) = f(versions)?;
+        if changed {
+            self.save(&file)?;
+        }
+        Ok(out)
+    }
+
+    /// Sets `value` as the latest version, tagged with `key`.
+    pub fn set(&self, value: &SecretValue, key: &str) -> Result<String, ProviderError> {
+        self.update(|versions| {
+            let id = uuid::Uuid::now_v7().simple().to_string();
+            versions.push(Version {
+                id: id.clone(),
+                value: value.expose().to_owned(),
+                enabled: true,
+                tags: BTreeMap::from([(KEY_TAG.to_owned(), key.to_owned())]),
+            });
+            Ok((id, true))
+        })
+    }
+
+    fn set_enabled(&self, version: &str, enabled: bool) -> Result<(), ProviderError> {
+        self.update(|versions| {
+            let v = versions
+                .iter_mut()
+                .find(|v| v.id == version)
+                .ok_or_else(|| {
+                    ProviderError::permanent(format!(
+                        "local vault {}: no version {version} of {}",
+                        self.path.display(),
+                        self.name
+                    ))
+                })?;
+            let changed = v.enabled != enabled;
+            v.enabled = enabled;
+            Ok(((), changed))
+        })
+    }
+}
+
+impl Provider for LocalVault {
+    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            match (call.step.action, call.value) {
+                (Action::Capture, _) => {
+                    let current = self.update(|vs| {
+                        Ok((
+                            vs.iter().rev().find(|v| v.enabled).map(|v| v.id.clone()),
+                            false,
+                        ))
+                    })?;
+                    Ok(Applied {
+                        id: current,
+                        value: None,
+                    })
+                }
+                (Action::Write, Some(value)) => Ok(Applied {
+                    id: Some(self.set(value, call.key)?),
+                    value: None,
+                }),
+                (Action::DisableOld, _) => {
+                    if let Some(old) = call.captured {
+                        self.set_enabled(old, false)?;
+                    }
+                    Ok(Applied::default())
+                }
+                _ => Err(unsupported(call, "store")),
+            }
+        })
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            match (call.step.action, call.value, call.produced) {
+                // Versions cannot be un-created: write the old value back as the newest.
+                (Action::Restore, Some(old), _) => Ok(Applied {
+                    id: Some(self.set(old, call.key)?),
+                    value: None,
+                }),
+                // There was no old value: disable the version this rotation wrote.
+                (Action::Restore, None, Some(new)) => {
+                    self.set_enabled(new, false)?;
+                    Ok(Applied::default())
+                }
+                _ => Err(unsupported(call, "store")),
+            }
+        })
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+        Box::pin(async move {
+            self.update(|vs| {
+                let tagged = vs
+                    .iter()
+                    .find(|v| v.tags.get(KEY_TAG).map(String::as_str) == Some(call.key));
+                let found = match (call.step.action, tagged) {
+                    (Action::Write | Action::Restore, Some(v)) => Reconciled::Applied {
+                        id: Some(v.id.clone()),
+                    },
+                    // Capture and disable are safe to repeat.
+                    _ => Reconciled::NotApplied,
+                };
+                Ok((found, false))
+            })
+        })
+    }
+
+    fn read_value<'a>(
+        &'a self,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
+        Box::pin(async move {
+            self.update(|vs| {
+                let v = vs.iter().find(|v| v.id == version).ok_or_else(|| {
+                    ProviderError::permanent(format!(
+                        "local vault {}: no version {version} of {}",
+                        self.path.display(),
+                        self.name
+                    ))
+                })?;
+                Ok((SecretValue::new(v.value.clone()), false))
+            })
+        })
+    }
+}
+
+/// An env-style file (`KEY=value` lines) in which rekey owns one line.
+#[derive(Debug)]
+pub struct EnvFile {
+    path: PathBuf,
+    key: String,
+}
+
+impl EnvFile {
+    /// The line `key=...` of the file at `path`.
+    pub fn new(path: impl Into<PathBuf>, key: impl Into<String>) -> Self {
+        Self {
+            path: path.into(),
+            key: key.into(),
+        }
+    }
+
+    /// The current value of our line, if any.
+    pub fn read(&self) -> Result<Option<SecretValue>, ProviderError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(io_error("cannot read", &self.path, &e)),
+        };
+        let prefix = format!("{}=", self.key);
+        Ok(text
+            .lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(SecretValue::new))
+    }
+
+    /// Sets our line to `value` (or removes it), leaving every other line as it was.
+    fn write(&self, value: Option<&SecretValue>) -> Result<(), ProviderError> {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+            Err(e) => return Err(io_error("cannot read", &self.path, &e)),
+        };
+        let prefix = format!("{}=", self.key);
+        let mut lines: Vec<String> = text
+            .lines()
+            .filter(|l| !l.starts_with(&prefix))
+            .map(str::to_owned)
+            .collect();
+        if let Some(v) = value {
+            lines.push(format!("{prefix}{}", v.expose()));
+        }
+        let mut out = lines.join("\n");
+        out.push('\n');
+        write_atomic(&self.path, out.as_bytes())
+            .map_err(|e| io_error("cannot write", &self.path, &e))
+    }
+}
+
+impl Provider for EnvFile {
+    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            match (call.step.action, call.value) {
+                // The id says whether the line existed; never anything about its value.
+                (Action::Capture, _) => Ok(Applied {
+                    id: Some(
+                        if self.read()?.is_some() {
+                            "present"
+                        } else {
+                            "absent"
+                        }
+                        .into(),
+                    ),
+                    value: None,
+                }),
+                (Action::Update, Some(v)) => {
+                    self.write(Some(v))?;
+                    Ok(Applied::default())
+                }
+                (Action::Verify, Some(v)) => {
+                    if self.read()?.as_ref() == Some(v) {
+                        Ok(Applied::default())
+                    } else {
+                        Err(ProviderError::permanent(format!(
+                            "verification failed: {} does not hold the new value of {}",
+                            self.path.display(),
+                            self.key
+                        )))
+                    }
+                }
+                _ => Err(unsupported(call, "file")),
+            }
+        })
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            match call.step.action {
+                Action::Revert => {
+                    self.write(call.value)?;
+                    Ok(Applied::default())
+                }
+                _ => Err(unsupported(call, "file")),
+            }
+        })
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        _call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+        // Setting a line to a value is idempotent: running it again is always safe.
+        Box::pin(async { Ok(Reconciled::NotApplied) })
+    }
+
+    fn read_value<'a>(
+        &'a self,
+        _version: &'a str,
+    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
+        Box::pin(async {
+            Err(ProviderError::permanent(
+                "a file dependent holds no versions",
+            ))
+        })
+    }
+}

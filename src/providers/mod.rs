@@ -1,0 +1,4 @@
+//! Providers: one module per external system, each implementing
+//! [`crate::provider::Provider`]. `local` holds the embedded default that needs no cloud.
+
+pub mod local;
