@@ -10,3 +10,6 @@ pub use event::{Action, ErrorClass, Plan, Role, RotationEvent, StepId, TargetRef
 pub use state::{
     Command, Failure, Nondeterminism, Phase, Rotation, StepStatus, Wait, apply, decide, fold,
 };
+
+#[cfg(test)]
+mod tests;
