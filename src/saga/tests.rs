@@ -55,7 +55,7 @@ fn transcript(script: &[(&str, Reply)]) -> String {
     };
     let mut state = apply(None, &requested).unwrap();
     let mut now = T0;
-    let mut feed = |state: &mut Rotation, e: RotationEvent| {
+    let feed = |state: &mut Rotation, e: RotationEvent| {
         *state = apply(Some(state.clone()), &e).unwrap();
     };
     for _ in 0..200 {
