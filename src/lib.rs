@@ -8,5 +8,6 @@ pub mod providers;
 pub mod retry;
 pub mod runner;
 pub mod saga;
+pub mod telemetry;
 
 pub use rekey_journal as journal;

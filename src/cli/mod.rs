@@ -69,7 +69,7 @@ pub fn main() -> ExitCode {
             });
         }
     };
-    init_tracing();
+    let _telemetry = crate::telemetry::init("warn");
     let outcome = match cli.command {
         Command::Journal(cmd) => journal_cmd::run(cmd),
         Command::Demo(args) => block_on(demo::run(args)),
@@ -89,14 +89,4 @@ fn block_on<T>(f: impl std::future::Future<Output = anyhow::Result<T>>) -> anyho
         .enable_all()
         .build()?
         .block_on(f)
-}
-
-/// Logs to stderr, filtered by `RUST_LOG` (default: warnings).
-fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }

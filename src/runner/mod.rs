@@ -337,7 +337,7 @@ impl<J: RunnerJournal> Runner<J> {
             Err(e) => return Err(e.into()),
         };
         let (state, seq) = self.load(rotation_id)?;
-        let span = info_span!("rotation", rotation_id, secret = state.plan.secret);
+        let span = crate::telemetry::rotation_span(rotation_id, &state.plan.secret);
         let mut d = Driving { state, seq, lease };
         let result = self.drive_leased(&mut d).instrument(span).await;
         // Best effort: an unreleased lease simply expires.
