@@ -3,6 +3,7 @@
 //! See `docs/ARCHITECTURE.md` for the map of modules and how data flows.
 
 pub mod cli;
+pub mod config;
 pub mod provider;
 pub mod providers;
 pub mod retry;

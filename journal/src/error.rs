@@ -119,18 +119,17 @@ pub enum Error {
     WriterStopped,
 
     /// Any other SQLite failure, with what we were doing.
-    #[error("journal {context}: {source}")]
+    #[error("journal {context}: {cause}")]
     Sqlite {
         context: String,
-        #[source]
-        source: rusqlite::Error,
+        cause: rusqlite::Error,
     },
 }
 
 impl Error {
     pub(crate) fn sqlite(context: impl Into<String>) -> impl FnOnce(rusqlite::Error) -> Error {
         let context = context.into();
-        move |source| Error::Sqlite { context, source }
+        move |cause| Error::Sqlite { context, cause }
     }
 
     /// True when retrying the same call later may succeed (the database was busy).
@@ -138,7 +137,7 @@ impl Error {
         matches!(
             self,
             Error::Sqlite {
-                source: rusqlite::Error::SqliteFailure(e, _),
+                cause: rusqlite::Error::SqliteFailure(e, _),
                 ..
             } if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
         )

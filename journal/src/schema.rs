@@ -79,7 +79,7 @@ fn pragma_i64(conn: &Connection, path: &Path, name: &str) -> Result<i64> {
             }
             other => Error::Sqlite {
                 context: format!("reading {name} of {}", path.display()),
-                source: other,
+                cause: other,
             },
         })
 }
@@ -195,7 +195,7 @@ pub(crate) fn readonly_or(e: rusqlite::Error, path: &Path, context: &str) -> Err
         }
         _ => Error::Sqlite {
             context: format!("{context} on {}", path.display()),
-            source: e,
+            cause: e,
         },
     }
 }

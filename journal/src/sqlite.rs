@@ -108,7 +108,7 @@ impl SqliteJournal {
             .spawn(move || write_loop(write, requests, writer_clock))
             .map_err(|e| Error::Sqlite {
                 context: format!("starting the writer thread: {e}"),
-                source: rusqlite::Error::InvalidQuery,
+                cause: rusqlite::Error::InvalidQuery,
             })?;
         Ok(Self {
             path,
@@ -305,7 +305,7 @@ fn open_reader(path: &Path) -> Result<Connection> {
         }
         other => Error::Sqlite {
             context: format!("opening {} for reading", path.display()),
-            source: other,
+            cause: other,
         },
     })?;
     set_busy_timeout(&conn)?;
@@ -386,7 +386,7 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Request>, now_ms: i64) {
     for d in done {
         let failed = |e: &Error| Error::Sqlite {
             context: format!("the batch commit failed, nothing was written: {e}"),
-            source: rusqlite::Error::InvalidQuery,
+            cause: rusqlite::Error::InvalidQuery,
         };
         match (d, &outcome) {
             (Done::Appended(reply, r), Ok(())) => drop(reply.send(r)),
@@ -549,7 +549,7 @@ fn digest(stream_id: &str, seq: u64, bytes: &[u8]) -> Result<Digest32> {
 fn row_to_event(r: &rusqlite::Row<'_>) -> Result<Event> {
     let get = |e: rusqlite::Error| Error::Sqlite {
         context: "decoding an event row".into(),
-        source: e,
+        cause: e,
     };
     let stream_id: String = r.get(1).map_err(get)?;
     let stream_seq = r.get::<_, i64>(2).map_err(get)? as u64;

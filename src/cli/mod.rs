@@ -3,6 +3,7 @@
 
 mod demo;
 mod journal_cmd;
+mod rotation_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -13,7 +14,7 @@ use clap::{Parser, Subcommand};
 pub mod exit {
     /// Success.
     pub const OK: u8 = 0;
-    /// The command failed (bad input, unreachable journal, provider error); see stderr.
+    /// The command failed (bad input, unreachable journal, a compensated rotation); see stderr.
     pub const FAILED: u8 = 1;
     /// Usage error: unknown flag or missing argument (clap's own code).
     pub const USAGE: u8 = 2;
@@ -25,22 +26,33 @@ const AFTER_HELP: &str = "\
 Exit codes: 0 success, 1 failure (see the message), 2 usage error, 3 journal verification failed.
 
 Examples:
-  rekey journal verify --journal /var/lib/rekey/journal.db
-  rekey journal show 0193a5b2-7c1e-7d3a-9f10-2b7c9e0f1a44 --json
-  rekey journal export --format jsonl > journal.jsonl";
+  rekey demo                                   # rotate a demo secret on this machine
+  rekey policy check --config rekey.toml       # validate a config, change nothing
+  rekey rotate payments-api --wait             # rotate now, through the grace period
+  rekey resume                                 # after a crash: finish every open rotation
+  rekey status --json
+  rekey journal verify --journal /var/lib/rekey/journal.db";
 
 /// rekey rotates secrets as sagas whose every step is an event in an append-only journal.
 #[derive(Debug, Parser)]
 #[command(name = "rekey", version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Cli {
+    /// The config file (TOML): journal, providers, secrets.
+    #[arg(
+        long,
+        global = true,
+        env = "REKEY_CONFIG",
+        default_value = "rekey.toml"
+    )]
+    config: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Where the journal lives; shared by every command that reads or writes it.
+/// Where the journal lives, for the auditor's commands (which need no config).
 #[derive(Debug, Clone, clap::Args)]
 pub struct JournalArg {
-    /// The journal file (SQLite). Created on first write.
+    /// The journal file (SQLite).
     #[arg(long, env = "REKEY_JOURNAL", default_value = "rekey-journal.db")]
     pub journal: PathBuf,
 }
@@ -51,9 +63,55 @@ enum Command {
     /// dependent, SQLite journal; then print and verify the journal.
     #[command(after_help = "Example:\n  rekey demo --dir /tmp/rekey-demo --grace-secs 2")]
     Demo(demo::DemoArgs),
+    /// Start a rotation of SECRET now (or join the one already open) and drive it.
+    #[command(
+        after_help = "Examples:\n  rekey rotate payments-api          # drive until it waits (grace period, backoff)\n  rekey rotate payments-api --wait   # drive to its end, old credential retired"
+    )]
+    Rotate {
+        /// The secret's name in the config.
+        secret: String,
+        /// Keep going through backoffs and the grace period until the rotation ends.
+        #[arg(long)]
+        wait: bool,
+        /// Print the outcome as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Drive every open rotation in the journal towards its end (run after a crash or an
+    /// outage; safe to run twice at once: leases give each rotation to one runner).
+    #[command(after_help = "Examples:\n  rekey resume\n  rekey resume --wait --json")]
+    Resume {
+        /// Keep going through backoffs and grace periods until every rotation ends.
+        #[arg(long)]
+        wait: bool,
+        /// Print the outcomes as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Per secret: the open rotation and what it does next, and the last one that ended.
+    Status {
+        /// Only this secret.
+        secret: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Validate the config file and change nothing.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
     /// Read, export and verify the journal (auditors start here).
     #[command(subcommand)]
     Journal(journal_cmd::JournalCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum PolicyCommand {
+    /// Check the config: unknown keys, wrong types, missing providers, bad durations.
+    Check {
+        /// Print the validated plans as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Runs the command line and returns the process exit code.
@@ -70,9 +128,16 @@ pub fn main() -> ExitCode {
         }
     };
     let _telemetry = crate::telemetry::init("warn");
+    let config = cli.config;
     let outcome = match cli.command {
         Command::Journal(cmd) => journal_cmd::run(cmd),
         Command::Demo(args) => block_on(demo::run(args)),
+        Command::Rotate { secret, wait, json } => {
+            block_on(rotation_cmd::rotate(&config, &secret, wait, json))
+        }
+        Command::Resume { wait, json } => block_on(rotation_cmd::resume(&config, wait, json)),
+        Command::Status { secret, json } => rotation_cmd::status(&config, secret.as_deref(), json),
+        Command::Policy(PolicyCommand::Check { json }) => rotation_cmd::policy_check(&config, json),
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

@@ -118,13 +118,12 @@ struct VaultFile {
     secrets: BTreeMap<String, Vec<Version>>,
 }
 
-/// A versioned secret store in a local JSON file (mode 0600). Each version is tagged with
-/// the idempotency key that wrote it, as a Key Vault version is.
+/// A versioned secret store in a local JSON file (mode 0600), holding each secret under
+/// its own name. Each version is tagged with the idempotency key that wrote it, as a Key
+/// Vault version is.
 #[derive(Debug)]
 pub struct LocalVault {
     path: PathBuf,
-    /// The secret's name inside the vault.
-    name: String,
     lock: Mutex<()>,
 }
 
@@ -132,11 +131,10 @@ pub struct LocalVault {
 pub const KEY_TAG: &str = "rekey-key";
 
 impl LocalVault {
-    /// The entry `name` in the vault file at `path`.
-    pub fn new(path: impl Into<PathBuf>, name: impl Into<String>) -> Self {
+    /// The vault file at `path` (created on first write).
+    pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
-            name: name.into(),
             lock: Mutex::new(()),
         }
     }
@@ -161,14 +159,15 @@ impl LocalVault {
             .map_err(|e| io_error("cannot write local vault", &self.path, &e))
     }
 
-    /// Runs `f` on the file under the lock, saving when it returns `true`.
+    /// Runs `f` on `secret`'s versions under the lock, saving when it returns `true`.
     fn update<T>(
         &self,
+        secret: &str,
         f: impl FnOnce(&mut Vec<Version>) -> Result<(T, bool), ProviderError>,
     ) -> Result<T, ProviderError> {
         let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
         let mut file = self.load()?;
-        let versions = file.secrets.entry(self.name.clone()).or_default();
+        let versions = file.secrets.entry(secret.to_owned()).or_default();
         let (out, changed) = f(versions)?;
         if changed {
             self.save(&file)?;
@@ -176,9 +175,14 @@ impl LocalVault {
         Ok(out)
     }
 
-    /// Sets `value` as the latest version, tagged with `key`.
-    pub fn set(&self, value: &SecretValue, key: &str) -> Result<String, ProviderError> {
-        self.update(|versions| {
+    /// Sets `value` as `secret`'s latest version, tagged with `key`.
+    pub fn set(
+        &self,
+        secret: &str,
+        value: &SecretValue,
+        key: &str,
+    ) -> Result<String, ProviderError> {
+        self.update(secret, |versions| {
             let id = uuid::Uuid::now_v7().simple().to_string();
             versions.push(Version {
                 id: id.clone(),
@@ -190,16 +194,15 @@ impl LocalVault {
         })
     }
 
-    fn set_enabled(&self, version: &str, enabled: bool) -> Result<(), ProviderError> {
-        self.update(|versions| {
+    fn set_enabled(&self, secret: &str, version: &str, enabled: bool) -> Result<(), ProviderError> {
+        self.update(secret, |versions| {
             let v = versions
                 .iter_mut()
                 .find(|v| v.id == version)
                 .ok_or_else(|| {
                     ProviderError::permanent(format!(
-                        "local vault {}: no version {version} of {}",
+                        "local vault {}: no version {version} of {secret}",
                         self.path.display(),
-                        self.name
                     ))
                 })?;
             let changed = v.enabled != enabled;
@@ -214,7 +217,7 @@ impl Provider for LocalVault {
         Box::pin(async move {
             match (call.step.action, call.value) {
                 (Action::Capture, _) => {
-                    let current = self.update(|vs| {
+                    let current = self.update(call.secret, |vs| {
                         Ok((
                             vs.iter().rev().find(|v| v.enabled).map(|v| v.id.clone()),
                             false,
@@ -226,12 +229,12 @@ impl Provider for LocalVault {
                     })
                 }
                 (Action::Write, Some(value)) => Ok(Applied {
-                    id: Some(self.set(value, call.key)?),
+                    id: Some(self.set(call.secret, value, call.key)?),
                     value: None,
                 }),
                 (Action::DisableOld, _) => {
                     if let Some(old) = call.captured {
-                        self.set_enabled(old, false)?;
+                        self.set_enabled(call.secret, old, false)?;
                     }
                     Ok(Applied::default())
                 }
@@ -248,12 +251,12 @@ impl Provider for LocalVault {
             match (call.step.action, call.value, call.produced) {
                 // Versions cannot be un-created: write the old value back as the newest.
                 (Action::Restore, Some(old), _) => Ok(Applied {
-                    id: Some(self.set(old, call.key)?),
+                    id: Some(self.set(call.secret, old, call.key)?),
                     value: None,
                 }),
                 // There was no old value: disable the version this rotation wrote.
                 (Action::Restore, None, Some(new)) => {
-                    self.set_enabled(new, false)?;
+                    self.set_enabled(call.secret, new, false)?;
                     Ok(Applied::default())
                 }
                 _ => Err(unsupported(call, "store")),
@@ -266,7 +269,7 @@ impl Provider for LocalVault {
         call: &'a Call<'a>,
     ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
         Box::pin(async move {
-            self.update(|vs| {
+            self.update(call.secret, |vs| {
                 let tagged = vs
                     .iter()
                     .find(|v| v.tags.get(KEY_TAG).map(String::as_str) == Some(call.key));
@@ -287,16 +290,20 @@ impl Provider for LocalVault {
         version: &'a str,
     ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
         Box::pin(async move {
-            self.update(|vs| {
-                let v = vs.iter().find(|v| v.id == version).ok_or_else(|| {
+            let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
+            // Version ids are unique across the vault, so the version names its secret.
+            self.load()?
+                .secrets
+                .values()
+                .flatten()
+                .find(|v| v.id == version)
+                .map(|v| SecretValue::new(v.value.clone()))
+                .ok_or_else(|| {
                     ProviderError::permanent(format!(
-                        "local vault {}: no version {version} of {}",
-                        self.path.display(),
-                        self.name
+                        "local vault {}: no version {version}; was the vault file replaced?",
+                        self.path.display()
                     ))
-                })?;
-                Ok((SecretValue::new(v.value.clone()), false))
-            })
+                })
         })
     }
 }

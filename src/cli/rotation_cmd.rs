@@ -1,0 +1,318 @@
+//! `rekey rotate`, `resume`, `status` and `policy check`: the operator's commands. Each
+//! loads and validates the config first, so bad input changes nothing.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use rekey_journal::{Clock, JournalRead, JournalScan, SqliteJournal, StreamFilter, SystemClock};
+use serde::Serialize;
+
+use super::exit;
+use super::journal_cmd::format_ms;
+use crate::config::Config;
+use crate::runner::{Options, Progress, Requested, Runner};
+use crate::saga::{Command, Phase, Trigger, Wait, decide};
+
+/// A runner over the config's journal and providers, stamped by the system clock.
+pub struct Env {
+    pub config: Config,
+    pub journal: Arc<SqliteJournal>,
+    pub runner: Runner<SqliteJournal>,
+    pub clock: Arc<dyn Clock>,
+}
+
+impl Env {
+    /// Loads the config at `path` and opens its journal.
+    ///
+    /// # Errors
+    /// Config and journal errors, each naming the file and what to do.
+    pub fn open(path: &Path) -> Result<Self> {
+        let config = Config::load(path)?;
+        let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        let journal = Arc::new(SqliteJournal::open_with_clock(
+            &config.journal_path,
+            clock.clone(),
+        )?);
+        let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
+        let runner = Runner::new(
+            journal.clone(),
+            config.build_providers(),
+            clock.clone(),
+            Options::new(owner, rand::random()),
+        );
+        Ok(Self {
+            config,
+            journal,
+            runner,
+            clock,
+        })
+    }
+
+    /// Drives a rotation until it ends; with `wait`, also through backoffs, the grace
+    /// period and other runners' leases.
+    pub async fn drive(&self, rotation_id: &str, wait: bool) -> Result<Progress> {
+        loop {
+            let progress = self.runner.drive(rotation_id).await?;
+            let pause_ms = match &progress {
+                Progress::Finished(_) => return Ok(progress),
+                _ if !wait => return Ok(progress),
+                Progress::Waiting { until_ms, .. } => until_ms.saturating_sub(self.clock.now_ms()),
+                Progress::Busy { .. } => 1_000,
+            };
+            tokio::time::sleep(Duration::from_millis(pause_ms.max(0) as u64)).await;
+        }
+    }
+}
+
+/// One rotation's outcome, as printed.
+#[derive(Debug, Serialize)]
+pub struct Outcome {
+    pub rotation_id: String,
+    pub secret: String,
+    pub result: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until_ms: Option<i64>,
+}
+
+impl Outcome {
+    fn new(rotation_id: &str, secret: &str, p: &Progress) -> Self {
+        let (result, until_ms) = match p {
+            Progress::Finished(Phase::Completed) => ("completed".to_owned(), None),
+            Progress::Finished(Phase::Compensated) => ("compensated".to_owned(), None),
+            Progress::Finished(other) => (format!("{other:?}").to_lowercase(), None),
+            Progress::Waiting { until_ms, reason } => (
+                match reason {
+                    Wait::Backoff => "waiting to retry".to_owned(),
+                    Wait::Grace => "waiting out the grace period".to_owned(),
+                },
+                Some(*until_ms),
+            ),
+            Progress::Busy { holder } => (format!("busy: leased by {holder}"), None),
+        };
+        Self {
+            rotation_id: rotation_id.to_owned(),
+            secret: secret.to_owned(),
+            result,
+            until_ms,
+        }
+    }
+
+    fn line(&self) -> String {
+        let until = self
+            .until_ms
+            .map(|t| format!(" until {}", format_ms(t)))
+            .unwrap_or_default();
+        format!(
+            "{} {}: {}{until}",
+            self.rotation_id, self.secret, self.result
+        )
+    }
+}
+
+fn print_outcomes(outcomes: &[Outcome], json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(outcomes)?);
+    } else if outcomes.is_empty() {
+        println!("nothing to resume: no open rotation");
+    } else {
+        for o in outcomes {
+            println!("{}", o.line());
+        }
+    }
+    Ok(())
+}
+
+/// `rekey rotate SECRET`.
+pub async fn rotate(config: &Path, secret: &str, wait: bool, json: bool) -> Result<u8> {
+    let env = Env::open(config)?;
+    let plan = env.config.plan(secret)?.clone();
+    let rotation_id = uuid::Uuid::now_v7().to_string();
+    let rotation_id = match env
+        .runner
+        .request(plan, Trigger::Manual, "cli", rotation_id)
+        .await?
+    {
+        Requested::Started { rotation_id } => rotation_id,
+        Requested::Coalesced { into } => {
+            if !json {
+                println!("a rotation of {secret} is already open: {into}; driving it");
+            }
+            into
+        }
+    };
+    let progress = env.drive(&rotation_id, wait).await?;
+    print_outcomes(&[Outcome::new(&rotation_id, secret, &progress)], json)?;
+    Ok(match progress {
+        Progress::Finished(Phase::Compensated) => exit::FAILED,
+        _ => exit::OK,
+    })
+}
+
+/// `rekey resume`.
+pub async fn resume(config: &Path, wait: bool, json: bool) -> Result<u8> {
+    let env = Env::open(config)?;
+    let mut outcomes = Vec::new();
+    for id in env.runner.open_rotations().await? {
+        let secret = env
+            .journal
+            .stream_info(&id)?
+            .and_then(|i| i.subject)
+            .unwrap_or_default();
+        let progress = env.drive(&id, wait).await?;
+        outcomes.push(Outcome::new(&id, &secret, &progress));
+    }
+    print_outcomes(&outcomes, json)?;
+    Ok(exit::OK)
+}
+
+/// One secret's status row.
+#[derive(Debug, Serialize)]
+pub struct SecretStatus {
+    pub secret: String,
+    pub open_rotation: Option<OpenStatus>,
+    pub last_ended: Option<Ended>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OpenStatus {
+    pub rotation_id: String,
+    pub phase: Phase,
+    pub next: Command,
+    /// The last failure's message, when a step is waiting to retry.
+    pub last_failure: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ended {
+    pub rotation_id: String,
+    pub status: String,
+    pub ended_at_ms: i64,
+}
+
+/// `rekey status [SECRET]`.
+pub fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
+    let env = Env::open(config)?;
+    let names: Vec<String> = match secret {
+        Some(s) => vec![env.config.plan(s)?.secret.clone()],
+        None => env.config.secrets.keys().cloned().collect(),
+    };
+    let now = env.clock.now_ms();
+    let mut rows = Vec::new();
+    for name in names {
+        let streams = env.journal.streams(&StreamFilter {
+            subject: Some(name.clone()),
+            ..StreamFilter::default()
+        })?;
+        let mut row = SecretStatus {
+            secret: name.clone(),
+            open_rotation: None,
+            last_ended: None,
+        };
+        for s in streams
+            .iter()
+            .filter(|s| !crate::runner::lock::is_lock_stream(&s.stream_id))
+        {
+            if s.status == "open" {
+                let (state, _) = env.runner.load(&s.stream_id)?;
+                let last_failure = state.steps.values().find_map(|st| match st {
+                    crate::saga::StepStatus::InDoubt {
+                        failure: Some(f), ..
+                    } => Some(format!("{:?}: {}", f.class, f.message)),
+                    _ => None,
+                });
+                row.open_rotation = Some(OpenStatus {
+                    rotation_id: s.stream_id.clone(),
+                    phase: state.phase,
+                    next: decide(&state, now),
+                    last_failure,
+                });
+            } else if row
+                .last_ended
+                .as_ref()
+                .is_none_or(|e| e.ended_at_ms <= s.updated_at_ms)
+            {
+                row.last_ended = Some(Ended {
+                    rotation_id: s.stream_id.clone(),
+                    status: s.status.clone(),
+                    ended_at_ms: s.updated_at_ms,
+                });
+            }
+        }
+        rows.push(row);
+    }
+    if json {
+        println!("{}", serde_json::to_string(&rows)?);
+    } else {
+        for r in &rows {
+            let open = r
+                .open_rotation
+                .as_ref()
+                .map_or("no open rotation".to_owned(), |o| {
+                    format!(
+                        "open {} ({:?}), next: {}{}",
+                        o.rotation_id,
+                        o.phase,
+                        describe(&o.next),
+                        o.last_failure
+                            .as_ref()
+                            .map(|f| format!(" after {f}"))
+                            .unwrap_or_default()
+                    )
+                });
+            let last = r
+                .last_ended
+                .as_ref()
+                .map_or("never rotated".to_owned(), |e| {
+                    format!(
+                        "last {} {} at {}",
+                        e.rotation_id,
+                        e.status,
+                        format_ms(e.ended_at_ms)
+                    )
+                });
+            println!("{}: {open}; {last}", r.secret);
+        }
+    }
+    Ok(exit::OK)
+}
+
+fn describe(cmd: &Command) -> String {
+    match cmd {
+        Command::Run { step, attempt, .. } => format!("run {step} (attempt {attempt})"),
+        Command::Reconcile { step, .. } => format!("reconcile in-doubt {step}"),
+        Command::WaitUntil { at_ms, reason } => {
+            let why = match reason {
+                Wait::Backoff => "retry backoff",
+                Wait::Grace => "grace period",
+            };
+            format!("{why} until {}", format_ms(*at_ms))
+        }
+        other => format!("{other:?}"),
+    }
+}
+
+/// `rekey policy check`.
+pub fn policy_check(config: &Path, json: bool) -> Result<u8> {
+    let config = Config::load(config)?;
+    if json {
+        let secrets: Vec<_> = config.secrets.values().collect();
+        println!("{}", serde_json::to_string(&secrets)?);
+    } else {
+        println!(
+            "{}: valid; journal {}; {} provider(s); {} secret(s): {}",
+            config.path.display(),
+            config.journal_path.display(),
+            config.providers.len(),
+            config.secrets.len(),
+            config
+                .secrets
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(exit::OK)
+}

@@ -1,0 +1,511 @@
+//! The config file (TOML): where the journal lives, which providers exist, and which
+//! secrets to rotate with which targets and policy. It is validated completely before
+//! anything runs; every error names the file, the line and what to write instead.
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::provider::Provider;
+use crate::providers::local::{EnvFile, LocalVault, RandomRotator};
+use crate::saga::{Plan, Role, TargetRef};
+
+/// Most attempts a forward step may be given.
+pub const ATTEMPTS_MAX_LIMIT: u32 = 100;
+
+/// A config that failed to load.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{path}: cannot read the config: {cause}; pass --config or set REKEY_CONFIG")]
+    Read {
+        path: PathBuf,
+        cause: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Invalid {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("no secret named {name:?} in {path}; configured secrets: {known}")]
+    UnknownSecret {
+        path: PathBuf,
+        name: String,
+        known: String,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    journal: RawJournal,
+    #[serde(default)]
+    providers: BTreeMap<String, Spanned<RawProvider>>,
+    #[serde(default)]
+    secrets: BTreeMap<String, Spanned<RawSecret>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawJournal {
+    path: PathBuf,
+}
+
+/// A provider as configured; `kind` says which system it speaks to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProviderConfig {
+    /// Rotator: random bytes from the OS-seeded CSPRNG, hex encoded.
+    Random {
+        #[serde(default = "default_random_bytes")]
+        bytes: usize,
+    },
+    /// Store: a local vault file (the embedded default).
+    LocalVault { path: PathBuf },
+    /// Dependent and verifier: one `KEY=value` line of an env file.
+    EnvFile { path: PathBuf, key: String },
+}
+
+type RawProvider = ProviderConfig;
+
+fn default_random_bytes() -> usize {
+    32
+}
+
+fn default_attempts() -> u32 {
+    5
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSecret {
+    rotator: Spanned<String>,
+    stores: Vec<Spanned<String>>,
+    #[serde(default)]
+    dependents: Vec<Spanned<String>>,
+    verifiers: Vec<Spanned<String>>,
+    /// How long the old credential stays valid after verification, e.g. "7d", "2s".
+    grace: Spanned<String>,
+    #[serde(default = "default_attempts")]
+    attempts_max: u32,
+    /// Secrets sharing one underlying credential share a lock key.
+    lock_key: Option<String>,
+}
+
+/// A validated config.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub journal_path: PathBuf,
+    pub providers: BTreeMap<String, ProviderConfig>,
+    pub secrets: BTreeMap<String, Plan>,
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, column)
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 100
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+}
+
+impl Config {
+    /// Reads and validates the config at `path`.
+    ///
+    /// # Errors
+    /// [`Error::Read`] or [`Error::Invalid`] with the line of the first problem.
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|cause| Error::Read {
+            path: path.to_owned(),
+            cause,
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Validates config text as if read from `path` (relative paths resolve beside it).
+    ///
+    /// # Errors
+    /// [`Error::Invalid`] with the line of the first problem.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, Error> {
+        let invalid = |span: Option<Range<usize>>, message: String| {
+            let (line, column) = line_col(text, span.map_or(0, |s| s.start));
+            Error::Invalid {
+                path: path.to_owned(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
+        let base = path.parent().unwrap_or(Path::new(""));
+        let resolve = |p: &Path| {
+            if p.is_absolute() {
+                p.to_owned()
+            } else {
+                base.join(p)
+            }
+        };
+
+        let mut providers = BTreeMap::new();
+        for (name, spanned) in &raw.providers {
+            if !valid_name(name) {
+                return Err(invalid(
+                    Some(spanned.span()),
+                    format!(
+                        "provider name {name:?} must be 1 to 100 characters of A-Z a-z 0-9 - _ ."
+                    ),
+                ));
+            }
+            let p = match spanned.get_ref().clone() {
+                ProviderConfig::Random { bytes } => {
+                    if !(16..=1024).contains(&bytes) {
+                        return Err(invalid(
+                            Some(spanned.span()),
+                            format!(
+                                "provider {name}: bytes = {bytes} is out of range; use 16 to 1024 (32 is the default)"
+                            ),
+                        ));
+                    }
+                    ProviderConfig::Random { bytes }
+                }
+                ProviderConfig::LocalVault { path } => ProviderConfig::LocalVault {
+                    path: resolve(&path),
+                },
+                ProviderConfig::EnvFile { path, key } => {
+                    if key.is_empty() || key.contains(['=', '\n']) {
+                        return Err(invalid(
+                            Some(spanned.span()),
+                            format!(
+                                "provider {name}: key {key:?} must be a non-empty variable name without '=' or newlines"
+                            ),
+                        ));
+                    }
+                    ProviderConfig::EnvFile {
+                        path: resolve(&path),
+                        key,
+                    }
+                }
+            };
+            providers.insert(name.clone(), p);
+        }
+
+        let mut secrets = BTreeMap::new();
+        for (name, spanned) in &raw.secrets {
+            let s = spanned.get_ref();
+            let here = Some(spanned.span());
+            if !valid_name(name) {
+                return Err(invalid(
+                    here,
+                    format!(
+                        "secret name {name:?} must be 1 to 100 characters of A-Z a-z 0-9 - _ ."
+                    ),
+                ));
+            }
+            let mut targets = Vec::new();
+            let mut add = |role: Role, refs: &[Spanned<String>], what: &str| -> Result<(), Error> {
+                if refs.is_empty() && matches!(role, Role::Store | Role::Verifier) {
+                    return Err(invalid(
+                        here.clone(),
+                        format!(
+                            "secret {name}: needs at least one {what}, e.g. {what}s = [\"my-vault\"]"
+                        ),
+                    ));
+                }
+                for r in refs {
+                    let target = r.get_ref();
+                    let Some(kind) = providers.get(target) else {
+                        let known: Vec<&str> = providers.keys().map(String::as_str).collect();
+                        return Err(invalid(
+                            Some(r.span()),
+                            format!(
+                                "secret {name}: {what} {target:?} is not defined; define [providers.{target}] or use one of: {}",
+                                if known.is_empty() {
+                                    "(none defined)".to_owned()
+                                } else {
+                                    known.join(", ")
+                                }
+                            ),
+                        ));
+                    };
+                    if !serves(kind, role) {
+                        return Err(invalid(
+                            Some(r.span()),
+                            format!(
+                                "secret {name}: provider {target:?} ({}) cannot be a {what}",
+                                kind_name(kind)
+                            ),
+                        ));
+                    }
+                    targets.push(TargetRef {
+                        role,
+                        name: target.clone(),
+                    });
+                }
+                Ok(())
+            };
+            add(Role::Rotator, std::slice::from_ref(&s.rotator), "rotator")?;
+            add(Role::Store, &s.stores, "store")?;
+            add(Role::Dependent, &s.dependents, "dependent")?;
+            add(Role::Verifier, &s.verifiers, "verifier")?;
+            let grace_ms = parse_duration_ms(s.grace.get_ref()).map_err(|why| {
+                invalid(
+                    Some(s.grace.span()),
+                    format!(
+                        "secret {name}: grace = {:?} {why}; write e.g. \"7d\", \"12h\" or \"30s\"",
+                        s.grace.get_ref()
+                    ),
+                )
+            })?;
+            if s.attempts_max == 0 || s.attempts_max > ATTEMPTS_MAX_LIMIT {
+                return Err(invalid(
+                    here,
+                    format!(
+                        "secret {name}: attempts_max = {} must be 1 to {ATTEMPTS_MAX_LIMIT}",
+                        s.attempts_max
+                    ),
+                ));
+            }
+            let lock_key = s.lock_key.clone().unwrap_or_else(|| name.clone());
+            if !valid_name(&lock_key) {
+                return Err(invalid(
+                    here,
+                    format!(
+                        "secret {name}: lock_key {lock_key:?} must be 1 to 100 characters of A-Z a-z 0-9 - _ ."
+                    ),
+                ));
+            }
+            secrets.insert(
+                name.clone(),
+                Plan {
+                    secret: name.clone(),
+                    lock_key,
+                    targets,
+                    grace_ms,
+                    attempts_max: s.attempts_max,
+                },
+            );
+        }
+        Ok(Config {
+            path: path.to_owned(),
+            journal_path: resolve(&raw.journal.path),
+            providers,
+            secrets,
+        })
+    }
+
+    /// The plan of the secret `name`.
+    ///
+    /// # Errors
+    /// [`Error::UnknownSecret`] listing the configured names.
+    pub fn plan(&self, name: &str) -> Result<&Plan, Error> {
+        self.secrets.get(name).ok_or_else(|| Error::UnknownSecret {
+            path: self.path.clone(),
+            name: name.to_owned(),
+            known: if self.secrets.is_empty() {
+                "(none)".into()
+            } else {
+                self.secrets.keys().cloned().collect::<Vec<_>>().join(", ")
+            },
+        })
+    }
+
+    /// One provider instance per configured provider, by name.
+    pub fn build_providers(&self) -> HashMap<String, Arc<dyn Provider>> {
+        self.providers
+            .iter()
+            .map(|(name, p)| {
+                let provider: Arc<dyn Provider> = match p {
+                    ProviderConfig::Random { bytes } => Arc::new(RandomRotator { bytes: *bytes }),
+                    ProviderConfig::LocalVault { path } => Arc::new(LocalVault::new(path)),
+                    ProviderConfig::EnvFile { path, key } => {
+                        Arc::new(EnvFile::new(path, key.clone()))
+                    }
+                };
+                (name.clone(), provider)
+            })
+            .collect()
+    }
+}
+
+fn serves(kind: &ProviderConfig, role: Role) -> bool {
+    matches!(
+        (kind, role),
+        (ProviderConfig::Random { .. }, Role::Rotator)
+            | (ProviderConfig::LocalVault { .. }, Role::Store)
+            | (
+                ProviderConfig::EnvFile { .. },
+                Role::Dependent | Role::Verifier
+            )
+    )
+}
+
+fn kind_name(kind: &ProviderConfig) -> &'static str {
+    match kind {
+        ProviderConfig::Random { .. } => "kind random",
+        ProviderConfig::LocalVault { .. } => "kind local_vault",
+        ProviderConfig::EnvFile { .. } => "kind env_file",
+    }
+}
+
+/// Parses "7d", "12h", "30s", "1h 30m" (jiff's friendly format) into milliseconds.
+fn parse_duration_ms(text: &str) -> Result<i64, String> {
+    let span: jiff::Span = text
+        .parse()
+        .map_err(|e: jiff::Error| format!("is not a duration ({e})"))?;
+    // Policy durations count days as 24 hours: a grace period is elapsed time, not a date.
+    let d = span
+        .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
+        .map_err(|e| format!("cannot be used as a duration ({e})"))?;
+    if d.is_negative() {
+        return Err("is negative".into());
+    }
+    i64::try_from(d.as_millis()).map_err(|_| "is too long".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"[journal]
+path = "journal.db"
+
+[providers.random]
+kind = "random"
+
+[providers.vault]
+kind = "local_vault"
+path = "/abs/vault.json"
+
+[providers.app]
+kind = "env_file"
+path = "app.env"
+key = "API_KEY"
+
+[secrets.payments-api]
+rotator = "random"
+stores = ["vault"]
+dependents = ["app"]
+verifiers = ["app"]
+grace = "7d"
+"#;
+
+    fn parse(text: &str) -> Result<Config, Error> {
+        Config::parse(Path::new("/etc/rekey/rekey.toml"), text)
+    }
+
+    #[test]
+    fn a_valid_config_becomes_plans_with_resolved_paths() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.journal_path, Path::new("/etc/rekey/journal.db"));
+        let plan = c.plan("payments-api").unwrap();
+        assert_eq!(plan.grace_ms, 7 * 86_400_000);
+        assert_eq!(plan.attempts_max, 5);
+        assert_eq!(plan.lock_key, "payments-api");
+        let roles: Vec<Role> = plan.targets.iter().map(|t| t.role).collect();
+        assert_eq!(
+            roles,
+            [Role::Rotator, Role::Store, Role::Dependent, Role::Verifier]
+        );
+        assert!(matches!(
+            &c.providers["vault"],
+            ProviderConfig::LocalVault { path } if path == Path::new("/abs/vault.json")
+        ));
+        assert!(matches!(
+            &c.providers["app"],
+            ProviderConfig::EnvFile { path, .. } if path == Path::new("/etc/rekey/app.env")
+        ));
+    }
+
+    /// Each bad config is refused with its line and a message saying what is wrong.
+    #[test]
+    fn bad_configs_name_the_line_and_the_fix() {
+        let cases: &[(&str, &str, usize, &str)] = &[
+            (
+                "kind = \"random\"",
+                "kind = \"randum\"",
+                5,
+                "unknown variant `randum`",
+            ),
+            (
+                "stores = [\"vault\"]",
+                "stores = [\"vault2\"]",
+                18,
+                "store \"vault2\" is not defined; define [providers.vault2]",
+            ),
+            (
+                "grace = \"7d\"",
+                "grace = \"soon\"",
+                21,
+                "grace = \"soon\" is not a duration",
+            ),
+            ("grace = \"7d\"", "grace = \"-1h\"", 21, "is negative"),
+            (
+                "grace = \"7d\"",
+                "grace = \"7d\"\ncolour = \"blue\"",
+                22,
+                "unknown field `colour`",
+            ),
+            (
+                "rotator = \"random\"",
+                "rotator = \"vault\"",
+                17,
+                "provider \"vault\" (kind local_vault) cannot be a rotator",
+            ),
+            (
+                "verifiers = [\"app\"]",
+                "verifiers = []",
+                16,
+                "needs at least one verifier",
+            ),
+            (
+                "grace = \"7d\"",
+                "grace = 7",
+                21,
+                "invalid type: integer `7`, expected a string",
+            ),
+            (
+                "grace = \"7d\"",
+                "grace = \"7d\"\nattempts_max = 0",
+                16,
+                "attempts_max = 0 must be 1 to 100",
+            ),
+        ];
+        for (from, to, line, want) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            assert_ne!(text, GOOD, "case {want:?} did not change the config");
+            match parse(&text) {
+                Err(Error::Invalid {
+                    line: got, message, ..
+                }) => {
+                    assert!(
+                        message.contains(want),
+                        "{message:?} should contain {want:?}"
+                    );
+                    assert_eq!(got, *line, "line of {want:?}");
+                }
+                other => panic!("{want:?}: expected an invalid-config error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn unknown_secret_lists_the_configured_ones() {
+        let c = parse(GOOD).unwrap();
+        let err = c.plan("payments").unwrap_err().to_string();
+        assert!(err.contains("no secret named \"payments\""), "{err}");
+        assert!(err.contains("configured secrets: payments-api"), "{err}");
+    }
+}
