@@ -245,7 +245,8 @@ pub(crate) fn canonical_payload(stream: &str, event: &NewEvent) -> Result<String
 }
 
 /// Checks that `events` continue a stream whose last event was `(last_seq, last_hash)`:
-/// contiguous sequences and linked hashes. Used on every read.
+/// contiguous sequences, linked hashes, and each hash matching its event. Used on every
+/// read, so a runner is never handed history that was edited outside rekey.
 pub(crate) fn check_links(
     mut last_seq: u64,
     mut last_hash: Digest32,
@@ -264,6 +265,8 @@ pub(crate) fn check_links(
                 "prev_hash {} does not match the previous event's hash {}",
                 e.prev_hash, last_hash
             ))
+        } else if e.expected_hash() != e.hash {
+            Some("event content does not match its hash (edited)".to_owned())
         } else {
             None
         };

@@ -183,36 +183,26 @@ impl SqliteJournal {
         f(&conn)
     }
 
+    /// Runs several reads in one read transaction, so they see one consistent snapshot
+    /// even while the writer commits.
+    fn with_snapshot<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        self.with_reader(|c| {
+            let tx = c
+                .unchecked_transaction()
+                .map_err(Error::sqlite("starting a read snapshot"))?;
+            let out = f(&tx)?;
+            tx.finish()
+                .map_err(Error::sqlite("ending a read snapshot"))?;
+            Ok(out)
+        })
+    }
+
     /// The head of every stream, for export and later truncation checks.
     ///
     /// # Errors
     /// Storage errors, or [`Error::Corrupt`] for a malformed head hash.
     pub fn heads(&self) -> Result<Vec<Head>> {
-        self.with_reader(|c| {
-            let mut stmt = c
-                .prepare("SELECT stream_id, head_seq, head_hash FROM streams ORDER BY stream_id")
-                .map_err(Error::sqlite("reading stream heads"))?;
-            let rows = stmt
-                .query_map([], |r| {
-                    Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, i64>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                    ))
-                })
-                .map_err(Error::sqlite("reading stream heads"))?;
-            let mut heads = Vec::new();
-            for row in rows {
-                let (stream_id, seq, hash) = row.map_err(Error::sqlite("reading stream heads"))?;
-                let hash = digest(&stream_id, seq as u64, &hash)?;
-                heads.push(Head {
-                    stream_id,
-                    seq: seq as u64,
-                    hash,
-                });
-            }
-            Ok(heads)
-        })
+        self.with_reader(heads_in)
     }
 
     /// Recomputes every chain and checks it against the recorded heads and, when given,
@@ -221,9 +211,8 @@ impl SqliteJournal {
     /// # Errors
     /// Storage errors only; a broken chain is a report, not an error.
     pub fn verify(&self, exported: Option<&[Head]>) -> Result<VerifyReport> {
-        let recorded = self.heads()?;
-        self.with_reader(|c| {
-            let mut verifier = Verifier::new(recorded, exported);
+        self.with_snapshot(|c| {
+            let mut verifier = Verifier::new(heads_in(c)?, exported);
             let mut stmt = c
                 .prepare(&format!("{SELECT_EVENT} ORDER BY stream_id, stream_seq"))
                 .map_err(Error::sqlite("reading events to verify"))?;
@@ -270,6 +259,33 @@ impl Drop for SqliteJournal {
             }
         }
     }
+}
+
+/// Every stream's head, read through `c`.
+fn heads_in(c: &Connection) -> Result<Vec<Head>> {
+    let mut stmt = c
+        .prepare("SELECT stream_id, head_seq, head_hash FROM streams ORDER BY stream_id")
+        .map_err(Error::sqlite("reading stream heads"))?;
+    let rows = stmt
+        .query_map([], |r| {
+            Ok((
+                r.get::<_, String>(0)?,
+                r.get::<_, i64>(1)?,
+                r.get::<_, Vec<u8>>(2)?,
+            ))
+        })
+        .map_err(Error::sqlite("reading stream heads"))?;
+    let mut heads = Vec::new();
+    for row in rows {
+        let (stream_id, seq, hash) = row.map_err(Error::sqlite("reading stream heads"))?;
+        let hash = digest(&stream_id, seq as u64, &hash)?;
+        heads.push(Head {
+            stream_id,
+            seq: seq as u64,
+            hash,
+        });
+    }
+    Ok(heads)
 }
 
 /// Root ignores file modes, so the mode is checked here: a journal marked read-only is
@@ -323,6 +339,9 @@ fn write_loop(mut conn: Connection, requests: mpsc::Receiver<Request>, clock: Ar
         }
         commit_batch(&mut conn, batch, clock.now_ms());
     }
+    // Closing: move everything from the WAL into the main file, so the `.db` alone (a
+    // backup, an auditor's copy) holds every event. The reader is idle, so this completes.
+    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
 }
 
 /// A finished request waiting for its commit before its answer is sent.
@@ -553,6 +572,12 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> Result<Event> {
     };
     let stream_id: String = r.get(1).map_err(get)?;
     let stream_seq = r.get::<_, i64>(2).map_err(get)? as u64;
+    // Once the row's place is known, an undecodable column is corruption at that place.
+    let get = |e: rusqlite::Error| Error::Corrupt {
+        stream: stream_id.clone(),
+        seq: stream_seq,
+        detail: format!("an event column cannot be decoded ({e})"),
+    };
     let prev: Vec<u8> = r.get(7).map_err(get)?;
     let hash: Vec<u8> = r.get(8).map_err(get)?;
     Ok(Event {
@@ -600,13 +625,21 @@ fn finish_info((mut info, hash): (StreamInfo, Vec<u8>)) -> Result<StreamInfo> {
     Ok(info)
 }
 
+fn stream_info_in(c: &Connection, stream_id: &str) -> Result<Option<StreamInfo>> {
+    c.prepare_cached(&format!("{SELECT_STREAM} WHERE stream_id = ?1"))
+        .and_then(|mut s| s.query_row([stream_id], row_to_info).optional())
+        .map_err(Error::sqlite(format!("reading stream {stream_id}")))?
+        .map(finish_info)
+        .transpose()
+}
+
 const SELECT_STREAM: &str = "SELECT stream_id, subject, status, created_at_ms, updated_at_ms,
     head_seq, head_hash FROM streams";
 
 impl JournalRead for SqliteJournal {
     fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
-        let info = self.stream_info(stream_id)?;
-        self.with_reader(|c| {
+        self.with_snapshot(|c| {
+            let info = stream_info_in(c, stream_id)?;
             let mut stmt = c
                 .prepare_cached(&format!(
                     "{SELECT_EVENT} WHERE stream_id = ?1 ORDER BY stream_seq"
@@ -635,13 +668,7 @@ impl JournalRead for SqliteJournal {
     }
 
     fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
-        self.with_reader(|c| {
-            c.prepare_cached(&format!("{SELECT_STREAM} WHERE stream_id = ?1"))
-                .and_then(|mut s| s.query_row([stream_id], row_to_info).optional())
-                .map_err(Error::sqlite(format!("reading stream {stream_id}")))?
-                .map(finish_info)
-                .transpose()
-        })
+        self.with_reader(|c| stream_info_in(c, stream_id))
     }
 }
 

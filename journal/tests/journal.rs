@@ -1,1 +1,26 @@
-//! placeholder
+//! The `rekey-journal` test suite: one binary, one module per concern.
+//!
+//! Every test uses its own temp dir. Time is a `ManualClock` wherever it matters, so lease
+//! and timer assertions are exact. The crash test re-executes this binary as its child.
+
+#[path = "journal/common.rs"]
+mod common;
+
+#[path = "journal/bad_input.rs"]
+mod bad_input;
+#[path = "journal/consistency.rs"]
+mod consistency;
+#[path = "journal/crash.rs"]
+mod crash;
+#[path = "journal/format.rs"]
+mod format;
+#[path = "journal/group_commit.rs"]
+mod group_commit;
+#[path = "journal/leases.rs"]
+mod leases;
+#[path = "journal/properties.rs"]
+mod properties;
+#[path = "journal/tamper.rs"]
+mod tamper;
+#[path = "journal/timers.rs"]
+mod timers;

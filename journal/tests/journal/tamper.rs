@@ -1,0 +1,334 @@
+//! Tamper evidence: an attacker with write access to the file drops the append-only triggers
+//! and edits, deletes, reorders or truncates history. `verify` must name the stream and the
+//! sequence where the chain stops holding, and reads must refuse the broken stream.
+
+use std::path::Path;
+
+use rekey_journal::{Digest32, Error, Head, JournalRead, SqliteJournal, chain_hash};
+use rusqlite::{Connection, params};
+
+use crate::common::{
+    assert_chain, assert_intact, expect_err, fill, manual_clock, open_sqlite, read, scratch,
+};
+
+/// Streams of the victim journal and their lengths; verify reads them in this (id) order.
+const VICTIM: [(&str, u64); 3] = [("alpha", 4), ("bravo", 6), ("charlie", 3)];
+
+/// Writes the journal every attack starts from (streams interleaved in global order), closes
+/// it, and returns the heads exported while it was healthy.
+async fn victim(path: &Path) -> Vec<Head> {
+    let clock = manual_clock();
+    let j = open_sqlite(path, &clock);
+    for round in 0..6 {
+        for (stream, len) in VICTIM {
+            if round < len {
+                clock.advance(7);
+                fill(&j, stream, 1).await;
+            }
+        }
+    }
+    let heads = j.heads().expect("heads");
+    assert_intact(
+        &j.verify(Some(&heads)).expect("verify"),
+        "the victim before the attack",
+    );
+    heads
+}
+
+/// Opens the closed journal file directly and drops the append-only triggers, as an attacker
+/// with file access would.
+fn attacker(path: &Path) -> Connection {
+    let c = Connection::open(path).expect("opening the file directly");
+    c.execute_batch(
+        "DROP TRIGGER events_append_only_update;
+         DROP TRIGGER events_append_only_delete;
+         DROP TRIGGER streams_no_delete;
+         DROP TRIGGER streams_head_forward;",
+    )
+    .expect("dropping the triggers");
+    c
+}
+
+/// An event row's content columns (everything but its global and stream sequences).
+#[derive(Debug, Clone)]
+struct Row {
+    kind: String,
+    schema_version: u32,
+    recorded_at_ms: i64,
+    payload: String,
+    prev_hash: Vec<u8>,
+    hash: Vec<u8>,
+}
+
+fn get_row(c: &Connection, stream: &str, seq: u64) -> Row {
+    c.query_row(
+        "SELECT kind, schema_version, recorded_at_ms, payload, prev_hash, hash
+         FROM events WHERE stream_id = ?1 AND stream_seq = ?2",
+        params![stream, seq as i64],
+        |r| {
+            Ok(Row {
+                kind: r.get(0)?,
+                schema_version: r.get(1)?,
+                recorded_at_ms: r.get(2)?,
+                payload: r.get(3)?,
+                prev_hash: r.get(4)?,
+                hash: r.get(5)?,
+            })
+        },
+    )
+    .unwrap_or_else(|e| panic!("reading {stream}#{seq}: {e}"))
+}
+
+fn put_row(c: &Connection, stream: &str, seq: u64, row: &Row) {
+    let n = c
+        .execute(
+            "UPDATE events SET kind = ?3, schema_version = ?4, recorded_at_ms = ?5, payload = ?6,
+                    prev_hash = ?7, hash = ?8
+             WHERE stream_id = ?1 AND stream_seq = ?2",
+            params![
+                stream,
+                seq as i64,
+                row.kind,
+                row.schema_version,
+                row.recorded_at_ms,
+                row.payload,
+                row.prev_hash,
+                row.hash
+            ],
+        )
+        .unwrap_or_else(|e| panic!("rewriting {stream}#{seq}: {e}"));
+    assert_eq!(n, 1, "rewriting {stream}#{seq} must touch one row");
+}
+
+fn exec(c: &Connection, sql: &str) {
+    c.execute_batch(sql)
+        .unwrap_or_else(|e| panic!("attack {sql:?} failed: {e}"));
+}
+
+/// Asserts `verify` reports its first broken link at `stream`#`seq`, described with `what`.
+fn assert_broken_at(path: &Path, exported: Option<&[Head]>, stream: &str, seq: u64, what: &str) {
+    let j = SqliteJournal::open_read_only(path).expect("opening the tampered journal");
+    let report = j
+        .verify(exported)
+        .unwrap_or_else(|e| panic!("verify must report tampering as a broken link, not fail: {e}"));
+    let broken = report
+        .broken
+        .unwrap_or_else(|| panic!("verify must find the tampering at {stream}#{seq}"));
+    assert_eq!(
+        (broken.stream_id.as_str(), broken.seq),
+        (stream, seq),
+        "verify must name the right stream and sequence: {broken}"
+    );
+    assert!(
+        broken.what.contains(what),
+        "verify should say {what:?}: {broken}"
+    );
+}
+
+/// Asserts reading `stream` fails with `Corrupt` at `seq`, while the untouched streams read.
+fn assert_read_corrupt_at(path: &Path, stream: &str, seq: u64) {
+    let j = SqliteJournal::open_read_only(path).expect("opening the tampered journal");
+    expect_err!(
+        j.read_stream(stream),
+        Error::Corrupt { stream: s, seq: q, .. } if s == stream && *q == seq,
+        "reading {stream} must refuse the broken chain at sequence {seq}"
+    );
+    for (other, len) in VICTIM.into_iter().filter(|(s, _)| *s != stream) {
+        let events = read(&j, other);
+        assert_chain(other, &events);
+        assert_eq!(events.len() as u64, len, "{other} was not attacked");
+    }
+}
+
+/// (a) An edited payload no longer matches its hash: reading it must not hand it to a runner.
+#[tokio::test]
+async fn tamper_edited_payload_is_found_at_its_sequence() {
+    let (_dir, path) = scratch();
+    victim(&path).await;
+    exec(
+        &attacker(&path),
+        r#"UPDATE events SET payload = '{"i":999}' WHERE stream_id = 'bravo' AND stream_seq = 3"#,
+    );
+    assert_broken_at(&path, None, "bravo", 3, "edited");
+    assert_read_corrupt_at(&path, "bravo", 3);
+}
+
+/// (a') A smarter attacker re-hashes the edited event; the next event's link then breaks.
+#[tokio::test]
+async fn tamper_edited_and_rehashed_event_breaks_the_next_link() {
+    let (_dir, path) = scratch();
+    victim(&path).await;
+    let c = attacker(&path);
+    let mut row = get_row(&c, "bravo", 3);
+    row.payload = r#"{"i":999}"#.into();
+    let prev = Digest32(row.prev_hash.clone().try_into().expect("32 bytes"));
+    row.hash = chain_hash(
+        &prev,
+        "bravo",
+        3,
+        &row.kind,
+        row.schema_version,
+        row.recorded_at_ms,
+        &row.payload,
+    )
+    .0
+    .to_vec();
+    put_row(&c, "bravo", 3, &row);
+    drop(c);
+    assert_broken_at(&path, None, "bravo", 4, "prev_hash");
+    assert_read_corrupt_at(&path, "bravo", 4);
+}
+
+/// (b) A deleted middle event leaves a sequence gap. `verify` names the missing sequence;
+/// `read_stream` names the first stored event that fails to follow its predecessor.
+#[tokio::test]
+async fn tamper_deleted_middle_event_is_found_as_a_gap() {
+    let (_dir, path) = scratch();
+    victim(&path).await;
+    exec(
+        &attacker(&path),
+        "DELETE FROM events WHERE stream_id = 'bravo' AND stream_seq = 3",
+    );
+    assert_broken_at(&path, None, "bravo", 3, "gap");
+    assert_read_corrupt_at(&path, "bravo", 4);
+}
+
+/// (c) Two events of a stream swapped in place: the first swapped position no longer links.
+#[tokio::test]
+async fn tamper_swapped_events_break_the_chain_at_the_first_swapped_position() {
+    let (_dir, path) = scratch();
+    victim(&path).await;
+    let c = attacker(&path);
+    let (second, third) = (get_row(&c, "bravo", 2), get_row(&c, "bravo", 3));
+    put_row(&c, "bravo", 2, &third);
+    put_row(&c, "bravo", 3, &second);
+    drop(c);
+    assert_broken_at(&path, None, "bravo", 2, "prev_hash");
+    assert_read_corrupt_at(&path, "bravo", 2);
+}
+
+/// (c') Whole rows swapped in global order (each keeps its content and stream position):
+/// the stream still chains, but global order no longer follows stream order.
+#[tokio::test]
+async fn tamper_rows_swapped_in_global_order_are_found() {
+    let (_dir, path) = scratch();
+    victim(&path).await;
+    exec(
+        &attacker(&path),
+        "CREATE TEMP TABLE g AS SELECT stream_seq, global_seq FROM events
+             WHERE stream_id = 'bravo' AND stream_seq IN (2, 3);
+         UPDATE events SET global_seq = -global_seq
+             WHERE stream_id = 'bravo' AND stream_seq IN (2, 3);
+         UPDATE events SET global_seq = (SELECT global_seq FROM g WHERE g.stream_seq = 5 - events.stream_seq)
+             WHERE stream_id = 'bravo' AND stream_seq IN (2, 3);",
+    );
+    assert_broken_at(&path, None, "bravo", 3, "global order");
+}
+
+/// (d) The tail truncated and the head row rewritten to match: the file is self-consistent,
+/// so only heads exported before the attack reveal it.
+#[tokio::test]
+async fn tamper_truncation_with_a_rewritten_head_is_found_by_exported_heads() {
+    let (_dir, path) = scratch();
+    let exported = victim(&path).await;
+    exec(
+        &attacker(&path),
+        "DELETE FROM events WHERE stream_id = 'bravo' AND stream_seq > 4;
+         UPDATE streams SET head_seq = 4,
+             head_hash = (SELECT hash FROM events WHERE stream_id = 'bravo' AND stream_seq = 4)
+             WHERE stream_id = 'bravo';",
+    );
+    let j = SqliteJournal::open_read_only(&path).expect("opening the tampered journal");
+    assert_intact(
+        &j.verify(None).expect("verify"),
+        "without exported heads a consistent truncation is invisible (this is why heads are exported)",
+    );
+    let events = read(&j, "bravo");
+    assert_chain("bravo", &events);
+    assert_eq!(
+        events.len(),
+        4,
+        "the truncated stream reads as its 4 remaining events"
+    );
+    assert_broken_at(&path, Some(&exported), "bravo", 5, "truncated");
+}
+
+/// (d') The tail truncated but the head row left alone: the journal's own head record shows it.
+#[tokio::test]
+async fn tamper_truncation_without_head_rewrite_is_found() {
+    let (_dir, path) = scratch();
+    victim(&path).await;
+    exec(
+        &attacker(&path),
+        "DELETE FROM events WHERE stream_id = 'bravo' AND stream_seq > 4",
+    );
+    assert_broken_at(&path, None, "bravo", 5, "truncated");
+    assert_read_corrupt_at(&path, "bravo", 5);
+}
+
+/// (e) A whole stream deleted, head row included: exported heads name it.
+#[tokio::test]
+async fn tamper_deleted_stream_is_found_by_exported_heads() {
+    let (_dir, path) = scratch();
+    let exported = victim(&path).await;
+    exec(
+        &attacker(&path),
+        "DELETE FROM events WHERE stream_id = 'charlie';
+         DELETE FROM streams WHERE stream_id = 'charlie';",
+    );
+    assert_broken_at(&path, Some(&exported), "charlie", 1, "missing");
+}
+
+/// (f) A column rewritten with another SQLite type (payload stored as a BLOB): still tampering,
+/// so `verify` must report a broken link at that event rather than fail as a storage error.
+#[tokio::test]
+async fn tamper_retyped_column_is_reported_as_a_broken_link() {
+    let (_dir, path) = scratch();
+    victim(&path).await;
+    exec(
+        &attacker(&path),
+        "UPDATE events SET payload = CAST(payload AS BLOB)
+         WHERE stream_id = 'bravo' AND stream_seq = 3",
+    );
+    assert_broken_at(&path, None, "bravo", 3, "");
+    assert_read_corrupt_at(&path, "bravo", 3);
+}
+
+/// With its triggers in place, the file itself refuses rewrites of history.
+#[tokio::test]
+async fn triggers_refuse_updates_and_deletes_of_history() {
+    let (_dir, path) = scratch();
+    victim(&path).await;
+    let c = Connection::open(&path).expect("opening the file directly");
+    for (sql, why) in [
+        (
+            r#"UPDATE events SET payload = '{"i":999}' WHERE stream_id = 'bravo' AND stream_seq = 3"#,
+            "append-only",
+        ),
+        (
+            "DELETE FROM events WHERE stream_id = 'bravo' AND stream_seq = 6",
+            "append-only",
+        ),
+        (
+            "DELETE FROM streams WHERE stream_id = 'charlie'",
+            "cannot be deleted",
+        ),
+        (
+            "UPDATE streams SET head_seq = 4 WHERE stream_id = 'bravo'",
+            "only move forward",
+        ),
+    ] {
+        let err = c
+            .execute_batch(sql)
+            .expect_err(&format!("the triggers must refuse {sql}"));
+        assert!(
+            err.to_string().contains(why),
+            "{sql}: refused for the wrong reason: {err}"
+        );
+    }
+    drop(c);
+    let j = SqliteJournal::open_read_only(&path).expect("opening the journal");
+    let report = j.verify(None).expect("verify");
+    assert_intact(&report, "after the refused attacks");
+    assert_eq!(report.events, 13, "every event is still there");
+}
