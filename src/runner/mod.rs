@@ -13,8 +13,8 @@ use std::sync::{Arc, Mutex};
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use rekey_journal::{
-    Append, Clock, Fence, JournalAppend, JournalRead, JournalScan, Lease, Leases, NewEvent,
-    StreamFilter, TimerOp,
+    Append, Clock, JournalAppend, JournalRead, JournalScan, Lease, Leases, NewEvent, StreamFilter,
+    TimerOp,
 };
 use tracing::{Instrument, info, info_span, warn};
 
@@ -277,8 +277,10 @@ impl<J: RunnerJournal> Runner<J> {
                 actor,
             }) = lock::open_rotation(&events)
             {
-                self.create_rotation_stream(rotation_id, plan, trigger, actor)
-                    .await?;
+                if self.journal.stream_info(rotation_id)?.is_none() {
+                    self.create_rotation_stream(rotation_id, plan, trigger, actor)
+                        .await?;
+                }
                 open.push(rotation_id.clone());
             }
         }
@@ -395,7 +397,7 @@ impl<J: RunnerJournal> Runner<J> {
     /// Appends one event under the lease and folds it into the state.
     async fn emit(&self, d: &mut Driving, event: RotationEvent) -> Result<(), Error> {
         let mut append = Append::new(d.state.id.clone(), d.seq, vec![rotation_event(&event)])
-            .fenced(Fence::clone(&d.lease.fence()));
+            .fenced(d.lease.fence());
         match &event {
             RotationEvent::Completed => append = append.status("completed"),
             RotationEvent::Compensated => append = append.status("compensated"),
