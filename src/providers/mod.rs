@@ -1,4 +1,5 @@
 //! Providers: one module per external system, each implementing
 //! [`crate::provider::Provider`]. `local` holds the embedded default that needs no cloud.
 
+pub mod azure;
 pub mod local;

@@ -1,0 +1,501 @@
+//! Key Vault secrets as a store. Each rotation writes a new version tagged with the
+//! rotation and the step's idempotency key, so `reconcile` finds a version whose response
+//! was lost by listing versions (following `nextLink` pages) and matching the tag. Versions
+//! are named by their full id URL, so a value can be read back by version alone.
+//!
+//! Authentication is challenge-based, as Azure's SDKs do it: a first request without a
+//! token learns the token resource from `WWW-Authenticate`, which must belong to the vault's
+//! domain unless verification is turned off (loopback test servers).
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::json;
+use url::Url;
+
+use super::credential::Credential;
+use super::http::{Body, Http, Op, Response, classify};
+use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use crate::saga::Action;
+
+/// The api-version rekey speaks (the contract's stable versions share these shapes).
+pub const API_VERSION: &str = "7.5";
+/// Tag carrying the rotation id on every version rekey writes.
+pub const ROTATION_TAG: &str = "rekey-rotation";
+/// Tag carrying the step's idempotency key.
+pub const KEY_TAG: &str = "rekey-key";
+/// Most version pages followed when reconciling (25 versions a page).
+pub const VERSION_PAGES_MAX: usize = 400;
+
+/// One vault, holding each secret under its config name.
+#[derive(Debug)]
+pub struct KeyVaultStore {
+    http: Http,
+    credential: Arc<dyn Credential>,
+    vault: Url,
+    verify_challenge_resource: bool,
+    content_type: Option<String>,
+    /// The token scope learned from the vault's challenge.
+    scope: Mutex<Option<String>>,
+}
+
+impl KeyVaultStore {
+    /// The vault at `vault` (e.g. `https://myvault.vault.azure.net`).
+    pub fn new(http: Http, credential: Arc<dyn Credential>, vault: Url) -> Self {
+        Self {
+            http,
+            credential,
+            vault,
+            verify_challenge_resource: true,
+            content_type: None,
+            scope: Mutex::default(),
+        }
+    }
+
+    /// Accept a challenge whose resource is not the vault's domain (loopback fakes only).
+    pub fn without_challenge_verification(mut self) -> Self {
+        self.verify_challenge_resource = false;
+        self
+    }
+
+    /// Set this content type on every version written.
+    pub fn with_content_type(mut self, content_type: impl Into<String>) -> Self {
+        self.content_type = Some(content_type.into());
+        self
+    }
+
+    fn base(&self) -> String {
+        self.vault.as_str().trim_end_matches('/').to_owned()
+    }
+
+    fn url(&self, path: &str) -> Result<Url, ProviderError> {
+        Url::parse(&format!("{}{path}?api-version={API_VERSION}", self.base())).map_err(|e| {
+            ProviderError::permanent(format!("bad Key Vault URL {}{path}: {e}", self.base()))
+        })
+    }
+
+    fn secret_name(secret: &str) -> Result<&str, ProviderError> {
+        let ok = !secret.is_empty()
+            && secret.len() <= 127
+            && secret
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if ok {
+            Ok(secret)
+        } else {
+            Err(ProviderError::permanent(format!(
+                "{secret:?} is not a valid Key Vault secret name (1 to 127 letters, digits and -); rename the secret in the config"
+            )))
+        }
+    }
+
+    fn resource(&self, secret: &str) -> String {
+        format!("secret {secret} in {}", self.base())
+    }
+
+    /// The token scope, learned once from the vault's `WWW-Authenticate` challenge.
+    async fn scope(&self) -> Result<String, ProviderError> {
+        if let Some(s) = self.scope.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+            return Ok(s);
+        }
+        let mut probe = self.url("/secrets")?;
+        probe.query_pairs_mut().append_pair("maxresults", "1");
+        let resp = self
+            .http
+            .send(reqwest::Method::GET, &probe, None, &[], Body::Empty)
+            .await?;
+        let challenge = match (resp.status, &resp.www_authenticate) {
+            (401, Some(c)) => c.clone(),
+            _ => {
+                return Err(ProviderError::permanent(format!(
+                    "{} did not answer like a Key Vault (HTTP {} without a Bearer challenge); check the vault URL",
+                    self.base(),
+                    resp.status
+                )));
+            }
+        };
+        let scope = scope_from_challenge(&challenge).ok_or_else(|| {
+            ProviderError::permanent(format!(
+                "Key Vault {} sent a challenge without resource or scope: {challenge}",
+                self.base()
+            ))
+        })?;
+        if self.verify_challenge_resource && !resource_matches(&scope, &self.vault) {
+            return Err(ProviderError::permanent(format!(
+                "Key Vault {} asked for a token for {scope}, which is not the vault's domain; refusing (a loopback test vault needs challenge verification turned off)",
+                self.base()
+            )));
+        }
+        *self.scope.lock().unwrap_or_else(|p| p.into_inner()) = Some(scope.clone());
+        Ok(scope)
+    }
+
+    /// One authenticated call; any status comes back as a response.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &Url,
+        body: Body<'_>,
+    ) -> Result<Response, ProviderError> {
+        let scope = self.scope().await?;
+        let token = self.credential.token(&scope).await?;
+        self.http.send(method, url, Some(&token), &[], body).await
+    }
+
+    /// One authenticated call; non-2xx becomes a classified error.
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        url: &Url,
+        body: Body<'_>,
+        op: Op<'_>,
+    ) -> Result<Response, ProviderError> {
+        let resp = self.send(method, url, body).await?;
+        if resp.ok() {
+            Ok(resp)
+        } else {
+            Err(classify(op, &resp))
+        }
+    }
+
+    fn op<'a>(action: &'a str, resource: &'a str, grant: &'a str) -> Op<'a> {
+        Op {
+            service: "Key Vault",
+            action,
+            resource,
+            grant,
+        }
+    }
+
+    /// The latest version's id, or `None` when the secret does not exist yet.
+    pub async fn current(&self, secret: &str) -> Result<Option<String>, ProviderError> {
+        let name = Self::secret_name(secret)?;
+        let url = self.url(&format!("/secrets/{name}/"))?;
+        let resource = self.resource(secret);
+        let resp = self.send(reqwest::Method::GET, &url, Body::Empty).await?;
+        match resp.status {
+            200 => Ok(resp.body["id"].as_str().map(str::to_owned)),
+            404 => Ok(None),
+            _ => Err(classify(
+                Self::op(
+                    "get",
+                    &resource,
+                    "Key Vault Secrets User (or the get permission)",
+                ),
+                &resp,
+            )),
+        }
+    }
+
+    /// Writes `value` as the newest version, tagged with the rotation and `key`.
+    pub async fn set(
+        &self,
+        secret: &str,
+        value: &SecretValue,
+        rotation_id: &str,
+        key: &str,
+    ) -> Result<String, ProviderError> {
+        let name = Self::secret_name(secret)?;
+        let url = self.url(&format!("/secrets/{name}"))?;
+        let mut body = json!({
+            "value": value.expose(),
+            "tags": { ROTATION_TAG: rotation_id, KEY_TAG: key },
+        });
+        if let Some(ct) = &self.content_type {
+            body["contentType"] = json!(ct);
+        }
+        let resource = self.resource(secret);
+        let resp = self
+            .call(
+                reqwest::Method::PUT,
+                &url,
+                Body::Json(&body),
+                Self::op(
+                    "set",
+                    &resource,
+                    "Key Vault Secrets Officer (or the set permission)",
+                ),
+            )
+            .await?;
+        resp.body["id"].as_str().map(str::to_owned).ok_or_else(|| {
+            ProviderError::permanent(format!("Key Vault set on {resource} returned no id"))
+        })
+    }
+
+    /// Checks that a version id belongs to this vault before a token is sent to it.
+    fn own_version(&self, id: &str) -> Result<Url, ProviderError> {
+        let prefix = format!("{}/secrets/", self.base());
+        if !id
+            .to_ascii_lowercase()
+            .starts_with(&prefix.to_ascii_lowercase())
+        {
+            return Err(ProviderError::permanent(format!(
+                "version {id} is not in vault {}; was the store's vault URL changed during the rotation?",
+                self.base()
+            )));
+        }
+        Url::parse(&format!("{id}?api-version={API_VERSION}"))
+            .map_err(|e| ProviderError::permanent(format!("bad version id {id}: {e}")))
+    }
+
+    /// Enables or disables one version.
+    pub async fn set_enabled(&self, id: &str, enabled: bool) -> Result<(), ProviderError> {
+        let url = self.own_version(id)?;
+        let body = json!({"attributes": {"enabled": enabled}});
+        self.call(
+            reqwest::Method::PATCH,
+            &url,
+            Body::Json(&body),
+            Self::op(
+                "update",
+                id,
+                "Key Vault Secrets Officer (or the set permission)",
+            ),
+        )
+        .await
+        .map(drop)
+    }
+
+    /// The version carrying `key` in its tags, if any, searching every page of versions.
+    pub async fn find_tagged(
+        &self,
+        secret: &str,
+        key: &str,
+    ) -> Result<Option<String>, ProviderError> {
+        let name = Self::secret_name(secret)?;
+        let mut url = self.url(&format!("/secrets/{name}/versions"))?;
+        url.query_pairs_mut().append_pair("maxresults", "25");
+        let resource = self.resource(secret);
+        for _ in 0..VERSION_PAGES_MAX {
+            let resp = self.send(reqwest::Method::GET, &url, Body::Empty).await?;
+            match resp.status {
+                200..=299 => {}
+                404 => return Ok(None),
+                _ => {
+                    return Err(classify(
+                        Self::op(
+                            "list versions",
+                            &resource,
+                            "Key Vault Secrets User (or the list permission)",
+                        ),
+                        &resp,
+                    ));
+                }
+            }
+            let found = resp.body["value"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|v| v["tags"][KEY_TAG].as_str() == Some(key))
+                .and_then(|v| v["id"].as_str());
+            if let Some(id) = found {
+                return Ok(Some(id.to_owned()));
+            }
+            // Pages may be empty yet carry a nextLink: follow it until there is none.
+            match resp.body["nextLink"].as_str().filter(|s| !s.is_empty()) {
+                Some(next) => url = self.same_origin(next)?,
+                None => return Ok(None),
+            }
+        }
+        Err(ProviderError::transient(format!(
+            "listing versions of {resource} did not end after {VERSION_PAGES_MAX} pages"
+        )))
+    }
+
+    /// A `nextLink` is followed with a token only when it points back at this vault.
+    fn same_origin(&self, link: &str) -> Result<Url, ProviderError> {
+        let url = Url::parse(link)
+            .map_err(|e| ProviderError::permanent(format!("Key Vault sent a bad nextLink: {e}")))?;
+        let port = |u: &Url| u.port_or_known_default();
+        if url.scheme() != self.vault.scheme()
+            || url.host_str().map(str::to_ascii_lowercase)
+                != self.vault.host_str().map(str::to_ascii_lowercase)
+            || port(&url) != port(&self.vault)
+        {
+            return Err(ProviderError::permanent(format!(
+                "Key Vault {} sent a nextLink to another origin ({}); refusing to follow it with a token",
+                self.base(),
+                url.origin().ascii_serialization()
+            )));
+        }
+        Ok(url)
+    }
+}
+
+/// The token scope a `WWW-Authenticate: Bearer ...` challenge asks for.
+pub fn scope_from_challenge(header: &str) -> Option<String> {
+    let params = header.trim().strip_prefix("Bearer").unwrap_or(header);
+    let mut resource = None;
+    let mut scope = None;
+    for part in params.split(',') {
+        let Some((k, v)) = part.trim().split_once('=') else {
+            continue;
+        };
+        let v = v.trim().trim_matches('"').to_owned();
+        match k.trim() {
+            "resource" => resource = Some(v),
+            "scope" => scope = Some(v),
+            _ => {}
+        }
+    }
+    scope.or_else(|| resource.map(|r| format!("{}/.default", r.trim_end_matches('/'))))
+}
+
+/// The challenge's resource must be the vault host's parent domain (`vault.azure.net` for
+/// `myvault.vault.azure.net`), so a hostile endpoint cannot obtain a token for elsewhere.
+fn resource_matches(scope: &str, vault: &Url) -> bool {
+    let Ok(resource) = Url::parse(scope) else {
+        return false;
+    };
+    match (resource.host_str(), vault.host_str()) {
+        (Some(r), Some(v)) => {
+            let (r, v) = (r.to_ascii_lowercase(), v.to_ascii_lowercase());
+            v == r || v.ends_with(&format!(".{r}"))
+        }
+        _ => false,
+    }
+}
+
+impl Provider for KeyVaultStore {
+    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            match (call.step.action, call.value) {
+                (Action::Capture, _) => Ok(Applied {
+                    id: self.current(call.secret).await?,
+                    value: None,
+                }),
+                (Action::Write, Some(value)) => Ok(Applied {
+                    id: Some(
+                        self.set(call.secret, value, call.rotation_id, call.key)
+                            .await?,
+                    ),
+                    value: None,
+                }),
+                (Action::DisableOld, _) => {
+                    if let Some(old) = call.captured {
+                        self.set_enabled(old, false).await?;
+                    }
+                    Ok(Applied::default())
+                }
+                (action, _) => Err(ProviderError::permanent(format!(
+                    "Key Vault store cannot perform {} (step {}); configure it as a store",
+                    action.as_str(),
+                    call.step
+                ))),
+            }
+        })
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            match (call.step.action, call.value, call.produced) {
+                // Versions cannot be un-created: the old value goes back as the newest version.
+                (Action::Restore, Some(old), _) => Ok(Applied {
+                    id: Some(
+                        self.set(call.secret, old, call.rotation_id, call.key)
+                            .await?,
+                    ),
+                    value: None,
+                }),
+                // The secret did not exist before: disable the version this rotation wrote.
+                (Action::Restore, None, Some(new)) => {
+                    self.set_enabled(new, false).await?;
+                    Ok(Applied::default())
+                }
+                (Action::Restore, None, None) => Ok(Applied::default()),
+                (action, _, _) => Err(ProviderError::permanent(format!(
+                    "Key Vault store cannot undo {} (step {})",
+                    action.as_str(),
+                    call.step
+                ))),
+            }
+        })
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+        Box::pin(async move {
+            match call.step.action {
+                Action::Write | Action::Restore => {
+                    Ok(match self.find_tagged(call.secret, call.key).await? {
+                        Some(id) => Reconciled::Applied { id: Some(id) },
+                        None => Reconciled::NotApplied,
+                    })
+                }
+                // Reading and enabling/disabling are safe to repeat.
+                _ => Ok(Reconciled::NotApplied),
+            }
+        })
+    }
+
+    fn read_value<'a>(
+        &'a self,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
+        Box::pin(async move {
+            let url = self.own_version(version)?;
+            let resp = self
+                .call(
+                    reqwest::Method::GET,
+                    &url,
+                    Body::Empty,
+                    Self::op(
+                        "get",
+                        version,
+                        "Key Vault Secrets User (or the get permission)",
+                    ),
+                )
+                .await?;
+            resp.body["value"]
+                .as_str()
+                .map(SecretValue::new)
+                .ok_or_else(|| {
+                    ProviderError::permanent(format!("Key Vault returned no value for {version}"))
+                })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn challenges_give_a_scope_only_for_the_vault_domain() {
+        let real = r#"Bearer authorization="https://login.windows.net/72f988bf", resource="https://vault.azure.net""#;
+        assert_eq!(
+            scope_from_challenge(real).as_deref(),
+            Some("https://vault.azure.net/.default")
+        );
+        let lowkey =
+            r#"Bearer resource="https://vault.azure.net", authorization_uri="https://login""#;
+        assert_eq!(
+            scope_from_challenge(lowkey).as_deref(),
+            Some("https://vault.azure.net/.default")
+        );
+        let scoped =
+            r#"Bearer authorization="https://login/t", scope="https://vault.azure.net/.default""#;
+        assert_eq!(
+            scope_from_challenge(scoped).as_deref(),
+            Some("https://vault.azure.net/.default")
+        );
+        assert_eq!(scope_from_challenge("Bearer realm=\"x\""), None);
+
+        let vault = Url::parse("https://myvault.vault.azure.net").unwrap();
+        assert!(resource_matches("https://vault.azure.net/.default", &vault));
+        assert!(!resource_matches("https://evil.example/.default", &vault));
+        assert!(!resource_matches(
+            "https://azure.net.evil.example/.default",
+            &vault
+        ));
+        let local = Url::parse("http://127.0.0.1:9/kv").unwrap();
+        assert!(!resource_matches(
+            "https://vault.azure.net/.default",
+            &local
+        ));
+    }
+}
