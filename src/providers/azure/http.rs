@@ -321,3 +321,60 @@ mod tests {
         );
     }
 }
+
+/// An HTTP client that authenticates every call with a token for one scope (ARM, Graph).
+#[derive(Debug, Clone)]
+pub struct Authed {
+    pub http: Http,
+    pub credential: Arc<dyn super::credential::Credential>,
+    /// e.g. `https://management.azure.com/.default`.
+    pub scope: String,
+}
+
+impl Authed {
+    /// One authenticated call; any status comes back as a response.
+    ///
+    /// # Errors
+    /// Token and transport errors.
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        url: &Url,
+        body: Body<'_>,
+    ) -> Result<Response, ProviderError> {
+        let token = self.credential.token(&self.scope).await?;
+        self.http.send(method, url, Some(&token), &[], body).await
+    }
+
+    /// One authenticated call; non-2xx becomes an error classified for `op`.
+    ///
+    /// # Errors
+    /// Token, transport and classified HTTP errors.
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        url: &Url,
+        body: Body<'_>,
+        op: Op<'_>,
+    ) -> Result<Response, ProviderError> {
+        let resp = self.send(method, url, body).await?;
+        if resp.ok() {
+            Ok(resp)
+        } else {
+            Err(classify(op, &resp))
+        }
+    }
+}
+
+/// `base` + `path` (+ `?api-version=`), for ARM and Graph URLs.
+///
+/// # Errors
+/// Permanent, when the pieces make no URL.
+pub fn join(base: &Url, path: &str, api_version: Option<&str>) -> Result<Url, ProviderError> {
+    let mut url = Url::parse(&format!("{}{path}", base.as_str().trim_end_matches('/')))
+        .map_err(|e| ProviderError::permanent(format!("{base} and {path} make no URL: {e}")))?;
+    if let Some(v) = api_version {
+        url.query_pairs_mut().append_pair("api-version", v);
+    }
+    Ok(url)
+}

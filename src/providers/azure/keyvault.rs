@@ -301,6 +301,25 @@ impl KeyVaultStore {
         )))
     }
 
+    /// The value of the version `id` (a full version id URL of this vault).
+    pub async fn read(&self, id: &str) -> Result<SecretValue, ProviderError> {
+        let url = self.own_version(id)?;
+        let resp = self
+            .call(
+                reqwest::Method::GET,
+                &url,
+                Body::Empty,
+                Self::op("get", id, "Key Vault Secrets User (or the get permission)"),
+            )
+            .await?;
+        resp.body["value"]
+            .as_str()
+            .map(SecretValue::new)
+            .ok_or_else(|| {
+                ProviderError::permanent(format!("Key Vault returned no value for {id}"))
+            })
+    }
+
     /// A `nextLink` is followed with a token only when it points back at this vault.
     fn same_origin(&self, link: &str) -> Result<Url, ProviderError> {
         let url = Url::parse(link)
@@ -370,6 +389,23 @@ impl Provider for KeyVaultStore {
                     ),
                     value: None,
                 }),
+                // As a verifier: the vault's latest version holds the new value.
+                (Action::Verify, Some(value)) => {
+                    let latest = self.current(call.secret).await?.ok_or_else(|| {
+                        ProviderError::permanent(format!(
+                            "verification failed: {} does not exist",
+                            self.resource(call.secret)
+                        ))
+                    })?;
+                    if self.read(&latest).await? == *value {
+                        Ok(Applied::default())
+                    } else {
+                        Err(ProviderError::permanent(format!(
+                            "verification failed: the latest version of {} is not the new value",
+                            self.resource(call.secret)
+                        )))
+                    }
+                }
                 (Action::DisableOld, _) => {
                     if let Some(old) = call.captured {
                         self.set_enabled(old, false).await?;
@@ -436,27 +472,7 @@ impl Provider for KeyVaultStore {
         &'a self,
         version: &'a str,
     ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        Box::pin(async move {
-            let url = self.own_version(version)?;
-            let resp = self
-                .call(
-                    reqwest::Method::GET,
-                    &url,
-                    Body::Empty,
-                    Self::op(
-                        "get",
-                        version,
-                        "Key Vault Secrets User (or the get permission)",
-                    ),
-                )
-                .await?;
-            resp.body["value"]
-                .as_str()
-                .map(SecretValue::new)
-                .ok_or_else(|| {
-                    ProviderError::permanent(format!("Key Vault returned no value for {version}"))
-                })
-        })
+        Box::pin(self.read(version))
     }
 }
 

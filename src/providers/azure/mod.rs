@@ -3,9 +3,13 @@
 //! URL configurable (sovereign clouds, tests). Bearer tokens go only over HTTPS, or plain
 //! HTTP to a loopback address.
 
+pub mod appservice;
 pub mod credential;
+pub mod graph;
 pub mod http;
 pub mod keyvault;
+pub mod oauth;
+pub mod storage;
 
 use url::Url;
 

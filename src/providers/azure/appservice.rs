@@ -1,0 +1,226 @@
+//! App Service application settings as a dependent. The API replaces the whole settings map
+//! on every PUT, so rekey lists, changes only its own setting, and PUTs the merged map;
+//! writes to one site are serialized. A setting is either the literal value, or a Key Vault
+//! reference (`@Microsoft.KeyVault(...)`), whose refresh is forced by re-writing the map.
+//! The setting is compared before writing, so repeating an update changes nothing.
+
+use std::collections::BTreeMap;
+
+use serde_json::{Value, json};
+use url::Url;
+
+use super::http::{Authed, Body, Op, join};
+use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use crate::saga::Action;
+
+/// The api-version rekey speaks to `Microsoft.Web`.
+pub const API_VERSION: &str = "2024-04-01";
+/// Capture id of a setting that did not exist.
+pub const ABSENT: &str = "absent";
+/// Capture id of a literal setting that existed (its value is never journaled).
+pub const PRESENT: &str = "present";
+
+/// How the site consumes the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    /// The setting holds the value itself.
+    Literal,
+    /// The setting holds this Key Vault reference; rotation re-writes the map so the site
+    /// re-fetches the secret at once instead of within 24 h.
+    Reference(String),
+}
+
+/// One setting of one site (or slot).
+#[derive(Debug)]
+pub struct AppSetting {
+    pub api: Authed,
+    pub arm: Url,
+    pub subscription: String,
+    pub resource_group: String,
+    pub site: String,
+    pub slot: Option<String>,
+    pub setting: String,
+    pub mode: Mode,
+    /// Serializes this site's read-merge-write cycles (there is no ETag to catch races).
+    pub lock: tokio::sync::Mutex<()>,
+}
+
+impl AppSetting {
+    fn site_path(&self) -> String {
+        let mut p = format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Web/sites/{}",
+            self.subscription, self.resource_group, self.site
+        );
+        if let Some(slot) = &self.slot {
+            p.push_str(&format!("/slots/{slot}"));
+        }
+        p
+    }
+
+    fn resource(&self) -> String {
+        match &self.slot {
+            Some(slot) => format!("setting {} of site {} slot {slot}", self.setting, self.site),
+            None => format!("setting {} of site {}", self.setting, self.site),
+        }
+    }
+
+    /// Every setting of the site.
+    async fn list(&self) -> Result<BTreeMap<String, String>, ProviderError> {
+        let url = join(
+            &self.arm,
+            &format!("{}/config/appsettings/list", self.site_path()),
+            Some(API_VERSION),
+        )?;
+        let resource = self.resource();
+        let resp = self
+            .api
+            .call(
+                reqwest::Method::POST,
+                &url,
+                Body::Empty,
+                op("list settings", &resource),
+            )
+            .await?;
+        Ok(resp.body["properties"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+            .collect())
+    }
+
+    /// Sets (or, with `None`, removes) our setting, leaving every other one as it was.
+    /// Writes nothing when the setting already holds `desired`, unless `force`.
+    async fn put(&self, desired: Option<&str>, force: bool) -> Result<(), ProviderError> {
+        let _guard = self.lock.lock().await;
+        let mut settings = self.list().await?;
+        if !force && settings.get(&self.setting).map(String::as_str) == desired {
+            return Ok(());
+        }
+        match desired {
+            Some(v) => settings.insert(self.setting.clone(), v.to_owned()),
+            None => settings.remove(&self.setting),
+        };
+        let url = join(
+            &self.arm,
+            &format!("{}/config/appsettings", self.site_path()),
+            Some(API_VERSION),
+        )?;
+        let body: Value = json!({ "properties": settings });
+        let resource = self.resource();
+        self.api
+            .call(
+                reqwest::Method::PUT,
+                &url,
+                Body::Json(&body),
+                op("write settings", &resource),
+            )
+            .await
+            .map(drop)
+    }
+}
+
+fn op<'a>(action: &'a str, resource: &'a str) -> Op<'a> {
+    Op {
+        service: "App Service",
+        action,
+        resource,
+        grant: "Website Contributor on the site (Microsoft.Web/sites/config/write and list/action)",
+    }
+}
+
+impl Provider for AppSetting {
+    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            match (call.step.action, &self.mode) {
+                (Action::Capture, Mode::Literal) => {
+                    let present = self.list().await?.contains_key(&self.setting);
+                    Ok(Applied {
+                        id: Some(if present { PRESENT } else { ABSENT }.to_owned()),
+                        value: None,
+                    })
+                }
+                // A reference is an address, not a secret: it is safe to journal.
+                (Action::Capture, Mode::Reference(_)) => Ok(Applied {
+                    id: Some(
+                        self.list()
+                            .await?
+                            .get(&self.setting)
+                            .cloned()
+                            .unwrap_or_else(|| ABSENT.to_owned()),
+                    ),
+                    value: None,
+                }),
+                (Action::Update, Mode::Literal) => {
+                    let value = call.value.ok_or_else(|| {
+                        ProviderError::permanent(format!(
+                            "no new value to write to {}",
+                            self.resource()
+                        ))
+                    })?;
+                    self.put(Some(value.expose()), false).await?;
+                    Ok(Applied::default())
+                }
+                (Action::Update, Mode::Reference(reference)) => {
+                    // Re-writing the map is what makes App Service fetch the new version now.
+                    self.put(Some(reference), true).await?;
+                    Ok(Applied::default())
+                }
+                (action, _) => Err(ProviderError::permanent(format!(
+                    "App Service setting cannot perform {} (step {}); configure it as a dependent",
+                    action.as_str(),
+                    call.step
+                ))),
+            }
+        })
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            if call.step.action != Action::Revert {
+                return Err(ProviderError::permanent(format!(
+                    "App Service setting cannot undo {} (step {})",
+                    call.step.action.as_str(),
+                    call.step
+                )));
+            }
+            match (&self.mode, call.captured) {
+                (_, Some(ABSENT) | None) => self.put(None, false).await?,
+                (Mode::Literal, Some(_)) => {
+                    let old: Option<&SecretValue> = call.value;
+                    let old = old.ok_or_else(|| {
+                        ProviderError::permanent(format!(
+                            "the old value of {} cannot be read back from the store; restore it by hand",
+                            self.resource()
+                        ))
+                    })?;
+                    self.put(Some(old.expose()), false).await?;
+                }
+                (Mode::Reference(_), Some(reference)) => self.put(Some(reference), true).await?,
+            }
+            Ok(Applied::default())
+        })
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        _call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+        // Updates compare before writing, so running one again is always safe.
+        Box::pin(async { Ok(Reconciled::NotApplied) })
+    }
+
+    fn read_value<'a>(
+        &'a self,
+        _version: &'a str,
+    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
+        Box::pin(async {
+            Err(ProviderError::permanent(
+                "an App Service setting holds no versions",
+            ))
+        })
+    }
+}

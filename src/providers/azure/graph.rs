@@ -1,0 +1,305 @@
+//! Entra ID application passwords (Microsoft Graph) as a rotator and a verifier.
+//!
+//! The source generates the value (`addPassword` returns `secretText` once), so a password
+//! whose response was lost can never be used: reconcile finds it by its `displayName`
+//! (which carries the step's idempotency key) and reports it as an orphan, which the runner
+//! removes before creating another. Only passwords rekey created for this secret
+//! (`displayName` starting `rekey:<secret>:`) are ever retired: passwords made by hand stay.
+//! Verification is a client-credentials token request with the new password, retried for a
+//! bounded time while Entra propagates it.
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use url::Url;
+
+use super::credential::{client_credentials, token_url};
+use super::http::{Authed, Body, Op, join};
+use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use crate::saga::Action;
+
+/// One application registration's passwords.
+#[derive(Debug)]
+pub struct AppPasswords {
+    pub api: Authed,
+    /// Graph with its version, e.g. `https://graph.microsoft.com/v1.0`.
+    pub graph: Url,
+    /// The application's object id.
+    pub object_id: String,
+    /// The application's client id (for verification).
+    pub app_id: String,
+    pub tenant: String,
+    pub authority: Url,
+    /// New passwords expire this long after creation.
+    pub validity_days: i64,
+    /// The scope verification asks a token for.
+    pub verify_scope: String,
+    /// How long verification keeps trying while a new password propagates.
+    pub propagation_ms_max: u64,
+}
+
+/// The `displayName` prefix of every password rekey creates for `secret`.
+pub fn display_prefix(secret: &str) -> String {
+    format!("rekey:{secret}:")
+}
+
+impl AppPasswords {
+    fn resource(&self) -> String {
+        format!("application {}", self.object_id)
+    }
+
+    fn op<'a>(action: &'a str, resource: &'a str) -> Op<'a> {
+        Op {
+            service: "Microsoft Graph",
+            action,
+            resource,
+            grant: "Application.ReadWrite.OwnedBy (and make rekey an owner of the application)",
+        }
+    }
+
+    /// The application's password credentials (never with their text).
+    async fn passwords(&self) -> Result<Vec<Value>, ProviderError> {
+        let mut url = join(
+            &self.graph,
+            &format!("/applications/{}", self.object_id),
+            None,
+        )?;
+        url.query_pairs_mut()
+            .append_pair("$select", "id,appId,passwordCredentials");
+        let resource = self.resource();
+        let resp = self
+            .api
+            .call(
+                reqwest::Method::GET,
+                &url,
+                Body::Empty,
+                Self::op("read passwords", &resource),
+            )
+            .await?;
+        Ok(resp.body["passwordCredentials"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default())
+    }
+
+    async fn add(
+        &self,
+        display_name: &str,
+        now_ms: i64,
+    ) -> Result<(String, SecretValue), ProviderError> {
+        let url = join(
+            &self.graph,
+            &format!("/applications/{}/addPassword", self.object_id),
+            None,
+        )?;
+        let end = jiff::Timestamp::from_millisecond(now_ms + self.validity_days * 86_400_000)
+            .map_err(|e| ProviderError::permanent(format!("bad password expiry: {e}")))?;
+        let body = json!({"passwordCredential": {"displayName": display_name, "endDateTime": end.to_string()}});
+        let resource = self.resource();
+        let resp = self
+            .api
+            .call(
+                reqwest::Method::POST,
+                &url,
+                Body::Json(&body),
+                Self::op("add a password", &resource),
+            )
+            .await?;
+        let key_id = resp.body["keyId"].as_str();
+        let text = resp.body["secretText"].as_str();
+        match (key_id, text) {
+            (Some(k), Some(t)) if !t.is_empty() => Ok((k.to_owned(), SecretValue::new(t))),
+            // Created but unusable: reconcile will find it by name and remove it.
+            _ => Err(ProviderError::transient(format!(
+                "Microsoft Graph added a password to {resource} but returned no keyId or secretText"
+            ))),
+        }
+    }
+
+    /// Removes a password; one already gone counts as removed.
+    async fn remove(&self, key_id: &str) -> Result<(), ProviderError> {
+        let url = join(
+            &self.graph,
+            &format!("/applications/{}/removePassword", self.object_id),
+            None,
+        )?;
+        let body = json!({ "keyId": key_id });
+        let resp = self
+            .api
+            .send(reqwest::Method::POST, &url, Body::Json(&body))
+            .await?;
+        if resp.ok() {
+            return Ok(());
+        }
+        let gone = resp.status == 404
+            || (resp.status == 400
+                && super::http::error_text(&resp.body).contains("No password credential found"));
+        if gone
+            && self
+                .find(|p| p["keyId"].as_str() == Some(key_id))
+                .await?
+                .is_none()
+        {
+            return Ok(());
+        }
+        let resource = format!("password {key_id} of {}", self.resource());
+        Err(super::http::classify(
+            Self::op("remove a password", &resource),
+            &resp,
+        ))
+    }
+
+    async fn find(&self, pred: impl Fn(&Value) -> bool) -> Result<Option<Value>, ProviderError> {
+        Ok(self.passwords().await?.into_iter().find(|p| pred(p)))
+    }
+
+    /// Proves `secret` authenticates as the application, retrying while it propagates.
+    async fn verify(&self, secret: &SecretValue) -> Result<(), ProviderError> {
+        let url = token_url(&self.authority, &self.tenant)?;
+        let mut waited_ms = 0;
+        let mut pause_ms = 500;
+        loop {
+            match client_credentials(
+                &self.api.http,
+                &url,
+                &self.app_id,
+                secret,
+                &self.verify_scope,
+            )
+            .await
+            {
+                Ok(_) => return Ok(()),
+                Err(e) if waited_ms >= self.propagation_ms_max => {
+                    // Still failing after the propagation window: let the runner decide.
+                    return Err(ProviderError {
+                        message: format!(
+                            "the new password of {} does not authenticate after {} s: {}",
+                            self.resource(),
+                            waited_ms / 1000,
+                            e.message
+                        ),
+                        ..e
+                    });
+                }
+                // A new password is often rejected for a while (invalid_client): keep asking.
+                Err(e) => {
+                    let pause = pause_ms.max(e.retry_after_ms.map_or(0, |ms| ms.max(0) as u64));
+                    tokio::time::sleep(Duration::from_millis(pause)).await;
+                    waited_ms += pause;
+                    pause_ms = (pause_ms * 2).min(10_000);
+                }
+            }
+        }
+    }
+}
+
+impl Provider for AppPasswords {
+    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            let prefix = display_prefix(call.secret);
+            match call.step.action {
+                // The passwords rekey made for this secret before; retired after the grace.
+                Action::Capture => {
+                    let mut ids: Vec<String> = self
+                        .passwords()
+                        .await?
+                        .iter()
+                        .filter(|p| {
+                            p["displayName"]
+                                .as_str()
+                                .is_some_and(|n| n.starts_with(&prefix))
+                        })
+                        .filter_map(|p| p["keyId"].as_str().map(str::to_owned))
+                        .collect();
+                    ids.sort();
+                    Ok(Applied {
+                        id: (!ids.is_empty()).then(|| ids.join(",")),
+                        value: None,
+                    })
+                }
+                Action::Create => {
+                    let now = self.api.http.clock().now_ms();
+                    let (key_id, value) = self.add(&format!("{prefix}{}", call.key), now).await?;
+                    Ok(Applied {
+                        id: Some(key_id),
+                        value: Some(value),
+                    })
+                }
+                Action::RetireOld => {
+                    for key_id in call.captured.into_iter().flat_map(|c| c.split(',')) {
+                        self.remove(key_id).await?;
+                    }
+                    Ok(Applied::default())
+                }
+                Action::Verify => {
+                    let value = call.value.ok_or_else(|| {
+                        ProviderError::permanent("no new password to verify".to_owned())
+                    })?;
+                    self.verify(value).await?;
+                    Ok(Applied::default())
+                }
+                action => Err(ProviderError::permanent(format!(
+                    "Entra application passwords cannot perform {} (step {})",
+                    action.as_str(),
+                    call.step
+                ))),
+            }
+        })
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            match (call.step.action, call.produced) {
+                (Action::Discard | Action::DiscardLost, Some(key_id)) => {
+                    self.remove(key_id).await?;
+                    Ok(Applied::default())
+                }
+                (Action::Discard | Action::DiscardLost, None) => Ok(Applied::default()),
+                (action, _) => Err(ProviderError::permanent(format!(
+                    "Entra application passwords cannot undo {} (step {})",
+                    action.as_str(),
+                    call.step
+                ))),
+            }
+        })
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+        Box::pin(async move {
+            if call.step.action != Action::Create {
+                // Removal is idempotent; verification changes nothing.
+                return Ok(Reconciled::NotApplied);
+            }
+            let name = format!("{}{}", display_prefix(call.secret), call.key);
+            Ok(
+                match self
+                    .find(|p| p["displayName"].as_str() == Some(name.as_str()))
+                    .await?
+                {
+                    // Its text was only in the lost response: unusable, must be removed.
+                    Some(p) => Reconciled::AppliedUnusable {
+                        orphan_id: p["keyId"].as_str().unwrap_or_default().to_owned(),
+                    },
+                    None => Reconciled::NotApplied,
+                },
+            )
+        })
+    }
+
+    fn read_value<'a>(
+        &'a self,
+        _version: &'a str,
+    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
+        Box::pin(async {
+            Err(ProviderError::permanent(
+                "Entra never shows a password's text again after creating it",
+            ))
+        })
+    }
+}

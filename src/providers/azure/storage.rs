@@ -1,0 +1,227 @@
+//! Storage account keys as an alternating rotator. The account has two keys; consumers use
+//! one while the other is idle. Rotation regenerates the idle key and hands it out; after
+//! the grace period the previously used key is regenerated, so its old value stops working.
+//! The key in use is the one regenerated last (newest `creationTime`), which makes both
+//! steps checkable: a regeneration happened when its key became the newest. Values can be
+//! read back with `listKeys`, so a lost response never orphans anything.
+
+use serde_json::{Value, json};
+use url::Url;
+
+use super::http::{Authed, Body, Op, join};
+use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use crate::saga::Action;
+
+/// The api-version rekey speaks to `Microsoft.Storage`.
+pub const API_VERSION: &str = "2023-05-01";
+
+/// One storage account's key pair (`key1`/`key2`, or `kerb1`/`kerb2`).
+#[derive(Debug)]
+pub struct StorageKeys {
+    pub api: Authed,
+    pub arm: Url,
+    pub subscription: String,
+    pub resource_group: String,
+    pub account: String,
+    /// Rotate the Kerberos keys instead of the shared keys.
+    pub kerberos: bool,
+}
+
+/// One key as listed.
+#[derive(Debug, Clone)]
+struct Key {
+    name: String,
+    value: String,
+    created: String,
+}
+
+impl StorageKeys {
+    fn names(&self) -> [&'static str; 2] {
+        if self.kerberos {
+            ["kerb1", "kerb2"]
+        } else {
+            ["key1", "key2"]
+        }
+    }
+
+    fn path(&self, action: &str) -> String {
+        format!(
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Storage/storageAccounts/{}/{action}",
+            self.subscription, self.resource_group, self.account
+        )
+    }
+
+    fn resource(&self) -> String {
+        format!("storage account {}", self.account)
+    }
+
+    fn op<'a>(action: &'a str, resource: &'a str) -> Op<'a> {
+        Op {
+            service: "Azure Storage",
+            action,
+            resource,
+            grant: "Storage Account Key Operator Service Role (listKeys/action, regenerateKey/action)",
+        }
+    }
+
+    fn parse(&self, body: &Value) -> Vec<Key> {
+        body["keys"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|k| {
+                Some(Key {
+                    name: k["keyName"].as_str()?.to_owned(),
+                    value: k["value"].as_str()?.to_owned(),
+                    created: k["creationTime"].as_str().unwrap_or_default().to_owned(),
+                })
+            })
+            .filter(|k| self.names().contains(&k.name.as_str()))
+            .collect()
+    }
+
+    async fn list(&self) -> Result<Vec<Key>, ProviderError> {
+        let mut url = join(&self.arm, &self.path("listKeys"), Some(API_VERSION))?;
+        if self.kerberos {
+            url.query_pairs_mut().append_pair("$expand", "kerb");
+        }
+        let resource = self.resource();
+        let resp = self
+            .api
+            .call(
+                reqwest::Method::POST,
+                &url,
+                Body::Empty,
+                Self::op("list keys", &resource),
+            )
+            .await?;
+        Ok(self.parse(&resp.body))
+    }
+
+    async fn regenerate(&self, name: &str) -> Result<Vec<Key>, ProviderError> {
+        let url = join(&self.arm, &self.path("regenerateKey"), Some(API_VERSION))?;
+        let body = json!({ "keyName": name });
+        let resource = format!("{name} of {}", self.resource());
+        let resp = self
+            .api
+            .call(
+                reqwest::Method::POST,
+                &url,
+                Body::Json(&body),
+                Self::op("regenerate a key", &resource),
+            )
+            .await?;
+        Ok(self.parse(&resp.body))
+    }
+
+    /// The key regenerated last: the one consumers use.
+    fn newest(keys: &[Key]) -> Option<&Key> {
+        keys.iter()
+            .max_by(|a, b| (&a.created, &a.name).cmp(&(&b.created, &b.name)))
+    }
+
+    fn other(&self, name: &str) -> &'static str {
+        let [a, b] = self.names();
+        if name == a { b } else { a }
+    }
+}
+
+impl Provider for StorageKeys {
+    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            match call.step.action {
+                Action::Capture => {
+                    let keys = self.list().await?;
+                    Ok(Applied {
+                        id: Self::newest(&keys).map(|k| k.name.clone()),
+                        value: None,
+                    })
+                }
+                Action::Create => {
+                    let in_use = call.captured.unwrap_or(self.names()[1]);
+                    let idle = self.other(in_use);
+                    let keys = self.regenerate(idle).await?;
+                    let key = keys.iter().find(|k| k.name == idle).ok_or_else(|| {
+                        ProviderError::transient(format!(
+                            "regenerated {idle} of {} but it was not returned",
+                            self.resource()
+                        ))
+                    })?;
+                    Ok(Applied {
+                        id: Some(idle.to_owned()),
+                        value: Some(SecretValue::new(key.value.clone())),
+                    })
+                }
+                // The old key was in use until now; regenerating it makes its value worthless.
+                Action::RetireOld => {
+                    if let Some(old) = call.captured {
+                        self.regenerate(old).await?;
+                    }
+                    Ok(Applied::default())
+                }
+                action => Err(ProviderError::permanent(format!(
+                    "storage keys cannot perform {} (step {})",
+                    action.as_str(),
+                    call.step
+                ))),
+            }
+        })
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            match (call.step.action, call.produced) {
+                // The new key was handed out and taken back: make its value worthless.
+                (Action::Discard | Action::DiscardLost, Some(name)) => {
+                    self.regenerate(name).await?;
+                    Ok(Applied::default())
+                }
+                (Action::Discard | Action::DiscardLost, None) => Ok(Applied::default()),
+                (action, _) => Err(ProviderError::permanent(format!(
+                    "storage keys cannot undo {} (step {})",
+                    action.as_str(),
+                    call.step
+                ))),
+            }
+        })
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+        Box::pin(async move {
+            let keys = self.list().await?;
+            let newest = Self::newest(&keys).map(|k| k.name.as_str());
+            let in_use = call.captured.unwrap_or(self.names()[1]);
+            Ok(match call.step.action {
+                // Regenerating the idle key makes it the newest.
+                Action::Create if newest == Some(self.other(in_use)) => Reconciled::Applied {
+                    id: Some(self.other(in_use).to_owned()),
+                },
+                // Retiring regenerates the key that was in use, making it the newest again.
+                Action::RetireOld if newest == Some(in_use) => Reconciled::Applied { id: None },
+                _ => Reconciled::NotApplied,
+            })
+        })
+    }
+
+    fn read_value<'a>(
+        &'a self,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
+        Box::pin(async move {
+            self.list()
+                .await?
+                .into_iter()
+                .find(|k| k.name == version)
+                .map(|k| SecretValue::new(k.value))
+                .ok_or_else(|| {
+                    ProviderError::permanent(format!("{} has no key {version}", self.resource()))
+                })
+        })
+    }
+}
