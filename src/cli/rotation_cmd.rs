@@ -31,6 +31,8 @@ impl Env {
     pub fn open(path: &Path) -> Result<Self> {
         let config = Config::load(path)?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+        // Everything the config needs is checked before the journal is touched.
+        let providers = config.build_providers(clock.clone(), &|var| std::env::var(var).ok())?;
         let journal = Arc::new(SqliteJournal::open_with_clock(
             &config.journal_path,
             clock.clone(),
@@ -38,7 +40,7 @@ impl Env {
         let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
         let runner = Runner::new(
             journal.clone(),
-            config.build_providers(),
+            providers,
             clock.clone(),
             Options::new(owner, rand::random()),
         );

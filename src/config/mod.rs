@@ -2,20 +2,19 @@
 //! secrets to rotate with which targets and policy. It is validated completely before
 //! anything runs; every error names the file, the line and what to write instead.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::provider::Provider;
-use crate::providers::local::{EnvFile, LocalVault, RandomRotator};
 use crate::saga::{Plan, Role, TargetRef};
 
 /// Most attempts a forward step may be given.
 pub const ATTEMPTS_MAX_LIMIT: u32 = 100;
+
+mod build;
 
 /// A config that failed to load.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +31,20 @@ pub enum Error {
         column: usize,
         message: String,
     },
+    #[error(
+        "{path}: {what} needs the environment variable {var}, which is not set; export it before running rekey"
+    )]
+    MissingEnv {
+        path: PathBuf,
+        what: String,
+        var: String,
+    },
+    #[error("{path}: {what}: {why}")]
+    Build {
+        path: PathBuf,
+        what: String,
+        why: String,
+    },
     #[error("no secret named {name:?} in {path}; configured secrets: {known}")]
     UnknownSecret {
         path: PathBuf,
@@ -44,6 +57,9 @@ pub enum Error {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     journal: RawJournal,
+    azure: Option<AzureConfig>,
+    #[serde(default)]
+    credentials: BTreeMap<String, Spanned<CredentialConfig>>,
     #[serde(default)]
     providers: BTreeMap<String, Spanned<RawProvider>>,
     #[serde(default)]
@@ -69,6 +85,104 @@ pub enum ProviderConfig {
     LocalVault { path: PathBuf },
     /// Dependent and verifier: one `KEY=value` line of an env file.
     EnvFile { path: PathBuf, key: String },
+    /// Store and verifier: an Azure Key Vault.
+    KeyVault {
+        vault_url: String,
+        credential: String,
+        content_type: Option<String>,
+        /// Turn off only for loopback test vaults.
+        #[serde(default = "yes")]
+        verify_challenge_resource: bool,
+    },
+    /// Dependent: one App Service application setting.
+    AppSetting {
+        credential: String,
+        subscription: String,
+        resource_group: String,
+        site: String,
+        slot: Option<String>,
+        setting: String,
+        /// When set, the setting holds this Key Vault reference instead of the value.
+        key_vault_reference: Option<String>,
+    },
+    /// Rotator and verifier: an Entra ID application's passwords.
+    EntraPassword {
+        credential: String,
+        tenant: String,
+        object_id: String,
+        app_id: String,
+        #[serde(default = "default_validity_days")]
+        validity_days: i64,
+        #[serde(default = "default_verify_scope")]
+        verify_scope: String,
+        #[serde(default = "default_propagation")]
+        propagation: String,
+    },
+    /// Rotator: a storage account's key pair.
+    StorageKeys {
+        credential: String,
+        subscription: String,
+        resource_group: String,
+        account: String,
+        #[serde(default)]
+        kerberos: bool,
+    },
+    /// Rotator: an access token from an OAuth 2.0 token endpoint.
+    OauthToken {
+        token_url: String,
+        client_id: String,
+        /// The environment variable holding the client secret (never the secret itself).
+        client_secret_env: String,
+        scope: String,
+    },
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_validity_days() -> i64 {
+    180
+}
+
+fn default_verify_scope() -> String {
+    "https://graph.microsoft.com/.default".into()
+}
+
+fn default_propagation() -> String {
+    "2m".into()
+}
+
+/// How rekey authenticates to Azure; `kind` picks the method.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
+pub enum CredentialConfig {
+    /// A service principal's client secret, read from an environment variable.
+    ClientSecret {
+        tenant: String,
+        client_id: String,
+        client_secret_env: String,
+    },
+    /// A managed identity through the instance metadata service.
+    ManagedIdentity {
+        client_id: Option<String>,
+        endpoint: Option<String>,
+    },
+    /// App Service's managed identity (`IDENTITY_ENDPOINT`, `IDENTITY_HEADER`).
+    AppServiceIdentity { client_id: Option<String> },
+    /// A bearer token from an environment variable (CI pipelines).
+    StaticToken { token_env: String },
+}
+
+/// Azure endpoints; the defaults are the public cloud.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureConfig {
+    pub authority: Option<String>,
+    pub arm: Option<String>,
+    pub graph: Option<String>,
+    /// Timeout of one call, e.g. "30s".
+    pub timeout: Option<String>,
 }
 
 type RawProvider = ProviderConfig;
@@ -103,7 +217,16 @@ pub struct Config {
     pub path: PathBuf,
     pub journal_path: PathBuf,
     pub providers: BTreeMap<String, ProviderConfig>,
+    pub credentials: BTreeMap<String, CredentialConfig>,
+    pub azure: AzureEndpoints,
     pub secrets: BTreeMap<String, Plan>,
+}
+
+/// Validated Azure endpoints and timeout.
+#[derive(Debug, Clone)]
+pub struct AzureEndpoints {
+    pub endpoints: crate::providers::azure::Endpoints,
+    pub timeout_ms: u64,
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -159,6 +282,20 @@ impl Config {
             }
         };
 
+        let mut credentials = BTreeMap::new();
+        for (name, spanned) in &raw.credentials {
+            if !valid_name(name) {
+                return Err(invalid(
+                    Some(spanned.span()),
+                    format!(
+                        "credential name {name:?} must be 1 to 100 characters of A-Z a-z 0-9 - _ ."
+                    ),
+                ));
+            }
+            credentials.insert(name.clone(), spanned.get_ref().clone());
+        }
+        let azure = azure_endpoints(raw.azure.as_ref()).map_err(|m| invalid(None, m))?;
+
         let mut providers = BTreeMap::new();
         for (name, spanned) in &raw.providers {
             if !valid_name(name) {
@@ -184,6 +321,15 @@ impl Config {
                 ProviderConfig::LocalVault { path } => ProviderConfig::LocalVault {
                     path: resolve(&path),
                 },
+                other @ (ProviderConfig::KeyVault { .. }
+                | ProviderConfig::AppSetting { .. }
+                | ProviderConfig::EntraPassword { .. }
+                | ProviderConfig::StorageKeys { .. }
+                | ProviderConfig::OauthToken { .. }) => {
+                    check_azure_provider(name, &other, &credentials)
+                        .map_err(|m| invalid(Some(spanned.span()), m))?;
+                    other
+                }
                 ProviderConfig::EnvFile { path, key } => {
                     if key.is_empty() || key.contains(['=', '\n']) {
                         return Err(invalid(
@@ -302,6 +448,8 @@ impl Config {
             path: path.to_owned(),
             journal_path: resolve(&raw.journal.path),
             providers,
+            credentials,
+            azure,
             secrets,
         })
     }
@@ -321,23 +469,6 @@ impl Config {
             },
         })
     }
-
-    /// One provider instance per configured provider, by name.
-    pub fn build_providers(&self) -> HashMap<String, Arc<dyn Provider>> {
-        self.providers
-            .iter()
-            .map(|(name, p)| {
-                let provider: Arc<dyn Provider> = match p {
-                    ProviderConfig::Random { bytes } => Arc::new(RandomRotator { bytes: *bytes }),
-                    ProviderConfig::LocalVault { path } => Arc::new(LocalVault::new(path)),
-                    ProviderConfig::EnvFile { path, key } => {
-                        Arc::new(EnvFile::new(path, key.clone()))
-                    }
-                };
-                (name.clone(), provider)
-            })
-            .collect()
-    }
 }
 
 fn serves(kind: &ProviderConfig, role: Role) -> bool {
@@ -345,6 +476,17 @@ fn serves(kind: &ProviderConfig, role: Role) -> bool {
         (kind, role),
         (ProviderConfig::Random { .. }, Role::Rotator)
             | (ProviderConfig::LocalVault { .. }, Role::Store)
+            | (
+                ProviderConfig::KeyVault { .. },
+                Role::Store | Role::Verifier
+            )
+            | (ProviderConfig::AppSetting { .. }, Role::Dependent)
+            | (
+                ProviderConfig::EntraPassword { .. },
+                Role::Rotator | Role::Verifier
+            )
+            | (ProviderConfig::StorageKeys { .. }, Role::Rotator)
+            | (ProviderConfig::OauthToken { .. }, Role::Rotator)
             | (
                 ProviderConfig::EnvFile { .. },
                 Role::Dependent | Role::Verifier
@@ -357,11 +499,100 @@ fn kind_name(kind: &ProviderConfig) -> &'static str {
         ProviderConfig::Random { .. } => "kind random",
         ProviderConfig::LocalVault { .. } => "kind local_vault",
         ProviderConfig::EnvFile { .. } => "kind env_file",
+        ProviderConfig::KeyVault { .. } => "kind key_vault",
+        ProviderConfig::AppSetting { .. } => "kind app_setting",
+        ProviderConfig::EntraPassword { .. } => "kind entra_password",
+        ProviderConfig::StorageKeys { .. } => "kind storage_keys",
+        ProviderConfig::OauthToken { .. } => "kind oauth_token",
     }
 }
 
+/// Checks an Azure provider's fields: its credential exists, its URLs parse, its numbers
+/// are in range.
+fn check_azure_provider(
+    name: &str,
+    p: &ProviderConfig,
+    credentials: &BTreeMap<String, CredentialConfig>,
+) -> Result<(), String> {
+    let credential = match p {
+        ProviderConfig::KeyVault { credential, .. }
+        | ProviderConfig::AppSetting { credential, .. }
+        | ProviderConfig::EntraPassword { credential, .. }
+        | ProviderConfig::StorageKeys { credential, .. } => Some(credential),
+        _ => None,
+    };
+    if let Some(c) = credential
+        && !credentials.contains_key(c)
+    {
+        let known: Vec<&str> = credentials.keys().map(String::as_str).collect();
+        return Err(format!(
+            "provider {name}: credential {c:?} is not defined; define [credentials.{c}] or use one of: {}",
+            if known.is_empty() {
+                "(none defined)".to_owned()
+            } else {
+                known.join(", ")
+            }
+        ));
+    }
+    let url = |field: &str, value: &str| {
+        url::Url::parse(value)
+            .map(drop)
+            .map_err(|e| format!("provider {name}: {field} = {value:?} is not a URL ({e})"))
+    };
+    match p {
+        ProviderConfig::KeyVault { vault_url, .. } => url("vault_url", vault_url),
+        ProviderConfig::OauthToken { token_url, .. } => url("token_url", token_url),
+        ProviderConfig::EntraPassword {
+            validity_days,
+            propagation,
+            ..
+        } => {
+            if !(1..=730).contains(validity_days) {
+                return Err(format!(
+                    "provider {name}: validity_days = {validity_days} must be 1 to 730 (Entra allows up to 2 years)"
+                ));
+            }
+            parse_duration_ms(propagation).map(drop).map_err(|why| {
+                format!("provider {name}: propagation = {propagation:?} {why}; write e.g. \"2m\"")
+            })
+        }
+        _ => Ok(()),
+    }
+}
+
+fn azure_endpoints(raw: Option<&AzureConfig>) -> Result<AzureEndpoints, String> {
+    let mut endpoints = crate::providers::azure::Endpoints::default();
+    let mut timeout_ms = crate::providers::azure::http::CALL_TIMEOUT_MS;
+    if let Some(a) = raw {
+        let parse = |field: &str, v: &str| {
+            url::Url::parse(v).map_err(|e| format!("[azure] {field} = {v:?} is not a URL ({e})"))
+        };
+        if let Some(v) = &a.authority {
+            endpoints.authority = parse("authority", v)?;
+        }
+        if let Some(v) = &a.arm {
+            endpoints.arm = parse("arm", v)?;
+        }
+        if let Some(v) = &a.graph {
+            endpoints.graph = parse("graph", v)?;
+        }
+        if let Some(t) = &a.timeout {
+            let ms =
+                parse_duration_ms(t).map_err(|why| format!("[azure] timeout = {t:?} {why}"))?;
+            if !(1_000..=600_000).contains(&ms) {
+                return Err(format!("[azure] timeout = {t:?} must be 1s to 10m"));
+            }
+            timeout_ms = ms as u64;
+        }
+    }
+    Ok(AzureEndpoints {
+        endpoints,
+        timeout_ms,
+    })
+}
+
 /// Parses "7d", "12h", "30s", "1h 30m" (jiff's friendly format) into milliseconds.
-fn parse_duration_ms(text: &str) -> Result<i64, String> {
+pub(crate) fn parse_duration_ms(text: &str) -> Result<i64, String> {
     let span: jiff::Span = text
         .parse()
         .map_err(|e: jiff::Error| format!("is not a duration ({e})"))?;

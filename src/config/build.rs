@@ -1,0 +1,205 @@
+//! Turns a validated config into provider instances. Secrets named by the config (client
+//! secrets, tokens) are read from the environment here, never from the file.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rekey_journal::Clock;
+use url::Url;
+
+use super::{Config, CredentialConfig, Error, ProviderConfig, parse_duration_ms};
+use crate::provider::{Provider, SecretValue};
+use crate::providers::azure::appservice::{AppSetting, Mode};
+use crate::providers::azure::credential::{Credential, Source, TokenCache};
+use crate::providers::azure::graph::AppPasswords;
+use crate::providers::azure::http::{Authed, Http};
+use crate::providers::azure::keyvault::KeyVaultStore;
+use crate::providers::azure::oauth::OAuthToken;
+use crate::providers::azure::storage::StorageKeys;
+use crate::providers::local::{EnvFile, LocalVault, RandomRotator};
+
+/// Where IMDS answers on Azure VMs (reached without credentials; it hands them out).
+pub const IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
+/// Token scope of Azure Resource Manager.
+pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
+/// Token scope of Microsoft Graph.
+pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+
+impl Config {
+    /// One provider instance per configured provider, by name. `env` looks up environment
+    /// variables (injected so tests need not touch the process environment).
+    ///
+    /// # Errors
+    /// [`Error::MissingEnv`] for an unset variable, [`Error::Build`] for the rest.
+    pub fn build_providers(
+        &self,
+        clock: Arc<dyn Clock>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<HashMap<String, Arc<dyn Provider>>, Error> {
+        let build_err = |what: String, why: String| Error::Build {
+            path: self.path.clone(),
+            what,
+            why,
+        };
+        let http = Http::new(self.azure.timeout_ms, clock)
+            .map_err(|e| build_err("the HTTP client".into(), e.message))?;
+        let secret_env = |what: &str, var: &str| {
+            env(var)
+                .filter(|v| !v.is_empty())
+                .map(SecretValue::new)
+                .ok_or_else(|| Error::MissingEnv {
+                    path: self.path.clone(),
+                    what: what.to_owned(),
+                    var: var.to_owned(),
+                })
+        };
+        let url = |what: &str, v: &str| {
+            Url::parse(v).map_err(|e| build_err(what.to_owned(), e.to_string()))
+        };
+
+        let mut credentials: BTreeMap<&str, Arc<dyn Credential>> = BTreeMap::new();
+        for (name, c) in &self.credentials {
+            let what = format!("credential {name}");
+            let source = match c {
+                CredentialConfig::ClientSecret {
+                    tenant,
+                    client_id,
+                    client_secret_env,
+                } => Source::ClientSecret {
+                    authority: self.azure.endpoints.authority.clone(),
+                    tenant: tenant.clone(),
+                    client_id: client_id.clone(),
+                    secret: secret_env(&what, client_secret_env)?,
+                },
+                CredentialConfig::ManagedIdentity {
+                    client_id,
+                    endpoint,
+                } => Source::Imds {
+                    endpoint: url(&what, endpoint.as_deref().unwrap_or(IMDS_ENDPOINT))?,
+                    client_id: client_id.clone(),
+                },
+                CredentialConfig::AppServiceIdentity { client_id } => {
+                    let endpoint = env("IDENTITY_ENDPOINT").ok_or_else(|| Error::MissingEnv {
+                        path: self.path.clone(),
+                        what: what.clone(),
+                        var: "IDENTITY_ENDPOINT".into(),
+                    })?;
+                    Source::AppService {
+                        endpoint: url(&what, &endpoint)?,
+                        header: secret_env(&what, "IDENTITY_HEADER")?,
+                        client_id: client_id.clone(),
+                    }
+                }
+                CredentialConfig::StaticToken { token_env } => Source::Static {
+                    token: secret_env(&what, token_env)?,
+                },
+            };
+            credentials.insert(name, Arc::new(TokenCache::new(http.clone(), source)));
+        }
+        let authed = |credential: &str, scope: &str| Authed {
+            http: http.clone(),
+            credential: credentials[credential].clone(),
+            scope: scope.to_owned(),
+        };
+        let endpoints = &self.azure.endpoints;
+
+        let mut out: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+        for (name, p) in &self.providers {
+            let what = format!("provider {name}");
+            let provider: Arc<dyn Provider> = match p {
+                ProviderConfig::Random { bytes } => Arc::new(RandomRotator { bytes: *bytes }),
+                ProviderConfig::LocalVault { path } => Arc::new(LocalVault::new(path)),
+                ProviderConfig::EnvFile { path, key } => Arc::new(EnvFile::new(path, key.clone())),
+                ProviderConfig::KeyVault {
+                    vault_url,
+                    credential,
+                    content_type,
+                    verify_challenge_resource,
+                } => {
+                    let mut kv = KeyVaultStore::new(
+                        http.clone(),
+                        credentials[credential.as_str()].clone(),
+                        url(&what, vault_url)?,
+                    );
+                    if !verify_challenge_resource {
+                        kv = kv.without_challenge_verification();
+                    }
+                    if let Some(ct) = content_type {
+                        kv = kv.with_content_type(ct.clone());
+                    }
+                    Arc::new(kv)
+                }
+                ProviderConfig::AppSetting {
+                    credential,
+                    subscription,
+                    resource_group,
+                    site,
+                    slot,
+                    setting,
+                    key_vault_reference,
+                } => Arc::new(AppSetting {
+                    api: authed(credential, ARM_SCOPE),
+                    arm: endpoints.arm.clone(),
+                    subscription: subscription.clone(),
+                    resource_group: resource_group.clone(),
+                    site: site.clone(),
+                    slot: slot.clone(),
+                    setting: setting.clone(),
+                    mode: key_vault_reference
+                        .clone()
+                        .map_or(Mode::Literal, Mode::Reference),
+                    lock: tokio::sync::Mutex::new(()),
+                }),
+                ProviderConfig::EntraPassword {
+                    credential,
+                    tenant,
+                    object_id,
+                    app_id,
+                    validity_days,
+                    verify_scope,
+                    propagation,
+                } => Arc::new(AppPasswords {
+                    api: authed(credential, GRAPH_SCOPE),
+                    graph: endpoints.graph.clone(),
+                    object_id: object_id.clone(),
+                    app_id: app_id.clone(),
+                    tenant: tenant.clone(),
+                    authority: endpoints.authority.clone(),
+                    validity_days: *validity_days,
+                    verify_scope: verify_scope.clone(),
+                    propagation_ms_max: parse_duration_ms(propagation)
+                        .map_err(|why| build_err(what.clone(), why))?
+                        as u64,
+                }),
+                ProviderConfig::StorageKeys {
+                    credential,
+                    subscription,
+                    resource_group,
+                    account,
+                    kerberos,
+                } => Arc::new(StorageKeys {
+                    api: authed(credential, ARM_SCOPE),
+                    arm: endpoints.arm.clone(),
+                    subscription: subscription.clone(),
+                    resource_group: resource_group.clone(),
+                    account: account.clone(),
+                    kerberos: *kerberos,
+                }),
+                ProviderConfig::OauthToken {
+                    token_url,
+                    client_id,
+                    client_secret_env,
+                    scope,
+                } => Arc::new(OAuthToken {
+                    http: http.clone(),
+                    token_url: url(&what, token_url)?,
+                    client_id: client_id.clone(),
+                    client_secret: secret_env(&what, client_secret_env)?,
+                    scope: scope.clone(),
+                }),
+            };
+            out.insert(name.clone(), provider);
+        }
+        Ok(out)
+    }
+}
