@@ -1,1 +1,4 @@
+//! rekey's integration tests: one binary, one module per concern.
 
+mod cli;
+mod simulation;

@@ -8,7 +8,7 @@
 
 pub mod lock;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
@@ -24,7 +24,7 @@ use crate::provider::{
 use crate::retry::RetryPolicy;
 use crate::saga::{
     Action, Command, ErrorClass, Nondeterminism, Phase, Plan, Role, Rotation, RotationEvent,
-    StepId, Trigger, Wait, apply, decide,
+    StepId, StepStatus, Trigger, Wait, apply, decide,
 };
 use lock::LockEvent;
 
@@ -119,6 +119,24 @@ pub struct Runner<J> {
     /// New values created by this process, by (rotation, generation). Lost on a crash
     /// by design: they are read back from a store, or the credential is made again.
     values: Mutex<HashMap<(String, u32), SecretValue>>,
+    /// Rotations this runner is driving now. Its lease is re-entrant for its own owner,
+    /// so this, not the lease, keeps two of its own tasks off one rotation.
+    driving: Mutex<HashSet<String>>,
+}
+
+/// Marks a rotation as driven by this runner until dropped (also when a drive is cancelled).
+struct DrivingGuard<'a> {
+    set: &'a Mutex<HashSet<String>>,
+    rotation_id: String,
+}
+
+impl Drop for DrivingGuard<'_> {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.rotation_id);
+    }
 }
 
 /// A rotation being driven under a lease.
@@ -144,6 +162,7 @@ impl<J: RunnerJournal> Runner<J> {
             options,
             jitter,
             values: Mutex::default(),
+            driving: Mutex::default(),
         }
     }
 
@@ -327,6 +346,20 @@ impl<J: RunnerJournal> Runner<J> {
     /// Journal, decode and nondeterminism errors; a lost lease is reported as
     /// [`rekey_journal::Error::StaleFence`] or `LeaseExpired`, and the runner stops.
     pub async fn drive(&self, rotation_id: &str) -> Result<Progress, Error> {
+        let newly = self
+            .driving
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(rotation_id.to_owned());
+        if !newly {
+            return Ok(Progress::Busy {
+                holder: self.options.owner.clone(),
+            });
+        }
+        let _guard = DrivingGuard {
+            set: &self.driving,
+            rotation_id: rotation_id.to_owned(),
+        };
         let lease = match self
             .journal
             .acquire(rotation_id, &self.options.owner, self.options.lease_ttl_ms)
@@ -434,18 +467,37 @@ impl<J: RunnerJournal> Runner<J> {
         })
     }
 
-    /// The new value: from memory, else read back from a store that holds it.
+    /// The current generation's create step and the credential id it produced.
+    fn created(state: &Rotation) -> Option<(StepId, String)> {
+        state
+            .forward_steps()
+            .into_iter()
+            .find(|s| s.action == Action::Create)
+            .and_then(|s| state.outcome(&s).map(|id| (s, id.to_owned())))
+    }
+
+    /// The new value: from memory, else read back from a store that holds it, else from
+    /// the rotator when its source can show it again (storage keys). `None` when it is lost.
     async fn new_value(&self, state: &Rotation) -> Result<Option<SecretValue>, ProviderError> {
         if let Some(v) = self.cached_value(state) {
             return Ok(Some(v));
         }
-        let Some((step, version)) = Self::written_store(state) else {
+        let provider_of = |step| {
+            self.provider(state, step)
+                .map_err(|e| ProviderError::permanent(e.to_string()))
+        };
+        if let Some((step, version)) = Self::written_store(state) {
+            return provider_of(step)?.read_value(&version).await.map(Some);
+        }
+        let Some((create, id)) = Self::created(state) else {
             return Ok(None);
         };
-        let provider = self
-            .provider(state, step)
-            .map_err(|e| ProviderError::permanent(e.to_string()))?;
-        provider.read_value(&version).await.map(Some)
+        match provider_of(create)?.read_value(&id).await {
+            Ok(v) => Ok(Some(v)),
+            // The source never shows a value twice (an Entra password): it is lost.
+            Err(e) if e.class == ErrorClass::Permanent => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// The value before the rotation, read from the first store's captured version.
@@ -503,25 +555,28 @@ impl<J: RunnerJournal> Runner<J> {
     ) -> Result<(), Error> {
         let provider = self.provider(&d.state, step)?;
         let needs_new = matches!(step.action, Action::Write | Action::Update | Action::Verify);
-        if needs_new
-            && self.cached_value(&d.state).is_none()
-            && Self::written_store(&d.state).is_none()
-        {
-            // The value lived only in a crashed process: make the credential again.
-            let create = d
-                .state
-                .forward_steps()
-                .into_iter()
-                .find(|s| s.action == Action::Create);
-            let credential_id = create.and_then(|s| d.state.outcome(&s).map(str::to_owned));
-            warn!(
-                ?credential_id,
-                "new value lost before any store held it; discarding and creating again"
-            );
-            return self
-                .emit(d, RotationEvent::ValueLost { credential_id })
-                .await;
-        }
+        // Values are fetched before `StepStarted`: reading one is not an effect.
+        let value = if needs_new {
+            match self.new_value(&d.state).await {
+                Ok(Some(v)) => Ok(Some(v)),
+                Ok(None) => {
+                    // The value lived only in a crashed process: make the credential again.
+                    let credential_id = Self::created(&d.state).map(|(_, id)| id);
+                    warn!(
+                        ?credential_id,
+                        "new value lost before any store held it; discarding and creating again"
+                    );
+                    return self
+                        .emit(d, RotationEvent::ValueLost { credential_id })
+                        .await;
+                }
+                Err(e) => Err(e),
+            }
+        } else if matches!(step.action, Action::Restore | Action::Revert) {
+            self.old_value(&d.state).await
+        } else {
+            Ok(None)
+        };
         self.emit(
             d,
             RotationEvent::StepStarted {
@@ -531,14 +586,8 @@ impl<J: RunnerJournal> Runner<J> {
             },
         )
         .await?;
-        let value = if needs_new {
-            self.new_value(&d.state).await
-        } else if matches!(step.action, Action::Restore | Action::Revert) {
-            self.old_value(&d.state).await
-        } else {
-            Ok(None)
-        };
         let (captured, produced) = Self::call_ids(&d.state, step);
+        let sent = value.as_ref().ok().cloned().flatten();
         let result = match value {
             Err(e) => Err(e),
             Ok(value) => {
@@ -576,7 +625,7 @@ impl<J: RunnerJournal> Runner<J> {
                 )
                 .await
             }
-            Err(e) => self.fail(d, step, attempt, e).await,
+            Err(e) => self.fail(d, step, attempt, e, sent.as_ref()).await,
         }
     }
 
@@ -587,22 +636,12 @@ impl<J: RunnerJournal> Runner<J> {
         step: StepId,
         attempt: u32,
         e: ProviderError,
+        sent: Option<&SecretValue>,
     ) -> Result<(), Error> {
         let give_up = step.action.may_abandon()
             && (e.class == ErrorClass::Permanent || attempt >= d.state.plan.attempts_max);
-        let retry_at_ms = (!give_up).then(|| {
-            let jitter: f64 = self
-                .jitter
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .random();
-            self.clock.now_ms()
-                + self
-                    .options
-                    .retry
-                    .delay_ms(attempt, e.class, e.retry_after_ms, jitter)
-        });
-        let message = self.redact(&d.state, e.message);
+        let retry_at_ms = (!give_up).then(|| self.retry_at(attempt, &e));
+        let message = self.redact(&d.state, e.message, sent);
         warn!(class = ?e.class, message, ?retry_at_ms, "step failed");
         self.emit(
             d,
@@ -617,14 +656,68 @@ impl<J: RunnerJournal> Runner<J> {
         .await
     }
 
-    /// Defence in depth: a provider message that quotes the value loses it here.
-    fn redact(&self, state: &Rotation, message: String) -> String {
-        match self.cached_value(state) {
-            Some(v) if !v.expose().is_empty() && message.contains(v.expose()) => {
-                message.replace(v.expose(), "[redacted]")
+    /// When to try again after the `n`th failure, as the retry policy and the target say.
+    fn retry_at(&self, n: u32, e: &ProviderError) -> i64 {
+        let jitter: f64 = self
+            .jitter
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .random();
+        self.clock.now_ms()
+            + self
+                .options
+                .retry
+                .delay_ms(n, e.class, e.retry_after_ms, jitter)
+    }
+
+    /// Journals a failed check of an in-doubt step. The step stays in doubt with its own
+    /// failure class (a check refused by the target says nothing about the step), and the
+    /// next check waits longer each time: checks never give up.
+    async fn check_failed(
+        &self,
+        d: &mut Driving,
+        step: StepId,
+        attempt: u32,
+        e: ProviderError,
+    ) -> Result<(), Error> {
+        let prior = match d.state.steps.get(&step) {
+            Some(StepStatus::InDoubt { failure, .. }) => failure.clone(),
+            _ => None,
+        };
+        let class = prior.as_ref().map_or(ErrorClass::Transient, |f| f.class);
+        let checks = prior.as_ref().map_or(0, |f| f.count) + 1;
+        let retry_at_ms = Some(self.retry_at(attempt.saturating_add(checks), &e));
+        let message = self.redact(
+            &d.state,
+            format!(
+                "could not check whether step {step} happened: {}",
+                e.message
+            ),
+            None,
+        );
+        warn!(message, ?retry_at_ms, "reconciliation failed");
+        self.emit(
+            d,
+            RotationEvent::StepFailed {
+                step,
+                attempt,
+                class,
+                message,
+                retry_at_ms,
+            },
+        )
+        .await
+    }
+
+    /// Defence in depth: a provider message that quotes a value loses it here, whether
+    /// the value was sent in this call or is held for the rotation.
+    fn redact(&self, state: &Rotation, mut message: String, sent: Option<&SecretValue>) -> String {
+        for v in sent.into_iter().cloned().chain(self.cached_value(state)) {
+            if !v.expose().is_empty() && message.contains(v.expose()) {
+                message = message.replace(v.expose(), "[redacted]");
             }
-            _ => message,
         }
+        message
     }
 
     async fn reconcile_step(
@@ -686,10 +779,10 @@ impl<J: RunnerJournal> Runner<J> {
                         step,
                         orphan_discarded: Some(orphan_id.clone()),
                     },
-                    Err(e) => return self.fail(d, step, attempt, e).await,
+                    Err(e) => return self.check_failed(d, step, attempt, e).await,
                 }
             }
-            Err(e) => return self.fail(d, step, attempt, e).await,
+            Err(e) => return self.check_failed(d, step, attempt, e).await,
         };
         self.emit(d, event).await
     }

@@ -37,6 +37,9 @@ pub struct Failure {
     pub class: ErrorClass,
     pub message: String,
     pub retry_at_ms: Option<i64>,
+    /// Failures journaled for this attempt: the call's own, then each failed check of
+    /// whether it happened. Retry delays grow with it.
+    pub count: u32,
 }
 
 /// Where one step stands.
@@ -303,14 +306,17 @@ pub fn apply(state: Option<Rotation>, event: &RotationEvent) -> Result<Rotation,
             retry_at_ms,
         } => {
             check_active(&r, step)?;
-            match r.steps.get(step) {
-                Some(StepStatus::InDoubt { attempt: a, .. }) if a == attempt => {}
+            let count = match r.steps.get(step) {
+                Some(StepStatus::InDoubt {
+                    attempt: a,
+                    failure,
+                }) if a == attempt => failure.as_ref().map_or(0, |f| f.count) + 1,
                 other => {
                     return Err(
                         r.misfit(event, format!("step {step} attempt {attempt} is {other:?}"))
                     );
                 }
-            }
+            };
             r.steps.insert(
                 *step,
                 StepStatus::InDoubt {
@@ -319,6 +325,7 @@ pub fn apply(state: Option<Rotation>, event: &RotationEvent) -> Result<Rotation,
                         class: *class,
                         message: message.clone(),
                         retry_at_ms: *retry_at_ms,
+                        count,
                     }),
                 },
             );

@@ -1,0 +1,182 @@
+//! The `rekey` binary end to end: the demo rotation, the auditor's commands, and bad input.
+//! Each test works in its own temp dir and runs the real binary.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn rekey(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rekey"))
+        .args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "trace")
+        .env_remove("REKEY_CONFIG")
+        .env_remove("REKEY_JOURNAL")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .output()
+        .expect("run rekey")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Every value the local vault holds, old and new.
+fn vault_values(vault: &Path) -> Vec<(String, bool)> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(vault).unwrap()).unwrap();
+    v["secrets"]["demo-api-key"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ver| {
+            (
+                ver["value"].as_str().unwrap().to_owned(),
+                ver["enabled"].as_bool().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// Bytes of every file of the journal (the database and its WAL).
+fn journal_bytes(dir: &Path) -> Vec<u8> {
+    let mut all = Vec::new();
+    for name in ["journal.db", "journal.db-wal"] {
+        if let Ok(b) = std::fs::read(dir.join(name)) {
+            all.extend(b);
+        }
+    }
+    all
+}
+
+fn contains(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|w| w == needle.as_bytes())
+}
+
+#[test]
+fn demo_rotates_end_to_end_and_no_value_leaks() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = rekey(&["demo", "--dir", "d", "--grace-secs", "1"], tmp.path());
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "demo failed: {stdout}\n{stderr}");
+    assert!(stdout.contains("Completed"), "{stdout}");
+    assert!(stdout.contains(": intact"), "{stdout}");
+
+    let dir = tmp.path().join("d");
+    let versions = vault_values(&dir.join("vault.json"));
+    assert_eq!(versions.len(), 2, "one initial and one new version: {versions:?}");
+    assert!(!versions[0].1, "the old version is disabled after the grace period");
+    assert!(versions[1].1, "the new version is enabled");
+    let env = std::fs::read_to_string(dir.join("app.env")).unwrap();
+    assert_eq!(env.trim(), format!("API_KEY={}", versions[1].0));
+    assert_eq!(versions[1].0.len(), 64, "32 random bytes, hex encoded");
+
+    // I5: no value, old or new, in the journal, stdout or the trace-level logs.
+    let journal = journal_bytes(&dir);
+    assert!(!journal.is_empty());
+    for (value, _) in &versions {
+        assert!(!contains(&journal, value), "a secret value is in the journal");
+        assert!(!stdout.contains(value.as_str()), "a secret value is on stdout");
+        assert!(!stderr.contains(value.as_str()), "a secret value is in the logs");
+    }
+    assert!(stderr.contains("step succeeded"), "trace logs were captured: {stderr}");
+
+    let verify = rekey(&["journal", "verify", "--journal", "d/journal.db"], tmp.path());
+    assert!(verify.status.success(), "{}", text(&verify.stdout));
+}
+
+#[test]
+fn a_tampered_journal_fails_verify_with_exit_3_naming_the_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = rekey(&["demo", "--dir", "d", "--grace-secs", "0"], tmp.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let db = tmp.path().join("d/journal.db");
+    let stream: String = {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "DROP TRIGGER events_append_only_update;
+             UPDATE events SET payload = replace(payload, '\"attempt\":1', '\"attempt\":7')
+             WHERE stream_seq = 2 AND stream_id NOT LIKE 'lock:%';",
+        )
+        .unwrap();
+        conn.query_row(
+            "SELECT stream_id FROM events WHERE stream_seq = 2 AND stream_id NOT LIKE 'lock:%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    let verify = rekey(&["journal", "verify", "--journal", "d/journal.db"], tmp.path());
+    let stdout = text(&verify.stdout);
+    assert_eq!(verify.status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains(&format!("stream {stream} sequence 2")) && stdout.contains("edited"),
+        "{stdout}"
+    );
+    let json = rekey(
+        &["journal", "verify", "--journal", "d/journal.db", "--json"],
+        tmp.path(),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["broken"]["stream_id"], stream.as_str());
+    assert_eq!(report["broken"]["seq"], 2);
+}
+
+#[test]
+fn a_bad_config_is_explained_and_creates_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("rekey.toml"),
+        "[journal]\npath = \"journal.db\"\n\n[secrets.api]\nrotator = \"nope\"\nstores = []\nverifiers = []\ngrace = \"1d\"\n",
+    )
+    .unwrap();
+    for args in [
+        &["policy", "check"][..],
+        &["rotate", "api"][..],
+        &["resume"][..],
+        &["status"][..],
+    ] {
+        let out = rekey(args, tmp.path());
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("rekey.toml:5:11: secret api: rotator \"nope\" is not defined"),
+            "{args:?}: {stderr}"
+        );
+        assert!(!tmp.path().join("journal.db").exists(), "{args:?} created a journal");
+    }
+}
+
+#[test]
+fn unknown_secret_and_missing_journal_say_what_to_do() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = rekey(&["demo", "--dir", "d", "--grace-secs", "0"], tmp.path());
+    assert!(demo.status.success(), "{}", text(&demo.stderr));
+    let out = rekey(&["--config", "d/rekey.toml", "rotate", "payments"], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no secret named \"payments\"")
+            && text(&out.stderr).contains("configured secrets: demo-api-key"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = rekey(&["journal", "verify", "--journal", "missing.db"], tmp.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("missing.db: no journal here"));
+    assert!(!tmp.path().join("missing.db").exists(), "verify created a file");
+}
+
+#[test]
+fn resume_with_nothing_open_and_status_after_a_rotation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let demo = rekey(&["demo", "--dir", "d", "--grace-secs", "0"], tmp.path());
+    assert!(demo.status.success(), "{}", text(&demo.stderr));
+    let out = rekey(&["--config", "d/rekey.toml", "resume"], tmp.path());
+    assert!(out.status.success());
+    assert_eq!(text(&out.stdout).trim(), "nothing to resume: no open rotation");
+    let out = rekey(&["--config", "d/rekey.toml", "status", "--json"], tmp.path());
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["secret"], "demo-api-key");
+    assert!(rows[0]["open_rotation"].is_null());
+    assert_eq!(rows[0]["last_ended"]["status"], "completed");
+}
