@@ -132,6 +132,16 @@ impl Error {
         move |cause| Error::Sqlite { context, cause }
     }
 
+    /// As [`Error::sqlite`], building the context only when there is an error (hot paths).
+    pub(crate) fn sqlite_with(
+        context: impl FnOnce() -> String,
+    ) -> impl FnOnce(rusqlite::Error) -> Error {
+        move |cause| Error::Sqlite {
+            context: context(),
+            cause,
+        }
+    }
+
     /// True when retrying the same call later may succeed (the database was busy).
     pub fn is_transient(&self) -> bool {
         matches!(

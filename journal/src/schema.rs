@@ -15,7 +15,9 @@ const MIGRATIONS: &[&str] = &[
     // 1: events, stream heads, leases, timers; events and heads cannot be rewritten.
     r#"
 CREATE TABLE events (
-    global_seq     INTEGER PRIMARY KEY AUTOINCREMENT,
+    -- No AUTOINCREMENT: rows are never deleted (triggers), so rowids only grow anyway,
+    -- and skipping sqlite_sequence saves a page write per commit.
+    global_seq     INTEGER PRIMARY KEY,
     stream_id      TEXT    NOT NULL,
     stream_seq     INTEGER NOT NULL,
     kind           TEXT    NOT NULL,

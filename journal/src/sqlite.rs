@@ -325,6 +325,9 @@ fn open_reader(path: &Path) -> Result<Connection> {
         },
     })?;
     set_busy_timeout(&conn)?;
+    // Keep query plans stable, so cached statements are not re-prepared on every read.
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
+        .map_err(Error::sqlite("configuring the reader"))?;
     Ok(conn)
 }
 
@@ -430,7 +433,9 @@ impl WriteStore for SqlStore<'_> {
                 s.query_row([stream_id], |r| Ok((r.get(0)?, r.get(1)?)))
                     .optional()
             })
-            .map_err(Error::sqlite(format!("reading the head of {stream_id}")))?;
+            .map_err(Error::sqlite_with(|| {
+                format!("reading the head of {stream_id}")
+            }))?;
         row.map(|(seq, hash)| Ok((seq as u64, digest(stream_id, seq as u64, &hash)?)))
             .transpose()
     }
@@ -449,7 +454,9 @@ impl WriteStore for SqlStore<'_> {
                 })
                 .optional()
             })
-            .map_err(Error::sqlite(format!("reading the lease of {stream_id}")))
+            .map_err(Error::sqlite_with(|| {
+                format!("reading the lease of {stream_id}")
+            }))
     }
 
     fn put_lease(&mut self, l: &Lease) -> Result<()> {
@@ -462,7 +469,7 @@ impl WriteStore for SqlStore<'_> {
                 s.execute(params![l.stream_id, l.owner, l.token as i64, l.expires_at_ms])
             })
             .map(drop)
-            .map_err(Error::sqlite(format!("writing the lease of {}", l.stream_id)))
+            .map_err(Error::sqlite_with(|| format!("writing the lease of {}", l.stream_id)))
     }
 
     fn insert_event(&mut self, e: &Event) -> Result<u64> {
@@ -484,7 +491,9 @@ impl WriteStore for SqlStore<'_> {
                     &e.hash.0[..],
                 ])
             })
-            .map_err(Error::sqlite(format!("appending to {}", e.stream_id)))?;
+            .map_err(Error::sqlite_with(|| {
+                format!("appending to {}", e.stream_id)
+            }))?;
         Ok(self.0.last_insert_rowid() as u64)
     }
 
@@ -506,27 +515,40 @@ impl WriteStore for SqlStore<'_> {
                         &h.head_hash.0[..],
                     ])
                 })
-        } else {
+        } else if let Some(status) = h.status {
             self.0
                 .prepare_cached(
-                    "UPDATE streams SET status = coalesce(?2, status), updated_at_ms = ?3,
-                            head_seq = ?4, head_hash = ?5
+                    "UPDATE streams SET status = ?2, updated_at_ms = ?3, head_seq = ?4, head_hash = ?5
                      WHERE stream_id = ?1",
                 )
                 .and_then(|mut s| {
                     s.execute(params![
                         h.stream_id,
-                        h.status,
+                        status,
+                        h.now_ms,
+                        h.head_seq as i64,
+                        &h.head_hash.0[..],
+                    ])
+                })
+        } else {
+            // Most appends keep the status: leaving it out spares the status index a write.
+            self.0
+                .prepare_cached(
+                    "UPDATE streams SET updated_at_ms = ?2, head_seq = ?3, head_hash = ?4
+                     WHERE stream_id = ?1",
+                )
+                .and_then(|mut s| {
+                    s.execute(params![
+                        h.stream_id,
                         h.now_ms,
                         h.head_seq as i64,
                         &h.head_hash.0[..],
                     ])
                 })
         };
-        result.map(drop).map_err(Error::sqlite(format!(
-            "advancing the head of {}",
-            h.stream_id
-        )))
+        result.map(drop).map_err(Error::sqlite_with(|| {
+            format!("advancing the head of {}", h.stream_id)
+        }))
     }
 
     fn put_timer(&mut self, t: &Timer) -> Result<()> {
@@ -537,10 +559,9 @@ impl WriteStore for SqlStore<'_> {
             )
             .and_then(|mut s| s.execute(params![t.stream_id, t.name, t.due_at_ms]))
             .map(drop)
-            .map_err(Error::sqlite(format!(
-                "arming timer {} of {}",
-                t.name, t.stream_id
-            )))
+            .map_err(Error::sqlite_with(|| {
+                format!("arming timer {} of {}", t.name, t.stream_id)
+            }))
     }
 
     fn clear_timer(&mut self, stream_id: &str, name: &str) -> Result<()> {
@@ -548,9 +569,9 @@ impl WriteStore for SqlStore<'_> {
             .prepare_cached("DELETE FROM timers WHERE stream_id = ?1 AND name = ?2")
             .and_then(|mut s| s.execute([stream_id, name]))
             .map(drop)
-            .map_err(Error::sqlite(format!(
-                "clearing timer {name} of {stream_id}"
-            )))
+            .map_err(Error::sqlite_with(|| {
+                format!("clearing timer {name} of {stream_id}")
+            }))
     }
 }
 
@@ -628,7 +649,7 @@ fn finish_info((mut info, hash): (StreamInfo, Vec<u8>)) -> Result<StreamInfo> {
 fn stream_info_in(c: &Connection, stream_id: &str) -> Result<Option<StreamInfo>> {
     c.prepare_cached(&format!("{SELECT_STREAM} WHERE stream_id = ?1"))
         .and_then(|mut s| s.query_row([stream_id], row_to_info).optional())
-        .map_err(Error::sqlite(format!("reading stream {stream_id}")))?
+        .map_err(Error::sqlite_with(|| format!("reading stream {stream_id}")))?
         .map(finish_info)
         .transpose()
 }
