@@ -64,8 +64,15 @@ fn demo_rotates_end_to_end_and_no_value_leaks() {
 
     let dir = tmp.path().join("d");
     let versions = vault_values(&dir.join("vault.json"));
-    assert_eq!(versions.len(), 2, "one initial and one new version: {versions:?}");
-    assert!(!versions[0].1, "the old version is disabled after the grace period");
+    assert_eq!(
+        versions.len(),
+        2,
+        "one initial and one new version: {versions:?}"
+    );
+    assert!(
+        !versions[0].1,
+        "the old version is disabled after the grace period"
+    );
     assert!(versions[1].1, "the new version is enabled");
     let env = std::fs::read_to_string(dir.join("app.env")).unwrap();
     assert_eq!(env.trim(), format!("API_KEY={}", versions[1].0));
@@ -75,13 +82,28 @@ fn demo_rotates_end_to_end_and_no_value_leaks() {
     let journal = journal_bytes(&dir);
     assert!(!journal.is_empty());
     for (value, _) in &versions {
-        assert!(!contains(&journal, value), "a secret value is in the journal");
-        assert!(!stdout.contains(value.as_str()), "a secret value is on stdout");
-        assert!(!stderr.contains(value.as_str()), "a secret value is in the logs");
+        assert!(
+            !contains(&journal, value),
+            "a secret value is in the journal"
+        );
+        assert!(
+            !stdout.contains(value.as_str()),
+            "a secret value is on stdout"
+        );
+        assert!(
+            !stderr.contains(value.as_str()),
+            "a secret value is in the logs"
+        );
     }
-    assert!(stderr.contains("step succeeded"), "trace logs were captured: {stderr}");
+    assert!(
+        stderr.contains("step succeeded"),
+        "trace logs were captured: {stderr}"
+    );
 
-    let verify = rekey(&["journal", "verify", "--journal", "d/journal.db"], tmp.path());
+    let verify = rekey(
+        &["journal", "verify", "--journal", "d/journal.db"],
+        tmp.path(),
+    );
     assert!(verify.status.success(), "{}", text(&verify.stdout));
 }
 
@@ -106,7 +128,10 @@ fn a_tampered_journal_fails_verify_with_exit_3_naming_the_link() {
         )
         .unwrap()
     };
-    let verify = rekey(&["journal", "verify", "--journal", "d/journal.db"], tmp.path());
+    let verify = rekey(
+        &["journal", "verify", "--journal", "d/journal.db"],
+        tmp.path(),
+    );
     let stdout = text(&verify.stdout);
     assert_eq!(verify.status.code(), Some(3), "{stdout}");
     assert!(
@@ -143,7 +168,10 @@ fn a_bad_config_is_explained_and_creates_nothing() {
             stderr.contains("rekey.toml:5:11: secret api: rotator \"nope\" is not defined"),
             "{args:?}: {stderr}"
         );
-        assert!(!tmp.path().join("journal.db").exists(), "{args:?} created a journal");
+        assert!(
+            !tmp.path().join("journal.db").exists(),
+            "{args:?} created a journal"
+        );
     }
 }
 
@@ -152,7 +180,10 @@ fn unknown_secret_and_missing_journal_say_what_to_do() {
     let tmp = tempfile::tempdir().unwrap();
     let demo = rekey(&["demo", "--dir", "d", "--grace-secs", "0"], tmp.path());
     assert!(demo.status.success(), "{}", text(&demo.stderr));
-    let out = rekey(&["--config", "d/rekey.toml", "rotate", "payments"], tmp.path());
+    let out = rekey(
+        &["--config", "d/rekey.toml", "rotate", "payments"],
+        tmp.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("no secret named \"payments\"")
@@ -160,10 +191,16 @@ fn unknown_secret_and_missing_journal_say_what_to_do() {
         "{}",
         text(&out.stderr)
     );
-    let out = rekey(&["journal", "verify", "--journal", "missing.db"], tmp.path());
+    let out = rekey(
+        &["journal", "verify", "--journal", "missing.db"],
+        tmp.path(),
+    );
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).contains("missing.db: no journal here"));
-    assert!(!tmp.path().join("missing.db").exists(), "verify created a file");
+    assert!(
+        !tmp.path().join("missing.db").exists(),
+        "verify created a file"
+    );
 }
 
 #[test]
@@ -173,8 +210,14 @@ fn resume_with_nothing_open_and_status_after_a_rotation() {
     assert!(demo.status.success(), "{}", text(&demo.stderr));
     let out = rekey(&["--config", "d/rekey.toml", "resume"], tmp.path());
     assert!(out.status.success());
-    assert_eq!(text(&out.stdout).trim(), "nothing to resume: no open rotation");
-    let out = rekey(&["--config", "d/rekey.toml", "status", "--json"], tmp.path());
+    assert_eq!(
+        text(&out.stdout).trim(),
+        "nothing to resume: no open rotation"
+    );
+    let out = rekey(
+        &["--config", "d/rekey.toml", "status", "--json"],
+        tmp.path(),
+    );
     let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(rows[0]["secret"], "demo-api-key");
     assert!(rows[0]["open_rotation"].is_null());

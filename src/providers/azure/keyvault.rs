@@ -97,6 +97,8 @@ impl KeyVaultStore {
         if let Some(s) = self.scope.lock().unwrap_or_else(|p| p.into_inner()).clone() {
             return Ok(s);
         }
+        // Nothing, not even the unauthenticated probe, goes where a token may not follow.
+        super::guard_credentials(&self.vault)?;
         let mut probe = self.url("/secrets")?;
         probe.query_pairs_mut().append_pair("maxresults", "1");
         let resp = self

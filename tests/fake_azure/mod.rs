@@ -1,0 +1,394 @@
+//! Faithful fake Azure services for rekey's Azure providers, served over real HTTP on
+//! 127.0.0.1 (ephemeral ports, nothing else is ever contacted).
+//!
+//! The spec is `/work/shared/contracts/azure.md`; each service module says which part it
+//! implements and in which order it checks a request:
+//! - [`keyvault`]: Key Vault secrets (challenge 401, paging, soft delete, disabled versions);
+//! - [`arm`]: App Service app settings (replace-all PUT) and storage account keys;
+//! - [`graph`]: application password credentials;
+//! - [`login`]: the v2 client-credentials token endpoint and OpenID discovery;
+//! - [`managed_identity`]: IMDS and the App Service identity endpoint.
+//!
+//! Tokens: resource servers accept only tokens this fake issued (unsigned JWTs, see [`jwt`]),
+//! unexpired by the fake's clock, for their own audience, from the home tenant
+//! ([`FakeAzure::TENANT`], which Key Vault's challenge names). Register clients under
+//! `FakeAzure::TENANT` unless a test wants the wrong-tenant failure.
+//!
+//! Every request is logged ([`FakeAzure::requests`]), every change clients make is recorded
+//! ([`FakeAzure::effects`]), and faults can be injected per route ([`FakeAzure::inject`],
+//! [`FakeAzure::deny`]). Time comes from an injected [`Clock`] (a `ManualClock` lets a test
+//! expire tokens or passwords without sleeping).
+
+// The fake is a library for every Azure test in this binary; no single test uses all of it.
+#![allow(dead_code)]
+
+mod arm;
+mod bearer;
+mod effects;
+mod faults;
+mod graph;
+mod http;
+mod ids;
+mod jwt;
+mod keyvault;
+mod login;
+mod managed_identity;
+mod principals;
+mod requests;
+mod server;
+mod state;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rekey_journal::{Clock, SystemClock};
+use tokio::task::JoinHandle;
+
+pub use effects::Effect;
+pub use faults::{Fault, Route};
+pub use graph::store::PasswordCred;
+pub use keyvault::KvVersion;
+pub use requests::{RequestLog, Service};
+
+use arm::appsettings::SiteKey;
+use arm::storage::AccountKey;
+use keyvault::store::NewVersion;
+use state::{Shared, Urls};
+
+/// The running fake services and the handle tests seed, inspect and break them through.
+#[derive(Debug)]
+pub struct FakeAzure {
+    shared: Arc<Shared>,
+    servers: Vec<JoinHandle<()>>,
+}
+
+impl Drop for FakeAzure {
+    fn drop(&mut self) {
+        for server in &self.servers {
+            server.abort();
+        }
+    }
+}
+
+impl FakeAzure {
+    /// The home tenant: Key Vault's challenge names it, resources accept only its tokens.
+    pub const TENANT: &'static str = "7e57a2e0-0000-4000-8000-00000000fa4e";
+
+    /// Starts every service with the real clock.
+    pub async fn start() -> FakeAzure {
+        Self::start_with_clock(Arc::new(SystemClock)).await
+    }
+
+    /// Starts every service (one axum server each, on 127.0.0.1:0) with `clock`.
+    pub async fn start_with_clock(clock: Arc<dyn Clock>) -> FakeAzure {
+        let listeners = [
+            server::bind().await,
+            server::bind().await,
+            server::bind().await,
+            server::bind().await,
+            server::bind().await,
+            server::bind().await,
+        ];
+        let base = |i: usize| {
+            let addr = listeners[i]
+                .local_addr()
+                .expect("bound listener has an address");
+            format!("http://{addr}")
+        };
+        let urls = Urls {
+            keyvault: base(0),
+            arm: base(1),
+            graph: format!("{}/v1.0", base(2)),
+            authority: base(3),
+            imds: format!("{}{}", base(4), managed_identity::IMDS_PATH),
+            identity: format!("{}{}", base(5), managed_identity::IDENTITY_PATH),
+        };
+        let shared = Arc::new(Shared::new(clock, urls, Self::TENANT.to_owned()));
+        let routers = [
+            keyvault::router(Arc::clone(&shared)),
+            arm::router(Arc::clone(&shared)),
+            graph::router(Arc::clone(&shared)),
+            login::router(Arc::clone(&shared)),
+            managed_identity::imds_router(Arc::clone(&shared)),
+            managed_identity::identity_router(Arc::clone(&shared)),
+        ];
+        let servers = listeners
+            .into_iter()
+            .zip(routers)
+            .map(|(listener, router)| server::spawn(listener, router))
+            .collect();
+        FakeAzure { shared, servers }
+    }
+
+    // ---- where the services are -------------------------------------------------------
+
+    /// A vault's base URL, `http://127.0.0.1:P/<vault>` (lower-cased, as vault hosts are);
+    /// clients append `/secrets/…`. Secret ids the vault returns start with it.
+    pub fn keyvault_url(&self, vault: &str) -> String {
+        format!(
+            "{}/{}",
+            self.shared.urls.keyvault,
+            vault.to_ascii_lowercase()
+        )
+    }
+
+    /// ARM's base URL; paths start `/subscriptions/…`.
+    pub fn arm_url(&self) -> String {
+        self.shared.urls.arm.clone()
+    }
+
+    /// Graph's base URL including `/v1.0`.
+    pub fn graph_url(&self) -> String {
+        self.shared.urls.graph.clone()
+    }
+
+    /// The authority; clients post to `{authority}/{tenant}/oauth2/v2.0/token`.
+    pub fn authority_url(&self) -> String {
+        self.shared.urls.authority.clone()
+    }
+
+    /// The full IMDS token URL (`…/metadata/identity/oauth2/token`).
+    pub fn imds_url(&self) -> String {
+        self.shared.urls.imds.clone()
+    }
+
+    /// App Service's `(IDENTITY_ENDPOINT, IDENTITY_HEADER)`.
+    pub fn identity_endpoint(&self) -> (String, String) {
+        (
+            self.shared.urls.identity.clone(),
+            self.shared.identity_header.clone(),
+        )
+    }
+
+    /// The home tenant ([`Self::TENANT`]).
+    pub fn tenant(&self) -> String {
+        self.shared.tenant.clone()
+    }
+
+    // ---- principals and tokens --------------------------------------------------------
+
+    /// Registers a service principal that may get tokens with `secret` (more than one secret
+    /// per client may be registered).
+    pub fn register_client(&self, tenant: &str, client_id: &str, secret: &str) {
+        self.shared
+            .lock()
+            .principals
+            .register_client(tenant, client_id, secret);
+    }
+
+    /// The client id of the system-assigned managed identity (used when a managed-identity
+    /// request names none).
+    pub fn managed_identity_client_id(&self) -> String {
+        self.shared
+            .lock()
+            .principals
+            .system_identity
+            .client_id
+            .clone()
+    }
+
+    /// Adds a user-assigned managed identity, requested with `client_id=…`.
+    pub fn register_managed_identity(&self, client_id: &str) {
+        self.shared.lock().principals.add_user_identity(client_id);
+    }
+
+    /// A valid token for `audience` (home tenant, a test principal), without a token request:
+    /// for tests of a resource API that do not exercise login.
+    pub fn mint_token(&self, audience: &str) -> String {
+        let principal = "00000000-0000-4000-8000-00000000beef";
+        let (token, _) = self
+            .shared
+            .issue_token(audience, Self::TENANT, principal, principal);
+        token
+    }
+
+    // ---- seeding (not recorded as effects) --------------------------------------------
+
+    /// Adds a version (enabled, no tags) to secret `name`; returns the version id.
+    pub fn kv_seed(&self, vault: &str, name: &str, value: &str) -> String {
+        let base = self.keyvault_url(vault);
+        let now = self.shared.now_s();
+        let new = NewVersion {
+            value: value.to_owned(),
+            ..NewVersion::default()
+        };
+        let mut state = self.shared.lock();
+        let (_, version) = state
+            .vaults
+            .vault(vault)
+            .set(&base, name, new, now)
+            .expect("kv_seed on a soft-deleted secret");
+        version.version.clone()
+    }
+
+    /// Soft-deletes secret `name` (a PUT to it then gets 409 `ObjectIsDeletedButRecoverable`).
+    pub fn kv_soft_delete(&self, vault: &str, name: &str) {
+        let now = self.shared.now_s();
+        let mut state = self.shared.lock();
+        state
+            .vaults
+            .vault(vault)
+            .delete(name, now)
+            .expect("kv_soft_delete of an active secret");
+    }
+
+    /// Creates a site (`slot: None`) or a slot with `settings` (a slot's site is created if
+    /// missing).
+    pub fn site_seed(
+        &self,
+        sub: &str,
+        rg: &str,
+        site: &str,
+        slot: Option<&str>,
+        settings: &[(&str, &str)],
+    ) {
+        let settings = settings
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        self.shared
+            .lock()
+            .sites
+            .seed(SiteKey::new(sub, rg, site, slot), settings);
+    }
+
+    /// Creates an application (no credentials) whose client id is `app_id`.
+    pub fn app_seed(&self, object_id: &str, app_id: &str) {
+        self.shared.lock().apps.seed(object_id, app_id);
+    }
+
+    /// Adds a password credential that works at once; returns `(keyId, secretText)`.
+    pub fn app_add_password(&self, object_id: &str, display_name: &str) -> (String, String) {
+        let now_ms = self.shared.now_ms();
+        let start = ids::timestamp(now_ms);
+        let secret_text = ids::graph_secret_text();
+        let cred = PasswordCred {
+            key_id: ids::random_uuid(),
+            display_name: Some(display_name.to_owned()),
+            hint: secret_text.chars().take(3).collect(),
+            secret_text: secret_text.clone(),
+            start,
+            end: start
+                .to_zoned(jiff::tz::TimeZone::UTC)
+                .checked_add(jiff::Span::new().years(2))
+                .expect("two years from now fits")
+                .timestamp(),
+            usable_from_ms: now_ms,
+        };
+        let key_id = cred.key_id.clone();
+        let mut state = self.shared.lock();
+        let app = state
+            .apps
+            .get_mut(object_id)
+            .unwrap_or_else(|| panic!("no application {object_id}: app_seed it first"));
+        app.passwords.push(cred);
+        (key_id, secret_text)
+    }
+
+    /// Creates a storage account with fresh `key1`, `key2`, `kerb1`, `kerb2`.
+    pub fn storage_seed(&self, sub: &str, rg: &str, account: &str) {
+        let now = ids::timestamp(self.shared.now_ms());
+        self.shared
+            .lock()
+            .accounts
+            .seed(AccountKey::new(sub, rg, account), now);
+    }
+
+    // ---- inspection -------------------------------------------------------------------
+
+    /// Every change clients made, in order.
+    pub fn effects(&self) -> Vec<Effect> {
+        self.shared.lock().effects.clone()
+    }
+
+    /// Every version of secret `name`, oldest first, deleted or not (empty if none).
+    pub fn kv_versions(&self, vault: &str, name: &str) -> Vec<KvVersion> {
+        self.shared
+            .lock()
+            .vaults
+            .vault(vault)
+            .stored(name)
+            .map(|s| s.versions.clone())
+            .unwrap_or_default()
+    }
+
+    /// The app settings of the site (or slot) named `site`; panics unless exactly one
+    /// seeded site has that name.
+    pub fn app_settings(&self, site: &str, slot: Option<&str>) -> BTreeMap<String, String> {
+        let state = self.shared.lock();
+        match state.sites.find(site, slot).as_slice() {
+            [settings] => (*settings).clone(),
+            [] => panic!("no site {site} slot {slot:?} seeded"),
+            _ => panic!("more than one site named {site}"),
+        }
+    }
+
+    /// The password credentials of application `object_id`, secret text included.
+    pub fn app_passwords(&self, object_id: &str) -> Vec<PasswordCred> {
+        self.shared
+            .lock()
+            .apps
+            .by_object_id(object_id)
+            .unwrap_or_else(|| panic!("no application {object_id}"))
+            .passwords
+            .clone()
+    }
+
+    /// The keys of the storage account named `account`, by key name.
+    pub fn storage_keys(&self, account: &str) -> BTreeMap<String, String> {
+        let state = self.shared.lock();
+        match state.accounts.find(account).as_slice() {
+            [keys] => keys
+                .iter()
+                .map(|(n, k)| ((*n).to_owned(), k.value.clone()))
+                .collect(),
+            [] => panic!("no storage account {account} seeded"),
+            _ => panic!("more than one storage account named {account}"),
+        }
+    }
+
+    /// Every request received, in arrival order.
+    pub fn requests(&self) -> Vec<RequestLog> {
+        self.shared.lock().requests.clone()
+    }
+
+    // ---- faults and knobs -------------------------------------------------------------
+
+    /// Queues `fault` for the next `times` authenticated requests to `route`.
+    pub fn inject(&self, route: Route, fault: Fault, times: u32) {
+        self.shared.lock().faults.inject(route, fault, times);
+    }
+
+    /// Refuses every request to `route` with the service's 403 for that operation (the
+    /// token endpoint: `unauthorized_client`, app disabled; managed identity: identity not
+    /// found) until [`Self::allow`].
+    pub fn deny(&self, route: Route) {
+        self.shared.lock().faults.deny(route);
+    }
+
+    /// Lifts a [`Self::deny`].
+    pub fn allow(&self, route: Route) {
+        self.shared.lock().faults.allow(route);
+    }
+
+    /// A Graph password created through `addPassword` works at the token endpoint only `ms`
+    /// after creation (by the fake's clock).
+    pub fn set_propagation_delay_ms(&self, ms: u64) {
+        self.shared.lock().knobs.propagation_delay_ms = i64::try_from(ms).unwrap_or(i64::MAX);
+    }
+
+    /// Key Vault list pages hold at most `n` items (1–25) whatever `maxresults` says.
+    pub fn set_kv_page_size(&self, n: usize) {
+        self.shared.lock().knobs.kv_page_size = n.clamp(1, 25);
+    }
+
+    /// Every Key Vault listing starts with an empty page carrying a `nextLink`.
+    pub fn set_kv_empty_first_page(&self, on: bool) {
+        self.shared.lock().knobs.kv_empty_first_page = on;
+    }
+
+    /// Lifetime of tokens issued from now on (default 3599 s).
+    pub fn set_token_lifetime_secs(&self, secs: i64) {
+        self.shared.lock().knobs.token_lifetime_secs = secs;
+    }
+}
