@@ -326,8 +326,11 @@ fn open_reader(path: &Path) -> Result<Connection> {
     })?;
     set_busy_timeout(&conn)?;
     // Keep query plans stable, so cached statements are not re-prepared on every read.
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)
-        .map_err(Error::sqlite("configuring the reader"))?;
+    conn.set_db_config(
+        rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG,
+        true,
+    )
+    .map_err(Error::sqlite("configuring the reader"))?;
     Ok(conn)
 }
 
