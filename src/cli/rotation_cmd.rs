@@ -42,7 +42,10 @@ impl Env {
             journal.clone(),
             providers,
             clock.clone(),
-            Options::new(owner, rand::random()),
+            Options {
+                lease_ttl_ms: config.lease_ttl_ms,
+                ..Options::new(owner, rand::random())
+            },
         );
         Ok(Self {
             config,

@@ -57,6 +57,7 @@ pub enum Error {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     journal: RawJournal,
+    runner: Option<RunnerConfig>,
     azure: Option<AzureConfig>,
     #[serde(default)]
     credentials: BTreeMap<String, Spanned<CredentialConfig>>,
@@ -174,6 +175,18 @@ pub enum CredentialConfig {
     StaticToken { token_env: String },
 }
 
+/// How runners behave.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RunnerConfig {
+    /// How long a runner's lease on a rotation lasts without renewal, e.g. "15s". After a
+    /// crash, another runner can take the rotation over once it has passed.
+    lease_ttl: Option<String>,
+}
+
+/// Default lease duration.
+pub const LEASE_TTL_MS_DEFAULT: i64 = 15_000;
+
 /// Azure endpoints; the defaults are the public cloud.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -220,6 +233,8 @@ pub struct Config {
     pub credentials: BTreeMap<String, CredentialConfig>,
     pub azure: AzureEndpoints,
     pub secrets: BTreeMap<String, Plan>,
+    /// Lease duration for runners, in milliseconds.
+    pub lease_ttl_ms: i64,
 }
 
 /// Validated Azure endpoints and timeout.
@@ -295,6 +310,24 @@ impl Config {
             credentials.insert(name.clone(), spanned.get_ref().clone());
         }
         let azure = azure_endpoints(raw.azure.as_ref()).map_err(|m| invalid(None, m))?;
+        let lease_ttl_ms = match raw.runner.as_ref().and_then(|r| r.lease_ttl.as_deref()) {
+            None => LEASE_TTL_MS_DEFAULT,
+            Some(t) => match parse_duration_ms(t) {
+                Ok(ms) if (500..=3_600_000).contains(&ms) => ms,
+                Ok(_) => {
+                    return Err(invalid(
+                        None,
+                        format!("[runner] lease_ttl = {t:?} must be 500ms to 1h"),
+                    ));
+                }
+                Err(why) => {
+                    return Err(invalid(
+                        None,
+                        format!("[runner] lease_ttl = {t:?} {why}; write e.g. \"15s\""),
+                    ));
+                }
+            },
+        };
 
         let mut providers = BTreeMap::new();
         for (name, spanned) in &raw.providers {
@@ -451,6 +484,7 @@ impl Config {
             credentials,
             azure,
             secrets,
+            lease_ttl_ms,
         })
     }
 
