@@ -181,7 +181,7 @@ pub enum CredentialConfig {
 struct RunnerConfig {
     /// How long a runner's lease on a rotation lasts without renewal, e.g. "15s". After a
     /// crash, another runner can take the rotation over once it has passed.
-    lease_ttl: Option<String>,
+    lease_ttl: Option<Spanned<String>>,
 }
 
 /// Default lease duration.
@@ -310,23 +310,22 @@ impl Config {
             credentials.insert(name.clone(), spanned.get_ref().clone());
         }
         let azure = azure_endpoints(raw.azure.as_ref()).map_err(|m| invalid(None, m))?;
-        let lease_ttl_ms = match raw.runner.as_ref().and_then(|r| r.lease_ttl.as_deref()) {
+        let lease_ttl_ms = match raw.runner.as_ref().and_then(|r| r.lease_ttl.as_ref()) {
             None => LEASE_TTL_MS_DEFAULT,
-            Some(t) => match parse_duration_ms(t) {
-                Ok(ms) if (500..=3_600_000).contains(&ms) => ms,
-                Ok(_) => {
-                    return Err(invalid(
-                        None,
-                        format!("[runner] lease_ttl = {t:?} must be 500ms to 1h"),
-                    ));
+            Some(t) => {
+                let (here, t) = (Some(t.span()), t.get_ref());
+                match parse_duration_ms(t) {
+                    Ok(ms) if (500..=3_600_000).contains(&ms) => ms,
+                    Ok(_) => {
+                        let why = format!("[runner] lease_ttl = {t:?} must be 500ms to 1h");
+                        return Err(invalid(here, why));
+                    }
+                    Err(why) => {
+                        let why = format!("[runner] lease_ttl = {t:?} {why}; write e.g. \"15s\"");
+                        return Err(invalid(here, why));
+                    }
                 }
-                Err(why) => {
-                    return Err(invalid(
-                        None,
-                        format!("[runner] lease_ttl = {t:?} {why}; write e.g. \"15s\""),
-                    ));
-                }
-            },
+            }
         };
 
         let mut providers = BTreeMap::new();
