@@ -223,3 +223,67 @@ fn resume_with_nothing_open_and_status_after_a_rotation() {
     assert!(rows[0]["open_rotation"].is_null());
     assert_eq!(rows[0]["last_ended"]["status"], "completed");
 }
+
+#[test]
+fn plan_and_dry_run_list_the_steps_and_change_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(
+        tmp.path().join("rekey.toml"),
+        "[journal]\npath = \"journal.db\"\n\n[providers.random]\nkind = \"random\"\n\n[providers.vault]\nkind = \"local_vault\"\npath = \"vault.json\"\n\n[providers.app]\nkind = \"env_file\"\npath = \"app.env\"\nkey = \"K\"\n\n[secrets.api]\nrotator = \"random\"\nstores = [\"vault\"]\ndependents = [\"app\"]\nverifiers = [\"app\"]\ngrace = \"1h\"\n",
+    )
+    .unwrap();
+    let out = rekey(&["plan", "api"], tmp.path());
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    // Numbered step lines give their action second; the grace wait stands between.
+    let order: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            match words.next()? {
+                n if n.ends_with('.') && n[..n.len() - 1].parse::<u32>().is_ok() => words.next(),
+                "wait" => Some("wait"),
+                _ => None,
+            }
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "capture",
+            "capture",
+            "capture",
+            "create",
+            "write",
+            "update",
+            "verify",
+            "wait",
+            "disable_old",
+            "retire_old"
+        ],
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("write        store vault   (undo: restore)"),
+        "{stdout}"
+    );
+    let dry = rekey(&["rotate", "api", "--dry-run", "--json"], tmp.path());
+    let plans: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(plans[0]["steps"].as_array().unwrap().len(), 9);
+    for file in ["journal.db", "vault.json", "app.env"] {
+        assert!(!tmp.path().join(file).exists(), "plan created {file}");
+    }
+}
+
+#[test]
+fn completions_are_generated_for_each_shell() {
+    let tmp = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish"] {
+        let out = rekey(&["completions", shell], tmp.path());
+        assert!(out.status.success());
+        assert!(
+            text(&out.stdout).contains("resume"),
+            "{shell} completion lacks subcommands"
+        );
+    }
+}

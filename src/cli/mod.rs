@@ -3,6 +3,7 @@
 
 mod demo;
 mod journal_cmd;
+mod plan_cmd;
 mod rotation_cmd;
 
 use std::path::PathBuf;
@@ -28,6 +29,7 @@ Exit codes: 0 success, 1 failure (see the message), 2 usage error, 3 journal ver
 Examples:
   rekey demo                                   # rotate a demo secret on this machine
   rekey policy check --config rekey.toml       # validate a config, change nothing
+  rekey plan payments-api                      # the steps a rotation would take
   rekey rotate payments-api --wait             # rotate now, through the grace period
   rekey resume                                 # after a crash: finish every open rotation
   rekey status --json
@@ -76,6 +78,25 @@ enum Command {
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
+        /// Print the plan (steps, resources, undo) and change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Print the ordered steps of a rotation, what each touches and how it is undone;
+    /// changes nothing.
+    #[command(after_help = "Examples:\n  rekey plan payments-api\n  rekey plan --json")]
+    Plan {
+        /// Only this secret.
+        secret: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a shell completion script.
+    #[command(after_help = "Example:\n  rekey completions bash > /etc/bash_completion.d/rekey")]
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
     },
     /// Drive every open rotation in the journal towards its end (run after a crash or an
     /// outage; safe to run twice at once: leases give each rotation to one runner).
@@ -132,8 +153,20 @@ pub fn main() -> ExitCode {
     let outcome = match cli.command {
         Command::Journal(cmd) => journal_cmd::run(cmd),
         Command::Demo(args) => block_on(demo::run(args)),
-        Command::Rotate { secret, wait, json } => {
-            block_on(rotation_cmd::rotate(&config, &secret, wait, json))
+        Command::Rotate {
+            secret,
+            dry_run: true,
+            json,
+            ..
+        } => plan_cmd::run(&config, Some(&secret), json),
+        Command::Rotate {
+            secret, wait, json, ..
+        } => block_on(rotation_cmd::rotate(&config, &secret, wait, json)),
+        Command::Plan { secret, json } => plan_cmd::run(&config, secret.as_deref(), json),
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(shell, &mut Cli::command(), "rekey", &mut std::io::stdout());
+            Ok(exit::OK)
         }
         Command::Resume { wait, json } => block_on(rotation_cmd::resume(&config, wait, json)),
         Command::Status { secret, json } => rotation_cmd::status(&config, secret.as_deref(), json),
@@ -141,6 +174,13 @@ pub fn main() -> ExitCode {
     };
     match outcome {
         Ok(code) => ExitCode::from(code),
+        // A reader that stopped early (`| head`) is not a failure.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::from(exit::OK)
+        }
         Err(e) => {
             eprintln!("rekey: {e:#}");
             ExitCode::from(exit::FAILED)
