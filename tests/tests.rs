@@ -4,3 +4,4 @@ mod cli;
 mod fake_azure;
 mod fake_azure_selftest;
 mod simulation;
+mod telemetry;
