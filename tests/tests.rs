@@ -3,5 +3,6 @@
 mod cli;
 mod fake_azure;
 mod fake_azure_selftest;
+mod runner;
 mod simulation;
 mod telemetry;

@@ -44,6 +44,7 @@ impl Env {
             clock.clone(),
             Options {
                 lease_ttl_ms: config.lease_ttl_ms,
+                sleep: Some(crate::runner::tokio_sleep()),
                 ..Options::new(owner, rand::random())
             },
         );

@@ -61,7 +61,7 @@ pub enum Error {
 }
 
 /// Options a runner is built with.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Options {
     /// This runner's identity in leases; unique per process.
     pub owner: String,
@@ -70,9 +70,32 @@ pub struct Options {
     pub retry: RetryPolicy,
     /// Seed for retry jitter (the OS picks one in production; simulations fix it).
     pub jitter_seed: u64,
+    /// How to wait in real time; with it, the lease is renewed while a provider call runs,
+    /// so a slow call (up to the HTTP timeout) never outlives the lease of a live runner.
+    /// `None` (simulations, which drive time themselves) renews only between steps.
+    pub sleep: Option<Sleep>,
     /// Test-only: plants a known bug so the simulation can show it catches it.
     #[doc(hidden)]
     pub planted_bug_skip_reconcile: bool,
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("owner", &self.owner)
+            .field("lease_ttl_ms", &self.lease_ttl_ms)
+            .field("retry", &self.retry)
+            .field("heartbeat", &self.sleep.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Waits the given milliseconds.
+pub type Sleep = Arc<dyn Fn(u64) -> crate::provider::BoxFuture<'static, ()> + Send + Sync>;
+
+/// [`Sleep`] on the tokio timer.
+pub fn tokio_sleep() -> Sleep {
+    Arc::new(|ms| Box::pin(tokio::time::sleep(std::time::Duration::from_millis(ms))))
 }
 
 impl Options {
@@ -83,6 +106,7 @@ impl Options {
             lease_ttl_ms: 15_000,
             retry: RetryPolicy::default(),
             jitter_seed,
+            sleep: None,
             planted_bug_skip_reconcile: false,
         }
     }
@@ -601,11 +625,14 @@ impl<J: RunnerJournal> Runner<J> {
                     produced: produced.as_deref(),
                     value: value.as_ref(),
                 };
-                if is_compensation(step.action) {
-                    provider.compensate(&call).await
-                } else {
-                    provider.apply(&call).await
-                }
+                let effect = async {
+                    if is_compensation(step.action) {
+                        provider.compensate(&call).await
+                    } else {
+                        provider.apply(&call).await
+                    }
+                };
+                self.heartbeat(&mut d.lease, effect).await
             }
         };
         match result {
@@ -654,6 +681,31 @@ impl<J: RunnerJournal> Runner<J> {
             },
         )
         .await
+    }
+
+    /// Runs a provider call while renewing `lease` every third of its duration. A renewal
+    /// that fails leaves the lease as it was: the next append will then be refused.
+    async fn heartbeat<T>(
+        &self,
+        lease: &mut Lease,
+        call: impl std::future::Future<Output = T>,
+    ) -> T {
+        let Some(sleep) = &self.options.sleep else {
+            return call.await;
+        };
+        let every_ms = (self.options.lease_ttl_ms / 3).max(1) as u64;
+        let mut call = std::pin::pin!(call);
+        loop {
+            tokio::select! {
+                out = &mut call => return out,
+                () = sleep(every_ms) => {
+                    match self.journal.renew(lease, self.options.lease_ttl_ms).await {
+                        Ok(renewed) => *lease = renewed,
+                        Err(e) => warn!(error = %e, "lease renewal failed during a provider call"),
+                    }
+                }
+            }
+        }
     }
 
     /// When to try again after the `n`th failure, as the retry policy and the target say.
@@ -751,7 +803,9 @@ impl<J: RunnerJournal> Runner<J> {
             produced: produced.as_deref(),
             value: None,
         };
-        let found = provider.reconcile(&call).await;
+        let found = self
+            .heartbeat(&mut d.lease, provider.reconcile(&call))
+            .await;
         let event = match found {
             Ok(Reconciled::Applied { id }) => {
                 info!(?id, "in-doubt step was applied");

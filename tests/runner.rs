@@ -1,0 +1,134 @@
+//! Runner behaviour that needs real (tokio) time: the lease heartbeat during slow calls.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use rekey::journal::{Clock, MemoryJournal};
+use rekey::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use rekey::providers::local::{EnvFile, LocalVault, RandomRotator};
+use rekey::runner::{Options, Progress, Requested, Runner, tokio_sleep};
+use rekey::saga::{Phase, Plan, Role, TargetRef, Trigger};
+
+/// Journal time that follows tokio's (pausable) clock.
+#[derive(Debug)]
+struct TokioClock(tokio::time::Instant);
+
+impl Clock for TokioClock {
+    fn now_ms(&self) -> i64 {
+        1_700_000_000_000 + self.0.elapsed().as_millis() as i64
+    }
+}
+
+/// A store whose every call first waits `delay_ms`.
+#[derive(Debug)]
+struct Slow {
+    inner: LocalVault,
+    delay_ms: u64,
+}
+
+impl Slow {
+    fn wait(&self) -> tokio::time::Sleep {
+        tokio::time::sleep(std::time::Duration::from_millis(self.delay_ms))
+    }
+}
+
+impl Provider for Slow {
+    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            self.wait().await;
+            self.inner.apply(call).await
+        })
+    }
+    fn compensate<'a>(
+        &'a self,
+        call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            self.wait().await;
+            self.inner.compensate(call).await
+        })
+    }
+    fn reconcile<'a>(
+        &'a self,
+        call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+        Box::pin(async move {
+            self.wait().await;
+            self.inner.reconcile(call).await
+        })
+    }
+    fn read_value<'a>(
+        &'a self,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
+        self.inner.read_value(version)
+    }
+}
+
+/// Drives one rotation whose store calls take 1 s under a 300 ms lease.
+async fn slow_rotation(heartbeat: bool) -> Result<Progress, rekey::runner::Error> {
+    let dir = tempfile::tempdir().unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock(tokio::time::Instant::now()));
+    let journal = Arc::new(MemoryJournal::new(clock.clone()));
+    let providers: HashMap<String, Arc<dyn Provider>> = HashMap::from([
+        (
+            "random".to_owned(),
+            Arc::new(RandomRotator { bytes: 16 }) as Arc<dyn Provider>,
+        ),
+        (
+            "vault".to_owned(),
+            Arc::new(Slow {
+                inner: LocalVault::new(dir.path().join("vault.json")),
+                delay_ms: 1_000,
+            }),
+        ),
+        (
+            "app".to_owned(),
+            Arc::new(EnvFile::new(dir.path().join("app.env"), "K")),
+        ),
+    ]);
+    let t = |role, name: &str| TargetRef {
+        role,
+        name: name.into(),
+    };
+    let plan = Plan {
+        secret: "api".into(),
+        lock_key: "api".into(),
+        targets: vec![
+            t(Role::Rotator, "random"),
+            t(Role::Store, "vault"),
+            t(Role::Dependent, "app"),
+            t(Role::Verifier, "app"),
+        ],
+        grace_ms: 0,
+        attempts_max: 3,
+    };
+    let options = Options {
+        lease_ttl_ms: 300,
+        sleep: heartbeat.then(tokio_sleep),
+        ..Options::new("runner-1", 7)
+    };
+    let runner = Runner::new(journal, providers, clock, options);
+    let Requested::Started { rotation_id } = runner
+        .request(plan, Trigger::Manual, "test", "rot-1".into())
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh journal has no open rotation");
+    };
+    runner.drive(&rotation_id).await
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_lease_outlives_a_slow_call_only_with_a_heartbeat() {
+    let with = slow_rotation(true)
+        .await
+        .expect("heartbeat keeps the lease");
+    assert_eq!(with, Progress::Finished(Phase::Completed));
+    let without = slow_rotation(false).await;
+    let err = without.expect_err("a 1 s call must outlive a 300 ms lease without renewal");
+    assert!(
+        err.to_string().contains("expired"),
+        "expected the append after the call to be refused: {err}"
+    );
+}
