@@ -287,3 +287,17 @@ fn completions_are_generated_for_each_shell() {
         );
     }
 }
+
+#[test]
+fn the_example_configs_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for example in ["examples/local.toml", "examples/azure.toml"] {
+        let config = root.join(example);
+        let out = rekey(
+            &["--config", config.to_str().unwrap(), "policy", "check"],
+            root,
+        );
+        assert!(out.status.success(), "{example}: {}", text(&out.stderr));
+        assert!(text(&out.stdout).contains(": valid;"), "{example}");
+    }
+}

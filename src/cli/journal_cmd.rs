@@ -57,6 +57,12 @@ pub enum JournalCommand {
         /// Only streams with this status (open, completed, compensated).
         #[arg(long)]
         status: Option<String>,
+        /// Only streams started at or after this time (RFC 3339, e.g. 2026-01-01T00:00:00Z).
+        #[arg(long, value_parser = parse_time)]
+        since: Option<i64>,
+        /// Only streams started before this time (RFC 3339).
+        #[arg(long, value_parser = parse_time)]
+        until: Option<i64>,
     },
     /// Write each stream's head (last sequence and hash) as JSON lines, to keep outside the
     /// journal so that `verify --heads` can detect truncation later.
@@ -152,14 +158,17 @@ pub fn run(cmd: JournalCommand) -> Result<u8> {
             format: Format::Jsonl,
             subject,
             status,
+            since,
+            until,
         } => {
             let j = open(&journal)?;
-            let wanted = if subject.is_some() || status.is_some() {
-                let filter = StreamFilter {
-                    subject,
-                    status,
-                    ..StreamFilter::default()
-                };
+            let filter = StreamFilter {
+                subject,
+                status,
+                created_from_ms: since,
+                created_until_ms: until,
+            };
+            let wanted = if filter != StreamFilter::default() {
                 Some(
                     j.streams(&filter)?
                         .into_iter()
@@ -288,6 +297,13 @@ fn describe(e: &Event) -> String {
         };
     }
     e.payload.clone()
+}
+
+/// An RFC 3339 time as Unix milliseconds.
+fn parse_time(text: &str) -> Result<i64, String> {
+    text.parse::<jiff::Timestamp>()
+        .map(|t| t.as_millisecond())
+        .map_err(|e| format!("{text:?} is not an RFC 3339 time such as 2026-01-01T00:00:00Z ({e})"))
 }
 
 /// Unix milliseconds as an RFC 3339 UTC timestamp.
