@@ -46,7 +46,8 @@ pub struct Call<'a> {
     pub captured: Option<&'a str>,
     /// What this target's forward step produced (the new version or credential id).
     pub produced: Option<&'a str>,
-    /// The new value (write, update, verify) or the old one (restore, revert).
+    /// The new value (write, update, verify), or the old one (restore, revert, and a
+    /// rotator's capture, which may use it to tell which credential is in use).
     pub value: Option<&'a SecretValue>,
 }
 

@@ -1,5 +1,6 @@
 //! rekey's integration tests: one binary, one module per concern.
 
+mod azure;
 mod cli;
 mod fake_azure;
 mod fake_azure_selftest;

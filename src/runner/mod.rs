@@ -596,7 +596,12 @@ impl<J: RunnerJournal> Runner<J> {
                 }
                 Err(e) => Err(e),
             }
-        } else if matches!(step.action, Action::Restore | Action::Revert) {
+        } else if matches!(step.action, Action::Restore | Action::Revert)
+            || (step.action == Action::Capture
+                && d.state.plan.targets[usize::from(step.target)].role == Role::Rotator)
+        {
+            // Undo needs the old value; a rotator's capture uses it to find the credential
+            // in use.
             self.old_value(&d.state).await
         } else {
             Ok(None)

@@ -139,7 +139,9 @@ impl Rotation {
                 .filter(move |(_, t)| t.role == role)
                 .map(|(i, _)| i as u16)
         };
-        for role in [Role::Rotator, Role::Store, Role::Dependent] {
+        // Stores are captured first: the rotator's capture is shown the value they hold, so
+        // an alternating rotator can tell which of its credentials is in use.
+        for role in [Role::Store, Role::Dependent, Role::Rotator] {
             steps.extend(by_role(role).map(|t| StepId::new(Action::Capture, t)));
         }
         steps.extend(by_role(Role::Rotator).map(|t| StepId {

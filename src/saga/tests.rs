@@ -161,9 +161,9 @@ fn happy_path_waits_out_grace_then_retires() {
     check(
         &[],
         expect![[r#"
-            run capture#0 attempt 1
             run capture#1 attempt 1
             run capture#2 attempt 1
+            run capture#0 attempt 1
             run create#0 attempt 1
             run write#1 attempt 1
             run update#2 attempt 1
@@ -182,9 +182,9 @@ fn transient_failure_backs_off_reconciles_then_retries() {
     check(
         &[("write#1 1", Reply::Fail(ErrorClass::Transient))],
         expect![[r#"
-            run capture#0 attempt 1
             run capture#1 attempt 1
             run capture#2 attempt 1
+            run capture#0 attempt 1
             run create#0 attempt 1
             run write#1 attempt 1 -> Transient
             wait Backoff +1000ms
@@ -209,9 +209,9 @@ fn lost_response_is_found_by_reconcile_and_not_repeated() {
             ("reconcile write#1", Reply::Applied),
         ],
         expect![[r#"
-            run capture#0 attempt 1
             run capture#1 attempt 1
             run capture#2 attempt 1
+            run capture#0 attempt 1
             run create#0 attempt 1
             run write#1 attempt 1 -> Transient
             wait Backoff +1000ms
@@ -232,9 +232,9 @@ fn failed_verification_compensates_newest_first() {
     check(
         &[("verify#3 1", Reply::Fail(ErrorClass::Permanent))],
         expect![[r#"
-            run capture#0 attempt 1
             run capture#1 attempt 1
             run capture#2 attempt 1
+            run capture#0 attempt 1
             run create#0 attempt 1
             run write#1 attempt 1
             run update#2 attempt 1
@@ -260,9 +260,9 @@ fn exhausted_attempts_compensate_and_undo_steps_never_give_up() {
             ("restore#1 2", Reply::Fail(ErrorClass::Transient)),
         ],
         expect![[r#"
-            run capture#0 attempt 1
             run capture#1 attempt 1
             run capture#2 attempt 1
+            run capture#0 attempt 1
             run create#0 attempt 1
             run write#1 attempt 1
             run update#2 attempt 1 -> Transient
@@ -292,9 +292,9 @@ fn lost_value_discards_the_credential_and_creates_a_new_generation() {
     check(
         &[("write#1 1", Reply::Lost)],
         expect![[r#"
-            run capture#0 attempt 1
             run capture#1 attempt 1
             run capture#2 attempt 1
+            run capture#0 attempt 1
             run create#0 attempt 1
             run write#1 attempt 1 -> value lost
             run discard_lost#0 attempt 1
@@ -322,8 +322,9 @@ fn requested() -> RotationEvent {
 
 #[test]
 fn events_that_do_not_fit_are_typed_errors() {
+    // Target 1 is the store, whose capture comes first.
     let started = |action, attempt| RotationEvent::StepStarted {
-        step: StepId::new(action, 0),
+        step: StepId::new(action, 1),
         attempt,
         key: "k".into(),
     };

@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
+use tracing::warn;
 use url::Url;
 
 use super::http::{Authed, Body, Op, join};
@@ -189,16 +190,18 @@ impl Provider for AppSetting {
             }
             match (&self.mode, call.captured) {
                 (_, Some(ABSENT) | None) => self.put(None, false).await?,
-                (Mode::Literal, Some(_)) => {
-                    let old: Option<&SecretValue> = call.value;
-                    let old = old.ok_or_else(|| {
-                        ProviderError::permanent(format!(
-                            "the old value of {} cannot be read back from the store; restore it by hand",
-                            self.resource()
-                        ))
-                    })?;
-                    self.put(Some(old.expose()), false).await?;
-                }
+                (Mode::Literal, Some(_)) => match call.value {
+                    Some(old) => self.put(Some(old.expose()), false).await?,
+                    // The old value was never in a store, so nothing can bring it back:
+                    // the setting keeps the new value, and the journal says so.
+                    None => {
+                        warn!(resource = %self.resource(), "old value unknown; setting left as is");
+                        return Ok(Applied {
+                            id: Some("left-unchanged: the old value was in no store".into()),
+                            value: None,
+                        });
+                    }
+                },
                 (Mode::Reference(_), Some(reference)) => self.put(Some(reference), true).await?,
             }
             Ok(Applied::default())

@@ -195,8 +195,13 @@ pub struct Op<'a> {
 /// Azure's error code and message from any of its error body shapes.
 pub fn error_text(body: &Value) -> String {
     let err = &body["error"];
+    let inner = err["innererror"]["code"].as_str();
+    let code = err["code"].as_str().map(|c| match inner {
+        Some(i) if i != c => format!("{c}/{i}"),
+        _ => c.to_owned(),
+    });
     let (code, message) = if err.is_object() {
-        (err["code"].as_str(), err["message"].as_str())
+        (code.as_deref(), err["message"].as_str())
     } else {
         (err.as_str(), body["error_description"].as_str())
     };

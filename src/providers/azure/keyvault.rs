@@ -177,6 +177,11 @@ impl KeyVaultStore {
         match resp.status {
             200 => Ok(resp.body["id"].as_str().map(str::to_owned)),
             404 => Ok(None),
+            // The latest version is disabled (a compensated first rotation leaves it so):
+            // the current value is the newest enabled version, if any.
+            403 if resp.body["error"]["innererror"]["code"] == "SecretDisabled" => {
+                self.newest_enabled(secret).await
+            }
             _ => Err(classify(
                 Self::op(
                     "get",
@@ -257,21 +262,19 @@ impl KeyVaultStore {
         .map(drop)
     }
 
-    /// The version carrying `key` in its tags, if any, searching every page of versions.
-    pub async fn find_tagged(
-        &self,
-        secret: &str,
-        key: &str,
-    ) -> Result<Option<String>, ProviderError> {
+    /// Every version of `secret` (ids, tags, attributes; never values), following
+    /// `nextLink` pages; empty when the secret does not exist.
+    pub async fn versions(&self, secret: &str) -> Result<Vec<serde_json::Value>, ProviderError> {
         let name = Self::secret_name(secret)?;
         let mut url = self.url(&format!("/secrets/{name}/versions"))?;
         url.query_pairs_mut().append_pair("maxresults", "25");
         let resource = self.resource(secret);
+        let mut all = Vec::new();
         for _ in 0..VERSION_PAGES_MAX {
             let resp = self.send(reqwest::Method::GET, &url, Body::Empty).await?;
             match resp.status {
                 200..=299 => {}
-                404 => return Ok(None),
+                404 => return Ok(Vec::new()),
                 _ => {
                     return Err(classify(
                         Self::op(
@@ -283,24 +286,43 @@ impl KeyVaultStore {
                     ));
                 }
             }
-            let found = resp.body["value"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .find(|v| v["tags"][KEY_TAG].as_str() == Some(key))
-                .and_then(|v| v["id"].as_str());
-            if let Some(id) = found {
-                return Ok(Some(id.to_owned()));
-            }
+            all.extend(resp.body["value"].as_array().into_iter().flatten().cloned());
             // Pages may be empty yet carry a nextLink: follow it until there is none.
             match resp.body["nextLink"].as_str().filter(|s| !s.is_empty()) {
                 Some(next) => url = self.same_origin(next)?,
-                None => return Ok(None),
+                None => return Ok(all),
             }
         }
         Err(ProviderError::transient(format!(
             "listing versions of {resource} did not end after {VERSION_PAGES_MAX} pages"
         )))
+    }
+
+    /// The version carrying `key` in its tags, if any.
+    pub async fn find_tagged(
+        &self,
+        secret: &str,
+        key: &str,
+    ) -> Result<Option<String>, ProviderError> {
+        Ok(self
+            .versions(secret)
+            .await?
+            .iter()
+            .find(|v| v["tags"][KEY_TAG].as_str() == Some(key))
+            .and_then(|v| v["id"].as_str())
+            .map(str::to_owned))
+    }
+
+    /// The newest enabled version (versions are not listed in order).
+    async fn newest_enabled(&self, secret: &str) -> Result<Option<String>, ProviderError> {
+        Ok(self
+            .versions(secret)
+            .await?
+            .iter()
+            .filter(|v| v["attributes"]["enabled"].as_bool() != Some(false))
+            .max_by_key(|v| v["attributes"]["created"].as_i64().unwrap_or(0))
+            .and_then(|v| v["id"].as_str())
+            .map(str::to_owned))
     }
 
     /// The value of the version `id` (a full version id URL of this vault).

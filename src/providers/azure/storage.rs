@@ -1,9 +1,12 @@
 //! Storage account keys as an alternating rotator. The account has two keys; consumers use
 //! one while the other is idle. Rotation regenerates the idle key and hands it out; after
 //! the grace period the previously used key is regenerated, so its old value stops working.
-//! The key in use is the one regenerated last (newest `creationTime`), which makes both
-//! steps checkable: a regeneration happened when its key became the newest. Values can be
-//! read back with `listKeys`, so a lost response never orphans anything.
+//!
+//! The key in use is the one whose value the stores hold (the runner shows the rotator the
+//! stored value at capture); without one, the newest key is taken. Capture records both
+//! keys' `creationTime`, so reconcile knows exactly whether a regeneration happened: the
+//! regenerated key's creation time changed. Values can be read back with `listKeys`, so a
+//! lost response never orphans anything.
 
 use serde_json::{Value, json};
 use url::Url;
@@ -114,10 +117,49 @@ impl StorageKeys {
         Ok(self.parse(&resp.body))
     }
 
-    /// The key regenerated last: the one consumers use.
+    /// The key regenerated last.
     fn newest(keys: &[Key]) -> Option<&Key> {
         keys.iter()
             .max_by(|a, b| (&a.created, &a.name).cmp(&(&b.created, &b.name)))
+    }
+
+    /// The capture id: the key in use, then each key's creation time, `|`-separated.
+    fn capture_id(&self, keys: &[Key], stored: Option<&SecretValue>) -> Option<String> {
+        let in_use = stored
+            .and_then(|v| keys.iter().find(|k| k.value == v.expose()))
+            .or_else(|| Self::newest(keys))?;
+        let created = |name: &str| {
+            keys.iter()
+                .find(|k| k.name == name)
+                .map_or(String::new(), |k| k.created.clone())
+        };
+        let [a, b] = self.names();
+        Some(format!("{}|{}|{}", in_use.name, created(a), created(b)))
+    }
+
+    /// The key in use at capture (the second key when nothing was captured).
+    fn in_use(&self, captured: Option<&str>) -> &'static str {
+        let name = captured
+            .and_then(|c| c.split('|').next())
+            .unwrap_or_default();
+        let [a, b] = self.names();
+        if name == a { a } else { b }
+    }
+
+    /// True when `name` was regenerated after capture (its creation time changed).
+    fn regenerated_since(&self, keys: &[Key], captured: Option<&str>, name: &str) -> bool {
+        let [a, _] = self.names();
+        let mut times = captured.unwrap_or_default().split('|').skip(1);
+        let then = if name == a {
+            times.next()
+        } else {
+            times.nth(1)
+        };
+        let now = keys
+            .iter()
+            .find(|k| k.name == name)
+            .map(|k| k.created.as_str());
+        matches!((then, now), (Some(then), Some(now)) if !then.is_empty() && then != now)
     }
 
     fn other(&self, name: &str) -> &'static str {
@@ -133,13 +175,12 @@ impl Provider for StorageKeys {
                 Action::Capture => {
                     let keys = self.list().await?;
                     Ok(Applied {
-                        id: Self::newest(&keys).map(|k| k.name.clone()),
+                        id: self.capture_id(&keys, call.value),
                         value: None,
                     })
                 }
                 Action::Create => {
-                    let in_use = call.captured.unwrap_or(self.names()[1]);
-                    let idle = self.other(in_use);
+                    let idle = self.other(self.in_use(call.captured));
                     let keys = self.regenerate(idle).await?;
                     let key = keys.iter().find(|k| k.name == idle).ok_or_else(|| {
                         ProviderError::transient(format!(
@@ -154,8 +195,8 @@ impl Provider for StorageKeys {
                 }
                 // The old key was in use until now; regenerating it makes its value worthless.
                 Action::RetireOld => {
-                    if let Some(old) = call.captured {
-                        self.regenerate(old).await?;
+                    if call.captured.is_some() {
+                        self.regenerate(self.in_use(call.captured)).await?;
                     }
                     Ok(Applied::default())
                 }
@@ -195,15 +236,17 @@ impl Provider for StorageKeys {
     ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
         Box::pin(async move {
             let keys = self.list().await?;
-            let newest = Self::newest(&keys).map(|k| k.name.as_str());
-            let in_use = call.captured.unwrap_or(self.names()[1]);
+            let in_use = self.in_use(call.captured);
+            let idle = self.other(in_use);
             Ok(match call.step.action {
-                // Regenerating the idle key makes it the newest.
-                Action::Create if newest == Some(self.other(in_use)) => Reconciled::Applied {
-                    id: Some(self.other(in_use).to_owned()),
-                },
-                // Retiring regenerates the key that was in use, making it the newest again.
-                Action::RetireOld if newest == Some(in_use) => Reconciled::Applied { id: None },
+                Action::Create if self.regenerated_since(&keys, call.captured, idle) => {
+                    Reconciled::Applied {
+                        id: Some(idle.to_owned()),
+                    }
+                }
+                Action::RetireOld if self.regenerated_since(&keys, call.captured, in_use) => {
+                    Reconciled::Applied { id: None }
+                }
                 _ => Reconciled::NotApplied,
             })
         })

@@ -1,0 +1,250 @@
+//! A TOML config with Azure providers pointing at the fakes: `Config::parse` and
+//! `build_providers` (with an injected environment) make the providers, and rotations run
+//! through them over a SQLite journal.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rekey::config::{Config, Error};
+use rekey::journal::{Clock, SqliteJournal};
+use rekey::providers::azure::graph::display_prefix;
+use rekey::runner::{Options, Runner};
+use rekey::saga::{Action, Phase};
+
+use super::{
+    APP_ID, APP_OBJECT_ID, CLIENT_ID, CLIENT_SECRET, Env, RG, SITE, SUB, Step, VAULT, drive_to_end,
+    request,
+};
+use crate::fake_azure::{FakeAzure, Fault, Route};
+
+const SECRET_VAR: &str = "REKEY_TEST_AZURE_SP_SECRET";
+
+fn config_text(env: &Env) -> String {
+    format!(
+        r#"[journal]
+path = "journal.db"
+
+[azure]
+authority = "{authority}"
+arm = "{arm}"
+graph = "{graph}"
+timeout = "5s"
+
+[credentials.x]
+kind = "client_secret"
+tenant = "{tenant}"
+client_id = "{CLIENT_ID}"
+client_secret_env = "{SECRET_VAR}"
+
+[providers.random]
+kind = "random"
+
+[providers.vault]
+kind = "key_vault"
+vault_url = "{vault}"
+credential = "x"
+verify_challenge_resource = false
+
+[providers.web]
+kind = "app_setting"
+credential = "x"
+subscription = "{SUB}"
+resource_group = "{RG}"
+site = "{SITE}"
+setting = "PAYMENTS_API_KEY"
+
+[providers.entra]
+kind = "entra_password"
+credential = "x"
+tenant = "{tenant}"
+object_id = "{APP_OBJECT_ID}"
+app_id = "{APP_ID}"
+propagation = "5s"
+
+[secrets.payments-api]
+rotator = "random"
+stores = ["vault"]
+dependents = ["web"]
+verifiers = ["vault"]
+grace = "1h"
+
+[secrets.app-secret]
+rotator = "entra"
+stores = ["vault"]
+verifiers = ["entra"]
+grace = "1h"
+"#,
+        authority = env.fake.authority_url(),
+        arm = env.fake.arm_url(),
+        graph = env.fake.graph_url(),
+        tenant = FakeAzure::TENANT,
+        vault = env.fake.keyvault_url(VAULT),
+    )
+}
+
+fn parse(env: &Env, dir: &Path) -> Config {
+    Config::parse(&dir.join("rekey.toml"), &config_text(env)).expect("valid config")
+}
+
+/// The config's providers rotate both secrets to completion: the API key lands in the
+/// vault and the app setting (others untouched), the Entra password is created, stored,
+/// verified, and the previous rekey password retired.
+#[tokio::test]
+async fn configured_azure_providers_rotate() {
+    let env = Env::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    env.fake.kv_seed(VAULT, "payments-api", "old-api-key");
+    env.fake.site_seed(
+        SUB,
+        RG,
+        SITE,
+        None,
+        &[("PAYMENTS_API_KEY", "old-api-key"), ("DB_HOST", "db")],
+    );
+    env.seed_app();
+    let (old_password, _) = env.fake.app_add_password(
+        APP_OBJECT_ID,
+        &format!("{}previous:create:0:0", display_prefix("app-secret")),
+    );
+
+    let config = parse(&env, tmp.path());
+    let env_lookup = |var: &str| (var == SECRET_VAR).then(|| CLIENT_SECRET.to_owned());
+    let providers = config
+        .build_providers(env.clock.clone(), &env_lookup)
+        .expect("providers");
+    let mut names: Vec<&String> = providers.keys().collect();
+    names.sort();
+    assert_eq!(names, ["entra", "random", "vault", "web"]);
+
+    let clock: Arc<dyn Clock> = env.clock.clone();
+    let journal = Arc::new(
+        SqliteJournal::open_with_clock(tmp.path().join("journal.db"), clock.clone())
+            .expect("journal"),
+    );
+    let runner = Runner::new(journal, providers, clock, Options::new("config-test", 1));
+    for (secret, id) in [
+        ("payments-api", "0197a000-0000-7000-8000-0000000000c1"),
+        ("app-secret", "0197a000-0000-7000-8000-0000000000c2"),
+    ] {
+        request(&runner, config.plan(secret).unwrap().clone(), id).await;
+        assert_eq!(
+            drive_to_end(&runner, env.manual(), id).await,
+            Phase::Completed,
+            "{secret}"
+        );
+    }
+
+    let api_versions = env.fake.kv_versions(VAULT, "payments-api");
+    assert_eq!(api_versions.len(), 2);
+    let settings = env.fake.app_settings(SITE, None);
+    assert_eq!(settings["PAYMENTS_API_KEY"], api_versions[1].value);
+    assert_eq!(settings["DB_HOST"], "db");
+
+    let passwords = env.fake.app_passwords(APP_OBJECT_ID);
+    assert_eq!(passwords.len(), 1, "the previous password was retired");
+    assert_ne!(passwords[0].key_id, old_password);
+    assert_eq!(
+        env.fake
+            .kv_versions(VAULT, "app-secret")
+            .last()
+            .map(|v| &v.value),
+        Some(&passwords[0].secret_text)
+    );
+    assert!(runner.open_rotations().await.unwrap().is_empty());
+}
+
+/// A client secret variable that is not set is a `MissingEnv` error naming it.
+#[tokio::test]
+async fn missing_client_secret_variable_is_named() {
+    let env = Env::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let config = parse(&env, tmp.path());
+    let err = config
+        .build_providers(env.clock.clone(), &|_| None)
+        .expect_err("the secret variable is unset");
+    match &err {
+        Error::MissingEnv { var, .. } => assert_eq!(var, SECRET_VAR),
+        other => panic!("expected MissingEnv, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(message.contains(SECRET_VAR), "{message}");
+    assert!(message.contains("credential x"), "{message}");
+    // An empty variable counts as unset.
+    assert!(matches!(
+        config.build_providers(env.clock.clone(), &|_| Some(String::new())),
+        Err(Error::MissingEnv { .. })
+    ));
+}
+
+/// Two secrets consumed by one site (two `app_setting` providers, one setting each) rotating
+/// at the same time: App Service replaces the whole map on every PUT, so both
+/// read-merge-writes must be serialized, or one rotation's new value is silently lost.
+/// The first PUT is held back 300 ms so the second read happens before it lands.
+#[tokio::test]
+async fn two_settings_of_one_site_updated_at_once_both_land() {
+    let env = Env::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    env.fake.site_seed(
+        SUB,
+        RG,
+        SITE,
+        None,
+        &[("KEY_A", "old-a"), ("KEY_B", "old-b"), ("DB_HOST", "db")],
+    );
+    let setting = |name: &str, key: &str| {
+        format!(
+            r#"
+[providers.{name}]
+kind = "app_setting"
+credential = "x"
+subscription = "{SUB}"
+resource_group = "{RG}"
+site = "{SITE}"
+setting = "{key}"
+"#
+        )
+    };
+    let text = format!(
+        r#"[journal]
+path = "journal.db"
+
+[azure]
+authority = "{authority}"
+arm = "{arm}"
+
+[credentials.x]
+kind = "client_secret"
+tenant = "{tenant}"
+client_id = "{CLIENT_ID}"
+client_secret_env = "{SECRET_VAR}"
+{a}{b}"#,
+        authority = env.fake.authority_url(),
+        arm = env.fake.arm_url(),
+        tenant = FakeAzure::TENANT,
+        a = setting("web-a", "KEY_A"),
+        b = setting("web-b", "KEY_B"),
+    );
+    let config = Config::parse(&tmp.path().join("rekey.toml"), &text).expect("valid config");
+    let env_lookup = |var: &str| (var == SECRET_VAR).then(|| CLIENT_SECRET.to_owned());
+    let providers = config
+        .build_providers(env.clock.clone(), &env_lookup)
+        .expect("providers");
+    env.fake
+        .inject(Route::AppSettingsPut, Fault::Delay { ms: 300 }, 1);
+    let a = Step::new("secret-a", Action::Update).value("new-a");
+    let b = Step::new("secret-b", Action::Update).value("new-b");
+    let (call_a, call_b) = (a.call(), b.call());
+    let (ra, rb) = tokio::join!(
+        providers["web-a"].apply(&call_a),
+        providers["web-b"].apply(&call_b)
+    );
+    ra.unwrap();
+    rb.unwrap();
+    let settings = env.fake.app_settings(SITE, None);
+    assert_eq!(
+        (settings["KEY_A"].as_str(), settings["KEY_B"].as_str()),
+        ("new-a", "new-b"),
+        "one rotation's setting was overwritten by the other's stale map"
+    );
+    assert_eq!(settings["DB_HOST"], "db");
+}

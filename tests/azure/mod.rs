@@ -1,0 +1,536 @@
+//! rekey's Azure providers against the fake Azure services (`tests/fake_azure`), over real
+//! HTTP on 127.0.0.1 only.
+//!
+//! - `keyvault`, `appservice`, `graph`, `storage`, `credential`: each provider through the
+//!   `Provider` trait directly (capture, write, reconcile after lost responses, compensate,
+//!   retire, permission and throttling errors) and the token sources;
+//! - `flows`: whole rotations through the runner (the seed-001 API key, an Entra password);
+//! - `hygiene`: no secret value or bearer token in logs, errors or the journal;
+//! - `config`: a TOML config building the providers and rotating through them.
+//!
+//! This file holds what they share: a fake with a registered client, the providers built
+//! over it, a `Call` builder, and runner helpers.
+
+mod appservice;
+mod config;
+mod credential;
+mod flows;
+mod graph;
+mod hygiene;
+mod keyvault;
+mod storage;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use rekey::journal::{Clock, JournalRead, JournalScan, ManualClock, MemoryJournal, StreamFilter};
+use rekey::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use rekey::providers::azure::appservice::{AppSetting, Mode};
+use rekey::providers::azure::credential::{Source, TokenCache};
+use rekey::providers::azure::graph::AppPasswords;
+use rekey::providers::azure::http::{Authed, Http};
+use rekey::providers::azure::keyvault::KeyVaultStore;
+use rekey::providers::azure::storage::StorageKeys;
+use rekey::runner::lock::is_lock_stream;
+use rekey::runner::{Options, Progress, Requested, Runner, RunnerJournal};
+use rekey::saga::{Action, Phase, Plan, Role, RotationEvent, StepId, TargetRef, Trigger, Wait};
+use url::Url;
+
+use crate::fake_azure::{Effect, FakeAzure, Service};
+
+/// The manual clock's start: 2025-06-15T14:40:00Z.
+pub const T0_MS: i64 = 1_750_000_000_000;
+/// The service principal rekey runs as.
+pub const CLIENT_ID: &str = "5e7c0000-0000-4000-8000-00000000c11e";
+/// Its client secret (with characters a form must encode).
+pub const CLIENT_SECRET: &str = "rekey~sp.secret+value/1=";
+pub const SUB: &str = "00000000-aaaa-4bbb-8ccc-000000000002";
+pub const RG: &str = "rg-rekey";
+pub const VAULT: &str = "kv1";
+pub const SITE: &str = "web1";
+pub const ACCOUNT: &str = "acct1";
+/// The Entra application whose passwords rotate: object id and client (app) id.
+pub const APP_OBJECT_ID: &str = "a99e0000-0000-4000-8000-0000000000b1";
+pub const APP_ID: &str = "a99e0000-0000-4000-8000-0000000000a1";
+pub const KV_SCOPE: &str = "https://vault.azure.net/.default";
+pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
+pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
+/// Timeout of one provider call: far above any fake's answer time.
+pub const CALL_TIMEOUT_MS: u64 = 5_000;
+
+/// A running fake, rekey's HTTP client and credential over it.
+pub struct Env {
+    pub fake: FakeAzure,
+    /// `None` when the fake and rekey run on the real clock.
+    manual: Option<ManualClock>,
+    pub clock: Arc<dyn Clock>,
+    pub http: Http,
+    pub credential: Arc<TokenCache>,
+}
+
+impl Env {
+    /// A fake on a manual clock at [`T0_MS`], [`CLIENT_ID`] registered in the home tenant.
+    pub async fn start() -> Env {
+        let manual = ManualClock::new(T0_MS);
+        Self::with_clock(Arc::new(manual.clone()), Some(manual)).await
+    }
+
+    /// The same on the real clock (for waits that really pass, such as propagation).
+    pub async fn start_real_clock() -> Env {
+        Self::with_clock(Arc::new(rekey::journal::SystemClock), None).await
+    }
+
+    async fn with_clock(clock: Arc<dyn Clock>, manual: Option<ManualClock>) -> Env {
+        let fake = FakeAzure::start_with_clock(clock.clone()).await;
+        fake.register_client(FakeAzure::TENANT, CLIENT_ID, CLIENT_SECRET);
+        let http = Http::new(CALL_TIMEOUT_MS, clock.clone()).expect("HTTP client");
+        let credential = Arc::new(TokenCache::new(
+            http.clone(),
+            Source::ClientSecret {
+                authority: url(&fake.authority_url()),
+                tenant: FakeAzure::TENANT.to_owned(),
+                client_id: CLIENT_ID.to_owned(),
+                secret: SecretValue::new(CLIENT_SECRET),
+            },
+        ));
+        Env {
+            fake,
+            manual,
+            clock,
+            http,
+            credential,
+        }
+    }
+
+    /// The manual clock (panics on a real-clock env).
+    pub fn manual(&self) -> &ManualClock {
+        self.manual
+            .as_ref()
+            .expect("this env runs on the real clock")
+    }
+
+    /// The vault [`VAULT`] as a store (challenge verification off: the fake is loopback).
+    pub fn kv(&self) -> KeyVaultStore {
+        KeyVaultStore::new(
+            self.http.clone(),
+            self.credential.clone(),
+            url(&self.fake.keyvault_url(VAULT)),
+        )
+        .without_challenge_verification()
+    }
+
+    /// rekey's authenticated client for `scope`.
+    pub fn authed(&self, scope: &str) -> Authed {
+        Authed {
+            http: self.http.clone(),
+            credential: self.credential.clone(),
+            scope: scope.to_owned(),
+        }
+    }
+
+    /// Setting `setting` of [`SITE`] (or its `slot`).
+    pub fn app_setting(&self, slot: Option<&str>, setting: &str, mode: Mode) -> AppSetting {
+        AppSetting {
+            api: self.authed(ARM_SCOPE),
+            arm: url(&self.fake.arm_url()),
+            subscription: SUB.to_owned(),
+            resource_group: RG.to_owned(),
+            site: SITE.to_owned(),
+            slot: slot.map(str::to_owned),
+            setting: setting.to_owned(),
+            mode,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The passwords of application [`APP_OBJECT_ID`] (seed it with [`Env::seed_app`]).
+    pub fn app_passwords(&self, propagation_ms_max: u64) -> AppPasswords {
+        AppPasswords {
+            api: self.authed(GRAPH_SCOPE),
+            graph: url(&self.fake.graph_url()),
+            object_id: APP_OBJECT_ID.to_owned(),
+            app_id: APP_ID.to_owned(),
+            tenant: FakeAzure::TENANT.to_owned(),
+            authority: url(&self.fake.authority_url()),
+            validity_days: 180,
+            verify_scope: GRAPH_SCOPE.to_owned(),
+            propagation_ms_max,
+        }
+    }
+
+    /// The key pair of storage account [`ACCOUNT`] (seed it with `fake.storage_seed`).
+    pub fn storage(&self) -> StorageKeys {
+        StorageKeys {
+            api: self.authed(ARM_SCOPE),
+            arm: url(&self.fake.arm_url()),
+            subscription: SUB.to_owned(),
+            resource_group: RG.to_owned(),
+            account: ACCOUNT.to_owned(),
+            kerberos: false,
+        }
+    }
+
+    /// Creates application [`APP_OBJECT_ID`] / [`APP_ID`] with no passwords.
+    pub fn seed_app(&self) {
+        self.fake.app_seed(APP_OBJECT_ID, APP_ID);
+    }
+
+    /// How many token requests reached the authority for `client_id`.
+    pub fn token_requests(&self, client_id: &str) -> usize {
+        let field = format!("client_id={client_id}");
+        self.fake
+            .requests()
+            .iter()
+            .filter(|r| r.service == Service::Login && r.method == "POST")
+            .filter(|r| r.body.split('&').any(|kv| kv == field))
+            .count()
+    }
+
+    /// Every bearer token rekey presented to any fake service.
+    pub fn bearer_tokens(&self) -> Vec<String> {
+        let mut tokens: Vec<String> = self
+            .fake
+            .requests()
+            .iter()
+            .filter_map(|r| r.authorization.as_deref())
+            .filter_map(|a| {
+                a.get(7..)
+                    .filter(|_| a[..7].eq_ignore_ascii_case("bearer "))
+            })
+            .map(str::to_owned)
+            .collect();
+        tokens.sort();
+        tokens.dedup();
+        tokens
+    }
+
+    /// How many effects match `pred`.
+    pub fn effects_where(&self, pred: impl Fn(&Effect) -> bool) -> usize {
+        self.fake.effects().iter().filter(|e| pred(e)).count()
+    }
+}
+
+/// Parses a URL the test built.
+pub fn url(s: &str) -> Url {
+    Url::parse(s).unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// One provider call's inputs, owned, so a test can build a [`Call`] in one line.
+#[derive(Debug, Clone)]
+pub struct Step {
+    pub rotation_id: String,
+    pub secret: String,
+    pub step: StepId,
+    pub key: String,
+    pub target: TargetRef,
+    pub captured: Option<String>,
+    pub produced: Option<String>,
+    pub value: Option<SecretValue>,
+}
+
+impl Step {
+    /// `action` of rotation `rot-1` on target 0 of `secret`, keyed as the runner keys it.
+    pub fn new(secret: &str, action: Action) -> Self {
+        let step = StepId::new(action, 0);
+        let role = match action {
+            Action::Create | Action::RetireOld | Action::Discard | Action::DiscardLost => {
+                Role::Rotator
+            }
+            Action::Update | Action::Revert => Role::Dependent,
+            Action::Verify => Role::Verifier,
+            Action::Capture | Action::Write | Action::DisableOld | Action::Restore => Role::Store,
+        };
+        Self {
+            rotation_id: "rot-1".to_owned(),
+            secret: secret.to_owned(),
+            step,
+            key: step.key("rot-1"),
+            target: TargetRef {
+                role,
+                name: "target".to_owned(),
+            },
+            captured: None,
+            produced: None,
+            value: None,
+        }
+    }
+
+    /// The same step in rotation `id` (re-keyed).
+    pub fn rotation(mut self, id: &str) -> Self {
+        self.rotation_id = id.to_owned();
+        self.key = self.step.key(id);
+        self
+    }
+
+    pub fn captured(mut self, captured: Option<&str>) -> Self {
+        self.captured = captured.map(str::to_owned);
+        self
+    }
+
+    pub fn produced(mut self, produced: &str) -> Self {
+        self.produced = Some(produced.to_owned());
+        self
+    }
+
+    pub fn value(mut self, value: &str) -> Self {
+        self.value = Some(SecretValue::new(value));
+        self
+    }
+
+    /// The [`Call`] a provider receives.
+    pub fn call(&self) -> Call<'_> {
+        Call {
+            rotation_id: &self.rotation_id,
+            secret: &self.secret,
+            step: self.step,
+            key: &self.key,
+            target: &self.target,
+            captured: self.captured.as_deref(),
+            produced: self.produced.as_deref(),
+            value: self.value.as_ref(),
+        }
+    }
+}
+
+/// A plan over `targets` (role, provider name), 3 attempts a step.
+pub fn plan(secret: &str, targets: &[(Role, &str)], grace_ms: i64) -> Plan {
+    Plan {
+        secret: secret.to_owned(),
+        lock_key: secret.to_owned(),
+        targets: targets
+            .iter()
+            .map(|(role, name)| TargetRef {
+                role: *role,
+                name: (*name).to_owned(),
+            })
+            .collect(),
+        grace_ms,
+        attempts_max: 3,
+    }
+}
+
+/// A runner over an in-memory journal on `clock`.
+pub fn memory_runner(
+    clock: &ManualClock,
+    providers: HashMap<String, Arc<dyn Provider>>,
+) -> (Runner<MemoryJournal>, Arc<MemoryJournal>) {
+    let clock: Arc<dyn Clock> = Arc::new(clock.clone());
+    let journal = Arc::new(MemoryJournal::new(clock.clone()));
+    let runner = Runner::new(
+        journal.clone(),
+        providers,
+        clock,
+        Options::new("azure-test", 7),
+    );
+    (runner, journal)
+}
+
+/// Opens rotation `id` of `plan`, which must not coalesce.
+pub async fn request<J: RunnerJournal>(runner: &Runner<J>, plan: Plan, id: &str) {
+    let got = runner
+        .request(plan, Trigger::Manual, "azure-test", id.to_owned())
+        .await
+        .expect("request");
+    assert_eq!(
+        got,
+        Requested::Started {
+            rotation_id: id.to_owned()
+        }
+    );
+}
+
+/// Drives rotation `id`, jumping the clock over every backoff; stops at its end, or at the
+/// grace period when `stop_at_grace`.
+pub async fn drive<J: RunnerJournal>(
+    runner: &Runner<J>,
+    clock: &ManualClock,
+    id: &str,
+    stop_at_grace: bool,
+) -> Progress {
+    for _ in 0..50 {
+        match runner.drive(id).await.expect("drive") {
+            Progress::Waiting {
+                reason: Wait::Grace,
+                until_ms,
+            } if stop_at_grace => {
+                return Progress::Waiting {
+                    reason: Wait::Grace,
+                    until_ms,
+                };
+            }
+            Progress::Waiting { until_ms, .. } => clock.set(until_ms),
+            Progress::Finished(phase) => return Progress::Finished(phase),
+            Progress::Busy { holder } => panic!("rotation {id} busy with {holder}"),
+        }
+    }
+    panic!("rotation {id} did not settle after 50 drives")
+}
+
+/// Drives rotation `id` to its terminal phase.
+pub async fn drive_to_end<J: RunnerJournal>(
+    runner: &Runner<J>,
+    clock: &ManualClock,
+    id: &str,
+) -> Phase {
+    match drive(runner, clock, id, false).await {
+        Progress::Finished(phase) => phase,
+        other => panic!("rotation {id} stopped at {other:?}"),
+    }
+}
+
+/// The events of rotation stream `id`, decoded.
+pub fn events<J: JournalRead>(journal: &J, id: &str) -> Vec<RotationEvent> {
+    journal
+        .read_stream(id)
+        .expect("read stream")
+        .iter()
+        .map(|e| serde_json::from_str(&e.payload).expect("rotation event"))
+        .collect()
+}
+
+/// Every payload of every stream (rotations and locks).
+pub fn payloads<J: JournalRead + JournalScan>(journal: &J) -> Vec<String> {
+    let mut all = Vec::new();
+    for info in journal.streams(&StreamFilter::default()).expect("streams") {
+        for e in journal.read_stream(&info.stream_id).expect("read stream") {
+            all.push(e.payload);
+        }
+    }
+    all
+}
+
+/// The `StepFailed` messages of every rotation stream: what providers said when they failed.
+pub fn failure_messages<J: JournalRead + JournalScan>(journal: &J) -> Vec<String> {
+    let mut out = Vec::new();
+    for info in journal.streams(&StreamFilter::default()).expect("streams") {
+        if is_lock_stream(&info.stream_id) {
+            continue;
+        }
+        for event in events(journal, &info.stream_id) {
+            if let RotationEvent::StepFailed { message, .. } = event {
+                out.push(message);
+            }
+        }
+    }
+    out
+}
+
+/// A verifier that refuses every new credential (a probe that cannot log in with it).
+#[derive(Debug)]
+pub struct Rejecting;
+
+/// What [`Rejecting`] says.
+pub const REJECTED: &str =
+    "verification failed: the probe could not log in with the new credential";
+
+impl Provider for Rejecting {
+    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            match call.step.action {
+                Action::Verify => Err(ProviderError::permanent(REJECTED)),
+                _ => Ok(Applied::default()),
+            }
+        })
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        _call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async { Ok(Applied::default()) })
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        _call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+        Box::pin(async { Ok(Reconciled::NotApplied) })
+    }
+
+    fn read_value<'a>(
+        &'a self,
+        _version: &'a str,
+    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
+        Box::pin(async { Err(ProviderError::permanent("a verifier holds no values")) })
+    }
+}
+
+/// Every `ProviderError` message providers returned, before the runner saw (and redacted)
+/// them.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorLog(Arc<Mutex<Vec<String>>>);
+
+impl ErrorLog {
+    pub fn messages(&self) -> Vec<String> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn note<T>(&self, result: &Result<T, ProviderError>) {
+        if let Err(e) = result {
+            self.0
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(e.message.clone());
+        }
+    }
+}
+
+/// A provider whose every error is noted in an [`ErrorLog`].
+#[derive(Debug)]
+pub struct Recorded {
+    inner: Arc<dyn Provider>,
+    log: ErrorLog,
+}
+
+impl Recorded {
+    /// `inner`, its errors noted in `log`.
+    pub fn wrap(inner: Arc<dyn Provider>, log: &ErrorLog) -> Arc<dyn Provider> {
+        Arc::new(Self {
+            inner,
+            log: log.clone(),
+        })
+    }
+}
+
+impl Provider for Recorded {
+    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            let result = self.inner.apply(call).await;
+            self.log.note(&result);
+            result
+        })
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            let result = self.inner.compensate(call).await;
+            self.log.note(&result);
+            result
+        })
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+        Box::pin(async move {
+            let result = self.inner.reconcile(call).await;
+            self.log.note(&result);
+            result
+        })
+    }
+
+    fn read_value<'a>(
+        &'a self,
+        version: &'a str,
+    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
+        Box::pin(async move {
+            let result = self.inner.read_value(version).await;
+            self.log.note(&result);
+            result
+        })
+    }
+}
