@@ -4,6 +4,7 @@ mod azure;
 mod cli;
 mod fake_azure;
 mod fake_azure_selftest;
+mod postgres;
 mod runner;
 mod simulation;
 mod telemetry;

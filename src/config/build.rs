@@ -7,9 +7,12 @@ use std::sync::Arc;
 use rekey_journal::Clock;
 use url::Url;
 
-use super::{Config, CredentialConfig, Error, ProviderConfig, parse_duration_ms};
+use super::{
+    Config, CredentialConfig, Error, PostgresMode, PostgresTls, PostgresValueFormat,
+    ProviderConfig, parse_duration_ms,
+};
 use crate::provider::{Provider, SecretValue};
-use crate::providers::azure::appservice::{AppSetting, Mode};
+use crate::providers::azure::appservice::{AppSetting, Mode, SiteLocks};
 use crate::providers::azure::credential::{Credential, Source, TokenCache};
 use crate::providers::azure::graph::AppPasswords;
 use crate::providers::azure::http::{Authed, Http};
@@ -17,6 +20,7 @@ use crate::providers::azure::keyvault::KeyVaultStore;
 use crate::providers::azure::oauth::OAuthToken;
 use crate::providers::azure::storage::StorageKeys;
 use crate::providers::local::{EnvFile, LocalVault, RandomRotator};
+use crate::providers::postgres::{self, Endpoint, PostgresRole, Tls};
 
 /// Where IMDS answers on Azure VMs (reached without credentials; it hands them out).
 pub const IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
@@ -41,7 +45,7 @@ impl Config {
             what,
             why,
         };
-        let http = Http::new(self.azure.timeout_ms, clock)
+        let http = Http::new(self.azure.timeout_ms, clock.clone())
             .map_err(|e| build_err("the HTTP client".into(), e.message))?;
         let secret_env = |what: &str, var: &str| {
             env(var)
@@ -103,6 +107,7 @@ impl Config {
         };
         let endpoints = &self.azure.endpoints;
 
+        let site_locks = SiteLocks::default();
         let mut out: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         for (name, p) in &self.providers {
             let what = format!("provider {name}");
@@ -148,7 +153,7 @@ impl Config {
                     mode: key_vault_reference
                         .clone()
                         .map_or(Mode::Literal, Mode::Reference),
-                    lock: tokio::sync::Mutex::new(()),
+                    lock: site_locks.lock(subscription, resource_group, site, slot.as_deref()),
                 }),
                 ProviderConfig::EntraPassword {
                     credential,
@@ -197,6 +202,67 @@ impl Config {
                     client_secret: secret_env(&what, client_secret_env)?,
                     scope: scope.clone(),
                 }),
+                ProviderConfig::PostgresRole {
+                    host,
+                    port,
+                    dbname,
+                    admin_user,
+                    admin_password_env,
+                    mode,
+                    role,
+                    roles,
+                    password_bytes,
+                    value_format,
+                    verify_host,
+                    verify_port,
+                    tls,
+                    tls_ca_file,
+                } => {
+                    let mode = match (mode, role, roles.as_deref()) {
+                        (PostgresMode::Single, Some(role), _) => {
+                            postgres::Mode::Single { role: role.clone() }
+                        }
+                        (PostgresMode::Alternating, _, Some([a, b])) => {
+                            postgres::Mode::Alternating {
+                                roles: [a.clone(), b.clone()],
+                            }
+                        }
+                        // `Config::parse` refuses these.
+                        _ => return Err(build_err(what, "roles do not fit the mode".into())),
+                    };
+                    let tls = match tls {
+                        PostgresTls::Disable => Tls::Disable,
+                        PostgresTls::VerifyFull => Tls::verify_full(tls_ca_file.as_deref())
+                            .map_err(|why| build_err(what.clone(), why))?,
+                    };
+                    let admin = Endpoint {
+                        host: host.clone(),
+                        port: *port,
+                    };
+                    Arc::new(PostgresRole {
+                        verify: Endpoint {
+                            host: verify_host.clone().unwrap_or_else(|| host.clone()),
+                            port: verify_port.unwrap_or(*port),
+                        },
+                        admin,
+                        dbname: dbname.clone(),
+                        admin_user: admin_user.clone(),
+                        admin_password: secret_env(&what, admin_password_env)?,
+                        admin_password_env: admin_password_env.clone(),
+                        mode,
+                        password_bytes: *password_bytes,
+                        value_format: match value_format {
+                            Some(PostgresValueFormat::Json) => postgres::ValueFormat::Json,
+                            Some(PostgresValueFormat::Password) | None => {
+                                postgres::ValueFormat::Password
+                            }
+                        },
+                        tls,
+                        clock: clock.clone(),
+                        verify_attempts: postgres::VERIFY_ATTEMPTS,
+                        verify_backoff_ms: postgres::VERIFY_BACKOFF_MS,
+                    })
+                }
             };
             out.insert(name.clone(), provider);
         }

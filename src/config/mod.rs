@@ -136,6 +136,69 @@ pub enum ProviderConfig {
         client_secret_env: String,
         scope: String,
     },
+    /// Rotator and verifier: a PostgreSQL login role (`mode = "single"`) or two login roles
+    /// in one group role used in turn (`mode = "alternating"`).
+    PostgresRole {
+        host: String,
+        #[serde(default = "default_postgres_port")]
+        port: u16,
+        dbname: String,
+        admin_user: String,
+        /// The environment variable holding the admin password (never the password itself).
+        admin_password_env: String,
+        mode: PostgresMode,
+        /// Single mode: the role whose password rekey sets.
+        role: Option<String>,
+        /// Alternating mode: exactly two login roles, members of one group role.
+        roles: Option<Vec<String>>,
+        #[serde(default = "default_password_bytes")]
+        password_bytes: usize,
+        /// How the value is written: `password` (single mode's default) or `json` (with the
+        /// role's name; required in alternating mode).
+        value_format: Option<PostgresValueFormat>,
+        /// Where verification logs in, when not `host` (a pooler, a replica).
+        verify_host: Option<String>,
+        verify_port: Option<u16>,
+        #[serde(default)]
+        tls: PostgresTls,
+        /// A PEM root certificate to trust besides the system's.
+        tls_ca_file: Option<PathBuf>,
+    },
+}
+
+/// How the `postgres_role` kind rotates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PostgresMode {
+    Single,
+    Alternating,
+}
+
+/// How a `postgres_role` value is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PostgresValueFormat {
+    Password,
+    Json,
+}
+
+/// Transport security of `postgres_role` connections.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PostgresTls {
+    /// TLS required; certificate chain and host name checked.
+    #[default]
+    VerifyFull,
+    /// No TLS: loopback addresses and Unix sockets only.
+    Disable,
+}
+
+fn default_postgres_port() -> u16 {
+    5432
+}
+
+fn default_password_bytes() -> usize {
+    24
 }
 
 fn yes() -> bool {
@@ -362,6 +425,13 @@ impl Config {
                         .map_err(|m| invalid(Some(spanned.span()), m))?;
                     other
                 }
+                mut p @ ProviderConfig::PostgresRole { .. } => {
+                    check_postgres(name, &p).map_err(|m| invalid(Some(spanned.span()), m))?;
+                    if let ProviderConfig::PostgresRole { tls_ca_file, .. } = &mut p {
+                        *tls_ca_file = tls_ca_file.as_deref().map(resolve);
+                    }
+                    p
+                }
                 ProviderConfig::EnvFile { path, key } => {
                     if key.is_empty() || key.contains(['=', '\n']) {
                         return Err(invalid(
@@ -524,6 +594,10 @@ fn serves(kind: &ProviderConfig, role: Role) -> bool {
                 ProviderConfig::EnvFile { .. },
                 Role::Dependent | Role::Verifier
             )
+            | (
+                ProviderConfig::PostgresRole { .. },
+                Role::Rotator | Role::Verifier
+            )
     )
 }
 
@@ -537,6 +611,7 @@ fn kind_name(kind: &ProviderConfig) -> &'static str {
         ProviderConfig::EntraPassword { .. } => "kind entra_password",
         ProviderConfig::StorageKeys { .. } => "kind storage_keys",
         ProviderConfig::OauthToken { .. } => "kind oauth_token",
+        ProviderConfig::PostgresRole { .. } => "kind postgres_role",
     }
 }
 
@@ -591,6 +666,100 @@ fn check_azure_provider(
         }
         _ => Ok(()),
     }
+}
+
+/// Longest role name PostgreSQL keeps (`NAMEDATALEN` - 1).
+const POSTGRES_NAME_MAX: usize = 63;
+
+/// Checks a `postgres_role` provider: the mode has the role names it needs, names fit
+/// PostgreSQL, numbers are in range, and plain connections stay on this machine.
+fn check_postgres(name: &str, p: &ProviderConfig) -> Result<(), String> {
+    let ProviderConfig::PostgresRole {
+        host,
+        port,
+        dbname,
+        admin_user,
+        admin_password_env,
+        mode,
+        role,
+        roles,
+        password_bytes,
+        value_format,
+        verify_host,
+        verify_port,
+        tls,
+        tls_ca_file,
+    } = p
+    else {
+        return Ok(());
+    };
+    let pg_name = |field: &str, v: &str| {
+        if v.is_empty() || v.len() > POSTGRES_NAME_MAX || v.contains('\0') {
+            Err(format!(
+                "provider {name}: {field} = {v:?} must be 1 to {POSTGRES_NAME_MAX} bytes without NUL, exactly as pg_roles shows it"
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    for (field, v) in [("host", host), ("dbname", dbname)] {
+        if v.is_empty() {
+            return Err(format!("provider {name}: {field} must not be empty"));
+        }
+    }
+    pg_name("admin_user", admin_user)?;
+    if admin_password_env.is_empty() || admin_password_env.contains(['=', '\0']) {
+        return Err(format!(
+            "provider {name}: admin_password_env = {admin_password_env:?} must name an environment variable (the password itself never goes in the file)"
+        ));
+    }
+    if *port == 0 || *verify_port == Some(0) {
+        return Err(format!("provider {name}: ports must be 1 to 65535"));
+    }
+    match (mode, role, roles) {
+        (PostgresMode::Single, Some(r), None) => pg_name("role", r)?,
+        (PostgresMode::Single, _, _) => {
+            return Err(format!(
+                "provider {name}: mode = \"single\" needs role = \"<login role>\" and no roles"
+            ));
+        }
+        (PostgresMode::Alternating, None, Some(rs)) if rs.len() == 2 && rs[0] != rs[1] => {
+            for r in rs {
+                pg_name("roles", r)?;
+            }
+        }
+        (PostgresMode::Alternating, _, _) => {
+            return Err(format!(
+                "provider {name}: mode = \"alternating\" needs roles = [\"<login role>\", \"<other login role>\"] (two different roles in one group role) and no role"
+            ));
+        }
+    }
+    if *mode == PostgresMode::Alternating && *value_format != Some(PostgresValueFormat::Json) {
+        return Err(format!(
+            "provider {name}: mode = \"alternating\" hands out a different role each time, so the value must name it: set value_format = \"json\" ({{\"username\": ..., \"password\": ...}})"
+        ));
+    }
+    if !(16..=256).contains(password_bytes) {
+        return Err(format!(
+            "provider {name}: password_bytes = {password_bytes} must be 16 to 256 (24 is the default)"
+        ));
+    }
+    if *tls == PostgresTls::Disable {
+        let verify = verify_host.as_deref().unwrap_or(host);
+        for h in [host.as_str(), verify] {
+            if !crate::providers::postgres::is_local_host(h) {
+                return Err(format!(
+                    "provider {name}: tls = \"disable\" is allowed only for loopback addresses and Unix sockets, and {h:?} is neither; remove tls to use TLS (add tls_ca_file for a private CA)"
+                ));
+            }
+        }
+        if tls_ca_file.is_some() {
+            return Err(format!(
+                "provider {name}: tls_ca_file has no effect with tls = \"disable\"; remove one of them"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn azure_endpoints(raw: Option<&AzureConfig>) -> Result<AzureEndpoints, String> {
@@ -771,5 +940,181 @@ grace = "7d"
         let err = c.plan("payments").unwrap_err().to_string();
         assert!(err.contains("no secret named \"payments\""), "{err}");
         assert!(err.contains("configured secrets: payments-api"), "{err}");
+    }
+
+    const PG: &str = r#"[journal]
+path = "journal.db"
+
+[providers.db]
+kind = "postgres_role"
+host = "db.example.com"
+dbname = "app"
+admin_user = "rekey_admin"
+admin_password_env = "PG_ADMIN_PASSWORD"
+mode = "alternating"
+roles = ["app_blue", "app_green"]
+value_format = "json"
+tls_ca_file = "ca.pem"
+
+[providers.vault]
+kind = "local_vault"
+path = "vault.json"
+
+[secrets.db]
+rotator = "db"
+stores = ["vault"]
+verifiers = ["db"]
+grace = "1d"
+"#;
+
+    #[test]
+    fn a_postgres_role_gets_its_defaults_and_serves_as_rotator_and_verifier() {
+        let c = parse(PG).unwrap();
+        let ProviderConfig::PostgresRole {
+            port,
+            password_bytes,
+            tls,
+            tls_ca_file,
+            verify_host,
+            ..
+        } = &c.providers["db"]
+        else {
+            panic!("{:?}", c.providers["db"]);
+        };
+        assert_eq!(*port, 5432);
+        assert_eq!(*password_bytes, 24);
+        assert_eq!(*tls, PostgresTls::VerifyFull);
+        assert_eq!(tls_ca_file.as_deref(), Some(Path::new("/etc/rekey/ca.pem")));
+        assert_eq!(*verify_host, None);
+        let roles: Vec<Role> = c
+            .plan("db")
+            .unwrap()
+            .targets
+            .iter()
+            .map(|t| t.role)
+            .collect();
+        assert_eq!(roles, [Role::Rotator, Role::Store, Role::Verifier]);
+    }
+
+    /// Each bad `postgres_role` is refused with its line and what to write instead.
+    #[test]
+    fn bad_postgres_roles_name_the_line_and_the_fix() {
+        let cases: &[(&str, &str, usize, &str)] = &[
+            (
+                "tls_ca_file = \"ca.pem\"",
+                "tls = \"disable\"",
+                4,
+                "tls = \"disable\" is allowed only for loopback addresses and Unix sockets",
+            ),
+            (
+                "tls_ca_file = \"ca.pem\"",
+                "tls_ca_file = \"ca.pem\"\nverify_host = \"10.0.0.9\"\ntls = \"disable\"",
+                4,
+                "allowed only for loopback",
+            ),
+            (
+                "mode = \"alternating\"",
+                "mode = \"single\"",
+                4,
+                "mode = \"single\" needs role = ",
+            ),
+            (
+                "value_format = \"json\"",
+                "value_format = \"password\"",
+                4,
+                "set value_format = \"json\"",
+            ),
+            (
+                "value_format = \"json\"\n",
+                "",
+                4,
+                "so the value must name it",
+            ),
+            (
+                "roles = [\"app_blue\", \"app_green\"]",
+                "roles = [\"app_blue\"]",
+                4,
+                "mode = \"alternating\" needs roles = [",
+            ),
+            (
+                "roles = [\"app_blue\", \"app_green\"]",
+                "roles = [\"app_blue\", \"app_blue\"]",
+                4,
+                "two different roles",
+            ),
+            (
+                "tls_ca_file = \"ca.pem\"",
+                "password_bytes = 8",
+                4,
+                "password_bytes = 8 must be 16 to 256",
+            ),
+            (
+                "admin_password_env = \"PG_ADMIN_PASSWORD\"",
+                "admin_password = \"hunter2\"",
+                4,
+                "unknown field `admin_password`",
+            ),
+            (
+                "mode = \"alternating\"",
+                "mode = \"dual\"",
+                4,
+                "unknown variant `dual`",
+            ),
+            (
+                "roles = [\"app_blue\", \"app_green\"]",
+                "roles = [\"app_blue\", \"a_name_longer_than_sixty_three_bytes_which_postgres_would_cut_off\"]",
+                4,
+                "must be 1 to 63 bytes",
+            ),
+            (
+                "stores = [\"vault\"]",
+                "stores = [\"db\"]",
+                21,
+                "provider \"db\" (kind postgres_role) cannot be a store",
+            ),
+        ];
+        for (from, to, line, want) in cases {
+            let text = PG.replacen(from, to, 1);
+            assert_ne!(text, PG, "case {want:?} did not change the config");
+            match parse(&text) {
+                Err(Error::Invalid {
+                    line: got, message, ..
+                }) => {
+                    assert!(
+                        message.contains(want),
+                        "{message:?} should contain {want:?}"
+                    );
+                    assert_eq!(got, *line, "line of {want:?}");
+                }
+                other => panic!("{want:?}: expected an invalid-config error, got {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn plain_postgres_connections_are_allowed_on_this_machine_only() {
+        for host in ["127.0.0.1", "localhost", "::1", "/var/run/postgresql"] {
+            let text = PG
+                .replace("db.example.com", host)
+                .replace("tls_ca_file = \"ca.pem\"", "tls = \"disable\"");
+            assert!(parse(&text).is_ok(), "{host}");
+        }
+    }
+
+    #[test]
+    fn the_admin_password_comes_from_the_environment_only() {
+        let text = PG.replace("tls_ca_file = \"ca.pem\"\n", "");
+        let c = parse(&text).unwrap();
+        let clock: std::sync::Arc<dyn rekey_journal::Clock> =
+            std::sync::Arc::new(rekey_journal::SystemClock);
+        match c.build_providers(clock.clone(), &|_| None) {
+            Err(Error::MissingEnv { var, what, .. }) => {
+                assert_eq!(var, "PG_ADMIN_PASSWORD");
+                assert_eq!(what, "provider db");
+            }
+            other => panic!("expected a missing variable, got {other:?}"),
+        }
+        let env = |v: &str| (v == "PG_ADMIN_PASSWORD").then(|| "secret".to_owned());
+        assert!(c.build_providers(clock, &env).unwrap().contains_key("db"));
     }
 }

@@ -3,3 +3,4 @@
 
 pub mod azure;
 pub mod local;
+pub mod postgres;

@@ -567,6 +567,11 @@ impl<J: RunnerJournal> Runner<J> {
                 })
                 .map(str::to_owned)
         });
+        // A verifier is told which credential it checks (the rotator's, not its own).
+        let produced = match step.action {
+            Action::Verify => Self::created(state).map(|(_, id)| id),
+            _ => produced,
+        };
         (captured, produced)
     }
 
@@ -596,9 +601,11 @@ impl<J: RunnerJournal> Runner<J> {
                 }
                 Err(e) => Err(e),
             }
-        } else if matches!(step.action, Action::Restore | Action::Revert)
-            || (step.action == Action::Capture
-                && d.state.plan.targets[usize::from(step.target)].role == Role::Rotator)
+        } else if matches!(
+            step.action,
+            Action::Restore | Action::Revert | Action::Discard
+        ) || (step.action == Action::Capture
+            && d.state.plan.targets[usize::from(step.target)].role == Role::Rotator)
         {
             // Undo needs the old value; a rotator's capture uses it to find the credential
             // in use.
@@ -825,11 +832,14 @@ impl<J: RunnerJournal> Runner<J> {
                 orphan_discarded: None,
             },
             Ok(Reconciled::AppliedUnusable { orphan_id }) => {
+                let discard_step = StepId {
+                    action: Action::DiscardLost,
+                    ..step
+                };
+                let discard_key = discard_step.key(&d.state.id);
                 let discard = Call {
-                    step: StepId {
-                        action: Action::DiscardLost,
-                        ..step
-                    },
+                    step: discard_step,
+                    key: &discard_key,
                     produced: Some(&orphan_id),
                     ..call
                 };

@@ -139,7 +139,7 @@ impl Env {
             slot: slot.map(str::to_owned),
             setting: setting.to_owned(),
             mode,
-            lock: tokio::sync::Mutex::new(()),
+            lock: Default::default(),
         }
     }
 

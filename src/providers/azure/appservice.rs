@@ -4,7 +4,8 @@
 //! reference (`@Microsoft.KeyVault(...)`), whose refresh is forced by re-writing the map.
 //! The setting is compared before writing, so repeating an update changes nothing.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 use tracing::warn;
@@ -42,8 +43,37 @@ pub struct AppSetting {
     pub slot: Option<String>,
     pub setting: String,
     pub mode: Mode,
-    /// Serializes this site's read-merge-write cycles (there is no ETag to catch races).
-    pub lock: tokio::sync::Mutex<()>,
+    /// Serializes read-merge-write cycles on this site and slot, shared by every setting
+    /// of it (there is no ETag to catch races). Get it from [`SiteLocks::lock`].
+    pub lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+/// One lock per site and slot, so two settings of one site never write at once: each PUT
+/// replaces the whole map, and a write built from a stale read would undo the other.
+#[derive(Debug, Default)]
+pub struct SiteLocks(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+
+impl SiteLocks {
+    /// The lock of a site (or slot); ARM names are case-insensitive.
+    pub fn lock(
+        &self,
+        subscription: &str,
+        resource_group: &str,
+        site: &str,
+        slot: Option<&str>,
+    ) -> Arc<tokio::sync::Mutex<()>> {
+        let key = format!(
+            "{subscription}/{resource_group}/{site}/{}",
+            slot.unwrap_or("")
+        )
+        .to_ascii_lowercase();
+        self.0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(key)
+            .or_default()
+            .clone()
+    }
 }
 
 impl AppSetting {

@@ -1,0 +1,8 @@
+//! The PostgreSQL role provider against a real PostgreSQL server that the tests start on
+//! loopback (one per test run; see `server`), each test in its own database with its own
+//! roles.
+
+mod failures;
+mod harness;
+mod rotation;
+mod server;
