@@ -74,27 +74,35 @@ fn demo_rotates_end_to_end_and_no_value_leaks() {
         "the old version is disabled after the grace period"
     );
     assert!(versions[1].1, "the new version is enabled");
+    assert!(
+        versions.iter().all(|(v, _)| v.starts_with("sealed:v1:")),
+        "values are sealed at rest: {versions:?}"
+    );
     let env = std::fs::read_to_string(dir.join("app.env")).unwrap();
-    assert_eq!(env.trim(), format!("API_KEY={}", versions[1].0));
-    assert_eq!(versions[1].0.len(), 64, "32 random bytes, hex encoded");
+    let value = env.trim().strip_prefix("API_KEY=").unwrap().to_owned();
+    assert_eq!(value.len(), 64, "32 random bytes, hex encoded");
 
-    // I5: no value, old or new, in the journal, stdout or the trace-level logs.
+    // I5: the value is nowhere but the app's file: not in the vault file (sealed), the
+    // journal, stdout or the trace-level logs.
     let journal = journal_bytes(&dir);
     assert!(!journal.is_empty());
-    for (value, _) in &versions {
-        assert!(
-            !contains(&journal, value),
-            "a secret value is in the journal"
-        );
-        assert!(
-            !stdout.contains(value.as_str()),
-            "a secret value is on stdout"
-        );
-        assert!(
-            !stderr.contains(value.as_str()),
-            "a secret value is in the logs"
-        );
-    }
+    let vault = std::fs::read(dir.join("vault.json")).unwrap();
+    assert!(
+        !contains(&vault, &value),
+        "the vault file holds the value in the clear"
+    );
+    assert!(
+        !contains(&journal, &value),
+        "a secret value is in the journal"
+    );
+    assert!(
+        !stdout.contains(value.as_str()),
+        "a secret value is on stdout"
+    );
+    assert!(
+        !stderr.contains(value.as_str()),
+        "a secret value is in the logs"
+    );
     assert!(
         stderr.contains("step succeeded"),
         "trace logs were captured: {stderr}"

@@ -12,7 +12,7 @@ use super::exit;
 use super::journal_cmd::timeline_line;
 use super::rotation_cmd::Env;
 use crate::provider::SecretValue;
-use crate::providers::local::{EnvFile, LocalVault};
+use crate::providers::local::{EnvFile, LocalVault, VaultKey};
 use crate::runner::{Progress, Requested};
 use crate::saga::Trigger;
 
@@ -42,6 +42,7 @@ bytes = 32
 [providers.local-vault]
 kind = "local_vault"
 path = "vault.json"
+key_file = "vault.key"
 
 [providers.app-env]
 kind = "env_file"
@@ -62,6 +63,19 @@ attempts_max = 5
 pub async fn run(args: DemoArgs) -> Result<u8> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create the demo directory {}", args.dir.display()))?;
+    // The key sealing the vault's values; made once, readable by its owner only.
+    let key_path = args.dir.join("vault.key");
+    if !key_path.exists() {
+        use std::io::Write;
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&key_path)
+            .and_then(|mut f| f.write_all(VaultKey::generate_hex().as_bytes()))
+            .with_context(|| format!("cannot write the vault key {}", key_path.display()))?;
+    }
     let config_path = args.dir.join("rekey.toml");
     std::fs::write(&config_path, demo_config(args.grace_secs))
         .with_context(|| format!("cannot write {}", config_path.display()))?;
@@ -71,7 +85,13 @@ pub async fn run(args: DemoArgs) -> Result<u8> {
     let app_env = EnvFile::new(args.dir.join("app.env"), "API_KEY");
     if app_env.read()?.is_none() {
         let initial = SecretValue::new(format!("initial-{}", uuid::Uuid::now_v7().simple()));
-        LocalVault::new(args.dir.join("vault.json")).set(SECRET, &initial, "demo-initial")?;
+        let key =
+            VaultKey::from_hex(&std::fs::read_to_string(&key_path)?).map_err(anyhow::Error::msg)?;
+        LocalVault::sealed(args.dir.join("vault.json"), key).set(
+            SECRET,
+            &initial,
+            "demo-initial",
+        )?;
         std::fs::write(
             args.dir.join("app.env"),
             format!("API_KEY={}\n", initial.expose()),

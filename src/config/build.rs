@@ -19,7 +19,7 @@ use crate::providers::azure::http::{Authed, Http};
 use crate::providers::azure::keyvault::KeyVaultStore;
 use crate::providers::azure::oauth::OAuthToken;
 use crate::providers::azure::storage::StorageKeys;
-use crate::providers::local::{EnvFile, LocalVault, RandomRotator};
+use crate::providers::local::{EnvFile, LocalVault, RandomRotator, VaultKey};
 use crate::providers::postgres::{self, Endpoint, PostgresRole, Tls};
 
 /// Where IMDS answers on Azure VMs (reached without credentials; it hands them out).
@@ -113,7 +113,29 @@ impl Config {
             let what = format!("provider {name}");
             let provider: Arc<dyn Provider> = match p {
                 ProviderConfig::Random { bytes } => Arc::new(RandomRotator { bytes: *bytes }),
-                ProviderConfig::LocalVault { path } => Arc::new(LocalVault::new(path)),
+                ProviderConfig::LocalVault {
+                    path,
+                    key_file,
+                    key_env,
+                } => {
+                    let key =
+                        match (key_file, key_env) {
+                            (Some(file), _) => Some(
+                                read_key_file(file).map_err(|why| build_err(what.clone(), why))?,
+                            ),
+                            (None, Some(var)) => {
+                                let hex = secret_env(&what, var)?;
+                                Some(VaultKey::from_hex(hex.expose()).map_err(|why| {
+                                    build_err(what.clone(), format!("{var}: {why}"))
+                                })?)
+                            }
+                            (None, None) => None,
+                        };
+                    Arc::new(match key {
+                        Some(key) => LocalVault::sealed(path, key),
+                        None => LocalVault::new(path),
+                    })
+                }
                 ProviderConfig::EnvFile { path, key } => Arc::new(EnvFile::new(path, key.clone())),
                 ProviderConfig::KeyVault {
                     vault_url,
@@ -268,4 +290,24 @@ impl Config {
         }
         Ok(out)
     }
+}
+
+/// Reads a vault key file, refusing one that others may read.
+fn read_key_file(path: &std::path::Path) -> Result<VaultKey, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "the key file {} has mode {mode:o}; others may read it: run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        ));
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?,
+    );
+    VaultKey::from_hex(&text).map_err(|why| format!("{}: {why}", path.display()))
 }

@@ -83,7 +83,13 @@ pub enum ProviderConfig {
         bytes: usize,
     },
     /// Store: a local vault file (the embedded default).
-    LocalVault { path: PathBuf },
+    LocalVault {
+        path: PathBuf,
+        /// A file (mode 0600) holding the 64-hex-digit key that seals values at rest.
+        key_file: Option<PathBuf>,
+        /// Or an environment variable holding that key.
+        key_env: Option<String>,
+    },
     /// Dependent and verifier: one `KEY=value` line of an env file.
     EnvFile { path: PathBuf, key: String },
     /// Store and verifier: an Azure Key Vault.
@@ -413,9 +419,23 @@ impl Config {
                     }
                     ProviderConfig::Random { bytes }
                 }
-                ProviderConfig::LocalVault { path } => ProviderConfig::LocalVault {
-                    path: resolve(&path),
-                },
+                ProviderConfig::LocalVault {
+                    path,
+                    key_file,
+                    key_env,
+                } => {
+                    if key_file.is_some() && key_env.is_some() {
+                        return Err(invalid(
+                            Some(spanned.span()),
+                            format!("provider {name}: set key_file or key_env, not both"),
+                        ));
+                    }
+                    ProviderConfig::LocalVault {
+                        path: resolve(&path),
+                        key_file: key_file.as_deref().map(resolve),
+                        key_env,
+                    }
+                }
                 other @ (ProviderConfig::KeyVault { .. }
                 | ProviderConfig::AppSetting { .. }
                 | ProviderConfig::EntraPassword { .. }
@@ -854,7 +874,7 @@ grace = "7d"
         );
         assert!(matches!(
             &c.providers["vault"],
-            ProviderConfig::LocalVault { path } if path == Path::new("/abs/vault.json")
+            ProviderConfig::LocalVault { path, .. } if path == Path::new("/abs/vault.json")
         ));
         assert!(matches!(
             &c.providers["app"],

@@ -2,8 +2,9 @@
 //! dependent and a verifier that reads the file back. Enough to rotate a secret end to end
 //! on a laptop with no cloud account, through the same runner as every other provider.
 //!
-//! The vault file holds values in plain text with mode 0600; encryption at rest is future
-//! work (see the README).
+//! The vault file has mode 0600. With a key (`key_file` or `key_env` in the config) each
+//! value is sealed with XChaCha20-Poly1305, bound to its secret and version, so the file
+//! alone reveals nothing and a value moved to another version fails to open.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -124,18 +125,142 @@ struct VaultFile {
 #[derive(Debug)]
 pub struct LocalVault {
     path: PathBuf,
+    key: Option<VaultKey>,
     lock: Mutex<()>,
+}
+
+/// The 32-byte key sealing a vault's values; zeroed on drop, never printed.
+#[derive(Clone)]
+pub struct VaultKey(zeroize::Zeroizing<[u8; 32]>);
+
+impl std::fmt::Debug for VaultKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("VaultKey([redacted])")
+    }
+}
+
+/// Prefix of a sealed value: format version 1, then base64 of nonce and ciphertext.
+const SEALED_PREFIX: &str = "sealed:v1:";
+
+impl VaultKey {
+    /// A key from 64 hex digits (how key files and variables hold it).
+    ///
+    /// # Errors
+    /// A message saying what the text should look like (never the text itself).
+    pub fn from_hex(text: &str) -> Result<Self, String> {
+        let mut key = zeroize::Zeroizing::new([0u8; 32]);
+        hex::decode_to_slice(text.trim(), &mut key[..]).map_err(|_| {
+            "a vault key is 64 hex digits (32 bytes), e.g. from `openssl rand -hex 32`".to_owned()
+        })?;
+        Ok(Self(key))
+    }
+
+    /// A fresh random key from the OS-seeded CSPRNG, as 64 hex digits.
+    pub fn generate_hex() -> String {
+        let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+        rand::rng().fill(&mut raw[..]);
+        hex::encode(&raw[..])
+    }
+
+    fn cipher(&self) -> chacha20poly1305::XChaCha20Poly1305 {
+        use chacha20poly1305::KeyInit;
+        chacha20poly1305::XChaCha20Poly1305::new(&chacha20poly1305::Key::from(*self.0))
+    }
+
+    fn seal(&self, secret: &str, version: &str, value: &str) -> Result<String, ProviderError> {
+        use base64::Engine;
+        use chacha20poly1305::aead::{Aead, Payload};
+        let mut nonce = [0u8; 24];
+        rand::rng().fill(&mut nonce[..]);
+        let aad = format!("{secret}/{version}");
+        let sealed = self
+            .cipher()
+            .encrypt(
+                &chacha20poly1305::XNonce::from(nonce),
+                Payload {
+                    msg: value.as_bytes(),
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| {
+                ProviderError::permanent(format!("cannot seal version {version} of {secret}"))
+            })?;
+        let mut out = nonce.to_vec();
+        out.extend(sealed);
+        Ok(format!(
+            "{SEALED_PREFIX}{}",
+            base64::engine::general_purpose::STANDARD.encode(out)
+        ))
+    }
+
+    fn open(
+        &self,
+        secret: &str,
+        version: &str,
+        stored: &str,
+    ) -> Result<SecretValue, ProviderError> {
+        use base64::Engine;
+        use chacha20poly1305::aead::{Aead, Payload};
+        let refused = || {
+            ProviderError::permanent(format!(
+                "version {version} of {secret} cannot be opened with the configured vault key (wrong key, or the file was edited)"
+            ))
+        };
+        let raw = stored
+            .strip_prefix(SEALED_PREFIX)
+            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+            .filter(|r| r.len() > 24)
+            .ok_or_else(refused)?;
+        let (nonce, sealed) = raw.split_at(24);
+        let nonce: [u8; 24] = nonce.try_into().map_err(|_| refused())?;
+        let aad = format!("{secret}/{version}");
+        let plain = self
+            .cipher()
+            .decrypt(
+                &chacha20poly1305::XNonce::from(nonce),
+                Payload {
+                    msg: sealed,
+                    aad: aad.as_bytes(),
+                },
+            )
+            .map_err(|_| refused())?;
+        String::from_utf8(plain)
+            .map(SecretValue::new)
+            .map_err(|_| refused())
+    }
 }
 
 /// The tag carrying the idempotency key of the step that wrote a version.
 pub const KEY_TAG: &str = "rekey-key";
 
 impl LocalVault {
-    /// The vault file at `path` (created on first write).
+    /// The vault file at `path` (created on first write), values in plain text.
     pub fn new(path: impl Into<PathBuf>) -> Self {
         Self {
             path: path.into(),
+            key: None,
             lock: Mutex::new(()),
+        }
+    }
+
+    /// The vault file at `path`, every value written sealed with `key`.
+    pub fn sealed(path: impl Into<PathBuf>, key: VaultKey) -> Self {
+        Self {
+            key: Some(key),
+            ..Self::new(path)
+        }
+    }
+
+    /// A stored value in the clear.
+    fn reveal(&self, secret: &str, v: &Version) -> Result<SecretValue, ProviderError> {
+        match (&self.key, v.value.starts_with(SEALED_PREFIX)) {
+            (Some(key), true) => key.open(secret, &v.id, &v.value),
+            (None, true) => Err(ProviderError::permanent(format!(
+                "local vault {} holds sealed values but no key is configured; set key_file or key_env",
+                self.path.display()
+            ))),
+            // Plain values (written before a key was configured) stay readable.
+            (_, false) => Ok(SecretValue::new(v.value.clone())),
         }
     }
 
@@ -184,9 +309,13 @@ impl LocalVault {
     ) -> Result<String, ProviderError> {
         self.update(secret, |versions| {
             let id = uuid::Uuid::now_v7().simple().to_string();
+            let stored = match &self.key {
+                Some(key) => key.seal(secret, &id, value.expose())?,
+                None => value.expose().to_owned(),
+            };
             versions.push(Version {
                 id: id.clone(),
-                value: value.expose().to_owned(),
+                value: stored,
                 enabled: true,
                 tags: BTreeMap::from([(KEY_TAG.to_owned(), key.to_owned())]),
             });
@@ -292,18 +421,18 @@ impl Provider for LocalVault {
         Box::pin(async move {
             let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
             // Version ids are unique across the vault, so the version names its secret.
-            self.load()?
+            let file = self.load()?;
+            let (secret, v) = file
                 .secrets
-                .values()
-                .flatten()
-                .find(|v| v.id == version)
-                .map(|v| SecretValue::new(v.value.clone()))
+                .iter()
+                .find_map(|(name, vs)| vs.iter().find(|v| v.id == version).map(|v| (name, v)))
                 .ok_or_else(|| {
                     ProviderError::permanent(format!(
                         "local vault {}: no version {version}; was the vault file replaced?",
                         self.path.display()
                     ))
-                })
+                })?;
+            self.reveal(secret, v)
         })
     }
 }
@@ -429,5 +558,63 @@ impl Provider for EnvFile {
                 "a file dependent holds no versions",
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_values_open_only_with_their_key_and_place() {
+        let key = VaultKey::from_hex(&VaultKey::generate_hex()).unwrap();
+        let other = VaultKey::from_hex(&VaultKey::generate_hex()).unwrap();
+        let sealed = key.seal("api", "v1", "s3cret-value").unwrap();
+        assert!(sealed.starts_with(SEALED_PREFIX) && !sealed.contains("s3cret"));
+        assert_eq!(
+            key.open("api", "v1", &sealed).unwrap().expose(),
+            "s3cret-value"
+        );
+        for (k, secret, version) in [
+            (&other, "api", "v1"),
+            (&key, "api", "v2"),
+            (&key, "web", "v1"),
+        ] {
+            let err = k.open(secret, version, &sealed).unwrap_err();
+            assert!(err.message.contains("cannot be opened"), "{}", err.message);
+            assert!(!err.message.contains("s3cret"));
+        }
+        assert!(
+            VaultKey::from_hex("abc")
+                .unwrap_err()
+                .contains("64 hex digits")
+        );
+    }
+
+    #[test]
+    fn a_sealed_vault_writes_no_value_in_the_clear_and_reads_it_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vault.json");
+        let key = VaultKey::from_hex(&VaultKey::generate_hex()).unwrap();
+        let vault = LocalVault::sealed(&path, key);
+        let id = vault
+            .set("api", &SecretValue::new("plain-value-123"), "k1")
+            .unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(!text.contains("plain-value-123"), "{text}");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        let back = rt.block_on(vault.read_value(&id)).unwrap();
+        assert_eq!(back.expose(), "plain-value-123");
+        // Without the key, the sealed value is refused with a hint, not garbage.
+        let err = rt
+            .block_on(LocalVault::new(&path).read_value(&id))
+            .unwrap_err();
+        assert!(
+            err.message.contains("no key is configured"),
+            "{}",
+            err.message
+        );
     }
 }
