@@ -110,6 +110,16 @@ pub enum Error {
         detail: String,
     },
 
+    /// Another process held the journal's write lock for longer than the busy timeout.
+    #[error(
+        "the journal is locked by another process (its write lock was held for over {waited_ms} ms); retry, or find the process holding it (a long backup or a stuck writer)"
+    )]
+    Busy { waited_ms: u64 },
+
+    /// A write failed for a reason with no SQLite error attached (the reason says which).
+    #[error("journal write failed: {reason}")]
+    WriteFailed { reason: String },
+
     /// The journal was opened read-only and cannot take writes.
     #[error("the journal was opened read-only; open it writable to append or take leases")]
     OpenedReadOnly,
@@ -144,13 +154,14 @@ impl Error {
 
     /// True when retrying the same call later may succeed (the database was busy).
     pub fn is_transient(&self) -> bool {
-        matches!(
-            self,
-            Error::Sqlite {
-                cause: rusqlite::Error::SqliteFailure(e, _),
-                ..
-            } if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
-        )
+        matches!(self, Error::Busy { .. })
+            || matches!(
+                self,
+                Error::Sqlite {
+                    cause: rusqlite::Error::SqliteFailure(e, _),
+                    ..
+                } if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+            )
     }
 }
 

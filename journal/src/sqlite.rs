@@ -60,6 +60,38 @@ struct Writer {
     thread: Option<JoinHandle<()>>,
 }
 
+impl Request {
+    /// Answers the request with `error` without doing it.
+    fn refuse(self, error: Error) {
+        match self {
+            Request::Append(_, reply) => drop(reply.send(Err(error))),
+            Request::Acquire { reply, .. } | Request::Renew(_, _, reply) => {
+                drop(reply.send(Err(error)));
+            }
+            Request::Release(_, reply) => drop(reply.send(Err(error))),
+        }
+    }
+}
+
+/// Why a write transaction could not start.
+fn write_refusal(e: &rusqlite::Error) -> Error {
+    match e {
+        rusqlite::Error::SqliteFailure(f, _)
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            Error::Busy {
+                waited_ms: BUSY_TIMEOUT_MS,
+            }
+        }
+        other => Error::WriteFailed {
+            reason: format!("cannot start a write transaction: {other}"),
+        },
+    }
+}
+
 impl std::fmt::Debug for Request {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("Request")
@@ -106,9 +138,8 @@ impl SqliteJournal {
         let thread = std::thread::Builder::new()
             .name("rekey-journal-writer".into())
             .spawn(move || write_loop(write, requests, writer_clock))
-            .map_err(|e| Error::Sqlite {
-                context: format!("starting the writer thread: {e}"),
-                cause: rusqlite::Error::InvalidQuery,
+            .map_err(|e| Error::WriteFailed {
+                reason: format!("cannot start the writer thread: {e}"),
             })?;
         Ok(Self {
             path,
@@ -358,11 +389,18 @@ enum Done {
 }
 
 fn commit_batch(conn: &mut Connection, batch: Vec<Request>, now_ms: i64) {
+    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        // Nothing was done: every request hears why (usually another process's lock).
+        Err(e) => {
+            for request in batch {
+                request.refuse(write_refusal(&e));
+            }
+            return;
+        }
+    };
     let mut done = Vec::with_capacity(batch.len());
     let outcome = (|| -> Result<()> {
-        let mut tx = conn
-            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
-            .map_err(Error::sqlite("starting a write transaction"))?;
         for request in batch {
             let mut sp = tx
                 .savepoint()
@@ -409,9 +447,8 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Request>, now_ms: i64) {
         tx.commit().map_err(Error::sqlite("committing"))
     })();
     for d in done {
-        let failed = |e: &Error| Error::Sqlite {
-            context: format!("the batch commit failed, nothing was written: {e}"),
-            cause: rusqlite::Error::InvalidQuery,
+        let failed = |e: &Error| Error::WriteFailed {
+            reason: format!("the batch commit failed, nothing was written: {e}"),
         };
         match (d, &outcome) {
             (Done::Appended(reply, r), Ok(())) => drop(reply.send(r)),

@@ -11,8 +11,8 @@ use rekey_journal::{
 use serde_json::{Value, json};
 
 use crate::common::{
-    Engine, SplitMix, assert_chain, assert_intact, assert_unchanged, dir_snapshot, event,
-    expect_err, fill, manual_clock, memory, numbered, open_sqlite, read, scratch,
+    Engine, SplitMix, append_ok, assert_chain, assert_intact, assert_unchanged, dir_snapshot,
+    event, expect_err, fill, head_seq, manual_clock, memory, numbered, open_sqlite, read, scratch,
 };
 
 /// Writes a small healthy journal at `path` and closes it.
@@ -341,4 +341,32 @@ async fn malformed_appends_are_refused_by_both_engines() {
     let (_dir, path) = scratch();
     refuse_malformed(&open_sqlite(&path, &manual_clock()), "sqlite").await;
     refuse_malformed(&memory(&manual_clock()), "memory").await;
+}
+
+/// A journal whose write lock another process holds past the busy timeout: the append is
+/// refused with `Busy` (saying what to do), nothing is written, and the writer keeps
+/// serving once the lock is gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_journal_locked_by_another_process_is_reported_as_busy() {
+    let (_dir, path) = scratch();
+    let clock = manual_clock();
+    let j = open_sqlite(&path, &clock);
+    fill(&j, "s", 1).await;
+
+    let other = rusqlite::Connection::open(&path).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let err = j
+        .append(Append::new("s", 1, vec![numbered(2)]))
+        .await
+        .expect_err("the lock is held");
+    assert!(matches!(err, Error::Busy { .. }), "{err:?}");
+    assert!(
+        err.to_string().contains("locked by another process"),
+        "{err}"
+    );
+    assert!(err.is_transient());
+    other.execute_batch("ROLLBACK").unwrap();
+
+    append_ok(&j, Append::new("s", 1, vec![numbered(2)])).await;
+    assert_eq!(head_seq(&j, "s"), 2);
 }
