@@ -309,3 +309,85 @@ fn the_example_configs_are_valid() {
         assert!(text(&out.stdout).contains(": valid;"), "{example}");
     }
 }
+
+/// A config with a raw file dependent whose hook runs after each change, and a
+/// verification command that gets the value on stdin.
+fn hooks_config(verifier: &str) -> String {
+    format!(
+        r#"[journal]
+path = "journal.db"
+
+[providers.random]
+kind = "random"
+
+[providers.vault]
+kind = "local_vault"
+path = "vault.json"
+
+[providers.secret-file]
+kind = "file"
+path = "secret.txt"
+after_write = ["sh", "-c", "echo changed >> hook.log"]
+
+[providers.check]
+kind = "command"
+command = {verifier}
+
+[secrets.api]
+rotator = "random"
+stores = ["vault"]
+dependents = ["secret-file"]
+verifiers = ["check"]
+grace = "0s"
+"#
+    )
+}
+
+#[test]
+fn file_hooks_run_once_per_change_and_a_failing_check_compensates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // The check compares its stdin with the file: it passes only if the file has the value.
+    let ok = r#"["sh", "-c", "read v; test \"$v\" = \"$(cat secret.txt)\""]"#;
+    std::fs::write(dir.join("rekey.toml"), hooks_config(ok)).unwrap();
+    let out = rekey(&["rotate", "api", "--wait"], dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("completed"),
+        "{}",
+        text(&out.stdout)
+    );
+    let value = std::fs::read_to_string(dir.join("secret.txt")).unwrap();
+    assert_eq!(value.len(), 64, "the whole file is the value");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("hook.log")).unwrap(),
+        "changed\n"
+    );
+
+    // A check that fails: the rotation compensates, the file gets its value back, and the
+    // hook runs for the change and for its undo.
+    std::fs::write(
+        dir.join("rekey.toml"),
+        hooks_config(r#"["sh", "-c", "echo nope >&2; exit 3"]"#),
+    )
+    .unwrap();
+    let out = rekey(&["rotate", "api", "--wait", "--json"], dir);
+    assert_eq!(out.status.code(), Some(1), "a compensated rotation exits 1");
+    let outcome: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outcome[0]["result"], "compensated");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("secret.txt")).unwrap(),
+        value
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("hook.log")).unwrap(),
+        "changed\nchanged\nchanged\n"
+    );
+    let journal = rekey(&["journal", "export", "--journal", "journal.db"], dir);
+    let events = text(&journal.stdout);
+    assert!(
+        events.contains("verification: sh failed (exit status: 3): nope"),
+        "{events}"
+    );
+    assert!(!events.contains(&value), "a secret value is in the journal");
+}

@@ -19,7 +19,9 @@ use crate::providers::azure::http::{Authed, Http};
 use crate::providers::azure::keyvault::KeyVaultStore;
 use crate::providers::azure::oauth::OAuthToken;
 use crate::providers::azure::storage::StorageKeys;
-use crate::providers::local::{EnvFile, LocalVault, RandomRotator, VaultKey};
+use crate::providers::local::{
+    CommandVerifier, FileDependent, LocalVault, RandomRotator, VaultKey,
+};
 use crate::providers::postgres::{self, Endpoint, PostgresRole, Tls};
 
 /// Where IMDS answers on Azure VMs (reached without credentials; it hands them out).
@@ -136,7 +138,27 @@ impl Config {
                         None => LocalVault::new(path),
                     })
                 }
-                ProviderConfig::EnvFile { path, key } => Arc::new(EnvFile::new(path, key.clone())),
+                ProviderConfig::EnvFile {
+                    path,
+                    key,
+                    after_write,
+                } => {
+                    let file = FileDependent::new(path, key.clone());
+                    Arc::new(match after_write {
+                        Some(c) => file.with_after_write(c.clone()),
+                        None => file,
+                    })
+                }
+                ProviderConfig::File { path, after_write } => {
+                    let file = FileDependent::raw(path);
+                    Arc::new(match after_write {
+                        Some(c) => file.with_after_write(c.clone()),
+                        None => file,
+                    })
+                }
+                ProviderConfig::Command { command } => Arc::new(CommandVerifier {
+                    command: command.clone(),
+                }),
                 ProviderConfig::KeyVault {
                     vault_url,
                     credential,

@@ -91,7 +91,19 @@ pub enum ProviderConfig {
         key_env: Option<String>,
     },
     /// Dependent and verifier: one `KEY=value` line of an env file.
-    EnvFile { path: PathBuf, key: String },
+    EnvFile {
+        path: PathBuf,
+        key: String,
+        /// A command (program and arguments, no shell) run after each change, e.g. a reload.
+        after_write: Option<Vec<String>>,
+    },
+    /// Dependent and verifier: a whole file holding the value.
+    File {
+        path: PathBuf,
+        after_write: Option<Vec<String>>,
+    },
+    /// Verifier: a command that gets the new value on standard input; exit 0 means it works.
+    Command { command: Vec<String> },
     /// Store and verifier: an Azure Key Vault.
     KeyVault {
         vault_url: String,
@@ -452,7 +464,13 @@ impl Config {
                     }
                     p
                 }
-                ProviderConfig::EnvFile { path, key } => {
+                ProviderConfig::EnvFile {
+                    path,
+                    key,
+                    after_write,
+                } => {
+                    check_command(name, "after_write", after_write.as_deref())
+                        .map_err(|m| invalid(Some(spanned.span()), m))?;
                     if key.is_empty() || key.contains(['=', '\n']) {
                         return Err(invalid(
                             Some(spanned.span()),
@@ -464,7 +482,21 @@ impl Config {
                     ProviderConfig::EnvFile {
                         path: resolve(&path),
                         key,
+                        after_write,
                     }
+                }
+                ProviderConfig::File { path, after_write } => {
+                    check_command(name, "after_write", after_write.as_deref())
+                        .map_err(|m| invalid(Some(spanned.span()), m))?;
+                    ProviderConfig::File {
+                        path: resolve(&path),
+                        after_write,
+                    }
+                }
+                ProviderConfig::Command { command } => {
+                    check_command(name, "command", Some(&command))
+                        .map_err(|m| invalid(Some(spanned.span()), m))?;
+                    ProviderConfig::Command { command }
                 }
             };
             providers.insert(name.clone(), p);
@@ -611,9 +643,10 @@ fn serves(kind: &ProviderConfig, role: Role) -> bool {
             | (ProviderConfig::StorageKeys { .. }, Role::Rotator)
             | (ProviderConfig::OauthToken { .. }, Role::Rotator)
             | (
-                ProviderConfig::EnvFile { .. },
+                ProviderConfig::EnvFile { .. } | ProviderConfig::File { .. },
                 Role::Dependent | Role::Verifier
             )
+            | (ProviderConfig::Command { .. }, Role::Verifier)
             | (
                 ProviderConfig::PostgresRole { .. },
                 Role::Rotator | Role::Verifier
@@ -626,12 +659,25 @@ fn kind_name(kind: &ProviderConfig) -> &'static str {
         ProviderConfig::Random { .. } => "kind random",
         ProviderConfig::LocalVault { .. } => "kind local_vault",
         ProviderConfig::EnvFile { .. } => "kind env_file",
+        ProviderConfig::File { .. } => "kind file",
+        ProviderConfig::Command { .. } => "kind command",
         ProviderConfig::KeyVault { .. } => "kind key_vault",
         ProviderConfig::AppSetting { .. } => "kind app_setting",
         ProviderConfig::EntraPassword { .. } => "kind entra_password",
         ProviderConfig::StorageKeys { .. } => "kind storage_keys",
         ProviderConfig::OauthToken { .. } => "kind oauth_token",
         ProviderConfig::PostgresRole { .. } => "kind postgres_role",
+    }
+}
+
+/// A command is a program and its arguments (no shell): at least the program.
+fn check_command(name: &str, field: &str, command: Option<&[String]>) -> Result<(), String> {
+    match command {
+        Some([program, ..]) if !program.trim().is_empty() => Ok(()),
+        Some(_) => Err(format!(
+            "provider {name}: {field} must name a program, e.g. {field} = [\"systemctl\", \"reload\", \"app\"]"
+        )),
+        None => Ok(()),
     }
 }
 

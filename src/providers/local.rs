@@ -437,60 +437,241 @@ impl Provider for LocalVault {
     }
 }
 
-/// An env-style file (`KEY=value` lines) in which rekey owns one line.
-#[derive(Debug)]
-pub struct EnvFile {
-    path: PathBuf,
-    key: String,
+/// How a file dependent holds the value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileFormat {
+    /// An env-style file (`KEY=value` lines) in which rekey owns the line `key`.
+    Env { key: String },
+    /// The whole file is the value.
+    Raw,
 }
 
-impl EnvFile {
-    /// The line `key=...` of the file at `path`.
+/// A file an application reads the secret from, written atomically with mode 0600, and
+/// optionally a command run after each change (e.g. a reload).
+#[derive(Debug)]
+pub struct FileDependent {
+    path: PathBuf,
+    format: FileFormat,
+    after_write: Option<Vec<String>>,
+}
+
+/// The env-file dependent, by its most common name.
+pub type EnvFile = FileDependent;
+
+/// Longest a hook or verification command may run.
+pub const COMMAND_TIMEOUT_MS: u64 = 60_000;
+
+impl FileDependent {
+    /// The line `key=...` of the env file at `path`.
     pub fn new(path: impl Into<PathBuf>, key: impl Into<String>) -> Self {
         Self {
             path: path.into(),
-            key: key.into(),
+            format: FileFormat::Env { key: key.into() },
+            after_write: None,
         }
     }
 
-    /// The current value of our line, if any.
+    /// The whole file at `path`.
+    pub fn raw(path: impl Into<PathBuf>) -> Self {
+        Self {
+            path: path.into(),
+            format: FileFormat::Raw,
+            after_write: None,
+        }
+    }
+
+    /// Runs `command` (program and arguments, no shell) after every change of the file.
+    pub fn with_after_write(mut self, command: Vec<String>) -> Self {
+        self.after_write = Some(command);
+        self
+    }
+
+    fn what(&self) -> String {
+        match &self.format {
+            FileFormat::Env { key } => format!("{} ({key})", self.path.display()),
+            FileFormat::Raw => self.path.display().to_string(),
+        }
+    }
+
+    /// The current value, if any.
     pub fn read(&self) -> Result<Option<SecretValue>, ProviderError> {
         let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
+            Ok(t) => zeroize::Zeroizing::new(t),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(io_error("cannot read", &self.path, &e)),
         };
-        let prefix = format!("{}=", self.key);
-        Ok(text
-            .lines()
-            .find_map(|l| l.strip_prefix(&prefix))
-            .map(SecretValue::new))
+        Ok(match &self.format {
+            FileFormat::Env { key } => {
+                let prefix = format!("{key}=");
+                text.lines()
+                    .find_map(|l| l.strip_prefix(&prefix))
+                    .map(SecretValue::new)
+            }
+            FileFormat::Raw => Some(SecretValue::new(text.as_str())),
+        })
     }
 
-    /// Sets our line to `value` (or removes it), leaving every other line as it was.
-    fn write(&self, value: Option<&SecretValue>) -> Result<(), ProviderError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => t,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
-            Err(e) => return Err(io_error("cannot read", &self.path, &e)),
-        };
-        let prefix = format!("{}=", self.key);
-        let mut lines: Vec<String> = text
-            .lines()
-            .filter(|l| !l.starts_with(&prefix))
-            .map(str::to_owned)
-            .collect();
-        if let Some(v) = value {
-            lines.push(format!("{prefix}{}", v.expose()));
+    /// Sets the value (or removes it), leaving every other line as it was, then runs the
+    /// hook. Writes nothing, and runs nothing, when the file already says `value`.
+    async fn write(&self, value: Option<&SecretValue>) -> Result<(), ProviderError> {
+        if self.read()?.as_ref() == value {
+            return Ok(());
         }
-        let mut out = lines.join("\n");
-        out.push('\n');
+        let out = match &self.format {
+            FileFormat::Env { key } => {
+                let text = match std::fs::read_to_string(&self.path) {
+                    Ok(t) => zeroize::Zeroizing::new(t),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+                    Err(e) => return Err(io_error("cannot read", &self.path, &e)),
+                };
+                let prefix = format!("{key}=");
+                let mut lines: Vec<String> = text
+                    .lines()
+                    .filter(|l| !l.starts_with(&prefix))
+                    .map(str::to_owned)
+                    .collect();
+                if let Some(v) = value {
+                    lines.push(format!("{prefix}{}", v.expose()));
+                }
+                let mut out = lines.join("\n");
+                out.push('\n');
+                zeroize::Zeroizing::new(out)
+            }
+            FileFormat::Raw => {
+                zeroize::Zeroizing::new(value.map_or(String::new(), |v| v.expose().to_owned()))
+            }
+        };
         write_atomic(&self.path, out.as_bytes())
-            .map_err(|e| io_error("cannot write", &self.path, &e))
+            .map_err(|e| io_error("cannot write", &self.path, &e))?;
+        if let Some(command) = &self.after_write {
+            run_command(
+                command,
+                None,
+                value,
+                &format!("after writing {}", self.what()),
+            )
+            .await?;
+        }
+        Ok(())
     }
 }
 
-impl Provider for EnvFile {
+/// Runs `command` (no shell), feeding `stdin` if given, within [`COMMAND_TIMEOUT_MS`].
+/// A failure's message quotes the end of its stderr with `secret` scrubbed out.
+async fn run_command(
+    command: &[String],
+    stdin: Option<&SecretValue>,
+    secret: Option<&SecretValue>,
+    purpose: &str,
+) -> Result<(), ProviderError> {
+    use tokio::io::AsyncWriteExt;
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| ProviderError::permanent(format!("{purpose}: the command is empty")))?;
+    let mut child = tokio::process::Command::new(program)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|e| ProviderError::permanent(format!("{purpose}: cannot start {program}: {e}")))?;
+    if let Some(mut pipe) = child.stdin.take() {
+        if let Some(v) = stdin {
+            // A command that exits without reading its input is judged by its exit code.
+            let _ = pipe.write_all(v.expose().as_bytes()).await;
+        }
+        drop(pipe);
+    }
+    let output = tokio::time::timeout(
+        std::time::Duration::from_millis(COMMAND_TIMEOUT_MS),
+        child.wait_with_output(),
+    )
+    .await
+    .map_err(|_| {
+        ProviderError::transient(format!(
+            "{purpose}: {program} did not finish within {} s",
+            COMMAND_TIMEOUT_MS / 1000
+        ))
+    })?
+    .map_err(|e| ProviderError::transient(format!("{purpose}: waiting for {program}: {e}")))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    let mut stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    for v in [stdin, secret].into_iter().flatten() {
+        if !v.expose().is_empty() {
+            stderr = stderr.replace(v.expose(), "[redacted]");
+        }
+    }
+    let tail: String = stderr
+        .trim()
+        .chars()
+        .rev()
+        .take(300)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    Err(ProviderError::permanent(format!(
+        "{purpose}: {program} failed ({}){}",
+        output.status,
+        if tail.is_empty() {
+            String::new()
+        } else {
+            format!(": {tail}")
+        }
+    )))
+}
+
+/// A verifier that runs a command with the new value on its standard input; exit status 0
+/// means the value works (e.g. a script that logs in with it).
+#[derive(Debug)]
+pub struct CommandVerifier {
+    pub command: Vec<String>,
+}
+
+impl Provider for CommandVerifier {
+    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move {
+            match (call.step.action, call.value) {
+                (Action::Verify, Some(v)) => {
+                    run_command(&self.command, Some(v), Some(v), "verification").await?;
+                    Ok(Applied::default())
+                }
+                _ => Err(unsupported(call, "verification command")),
+            }
+        })
+    }
+
+    fn compensate<'a>(
+        &'a self,
+        call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        Box::pin(async move { Err(unsupported(call, "verification command")) })
+    }
+
+    fn reconcile<'a>(
+        &'a self,
+        _call: &'a Call<'a>,
+    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+        // Verification changes nothing: it may always run again.
+        Box::pin(async { Ok(Reconciled::NotApplied) })
+    }
+
+    fn read_value<'a>(
+        &'a self,
+        _version: &'a str,
+    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
+        Box::pin(async {
+            Err(ProviderError::permanent(
+                "a verification command holds no values",
+            ))
+        })
+    }
+}
+
+impl Provider for FileDependent {
     fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
         Box::pin(async move {
             match (call.step.action, call.value) {
@@ -507,7 +688,7 @@ impl Provider for EnvFile {
                     value: None,
                 }),
                 (Action::Update, Some(v)) => {
-                    self.write(Some(v))?;
+                    self.write(Some(v)).await?;
                     Ok(Applied::default())
                 }
                 (Action::Verify, Some(v)) => {
@@ -515,9 +696,8 @@ impl Provider for EnvFile {
                         Ok(Applied::default())
                     } else {
                         Err(ProviderError::permanent(format!(
-                            "verification failed: {} does not hold the new value of {}",
-                            self.path.display(),
-                            self.key
+                            "verification failed: {} does not hold the new value",
+                            self.what()
                         )))
                     }
                 }
@@ -533,7 +713,7 @@ impl Provider for EnvFile {
         Box::pin(async move {
             match call.step.action {
                 Action::Revert => {
-                    self.write(call.value)?;
+                    self.write(call.value).await?;
                     Ok(Applied::default())
                 }
                 _ => Err(unsupported(call, "file")),
