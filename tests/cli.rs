@@ -391,3 +391,25 @@ fn file_hooks_run_once_per_change_and_a_failing_check_compensates() {
     );
     assert!(!events.contains(&value), "a secret value is in the journal");
 }
+
+#[test]
+fn a_rotation_left_waiting_is_finished_by_resume() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let config = hooks_config(r#"["true"]"#).replace("grace = \"0s\"", "grace = \"1s\"");
+    std::fs::write(dir.join("rekey.toml"), config).unwrap();
+    let out = rekey(&["rotate", "api", "--json"], dir);
+    let started: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(started[0]["result"], "waiting out the grace period");
+    let status = rekey(&["status", "api", "--json"], dir);
+    let rows: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(rows[0]["open_rotation"]["phase"], "grace");
+
+    let out = rekey(&["resume", "--wait", "--json"], dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let resumed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(resumed[0]["rotation_id"], started[0]["rotation_id"]);
+    assert_eq!(resumed[0]["result"], "completed");
+    let again = rekey(&["resume", "--json"], dir);
+    assert_eq!(text(&again.stdout).trim(), "[]", "nothing left to resume");
+}

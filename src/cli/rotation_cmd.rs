@@ -158,19 +158,67 @@ pub async fn rotate(config: &Path, secret: &str, wait: bool, json: bool) -> Resu
 
 /// `rekey resume`.
 pub async fn resume(config: &Path, wait: bool, json: bool) -> Result<u8> {
-    let env = Env::open(config)?;
-    let mut outcomes = Vec::new();
-    for id in env.runner.open_rotations().await? {
-        let secret = env
-            .journal
-            .stream_info(&id)?
-            .and_then(|i| i.subject)
-            .unwrap_or_default();
-        let progress = env.drive(&id, wait).await?;
-        outcomes.push(Outcome::new(&id, &secret, &progress));
+    let env = Arc::new(Env::open(config)?);
+    let open = env.runner.open_rotations().await?;
+    let bar = progress_bar(open.len() as u64, json);
+    // Rotations are independent: drive several at once, so one waiting out its grace
+    // period does not hold up the rest.
+    let limit = Arc::new(tokio::sync::Semaphore::new(RESUME_PARALLEL_MAX));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, id) in open.into_iter().enumerate() {
+        let (env, limit, bar) = (env.clone(), limit.clone(), bar.clone());
+        tasks.spawn(async move {
+            let _permit = limit.acquire_owned().await?;
+            let secret = env
+                .journal
+                .stream_info(&id)?
+                .and_then(|info| info.subject)
+                .unwrap_or_default();
+            let progress = env.drive(&id, wait).await?;
+            bar.inc(1);
+            anyhow::Ok((i, Outcome::new(&id, &secret, &progress)))
+        });
     }
+    let mut outcomes = Vec::new();
+    let mut failures = Vec::new();
+    while let Some(joined) = tasks.join_next().await {
+        match joined? {
+            Ok(outcome) => outcomes.push(outcome),
+            Err(e) => failures.push(format!("{e:#}")),
+        }
+    }
+    bar.finish_and_clear();
+    outcomes.sort_by_key(|(i, _)| *i);
+    let outcomes: Vec<Outcome> = outcomes.into_iter().map(|(_, o)| o).collect();
     print_outcomes(&outcomes, json)?;
-    Ok(exit::OK)
+    if failures.is_empty() {
+        Ok(exit::OK)
+    } else {
+        for f in &failures {
+            eprintln!("rekey: {f}");
+        }
+        Ok(exit::FAILED)
+    }
+}
+
+/// Rotations `resume` drives at once.
+const RESUME_PARALLEL_MAX: usize = 16;
+
+/// A progress bar on stderr when a person is watching and there is much to do; hidden
+/// otherwise (pipes, `--json`, a handful of rotations).
+fn progress_bar(len: u64, json: bool) -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if json || len < 10 || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(len);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} rotations resumed ({elapsed})",
+        )
+        .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }
 
 /// One secret's status row.
