@@ -13,7 +13,7 @@ use serde_json::json;
 use url::Url;
 
 use super::credential::Credential;
-use super::http::{Body, Http, Op, Response, classify};
+use super::http::{Authed, Body, Http, Op, Response, classify};
 use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
 use crate::saga::Action;
 
@@ -131,6 +131,15 @@ impl KeyVaultStore {
         Ok(scope)
     }
 
+    /// An authenticated client for the scope the vault's challenge named.
+    async fn authed(&self) -> Result<Authed, ProviderError> {
+        Ok(Authed {
+            http: self.http.clone(),
+            credential: self.credential.clone(),
+            scope: self.scope().await?,
+        })
+    }
+
     /// One authenticated call; any status comes back as a response.
     async fn send(
         &self,
@@ -138,9 +147,7 @@ impl KeyVaultStore {
         url: &Url,
         body: Body<'_>,
     ) -> Result<Response, ProviderError> {
-        let scope = self.scope().await?;
-        let token = self.credential.token(&scope).await?;
-        self.http.send(method, url, Some(&token), &[], body).await
+        self.authed().await?.send(method, url, body).await
     }
 
     /// One authenticated call; non-2xx becomes a classified error.
@@ -151,12 +158,7 @@ impl KeyVaultStore {
         body: Body<'_>,
         op: Op<'_>,
     ) -> Result<Response, ProviderError> {
-        let resp = self.send(method, url, body).await?;
-        if resp.ok() {
-            Ok(resp)
-        } else {
-            Err(classify(op, &resp))
-        }
+        self.authed().await?.call(method, url, body, op).await
     }
 
     fn op<'a>(action: &'a str, resource: &'a str, grant: &'a str) -> Op<'a> {
