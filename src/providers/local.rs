@@ -402,11 +402,22 @@ impl Provider for LocalVault {
                 let tagged = vs
                     .iter()
                     .find(|v| v.tags.get(KEY_TAG).map(String::as_str) == Some(call.key));
+                let disabled = |id: Option<&str>| {
+                    id.is_none_or(|id| vs.iter().any(|v| v.id == id && !v.enabled))
+                };
                 let found = match (call.step.action, tagged) {
+                    // Disabling is done when the version is disabled already, so a crash
+                    // after it does not count as a second retirement.
+                    (Action::DisableOld, _) if disabled(call.captured) => {
+                        Reconciled::Applied { id: None }
+                    }
+                    (Action::Restore, _) if call.value.is_none() && disabled(call.produced) => {
+                        Reconciled::Applied { id: None }
+                    }
                     (Action::Write | Action::Restore, Some(v)) => Reconciled::Applied {
                         id: Some(v.id.clone()),
                     },
-                    // Capture and disable are safe to repeat.
+                    // Capture is safe to repeat.
                     _ => Reconciled::NotApplied,
                 };
                 Ok((found, false))

@@ -206,15 +206,26 @@ impl<J: RunnerJournal> Runner<J> {
             let (events, seq) = self.read_lock(&lock_stream)?;
             let (event, outcome) = match lock::open_rotation(&events) {
                 Some(LockEvent::Opened {
-                    rotation_id: open, ..
-                }) => (
-                    LockEvent::Coalesced {
-                        into: open.clone(),
-                        trigger: trigger.clone(),
-                        actor: actor.to_owned(),
-                    },
-                    Requested::Coalesced { into: open.clone() },
-                ),
+                    rotation_id: open,
+                    plan: open_plan,
+                    trigger: open_trigger,
+                    actor: open_actor,
+                }) => {
+                    // A crash between the two appends left the lock without its rotation
+                    // stream: create it, so the trigger coalesces into a real rotation.
+                    if self.journal.stream_info(open)?.is_none() {
+                        self.create_rotation_stream(open, open_plan, open_trigger, open_actor)
+                            .await?;
+                    }
+                    (
+                        LockEvent::Coalesced {
+                            into: open.clone(),
+                            trigger: trigger.clone(),
+                            actor: actor.to_owned(),
+                        },
+                        Requested::Coalesced { into: open.clone() },
+                    )
+                }
                 _ => (
                     LockEvent::Opened {
                         rotation_id: rotation_id.clone(),
@@ -280,6 +291,12 @@ impl<J: RunnerJournal> Runner<J> {
         match self.journal.append(append).await {
             // Someone (a resume after a crash) created it first: the same request.
             Ok(_) | Err(rekey_journal::Error::Conflict { .. }) => Ok(()),
+            // A runner holding its lease has created it meanwhile.
+            Err(rekey_journal::Error::LeaseHeld { .. })
+                if self.journal.stream_info(rotation_id)?.is_some() =>
+            {
+                Ok(())
+            }
             Err(e) => Err(e.into()),
         }
     }
@@ -384,6 +401,12 @@ impl<J: RunnerJournal> Runner<J> {
             set: &self.driving,
             rotation_id: rotation_id.to_owned(),
         };
+        // No lease is taken on a stream that does not exist: it would block its creation.
+        if self.journal.stream_info(rotation_id)?.is_none() {
+            return Err(Error::UnknownRotation {
+                rotation: rotation_id.to_owned(),
+            });
+        }
         let lease = match self
             .journal
             .acquire(rotation_id, &self.options.owner, self.options.lease_ttl_ms)
@@ -395,7 +418,13 @@ impl<J: RunnerJournal> Runner<J> {
             }
             Err(e) => return Err(e.into()),
         };
-        let (state, seq) = self.load(rotation_id)?;
+        let (state, seq) = match self.load(rotation_id) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                let _ = self.journal.release(&lease).await;
+                return Err(e);
+            }
+        };
         let span = crate::telemetry::rotation_span(rotation_id, &state.plan.secret);
         let mut d = Driving { state, seq, lease };
         let result = self.drive_leased(&mut d).instrument(span).await;

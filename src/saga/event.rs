@@ -80,6 +80,13 @@ impl Action {
         }
     }
 
+    /// Whether the undo puts the target back to what was captured, and so is harmless
+    /// when the forward step never landed. Such a step is undone whenever it was started:
+    /// a dependent cannot always tell whether an update whose response was lost landed.
+    pub fn undo_sets_captured_state(self) -> bool {
+        self == Action::Update
+    }
+
     /// Forward steps may give up (and the rotation compensates); retirement and undo
     /// steps never give up, because nothing may be left half-done.
     pub fn may_abandon(self) -> bool {

@@ -169,12 +169,17 @@ impl Rotation {
         steps
     }
 
-    /// Undo steps: the compensation of every applied forward step, newest first.
+    /// Undo steps: the compensation of every applied forward step, newest first, and of
+    /// every started step whose undo is harmless if it never landed.
     pub fn undo_steps(&self) -> Vec<StepId> {
         self.forward_steps()
             .into_iter()
             .rev()
-            .filter(|s| matches!(self.steps.get(s), Some(StepStatus::Succeeded { .. })))
+            .filter(|s| match self.steps.get(s) {
+                Some(StepStatus::Succeeded { .. }) => true,
+                Some(_) => s.action.undo_sets_captured_state(),
+                None => false,
+            })
             .filter_map(|s| s.action.undo().map(|undo| StepId { action: undo, ..s }))
             .collect()
     }

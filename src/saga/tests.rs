@@ -275,6 +275,7 @@ fn exhausted_attempts_compensate_and_undo_steps_never_give_up() {
             wait Backoff +1000ms
             reconcile update#2 -> not applied
             StartCompensation { reason: "step update#2 failed after 3 attempt(s): boom" }
+            run revert#2 attempt 1
             run restore#1 attempt 1 -> Permanent
             reconcile restore#1 -> not applied
             run restore#1 attempt 2 -> Transient

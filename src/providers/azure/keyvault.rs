@@ -315,6 +315,17 @@ impl KeyVaultStore {
             .map(str::to_owned))
     }
 
+    /// Whether version `id` of `secret` is listed as disabled (a missing version counts
+    /// as not disabled: the caller's step then runs and reports what it finds).
+    async fn is_disabled(&self, secret: &str, id: &str) -> Result<bool, ProviderError> {
+        Ok(self.versions(secret).await?.iter().any(|v| {
+            v["id"]
+                .as_str()
+                .is_some_and(|listed| listed.eq_ignore_ascii_case(id))
+                && v["attributes"]["enabled"].as_bool() == Some(false)
+        }))
+    }
+
     /// The newest enabled version (versions are not listed in order).
     async fn newest_enabled(&self, secret: &str) -> Result<Option<String>, ProviderError> {
         Ok(self
@@ -482,13 +493,29 @@ impl Provider for KeyVaultStore {
     ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
         Box::pin(async move {
             match call.step.action {
+                // A restore of a secret that did not exist disables the new version.
+                Action::Restore if call.value.is_none() => Ok(match call.produced {
+                    Some(new) if !self.is_disabled(call.secret, new).await? => {
+                        Reconciled::NotApplied
+                    }
+                    _ => Reconciled::Applied { id: None },
+                }),
                 Action::Write | Action::Restore => {
                     Ok(match self.find_tagged(call.secret, call.key).await? {
                         Some(id) => Reconciled::Applied { id: Some(id) },
                         None => Reconciled::NotApplied,
                     })
                 }
-                // Reading and enabling/disabling are safe to repeat.
+                // Disabling is found done when the version already is disabled, so a
+                // lost response does not count as a second retirement.
+                Action::DisableOld => Ok(match call.captured {
+                    Some(old) if self.is_disabled(call.secret, old).await? => {
+                        Reconciled::Applied { id: None }
+                    }
+                    Some(_) => Reconciled::NotApplied,
+                    None => Reconciled::Applied { id: None },
+                }),
+                // Reading is safe to repeat.
                 _ => Ok(Reconciled::NotApplied),
             }
         })
