@@ -2,6 +2,7 @@
 
 mod azure;
 mod cli;
+mod crash;
 mod fake_azure;
 mod fake_azure_selftest;
 mod postgres;
