@@ -13,6 +13,7 @@ use super::{
 };
 use crate::provider::{Provider, SecretValue};
 use crate::providers::azure::appservice::{AppSetting, Mode, SiteLocks};
+use crate::providers::azure::certificate::ClientCertificate;
 use crate::providers::azure::credential::{Credential, Source, TokenCache};
 use crate::providers::azure::graph::AppPasswords;
 use crate::providers::azure::http::{Authed, Http};
@@ -76,6 +77,17 @@ impl Config {
                     tenant: tenant.clone(),
                     client_id: client_id.clone(),
                     secret: secret_env(&what, client_secret_env)?,
+                },
+                CredentialConfig::ClientCertificate {
+                    tenant,
+                    client_id,
+                    certificate_file,
+                } => Source::ClientCertificate {
+                    authority: self.azure.endpoints.authority.clone(),
+                    tenant: tenant.clone(),
+                    client_id: client_id.clone(),
+                    certificate: ClientCertificate::from_pem_file(certificate_file)
+                        .map_err(|e| build_err(what.clone(), e.to_string()))?,
                 },
                 CredentialConfig::ManagedIdentity {
                     client_id,

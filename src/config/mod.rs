@@ -245,6 +245,13 @@ pub enum CredentialConfig {
         client_id: String,
         client_secret_env: String,
     },
+    /// A service principal's certificate: a PEM file holding its RSA private key and the
+    /// certificate uploaded to the app registration.
+    ClientCertificate {
+        tenant: String,
+        client_id: String,
+        certificate_file: PathBuf,
+    },
     /// A managed identity through the instance metadata service.
     ManagedIdentity {
         client_id: Option<String>,
@@ -388,7 +395,19 @@ impl Config {
                     ),
                 ));
             }
-            credentials.insert(name.clone(), spanned.get_ref().clone());
+            let credential = match spanned.get_ref().clone() {
+                CredentialConfig::ClientCertificate {
+                    tenant,
+                    client_id,
+                    certificate_file,
+                } => CredentialConfig::ClientCertificate {
+                    tenant,
+                    client_id,
+                    certificate_file: resolve(&certificate_file),
+                },
+                other => other,
+            };
+            credentials.insert(name.clone(), credential);
         }
         let azure = azure_endpoints(raw.azure.as_ref()).map_err(|m| invalid(None, m))?;
         let lease_ttl_ms = match raw.runner.as_ref().and_then(|r| r.lease_ttl.as_ref()) {

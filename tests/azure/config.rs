@@ -248,3 +248,39 @@ client_secret_env = "{SECRET_VAR}"
     );
     assert_eq!(settings["DB_HOST"], "db");
 }
+
+/// A `client_certificate` credential names its file relative to the config; a file that
+/// is missing, or holds no private key, is refused at build time with the credential and
+/// the reason named.
+#[tokio::test]
+async fn client_certificate_files_are_checked_when_providers_are_built() {
+    let env = Env::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let text = config_text(&env).replace(
+        &format!(
+            "kind = \"client_secret\"\ntenant = \"{}\"",
+            FakeAzure::TENANT
+        ),
+        &format!(
+            "kind = \"client_certificate\"\ncertificate_file = \"sp.pem\"\ntenant = \"{}\"",
+            FakeAzure::TENANT
+        ),
+    );
+    let text = text.replace(&format!("client_secret_env = \"{SECRET_VAR}\"\n"), "");
+    assert!(text.contains("client_certificate"), "template changed");
+    let config = Config::parse(&tmp.path().join("rekey.toml"), &text).unwrap();
+    let build = || config.build_providers(env.clock.clone(), &|_| None);
+    let missing = build().expect_err("no certificate file yet").to_string();
+    assert!(missing.contains("credential x"), "{missing}");
+    assert!(
+        missing.contains("cannot read certificate file") && missing.contains("sp.pem"),
+        "{missing}"
+    );
+    std::fs::write(
+        tmp.path().join("sp.pem"),
+        "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n",
+    )
+    .unwrap();
+    let no_key = build().expect_err("no private key").to_string();
+    assert!(no_key.contains("holds no private key"), "{no_key}");
+}

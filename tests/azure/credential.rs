@@ -1,11 +1,12 @@
 //! Token sources and where tokens may go: per-scope caching, managed identity through IMDS
-//! and App Service (whose expiries are strings), and the refusal to send a token to a
+//! and App Service (whose expiries are strings), client certificates, and the refusal to send a token to a
 //! non-loopback plain-HTTP URL.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use rekey::provider::{Provider, SecretValue};
+use rekey::providers::azure::certificate::ClientCertificate;
 use rekey::providers::azure::credential::{Credential, Source, TokenCache};
 use rekey::providers::azure::keyvault::KeyVaultStore;
 use rekey::saga::{Action, ErrorClass};
@@ -190,4 +191,119 @@ async fn no_token_or_client_secret_goes_to_a_non_loopback_http_url() {
             .all(|r| !r.body.contains("never-sent")),
         "the secret went somewhere"
     );
+}
+
+/// A self-signed RSA certificate and its PEM file (private key, then certificate).
+fn certificate() -> (openssl::x509::X509, Vec<u8>) {
+    use openssl::hash::MessageDigest;
+    use openssl::pkey::PKey;
+    use openssl::rsa::Rsa;
+    use openssl::x509::{X509, X509NameBuilder};
+    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", "rekey-it").unwrap();
+    let name = name.build();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(30).unwrap())
+        .unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    let cert = b.build();
+    let mut pem = key.private_key_to_pem_pkcs8().unwrap();
+    pem.extend(cert.to_pem().unwrap());
+    (cert, pem)
+}
+
+fn certificate_source(env: &Env, client_id: &str, pem: &[u8]) -> TokenCache {
+    TokenCache::new(
+        env.http.clone(),
+        Source::ClientCertificate {
+            authority: url(&env.fake.authority_url()),
+            tenant: crate::fake_azure::FakeAzure::TENANT.to_owned(),
+            client_id: client_id.to_owned(),
+            certificate: ClientCertificate::from_pem(pem, "test.pem").unwrap(),
+        },
+    )
+}
+
+/// A service principal's certificate gets tokens: the signed assertion is checked by the
+/// fake authority (thumbprint, signature, audience, issuer, validity), the token opens the
+/// vault, and no private key material is sent.
+#[tokio::test]
+async fn client_certificate_assertions_get_tokens() {
+    let env = Env::start().await;
+    let (cert, pem) = certificate();
+    env.fake.register_client_certificate(
+        crate::fake_azure::FakeAzure::TENANT,
+        "cert-client",
+        &cert.to_der().unwrap(),
+    );
+    env.fake.kv_seed(VAULT, "cert-secret", "v");
+    let kv = KeyVaultStore::new(
+        env.http.clone(),
+        Arc::new(certificate_source(&env, "cert-client", &pem)),
+        url(&env.fake.keyvault_url(VAULT)),
+    )
+    .without_challenge_verification();
+    for _ in 0..2 {
+        let got = kv
+            .apply(&Step::new("cert-secret", Action::Capture).call())
+            .await
+            .unwrap();
+        assert!(got.id.is_some());
+    }
+    let logins: Vec<_> = env
+        .fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.service == Service::Login)
+        .collect();
+    assert_eq!(logins.len(), 1, "the token was not cached");
+    assert!(
+        logins[0].body.contains("client_assertion="),
+        "{}",
+        logins[0].body
+    );
+    let key_b64 = String::from_utf8_lossy(&pem)
+        .lines()
+        .nth(1)
+        .unwrap()
+        .to_owned();
+    assert!(
+        env.fake
+            .requests()
+            .iter()
+            .all(|r| !r.body.contains(&key_b64) && !r.body.contains("client_secret")),
+        "key material or a secret was sent"
+    );
+}
+
+/// A certificate the app registration does not hold, or one registered for another client,
+/// is refused permanently with the authority's reason, and nothing is retried.
+#[tokio::test]
+async fn unregistered_certificates_are_refused_with_the_reason() {
+    let env = Env::start().await;
+    let (registered, _) = certificate();
+    let (_, other_pem) = certificate();
+    env.fake.register_client_certificate(
+        crate::fake_azure::FakeAzure::TENANT,
+        "cert-client",
+        &registered.to_der().unwrap(),
+    );
+    let err = certificate_source(&env, "cert-client", &other_pem)
+        .token(KV_SCOPE)
+        .await
+        .unwrap_err();
+    assert_eq!(err.class, ErrorClass::Permanent, "{}", err.message);
+    assert!(
+        err.message.contains("not registered on application"),
+        "{}",
+        err.message
+    );
+    assert_eq!(requests_to(&env, Service::Login), 1);
 }

@@ -15,6 +15,7 @@ use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use serde_json::{Value, json};
 
+use super::assertion;
 use super::faults::{self, Gate, Route};
 use super::http::{self, Incoming, Reply, with_header};
 use super::ids;
@@ -193,7 +194,7 @@ async fn token(shared: &Shared, incoming: &Incoming, tenant: &str) -> Reply {
         tenant,
         client_id,
         param("client_secret"),
-        param("client_assertion"),
+        param("client_assertion").map(|a| (param("client_assertion_type"), a)),
     ) {
         Ok(p) => p,
         Err(response) => return (*response).into(),
@@ -249,7 +250,7 @@ fn authenticate(
     tenant: &str,
     client_id: &str,
     secret: Option<&str>,
-    assertion: Option<&str>,
+    assertion: Option<(Option<&str>, &str)>,
 ) -> Result<String, Box<Response>> {
     let now_ms = shared.now_ms();
     let state = shared.lock();
@@ -274,14 +275,29 @@ fn authenticate(
         )));
     }
     let Some(secret) = secret else {
-        if assertion.is_some() {
-            return Err(Box::new(aad_error(
-                shared,
-                StatusCode::BAD_REQUEST,
-                "invalid_request",
-                700_027,
-                "The fake authority supports client_secret only, not client_assertion.",
-            )));
+        if let Some((kind, jwt)) = assertion {
+            let fail = |status, error, code, message: &str| {
+                Box::new(aad_error(shared, status, error, code, message))
+            };
+            if kind != Some(assertion::TYPE) {
+                return Err(fail(
+                    StatusCode::BAD_REQUEST,
+                    "invalid_request",
+                    700_027,
+                    "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
+                ));
+            }
+            let certificates = registered.map_or(&[][..], |c| &c.certificates[..]);
+            let audience = format!("{}/{tenant}/oauth2/v2.0/token", shared.urls.authority);
+            return match assertion::check(jwt, client_id, &audience, certificates, now_ms / 1000) {
+                Ok(()) => Ok(registered.map_or_else(String::new, |c| c.principal_id.clone())),
+                Err(assertion::Rejected { code, message }) => Err(fail(
+                    StatusCode::UNAUTHORIZED,
+                    "invalid_client",
+                    code,
+                    &message,
+                )),
+            };
         }
         return Err(Box::new(aad_error(
             shared,

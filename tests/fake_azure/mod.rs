@@ -23,6 +23,7 @@
 #![allow(dead_code)]
 
 mod arm;
+mod assertion;
 mod bearer;
 mod effects;
 mod faults;
@@ -174,6 +175,15 @@ impl FakeAzure {
             .lock()
             .principals
             .register_client(tenant, client_id, secret);
+    }
+
+    /// Registers a certificate (DER) with which a service principal may sign client
+    /// assertions instead of sending a secret.
+    pub fn register_client_certificate(&self, tenant: &str, client_id: &str, der: &[u8]) {
+        self.shared
+            .lock()
+            .principals
+            .register_client_certificate(tenant, client_id, der);
     }
 
     /// The client id of the system-assigned managed identity (used when a managed-identity

@@ -10,6 +10,8 @@ use super::ids;
 #[derive(Debug, Clone)]
 pub struct Client {
     pub secrets: Vec<String>,
+    /// Certificates uploaded to the app registration (DER), for client assertions.
+    pub certificates: Vec<Vec<u8>>,
     /// The `oid` of its tokens.
     pub principal_id: String,
 }
@@ -53,11 +55,21 @@ impl Principals {
     /// Adds `secret` to client `client_id` of `tenant` (creating the client).
     pub fn register_client(&mut self, tenant: &str, client_id: &str, secret: &str) {
         let key = (tenant.to_ascii_lowercase(), client_id.to_ascii_lowercase());
-        let client = self.clients.entry(key).or_insert_with(|| Client {
+        self.client_entry(key).secrets.push(secret.to_owned());
+    }
+
+    /// Adds a certificate (DER) to client `client_id` of `tenant` (creating the client).
+    pub fn register_client_certificate(&mut self, tenant: &str, client_id: &str, der: &[u8]) {
+        let key = (tenant.to_ascii_lowercase(), client_id.to_ascii_lowercase());
+        self.client_entry(key).certificates.push(der.to_vec());
+    }
+
+    fn client_entry(&mut self, key: (String, String)) -> &mut Client {
+        self.clients.entry(key).or_insert_with(|| Client {
             secrets: Vec::new(),
+            certificates: Vec::new(),
             principal_id: ids::random_uuid(),
-        });
-        client.secrets.push(secret.to_owned());
+        })
     }
 
     pub fn client(&self, tenant: &str, client_id: &str) -> Option<&Client> {

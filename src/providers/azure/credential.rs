@@ -1,10 +1,10 @@
-//! Credentials rekey uses to call Azure: a client secret, a managed identity (IMDS or the
-//! App Service `IDENTITY_ENDPOINT`), or a static bearer token (CI pipelines). Tokens are
+//! Credentials rekey uses to call Azure: a client secret or certificate, a managed identity
+//! (IMDS or the App Service `IDENTITY_ENDPOINT`), or a static bearer token (CI pipelines). Tokens are
 //! cached per scope and refreshed before they expire.
 //!
 //! Written by hand rather than with `azure_identity`: that crate cannot point its managed
 //! identity and authority endpoints at loopback test servers without its own test hooks,
-//! and what rekey needs is four small HTTP exchanges.
+//! and what rekey needs is five small HTTP exchanges.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -12,6 +12,7 @@ use std::sync::Mutex;
 use serde_json::Value;
 use url::Url;
 
+use super::certificate::{ASSERTION_TYPE, ClientCertificate};
 use super::http::{Body, Http, Op, classify};
 use crate::provider::{BoxFuture, ProviderError, SecretValue};
 
@@ -36,6 +37,13 @@ pub enum Source {
         tenant: String,
         client_id: String,
         secret: SecretValue,
+    },
+    /// OAuth 2.0 client credentials (v2 endpoint) with a signed certificate assertion.
+    ClientCertificate {
+        authority: Url,
+        tenant: String,
+        client_id: String,
+        certificate: ClientCertificate,
     },
     /// Managed identity through the instance metadata service.
     Imds {
@@ -94,6 +102,33 @@ impl TokenCache {
             } => {
                 let url = token_url(authority, tenant)?;
                 client_credentials(&self.http, &url, client_id, secret, scope).await
+            }
+            Source::ClientCertificate {
+                authority,
+                tenant,
+                client_id,
+                certificate,
+            } => {
+                let url = token_url(authority, tenant)?;
+                let jti = {
+                    use rand::RngExt;
+                    let mut raw = [0u8; 16];
+                    rand::rng().fill(&mut raw[..]);
+                    hex::encode(raw)
+                };
+                let assertion = certificate.assertion(client_id, url.as_str(), now, &jti)?;
+                let form = [
+                    ("client_id", client_id.as_str()),
+                    ("scope", scope),
+                    ("client_assertion_type", ASSERTION_TYPE),
+                    ("client_assertion", assertion.as_str()),
+                    ("grant_type", "client_credentials"),
+                ];
+                let resp = self
+                    .http
+                    .send(reqwest::Method::POST, &url, None, &[], Body::Form(&form))
+                    .await?;
+                token_from(&resp, now, &format!("client {client_id}"), scope)
             }
             Source::Imds {
                 endpoint,
