@@ -4,11 +4,13 @@
 
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod provider;
 pub mod providers;
 pub mod retry;
 pub mod runner;
 pub mod saga;
+pub mod status;
 pub mod telemetry;
 
 pub use rekey_journal as journal;

@@ -3,6 +3,7 @@
 mod azure;
 mod cli;
 mod crash;
+mod daemon;
 mod fake_azure;
 mod fake_azure_selftest;
 mod postgres;

@@ -5,6 +5,7 @@ mod demo;
 mod journal_cmd;
 mod plan_cmd;
 mod rotation_cmd;
+mod run_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -109,6 +110,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Run the daemon: resume every open rotation, then rotate on schedules, Key Vault
+    /// events and API requests until SIGTERM/Ctrl-C (a second signal exits at once; both
+    /// are safe, `resume` or the next start finishes what is left).
+    #[command(
+        after_help = "Config ([daemon] section, all optional):\n  listen = \"127.0.0.1:8787\"          # API, /healthz, /readyz, /metrics, /eventgrid\n  api_token_env = \"REKEY_API_TOKEN\"   # bearer token for /v1; unset = /v1 off\n  max_concurrent_rotations = 64\n  webhook_secret_env = \"REKEY_WEBHOOK_SECRET\"\n\nExample:\n  REKEY_API_TOKEN=$(openssl rand -hex 32) rekey run --config /etc/rekey/rekey.toml"
+    )]
+    Run,
     /// Per secret: the open rotation and what it does next, and the last one that ended.
     Status {
         /// Only this secret.
@@ -168,6 +176,7 @@ pub fn main() -> ExitCode {
             clap_complete::generate(shell, &mut Cli::command(), "rekey", &mut std::io::stdout());
             Ok(exit::OK)
         }
+        Command::Run => block_on(run_cmd::run(&config)),
         Command::Resume { wait, json } => block_on(rotation_cmd::resume(&config, wait, json)),
         Command::Status { secret, json } => rotation_cmd::status(&config, secret.as_deref(), json),
         Command::Policy(PolicyCommand::Check { json }) => rotation_cmd::policy_check(&config, json),

@@ -6,20 +6,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use rekey_journal::{Clock, JournalRead, JournalScan, SqliteJournal, StreamFilter, SystemClock};
+use rekey_journal::{Clock, JournalRead, SqliteJournal, SystemClock};
 use serde::Serialize;
 
 use super::exit;
 use super::journal_cmd::format_ms;
 use crate::config::Config;
 use crate::runner::{Options, Progress, Requested, Runner};
-use crate::saga::{Command, Phase, Trigger, Wait, decide};
+use crate::saga::{Command, Phase, Trigger, Wait};
 
 /// A runner over the config's journal and providers, stamped by the system clock.
 pub struct Env {
     pub config: Config,
     pub journal: Arc<SqliteJournal>,
-    pub runner: Runner<SqliteJournal>,
+    pub runner: Arc<Runner<SqliteJournal>>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -29,6 +29,17 @@ impl Env {
     /// # Errors
     /// Config and journal errors, each naming the file and what to do.
     pub fn open(path: &Path) -> Result<Self> {
+        Self::open_observed(path, None)
+    }
+
+    /// As [`Env::open`], with `observer` told of every event the runner journals.
+    ///
+    /// # Errors
+    /// Config and journal errors.
+    pub fn open_observed(
+        path: &Path,
+        observer: Option<Arc<dyn crate::runner::Observer>>,
+    ) -> Result<Self> {
         let config = Config::load(path)?;
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // Everything the config needs is checked before the journal is touched.
@@ -38,16 +49,17 @@ impl Env {
             clock.clone(),
         )?);
         let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
-        let runner = Runner::new(
+        let runner = Arc::new(Runner::new(
             journal.clone(),
             providers,
             clock.clone(),
             Options {
                 lease_ttl_ms: config.lease_ttl_ms,
                 sleep: Some(crate::runner::tokio_sleep()),
+                observer,
                 ..Options::new(owner, rand::random())
             },
-        );
+        ));
         Ok(Self {
             config,
             journal,
@@ -62,7 +74,7 @@ impl Env {
         loop {
             let progress = self.runner.drive(rotation_id).await?;
             let pause_ms = match &progress {
-                Progress::Finished(_) => return Ok(progress),
+                Progress::Finished(_) | Progress::Stopped => return Ok(progress),
                 _ if !wait => return Ok(progress),
                 Progress::Waiting { until_ms, .. } => until_ms.saturating_sub(self.clock.now_ms()),
                 Progress::Busy { .. } => 1_000,
@@ -96,6 +108,7 @@ impl Outcome {
                 Some(*until_ms),
             ),
             Progress::Busy { holder } => (format!("busy: leased by {holder}"), None),
+            Progress::Stopped => ("stopped: run `rekey resume` to continue".to_owned(), None),
         };
         Self {
             rotation_id: rotation_id.to_owned(),
@@ -221,30 +234,6 @@ fn progress_bar(len: u64, json: bool) -> indicatif::ProgressBar {
     bar
 }
 
-/// One secret's status row.
-#[derive(Debug, Serialize)]
-pub struct SecretStatus {
-    pub secret: String,
-    pub open_rotation: Option<OpenStatus>,
-    pub last_ended: Option<Ended>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct OpenStatus {
-    pub rotation_id: String,
-    pub phase: Phase,
-    pub next: Command,
-    /// The last failure's message, when a step is waiting to retry.
-    pub last_failure: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Ended {
-    pub rotation_id: String,
-    pub status: String,
-    pub ended_at_ms: i64,
-}
-
 /// `rekey status [SECRET]`.
 pub fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
     let env = Env::open(config)?;
@@ -252,50 +241,7 @@ pub fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
         Some(s) => vec![env.config.plan(s)?.secret.clone()],
         None => env.config.secrets.keys().cloned().collect(),
     };
-    let now = env.clock.now_ms();
-    let mut rows = Vec::new();
-    for name in names {
-        let streams = env.journal.streams(&StreamFilter {
-            subject: Some(name.clone()),
-            ..StreamFilter::default()
-        })?;
-        let mut row = SecretStatus {
-            secret: name.clone(),
-            open_rotation: None,
-            last_ended: None,
-        };
-        for s in streams
-            .iter()
-            .filter(|s| !crate::runner::lock::is_lock_stream(&s.stream_id))
-        {
-            if s.status == "open" {
-                let (state, _) = env.runner.load(&s.stream_id)?;
-                let last_failure = state.steps.values().find_map(|st| match st {
-                    crate::saga::StepStatus::InDoubt {
-                        failure: Some(f), ..
-                    } => Some(format!("{:?}: {}", f.class, f.message)),
-                    _ => None,
-                });
-                row.open_rotation = Some(OpenStatus {
-                    rotation_id: s.stream_id.clone(),
-                    phase: state.phase,
-                    next: decide(&state, now),
-                    last_failure,
-                });
-            } else if row
-                .last_ended
-                .as_ref()
-                .is_none_or(|e| e.ended_at_ms <= s.updated_at_ms)
-            {
-                row.last_ended = Some(Ended {
-                    rotation_id: s.stream_id.clone(),
-                    status: s.status.clone(),
-                    ended_at_ms: s.updated_at_ms,
-                });
-            }
-        }
-        rows.push(row);
-    }
+    let rows = crate::status::secrets(&*env.journal, &env.runner, &names, env.clock.now_ms())?;
     if json {
         println!("{}", serde_json::to_string(&rows)?);
     } else {

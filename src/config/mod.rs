@@ -65,6 +65,35 @@ struct RawConfig {
     providers: BTreeMap<String, Spanned<RawProvider>>,
     #[serde(default)]
     secrets: BTreeMap<String, Spanned<RawSecret>>,
+    daemon: Option<Spanned<RawDaemon>>,
+}
+
+/// `[daemon]`: how `rekey run` serves.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDaemon {
+    listen: Option<String>,
+    api_token_env: Option<String>,
+    max_concurrent_rotations: Option<usize>,
+    webhook_secret_env: Option<String>,
+}
+
+/// Where the daemon listens by default: loopback only.
+pub const LISTEN_DEFAULT: &str = "127.0.0.1:8787";
+/// Rotations the daemon drives at once by default.
+pub const MAX_CONCURRENT_DEFAULT: usize = 64;
+
+/// The validated `[daemon]` section.
+#[derive(Debug, Clone)]
+pub struct DaemonConfig {
+    /// The HTTP API, probes, metrics and webhook.
+    pub listen: std::net::SocketAddr,
+    /// The variable holding the API's bearer token; without it `/v1` is off.
+    pub api_token_env: Option<String>,
+    pub max_concurrent_rotations: usize,
+    /// The variable holding the Event Grid webhook's shared secret; without it the
+    /// webhook is off.
+    pub webhook_secret_env: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -323,6 +352,7 @@ pub struct Config {
     pub secrets: BTreeMap<String, Plan>,
     /// Lease duration for runners, in milliseconds.
     pub lease_ttl_ms: i64,
+    pub daemon: DaemonConfig,
 }
 
 /// Validated Azure endpoints and timeout.
@@ -617,7 +647,36 @@ impl Config {
                 },
             );
         }
+        let here = raw.daemon.as_ref().map(Spanned::span);
+        let d = raw.daemon.as_ref().map(Spanned::get_ref);
+        let listen = d
+            .and_then(|d| d.listen.as_deref())
+            .unwrap_or(LISTEN_DEFAULT);
+        let listen = listen.parse().map_err(|_| {
+            invalid(
+                here.clone(),
+                format!(
+                    "[daemon] listen = {listen:?} is not an address and port; write e.g. \"{LISTEN_DEFAULT}\""
+                ),
+            )
+        })?;
+        let max = d
+            .and_then(|d| d.max_concurrent_rotations)
+            .unwrap_or(MAX_CONCURRENT_DEFAULT);
+        if !(1..=10_000).contains(&max) {
+            return Err(invalid(
+                here,
+                format!("[daemon] max_concurrent_rotations = {max} must be 1 to 10000"),
+            ));
+        }
+        let daemon = DaemonConfig {
+            listen,
+            api_token_env: d.and_then(|d| d.api_token_env.clone()),
+            max_concurrent_rotations: max,
+            webhook_secret_env: d.and_then(|d| d.webhook_secret_env.clone()),
+        };
         Ok(Config {
+            daemon,
             path: path.to_owned(),
             journal_path: resolve(&raw.journal.path),
             providers,

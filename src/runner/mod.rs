@@ -74,6 +74,8 @@ pub struct Options {
     /// so a slow call (up to the HTTP timeout) never outlives the lease of a live runner.
     /// `None` (simulations, which drive time themselves) renews only between steps.
     pub sleep: Option<Sleep>,
+    /// Told of every event this runner journals (metrics); `None` in tests that need none.
+    pub observer: Option<Arc<dyn Observer>>,
     /// Test-only: plants a known bug so the simulation can show it catches it.
     #[doc(hidden)]
     pub planted_bug_skip_reconcile: bool,
@@ -88,6 +90,13 @@ impl std::fmt::Debug for Options {
             .field("heartbeat", &self.sleep.is_some())
             .finish_non_exhaustive()
     }
+}
+
+/// Watches what a runner journals, without a say in it (metrics, alerts).
+pub trait Observer: Send + Sync {
+    /// `event` was appended to rotation `state` (the state before it), taking
+    /// `append_seconds` to become durable.
+    fn journaled(&self, state: &Rotation, event: &RotationEvent, append_seconds: f64);
 }
 
 /// Waits the given milliseconds.
@@ -107,6 +116,7 @@ impl Options {
             retry: RetryPolicy::default(),
             jitter_seed,
             sleep: None,
+            observer: None,
             planted_bug_skip_reconcile: false,
         }
     }
@@ -130,6 +140,8 @@ pub enum Progress {
     Waiting { until_ms: i64, reason: Wait },
     /// Another runner holds its lease.
     Busy { holder: String },
+    /// The runner is stopping ([`Runner::stop`]); the rotation is left for `resume`.
+    Stopped,
 }
 
 /// Drives rotations through providers, journaling every step.
@@ -146,6 +158,8 @@ pub struct Runner<J> {
     /// Rotations this runner is driving now. Its lease is re-entrant for its own owner,
     /// so this, not the lease, keeps two of its own tasks off one rotation.
     driving: Mutex<HashSet<String>>,
+    /// Set by [`Runner::stop`]: no new step starts.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Marks a rotation as driven by this runner until dropped (also when a drive is cancelled).
@@ -187,7 +201,15 @@ impl<J: RunnerJournal> Runner<J> {
             jitter,
             values: Mutex::default(),
             driving: Mutex::default(),
+            stopping: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Graceful shutdown: steps already started run to their outcome event, then every
+    /// drive returns [`Progress::Stopped`]; the journal holds the rest for `resume`.
+    pub fn stop(&self) {
+        self.stopping
+            .store(true, std::sync::atomic::Ordering::Release);
     }
 
     /// Opens a rotation of `plan`'s secret, or coalesces into the one already open.
@@ -435,6 +457,10 @@ impl<J: RunnerJournal> Runner<J> {
 
     async fn drive_leased(&self, d: &mut Driving) -> Result<Progress, Error> {
         loop {
+            // Checked between steps only: a step that started reaches its outcome event.
+            if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
+                return Ok(Progress::Stopped);
+            }
             let now = self.clock.now_ms();
             if d.lease.expires_at_ms - now < self.options.lease_ttl_ms / 2 {
                 d.lease = self
@@ -489,7 +515,12 @@ impl<J: RunnerJournal> Runner<J> {
             RotationEvent::Compensated => append = append.status("compensated"),
             _ => {}
         }
+        // Wall time for the latency metric only; no decision depends on it.
+        let started = tokio::time::Instant::now();
         let appended = self.journal.append(append).await?;
+        if let Some(observer) = &self.options.observer {
+            observer.journaled(&d.state, &event, started.elapsed().as_secs_f64());
+        }
         d.state = apply(Some(d.state.clone()), &event)?;
         d.seq = appended.last_seq;
         Ok(())

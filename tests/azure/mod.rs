@@ -361,6 +361,7 @@ pub async fn drive<J: RunnerJournal>(
             Progress::Waiting { until_ms, .. } => clock.set(until_ms),
             Progress::Finished(phase) => return Progress::Finished(phase),
             Progress::Busy { holder } => panic!("rotation {id} busy with {holder}"),
+            Progress::Stopped => panic!("rotation {id}: the runner was stopped"),
         }
     }
     panic!("rotation {id} did not settle after 50 drives")

@@ -906,6 +906,7 @@ impl<'s> Harness<'s> {
             }
             (TaskKind::Drive { rotation }, Output::Drive(Ok(progress))) => match progress {
                 Progress::Finished(phase) => self.ended(&rotation, phase),
+                Progress::Stopped => unreachable!("the simulation never stops its runners"),
                 // Slow calls of other tasks may have moved the clock past `until_ms` while
                 // this drive released its lease: then it is simply due again.
                 Progress::Waiting { until_ms, .. } => self.set_wake(&rotation, until_ms),

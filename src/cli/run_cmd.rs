@@ -1,0 +1,98 @@
+//! `rekey run`: the daemon in the foreground, with its HTTP listener, until SIGTERM or
+//! SIGINT (twice to exit at once).
+
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+
+use super::exit;
+use super::rotation_cmd::Env;
+use crate::daemon::metrics::Metrics;
+use crate::daemon::{Daemon, Settings, api};
+use crate::provider::SecretValue;
+
+/// `rekey run`.
+pub async fn run(config: &Path) -> Result<u8> {
+    let metrics = Arc::new(Metrics::new());
+    let env = Env::open_observed(config, Some(metrics.clone()))?;
+    let settings = &env.config.daemon;
+    let tokens = match &settings.api_token_env {
+        Some(var) => {
+            let token = std::env::var(var).ok().filter(|t| !t.trim().is_empty());
+            let token = token.with_context(|| {
+                format!(
+                    "[daemon] api_token_env names {var}, which is not set: export a long random token in it"
+                )
+            })?;
+            vec![SecretValue::new(token.trim())]
+        }
+        None => Vec::new(),
+    };
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {}; is another rekey running? set [daemon] listen to a free address",
+                settings.listen
+            )
+        })?;
+    if !settings.listen.ip().is_loopback() {
+        tracing::warn!(listen = %settings.listen, "the API listens beyond this machine");
+    }
+    let (daemon, handle) = Daemon::new(
+        env.runner.clone(),
+        env.journal.clone(),
+        Arc::new(env.config.clone()),
+        env.clock.clone(),
+        Settings {
+            max_concurrent: settings.max_concurrent_rotations,
+        },
+    );
+    let mut state = daemon.api_state(tokens);
+    state.metrics = Some(metrics);
+    let app = api::router(state);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(async move {
+        let mut stop_rx = stop_rx;
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|stop| *stop).await;
+            })
+            .await
+    });
+    let signals = handle.clone();
+    tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = term.recv() => signals.signal(),
+                _ = int.recv() => signals.signal(),
+            }
+        }
+    });
+    eprintln!(
+        "rekey: daemon serving http://{} (journal {}); SIGTERM or Ctrl-C to stop",
+        env.config.daemon.listen,
+        env.config.journal_path.display()
+    );
+    let summary = daemon.run().await?;
+    let _ = stop_tx.send(true);
+    if !summary.immediate {
+        let _ = server.await;
+    }
+    eprintln!(
+        "rekey: daemon stopped{}: {} completed, {} compensated, {} left open for the next start or `rekey resume`",
+        if summary.immediate { " at once" } else { "" },
+        summary.completed,
+        summary.compensated,
+        summary.left_open
+    );
+    Ok(exit::OK)
+}

@@ -1,0 +1,247 @@
+//! The daemon's HTTP API (axum). Reads (`GET`) fold the journal directly; the one write,
+//! starting a rotation, goes through the daemon loop's [`Handle`] like every other trigger.
+//! `/v1/*` needs a bearer token, compared in constant time; `/healthz`, `/readyz` and
+//! `/metrics` expose no secret and no secret name and are open, as probes expect.
+//! `docs/openapi.json` describes it and is served at `/openapi.json`.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::extract::{Path, Request, State as Extract};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rekey_journal::{Clock, StreamFilter};
+use serde_json::{Value, json};
+use subtle::ConstantTimeEq;
+
+use super::Handle;
+use super::metrics::Metrics;
+use crate::config::Config;
+use crate::provider::SecretValue;
+use crate::runner::{Requested, Runner, RunnerJournal, lock};
+use crate::saga::Trigger;
+
+/// The OpenAPI document of this API.
+pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
+
+/// What the handlers share.
+pub struct State<J: RunnerJournal + 'static> {
+    pub handle: Handle,
+    pub runner: Arc<Runner<J>>,
+    pub journal: Arc<J>,
+    pub config: Arc<Config>,
+    pub clock: Arc<dyn Clock>,
+    /// Accepted bearer tokens; empty turns `/v1/*` off (every call is refused).
+    pub tokens: Arc<Vec<SecretValue>>,
+    pub ready: Arc<AtomicBool>,
+    pub metrics: Option<Arc<Metrics>>,
+}
+
+impl<J: RunnerJournal + 'static> std::fmt::Debug for State<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("tokens", &self.tokens.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<J: RunnerJournal + 'static> Clone for State<J> {
+    fn clone(&self) -> Self {
+        Self {
+            handle: self.handle.clone(),
+            runner: self.runner.clone(),
+            journal: self.journal.clone(),
+            config: self.config.clone(),
+            clock: self.clock.clone(),
+            tokens: self.tokens.clone(),
+            ready: self.ready.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// The routes, ready to serve.
+pub fn router<J: RunnerJournal + 'static>(state: State<J>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/secrets", get(list_secrets::<J>))
+        .route("/v1/secrets/{secret}/rotate", post(rotate::<J>))
+        .route("/v1/rotations/{id}", get(rotation::<J>))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            authenticate::<J>,
+        ));
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz::<J>))
+        .route("/metrics", get(metrics::<J>))
+        .route(
+            "/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .merge(v1)
+        .with_state(state)
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Bearer-token check for `/v1/*`.
+async fn authenticate<J: RunnerJournal + 'static>(
+    Extract(state): Extract<State<J>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    if token_accepted(request.headers(), &state.tokens) {
+        return next.run(request).await;
+    }
+    let mut response = error(
+        StatusCode::UNAUTHORIZED,
+        if state.tokens.is_empty() {
+            "the API is off: no token is configured (set [daemon] api_token_env)"
+        } else {
+            "missing or wrong bearer token (send Authorization: Bearer <token>)"
+        },
+    );
+    response
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    response
+}
+
+/// Whether `headers` carry one of `tokens`, compared in constant time.
+pub fn token_accepted(headers: &HeaderMap, tokens: &[SecretValue]) -> bool {
+    let Some(given) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    else {
+        return false;
+    };
+    // Every token is compared, so the time taken does not say which one matched.
+    tokens.iter().fold(false, |ok, t| {
+        ok | bool::from(t.expose().as_bytes().ct_eq(given.trim().as_bytes()))
+    })
+}
+
+async fn readyz<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>) -> Response {
+    if state.ready.load(Ordering::Acquire) {
+        "ready\n".into_response()
+    } else {
+        error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "resuming open rotations; not ready yet",
+        )
+    }
+}
+
+async fn metrics<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>) -> Response {
+    let open = state
+        .journal
+        .streams(&StreamFilter {
+            status: Some("open".into()),
+            ..StreamFilter::default()
+        })
+        .map(|s| {
+            s.iter()
+                .filter(|i| !lock::is_lock_stream(&i.stream_id))
+                .count()
+        });
+    match (open, &state.metrics) {
+        (Ok(open), Some(m)) => (
+            [(
+                header::CONTENT_TYPE,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            )],
+            m.encode(open),
+        )
+            .into_response(),
+        (Ok(_), None) => error(StatusCode::NOT_FOUND, "metrics are off"),
+        (Err(e), _) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn list_secrets<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>) -> Response {
+    let names: Vec<String> = state.config.secrets.keys().cloned().collect();
+    match crate::status::secrets(&*state.journal, &state.runner, &names, state.clock.now_ms()) {
+        Ok(rows) => Json(rows).into_response(),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    }
+}
+
+async fn rotate<J: RunnerJournal + 'static>(
+    Extract(state): Extract<State<J>>,
+    Path(secret): Path<String>,
+) -> Response {
+    if state.config.plan(&secret).is_err() {
+        let known: Vec<&String> = state.config.secrets.keys().collect();
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no secret named {secret:?} is configured; configured: {known:?}"),
+        );
+    }
+    match state.handle.rotate(&secret, Trigger::Manual, "api").await {
+        Ok(Requested::Started { rotation_id }) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "rotation_id": rotation_id, "coalesced": false })),
+        )
+            .into_response(),
+        Ok(Requested::Coalesced { into }) => (
+            StatusCode::ACCEPTED,
+            Json(json!({ "rotation_id": into, "coalesced": true })),
+        )
+            .into_response(),
+        Err(super::Error::ShuttingDown) => {
+            let mut r = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                super::Error::ShuttingDown.to_string(),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+            r
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+async fn rotation<J: RunnerJournal + 'static>(
+    Extract(state): Extract<State<J>>,
+    Path(id): Path<String>,
+) -> Response {
+    if lock::is_lock_stream(&id) {
+        return error(StatusCode::NOT_FOUND, format!("no rotation {id}"));
+    }
+    let events = match state.journal.read_stream(&id) {
+        Ok(events) if events.is_empty() => {
+            return error(StatusCode::NOT_FOUND, format!("no rotation {id}"));
+        }
+        Ok(events) => events,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let (rotation, _) = match state.runner.load(&id) {
+        Ok(loaded) => loaded,
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    };
+    let timeline: Vec<Value> = events
+        .iter()
+        .map(|e| {
+            json!({
+                "seq": e.stream_seq,
+                "type": e.kind,
+                "recorded_at_ms": e.recorded_at_ms,
+                "event": serde_json::from_str::<Value>(&e.payload).unwrap_or(Value::Null),
+            })
+        })
+        .collect();
+    Json(json!({
+        "rotation_id": id,
+        "secret": rotation.plan.secret,
+        "trigger": rotation.trigger,
+        "phase": rotation.phase,
+        "timeline": timeline,
+    }))
+    .into_response()
+}

@@ -1,0 +1,405 @@
+//! `rekey run`: the daemon. One loop owns every decision about what to drive next; all
+//! inputs (requests from the API and webhook, finished drives, timers, signals) are turned
+//! into one closed [`Input`] enum in one `select!`, so the order of events is easy to follow
+//! and to test. The journal stays the only source of truth: at start the daemon resumes
+//! every open rotation, and a crash at any moment loses nothing that `resume` cannot redo.
+//!
+//! Shutdown: the first signal stops taking triggers and lets started steps reach their
+//! outcome event (the runner stops between steps); a second signal returns at once, which
+//! is as safe as a crash.
+
+pub mod api;
+pub mod metrics;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use rekey_journal::Clock;
+use tokio::sync::{Semaphore, mpsc, oneshot, watch};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::runner::{Progress, Requested, Runner, RunnerJournal};
+use crate::saga::{Phase, Trigger};
+
+/// Retry a rotation whose drive failed (journal busy, a bug) after this long.
+pub const DRIVE_ERROR_RETRY_MS: i64 = 30_000;
+/// Look again at a rotation another runner holds after this long.
+pub const BUSY_RETRY_MS: i64 = 1_000;
+/// Requests waiting for the loop before callers are made to wait.
+pub const INBOX_CAPACITY: usize = 1_024;
+
+/// Why the daemon cannot serve a request or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Config(#[from] crate::config::Error),
+    #[error(transparent)]
+    Runner(#[from] crate::runner::Error),
+    #[error("the daemon is shutting down; the request was not taken (try again after restart)")]
+    ShuttingDown,
+    #[error("cannot serve HTTP on {addr}: {cause}")]
+    Serve { addr: String, cause: String },
+}
+
+/// One thing for the loop to handle.
+#[derive(Debug)]
+pub enum Input {
+    /// Open (or coalesce into) a rotation of `secret`.
+    Request {
+        secret: String,
+        trigger: Trigger,
+        actor: String,
+        reply: oneshot::Sender<Result<Requested, Error>>,
+    },
+    /// A drive task returned.
+    Drove {
+        rotation_id: String,
+        result: Result<Progress, crate::runner::Error>,
+    },
+    /// The earliest timer is due.
+    Wake,
+    /// SIGTERM/SIGINT: the first asks for a graceful stop, the second for an immediate one.
+    Signal { count: u32 },
+}
+
+/// A cheap, cloneable way to talk to a running daemon.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    inbox: mpsc::Sender<Input>,
+    signals: Arc<watch::Sender<u32>>,
+}
+
+impl Handle {
+    /// Requests a rotation of `secret`; waits while the inbox is full (bulk requests
+    /// queue instead of failing).
+    ///
+    /// # Errors
+    /// Unknown secret, journal errors, or [`Error::ShuttingDown`].
+    pub async fn rotate(
+        &self,
+        secret: &str,
+        trigger: Trigger,
+        actor: &str,
+    ) -> Result<Requested, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .send(Input::Request {
+                secret: secret.to_owned(),
+                trigger,
+                actor: actor.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Delivers a stop signal (what SIGTERM and SIGINT do).
+    pub fn signal(&self) {
+        self.signals.send_modify(|n| *n += 1);
+    }
+}
+
+/// What the daemon needs besides the runner.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Rotations driven at once; more wait their turn.
+    pub max_concurrent: usize,
+}
+
+/// How a run ended.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub completed: u64,
+    pub compensated: u64,
+    /// Rotations left open for the next start or `resume`.
+    pub left_open: usize,
+    /// True when a second signal cut the graceful stop short.
+    pub immediate: bool,
+}
+
+/// The daemon: its loop state. Build with [`Daemon::new`], then [`Daemon::run`].
+pub struct Daemon<J: RunnerJournal + 'static> {
+    runner: Arc<Runner<J>>,
+    journal: Arc<J>,
+    config: Arc<Config>,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+    inbox: mpsc::Receiver<Input>,
+    handle: Handle,
+    signals: watch::Receiver<u32>,
+    ready: Arc<AtomicBool>,
+    permits: Arc<Semaphore>,
+    tasks: JoinSet<(String, Result<Progress, crate::runner::Error>)>,
+    /// Rotations with a drive task now.
+    active: HashSet<String>,
+    /// Rotations waiting for a time: (due, rotation).
+    waiting: BTreeSet<(i64, String)>,
+    /// The due time of each waiting rotation, to replace its entry.
+    waiting_at: HashMap<String, i64>,
+    summary: Summary,
+}
+
+impl<J: RunnerJournal + 'static> std::fmt::Debug for Daemon<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("active", &self.active.len())
+            .field("waiting", &self.waiting.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<J: RunnerJournal + 'static> Daemon<J> {
+    /// A daemon over `runner` and its `journal`; the handle talks to it once it runs.
+    pub fn new(
+        runner: Arc<Runner<J>>,
+        journal: Arc<J>,
+        config: Arc<Config>,
+        clock: Arc<dyn Clock>,
+        settings: Settings,
+    ) -> (Self, Handle) {
+        let (tx, inbox) = mpsc::channel(INBOX_CAPACITY);
+        let (signal_tx, signals) = watch::channel(0);
+        let handle = Handle {
+            inbox: tx,
+            signals: Arc::new(signal_tx),
+        };
+        let permits = Arc::new(Semaphore::new(settings.max_concurrent.max(1)));
+        let daemon = Self {
+            runner,
+            journal,
+            config,
+            clock,
+            settings,
+            inbox,
+            handle: handle.clone(),
+            signals,
+            ready: Arc::new(AtomicBool::new(false)),
+            permits,
+            tasks: JoinSet::new(),
+            active: HashSet::new(),
+            waiting: BTreeSet::new(),
+            waiting_at: HashMap::new(),
+            summary: Summary::default(),
+        };
+        (daemon, handle)
+    }
+
+    /// True once every open rotation found at start has been taken up (`/readyz`).
+    pub fn readiness(&self) -> Arc<AtomicBool> {
+        self.ready.clone()
+    }
+
+    /// The state the HTTP API reads from.
+    pub fn api_state(&self, api_tokens: Vec<crate::provider::SecretValue>) -> api::State<J> {
+        api::State {
+            handle: self.handle.clone(),
+            runner: self.runner.clone(),
+            journal: self.journal.clone(),
+            config: self.config.clone(),
+            clock: self.clock.clone(),
+            tokens: Arc::new(api_tokens),
+            ready: self.ready.clone(),
+            metrics: None,
+        }
+    }
+
+    /// Runs until signalled: resumes every open rotation, then serves inputs.
+    ///
+    /// # Errors
+    /// Journal errors while finding open rotations at start.
+    pub async fn run(mut self) -> Result<Summary, Error> {
+        for rotation_id in self.runner.open_rotations().await? {
+            self.spawn_drive(rotation_id);
+        }
+        self.ready.store(true, Ordering::Release);
+        info!(
+            open = self.active.len(),
+            max_concurrent = self.settings.max_concurrent,
+            "daemon running"
+        );
+        loop {
+            let input = self.next_input().await;
+            if let Input::Signal { count } = input {
+                if count >= 1 {
+                    return Ok(self.stop_gracefully().await);
+                }
+                continue;
+            }
+            self.handle_input(input).await;
+        }
+    }
+
+    /// The one `select!`: everything the loop reacts to becomes an [`Input`].
+    async fn next_input(&mut self) -> Input {
+        let wake_in = self.wake_in();
+        tokio::select! {
+            changed = self.signals.changed() => match changed {
+                Ok(()) => Input::Signal { count: *self.signals.borrow_and_update() },
+                // Every handle is gone: nobody can signal or request any more.
+                Err(_) => Input::Signal { count: 1 },
+            },
+            Some(joined) = self.tasks.join_next(), if !self.tasks.is_empty() => match joined {
+                Ok((rotation_id, result)) => Input::Drove { rotation_id, result },
+                Err(e) => {
+                    // A drive task panicked: its rotation is still in the journal.
+                    error!(error = %e, "a drive task failed; its rotation is resumed at the next start");
+                    Input::Wake
+                }
+            },
+            Some(input) = self.inbox.recv() => input,
+            () = sleep_ms(wake_in), if wake_in.is_some() => Input::Wake,
+        }
+    }
+
+    async fn handle_input(&mut self, input: Input) {
+        match input {
+            Input::Request {
+                secret,
+                trigger,
+                actor,
+                reply,
+            } => {
+                let result = self.request(&secret, trigger, &actor).await;
+                let _ = reply.send(result);
+            }
+            Input::Drove {
+                rotation_id,
+                result,
+            } => self.drove(rotation_id, result),
+            Input::Wake => self.wake(),
+            Input::Signal { .. } => {}
+        }
+    }
+
+    async fn request(
+        &mut self,
+        secret: &str,
+        trigger: Trigger,
+        actor: &str,
+    ) -> Result<Requested, Error> {
+        let plan = self.config.plan(secret)?.clone();
+        let id = uuid::Uuid::now_v7().to_string();
+        let requested = self.runner.request(plan, trigger, actor, id).await?;
+        let id = match &requested {
+            Requested::Started { rotation_id } => rotation_id.clone(),
+            Requested::Coalesced { into } => into.clone(),
+        };
+        self.spawn_drive(id);
+        Ok(requested)
+    }
+
+    fn spawn_drive(&mut self, rotation_id: String) {
+        if let Some(at) = self.waiting_at.remove(&rotation_id) {
+            self.waiting.remove(&(at, rotation_id.clone()));
+        }
+        if !self.active.insert(rotation_id.clone()) {
+            return;
+        }
+        let (runner, permits) = (self.runner.clone(), self.permits.clone());
+        self.tasks.spawn(async move {
+            // Queued, not refused, while the limit is reached.
+            let _permit = permits.acquire_owned().await;
+            let result = runner.drive(&rotation_id).await;
+            (rotation_id, result)
+        });
+    }
+
+    fn drove(&mut self, rotation_id: String, result: Result<Progress, crate::runner::Error>) {
+        self.active.remove(&rotation_id);
+        let now = self.clock.now_ms();
+        match result {
+            Ok(Progress::Finished(phase)) => {
+                info!(rotation_id, ?phase, "rotation ended");
+                match phase {
+                    Phase::Completed => self.summary.completed += 1,
+                    Phase::Compensated => self.summary.compensated += 1,
+                    _ => {}
+                }
+            }
+            Ok(Progress::Waiting { until_ms, reason }) => {
+                info!(rotation_id, until_ms, ?reason, "rotation waiting");
+                self.wait(rotation_id, until_ms);
+            }
+            Ok(Progress::Busy { holder }) => {
+                info!(rotation_id, holder, "rotation held by another runner");
+                self.wait(rotation_id, now + BUSY_RETRY_MS);
+            }
+            Ok(Progress::Stopped) => {}
+            Err(e) => {
+                error!(rotation_id, error = %e, "driving the rotation failed; retrying later");
+                self.wait(rotation_id, now + DRIVE_ERROR_RETRY_MS);
+            }
+        }
+    }
+
+    fn wait(&mut self, rotation_id: String, until_ms: i64) {
+        self.waiting.insert((until_ms, rotation_id.clone()));
+        self.waiting_at.insert(rotation_id, until_ms);
+    }
+
+    /// Milliseconds until the earliest timer, if any.
+    fn wake_in(&self) -> Option<u64> {
+        let (at, _) = self.waiting.first()?;
+        let ms = at.saturating_sub(self.clock.now_ms()).max(0);
+        Some(u64::try_from(ms).unwrap_or(0))
+    }
+
+    fn wake(&mut self) {
+        let now = self.clock.now_ms();
+        while let Some((at, _)) = self.waiting.first() {
+            if *at > now {
+                break;
+            }
+            if let Some((_, id)) = self.waiting.pop_first() {
+                self.waiting_at.remove(&id);
+                self.spawn_drive(id);
+            }
+        }
+    }
+
+    /// Stops taking inputs, lets drives reach a step boundary, and returns; a second
+    /// signal returns at once.
+    async fn stop_gracefully(mut self) -> Summary {
+        info!(
+            active = self.active.len(),
+            "stopping: started steps finish, the rest is left for resume"
+        );
+        self.runner.stop();
+        self.inbox.close();
+        let first = *self.signals.borrow();
+        loop {
+            tokio::select! {
+                changed = self.signals.changed() => {
+                    let count = *self.signals.borrow_and_update();
+                    if changed.is_err() || count > first {
+                        warn!("second signal: exiting now; run `rekey resume` or start again");
+                        self.summary.immediate = true;
+                        self.tasks.abort_all();
+                        break;
+                    }
+                }
+                joined = self.tasks.join_next() => match joined {
+                    Some(Ok((rotation_id, result))) => self.drove(rotation_id, result),
+                    Some(Err(_)) => {}
+                    None => break,
+                },
+            }
+        }
+        self.summary.left_open = self
+            .runner
+            .open_rotations()
+            .await
+            .map(|o| o.len())
+            .unwrap_or(0);
+        self.summary
+    }
+}
+
+async fn sleep_ms(ms: Option<u64>) {
+    tokio::time::sleep(Duration::from_millis(ms.unwrap_or(0))).await;
+}

@@ -1,0 +1,89 @@
+//! What each secret's rotations look like now, folded from the journal: shared by
+//! `rekey status` and the daemon's `GET /v1/secrets`.
+
+use rekey_journal::StreamFilter;
+use serde::Serialize;
+
+use crate::runner::{Runner, RunnerJournal};
+use crate::saga::{Command, Phase, decide};
+
+/// One secret's status row.
+#[derive(Debug, Serialize)]
+pub struct SecretStatus {
+    pub secret: String,
+    pub open_rotation: Option<OpenStatus>,
+    pub last_ended: Option<Ended>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct OpenStatus {
+    pub rotation_id: String,
+    pub phase: Phase,
+    pub next: Command,
+    /// The last failure's message, when a step is waiting to retry.
+    pub last_failure: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Ended {
+    pub rotation_id: String,
+    pub status: String,
+    pub ended_at_ms: i64,
+}
+
+/// The status of each secret in `names` at `now`.
+///
+/// # Errors
+/// Journal, decode and nondeterminism errors.
+pub fn secrets<J: RunnerJournal>(
+    journal: &J,
+    runner: &Runner<J>,
+    names: &[String],
+    now: i64,
+) -> Result<Vec<SecretStatus>, crate::runner::Error> {
+    let mut rows = Vec::new();
+    for name in names {
+        let name = name.clone();
+        let streams = journal.streams(&StreamFilter {
+            subject: Some(name.clone()),
+            ..StreamFilter::default()
+        })?;
+        let mut row = SecretStatus {
+            secret: name.clone(),
+            open_rotation: None,
+            last_ended: None,
+        };
+        for s in streams
+            .iter()
+            .filter(|s| !crate::runner::lock::is_lock_stream(&s.stream_id))
+        {
+            if s.status == "open" {
+                let (state, _) = runner.load(&s.stream_id)?;
+                let last_failure = state.steps.values().find_map(|st| match st {
+                    crate::saga::StepStatus::InDoubt {
+                        failure: Some(f), ..
+                    } => Some(format!("{:?}: {}", f.class, f.message)),
+                    _ => None,
+                });
+                row.open_rotation = Some(OpenStatus {
+                    rotation_id: s.stream_id.clone(),
+                    phase: state.phase,
+                    next: decide(&state, now),
+                    last_failure,
+                });
+            } else if row
+                .last_ended
+                .as_ref()
+                .is_none_or(|e| e.ended_at_ms <= s.updated_at_ms)
+            {
+                row.last_ended = Some(Ended {
+                    rotation_id: s.stream_id.clone(),
+                    status: s.status.clone(),
+                    ended_at_ms: s.updated_at_ms,
+                });
+            }
+        }
+        rows.push(row);
+    }
+    Ok(rows)
+}

@@ -1,0 +1,137 @@
+//! The `rekey run` binary: killed with SIGKILL while busy, started again, it finishes every
+//! open rotation exactly once; SIGTERM then stops it cleanly.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+
+use super::{TOKEN, client, config_text};
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn spawn(dir: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_rekey"))
+        .args(["run", "--config", "rekey.toml"])
+        .current_dir(dir)
+        .env("REKEY_TEST_API_TOKEN", TOKEN)
+        .env("RUST_LOG", "info")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start rekey run")
+}
+
+async fn wait_healthy(base: &str) {
+    for _ in 0..400 {
+        if let Ok(r) = client().get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("rekey run never became ready");
+}
+
+async fn secrets(base: &str) -> Vec<Value> {
+    client()
+        .get(format!("{base}/v1/secrets"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn daemon_killed_while_busy_finishes_every_rotation_after_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let n = 24;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut text = config_text(n, "300ms", r#"["sh", "-c", "cat >/dev/null; sleep 0.05"]"#);
+    text.push_str(&format!(
+        "\n[daemon]\nlisten = \"127.0.0.1:{port}\"\napi_token_env = \"REKEY_TEST_API_TOKEN\"\nmax_concurrent_rotations = 4\n"
+    ));
+    std::fs::write(tmp.path().join("rekey.toml"), text).unwrap();
+
+    let mut first = spawn(tmp.path());
+    wait_healthy(&base).await;
+    for i in 0..n {
+        let r = client()
+            .post(format!("{base}/v1/secrets/s{i}/rotate"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let mut second = spawn(tmp.path());
+    wait_healthy(&base).await;
+    let mut rows = Vec::new();
+    for _ in 0..800 {
+        rows = secrets(&base).await;
+        if rows
+            .iter()
+            .all(|r| r["open_rotation"].is_null() && r["last_ended"]["status"] == "completed")
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows.len(), n);
+    for r in &rows {
+        assert_eq!(r["last_ended"]["status"], "completed", "{r}");
+    }
+    let term = Command::new("kill")
+        .args(["-TERM", &second.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = second.wait().unwrap();
+    assert!(status.success(), "rekey run exited with {status}");
+
+    // Each secret: one version written, disabled after grace; one rotation completed.
+    let vault: Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("vault.json")).unwrap()).unwrap();
+    for i in 0..n {
+        let versions = vault["secrets"][format!("s{i}")].as_array().unwrap();
+        assert_eq!(versions.len(), 1, "s{i} written {} times", versions.len());
+    }
+    let verify = Command::new(env!("CARGO_BIN_EXE_rekey"))
+        .args(["journal", "verify", "--journal", "journal.db", "--json"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stdout)
+    );
+    let export = Command::new(env!("CARGO_BIN_EXE_rekey"))
+        .args(["journal", "export", "--journal", "journal.db"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let lines = String::from_utf8_lossy(&export.stdout).into_owned();
+    let completed = lines
+        .lines()
+        .filter(|l| l.contains("\"Completed\""))
+        .count();
+    assert_eq!(completed, n, "one Completed per rotation");
+}
