@@ -12,5 +12,6 @@ pub mod runner;
 pub mod saga;
 pub mod status;
 pub mod telemetry;
+pub mod triggers;
 
 pub use rekey_journal as journal;

@@ -143,6 +143,16 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         call: &'a Call<'a>,
     ) -> BoxFuture<'a, Result<Reconciled, ProviderError>>;
 
+    /// When the current version of `secret` expires (Unix ms), for stores that record it;
+    /// schedules rotate ahead of it. `None`: no expiry known.
+    ///
+    /// # Errors
+    /// [`ProviderError`] when the store cannot be asked now.
+    fn expiry<'a>(&'a self, secret: &'a str) -> BoxFuture<'a, Result<Option<i64>, ProviderError>> {
+        let _ = secret;
+        Box::pin(async { Ok(None) })
+    }
+
     /// Reads a stored version's value (stores only), so values never pass through the
     /// journal: after a crash they are read back from where they were written.
     ///

@@ -326,6 +326,19 @@ impl KeyVaultStore {
         }))
     }
 
+    /// The `exp` attribute of the newest enabled version, in Unix ms (listing carries
+    /// attributes without values, so no value is fetched to learn it).
+    pub async fn expiry(&self, secret: &str) -> Result<Option<i64>, ProviderError> {
+        Ok(self
+            .versions(secret)
+            .await?
+            .iter()
+            .filter(|v| v["attributes"]["enabled"].as_bool() != Some(false))
+            .max_by_key(|v| v["attributes"]["created"].as_i64().unwrap_or(0))
+            .and_then(|v| v["attributes"]["exp"].as_i64())
+            .map(|s| s.saturating_mul(1000)))
+    }
+
     /// The newest enabled version (versions are not listed in order).
     async fn newest_enabled(&self, secret: &str) -> Result<Option<String>, ProviderError> {
         Ok(self
@@ -526,6 +539,10 @@ impl Provider for KeyVaultStore {
         version: &'a str,
     ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
         Box::pin(self.read(version))
+    }
+
+    fn expiry<'a>(&'a self, secret: &'a str) -> BoxFuture<'a, Result<Option<i64>, ProviderError>> {
+        Box::pin(KeyVaultStore::expiry(self, secret))
     }
 }
 

@@ -1,0 +1,4 @@
+//! What starts rotations: schedules and Key Vault events.
+
+pub mod eventgrid;
+pub mod schedule;
