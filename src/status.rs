@@ -55,7 +55,7 @@ pub fn secrets<J: RunnerJournal>(
         };
         for s in streams
             .iter()
-            .filter(|s| !crate::runner::lock::is_lock_stream(&s.stream_id))
+            .filter(|s| crate::runner::lock::is_rotation_stream(&s.stream_id))
         {
             if s.status == "open" {
                 let (state, _) = runner.load(&s.stream_id)?;

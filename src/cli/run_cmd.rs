@@ -11,12 +11,13 @@ use super::rotation_cmd::Env;
 use crate::daemon::metrics::Metrics;
 use crate::daemon::{Daemon, Settings, api};
 use crate::provider::SecretValue;
+use crate::triggers::eventgrid::{self, WebhookConfig};
 
 /// `rekey run`.
 pub async fn run(config: &Path) -> Result<u8> {
-    let metrics = Arc::new(Metrics::new());
-    let env = Env::open_observed(config, Some(metrics.clone()))?;
-    let settings = &env.config.daemon;
+    // Everything the daemon needs from the environment is checked before the journal opens.
+    let settings = crate::config::Config::load(config)?.daemon;
+    let settings = &settings;
     let tokens = match &settings.api_token_env {
         Some(var) => {
             let token = std::env::var(var).ok().filter(|t| !t.trim().is_empty());
@@ -29,6 +30,19 @@ pub async fn run(config: &Path) -> Result<u8> {
         }
         None => Vec::new(),
     };
+    let webhook_secret = match &settings.webhook_secret_env {
+        Some(var) => {
+            let secret = std::env::var(var).ok().filter(|t| !t.trim().is_empty());
+            Some(SecretValue::new(secret.with_context(|| {
+                format!(
+                    "[daemon] webhook_secret_env names {var}, which is not set: export the shared secret Event Grid sends (?code=... or the x-rekey-webhook-secret header)"
+                )
+            })?.trim()))
+        }
+        None => None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let env = Env::open_observed(config, Some(metrics.clone()))?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| {
@@ -51,7 +65,14 @@ pub async fn run(config: &Path) -> Result<u8> {
     );
     let mut state = daemon.api_state(tokens);
     state.metrics = Some(metrics);
-    let app = api::router(state);
+    let mut app = api::router(state);
+    if let Some(secret) = webhook_secret {
+        let config = WebhookConfig {
+            secret: Some(secret),
+            ..WebhookConfig::default()
+        };
+        app = app.merge(eventgrid::router(config, daemon.webhook_sink())?);
+    }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let server = tokio::spawn(async move {
         let mut stop_rx = stop_rx;

@@ -339,6 +339,8 @@ struct RawSecret {
     attempts_max: u32,
     /// Secrets sharing one underlying credential share a lock key.
     lock_key: Option<String>,
+    /// When the daemon rotates it unattended; without it, only on request or event.
+    schedule: Option<crate::triggers::schedule::ScheduleConfig>,
 }
 
 /// A validated config.
@@ -353,6 +355,8 @@ pub struct Config {
     /// Lease duration for runners, in milliseconds.
     pub lease_ttl_ms: i64,
     pub daemon: DaemonConfig,
+    /// Each scheduled secret's validated schedule.
+    pub schedules: BTreeMap<String, crate::triggers::schedule::Schedule>,
 }
 
 /// Validated Azure endpoints and timeout.
@@ -552,6 +556,7 @@ impl Config {
         }
 
         let mut secrets = BTreeMap::new();
+        let mut schedules = BTreeMap::new();
         for (name, spanned) in &raw.secrets {
             let s = spanned.get_ref();
             let here = Some(spanned.span());
@@ -636,6 +641,12 @@ impl Config {
                     ),
                 ));
             }
+            if let Some(schedule) = &s.schedule {
+                let schedule = schedule
+                    .validate()
+                    .map_err(|e| invalid(here.clone(), format!("secret {name}: [schedule] {e}")))?;
+                schedules.insert(name.clone(), schedule);
+            }
             secrets.insert(
                 name.clone(),
                 Plan {
@@ -677,6 +688,7 @@ impl Config {
         };
         Ok(Config {
             daemon,
+            schedules,
             path: path.to_owned(),
             journal_path: resolve(&raw.journal.path),
             providers,
@@ -684,6 +696,22 @@ impl Config {
             azure,
             secrets,
             lease_ttl_ms,
+        })
+    }
+
+    /// The configured secret a Key Vault event is about: named `secret` (names are
+    /// case-insensitive in Key Vault) and stored in the vault named `vault`.
+    pub fn secret_in_vault(&self, vault: &str, secret: &str) -> Option<&str> {
+        self.secrets.values().find_map(|plan| {
+            let in_vault = plan.targets.iter().any(|t| {
+                t.role == Role::Store
+                    && matches!(
+                        self.providers.get(&t.name),
+                        Some(ProviderConfig::KeyVault { vault_url, .. })
+                            if vault_name(vault_url).is_some_and(|n| n.eq_ignore_ascii_case(vault))
+                    )
+            });
+            (in_vault && plan.secret.eq_ignore_ascii_case(secret)).then_some(plan.secret.as_str())
         })
     }
 
@@ -701,6 +729,20 @@ impl Config {
                 self.secrets.keys().cloned().collect::<Vec<_>>().join(", ")
             },
         })
+    }
+}
+
+/// A vault's name as Event Grid gives it: the first label of `https://<name>.vault.azure.net`,
+/// or, for a vault served under a path on an IP address or localhost (test servers,
+/// emulators), the last path segment.
+fn vault_name(vault_url: &str) -> Option<String> {
+    let url = url::Url::parse(vault_url).ok()?;
+    match url.host()? {
+        url::Host::Domain(d) if d != "localhost" => d.split('.').next().map(str::to_owned),
+        _ => url
+            .path_segments()?
+            .rfind(|s| !s.is_empty())
+            .map(str::to_owned),
     }
 }
 

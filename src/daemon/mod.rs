@@ -9,7 +9,9 @@
 //! is as safe as a crash.
 
 pub mod api;
+pub mod events;
 pub mod metrics;
+pub mod schedules;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
@@ -22,8 +24,11 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::provider::ProviderError;
 use crate::runner::{Progress, Requested, Runner, RunnerJournal};
 use crate::saga::{Phase, Trigger};
+use crate::triggers::eventgrid::Delivery;
+use crate::triggers::schedule::{Alert, Due, DueReason};
 
 /// Retry a rotation whose drive failed (journal busy, a bug) after this long.
 pub const DRIVE_ERROR_RETRY_MS: i64 = 30_000;
@@ -59,6 +64,13 @@ pub enum Input {
     Drove {
         rotation_id: String,
         result: Result<Progress, crate::runner::Error>,
+    },
+    /// Key Vault events from the webhook, to be journaled before the reply.
+    Webhook(Delivery),
+    /// A store answered when a scheduled secret's current version expires.
+    Expiry {
+        secret: String,
+        result: Result<Option<i64>, ProviderError>,
     },
     /// The earliest timer is due.
     Wake,
@@ -141,7 +153,23 @@ pub struct Daemon<J: RunnerJournal + 'static> {
     waiting: BTreeSet<(i64, String)>,
     /// The due time of each waiting rotation, to replace its entry.
     waiting_at: HashMap<String, i64>,
+    /// Each scheduled secret's state; its due time is re-derived from the journal.
+    scheduled: HashMap<String, Scheduled>,
+    polls: JoinSet<(String, Result<Option<i64>, ProviderError>)>,
+    webhook_tx: mpsc::Sender<Delivery>,
+    webhook: mpsc::Receiver<Delivery>,
     summary: Summary,
+}
+
+/// One scheduled secret as the loop sees it.
+#[derive(Debug, Clone, Default)]
+struct Scheduled {
+    adopted_ms: i64,
+    /// `None` while a rotation of it is open (its end computes the next one).
+    due: Option<Due>,
+    expiry_ms: Option<i64>,
+    /// When to ask its stores for the expiry again.
+    poll_at_ms: i64,
 }
 
 impl<J: RunnerJournal + 'static> std::fmt::Debug for Daemon<J> {
@@ -169,6 +197,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             signals: Arc::new(signal_tx),
         };
         let permits = Arc::new(Semaphore::new(settings.max_concurrent.max(1)));
+        let (webhook_tx, webhook) = mpsc::channel(INBOX_CAPACITY);
         let daemon = Self {
             runner,
             journal,
@@ -184,6 +213,10 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             active: HashSet::new(),
             waiting: BTreeSet::new(),
             waiting_at: HashMap::new(),
+            scheduled: HashMap::new(),
+            polls: JoinSet::new(),
+            webhook_tx,
+            webhook,
             summary: Summary::default(),
         };
         (daemon, handle)
@@ -192,6 +225,11 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
     /// True once every open rotation found at start has been taken up (`/readyz`).
     pub fn readiness(&self) -> Arc<AtomicBool> {
         self.ready.clone()
+    }
+
+    /// Where the Event Grid webhook hands its deliveries.
+    pub fn webhook_sink(&self) -> mpsc::Sender<Delivery> {
+        self.webhook_tx.clone()
     }
 
     /// The state the HTTP API reads from.
@@ -215,6 +253,22 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
     pub async fn run(mut self) -> Result<Summary, Error> {
         for rotation_id in self.runner.open_rotations().await? {
             self.spawn_drive(rotation_id);
+        }
+        let now = self.clock.now_ms();
+        let names: Vec<String> = self.config.schedules.keys().cloned().collect();
+        for secret in names {
+            let adopted_ms = schedules::adopted_at(&*self.journal, &secret, now)
+                .await
+                .map_err(crate::runner::Error::from)?;
+            self.scheduled.insert(
+                secret.clone(),
+                Scheduled {
+                    adopted_ms,
+                    poll_at_ms: now,
+                    ..Scheduled::default()
+                },
+            );
+            self.reschedule(&secret);
         }
         self.ready.store(true, Ordering::Release);
         info!(
@@ -252,6 +306,10 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                 }
             },
             Some(input) = self.inbox.recv() => input,
+            Some(delivery) = self.webhook.recv() => Input::Webhook(delivery),
+            Some(Ok((secret, result))) = self.polls.join_next(), if !self.polls.is_empty() => {
+                Input::Expiry { secret, result }
+            }
             () = sleep_ms(wake_in), if wake_in.is_some() => Input::Wake,
         }
     }
@@ -271,7 +329,29 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                 rotation_id,
                 result,
             } => self.drove(rotation_id, result),
-            Input::Wake => self.wake(),
+            Input::Webhook(delivery) => {
+                let result = self.webhook_delivery(&delivery.events).await;
+                let _ = delivery.reply.send(result);
+            }
+            Input::Expiry { secret, result } => {
+                let now = self.clock.now_ms();
+                match result {
+                    Ok(expiry) => {
+                        if let Some(s) = self.scheduled.get_mut(&secret) {
+                            s.expiry_ms = expiry;
+                        }
+                    }
+                    Err(e) => warn!(secret, error = %e, "cannot read the current version's expiry"),
+                }
+                if let Some(s) = self.scheduled.get_mut(&secret) {
+                    s.poll_at_ms = now + schedules::EXPIRY_POLL_MS;
+                }
+                self.reschedule(&secret);
+            }
+            Input::Wake => {
+                self.wake();
+                self.run_schedules().await;
+            }
             Input::Signal { .. } => {}
         }
     }
@@ -291,6 +371,122 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
         };
         self.spawn_drive(id);
         Ok(requested)
+    }
+
+    /// Journals each event and starts what it asks for; `Err` makes Event Grid deliver
+    /// the batch again (events already handled are then recognised by id).
+    async fn webhook_delivery(
+        &mut self,
+        events: &[crate::triggers::eventgrid::KeyVaultEvent],
+    ) -> Result<(), String> {
+        for event in events {
+            let duplicate = events::seen(&*self.journal, &event.id).map_err(|e| e.to_string())?;
+            if duplicate {
+                info!(
+                    event_id = event.id,
+                    "event delivered again; already handled"
+                );
+                continue;
+            }
+            let decision =
+                events::decide(&self.config, &*self.journal, event).map_err(|e| e.to_string())?;
+            let outcome = match decision {
+                events::Decision::Rotate { secret } => {
+                    let actor = format!("eventgrid:{}", event.id);
+                    match self.request(&secret, Trigger::NearExpiry, &actor).await {
+                        Ok(Requested::Started { rotation_id }) => format!("started {rotation_id}"),
+                        Ok(Requested::Coalesced { into }) => format!("coalesced into {into}"),
+                        Err(e) => return Err(format!("event {}: {e}", event.id)),
+                    }
+                }
+                events::Decision::Ignore { why } => {
+                    info!(
+                        event_id = event.id,
+                        kind = event.kind.as_str(),
+                        why,
+                        "event ignored"
+                    );
+                    format!("ignored: {why}")
+                }
+            };
+            events::record(&*self.journal, event, &outcome)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// Re-derives `secret`'s due time from the journal.
+    fn reschedule(&mut self, secret: &str) {
+        let now = self.clock.now_ms();
+        let (Some(schedule), Some(state)) = (
+            self.config.schedules.get(secret),
+            self.scheduled.get(secret),
+        ) else {
+            return;
+        };
+        let due = match schedules::history(&*self.journal, secret) {
+            Ok(h) if h.open => None,
+            Ok(h) => Some(schedules::next_due(
+                schedule,
+                secret,
+                now,
+                state.adopted_ms,
+                h,
+                state.expiry_ms,
+            )),
+            Err(e) => {
+                error!(secret, error = %e, "cannot read the journal to schedule; trying later");
+                None
+            }
+        };
+        if let Some(d) = &due {
+            info!(secret, at_ms = d.at_ms, reason = ?d.reason, "next scheduled rotation");
+        }
+        if let Some(s) = self.scheduled.get_mut(secret) {
+            s.due = due;
+        }
+    }
+
+    /// Starts the scheduled rotations that are due and the expiry polls that are.
+    async fn run_schedules(&mut self) {
+        let now = self.clock.now_ms();
+        let mut due_now = Vec::new();
+        for (secret, s) in &mut self.scheduled {
+            if s.poll_at_ms <= now {
+                s.poll_at_ms = i64::MAX;
+                if let Ok(plan) = self.config.plan(secret) {
+                    let (runner, plan, secret) =
+                        (self.runner.clone(), plan.clone(), secret.clone());
+                    self.polls
+                        .spawn(async move { (secret, runner.expiry(&plan).await) });
+                }
+            }
+            if let Some(d) = s.due.as_ref().filter(|d| d.at_ms <= now) {
+                due_now.push((secret.clone(), d.clone()));
+            }
+        }
+        for (secret, due) in due_now {
+            if let Some(s) = self.scheduled.get_mut(&secret) {
+                s.due = None;
+            }
+            if let Some(alert) = &due.alert {
+                warn!(secret, ?alert, "schedule alert");
+                if matches!(alert, Alert::NoAllowedTime { .. }) {
+                    continue;
+                }
+            }
+            let trigger = match due.reason {
+                DueReason::Cadence => Trigger::Schedule,
+                DueReason::BeforeExpiry => Trigger::NearExpiry,
+            };
+            if let Err(e) = self.request(&secret, trigger, "schedule").await {
+                error!(secret, error = %e, "cannot start the scheduled rotation; trying later");
+                if let Some(s) = self.scheduled.get_mut(&secret) {
+                    s.poll_at_ms = now + DRIVE_ERROR_RETRY_MS;
+                }
+            }
+        }
     }
 
     fn spawn_drive(&mut self, rotation_id: String) {
@@ -320,6 +516,15 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                     Phase::Compensated => self.summary.compensated += 1,
                     _ => {}
                 }
+                let secret = self
+                    .journal
+                    .stream_info(&rotation_id)
+                    .ok()
+                    .flatten()
+                    .and_then(|i| i.subject);
+                if let Some(secret) = secret {
+                    self.reschedule(&secret);
+                }
             }
             Ok(Progress::Waiting { until_ms, reason }) => {
                 info!(rotation_id, until_ms, ?reason, "rotation waiting");
@@ -342,9 +547,18 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
         self.waiting_at.insert(rotation_id, until_ms);
     }
 
-    /// Milliseconds until the earliest timer, if any.
+    /// Milliseconds until the earliest timer (a waiting rotation, a due schedule, an
+    /// expiry poll), if any.
     fn wake_in(&self) -> Option<u64> {
-        let (at, _) = self.waiting.first()?;
+        let rotations = self.waiting.first().map(|(at, _)| *at);
+        let schedules = self
+            .scheduled
+            .values()
+            .flat_map(|s| [s.due.as_ref().map(|d| d.at_ms), Some(s.poll_at_ms)])
+            .flatten()
+            .filter(|at| *at != i64::MAX)
+            .min();
+        let at = [rotations, schedules].into_iter().flatten().min()?;
         let ms = at.saturating_sub(self.clock.now_ms()).max(0);
         Some(u64::try_from(ms).unwrap_or(0))
     }
@@ -371,6 +585,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
         );
         self.runner.stop();
         self.inbox.close();
+        self.webhook.close();
         let first = *self.signals.borrow();
         loop {
             tokio::select! {

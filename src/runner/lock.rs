@@ -17,6 +17,12 @@ pub fn stream_id(lock_key: &str) -> String {
     format!("lock:{lock_key}")
 }
 
+/// True for rotation streams. Rotation ids are UUIDs; every other stream rekey keeps
+/// (`lock:`, `schedule:`, `eventgrid:`, `notice:`) is named `<kind>:<key>`.
+pub fn is_rotation_stream(stream_id: &str) -> bool {
+    !stream_id.contains(':')
+}
+
 /// True for lock streams (as opposed to rotation streams).
 pub fn is_lock_stream(stream_id: &str) -> bool {
     stream_id.starts_with("lock:")

@@ -235,9 +235,20 @@ impl<J: RunnerJournal> Runner<J> {
                 }) => {
                     // A crash between the two appends left the lock without its rotation
                     // stream: create it, so the trigger coalesces into a real rotation.
-                    if self.journal.stream_info(open)?.is_none() {
-                        self.create_rotation_stream(open, open_plan, open_trigger, open_actor)
-                            .await?;
+                    match self.journal.stream_info(open)? {
+                        None => {
+                            self.create_rotation_stream(open, open_plan, open_trigger, open_actor)
+                                .await?;
+                        }
+                        // It has ended and its runner has not closed the lock yet (or died
+                        // before it could): close it for it, so this trigger is not lost
+                        // in a rotation that will never run again.
+                        Some(info) if info.status != "open" => {
+                            let (state, _) = self.load(open)?;
+                            self.close_lock(&state, state.phase).await?;
+                            continue;
+                        }
+                        Some(_) => {}
                     }
                     (
                         LockEvent::Coalesced {
@@ -337,6 +348,22 @@ impl<J: RunnerJournal> Runner<J> {
             })
             .collect::<Result<_, _>>()?;
         Ok((decoded, seq))
+    }
+
+    /// The earliest expiry any store of `plan` reports for its current version.
+    ///
+    /// # Errors
+    /// The first store that cannot be asked.
+    pub async fn expiry(&self, plan: &Plan) -> Result<Option<i64>, ProviderError> {
+        let mut earliest: Option<i64> = None;
+        for target in plan.targets.iter().filter(|t| t.role == Role::Store) {
+            if let Some(provider) = self.providers.get(&target.name)
+                && let Some(at) = provider.expiry(&plan.secret).await?
+            {
+                earliest = Some(earliest.map_or(at, |e| e.min(at)));
+            }
+        }
+        Ok(earliest)
     }
 
     /// Every rotation not yet ended, repairing what a crash between two appends left:

@@ -2,6 +2,7 @@
 //! providers, its HTTP API over a loopback socket, and the binary killed and restarted.
 
 mod process;
+mod webhook;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use rekey::journal::{Clock, JournalScan, SqliteJournal, SystemClock};
 use rekey::provider::SecretValue;
 use rekey::runner::{Options, Requested, Runner};
 use rekey::saga::Trigger;
+use rekey::triggers::eventgrid;
 use serde_json::Value;
 
 const TOKEN: &str = "daemon-test-token-3f9c";
@@ -55,10 +57,24 @@ struct Running {
 }
 
 async fn start(dir: &Path, text: &str, max_concurrent: usize) -> Running {
+    start_with(dir, text, max_concurrent, &|_| None).await
+}
+
+/// The webhook's shared secret in these tests.
+const HOOK_SECRET: &str = "hook-secret-71aa";
+
+/// As [`start`], with `env` giving the providers' environment variables; the Event Grid
+/// webhook is served too, with [`HOOK_SECRET`].
+async fn start_with(
+    dir: &Path,
+    text: &str,
+    max_concurrent: usize,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Running {
     std::fs::write(dir.join("rekey.toml"), text).unwrap();
     let config = Config::load(&dir.join("rekey.toml")).unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let providers = config.build_providers(clock.clone(), &|_| None).unwrap();
+    let providers = config.build_providers(clock.clone(), env).unwrap();
     let journal =
         Arc::new(SqliteJournal::open_with_clock(&config.journal_path, clock.clone()).unwrap());
     let metrics = Arc::new(Metrics::new());
@@ -83,7 +99,12 @@ async fn start(dir: &Path, text: &str, max_concurrent: usize) -> Running {
     state.metrics = Some(metrics.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, api::router(state)).await });
+    let hook = eventgrid::WebhookConfig {
+        secret: Some(SecretValue::new(HOOK_SECRET)),
+        ..eventgrid::WebhookConfig::default()
+    };
+    let app = api::router(state).merge(eventgrid::router(hook, daemon.webhook_sink()).unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
     let done = tokio::spawn(async move { daemon.run().await.expect("daemon run") });
     Running {
         handle,
@@ -366,4 +387,68 @@ async fn graceful_stop_leaves_open_rotations_that_the_next_start_finishes() {
     let second = again.done.await.unwrap();
     assert_eq!(summary.completed + second.completed, n as u64);
     assert_eq!(second.left_open, 0);
+}
+
+/// A lock still open for a rotation that has ended (its runner died before closing it, or
+/// has not closed it yet) must not swallow a new trigger: the request closes it and
+/// starts a new rotation.
+#[tokio::test]
+async fn a_trigger_after_a_rotation_ended_is_never_coalesced_into_it() {
+    use rekey::journal::{Append, JournalAppend, JournalRead, NewEvent};
+    use rekey::runner::lock::{self, LockEvent};
+    let tmp = tempfile::tempdir().unwrap();
+    let r = start(tmp.path(), &config_text(1, "0s", r#"["true"]"#), 2).await;
+    let Requested::Started { rotation_id: first } = r
+        .handle
+        .rotate("s0", Trigger::Manual, "test")
+        .await
+        .unwrap()
+    else {
+        panic!("nothing was open");
+    };
+    let lock_stream = lock::stream_id("s0");
+    for _ in 0..400 {
+        if r.journal.stream_info(&lock_stream).unwrap().unwrap().status == lock::IDLE {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let info = r.journal.stream_info(&lock_stream).unwrap().unwrap();
+    assert_eq!(info.status, lock::IDLE, "the first rotation never ended");
+    let plan = Config::load(&tmp.path().join("rekey.toml"))
+        .unwrap()
+        .plan("s0")
+        .unwrap()
+        .clone();
+    let stale = LockEvent::Opened {
+        rotation_id: first.clone(),
+        plan,
+        trigger: Trigger::Manual,
+        actor: "test".into(),
+    };
+    r.journal
+        .append(
+            Append::new(
+                &lock_stream,
+                info.head_seq,
+                vec![NewEvent::new(
+                    stale.kind(),
+                    serde_json::to_value(&stale).unwrap(),
+                )],
+            )
+            .status(lock::BUSY),
+        )
+        .await
+        .unwrap();
+    let second = r
+        .handle
+        .rotate("s0", Trigger::Manual, "test")
+        .await
+        .unwrap();
+    match second {
+        Requested::Started { rotation_id } => assert_ne!(rotation_id, first),
+        other => panic!("coalesced into an ended rotation: {other:?}"),
+    }
+    r.handle.signal();
+    r.done.await.unwrap();
 }

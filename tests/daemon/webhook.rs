@@ -1,0 +1,231 @@
+//! Key Vault events through the daemon's Event Grid webhook, against the fake Key Vault:
+//! near-expiry starts a rotation; a redelivered event id starts nothing; rekey's own new
+//! version, other vaults' secrets and unknown types are acknowledged and journaled as
+//! ignored; an unauthenticated post is refused with nothing journaled.
+
+use std::time::Duration;
+
+use rekey::journal::{JournalRead, JournalScan, StreamFilter};
+use serde_json::{Value, json};
+
+use super::{HOOK_SECRET, Running, client, start_with};
+use crate::azure::{CLIENT_ID, CLIENT_SECRET, Env, VAULT};
+use crate::fake_azure::FakeAzure;
+
+const SECRET: &str = "payments";
+
+fn config(env: &Env) -> String {
+    format!(
+        r#"[journal]
+path = "journal.db"
+
+[azure]
+authority = "{authority}"
+arm = "{arm}"
+graph = "{graph}"
+timeout = "5s"
+
+[credentials.x]
+kind = "client_secret"
+tenant = "{tenant}"
+client_id = "{CLIENT_ID}"
+client_secret_env = "SP_SECRET"
+
+[providers.random]
+kind = "random"
+
+[providers.vault]
+kind = "key_vault"
+vault_url = "{vault}"
+credential = "x"
+verify_challenge_resource = false
+
+[secrets.{SECRET}]
+rotator = "random"
+stores = ["vault"]
+verifiers = ["vault"]
+grace = "0s"
+"#,
+        authority = env.fake.authority_url(),
+        arm = env.fake.arm_url(),
+        graph = env.fake.graph_url(),
+        tenant = FakeAzure::TENANT,
+        vault = env.fake.keyvault_url(VAULT),
+    )
+}
+
+fn grid_event(id: &str, kind: &str, vault: &str, secret: &str, version: &str) -> Value {
+    json!({
+        "id": id,
+        "topic": format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/{vault}"),
+        "subject": secret,
+        "eventType": format!("Microsoft.KeyVault.{kind}"),
+        "eventTime": "2026-11-22T01:08:33.1036736Z",
+        "data": {
+            "Id": format!("https://{vault}.vault.azure.net/secrets/{secret}/{version}"),
+            "VaultName": vault, "ObjectType": "Secret", "ObjectName": secret,
+            "Version": version, "NBF": 1_559_081_980, "EXP": "1559082102"
+        },
+        "dataVersion": "1", "metadataVersion": "1"
+    })
+}
+
+async fn post(r: &Running, body: &Value, code: Option<&str>) -> reqwest::Response {
+    let mut url = format!("{}/eventgrid", r.base);
+    if let Some(code) = code {
+        url.push_str(&format!("?code={code}"));
+    }
+    client()
+        .post(url)
+        .header("content-type", "application/json; charset=utf-8")
+        .header("aeg-event-type", "Notification")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap()
+}
+
+fn rotations(r: &Running) -> Vec<String> {
+    r.journal
+        .streams(&StreamFilter {
+            subject: Some(SECRET.into()),
+            ..StreamFilter::default()
+        })
+        .unwrap()
+        .into_iter()
+        .filter(|s| rekey::runner::lock::is_rotation_stream(&s.stream_id))
+        .map(|s| s.stream_id)
+        .collect()
+}
+
+fn outcome(r: &Running, event_id: &str) -> Option<String> {
+    let events = r
+        .journal
+        .read_stream(&format!("eventgrid:{event_id}"))
+        .unwrap();
+    let payload: Value = serde_json::from_str(&events.first()?.payload).unwrap();
+    payload["outcome"].as_str().map(str::to_owned)
+}
+
+async fn until_none_open(r: &Running) {
+    for _ in 0..400 {
+        let open = r
+            .journal
+            .streams(&StreamFilter {
+                status: Some("open".into()),
+                ..StreamFilter::default()
+            })
+            .unwrap();
+        if open.is_empty() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("a rotation stayed open");
+}
+
+#[tokio::test]
+async fn key_vault_events_start_rotations_once_and_ignore_the_rest() {
+    let env = Env::start_real_clock().await;
+    env.fake.kv_seed(VAULT, SECRET, "old-value");
+    let tmp = tempfile::tempdir().unwrap();
+    let r = start_with(tmp.path(), &config(&env), 4, &|var| {
+        (var == "SP_SECRET").then(|| CLIENT_SECRET.to_owned())
+    })
+    .await;
+
+    // The subscription handshake.
+    let validation = json!([{
+        "id": "v1", "topic": "/subscriptions/s", "subject": "",
+        "data": {"validationCode": "512d38b6-c7b8-40c8-89fe-f46f9e9622b6",
+                 "validationUrl": "https://rp-eastus2.eventgrid.azure.net:553/validate"},
+        "eventType": "Microsoft.EventGrid.SubscriptionValidationEvent",
+        "eventTime": "2018-01-25T22:12:19.4556811Z", "metadataVersion": "1", "dataVersion": "1"
+    }]);
+    let answer = post(&r, &validation, Some(HOOK_SECRET)).await;
+    assert_eq!(answer.status(), 200);
+    let answer: Value = answer.json().await.unwrap();
+    assert_eq!(
+        answer["validationResponse"],
+        "512d38b6-c7b8-40c8-89fe-f46f9e9622b6"
+    );
+
+    // Unauthenticated: refused, nothing journaled, nothing started.
+    let near = json!([grid_event("e1", "SecretNearExpiry", VAULT, SECRET, "aa11")]);
+    assert_eq!(post(&r, &near, None).await.status(), 401);
+    assert_eq!(post(&r, &near, Some("wrong")).await.status(), 401);
+    assert_eq!(outcome(&r, "e1"), None);
+    assert!(rotations(&r).is_empty());
+
+    // Near expiry (vault and secret names in another case): one rotation.
+    let near_upper = json!([grid_event(
+        "e1",
+        "SecretNearExpiry",
+        "KV1",
+        "Payments",
+        "aa11"
+    )]);
+    assert_eq!(post(&r, &near_upper, Some(HOOK_SECRET)).await.status(), 200);
+    let started = outcome(&r, "e1").expect("e1 journaled");
+    assert!(started.starts_with("started "), "{started}");
+    until_none_open(&r).await;
+    let first = rotations(&r);
+    assert_eq!(first.len(), 1);
+    let requested: Value =
+        serde_json::from_str(&r.journal.read_stream(&first[0]).unwrap()[0].payload).unwrap();
+    assert_eq!(requested["trigger"], "near_expiry");
+    assert_eq!(requested["actor"], "eventgrid:e1");
+
+    // Redelivered: acknowledged, nothing new.
+    assert_eq!(post(&r, &near, Some(HOOK_SECRET)).await.status(), 200);
+    assert_eq!(rotations(&r), first);
+
+    // rekey's own new version; someone else's; another vault's secret; another type.
+    let written = env
+        .fake
+        .kv_versions(VAULT, SECRET)
+        .into_iter()
+        .find(|v| v.tags.contains_key("rekey-rotation"))
+        .expect("rekey wrote a version")
+        .version;
+    let batch = json!([
+        grid_event("e2", "SecretNewVersionCreated", VAULT, SECRET, &written),
+        grid_event("e3", "SecretNewVersionCreated", VAULT, SECRET, "ffff0000"),
+        grid_event("e4", "SecretNearExpiry", "other-vault", SECRET, "aa11"),
+        grid_event("e5", "VaultAccessPolicyChanged", VAULT, SECRET, "aa11"),
+    ]);
+    assert_eq!(post(&r, &batch, Some(HOOK_SECRET)).await.status(), 200);
+    let said = |id| outcome(&r, id).unwrap_or_default();
+    assert!(said("e2").contains("rekey wrote itself"), "{}", said("e2"));
+    assert!(said("e3").contains("outside rekey"), "{}", said("e3"));
+    assert!(said("e4").contains("not configured"), "{}", said("e4"));
+    assert!(said("e5").contains("starts nothing"), "{}", said("e5"));
+    assert_eq!(rotations(&r), first, "an ignored event started a rotation");
+
+    // CloudEvents, one structured event: a second rotation.
+    let cloud = json!({
+        "specversion": "1.0", "id": "c1", "type": "Microsoft.KeyVault.SecretExpired",
+        "source": format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/{VAULT}"),
+        "subject": SECRET, "time": "2026-11-22T01:08:33Z",
+        "data": {"Id": "x", "VaultName": VAULT, "ObjectType": "Secret", "ObjectName": SECRET,
+                 "Version": "bb22", "NBF": null, "EXP": null}
+    });
+    let answer = client()
+        .post(format!("{}/eventgrid", r.base))
+        .header("x-rekey-webhook-secret", HOOK_SECRET)
+        .header(
+            "content-type",
+            "application/cloudevents+json; charset=utf-8",
+        )
+        .body(cloud.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 200);
+    until_none_open(&r).await;
+    assert!(said("c1").starts_with("started "), "{}", said("c1"));
+    assert_eq!(rotations(&r).len(), 2);
+    r.handle.signal();
+    let summary = r.done.await.unwrap();
+    assert_eq!(summary.completed, 2);
+}
