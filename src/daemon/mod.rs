@@ -463,7 +463,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                 }
             }
             if let Some(d) = s.due.as_ref().filter(|d| d.at_ms <= now) {
-                due_now.push((secret.clone(), d.clone()));
+                due_now.push((secret.clone(), *d));
             }
         }
         for (secret, due) in due_now {

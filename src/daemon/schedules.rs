@@ -91,10 +91,10 @@ pub fn history<J: JournalScan>(journal: &J, secret: &str) -> Result<History, rek
     {
         match s.status.as_str() {
             "open" => h.open = true,
-            "completed" | "compensated" => {
-                if h.last_ended.is_none_or(|(t, _)| t <= s.updated_at_ms) {
-                    h.last_ended = Some((s.updated_at_ms, s.status == "compensated"));
-                }
+            "completed" | "compensated"
+                if h.last_ended.is_none_or(|(t, _)| t <= s.updated_at_ms) =>
+            {
+                h.last_ended = Some((s.updated_at_ms, s.status == "compensated"));
             }
             _ => {}
         }
