@@ -9,13 +9,26 @@ use rekey::providers::local::{EnvFile, LocalVault, RandomRotator};
 use rekey::runner::{Options, Progress, Requested, Runner, tokio_sleep};
 use rekey::saga::{Phase, Plan, Role, TargetRef, Trigger};
 
-/// Journal time that follows tokio's (pausable) clock.
+/// Journal time that follows tokio's (pausable) clock, starting at `base_ms`.
 #[derive(Debug)]
-struct TokioClock(tokio::time::Instant);
+pub struct TokioClock {
+    base_ms: i64,
+    start: tokio::time::Instant,
+}
+
+impl TokioClock {
+    /// Reads `base_ms` now; call inside a (paused) runtime.
+    pub fn starting_at(base_ms: i64) -> Self {
+        Self {
+            base_ms,
+            start: tokio::time::Instant::now(),
+        }
+    }
+}
 
 impl Clock for TokioClock {
     fn now_ms(&self) -> i64 {
-        1_700_000_000_000 + self.0.elapsed().as_millis() as i64
+        self.base_ms + self.start.elapsed().as_millis() as i64
     }
 }
 
@@ -68,7 +81,7 @@ impl Provider for Slow {
 /// Drives one rotation whose store calls take 1 s under a 300 ms lease.
 async fn slow_rotation(heartbeat: bool) -> Result<Progress, rekey::runner::Error> {
     let dir = tempfile::tempdir().unwrap();
-    let clock: Arc<dyn Clock> = Arc::new(TokioClock(tokio::time::Instant::now()));
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(1_700_000_000_000));
     let journal = Arc::new(MemoryJournal::new(clock.clone()));
     let providers: HashMap<String, Arc<dyn Provider>> = HashMap::from([
         (

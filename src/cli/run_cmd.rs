@@ -16,8 +16,9 @@ use crate::triggers::eventgrid::{self, WebhookConfig};
 /// `rekey run`.
 pub async fn run(config: &Path) -> Result<u8> {
     // Everything the daemon needs from the environment is checked before the journal opens.
-    let settings = crate::config::Config::load(config)?.daemon;
-    let settings = &settings;
+    let loaded = crate::config::Config::load(config)?;
+    let settings = &loaded.daemon;
+    let channels = crate::notify::channels(&loaded.notifications, &|var| std::env::var(var).ok())?;
     let tokens = match &settings.api_token_env {
         Some(var) => {
             let token = std::env::var(var).ok().filter(|t| !t.trim().is_empty());
@@ -61,8 +62,23 @@ pub async fn run(config: &Path) -> Result<u8> {
         env.clock.clone(),
         Settings {
             max_concurrent: settings.max_concurrent_rotations,
+            notice_before_ms: i64::from(settings.notice_days_before) * 86_400_000,
         },
     );
+    let daemon = if channels.is_empty() {
+        daemon
+    } else {
+        let http = reqwest::Client::builder()
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .context("cannot build the HTTP client for notifications")?;
+        daemon.with_notifier(Arc::new(crate::notify::Notifier::new(
+            env.journal.clone(),
+            channels,
+            http,
+            env.clock.clone(),
+        )))
+    };
     let mut state = daemon.api_state(tokens);
     state.metrics = Some(metrics);
     let mut app = api::router(state);

@@ -13,6 +13,7 @@ use super::{
 };
 use crate::provider::{Provider, SecretValue};
 use crate::providers::azure::appservice::{AppSetting, Mode, SiteLocks};
+use crate::providers::azure::budget::{VaultBudgets, vault_key};
 use crate::providers::azure::certificate::ClientCertificate;
 use crate::providers::azure::credential::{Credential, Source, TokenCache};
 use crate::providers::azure::graph::AppPasswords;
@@ -122,6 +123,23 @@ impl Config {
         let endpoints = &self.azure.endpoints;
 
         let site_locks = SiteLocks::default();
+        // One request budget per vault, at the smallest limit any of its stores asks for.
+        let budgets = VaultBudgets::default();
+        let mut vault_limits: HashMap<String, u32> = HashMap::new();
+        for p in self.providers.values() {
+            if let ProviderConfig::KeyVault {
+                vault_url,
+                requests_per_10s: Some(n),
+                ..
+            } = p
+                && let Ok(vault) = Url::parse(vault_url)
+            {
+                vault_limits
+                    .entry(vault_key(&vault))
+                    .and_modify(|m| *m = (*m).min(*n))
+                    .or_insert(*n);
+            }
+        }
         let mut out: HashMap<String, Arc<dyn Provider>> = HashMap::new();
         for (name, p) in &self.providers {
             let what = format!("provider {name}");
@@ -176,12 +194,16 @@ impl Config {
                     credential,
                     content_type,
                     verify_challenge_resource,
+                    requests_per_10s: _,
                 } => {
+                    let vault = url(&what, vault_url)?;
+                    let limit = vault_limits.get(&vault_key(&vault)).copied();
                     let mut kv = KeyVaultStore::new(
                         http.clone(),
                         credentials[credential.as_str()].clone(),
-                        url(&what, vault_url)?,
-                    );
+                        vault.clone(),
+                    )
+                    .with_budget(budgets.budget_with_limit(&vault, limit));
                     if !verify_challenge_resource {
                         kv = kv.without_challenge_verification();
                     }

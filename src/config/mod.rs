@@ -66,6 +66,8 @@ struct RawConfig {
     #[serde(default)]
     secrets: BTreeMap<String, Spanned<RawSecret>>,
     daemon: Option<Spanned<RawDaemon>>,
+    #[serde(default)]
+    notifications: BTreeMap<String, crate::notify::NotificationConfig>,
 }
 
 /// `[daemon]`: how `rekey run` serves.
@@ -76,7 +78,11 @@ struct RawDaemon {
     api_token_env: Option<String>,
     max_concurrent_rotations: Option<usize>,
     webhook_secret_env: Option<String>,
+    notice_days_before: Option<u32>,
 }
+
+/// Days before a scheduled rotation that an upcoming notice is sent, by default.
+pub const NOTICE_DAYS_BEFORE_DEFAULT: u32 = 3;
 
 /// Where the daemon listens by default: loopback only.
 pub const LISTEN_DEFAULT: &str = "127.0.0.1:8787";
@@ -94,6 +100,8 @@ pub struct DaemonConfig {
     /// The variable holding the Event Grid webhook's shared secret; without it the
     /// webhook is off.
     pub webhook_secret_env: Option<String>,
+    /// Send an upcoming notice this many days before a scheduled rotation.
+    pub notice_days_before: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +149,10 @@ pub enum ProviderConfig {
         /// Turn off only for loopback test vaults.
         #[serde(default = "yes")]
         verify_challenge_resource: bool,
+        /// Most requests rekey sends this vault in any 10 s (default 1,900: 95% of Key
+        /// Vault's 2,000). Lower it to leave room for the vault's other clients; stores of
+        /// one vault share one budget, the smallest configured.
+        requests_per_10s: Option<u32>,
     },
     /// Dependent: one App Service application setting.
     AppSetting {
@@ -357,6 +369,8 @@ pub struct Config {
     pub daemon: DaemonConfig,
     /// Each scheduled secret's validated schedule.
     pub schedules: BTreeMap<String, crate::triggers::schedule::Schedule>,
+    /// Where the daemon sends notices, by channel name.
+    pub notifications: BTreeMap<String, crate::notify::NotificationConfig>,
 }
 
 /// Validated Azure endpoints and timeout.
@@ -685,10 +699,14 @@ impl Config {
             api_token_env: d.and_then(|d| d.api_token_env.clone()),
             max_concurrent_rotations: max,
             webhook_secret_env: d.and_then(|d| d.webhook_secret_env.clone()),
+            notice_days_before: d
+                .and_then(|d| d.notice_days_before)
+                .unwrap_or(NOTICE_DAYS_BEFORE_DEFAULT),
         };
         Ok(Config {
             daemon,
             schedules,
+            notifications: raw.notifications,
             path: path.to_owned(),
             journal_path: resolve(&raw.journal.path),
             providers,
@@ -834,7 +852,21 @@ fn check_azure_provider(
             .map_err(|e| format!("provider {name}: {field} = {value:?} is not a URL ({e})"))
     };
     match p {
-        ProviderConfig::KeyVault { vault_url, .. } => url("vault_url", vault_url),
+        ProviderConfig::KeyVault {
+            vault_url,
+            requests_per_10s,
+            ..
+        } => {
+            let limit = crate::providers::azure::budget::KEY_VAULT_LIMIT;
+            if let Some(n) = requests_per_10s
+                && !(1..=limit).contains(n)
+            {
+                return Err(format!(
+                    "provider {name}: requests_per_10s = {n} must be 1 to {limit} (Key Vault's limit per vault)"
+                ));
+            }
+            url("vault_url", vault_url)
+        }
         ProviderConfig::OauthToken { token_url, .. } => url("token_url", token_url),
         ProviderConfig::EntraPassword {
             validity_days,
@@ -1046,6 +1078,51 @@ grace = "7d"
             &c.providers["app"],
             ProviderConfig::EnvFile { path, .. } if path == Path::new("/etc/rekey/app.env")
         ));
+    }
+
+    #[test]
+    fn a_key_vault_request_budget_must_fit_the_service_limit() {
+        let text = |n: u32| {
+            format!(
+                r#"[journal]
+path = "journal.db"
+
+[credentials.x]
+kind = "static_token"
+token_env = "T"
+
+[providers.random]
+kind = "random"
+
+[providers.vault]
+kind = "key_vault"
+vault_url = "https://kv.vault.azure.net"
+credential = "x"
+requests_per_10s = {n}
+
+[secrets.s]
+rotator = "random"
+stores = ["vault"]
+verifiers = ["vault"]
+grace = "1h"
+"#
+            )
+        };
+        let c = parse(&text(500)).unwrap();
+        assert!(matches!(
+            &c.providers["vault"],
+            ProviderConfig::KeyVault {
+                requests_per_10s: Some(500),
+                ..
+            }
+        ));
+        for n in [0, 2_001] {
+            let err = parse(&text(n)).unwrap_err().to_string();
+            assert!(
+                err.contains(&format!("requests_per_10s = {n} must be 1 to 2000")),
+                "{err}"
+            );
+        }
     }
 
     /// Each bad config is refused with its line and a message saying what is wrong.

@@ -211,7 +211,7 @@ async fn rotation<J: RunnerJournal + 'static>(
     Extract(state): Extract<State<J>>,
     Path(id): Path<String>,
 ) -> Response {
-    if lock::is_lock_stream(&id) {
+    if !lock::is_rotation_stream(&id) {
         return error(StatusCode::NOT_FOUND, format!("no rotation {id}"));
     }
     let events = match state.journal.read_stream(&id) {

@@ -24,6 +24,7 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::notify::Notifier;
 use crate::provider::ProviderError;
 use crate::runner::{Progress, Requested, Runner, RunnerJournal};
 use crate::saga::{Phase, Trigger};
@@ -121,7 +122,26 @@ impl Handle {
 pub struct Settings {
     /// Rotations driven at once; more wait their turn.
     pub max_concurrent: usize,
+    /// An upcoming notice goes out this long before a scheduled rotation.
+    pub notice_before_ms: i64,
 }
+
+impl Settings {
+    /// `max_concurrent` rotations at once, notices three days ahead.
+    pub fn new(max_concurrent: usize) -> Self {
+        Self {
+            max_concurrent,
+            notice_before_ms: 3 * 86_400_000,
+        }
+    }
+}
+
+/// Steps failing this many attempts in a row are reported as stuck (then at each doubling).
+pub const STUCK_ATTEMPTS: u32 = 3;
+/// Rotations that ended this long before a start get their missing notices then.
+pub const NOTICE_CATCH_UP_MS: i64 = 7 * 86_400_000;
+/// Due notices are looked for at least this often (other processes may journal some).
+pub const NOTICE_POLL_MS: i64 = 60_000;
 
 /// How a run ended.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -158,6 +178,9 @@ pub struct Daemon<J: RunnerJournal + 'static> {
     polls: JoinSet<(String, Result<Option<i64>, ProviderError>)>,
     webhook_tx: mpsc::Sender<Delivery>,
     webhook: mpsc::Receiver<Delivery>,
+    notifier: Option<Arc<Notifier<J>>>,
+    /// Wakes the delivery task when a notice was journaled.
+    kick: Arc<tokio::sync::Notify>,
     summary: Summary,
 }
 
@@ -170,6 +193,8 @@ struct Scheduled {
     expiry_ms: Option<i64>,
     /// When to ask its stores for the expiry again.
     poll_at_ms: i64,
+    /// The due time an upcoming notice was journaled for.
+    noticed_at_ms: Option<i64>,
 }
 
 impl<J: RunnerJournal + 'static> std::fmt::Debug for Daemon<J> {
@@ -217,6 +242,8 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             polls: JoinSet::new(),
             webhook_tx,
             webhook,
+            notifier: None,
+            kick: Arc::new(tokio::sync::Notify::new()),
             summary: Summary::default(),
         };
         (daemon, handle)
@@ -225,6 +252,13 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
     /// True once every open rotation found at start has been taken up (`/readyz`).
     pub fn readiness(&self) -> Arc<AtomicBool> {
         self.ready.clone()
+    }
+
+    /// Sends notices through `notifier` (completed, compensated, stuck, upcoming).
+    #[must_use]
+    pub fn with_notifier(mut self, notifier: Arc<Notifier<J>>) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
     /// Where the Event Grid webhook hands its deliveries.
@@ -270,6 +304,17 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             );
             self.reschedule(&secret);
         }
+        let deliverer = self.notifier.clone().map(|notifier| {
+            let (kick, clock) = (self.kick.clone(), self.clock.clone());
+            tokio::spawn(async move {
+                match notifier.catch_up(now - NOTICE_CATCH_UP_MS).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(notices = n, "journaled notices a crash had left out"),
+                    Err(e) => warn!(error = %e, "cannot catch up on notices"),
+                }
+                deliver(&notifier, &kick, &*clock).await;
+            })
+        });
         self.ready.store(true, Ordering::Release);
         info!(
             open = self.active.len(),
@@ -280,11 +325,52 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             let input = self.next_input().await;
             if let Input::Signal { count } = input {
                 if count >= 1 {
+                    // Notices not yet delivered stay due in the journal for the next start.
+                    if let Some(d) = &deliverer {
+                        d.abort();
+                    }
                     return Ok(self.stop_gracefully().await);
                 }
                 continue;
             }
             self.handle_input(input).await;
+        }
+    }
+
+    /// Journals notices about a rotation `drive` left; errors are logged, never fatal.
+    async fn notice_rotation(&self, rotation_id: &str, ended: bool) {
+        let Some(notifier) = &self.notifier else {
+            return;
+        };
+        let Ok((state, _)) = self.runner.load(rotation_id) else {
+            return;
+        };
+        let created = if ended {
+            notifier
+                .rotation_ended(
+                    rotation_id,
+                    &state.plan.secret,
+                    state.phase == Phase::Completed,
+                    state.compensation_reason.as_deref(),
+                )
+                .await
+        } else {
+            notifier.steps_stuck(&state, STUCK_ATTEMPTS).await
+        };
+        match created {
+            Ok(0) => {}
+            Ok(_) => self.kick.notify_one(),
+            Err(e) => warn!(rotation_id, error = %e, "cannot journal a notice"),
+        }
+    }
+
+    async fn notice_upcoming(&self, secret: &str, what: &str, at_ms: i64) {
+        if let Some(notifier) = &self.notifier {
+            match notifier.upcoming(secret, what, at_ms).await {
+                Ok(0) => {}
+                Ok(_) => self.kick.notify_one(),
+                Err(e) => warn!(secret, error = %e, "cannot journal a notice"),
+            }
         }
     }
 
@@ -328,7 +414,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             Input::Drove {
                 rotation_id,
                 result,
-            } => self.drove(rotation_id, result),
+            } => self.drove(rotation_id, result).await,
             Input::Webhook(delivery) => {
                 let result = self.webhook_delivery(&delivery.events).await;
                 let _ = delivery.reply.send(result);
@@ -466,6 +552,27 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                 due_now.push((secret.clone(), *d));
             }
         }
+        let ahead = self.settings.notice_before_ms;
+        let mut upcoming = Vec::new();
+        for (secret, s) in &mut self.scheduled {
+            if let Some(d) = s.due.as_ref().filter(|d| d.at_ms - ahead <= now)
+                && s.noticed_at_ms != Some(d.at_ms)
+            {
+                s.noticed_at_ms = Some(d.at_ms);
+                upcoming.push((secret.clone(), *d, s.expiry_ms));
+            }
+        }
+        for (secret, due, expiry) in upcoming {
+            self.notice_upcoming(&secret, "rotation", due.at_ms).await;
+            if let (Some(alert), Some(expiry)) = (&due.alert, expiry) {
+                warn!(
+                    secret,
+                    ?alert,
+                    "the current version may expire before it is rotated"
+                );
+                self.notice_upcoming(&secret, "expiry", expiry).await;
+            }
+        }
         for (secret, due) in due_now {
             if let Some(s) = self.scheduled.get_mut(&secret) {
                 s.due = None;
@@ -505,7 +612,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
         });
     }
 
-    fn drove(&mut self, rotation_id: String, result: Result<Progress, crate::runner::Error>) {
+    async fn drove(&mut self, rotation_id: String, result: Result<Progress, crate::runner::Error>) {
         self.active.remove(&rotation_id);
         let now = self.clock.now_ms();
         match result {
@@ -516,6 +623,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                     Phase::Compensated => self.summary.compensated += 1,
                     _ => {}
                 }
+                self.notice_rotation(&rotation_id, true).await;
                 let secret = self
                     .journal
                     .stream_info(&rotation_id)
@@ -523,11 +631,20 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                     .flatten()
                     .and_then(|i| i.subject);
                 if let Some(secret) = secret {
+                    // The expiry read before was the old version's: ask the stores again
+                    // before scheduling by it.
+                    if let Some(s) = self.scheduled.get_mut(&secret) {
+                        s.expiry_ms = None;
+                        s.poll_at_ms = now;
+                    }
                     self.reschedule(&secret);
                 }
             }
             Ok(Progress::Waiting { until_ms, reason }) => {
                 info!(rotation_id, until_ms, ?reason, "rotation waiting");
+                if reason == crate::saga::Wait::Backoff {
+                    self.notice_rotation(&rotation_id, false).await;
+                }
                 self.wait(rotation_id, until_ms);
             }
             Ok(Progress::Busy { holder }) => {
@@ -551,10 +668,18 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
     /// expiry poll), if any.
     fn wake_in(&self) -> Option<u64> {
         let rotations = self.waiting.first().map(|(at, _)| *at);
+        let ahead = self.settings.notice_before_ms;
         let schedules = self
             .scheduled
             .values()
-            .flat_map(|s| [s.due.as_ref().map(|d| d.at_ms), Some(s.poll_at_ms)])
+            .flat_map(|s| {
+                let notice = s
+                    .due
+                    .as_ref()
+                    .filter(|d| s.noticed_at_ms != Some(d.at_ms))
+                    .map(|d| d.at_ms - ahead);
+                [s.due.as_ref().map(|d| d.at_ms), Some(s.poll_at_ms), notice]
+            })
             .flatten()
             .filter(|at| *at != i64::MAX)
             .min();
@@ -599,7 +724,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                     }
                 }
                 joined = self.tasks.join_next() => match joined {
-                    Some(Ok((rotation_id, result))) => self.drove(rotation_id, result),
+                    Some(Ok((rotation_id, result))) => self.drove(rotation_id, result).await,
                     Some(Err(_)) => {}
                     None => break,
                 },
@@ -617,4 +742,28 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
 
 async fn sleep_ms(ms: Option<u64>) {
     tokio::time::sleep(Duration::from_millis(ms.unwrap_or(0))).await;
+}
+
+/// Delivers due notices until aborted: whenever one is journaled (`kick`), when a retry
+/// is due, and every [`NOTICE_POLL_MS`] in case another process journaled some.
+async fn deliver<J: RunnerJournal + 'static>(
+    notifier: &Notifier<J>,
+    kick: &tokio::sync::Notify,
+    clock: &dyn Clock,
+) {
+    loop {
+        let next = match notifier.deliver_due().await {
+            Ok(next) => next,
+            Err(e) => {
+                warn!(error = %e, "cannot deliver notices now");
+                None
+            }
+        };
+        let now = clock.now_ms();
+        let wait = next.map_or(NOTICE_POLL_MS, |at| (at - now).clamp(0, NOTICE_POLL_MS));
+        tokio::select! {
+            () = kick.notified() => {}
+            () = sleep_ms(Some(u64::try_from(wait).unwrap_or(0))) => {}
+        }
+    }
 }

@@ -7,10 +7,10 @@ use rekey_journal::{Append, JournalAppend, JournalRead, JournalScan, NewEvent, S
 use serde::{Deserialize, Serialize};
 
 use crate::runner::lock;
-use crate::triggers::schedule::{Due, DueInput, Schedule};
+use crate::triggers::schedule::{Due, DueInput, DueReason, Schedule};
 
-/// After a compensated rotation, the next scheduled attempt waits at least this long
-/// (otherwise a secret past its due time would be retried in a loop).
+/// After a compensated rotation, or one made for an expiry, the next such attempt waits
+/// at least this long (otherwise a secret past its due time would be rotated in a loop).
 pub const AFTER_COMPENSATION_MS: i64 = 3_600_000;
 /// How often stores are asked for the current version's expiry.
 pub const EXPIRY_POLL_MS: i64 = 3_600_000;
@@ -121,8 +121,16 @@ pub fn next_due(
         anchor_ms: anchor,
         expiry_ms,
     });
-    if let Some((ended, true)) = history.last_ended {
-        due.at_ms = due.at_ms.max(ended.saturating_add(AFTER_COMPENSATION_MS));
+    match (history.last_ended, due.reason) {
+        (Some((ended, true)), _) => {
+            due.at_ms = due.at_ms.max(ended.saturating_add(AFTER_COMPENSATION_MS));
+        }
+        // A new version that expires within the lead time again would otherwise be
+        // rotated in a loop: at most once per hour, and the expiry alert says why.
+        (Some((ended, false)), DueReason::BeforeExpiry) => {
+            due.at_ms = due.at_ms.max(ended.saturating_add(AFTER_COMPENSATION_MS));
+        }
+        _ => {}
     }
     due
 }

@@ -19,6 +19,7 @@ mod graph;
 mod hygiene;
 mod keyvault;
 mod storage;
+mod throttle;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};

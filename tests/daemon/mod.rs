@@ -2,6 +2,7 @@
 //! providers, its HTTP API over a loopback socket, and the binary killed and restarted.
 
 mod process;
+mod schedule;
 mod webhook;
 
 use std::path::Path;
@@ -93,7 +94,7 @@ async fn start_with(
         journal.clone(),
         Arc::new(config),
         clock,
-        Settings { max_concurrent },
+        Settings::new(max_concurrent),
     );
     let mut state = daemon.api_state(vec![SecretValue::new(TOKEN)]);
     state.metrics = Some(metrics.clone());

@@ -1,8 +1,10 @@
 //! The `rekey run` binary: killed with SIGKILL while busy, started again, it finishes every
-//! open rotation exactly once; SIGTERM then stops it cleanly.
+//! open rotation exactly once and loses no completion notice; SIGTERM then stops it
+//! cleanly.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -17,11 +19,32 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn spawn(dir: &Path) -> Child {
+/// A notification receiver on loopback: every JSON body posted to it, in order.
+async fn receiver() -> (String, Arc<Mutex<Vec<Value>>>) {
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let sink = got.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move |body: axum::Json<Value>| {
+            let sink = sink.clone();
+            async move {
+                sink.lock().unwrap().push(body.0);
+                "ok"
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/hook", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (url, got)
+}
+
+fn spawn(dir: &Path, notify_url: &str) -> Child {
     Command::new(env!("CARGO_BIN_EXE_rekey"))
         .args(["run", "--config", "rekey.toml"])
         .current_dir(dir)
         .env("REKEY_TEST_API_TOKEN", TOKEN)
+        .env("REKEY_TEST_NOTIFY_URL", notify_url)
         .env("RUST_LOG", "info")
         .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
         .stdout(Stdio::null())
@@ -62,11 +85,12 @@ async fn daemon_killed_while_busy_finishes_every_rotation_after_restart() {
     let base = format!("http://127.0.0.1:{port}");
     let mut text = config_text(n, "300ms", r#"["sh", "-c", "cat >/dev/null; sleep 0.05"]"#);
     text.push_str(&format!(
-        "\n[daemon]\nlisten = \"127.0.0.1:{port}\"\napi_token_env = \"REKEY_TEST_API_TOKEN\"\nmax_concurrent_rotations = 4\n"
+        "\n[daemon]\nlisten = \"127.0.0.1:{port}\"\napi_token_env = \"REKEY_TEST_API_TOKEN\"\nmax_concurrent_rotations = 4\n\n[notifications.ops]\nkind = \"webhook\"\nurl_env = \"REKEY_TEST_NOTIFY_URL\"\non = [\"completed\", \"compensated\"]\n"
     ));
+    let (notify_url, notices) = receiver().await;
     std::fs::write(tmp.path().join("rekey.toml"), text).unwrap();
 
-    let mut first = spawn(tmp.path());
+    let mut first = spawn(tmp.path(), &notify_url);
     wait_healthy(&base).await;
     for i in 0..n {
         let r = client()
@@ -81,7 +105,7 @@ async fn daemon_killed_while_busy_finishes_every_rotation_after_restart() {
     first.kill().unwrap();
     first.wait().unwrap();
 
-    let mut second = spawn(tmp.path());
+    let mut second = spawn(tmp.path(), &notify_url);
     wait_healthy(&base).await;
     let mut rows = Vec::new();
     for _ in 0..800 {
@@ -98,6 +122,22 @@ async fn daemon_killed_while_busy_finishes_every_rotation_after_restart() {
     for r in &rows {
         assert_eq!(r["last_ended"]["status"], "completed", "{r}");
     }
+    // Every rotation's completion is notified at least once, across the kill.
+    let mut notified = std::collections::BTreeSet::new();
+    for _ in 0..400 {
+        notified = notices
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n["kind"] == "completed")
+            .filter_map(|n| n["rotation_id"].as_str().map(str::to_owned))
+            .collect();
+        if notified.len() == n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(notified.len(), n, "a completion notice was lost");
     let term = Command::new("kill")
         .args(["-TERM", &second.id().to_string()])
         .status()

@@ -397,6 +397,28 @@ impl FakeAzure {
         self.shared.lock().knobs.kv_empty_first_page = on;
     }
 
+    /// Throttles `vault` as Key Vault does: a request arriving when `limit` requests were
+    /// served in the trailing `window_ms` (by the fake's clock) is answered 429, with
+    /// `Retry-After` in whole seconds until the oldest of them leaves the window and the
+    /// service's `Throttled` body, and is not done. Refused requests do not count.
+    pub fn set_vault_rate_limit(&self, vault: &str, limit: u32, window_ms: u64) {
+        self.shared
+            .lock()
+            .kv_limits
+            .set_rate(vault, limit, window_ms);
+    }
+
+    /// How many requests to `vault` its rate limit refused.
+    pub fn throttled_count(&self, vault: &str) -> u64 {
+        self.shared.lock().kv_limits.throttled(vault)
+    }
+
+    /// Every request to `vault` waits `ms` (tokio time) before the vault looks at it, as a
+    /// network round trip would (unlike `Fault::Delay`: every request, not queued ones).
+    pub fn set_vault_latency_ms(&self, vault: &str, ms: u64) {
+        self.shared.lock().kv_limits.set_latency(vault, ms);
+    }
+
     /// Lifetime of tokens issued from now on (default 3599 s).
     pub fn set_token_lifetime_secs(&self, secs: i64) {
         self.shared.lock().knobs.token_lifetime_secs = secs;

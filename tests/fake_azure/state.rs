@@ -19,6 +19,7 @@ use super::faults::FaultBook;
 use super::graph::store::Apps;
 use super::http::{Incoming, Reply};
 use super::jwt::{self, Claims};
+use super::keyvault::limits::VaultLimits;
 use super::keyvault::store::Vaults;
 use super::principals::Principals;
 use super::requests::{RequestLog, Service};
@@ -67,6 +68,8 @@ impl Default for Knobs {
 #[derive(Debug)]
 pub(crate) struct State {
     pub vaults: Vaults,
+    /// Opt-in per-vault throttling and latency.
+    pub kv_limits: VaultLimits,
     pub sites: Sites,
     pub accounts: Accounts,
     pub apps: Apps,
@@ -100,6 +103,7 @@ impl Shared {
             identity_header: super::ids::random_uuid(),
             state: Mutex::new(State {
                 vaults: Vaults::default(),
+                kv_limits: VaultLimits::default(),
                 sites: Sites::default(),
                 accounts: Accounts::default(),
                 apps: Apps::default(),

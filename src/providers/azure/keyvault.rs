@@ -6,14 +6,19 @@
 //! Authentication is challenge-based, as Azure's SDKs do it: a first request without a
 //! token learns the token resource from `WWW-Authenticate`, which must belong to the vault's
 //! domain unless verification is turned off (loopback test servers).
+//!
+//! Every request to the vault, the challenge probe and each listing page included, first
+//! takes a slot from the vault's [`RequestBudget`] (when one is set), and a 429 tells the
+//! budget to pause everyone: bulk rotations queue instead of being throttled.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use serde_json::json;
 use url::Url;
 
+use super::budget::RequestBudget;
 use super::credential::Credential;
-use super::http::{Authed, Body, Http, Op, Response, classify};
+use super::http::{Body, DEFAULT_RETRY_AFTER_MS, Http, Op, Response, classify};
 use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
 use crate::saga::Action;
 
@@ -34,8 +39,11 @@ pub struct KeyVaultStore {
     vault: Url,
     verify_challenge_resource: bool,
     content_type: Option<String>,
-    /// The token scope learned from the vault's challenge.
-    scope: Mutex<Option<String>>,
+    /// The token scope learned from the vault's challenge; one probe for all callers, so a
+    /// bulk rotation starting at once does not send one each.
+    scope: tokio::sync::OnceCell<String>,
+    /// The vault's request budget; `None` sends without waiting.
+    budget: Option<Arc<RequestBudget>>,
 }
 
 impl KeyVaultStore {
@@ -47,8 +55,16 @@ impl KeyVaultStore {
             vault,
             verify_challenge_resource: true,
             content_type: None,
-            scope: Mutex::default(),
+            scope: tokio::sync::OnceCell::new(),
+            budget: None,
         }
+    }
+
+    /// Sends every request within `budget`, shared by every store of the same vault
+    /// (see [`super::budget::VaultBudgets`]).
+    pub fn with_budget(mut self, budget: Arc<RequestBudget>) -> Self {
+        self.budget = Some(budget);
+        self
     }
 
     /// Accept a challenge whose resource is not the vault's domain (loopback fakes only).
@@ -93,20 +109,32 @@ impl KeyVaultStore {
     }
 
     /// The token scope, learned once from the vault's `WWW-Authenticate` challenge.
-    async fn scope(&self) -> Result<String, ProviderError> {
-        if let Some(s) = self.scope.lock().unwrap_or_else(|p| p.into_inner()).clone() {
-            return Ok(s);
-        }
+    async fn scope(&self) -> Result<&str, ProviderError> {
+        self.scope
+            .get_or_try_init(|| self.probe())
+            .await
+            .map(String::as_str)
+    }
+
+    /// Asks the vault, without a token, which token it wants.
+    async fn probe(&self) -> Result<String, ProviderError> {
         // Nothing, not even the unauthenticated probe, goes where a token may not follow.
         super::guard_credentials(&self.vault)?;
         let mut probe = self.url("/secrets")?;
         probe.query_pairs_mut().append_pair("maxresults", "1");
         let resp = self
-            .http
-            .send(reqwest::Method::GET, &probe, None, &[], Body::Empty)
+            .exchange(reqwest::Method::GET, &probe, None, Body::Empty)
             .await?;
         let challenge = match (resp.status, &resp.www_authenticate) {
             (401, Some(c)) => c.clone(),
+            // Throttled before it could challenge: retry later, as for any other call.
+            (429 | 503, _) => {
+                let base = self.base();
+                return Err(classify(
+                    Self::op("probe", &base, "nothing (the probe carries no token)"),
+                    &resp,
+                ));
+            }
             _ => {
                 return Err(ProviderError::permanent(format!(
                     "{} did not answer like a Key Vault (HTTP {} without a Bearer challenge); check the vault URL",
@@ -127,17 +155,31 @@ impl KeyVaultStore {
                 self.base()
             )));
         }
-        *self.scope.lock().unwrap_or_else(|p| p.into_inner()) = Some(scope.clone());
         Ok(scope)
     }
 
-    /// An authenticated client for the scope the vault's challenge named.
-    async fn authed(&self) -> Result<Authed, ProviderError> {
-        Ok(Authed {
-            http: self.http.clone(),
-            credential: self.credential.clone(),
-            scope: self.scope().await?,
-        })
+    /// One request to the vault, within its budget: the slot is taken just before sending
+    /// (after the token, which may take a login), so grants and arrivals stay close; a
+    /// 429 pauses every caller of the budget.
+    async fn exchange(
+        &self,
+        method: reqwest::Method,
+        url: &Url,
+        bearer: Option<&SecretValue>,
+        body: Body<'_>,
+    ) -> Result<Response, ProviderError> {
+        let Some(budget) = &self.budget else {
+            return self.http.send(method, url, bearer, &[], body).await;
+        };
+        budget.acquire().await;
+        let resp = self.http.send(method, url, bearer, &[], body).await?;
+        if resp.status == 429 {
+            let wait = resp.retry_after_ms.unwrap_or(DEFAULT_RETRY_AFTER_MS);
+            budget.on_throttled(u64::try_from(wait).unwrap_or(0));
+        } else {
+            budget.on_success();
+        }
+        Ok(resp)
     }
 
     /// One authenticated call; any status comes back as a response.
@@ -147,7 +189,8 @@ impl KeyVaultStore {
         url: &Url,
         body: Body<'_>,
     ) -> Result<Response, ProviderError> {
-        self.authed().await?.send(method, url, body).await
+        let token = self.credential.token(self.scope().await?).await?;
+        self.exchange(method, url, Some(&token), body).await
     }
 
     /// One authenticated call; non-2xx becomes a classified error.
@@ -158,7 +201,12 @@ impl KeyVaultStore {
         body: Body<'_>,
         op: Op<'_>,
     ) -> Result<Response, ProviderError> {
-        self.authed().await?.call(method, url, body, op).await
+        let resp = self.send(method, url, body).await?;
+        if resp.ok() {
+            Ok(resp)
+        } else {
+            Err(classify(op, &resp))
+        }
     }
 
     fn op<'a>(action: &'a str, resource: &'a str, grant: &'a str) -> Op<'a> {

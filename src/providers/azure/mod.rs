@@ -4,6 +4,7 @@
 //! HTTP to a loopback address.
 
 pub mod appservice;
+pub mod budget;
 pub mod certificate;
 pub mod credential;
 pub mod graph;

@@ -1,10 +1,12 @@
 //! Fake Key Vault data plane (secrets): `http://127.0.0.1:P/<vault>` is a vault's base URL.
 //!
 //! Order of checks, chosen so the challenge flow works as with the real service: route (501
-//! for operations the fake does not implement), bearer token (401 + `WWW-Authenticate`, before
+//! for operations the fake does not implement), the vault's opt-in latency and rate limit
+//! (429, see [`limits`]), bearer token (401 + `WWW-Authenticate`, before
 //! anything else, so a body-less first request gets the challenge), `api-version`, secret
 //! name, then faults and denial, then the operation and its body.
 
+pub(crate) mod limits;
 pub(crate) mod paging;
 pub(crate) mod store;
 mod wire;
@@ -183,6 +185,9 @@ async fn serve(shared: &Shared, incoming: &Incoming) -> Reply {
         Ok(t) => t,
         Err(r) => return (*r).into(),
     };
+    if let Some(retry_after_secs) = limits::admit(shared, &target.vault).await {
+        return wire::throttled(retry_after_secs).into();
+    }
     let claims = match bearer::check(shared, incoming, &[AUDIENCE]) {
         Ok(c) => c,
         Err(why) => return wire::unauthorized(&shared.urls.authority, &shared.tenant, &why).into(),
