@@ -1,8 +1,13 @@
 //! What each secret's rotations look like now, folded from the journal: shared by
 //! `rekey status` and the daemon's `GET /v1/secrets`.
 
+use std::collections::BTreeMap;
+
 use rekey_journal::StreamFilter;
 use serde::Serialize;
+
+use crate::daemon::schedules;
+use crate::triggers::schedule::{DueReason, Schedule};
 
 use crate::runner::{Runner, RunnerJournal};
 use crate::saga::{Command, Phase, decide};
@@ -13,6 +18,16 @@ pub struct SecretStatus {
     pub secret: String,
     pub open_rotation: Option<OpenStatus>,
     pub last_ended: Option<Ended>,
+    /// The next scheduled rotation, when no rotation is open and the daemon has adopted
+    /// the secret's schedule (expiry-driven times are known only to the daemon).
+    pub next_scheduled: Option<Scheduled>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Scheduled {
+    pub at_ms: i64,
+    /// `cadence` or `before_expiry`.
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -38,6 +53,7 @@ pub struct Ended {
 pub fn secrets<J: RunnerJournal>(
     journal: &J,
     runner: &Runner<J>,
+    schedules: &BTreeMap<String, Schedule>,
     names: &[String],
     now: i64,
 ) -> Result<Vec<SecretStatus>, crate::runner::Error> {
@@ -52,6 +68,7 @@ pub fn secrets<J: RunnerJournal>(
             secret: name.clone(),
             open_rotation: None,
             last_ended: None,
+            next_scheduled: None,
         };
         for s in streams
             .iter()
@@ -82,6 +99,19 @@ pub fn secrets<J: RunnerJournal>(
                     ended_at_ms: s.updated_at_ms,
                 });
             }
+        }
+        if let (Some(schedule), None) = (schedules.get(&name), &row.open_rotation)
+            && let Some(adopted) = schedules::adopted(journal, &name)?
+        {
+            let history = schedules::history(journal, &name)?;
+            let due = schedules::next_due(schedule, &name, now, adopted, history, None);
+            row.next_scheduled = Some(Scheduled {
+                at_ms: due.at_ms,
+                reason: match due.reason {
+                    DueReason::Cadence => "cadence",
+                    DueReason::BeforeExpiry => "before_expiry",
+                },
+            });
         }
         rows.push(row);
     }

@@ -241,7 +241,9 @@ pub fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
         Some(s) => vec![env.config.plan(s)?.secret.clone()],
         None => env.config.secrets.keys().cloned().collect(),
     };
-    let rows = crate::status::secrets(&*env.journal, &env.runner, &names, env.clock.now_ms())?;
+    let now = env.clock.now_ms();
+    let schedules = &env.config.schedules;
+    let rows = crate::status::secrets(&*env.journal, &env.runner, schedules, &names, now)?;
     if json {
         println!("{}", serde_json::to_string(&rows)?);
     } else {
@@ -272,7 +274,18 @@ pub fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
                         format_ms(e.ended_at_ms)
                     )
                 });
-            println!("{}: {open}; {last}", r.secret);
+            let next = r
+                .next_scheduled
+                .as_ref()
+                .map(|n| {
+                    format!(
+                        "; next scheduled {} ({})",
+                        format_ms(n.at_ms),
+                        n.reason.replace('_', " ")
+                    )
+                })
+                .unwrap_or_default();
+            println!("{}: {open}; {last}{next}", r.secret);
         }
     }
     Ok(exit::OK)

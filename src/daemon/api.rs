@@ -166,7 +166,9 @@ async fn metrics<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>) 
 
 async fn list_secrets<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>) -> Response {
     let names: Vec<String> = state.config.secrets.keys().cloned().collect();
-    match crate::status::secrets(&*state.journal, &state.runner, &names, state.clock.now_ms()) {
+    let now = state.clock.now_ms();
+    let schedules = &state.config.schedules;
+    match crate::status::secrets(&*state.journal, &state.runner, schedules, &names, now) {
         Ok(rows) => Json(rows).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }

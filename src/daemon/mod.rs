@@ -71,6 +71,9 @@ pub enum Input {
     /// A store answered when a scheduled secret's current version expires.
     Expiry {
         secret: String,
+        /// The secret's rotation count when the poll started: a rotation that ended
+        /// since makes the answer stale (it was the old version's).
+        generation: u64,
         result: Result<Option<i64>, ProviderError>,
     },
     /// The earliest timer is due.
@@ -175,7 +178,7 @@ pub struct Daemon<J: RunnerJournal + 'static> {
     waiting_at: HashMap<String, i64>,
     /// Each scheduled secret's state; its due time is re-derived from the journal.
     scheduled: HashMap<String, Scheduled>,
-    polls: JoinSet<(String, Result<Option<i64>, ProviderError>)>,
+    polls: JoinSet<(String, u64, Result<Option<i64>, ProviderError>)>,
     webhook_tx: mpsc::Sender<Delivery>,
     webhook: mpsc::Receiver<Delivery>,
     notifier: Option<Arc<Notifier<J>>>,
@@ -195,6 +198,8 @@ struct Scheduled {
     poll_at_ms: i64,
     /// The due time an upcoming notice was journaled for.
     noticed_at_ms: Option<i64>,
+    /// Rotations of it that ended while this daemon ran; stamps expiry polls.
+    generation: u64,
 }
 
 impl<J: RunnerJournal + 'static> std::fmt::Debug for Daemon<J> {
@@ -393,8 +398,8 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             },
             Some(input) = self.inbox.recv() => input,
             Some(delivery) = self.webhook.recv() => Input::Webhook(delivery),
-            Some(Ok((secret, result))) = self.polls.join_next(), if !self.polls.is_empty() => {
-                Input::Expiry { secret, result }
+            Some(Ok((secret, generation, result))) = self.polls.join_next(), if !self.polls.is_empty() => {
+                Input::Expiry { secret, generation, result }
             }
             () = sleep_ms(wake_in), if wake_in.is_some() => Input::Wake,
         }
@@ -419,19 +424,23 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                 let result = self.webhook_delivery(&delivery.events).await;
                 let _ = delivery.reply.send(result);
             }
-            Input::Expiry { secret, result } => {
+            Input::Expiry {
+                secret,
+                generation,
+                result,
+            } => {
                 let now = self.clock.now_ms();
+                let Some(s) = self.scheduled.get_mut(&secret) else {
+                    return;
+                };
+                if s.generation != generation {
+                    return;
+                }
                 match result {
-                    Ok(expiry) => {
-                        if let Some(s) = self.scheduled.get_mut(&secret) {
-                            s.expiry_ms = expiry;
-                        }
-                    }
+                    Ok(expiry) => s.expiry_ms = expiry,
                     Err(e) => warn!(secret, error = %e, "cannot read the current version's expiry"),
                 }
-                if let Some(s) = self.scheduled.get_mut(&secret) {
-                    s.poll_at_ms = now + schedules::EXPIRY_POLL_MS;
-                }
+                s.poll_at_ms = now + schedules::EXPIRY_POLL_MS;
                 self.reschedule(&secret);
             }
             Input::Wake => {
@@ -544,8 +553,9 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                 if let Ok(plan) = self.config.plan(secret) {
                     let (runner, plan, secret) =
                         (self.runner.clone(), plan.clone(), secret.clone());
+                    let generation = s.generation;
                     self.polls
-                        .spawn(async move { (secret, runner.expiry(&plan).await) });
+                        .spawn(async move { (secret, generation, runner.expiry(&plan).await) });
                 }
             }
             if let Some(d) = s.due.as_ref().filter(|d| d.at_ms <= now) {
@@ -636,6 +646,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                     if let Some(s) = self.scheduled.get_mut(&secret) {
                         s.expiry_ms = None;
                         s.poll_at_ms = now;
+                        s.generation += 1;
                     }
                     self.reschedule(&secret);
                 }

@@ -28,6 +28,25 @@ pub enum ScheduleEvent {
     ScheduleAdopted { secret: String, at_ms: i64 },
 }
 
+/// When the schedule of `secret` was adopted, if it has been.
+///
+/// # Errors
+/// Journal errors.
+pub fn adopted<J: JournalRead>(
+    journal: &J,
+    secret: &str,
+) -> Result<Option<i64>, rekey_journal::Error> {
+    Ok(journal
+        .read_stream(&stream_id(secret))?
+        .first()
+        .map(
+            |first| match serde_json::from_str::<ScheduleEvent>(&first.payload) {
+                Ok(ScheduleEvent::ScheduleAdopted { at_ms, .. }) => at_ms,
+                Err(_) => first.recorded_at_ms,
+            },
+        ))
+}
+
 /// When the schedule of `secret` was adopted, journaling `now_ms` if this is the first
 /// time it is seen.
 ///
@@ -40,12 +59,8 @@ pub async fn adopted_at<J: JournalRead + JournalAppend>(
 ) -> Result<i64, rekey_journal::Error> {
     let stream = stream_id(secret);
     loop {
-        if let Some(first) = journal.read_stream(&stream)?.first() {
-            let event: Result<ScheduleEvent, _> = serde_json::from_str(&first.payload);
-            return Ok(match event {
-                Ok(ScheduleEvent::ScheduleAdopted { at_ms, .. }) => at_ms,
-                Err(_) => first.recorded_at_ms,
-            });
+        if let Some(at_ms) = adopted(journal, secret)? {
+            return Ok(at_ms);
         }
         let event = ScheduleEvent::ScheduleAdopted {
             secret: secret.to_owned(),

@@ -78,6 +78,9 @@ impl Provider for Expiring {
 
 struct Paused {
     journal: Arc<MemoryJournal>,
+    runner: Arc<Runner<MemoryJournal>>,
+    config: Arc<Config>,
+    clock: Arc<dyn Clock>,
     handle: Handle,
     done: tokio::task::JoinHandle<Summary>,
 }
@@ -131,10 +134,11 @@ async fn start_notifying(
         Some("http://127.0.0.1:9/hook".to_owned())
     })
     .unwrap();
+    let config = Arc::new(config);
     let (daemon, handle) = Daemon::new(
-        runner,
+        runner.clone(),
         journal.clone(),
-        Arc::new(config),
+        config.clone(),
         clock.clone(),
         Settings::new(8),
     );
@@ -143,7 +147,7 @@ async fn start_notifying(
             journal.clone(),
             channels,
             reqwest::Client::new(),
-            clock,
+            clock.clone(),
         )))
     } else {
         daemon
@@ -151,6 +155,9 @@ async fn start_notifying(
     let done = tokio::spawn(async move { daemon.run().await.unwrap() });
     Paused {
         journal,
+        runner,
+        config,
+        clock,
         handle,
         done,
     }
@@ -205,6 +212,20 @@ async fn a_new_schedule_waits_for_its_time_then_keeps_its_cadence() {
         rotations(&d.journal).is_empty(),
         "rotated before it was due"
     );
+    // `rekey status` and the API show the same due time, read from the journal.
+    let rows = rekey::status::secrets(
+        &*d.journal,
+        &d.runner,
+        &d.config.schedules,
+        &["s0".to_owned()],
+        d.clock.now_ms(),
+    )
+    .unwrap();
+    let next = rows[0]
+        .next_scheduled
+        .as_ref()
+        .expect("a next scheduled time");
+    assert_eq!((next.at_ms, next.reason), (first_due, "cadence"));
     sleep_until(base, start_at, first_due + DAY_MS + 60_000).await;
     let done = rotations(&d.journal);
     assert_eq!(done.len(), 2, "{done:?}");
