@@ -120,32 +120,30 @@ fn client() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
-/// Polls `GET /v1/rotations/{id}` until its phase is `phase`.
-async fn wait_phase(r: &Running, id: &str, phase: &str) -> Value {
-    for _ in 0..400 {
-        let body: Value = client()
-            .get(format!("{}/v1/rotations/{id}", r.base))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if body["phase"] == phase {
-            return body;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    let last: Value = client()
-        .get(format!("{}/v1/rotations/{id}", r.base))
+/// `GET base + path` with the API token, as JSON.
+async fn get_json(base: &str, path: &str) -> Value {
+    client()
+        .get(format!("{base}{path}"))
         .bearer_auth(TOKEN)
         .send()
         .await
         .unwrap()
         .json()
         .await
-        .unwrap();
+        .unwrap()
+}
+
+/// Polls `GET /v1/rotations/{id}` until its phase is `phase`.
+async fn wait_phase(r: &Running, id: &str, phase: &str) -> Value {
+    let path = format!("/v1/rotations/{id}");
+    for _ in 0..400 {
+        let body = get_json(&r.base, &path).await;
+        if body["phase"] == phase {
+            return body;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let last = get_json(&r.base, &path).await;
     panic!("rotation {id} never reached {phase}: {last}");
 }
 
@@ -207,15 +205,8 @@ async fn api_starts_rotations_and_refuses_bad_requests_changing_nothing() {
     assert!(types.contains(&"GraceScheduled"), "{types:?}");
     assert_eq!(types.last(), Some(&"Completed"));
 
-    let secrets: Vec<Value> = c
-        .get(format!("{}/v1/secrets", r.base))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let secrets: Vec<Value> =
+        serde_json::from_value(get_json(&r.base, "/v1/secrets").await).unwrap();
     assert_eq!(secrets.len(), 2);
     assert_eq!(secrets[0]["last_ended"]["status"], "completed");
     assert!(secrets[1]["last_ended"].is_null());

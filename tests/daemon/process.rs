@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use super::{TOKEN, client, config_text};
+use super::{TOKEN, client, config_text, get_json};
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -66,15 +66,7 @@ async fn wait_healthy(base: &str) {
 }
 
 async fn secrets(base: &str) -> Vec<Value> {
-    client()
-        .get(format!("{base}/v1/secrets"))
-        .bearer_auth(TOKEN)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    serde_json::from_value(get_json(base, "/v1/secrets").await).unwrap()
 }
 
 #[tokio::test]

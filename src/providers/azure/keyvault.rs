@@ -378,25 +378,31 @@ impl KeyVaultStore {
     /// attributes without values, so no value is fetched to learn it).
     pub async fn expiry(&self, secret: &str) -> Result<Option<i64>, ProviderError> {
         Ok(self
-            .versions(secret)
+            .newest_enabled_listed(secret)
             .await?
-            .iter()
-            .filter(|v| v["attributes"]["enabled"].as_bool() != Some(false))
-            .max_by_key(|v| v["attributes"]["created"].as_i64().unwrap_or(0))
             .and_then(|v| v["attributes"]["exp"].as_i64())
             .map(|s| s.saturating_mul(1000)))
     }
 
-    /// The newest enabled version (versions are not listed in order).
+    /// The newest enabled version's id.
     async fn newest_enabled(&self, secret: &str) -> Result<Option<String>, ProviderError> {
+        Ok(self
+            .newest_enabled_listed(secret)
+            .await?
+            .and_then(|v| v["id"].as_str().map(str::to_owned)))
+    }
+
+    /// The newest enabled version as listed (versions are not listed in order).
+    async fn newest_enabled_listed(
+        &self,
+        secret: &str,
+    ) -> Result<Option<serde_json::Value>, ProviderError> {
         Ok(self
             .versions(secret)
             .await?
-            .iter()
+            .into_iter()
             .filter(|v| v["attributes"]["enabled"].as_bool() != Some(false))
-            .max_by_key(|v| v["attributes"]["created"].as_i64().unwrap_or(0))
-            .and_then(|v| v["id"].as_str())
-            .map(str::to_owned))
+            .max_by_key(|v| v["attributes"]["created"].as_i64().unwrap_or(0)))
     }
 
     /// The value of the version `id` (a full version id URL of this vault).
