@@ -167,3 +167,45 @@ async fn daemon_killed_while_busy_finishes_every_rotation_after_restart() {
         .count();
     assert_eq!(completed, n, "one Completed per rotation");
 }
+
+/// Bad daemon settings are explained before anything is opened: the journal file is not
+/// created, and the message names the variable or the address and what to do.
+#[test]
+fn bad_daemon_settings_are_explained_and_create_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |extra: &str| {
+        let mut text = config_text(1, "0s", r#"["true"]"#);
+        text.push_str(extra);
+        std::fs::write(tmp.path().join("rekey.toml"), text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_rekey"))
+            .args(["run", "--config", "rekey.toml"])
+            .current_dir(tmp.path())
+            .env_remove("REKEY_UNSET_TOKEN")
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stderr) = run("\n[daemon]\napi_token_env = \"REKEY_UNSET_TOKEN\"\n");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("REKEY_UNSET_TOKEN") && stderr.contains("not set"),
+        "{stderr}"
+    );
+    let (code, stderr) = run("\n[daemon]\nlisten = \"localhost\"\n");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("is not an address and port"), "{stderr}");
+    let (code, stderr) =
+        run("\n[notifications.ops]\nkind = \"teams\"\nurl_env = \"REKEY_UNSET_TOKEN\"\n");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("ops") && stderr.contains("REKEY_UNSET_TOKEN"),
+        "{stderr}"
+    );
+    assert!(
+        !tmp.path().join("journal.db").exists(),
+        "the journal was created"
+    );
+}
