@@ -114,7 +114,7 @@ enum Command {
     /// events and API requests until SIGTERM/Ctrl-C (a second signal exits at once; both
     /// are safe, `resume` or the next start finishes what is left).
     #[command(
-        after_help = "Config ([daemon] section, all optional):\n  listen = \"127.0.0.1:8787\"          # API, /healthz, /readyz, /metrics, /eventgrid\n  api_token_env = \"REKEY_API_TOKEN\"   # bearer token for /v1; unset = /v1 off\n  max_concurrent_rotations = 64\n  webhook_secret_env = \"REKEY_WEBHOOK_SECRET\"\n\nExample:\n  REKEY_API_TOKEN=$(openssl rand -hex 32) rekey run --config /etc/rekey/rekey.toml"
+        after_help = "Config ([daemon] section, all optional):\n  listen = \"127.0.0.1:8787\"          # API, /healthz, /readyz, /metrics, /eventgrid\n  api_token_env = \"REKEY_API_TOKEN\"   # bearer token for /v1; unset = /v1 off\n  max_concurrent_rotations = 64\n  webhook_secret_env = \"REKEY_WEBHOOK_SECRET\"   # Event Grid: ?code= or x-rekey-webhook-secret\n  webhook_token_env = \"REKEY_WEBHOOK_TOKEN\"     # or a bearer token\n  notice_days_before = 3\nSchedules: [secrets.NAME.schedule]; notices: [notifications.NAME] (docs/config.md).\n\nExample:\n  REKEY_API_TOKEN=$(openssl rand -hex 32) rekey run --config /etc/rekey/rekey.toml"
     )]
     Run,
     /// Per secret: the open rotation and what it does next, and the last one that ended.

@@ -19,29 +19,21 @@ pub async fn run(config: &Path) -> Result<u8> {
     let loaded = crate::config::Config::load(config)?;
     let settings = &loaded.daemon;
     let channels = crate::notify::channels(&loaded.notifications, &|var| std::env::var(var).ok())?;
-    let tokens = match &settings.api_token_env {
-        Some(var) => {
-            let token = std::env::var(var).ok().filter(|t| !t.trim().is_empty());
-            let token = token.with_context(|| {
-                format!(
-                    "[daemon] api_token_env names {var}, which is not set: export a long random token in it"
-                )
-            })?;
-            vec![SecretValue::new(token.trim())]
-        }
-        None => Vec::new(),
-    };
-    let webhook_secret = match &settings.webhook_secret_env {
-        Some(var) => {
-            let secret = std::env::var(var).ok().filter(|t| !t.trim().is_empty());
-            Some(SecretValue::new(secret.with_context(|| {
-                format!(
-                    "[daemon] webhook_secret_env names {var}, which is not set: export the shared secret Event Grid sends (?code=... or the x-rekey-webhook-secret header)"
-                )
-            })?.trim()))
-        }
-        None => None,
-    };
+    let tokens = from_env(
+        "api_token_env",
+        settings.api_token_env.as_deref(),
+        "export a long random token in it",
+    )?;
+    let webhook_secret = from_env(
+        "webhook_secret_env",
+        settings.webhook_secret_env.as_deref(),
+        "export the shared secret Event Grid sends (?code=... or the x-rekey-webhook-secret header)",
+    )?;
+    let webhook_tokens = from_env(
+        "webhook_token_env",
+        settings.webhook_token_env.as_deref(),
+        "export the bearer token Event Grid sends",
+    )?;
     let metrics = Arc::new(Metrics::new());
     let env = Env::open_observed(config, Some(metrics.clone()))?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
@@ -79,12 +71,16 @@ pub async fn run(config: &Path) -> Result<u8> {
             env.clock.clone(),
         )))
     };
-    let mut state = daemon.api_state(tokens);
+    let mut state = daemon.api_state(tokens.into_iter().collect());
     state.metrics = Some(metrics);
     let mut app = api::router(state);
-    if let Some(secret) = webhook_secret {
+    if webhook_secret.is_some() || webhook_tokens.is_some() {
         let config = WebhookConfig {
-            secret: Some(secret),
+            secret: webhook_secret,
+            bearer_tokens: webhook_tokens
+                .iter()
+                .map(|t| t.expose().to_owned())
+                .collect(),
             ..WebhookConfig::default()
         };
         app = app.merge(eventgrid::router(config, daemon.webhook_sink())?);
@@ -132,4 +128,15 @@ pub async fn run(config: &Path) -> Result<u8> {
         summary.left_open
     );
     Ok(exit::OK)
+}
+
+/// The value of the variable `[daemon] key` names, if it names one.
+fn from_env(key: &str, var: Option<&str>, what_to_do: &str) -> Result<Option<SecretValue>> {
+    let Some(var) = var else {
+        return Ok(None);
+    };
+    let value = std::env::var(var).ok().filter(|v| !v.trim().is_empty());
+    let value = value
+        .with_context(|| format!("[daemon] {key} names {var}, which is not set: {what_to_do}"))?;
+    Ok(Some(SecretValue::new(value.trim())))
 }

@@ -78,6 +78,7 @@ struct RawDaemon {
     api_token_env: Option<String>,
     max_concurrent_rotations: Option<usize>,
     webhook_secret_env: Option<String>,
+    webhook_token_env: Option<String>,
     notice_days_before: Option<u32>,
 }
 
@@ -100,6 +101,8 @@ pub struct DaemonConfig {
     /// The variable holding the Event Grid webhook's shared secret; without it the
     /// webhook is off.
     pub webhook_secret_env: Option<String>,
+    /// The variable holding a bearer token the webhook also accepts.
+    pub webhook_token_env: Option<String>,
     /// Send an upcoming notice this many days before a scheduled rotation.
     pub notice_days_before: u32,
 }
@@ -699,6 +702,7 @@ impl Config {
             api_token_env: d.and_then(|d| d.api_token_env.clone()),
             max_concurrent_rotations: max,
             webhook_secret_env: d.and_then(|d| d.webhook_secret_env.clone()),
+            webhook_token_env: d.and_then(|d| d.webhook_token_env.clone()),
             notice_days_before: d
                 .and_then(|d| d.notice_days_before)
                 .unwrap_or(NOTICE_DAYS_BEFORE_DEFAULT),
