@@ -74,15 +74,25 @@ impl Provider for Slow {
         &'a self,
         version: &'a str,
     ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        self.inner.read_value(version)
+        Box::pin(async move {
+            self.wait().await;
+            self.inner.read_value(version).await
+        })
     }
 }
 
-/// Drives one rotation whose store calls take 1 s under a 300 ms lease.
+/// Drives one rotation whose store calls (value reads included) take 1 s under a 300 ms
+/// lease.
 async fn slow_rotation(heartbeat: bool) -> Result<Progress, rekey::runner::Error> {
     let dir = tempfile::tempdir().unwrap();
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(1_700_000_000_000));
     let journal = Arc::new(MemoryJournal::new(clock.clone()));
+    // An old version, so the runner reads values (the old one, for the rotator's capture)
+    // before steps, through the same slow store.
+    let vault = LocalVault::new(dir.path().join("vault.json"));
+    vault
+        .set("api", &SecretValue::new("old-value"), "seed")
+        .unwrap();
     let providers: HashMap<String, Arc<dyn Provider>> = HashMap::from([
         (
             "random".to_owned(),
@@ -91,7 +101,7 @@ async fn slow_rotation(heartbeat: bool) -> Result<Progress, rekey::runner::Error
         (
             "vault".to_owned(),
             Arc::new(Slow {
-                inner: LocalVault::new(dir.path().join("vault.json")),
+                inner: vault,
                 delay_ms: 1_000,
             }),
         ),

@@ -671,9 +671,10 @@ impl<J: RunnerJournal> Runner<J> {
     ) -> Result<(), Error> {
         let provider = self.provider(&d.state, step)?;
         let needs_new = matches!(step.action, Action::Write | Action::Update | Action::Verify);
-        // Values are fetched before `StepStarted`: reading one is not an effect.
+        // Values are fetched before `StepStarted`: reading one is not an effect. Reads
+        // may wait (a throttled vault's queue), so the lease is renewed meanwhile too.
         let value = if needs_new {
-            match self.new_value(&d.state).await {
+            match self.heartbeat(&mut d.lease, self.new_value(&d.state)).await {
                 Ok(Some(v)) => Ok(Some(v)),
                 Ok(None) => {
                     // The value lived only in a crashed process: make the credential again.
@@ -696,7 +697,7 @@ impl<J: RunnerJournal> Runner<J> {
         {
             // Undo needs the old value; a rotator's capture uses it to find the credential
             // in use.
-            self.old_value(&d.state).await
+            self.heartbeat(&mut d.lease, self.old_value(&d.state)).await
         } else {
             Ok(None)
         };
@@ -930,7 +931,10 @@ impl<J: RunnerJournal> Runner<J> {
                     produced: Some(&orphan_id),
                     ..call
                 };
-                match provider.compensate(&discard).await {
+                match self
+                    .heartbeat(&mut d.lease, provider.compensate(&discard))
+                    .await
+                {
                     Ok(_) => RotationEvent::StepNotApplied {
                         step,
                         orphan_discarded: Some(orphan_id.clone()),
