@@ -484,10 +484,6 @@ impl<J: RunnerJournal> Runner<J> {
 
     async fn drive_leased(&self, d: &mut Driving) -> Result<Progress, Error> {
         loop {
-            // Checked between steps only: a step that started reaches its outcome event.
-            if self.stopping.load(std::sync::atomic::Ordering::Acquire) {
-                return Ok(Progress::Stopped);
-            }
             let now = self.clock.now_ms();
             if d.lease.expires_at_ms - now < self.options.lease_ttl_ms / 2 {
                 d.lease = self
@@ -495,7 +491,15 @@ impl<J: RunnerJournal> Runner<J> {
                     .renew(&d.lease, self.options.lease_ttl_ms)
                     .await?;
             }
-            match decide(&d.state, now) {
+            let command = decide(&d.state, now);
+            // Checked before a provider call only: a step that started reaches its outcome
+            // event, and what needs no provider (ending, closing the lock) still happens.
+            if matches!(command, Command::Run { .. } | Command::Reconcile { .. })
+                && self.stopping.load(std::sync::atomic::Ordering::Acquire)
+            {
+                return Ok(Progress::Stopped);
+            }
+            match command {
                 Command::Done { phase } => {
                     self.close_lock(&d.state, phase).await?;
                     return Ok(Progress::Finished(phase));

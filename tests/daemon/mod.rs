@@ -12,7 +12,7 @@ use std::time::Duration;
 use rekey::config::Config;
 use rekey::daemon::metrics::Metrics;
 use rekey::daemon::{Daemon, Handle, Settings, Summary, api};
-use rekey::journal::{Clock, JournalScan, SqliteJournal, SystemClock};
+use rekey::journal::{Clock, JournalRead, JournalScan, SqliteJournal, SystemClock};
 use rekey::provider::SecretValue;
 use rekey::runner::{Options, Requested, Runner};
 use rekey::saga::Trigger;
@@ -359,6 +359,20 @@ async fn graceful_stop_leaves_open_rotations_that_the_next_start_finishes() {
         .filter(|e| e.kind == "StepSucceeded" || e.kind == "StepFailed")
         .count();
     assert_eq!(started, outcomes, "a started step has no outcome");
+    // What ended before the stop was finished off: counted, and its lock closed.
+    let ended = r
+        .journal
+        .streams(&rekey::journal::StreamFilter {
+            status: Some("completed".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert_eq!(ended.len() as u64, summary.completed);
+    for rotation in ended {
+        let lock = rekey::runner::lock::stream_id(&rotation.subject.unwrap());
+        let lock = r.journal.stream_info(&lock).unwrap().unwrap();
+        assert_eq!(lock.status, rekey::runner::lock::IDLE, "{}", lock.stream_id);
+    }
     drop(r.journal);
 
     let again = start(tmp.path(), &text, 4).await;
