@@ -1057,6 +1057,27 @@ verifiers = ["app"]
 grace = "7d"
 "#;
 
+    /// Each case edits `base` (`from` → `to`) and must be refused at `line` with a message
+    /// containing `want`.
+    fn assert_each_invalid(base: &str, cases: &[(&str, &str, usize, &str)]) {
+        for (from, to, line, want) in cases {
+            let text = base.replacen(from, to, 1);
+            assert_ne!(text, base, "case {want:?} did not change the config");
+            match parse(&text) {
+                Err(Error::Invalid {
+                    line: got, message, ..
+                }) => {
+                    assert!(
+                        message.contains(want),
+                        "{message:?} should contain {want:?}"
+                    );
+                    assert_eq!(got, *line, "line of {want:?}");
+                }
+                other => panic!("{want:?}: expected an invalid-config error, got {other:?}"),
+            }
+        }
+    }
+
     fn parse(text: &str) -> Result<Config, Error> {
         Config::parse(Path::new("/etc/rekey/rekey.toml"), text)
     }
@@ -1183,22 +1204,7 @@ grace = "1h"
                 "attempts_max = 0 must be 1 to 100",
             ),
         ];
-        for (from, to, line, want) in cases {
-            let text = GOOD.replacen(from, to, 1);
-            assert_ne!(text, GOOD, "case {want:?} did not change the config");
-            match parse(&text) {
-                Err(Error::Invalid {
-                    line: got, message, ..
-                }) => {
-                    assert!(
-                        message.contains(want),
-                        "{message:?} should contain {want:?}"
-                    );
-                    assert_eq!(got, *line, "line of {want:?}");
-                }
-                other => panic!("{want:?}: expected an invalid-config error, got {other:?}"),
-            }
-        }
+        assert_each_invalid(GOOD, cases);
     }
 
     #[test]
@@ -1340,22 +1346,7 @@ grace = "1d"
                 "provider \"db\" (kind postgres_role) cannot be a store",
             ),
         ];
-        for (from, to, line, want) in cases {
-            let text = PG.replacen(from, to, 1);
-            assert_ne!(text, PG, "case {want:?} did not change the config");
-            match parse(&text) {
-                Err(Error::Invalid {
-                    line: got, message, ..
-                }) => {
-                    assert!(
-                        message.contains(want),
-                        "{message:?} should contain {want:?}"
-                    );
-                    assert_eq!(got, *line, "line of {want:?}");
-                }
-                other => panic!("{want:?}: expected an invalid-config error, got {other:?}"),
-            }
-        }
+        assert_each_invalid(PG, cases);
     }
 
     #[test]
