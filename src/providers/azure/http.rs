@@ -186,7 +186,7 @@ pub struct Op<'a> {
     pub service: &'a str,
     /// e.g. "set".
     pub action: &'a str,
-    /// e.g. "secret payments-api in https://kv.vault.azure.net".
+    /// e.g. "secret payments-api in `https://kv.vault.azure.net`".
     pub resource: &'a str,
     /// The role or permission that allows the action, e.g. "Key Vault Secrets Officer".
     pub grant: &'a str,
