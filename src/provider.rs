@@ -110,6 +110,16 @@ impl ProviderError {
             message: message.into(),
         }
     }
+
+    /// `what` cannot `verb` (perform, undo) `call`'s step: the plan or config put the
+    /// provider in a role it does not play. `hint` (may be empty) says what to do.
+    pub fn unsupported(call: &Call<'_>, what: &str, verb: &str, hint: &str) -> Self {
+        Self::permanent(format!(
+            "{what} cannot {verb} {} (step {}){hint}",
+            call.step.action.as_str(),
+            call.step
+        ))
+    }
 }
 
 /// An external system, seen by the runner. One provider serves one configured target.
@@ -170,4 +180,38 @@ pub fn is_compensation(action: Action) -> bool {
         action,
         Action::Discard | Action::DiscardLost | Action::Restore | Action::Revert
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::saga::Role;
+
+    #[test]
+    fn unsupported_steps_name_the_provider_the_action_and_the_step() {
+        let target = TargetRef {
+            role: Role::Store,
+            name: "vault".into(),
+        };
+        let call = Call {
+            rotation_id: "r",
+            secret: "s",
+            step: StepId::new(Action::Discard, 2),
+            key: "k",
+            target: &target,
+            captured: None,
+            produced: None,
+            value: None,
+        };
+        let err =
+            ProviderError::unsupported(&call, "storage keys", "undo", "; use it as a rotator");
+        assert_eq!(err.class, ErrorClass::Permanent);
+        assert_eq!(
+            err.message,
+            format!(
+                "storage keys cannot undo discard (step {}); use it as a rotator",
+                call.step
+            )
+        );
+    }
 }

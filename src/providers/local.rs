@@ -18,12 +18,12 @@ use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconci
 use crate::saga::Action;
 
 fn unsupported(call: &Call<'_>, what: &str) -> ProviderError {
-    ProviderError::permanent(format!(
-        "{what} {} cannot perform {} (step {}); the plan names it in the wrong role",
-        call.target.name,
-        call.step.action.as_str(),
-        call.step
-    ))
+    ProviderError::unsupported(
+        call,
+        &format!("{what} {}", call.target.name),
+        "perform",
+        "; the plan names it in the wrong role",
+    )
 }
 
 fn io_error(what: &str, path: &Path, e: &std::io::Error) -> ProviderError {

@@ -800,12 +800,12 @@ impl PostgresRole {
     }
 
     fn unsupported(&self, call: &Call<'_>) -> ProviderError {
-        ProviderError::permanent(format!(
-            "PostgreSQL role provider {} cannot perform {} (step {}); it serves as rotator and verifier only",
-            call.target.name,
-            call.step.action.as_str(),
-            call.step
-        ))
+        ProviderError::unsupported(
+            call,
+            &format!("PostgreSQL role provider {}", call.target.name),
+            "perform",
+            "; it serves as rotator and verifier only",
+        )
     }
 
     fn captured<'c>(&self, call: &'c Call<'c>) -> Result<&'c str, ProviderError> {

@@ -197,11 +197,12 @@ impl Provider for AppSetting {
                     self.put(Some(reference), true).await?;
                     Ok(Applied::default())
                 }
-                (action, _) => Err(ProviderError::permanent(format!(
-                    "App Service setting cannot perform {} (step {}); configure it as a dependent",
-                    action.as_str(),
-                    call.step
-                ))),
+                _ => Err(ProviderError::unsupported(
+                    call,
+                    "App Service setting",
+                    "perform",
+                    "; configure it as a dependent",
+                )),
             }
         })
     }
@@ -212,11 +213,12 @@ impl Provider for AppSetting {
     ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
         Box::pin(async move {
             if call.step.action != Action::Revert {
-                return Err(ProviderError::permanent(format!(
-                    "App Service setting cannot undo {} (step {})",
-                    call.step.action.as_str(),
-                    call.step
-                )));
+                return Err(ProviderError::unsupported(
+                    call,
+                    "App Service setting",
+                    "undo",
+                    "",
+                ));
             }
             match (&self.mode, call.captured) {
                 (_, Some(ABSENT) | None) => self.put(None, false).await?,

@@ -238,11 +238,12 @@ impl Provider for AppPasswords {
                     self.verify(value).await?;
                     Ok(Applied::default())
                 }
-                action => Err(ProviderError::permanent(format!(
-                    "Entra application passwords cannot perform {} (step {})",
-                    action.as_str(),
-                    call.step
-                ))),
+                _ => Err(ProviderError::unsupported(
+                    call,
+                    "Entra application passwords",
+                    "perform",
+                    "",
+                )),
             }
         })
     }
@@ -258,11 +259,12 @@ impl Provider for AppPasswords {
                     Ok(Applied::default())
                 }
                 (Action::Discard | Action::DiscardLost, None) => Ok(Applied::default()),
-                (action, _) => Err(ProviderError::permanent(format!(
-                    "Entra application passwords cannot undo {} (step {})",
-                    action.as_str(),
-                    call.step
-                ))),
+                _ => Err(ProviderError::unsupported(
+                    call,
+                    "Entra application passwords",
+                    "undo",
+                    "",
+                )),
             }
         })
     }

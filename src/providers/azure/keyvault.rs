@@ -516,11 +516,12 @@ impl Provider for KeyVaultStore {
                     }
                     Ok(Applied::default())
                 }
-                (action, _) => Err(ProviderError::permanent(format!(
-                    "Key Vault store cannot perform {} (step {}); configure it as a store",
-                    action.as_str(),
-                    call.step
-                ))),
+                _ => Err(ProviderError::unsupported(
+                    call,
+                    "Key Vault store",
+                    "perform",
+                    "; configure it as a store",
+                )),
             }
         })
     }
@@ -545,11 +546,12 @@ impl Provider for KeyVaultStore {
                     Ok(Applied::default())
                 }
                 (Action::Restore, None, None) => Ok(Applied::default()),
-                (action, _, _) => Err(ProviderError::permanent(format!(
-                    "Key Vault store cannot undo {} (step {})",
-                    action.as_str(),
-                    call.step
-                ))),
+                _ => Err(ProviderError::unsupported(
+                    call,
+                    "Key Vault store",
+                    "undo",
+                    "",
+                )),
             }
         })
     }

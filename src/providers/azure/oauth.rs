@@ -39,11 +39,12 @@ impl Provider for OAuthToken {
                         value: Some(token.token),
                     })
                 }
-                action => Err(ProviderError::permanent(format!(
-                    "an OAuth token rotator cannot perform {} (step {})",
-                    action.as_str(),
-                    call.step
-                ))),
+                _ => Err(ProviderError::unsupported(
+                    call,
+                    "an OAuth token rotator",
+                    "perform",
+                    "",
+                )),
             }
         })
     }

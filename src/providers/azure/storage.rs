@@ -200,11 +200,12 @@ impl Provider for StorageKeys {
                     }
                     Ok(Applied::default())
                 }
-                action => Err(ProviderError::permanent(format!(
-                    "storage keys cannot perform {} (step {})",
-                    action.as_str(),
-                    call.step
-                ))),
+                _ => Err(ProviderError::unsupported(
+                    call,
+                    "storage keys",
+                    "perform",
+                    "",
+                )),
             }
         })
     }
@@ -221,11 +222,7 @@ impl Provider for StorageKeys {
                     Ok(Applied::default())
                 }
                 (Action::Discard | Action::DiscardLost, None) => Ok(Applied::default()),
-                (action, _) => Err(ProviderError::permanent(format!(
-                    "storage keys cannot undo {} (step {})",
-                    action.as_str(),
-                    call.step
-                ))),
+                _ => Err(ProviderError::unsupported(call, "storage keys", "undo", "")),
             }
         })
     }
