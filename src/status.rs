@@ -103,7 +103,14 @@ pub fn secrets<J: RunnerJournal>(
         if let (Some(schedule), None) = (schedules.get(&name), &row.open_rotation)
             && let Some(adopted) = schedules::adopted(journal, &name)?
         {
-            let history = schedules::history(journal, &name)?;
+            // The streams read above already say it: no second scan.
+            let history = schedules::History {
+                last_ended: row
+                    .last_ended
+                    .as_ref()
+                    .map(|e| (e.ended_at_ms, e.status == "compensated")),
+                open: false,
+            };
             let due = schedules::next_due(schedule, &name, now, adopted, history, None);
             row.next_scheduled = Some(Scheduled {
                 at_ms: due.at_ms,
