@@ -417,7 +417,9 @@ struct Paused {
 struct Scanned {
     /// False when the scan failed and the harness went on with the rotations it knew.
     complete: bool,
-    /// It found nothing open, and nothing else ran meanwhile.
+    /// It found nothing open, nothing else ran meanwhile, and nothing was started since:
+    /// a request started after the scan may open a rotation (and crash before writing its
+    /// stream) that only a later scan can find.
     nothing_open: bool,
 }
 
@@ -610,6 +612,9 @@ impl<'s> Harness<'s> {
         };
         if kind != TaskKind::Scan {
             self.quiet = false;
+            if let Some(scanned) = self.scanned.as_mut() {
+                scanned.nothing_open = false;
+            }
         }
         self.tasks.push(Task {
             process,
