@@ -413,3 +413,67 @@ fn a_rotation_left_waiting_is_finished_by_resume() {
     let again = rekey(&["resume", "--json"], dir);
     assert_eq!(text(&again.stdout).trim(), "[]", "nothing left to resume");
 }
+
+/// The values of `secret` in a plain local vault, oldest first, with whether each is enabled.
+fn versions_of(vault: &Path, secret: &str) -> Vec<(String, bool)> {
+    let v: serde_json::Value = serde_json::from_slice(&std::fs::read(vault).unwrap()).unwrap();
+    v["secrets"][secret]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|ver| {
+            let value = ver["value"].as_str().unwrap().to_owned();
+            (value, ver["enabled"].as_bool().unwrap())
+        })
+        .collect()
+}
+
+fn enabled_of(vault: &Path, secret: &str) -> Vec<String> {
+    versions_of(vault, secret)
+        .into_iter()
+        .filter_map(|(value, enabled)| enabled.then_some(value))
+        .collect()
+}
+
+/// I8 on the local vault: after a completed rotation, a compensated one, and another
+/// completed one, the vault holds exactly one enabled version each time: the live value.
+/// A vault listed twice as a store of one secret also ends with one.
+#[test]
+fn the_local_vault_keeps_one_enabled_version_through_compensation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let vault = dir.join("vault.json");
+    let ok = r#"["true"]"#;
+    let failing = r#"["false"]"#;
+    let rotate = |verifier: &str, expect: &str| {
+        std::fs::write(dir.join("rekey.toml"), hooks_config(verifier)).unwrap();
+        let out = rekey(&["rotate", "api", "--wait", "--json"], dir);
+        let outcome: serde_json::Value =
+            serde_json::from_slice(&out.stdout).unwrap_or_else(|_| panic!("{}", text(&out.stderr)));
+        assert_eq!(outcome[0]["result"], expect, "{}", text(&out.stderr));
+        std::fs::read_to_string(dir.join("secret.txt")).unwrap()
+    };
+    let first = rotate(ok, "completed");
+    assert_eq!(enabled_of(&vault, "api"), std::slice::from_ref(&first));
+    let after_failure = rotate(failing, "compensated");
+    assert_eq!(after_failure, first, "the dependent got the old value back");
+    assert_eq!(
+        versions_of(&vault, "api").len(),
+        3,
+        "written, then restored"
+    );
+    assert_eq!(
+        enabled_of(&vault, "api"),
+        [first],
+        "only the restored copy is enabled"
+    );
+    let second = rotate(ok, "completed");
+    assert_eq!(enabled_of(&vault, "api"), [second]);
+
+    let twice = hooks_config(ok).replace(r#"stores = ["vault"]"#, r#"stores = ["vault", "vault"]"#);
+    std::fs::write(dir.join("rekey.toml"), twice).unwrap();
+    let out = rekey(&["rotate", "api", "--wait"], dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let third = std::fs::read_to_string(dir.join("secret.txt")).unwrap();
+    assert_eq!(enabled_of(&vault, "api"), [third]);
+}

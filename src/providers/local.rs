@@ -15,6 +15,7 @@ use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
 use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use crate::providers::versions;
 use crate::saga::Action;
 
 fn unsupported(call: &Call<'_>, what: &str) -> ProviderError {
@@ -308,35 +309,95 @@ impl LocalVault {
         key: &str,
     ) -> Result<String, ProviderError> {
         self.update(secret, |versions| {
-            let id = uuid::Uuid::now_v7().simple().to_string();
-            let stored = match &self.key {
-                Some(key) => key.seal(secret, &id, value.expose())?,
-                None => value.expose().to_owned(),
-            };
-            versions.push(Version {
-                id: id.clone(),
-                value: stored,
-                enabled: true,
-                tags: BTreeMap::from([(KEY_TAG.to_owned(), key.to_owned())]),
-            });
+            let version = self.new_version(secret, value, key)?;
+            let id = version.id.clone();
+            versions.push(version);
             Ok((id, true))
         })
     }
 
-    fn set_enabled(&self, secret: &str, version: &str, enabled: bool) -> Result<(), ProviderError> {
-        self.update(secret, |versions| {
-            let v = versions
-                .iter_mut()
-                .find(|v| v.id == version)
-                .ok_or_else(|| {
-                    ProviderError::permanent(format!(
-                        "local vault {}: no version {version} of {secret}",
-                        self.path.display(),
-                    ))
-                })?;
-            let changed = v.enabled != enabled;
-            v.enabled = enabled;
-            Ok(((), changed))
+    /// A new enabled version of `secret` holding `value` (sealed when a key is set).
+    fn new_version(
+        &self,
+        secret: &str,
+        value: &SecretValue,
+        key: &str,
+    ) -> Result<Version, ProviderError> {
+        let id = uuid::Uuid::now_v7().simple().to_string();
+        let stored = match &self.key {
+            Some(key) => key.seal(secret, &id, value.expose())?,
+            None => value.expose().to_owned(),
+        };
+        Ok(Version {
+            id,
+            value: stored,
+            enabled: true,
+            tags: BTreeMap::from([(KEY_TAG.to_owned(), key.to_owned())]),
+        })
+    }
+
+    /// Disables what `live` supersedes (I8); true when anything changed.
+    fn disable_superseded(
+        versions: &mut [Version],
+        live: Option<&str>,
+        captured: Option<&str>,
+    ) -> bool {
+        let listed = versions.iter().map(|v| versions::Listed {
+            id: &v.id,
+            enabled: v.enabled,
+            written_by_rekey: v.tags.contains_key(KEY_TAG),
+        });
+        let off: Vec<String> = versions::superseded(listed, live, captured)
+            .into_iter()
+            .map(str::to_owned)
+            .collect();
+        for v in versions.iter_mut().filter(|v| off.contains(&v.id)) {
+            v.enabled = false;
+        }
+        !off.is_empty()
+    }
+
+    /// The version written with `key`, if any.
+    fn tagged<'v>(versions: &'v [Version], key: &str) -> Option<&'v Version> {
+        versions
+            .iter()
+            .find(|v| v.tags.get(KEY_TAG).map(String::as_str) == Some(key))
+    }
+
+    /// The newest enabled version: what a reader gets, and what a capture records.
+    fn live(versions: &[Version]) -> Option<&Version> {
+        versions.iter().rev().find(|v| v.enabled)
+    }
+
+    /// Retirement: every version rekey knows of except the live one is disabled.
+    fn retire_superseded(&self, secret: &str, captured: Option<&str>) -> Result<(), ProviderError> {
+        self.update(secret, |vs| {
+            let live = Self::live(vs).map(|v| v.id.clone());
+            Ok(((), Self::disable_superseded(vs, live.as_deref(), captured)))
+        })
+    }
+
+    /// Compensation: the old value goes back as the newest version (once per `key`), and
+    /// the versions it supersedes, the failed rotation's and the captured one, are disabled.
+    fn restore(
+        &self,
+        secret: &str,
+        old: &SecretValue,
+        key: &str,
+        captured: Option<&str>,
+    ) -> Result<String, ProviderError> {
+        self.update(secret, |vs| {
+            let id = match Self::tagged(vs, key) {
+                Some(v) => v.id.clone(),
+                None => {
+                    let version = self.new_version(secret, old, key)?;
+                    let id = version.id.clone();
+                    vs.push(version);
+                    id
+                }
+            };
+            Self::disable_superseded(vs, Some(&id), captured);
+            Ok((id, true))
         })
     }
 }
@@ -362,9 +423,7 @@ impl Provider for LocalVault {
                     value: None,
                 }),
                 (Action::DisableOld, _) => {
-                    if let Some(old) = call.captured {
-                        self.set_enabled(call.secret, old, false)?;
-                    }
+                    self.retire_superseded(call.secret, call.captured)?;
                     Ok(Applied::default())
                 }
                 _ => Err(unsupported(call, "store")),
@@ -380,12 +439,14 @@ impl Provider for LocalVault {
             match (call.step.action, call.value, call.produced) {
                 // Versions cannot be un-created: write the old value back as the newest.
                 (Action::Restore, Some(old), _) => Ok(Applied {
-                    id: Some(self.set(call.secret, old, call.key)?),
+                    id: Some(self.restore(call.secret, old, call.key, call.captured)?),
                     value: None,
                 }),
-                // There was no old value: disable the version this rotation wrote.
-                (Action::Restore, None, Some(new)) => {
-                    self.set_enabled(call.secret, new, false)?;
+                // There was no old value: disable what this rotation wrote.
+                (Action::Restore, None, Some(_)) => {
+                    self.update(call.secret, |vs| {
+                        Ok(((), Self::disable_superseded(vs, None, call.captured)))
+                    })?;
                     Ok(Applied::default())
                 }
                 _ => Err(unsupported(call, "store")),
@@ -399,24 +460,29 @@ impl Provider for LocalVault {
     ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
         Box::pin(async move {
             self.update(call.secret, |vs| {
-                let tagged = vs
-                    .iter()
-                    .find(|v| v.tags.get(KEY_TAG).map(String::as_str) == Some(call.key));
-                let disabled = |id: Option<&str>| {
-                    id.is_none_or(|id| vs.iter().any(|v| v.id == id && !v.enabled))
+                let tagged = Self::tagged(vs, call.key).map(|v| v.id.clone());
+                // Nothing left for `live` to supersede: a retirement or a restore that
+                // disabled what it had to is done, and is not repeated after a crash.
+                let settled = |live: Option<&str>| {
+                    let listed = vs.iter().map(|v| versions::Listed {
+                        id: &v.id,
+                        enabled: v.enabled,
+                        written_by_rekey: v.tags.contains_key(KEY_TAG),
+                    });
+                    versions::superseded(listed, live, call.captured).is_empty()
                 };
+                let live = Self::live(vs).map(|v| v.id.clone());
                 let found = match (call.step.action, tagged) {
-                    // Disabling is done when the version is disabled already, so a crash
-                    // after it does not count as a second retirement.
-                    (Action::DisableOld, _) if disabled(call.captured) => {
+                    (Action::DisableOld, _) if settled(live.as_deref()) => {
                         Reconciled::Applied { id: None }
                     }
-                    (Action::Restore, _) if call.value.is_none() && disabled(call.produced) => {
+                    (Action::Restore, _) if call.value.is_none() && settled(None) => {
                         Reconciled::Applied { id: None }
                     }
-                    (Action::Write | Action::Restore, Some(v)) => Reconciled::Applied {
-                        id: Some(v.id.clone()),
-                    },
+                    (Action::Restore, Some(id)) if call.value.is_some() && settled(Some(&id)) => {
+                        Reconciled::Applied { id: Some(id) }
+                    }
+                    (Action::Write, Some(id)) => Reconciled::Applied { id: Some(id) },
                     // Capture is safe to repeat.
                     _ => Reconciled::NotApplied,
                 };

@@ -4,3 +4,5 @@
 pub mod azure;
 pub mod local;
 pub mod postgres;
+
+pub mod versions;

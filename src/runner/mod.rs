@@ -615,7 +615,8 @@ impl<J: RunnerJournal> Runner<J> {
         }
     }
 
-    /// The value before the rotation, read from the first store's captured version.
+    /// The value before the rotation, read from the first store's captured version (or
+    /// its restored copy).
     async fn old_value(&self, state: &Rotation) -> Result<Option<SecretValue>, ProviderError> {
         let first_store = state
             .plan
@@ -626,7 +627,10 @@ impl<J: RunnerJournal> Runner<J> {
         let Some(store) = first_store else {
             return Ok(None);
         };
-        let Some(version) = state.captured(store) else {
+        // Once restored, the old value lives in the restored copy: the captured version
+        // was disabled with the failed rotation's (I8), and a disabled version cannot be read.
+        let restored = state.outcome(&StepId::new(Action::Restore, store));
+        let Some(version) = restored.or(state.captured(store)) else {
             return Ok(None);
         };
         let provider = self

@@ -228,7 +228,9 @@ pub async fn seed_001(verdict: Verdict) -> FlowRun {
                 restored.tags.get(KEY_TAG),
                 Some(&StepId::new(Action::Restore, 1).key(id))
             );
-            assert!(versions.iter().all(|v| v.enabled));
+            // I8: the failed rotation's version and the captured one are disabled.
+            let enabled: Vec<bool> = versions.iter().map(|v| v.enabled).collect();
+            assert_eq!(enabled, [false, false, true]);
             let started = events(&*journal, id).into_iter().find_map(|e| match e {
                 RotationEvent::CompensationStarted { reason } => Some(reason),
                 _ => None,
@@ -524,4 +526,93 @@ pub async fn storage() -> FlowRun {
 #[tokio::test]
 async fn storage_key_rotation_completes() {
     storage().await;
+}
+
+/// The enabled versions of the seed-001 secret, oldest first, by value.
+fn enabled_values(env: &Env) -> Vec<String> {
+    env.fake
+        .kv_versions(VAULT, API_SECRET)
+        .into_iter()
+        .filter(|v| v.enabled)
+        .map(|v| v.value)
+        .collect()
+}
+
+/// I8 on Key Vault: a compensated rotation leaves one enabled version, the copy of the old
+/// value (the failed rotation's version and the captured one are disabled); the next
+/// rotation, which completes, leaves only its own version enabled after the grace.
+#[tokio::test]
+async fn a_compensation_then_a_completion_leave_one_enabled_version() {
+    let env = Env::start().await;
+    env.fake.kv_seed(VAULT, API_SECRET, OLD_API_KEY);
+    let mut seeded: Vec<(&str, &str)> = OTHERS.to_vec();
+    seeded.push((SETTING, OLD_API_KEY));
+    env.fake.site_seed(SUB, RG, SITE, None, &seeded);
+    let errors = ErrorLog::default();
+    let (runner, _journal) = seed_001_runner(&env, &errors);
+
+    let first = "0197a000-0000-7000-8000-000000000011";
+    request(
+        &runner,
+        plan(API_SECRET, &seed_001_targets(Verdict::Reject), GRACE_MS),
+        first,
+    )
+    .await;
+    assert_eq!(
+        drive_to_end(&runner, env.manual(), first).await,
+        Phase::Compensated
+    );
+    assert_eq!(env.fake.kv_versions(VAULT, API_SECRET).len(), 3);
+    assert_eq!(
+        enabled_values(&env),
+        [OLD_API_KEY],
+        "only the restored copy is enabled"
+    );
+
+    let second = "0197a000-0000-7000-8000-000000000012";
+    request(
+        &runner,
+        plan(API_SECRET, &seed_001_targets(Verdict::Accept), GRACE_MS),
+        second,
+    )
+    .await;
+    assert_eq!(
+        drive_to_end(&runner, env.manual(), second).await,
+        Phase::Completed
+    );
+    let live = env.fake.app_settings(SITE, None)[SETTING].clone();
+    assert_eq!(
+        enabled_values(&env),
+        [live],
+        "only the new version is enabled"
+    );
+}
+
+/// I8 with one vault entry listed twice as a store: both writes land, and the retirement
+/// leaves only the newest enabled.
+#[tokio::test]
+async fn a_store_listed_twice_leaves_one_enabled_version() {
+    let env = Env::start().await;
+    env.fake.kv_seed(VAULT, API_SECRET, OLD_API_KEY);
+    let mut seeded: Vec<(&str, &str)> = OTHERS.to_vec();
+    seeded.push((SETTING, OLD_API_KEY));
+    env.fake.site_seed(SUB, RG, SITE, None, &seeded);
+    let errors = ErrorLog::default();
+    let (runner, _journal) = seed_001_runner(&env, &errors);
+    let targets = [
+        (Role::Rotator, "random"),
+        (Role::Store, "vault"),
+        (Role::Store, "vault"),
+        (Role::Dependent, "web"),
+        (Role::Verifier, "vault"),
+    ];
+    let id = "0197a000-0000-7000-8000-000000000013";
+    request(&runner, plan(API_SECRET, &targets, GRACE_MS), id).await;
+    assert_eq!(
+        drive_to_end(&runner, env.manual(), id).await,
+        Phase::Completed
+    );
+    assert_eq!(env.fake.kv_versions(VAULT, API_SECRET).len(), 3);
+    let live = env.fake.app_settings(SITE, None)[SETTING].clone();
+    assert_eq!(enabled_values(&env), [live]);
 }

@@ -348,6 +348,47 @@ impl Audit {
         }
         self.value.insert(spec.name, latest.value.clone());
         self.holds(ctx, round.world, spec, latest);
+        if rotation.is_some() {
+            self.one_enabled(ctx, round.world, spec, &versions);
+        }
+    }
+
+    /// I8: after a rotation ends, the vault (and the local vault) hold one enabled version
+    /// of the secret, the latest. Every version there is rekey's or was captured by it.
+    fn one_enabled(&mut self, ctx: &str, world: &World, spec: &Spec, versions: &[KvVersion]) {
+        let enabled: Vec<&str> = versions
+            .iter()
+            .filter(|v| v.enabled)
+            .map(|v| v.version.as_str())
+            .collect();
+        let latest = versions.last().map(|v| v.version.as_str());
+        self.expect(
+            enabled.len() == 1 && enabled.first().copied() == latest,
+            ctx,
+            || {
+                format!(
+                    "I8: Key Vault versions {enabled:?} enabled, want only the latest {latest:?}"
+                )
+            },
+        );
+        if spec.local_vault {
+            let local = world.local_versions(spec.name);
+            let enabled: Vec<&str> = local
+                .iter()
+                .filter(|(_, _, enabled)| *enabled)
+                .map(|(id, _, _)| id.as_str())
+                .collect();
+            let latest = local.last().map(|(id, _, _)| id.as_str());
+            self.expect(
+                enabled.len() == 1 && enabled.first().copied() == latest,
+                ctx,
+                || {
+                    format!(
+                        "I8: local versions {enabled:?} enabled, want only the latest {latest:?}"
+                    )
+                },
+            );
+        }
     }
 
     /// The rotation's journal: exactly one terminal event, last; one grace period when it
@@ -509,15 +550,26 @@ impl Audit {
         }
     }
 
-    /// A compensated rotation restored what it wrote, disabled nothing, and either never
-    /// changed its setting or changed it and changed it back.
+    /// A compensated rotation restored what it wrote and disabled, once each, only what
+    /// its restore superseded (the version it wrote and the one it captured), and either
+    /// never changed its setting or changed it and changed it back.
     fn compensated_effects(&mut self, ctx: &str, r: &RotationLog, seen: &SecretEffects<'_>) {
         let [write, restore] = self.created(ctx, r, seen);
         self.expect(write.is_some() == restore.is_some(), ctx, || {
             format!("compensated with versions written {write:?}, restored {restore:?}")
         });
-        self.expect(seen.disabled.is_empty(), ctx, || {
-            format!("compensated, yet disabled {:?}", seen.disabled)
+        let mut disabled: Vec<&str> = seen.disabled.iter().map(|(_, v)| *v).collect();
+        disabled.sort_unstable();
+        let mut allowed: Vec<&str> = match &write {
+            Some(w) => [Some(w.as_str()), r.captured("kv").map(version_of)]
+                .into_iter()
+                .flatten()
+                .collect(),
+            None => Vec::new(),
+        };
+        allowed.sort_unstable();
+        self.expect(disabled == allowed, ctx, || {
+            format!("compensated, disabled {disabled:?} (want {allowed:?}, once each)")
         });
         self.expect([0, 2].contains(&seen.setting_writes), ctx, || {
             format!(

@@ -8,7 +8,7 @@ use rekey::runner::lock::{LockEvent, is_lock_stream};
 use rekey::saga::{Action, Phase, Rotation, RotationEvent, StepId, fold};
 
 use super::journal::AppendRecord;
-use super::world::{EffectKind, Kind, VALUE_PREFIX, World, target_name};
+use super::world::{EffectKind, Kind, SecretWorld, VALUE_PREFIX, World, target_name};
 
 /// Which promise a violation breaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -22,6 +22,9 @@ pub enum Invariant {
     SameOutcome,
     /// I5: no secret value in the journal, logs or errors.
     NoValues,
+    /// I8: after a rotation ends, each store holds one enabled version that rekey wrote or
+    /// captured: the live one.
+    OneEnabled,
     /// I6: a stale runner's appends are refused.
     Fencing,
     /// Everything ends, and no loop spins without waiting.
@@ -41,6 +44,7 @@ impl fmt::Display for Invariant {
             Invariant::Effects => "I2 effects at most once",
             Invariant::SameOutcome => "I3 same outcome after crashes",
             Invariant::NoValues => "I5 no secret values",
+            Invariant::OneEnabled => "I8 one enabled version",
             Invariant::Fencing => "I6 fencing",
             Invariant::Liveness => "liveness",
             Invariant::Runner => "runner misbehaved",
@@ -117,7 +121,15 @@ pub fn check_ended(
     holding: &mut Holding,
 ) -> Vec<Violation> {
     let sw = &world.secrets[secret];
-    let mut out = Vec::new();
+    // I8, whatever the phase.
+    let mut out: Vec<Violation> = (0..sw.stores.len())
+        .filter_map(|k| {
+            let name = target_name(&sw.name, Kind::Store(k));
+            let target = rot.plan.targets.iter().position(|t| t.name == name);
+            let captured = target.and_then(|t| rot.captured(t as u16));
+            one_enabled(rot, sw, k, captured)
+        })
+        .collect();
     let mut fail =
         |detail: String| out.push(Violation::new(Invariant::Effects, Some(&rot.id), detail));
     let target = |kind: Kind| {
@@ -302,6 +314,30 @@ pub fn check_ended(
         )),
     }
     out
+}
+
+/// I8 for store `k` after `rot` ended: of the versions rekey wrote or `captured`, only the
+/// live one (the newest enabled) is enabled.
+fn one_enabled(
+    rot: &Rotation,
+    sw: &SecretWorld,
+    k: usize,
+    captured: Option<&str>,
+) -> Option<Violation> {
+    let live = sw.latest_enabled(k).map(|v| v.id.as_str());
+    let left: Vec<&str> = sw.stores[k]
+        .iter()
+        .filter(|v| v.enabled && Some(v.id.as_str()) != live)
+        .filter(|v| v.key.is_some() || Some(v.id.as_str()) == captured)
+        .map(|v| v.id.as_str())
+        .collect();
+    (!left.is_empty()).then(|| {
+        Violation::new(
+            Invariant::OneEnabled,
+            Some(&rot.id),
+            format!("store {k}: {left:?} still enabled besides the live version {live:?}"),
+        )
+    })
 }
 
 /// I5: `text` holds no value the world made: nothing with the values' prefix, and none

@@ -442,29 +442,27 @@ impl FakeProvider {
             (Kind::Store(k), Action::Capture) => {
                 Ok(found(w.secrets[s].latest_enabled(k).map(|v| v.id.clone())))
             }
-            (Kind::Store(k), Action::Write | Action::Restore) => {
+            (Kind::Store(k), Action::Write) => {
                 let value = self.value(w, call)?.expose().to_owned();
-                let id = w.fresh_version_id();
-                w.secrets[s].stores[k].push(Version {
-                    id: id.clone(),
-                    value,
-                    key: Some(call.key.to_owned()),
-                    enabled: true,
-                });
-                w.record(s, EffectKind::VersionWritten, &id, call.key);
+                Ok(found(Some(self.write(w, k, value, call.key))))
+            }
+            // The old value goes back once per key; what it supersedes is disabled (I8).
+            (Kind::Store(k), Action::Restore) => {
+                let value = self.value(w, call)?.expose().to_owned();
+                let tagged = w.secrets[s].stores[k]
+                    .iter()
+                    .find(|v| v.key.as_deref() == Some(call.key))
+                    .map(|v| v.id.clone());
+                let id = match tagged {
+                    Some(id) => id,
+                    None => self.write(w, k, value, call.key),
+                };
+                self.disable_superseded(w, k, Some(&id), call);
                 Ok(found(Some(id)))
             }
             (Kind::Store(k), Action::DisableOld) => {
-                let Some(id) = call.captured else {
-                    return Err(self.misuse(w, call, "no captured version"));
-                };
-                let Some(version) = w.secrets[s].stores[k].iter_mut().find(|v| v.id == id) else {
-                    return Err(self.misuse(w, call, "unknown version"));
-                };
-                if version.enabled {
-                    version.enabled = false;
-                    w.record(s, EffectKind::VersionDisabled, id, call.key);
-                }
+                let live = w.secrets[s].latest_enabled(k).map(|v| v.id.clone());
+                self.disable_superseded(w, k, live.as_deref(), call);
                 Ok(found(None))
             }
             (Kind::Dependent, Action::Capture) => {
@@ -510,6 +508,40 @@ impl FakeProvider {
                 }
             }
             _ => Err(self.misuse(w, call, "action not supported by this target")),
+        }
+    }
+
+    /// Writes a new enabled version of store `k`.
+    fn write(&self, w: &mut World, k: usize, value: String, key: &str) -> String {
+        let id = w.fresh_version_id();
+        w.secrets[self.secret].stores[k].push(Version {
+            id: id.clone(),
+            value,
+            key: Some(key.to_owned()),
+            enabled: true,
+        });
+        w.record(self.secret, EffectKind::VersionWritten, &id, key);
+        id
+    }
+
+    /// The enabled versions of store `k` that rekey knows of (wrote, or captured), but
+    /// `live`: what a retirement or a restore must disable.
+    fn superseded(sw: &SecretWorld, k: usize, live: Option<&str>, call: &Call<'_>) -> Vec<String> {
+        sw.stores[k]
+            .iter()
+            .filter(|v| v.enabled && Some(v.id.as_str()) != live)
+            .filter(|v| v.key.is_some() || Some(v.id.as_str()) == call.captured)
+            .map(|v| v.id.clone())
+            .collect()
+    }
+
+    fn disable_superseded(&self, w: &mut World, k: usize, live: Option<&str>, call: &Call<'_>) {
+        let s = self.secret;
+        for id in Self::superseded(&w.secrets[s], k, live, call) {
+            if let Some(v) = w.secrets[s].stores[k].iter_mut().find(|v| v.id == id) {
+                v.enabled = false;
+            }
+            w.record(s, EffectKind::VersionDisabled, &id, call.key);
         }
     }
 
@@ -571,16 +603,24 @@ impl FakeProvider {
             }
             (Kind::Rotator, Action::RetireOld) => retired(call.captured),
             (Kind::Rotator, Action::Discard | Action::DiscardLost) => retired(call.produced),
-            (Kind::Store(k), Action::Write | Action::Restore) => sw.stores[k]
+            (Kind::Store(k), Action::Write) => sw.stores[k]
                 .iter()
                 .find(|v| v.key.as_deref() == Some(call.key))
                 .map_or(Reconciled::NotApplied, |v| applied(Some(v.id.clone()))),
+            (Kind::Store(k), Action::Restore) => {
+                match sw.stores[k]
+                    .iter()
+                    .find(|v| v.key.as_deref() == Some(call.key))
+                {
+                    Some(v) if Self::superseded(sw, k, Some(&v.id), call).is_empty() => {
+                        applied(Some(v.id.clone()))
+                    }
+                    _ => Reconciled::NotApplied,
+                }
+            }
             (Kind::Store(k), Action::DisableOld) => {
-                let disabled = call
-                    .captured
-                    .and_then(|id| sw.version(k, id))
-                    .is_some_and(|v| !v.enabled);
-                if disabled {
+                let live = sw.latest_enabled(k).map(|v| v.id.as_str());
+                if Self::superseded(sw, k, live, call).is_empty() {
                     applied(None)
                 } else {
                     Reconciled::NotApplied
@@ -608,9 +648,16 @@ impl FakeProvider {
         }
         let mut w = self.world();
         let found = match self.kind {
-            Kind::Store(k) => w.secrets[self.secret]
-                .version(k, version)
-                .map(|v| SecretValue::new(v.value.clone())),
+            // Like Key Vault, a disabled version cannot be read.
+            Kind::Store(k) => match w.secrets[self.secret].version(k, version) {
+                Some(v) if !v.enabled => {
+                    return Err(ProviderError::permanent(format!(
+                        "{}: version {version} is disabled (simulated)",
+                        self.name
+                    )));
+                }
+                found => found.map(|v| SecretValue::new(v.value.clone())),
+            },
             // Like an Entra password: the source never shows a credential's value again.
             // The runner may ask (storage keys can answer); it must then treat the value
             // as lost.

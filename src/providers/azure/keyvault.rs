@@ -20,6 +20,7 @@ use super::budget::RequestBudget;
 use super::credential::Credential;
 use super::http::{Body, DEFAULT_RETRY_AFTER_MS, Http, Op, Response, classify};
 use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use crate::providers::versions;
 use crate::saga::Action;
 
 /// The api-version rekey speaks (the contract's stable versions share these shapes).
@@ -363,15 +364,48 @@ impl KeyVaultStore {
             .map(str::to_owned))
     }
 
-    /// Whether version `id` of `secret` is listed as disabled (a missing version counts
-    /// as not disabled: the caller's step then runs and reports what it finds).
-    async fn is_disabled(&self, secret: &str, id: &str) -> Result<bool, ProviderError> {
-        Ok(self.versions(secret).await?.iter().any(|v| {
-            v["id"]
-                .as_str()
-                .is_some_and(|listed| listed.eq_ignore_ascii_case(id))
-                && v["attributes"]["enabled"].as_bool() == Some(false)
-        }))
+    /// The enabled versions rekey knows of, other than `live` (see [`versions`]).
+    async fn superseded(
+        &self,
+        secret: &str,
+        live: Option<&str>,
+        captured: Option<&str>,
+    ) -> Result<Vec<String>, ProviderError> {
+        let listed = self.versions(secret).await?;
+        let listed = listed.iter().filter_map(|v| {
+            Some(versions::Listed {
+                id: v["id"].as_str()?,
+                enabled: v["attributes"]["enabled"].as_bool() != Some(false),
+                written_by_rekey: v["tags"][ROTATION_TAG].is_string(),
+            })
+        });
+        Ok(versions::superseded(listed, live, captured)
+            .into_iter()
+            .map(str::to_owned)
+            .collect())
+    }
+
+    /// Disables every version `live` supersedes (I8).
+    async fn disable_superseded(
+        &self,
+        secret: &str,
+        live: Option<&str>,
+        captured: Option<&str>,
+    ) -> Result<(), ProviderError> {
+        for id in self.superseded(secret, live, captured).await? {
+            self.set_enabled(&id, false).await?;
+        }
+        Ok(())
+    }
+
+    /// True when nothing that `live` supersedes is still enabled.
+    async fn settled(
+        &self,
+        secret: &str,
+        live: Option<&str>,
+        captured: Option<&str>,
+    ) -> Result<bool, ProviderError> {
+        Ok(self.superseded(secret, live, captured).await?.is_empty())
     }
 
     /// The `exp` attribute of the newest enabled version, in Unix ms (listing carries
@@ -511,9 +545,9 @@ impl Provider for KeyVaultStore {
                     }
                 }
                 (Action::DisableOld, _) => {
-                    if let Some(old) = call.captured {
-                        self.set_enabled(old, false).await?;
-                    }
+                    let live = self.current(call.secret).await?;
+                    self.disable_superseded(call.secret, live.as_deref(), call.captured)
+                        .await?;
                     Ok(Applied::default())
                 }
                 _ => Err(ProviderError::unsupported(
@@ -532,17 +566,27 @@ impl Provider for KeyVaultStore {
     ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
         Box::pin(async move {
             match (call.step.action, call.value, call.produced) {
-                // Versions cannot be un-created: the old value goes back as the newest version.
-                (Action::Restore, Some(old), _) => Ok(Applied {
-                    id: Some(
-                        self.set(call.secret, old, call.rotation_id, call.key)
-                            .await?,
-                    ),
-                    value: None,
-                }),
-                // The secret did not exist before: disable the version this rotation wrote.
-                (Action::Restore, None, Some(new)) => {
-                    self.set_enabled(new, false).await?;
+                // Versions cannot be un-created: the old value goes back as the newest
+                // version (once per key), and what it supersedes is disabled.
+                (Action::Restore, Some(old), _) => {
+                    let id = match self.find_tagged(call.secret, call.key).await? {
+                        Some(id) => id,
+                        None => {
+                            self.set(call.secret, old, call.rotation_id, call.key)
+                                .await?
+                        }
+                    };
+                    self.disable_superseded(call.secret, Some(&id), call.captured)
+                        .await?;
+                    Ok(Applied {
+                        id: Some(id),
+                        value: None,
+                    })
+                }
+                // The secret did not exist before: disable what this rotation wrote.
+                (Action::Restore, None, Some(_)) => {
+                    self.disable_superseded(call.secret, None, call.captured)
+                        .await?;
                     Ok(Applied::default())
                 }
                 (Action::Restore, None, None) => Ok(Applied::default()),
@@ -562,28 +606,41 @@ impl Provider for KeyVaultStore {
     ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
         Box::pin(async move {
             match call.step.action {
-                // A restore of a secret that did not exist disables the new version.
-                Action::Restore if call.value.is_none() => Ok(match call.produced {
-                    Some(new) if !self.is_disabled(call.secret, new).await? => {
+                // A restore of a secret that did not exist disables what the rotation wrote.
+                Action::Restore if call.value.is_none() => {
+                    Ok(if self.settled(call.secret, None, call.captured).await? {
+                        Reconciled::Applied { id: None }
+                    } else {
                         Reconciled::NotApplied
-                    }
-                    _ => Reconciled::Applied { id: None },
-                }),
-                Action::Write | Action::Restore => {
-                    Ok(match self.find_tagged(call.secret, call.key).await? {
-                        Some(id) => Reconciled::Applied { id: Some(id) },
-                        None => Reconciled::NotApplied,
                     })
                 }
-                // Disabling is found done when the version already is disabled, so a
-                // lost response does not count as a second retirement.
-                Action::DisableOld => Ok(match call.captured {
-                    Some(old) if self.is_disabled(call.secret, old).await? => {
-                        Reconciled::Applied { id: None }
+                // A restore is done when its copy exists and nothing it supersedes is
+                // enabled; otherwise it runs again, reusing a copy it already wrote.
+                Action::Restore => Ok(match self.find_tagged(call.secret, call.key).await? {
+                    Some(id) if self.settled(call.secret, Some(&id), call.captured).await? => {
+                        Reconciled::Applied { id: Some(id) }
                     }
-                    Some(_) => Reconciled::NotApplied,
-                    None => Reconciled::Applied { id: None },
+                    _ => Reconciled::NotApplied,
                 }),
+                Action::Write => Ok(match self.find_tagged(call.secret, call.key).await? {
+                    Some(id) => Reconciled::Applied { id: Some(id) },
+                    None => Reconciled::NotApplied,
+                }),
+                // Retiring is found done when nothing but the live version is enabled, so
+                // a lost response does not count as a second retirement.
+                Action::DisableOld => {
+                    let live = self.current(call.secret).await?;
+                    Ok(
+                        if self
+                            .settled(call.secret, live.as_deref(), call.captured)
+                            .await?
+                        {
+                            Reconciled::Applied { id: None }
+                        } else {
+                            Reconciled::NotApplied
+                        },
+                    )
+                }
                 // Reading is safe to repeat.
                 _ => Ok(Reconciled::NotApplied),
             }
