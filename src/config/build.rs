@@ -13,8 +13,10 @@ use super::{
 };
 use crate::provider::{Provider, SecretValue};
 use crate::providers::azure::appservice::{AppSetting, Mode, SiteLocks};
+use crate::providers::azure::azure_cli::{AZ_TIMEOUT_MS_DEFAULT, AzureCli};
 use crate::providers::azure::budget::{VaultBudgets, vault_key};
 use crate::providers::azure::certificate::ClientCertificate;
+use crate::providers::azure::chain::{Chain, Link, LinkState};
 use crate::providers::azure::credential::{Credential, Source, TokenCache};
 use crate::providers::azure::graph::AppPasswords;
 use crate::providers::azure::http::{Authed, Http};
@@ -112,6 +114,47 @@ impl Config {
                 CredentialConfig::StaticToken { token_env } => Source::Static {
                     token: secret_env(&what, token_env)?,
                 },
+                CredentialConfig::AzureCli { tenant, timeout } => {
+                    Source::AzureCli(azure_cli(env, tenant.clone(), timeout.as_deref()))
+                }
+                CredentialConfig::WorkloadIdentity {
+                    tenant,
+                    client_id,
+                    token_file,
+                } => {
+                    let setting = |field: &Option<String>, var: &str| {
+                        field
+                            .clone()
+                            .or_else(|| env(var).filter(|v| !v.is_empty()))
+                            .ok_or_else(|| Error::MissingEnv {
+                                path: self.path.clone(),
+                                what: what.clone(),
+                                var: var.to_owned(),
+                            })
+                    };
+                    let file = token_file.as_ref().map(|f| f.display().to_string());
+                    Source::WorkloadIdentity {
+                        authority: self.authority_from(env)?,
+                        tenant: setting(tenant, "AZURE_TENANT_ID")?,
+                        client_id: setting(client_id, "AZURE_CLIENT_ID")?,
+                        token_file: setting(&file, "AZURE_FEDERATED_TOKEN_FILE")?.into(),
+                    }
+                }
+                CredentialConfig::Default {
+                    tenant,
+                    managed_identity_client_id,
+                    managed_identity_endpoint,
+                } => {
+                    let links = self.default_chain(
+                        &http,
+                        env,
+                        tenant.clone(),
+                        managed_identity_client_id.clone(),
+                        managed_identity_endpoint.as_deref(),
+                    )?;
+                    credentials.insert(name, Arc::new(Chain::new(name.clone(), links)));
+                    continue;
+                }
             };
             credentials.insert(name, Arc::new(TokenCache::new(http.clone(), source)));
         }
@@ -366,4 +409,153 @@ fn read_key_file(path: &std::path::Path) -> Result<VaultKey, String> {
             .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?,
     );
     VaultKey::from_hex(&text).map_err(|why| format!("{}: {why}", path.display()))
+}
+
+/// The Azure CLI found on the `PATH` that `env` gives (so tests can put a fake one there).
+fn azure_cli(
+    env: &dyn Fn(&str) -> Option<String>,
+    tenant: Option<String>,
+    timeout: Option<&str>,
+) -> AzureCli {
+    // Not found: the first candidate, so the error names where it was looked for.
+    let candidates: Vec<std::path::PathBuf> = env("PATH")
+        .map(|path| {
+            std::env::split_paths(&path)
+                .map(|dir| dir.join("az"))
+                .collect()
+        })
+        .unwrap_or_default();
+    let program = candidates
+        .iter()
+        .find(|candidate| candidate.is_file())
+        .or(candidates.first())
+        .cloned()
+        .unwrap_or_else(|| "az".into());
+    let timeout_ms = timeout
+        .and_then(|t| parse_duration_ms(t).ok())
+        .and_then(|ms| u64::try_from(ms).ok())
+        .unwrap_or(AZ_TIMEOUT_MS_DEFAULT);
+    AzureCli {
+        program,
+        tenant,
+        timeout_ms,
+    }
+}
+
+impl Config {
+    /// The authority: `AZURE_AUTHORITY_HOST` when set (workload identity sets it), else
+    /// the configured or public one.
+    fn authority_from(&self, env: &dyn Fn(&str) -> Option<String>) -> Result<Url, Error> {
+        match env("AZURE_AUTHORITY_HOST").filter(|v| !v.is_empty()) {
+            None => Ok(self.azure.endpoints.authority.clone()),
+            Some(host) => Url::parse(&host).map_err(|e| Error::Build {
+                path: self.path.clone(),
+                what: "AZURE_AUTHORITY_HOST".into(),
+                why: format!("{host:?} is not a URL ({e})"),
+            }),
+        }
+    }
+
+    /// The `default` chain's links, each ready or saying which settings it lacks.
+    fn default_chain(
+        &self,
+        http: &Http,
+        env: &dyn Fn(&str) -> Option<String>,
+        tenant: Option<String>,
+        mi_client_id: Option<String>,
+        mi_endpoint: Option<&str>,
+    ) -> Result<Vec<Link>, Error> {
+        let var = |name: &str| env(name).filter(|v| !v.is_empty());
+        let ready = |source: Source, probe: Option<Url>| LinkState::Ready {
+            cache: Box::new(TokenCache::new(http.clone(), source)),
+            probe,
+        };
+        let missing = |names: &[&str]| {
+            let unset: Vec<&str> = names.iter().copied().filter(|n| var(n).is_none()).collect();
+            LinkState::Unavailable(format!("{} not set", unset.join(", ")))
+        };
+        let authority = self.authority_from(env)?;
+        let environment = match (
+            var("AZURE_TENANT_ID"),
+            var("AZURE_CLIENT_ID"),
+            var("AZURE_CLIENT_SECRET"),
+        ) {
+            (Some(tenant), Some(client_id), Some(secret)) => ready(
+                Source::ClientSecret {
+                    authority: authority.clone(),
+                    tenant,
+                    client_id,
+                    secret: SecretValue::new(secret),
+                },
+                None,
+            ),
+            _ => missing(&["AZURE_TENANT_ID", "AZURE_CLIENT_ID", "AZURE_CLIENT_SECRET"]),
+        };
+        let workload = match (
+            var("AZURE_TENANT_ID"),
+            var("AZURE_CLIENT_ID"),
+            var("AZURE_FEDERATED_TOKEN_FILE"),
+        ) {
+            (Some(tenant), Some(client_id), Some(file)) => ready(
+                Source::WorkloadIdentity {
+                    authority,
+                    tenant,
+                    client_id,
+                    token_file: file.into(),
+                },
+                None,
+            ),
+            _ => missing(&[
+                "AZURE_TENANT_ID",
+                "AZURE_CLIENT_ID",
+                "AZURE_FEDERATED_TOKEN_FILE",
+            ]),
+        };
+        let parse = |v: &str| {
+            Url::parse(v).map_err(|e| Error::Build {
+                path: self.path.clone(),
+                what: "the managed identity endpoint".into(),
+                why: format!("{v:?} is not a URL ({e})"),
+            })
+        };
+        let managed = match (var("IDENTITY_ENDPOINT"), var("IDENTITY_HEADER")) {
+            (Some(endpoint), Some(header)) => ready(
+                Source::AppService {
+                    endpoint: parse(&endpoint)?,
+                    header: SecretValue::new(header),
+                    client_id: mi_client_id,
+                },
+                None,
+            ),
+            _ => {
+                let endpoint = parse(mi_endpoint.unwrap_or(IMDS_ENDPOINT))?;
+                ready(
+                    Source::Imds {
+                        endpoint: endpoint.clone(),
+                        client_id: mi_client_id,
+                    },
+                    Some(endpoint),
+                )
+            }
+        };
+        let cli = ready(Source::AzureCli(azure_cli(env, tenant, None)), None);
+        Ok(vec![
+            Link {
+                label: "environment",
+                state: environment,
+            },
+            Link {
+                label: "workload identity",
+                state: workload,
+            },
+            Link {
+                label: "managed identity",
+                state: managed,
+            },
+            Link {
+                label: "Azure CLI",
+                state: cli,
+            },
+        ])
+    }
 }

@@ -305,6 +305,31 @@ pub enum CredentialConfig {
     AppServiceIdentity { client_id: Option<String> },
     /// A bearer token from an environment variable (CI pipelines).
     StaticToken { token_env: String },
+    /// The signed-in Azure CLI (`az login`), run as `az account get-access-token`.
+    AzureCli {
+        /// Ask the CLI for a token of this tenant; its default tenant otherwise.
+        tenant: Option<String>,
+        /// How long `az` may take, e.g. "10s" (1s to 120s).
+        timeout: Option<String>,
+    },
+    /// Workload identity federation (AKS): each field defaults to the variable the
+    /// workload identity webhook sets (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`,
+    /// `AZURE_FEDERATED_TOKEN_FILE`; `AZURE_AUTHORITY_HOST` overrides the authority).
+    WorkloadIdentity {
+        tenant: Option<String>,
+        client_id: Option<String>,
+        token_file: Option<PathBuf>,
+    },
+    /// Tries environment, workload identity, managed identity, then the Azure CLI, and
+    /// keeps the first that works.
+    Default {
+        /// Tenant for the Azure CLI link.
+        tenant: Option<String>,
+        /// A user-assigned managed identity's client id for the managed identity link.
+        managed_identity_client_id: Option<String>,
+        /// The managed identity endpoint (IMDS by default).
+        managed_identity_endpoint: Option<String>,
+    },
 }
 
 /// How runners behave.
@@ -455,6 +480,26 @@ impl Config {
                     tenant,
                     client_id,
                     certificate_file: resolve(&certificate_file),
+                },
+                CredentialConfig::AzureCli {
+                    timeout: Some(t), ..
+                } if !parse_duration_ms(&t).is_ok_and(|ms| (1_000..=120_000).contains(&ms)) => {
+                    return Err(invalid(
+                        Some(spanned.span()),
+                        format!(
+                            "credential {name}: timeout = {:?} must be a duration from 1s to 120s, e.g. \"10s\"",
+                            t.chars().take(40).collect::<String>()
+                        ),
+                    ));
+                }
+                CredentialConfig::WorkloadIdentity {
+                    tenant,
+                    client_id,
+                    token_file,
+                } => CredentialConfig::WorkloadIdentity {
+                    tenant,
+                    client_id,
+                    token_file: token_file.map(|f| resolve(&f)),
                 },
                 other => other,
             };

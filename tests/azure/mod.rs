@@ -12,6 +12,7 @@
 //! over it, a `Call` builder, and runner helpers.
 
 mod appservice;
+mod chain;
 mod config;
 mod credential;
 mod flows;

@@ -112,3 +112,55 @@ pub fn check(
     }
     Ok(())
 }
+
+/// The audience Entra requires of a federated token.
+pub const FEDERATED_AUDIENCE: &str = "api://AzureADTokenExchange";
+
+/// Whether the JWT's header names a certificate thumbprint (a certificate assertion).
+pub fn has_x5t(jwt: &str) -> bool {
+    jwt.split('.')
+        .next()
+        .and_then(|h| URL_SAFE_NO_PAD.decode(h).ok())
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .is_some_and(|h| h["x5t"].is_string())
+}
+
+/// Checks a federated token (workload identity) against the client's registered
+/// (issuer, subject) pairs: claims only. Entra would also verify the signature with the
+/// issuer's published keys, which a fake cannot fetch; tests sign nothing.
+pub fn check_federated(
+    jwt: &str,
+    federated: &[(String, String)],
+    now_s: i64,
+) -> Result<(), Rejected> {
+    let malformed = || rejected(50_027, "JWT token is invalid or malformed.");
+    let claims = jwt.split('.').nth(1).ok_or_else(malformed)?;
+    let bytes = URL_SAFE_NO_PAD.decode(claims).map_err(|_| malformed())?;
+    let body: Value = serde_json::from_slice(&bytes).map_err(|_| malformed())?;
+    if body["aud"] != FEDERATED_AUDIENCE {
+        return Err(rejected(
+            700_212,
+            format!(
+                "No matching federated identity record found for presented assertion audience '{}'.",
+                body["aud"]
+            ),
+        ));
+    }
+    let (iss, sub) = (body["iss"].as_str(), body["sub"].as_str());
+    if !federated
+        .iter()
+        .any(|(i, s)| Some(i.as_str()) == iss && Some(s.as_str()) == sub)
+    {
+        return Err(rejected(
+            70_021,
+            "No matching federated identity record found for presented assertion.",
+        ));
+    }
+    match body["exp"].as_i64() {
+        Some(exp) if exp > now_s => Ok(()),
+        _ => Err(rejected(
+            700_024,
+            "Client assertion is not within its valid time range.",
+        )),
+    }
+}

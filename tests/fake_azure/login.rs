@@ -287,6 +287,18 @@ fn authenticate(
                     "client_assertion_type must be urn:ietf:params:oauth:client-assertion-type:jwt-bearer.",
                 ));
             }
+            let federated = registered.map_or(&[][..], |c| &c.federated[..]);
+            if !federated.is_empty() && !assertion::has_x5t(jwt) {
+                return match assertion::check_federated(jwt, federated, now_ms / 1000) {
+                    Ok(()) => Ok(registered.map_or_else(String::new, |c| c.principal_id.clone())),
+                    Err(assertion::Rejected { code, message }) => Err(fail(
+                        StatusCode::UNAUTHORIZED,
+                        "invalid_client",
+                        code,
+                        &message,
+                    )),
+                };
+            }
             let certificates = registered.map_or(&[][..], |c| &c.certificates[..]);
             let audience = format!("{}/{tenant}/oauth2/v2.0/token", shared.urls.authority);
             return match assertion::check(jwt, client_id, &audience, certificates, now_ms / 1000) {

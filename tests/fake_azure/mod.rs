@@ -186,6 +186,22 @@ impl FakeAzure {
             .register_client_certificate(tenant, client_id, der);
     }
 
+    /// Registers a federated identity credential: client `client_id` accepts, as its client
+    /// assertion, a token from `issuer` for `subject` with audience
+    /// `api://AzureADTokenExchange` (workload identity).
+    pub fn register_federated_credential(
+        &self,
+        tenant: &str,
+        client_id: &str,
+        issuer: &str,
+        subject: &str,
+    ) {
+        self.shared
+            .lock()
+            .principals
+            .register_federated(tenant, client_id, issuer, subject);
+    }
+
     /// The client id of the system-assigned managed identity (used when a managed-identity
     /// request names none).
     pub fn managed_identity_client_id(&self) -> String {

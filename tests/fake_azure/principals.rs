@@ -12,6 +12,9 @@ pub struct Client {
     pub secrets: Vec<String>,
     /// Certificates uploaded to the app registration (DER), for client assertions.
     pub certificates: Vec<Vec<u8>>,
+    /// Federated identity credentials: (issuer, subject) pairs whose tokens it accepts as
+    /// client assertions (workload identity).
+    pub federated: Vec<(String, String)>,
     /// The `oid` of its tokens.
     pub principal_id: String,
 }
@@ -64,10 +67,26 @@ impl Principals {
         self.client_entry(key).certificates.push(der.to_vec());
     }
 
+    /// Lets client `client_id` of `tenant` (created if new) sign in with tokens that
+    /// `issuer` issued to `subject`.
+    pub fn register_federated(
+        &mut self,
+        tenant: &str,
+        client_id: &str,
+        issuer: &str,
+        subject: &str,
+    ) {
+        let key = (tenant.to_ascii_lowercase(), client_id.to_ascii_lowercase());
+        self.client_entry(key)
+            .federated
+            .push((issuer.to_owned(), subject.to_owned()));
+    }
+
     fn client_entry(&mut self, key: (String, String)) -> &mut Client {
         self.clients.entry(key).or_insert_with(|| Client {
             secrets: Vec::new(),
             certificates: Vec::new(),
+            federated: Vec::new(),
             principal_id: ids::random_uuid(),
         })
     }

@@ -1,6 +1,7 @@
 //! Credentials rekey uses to call Azure: a client secret or certificate, a managed identity
-//! (IMDS or the App Service `IDENTITY_ENDPOINT`), or a static bearer token (CI pipelines). Tokens are
-//! cached per scope and refreshed before they expire.
+//! (IMDS or the App Service `IDENTITY_ENDPOINT`), workload identity federation, the Azure
+//! CLI, or a static bearer token (CI pipelines). Tokens are cached per scope and refreshed
+//! before they expire. `chain` tries several in the order Azure users expect.
 //!
 //! Written by hand rather than with `azure_identity`: that crate cannot point its managed
 //! identity and authority endpoints at loopback test servers without its own test hooks,
@@ -12,6 +13,7 @@ use std::sync::Mutex;
 use serde_json::Value;
 use url::Url;
 
+use super::azure_cli::AzureCli;
 use super::certificate::{ASSERTION_TYPE, ClientCertificate};
 use super::http::{Body, Http, Op, classify};
 use crate::provider::{BoxFuture, ProviderError, SecretValue};
@@ -58,6 +60,17 @@ pub enum Source {
     },
     /// A token given from outside (e.g. `REKEY_AZURE_TOKEN` in a pipeline); never refreshed.
     Static { token: SecretValue },
+    /// The signed-in Azure CLI (`az login`).
+    AzureCli(AzureCli),
+    /// Workload identity federation (AKS): the projected service-account token in
+    /// `token_file` is the client assertion. Read at every token request, so a token the
+    /// kubelet rotated is used as soon as it lands.
+    WorkloadIdentity {
+        authority: Url,
+        tenant: String,
+        client_id: String,
+        token_file: std::path::PathBuf,
+    },
 }
 
 /// A token and when it stops working.
@@ -129,6 +142,28 @@ impl TokenCache {
                     .send(reqwest::Method::POST, &url, None, &[], Body::Form(&form))
                     .await?;
                 token_from(&resp, now, &format!("client {client_id}"), scope)
+            }
+            Source::AzureCli(cli) => cli.token(resource, now).await,
+            Source::WorkloadIdentity {
+                authority,
+                tenant,
+                client_id,
+                token_file,
+            } => {
+                let url = token_url(authority, tenant)?;
+                let assertion = read_federated_token(token_file)?;
+                let form = [
+                    ("client_id", client_id.as_str()),
+                    ("scope", scope),
+                    ("client_assertion_type", ASSERTION_TYPE),
+                    ("client_assertion", assertion.expose()),
+                    ("grant_type", "client_credentials"),
+                ];
+                let resp = self
+                    .http
+                    .send(reqwest::Method::POST, &url, None, &[], Body::Form(&form))
+                    .await?;
+                token_from(&resp, now, &format!("workload identity {client_id}"), scope)
             }
             Source::Imds {
                 endpoint,
@@ -205,6 +240,24 @@ impl Credential for TokenCache {
             Ok(token)
         })
     }
+}
+
+/// The projected service-account token, as the client assertion.
+fn read_federated_token(path: &std::path::Path) -> Result<SecretValue, ProviderError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ProviderError::permanent(format!(
+            "workload identity: cannot read the federated token file {} ({e}); is AZURE_FEDERATED_TOKEN_FILE right and the service account token projected?",
+            path.display()
+        ))
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(ProviderError::transient(format!(
+            "workload identity: the federated token file {} is empty",
+            path.display()
+        )));
+    }
+    Ok(SecretValue::new(token))
 }
 
 /// `{authority}/{tenant}/oauth2/v2.0/token`.

@@ -4,8 +4,10 @@
 //! HTTP to a loopback address.
 
 pub mod appservice;
+pub mod azure_cli;
 pub mod budget;
 pub mod certificate;
+pub mod chain;
 pub mod credential;
 pub mod graph;
 pub mod http;
