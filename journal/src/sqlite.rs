@@ -116,6 +116,7 @@ impl SqliteJournal {
     pub fn open_with_clock(path: impl AsRef<Path>, clock: Arc<dyn Clock>) -> Result<Self> {
         let path = path.as_ref().to_owned();
         refuse_read_only_file(&path)?;
+        create_owner_only(&path);
         let mut write = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -331,6 +332,20 @@ fn refuse_read_only_file(path: &Path) -> Result<()> {
         });
     }
     Ok(())
+}
+
+/// Creates a journal that does not exist yet as an empty file of mode 0600 (an empty
+/// file is a new database to SQLite), so the secret names and error texts it will hold
+/// are readable by its owner only. SQLite gives the `-wal` and `-shm` files it creates
+/// the mode of the database file. An existing file keeps its mode. Any other failure is
+/// left for SQLite's own open to report, with its own words.
+fn create_owner_only(path: &Path) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path);
 }
 
 fn set_busy_timeout(conn: &Connection) -> Result<()> {

@@ -18,6 +18,8 @@ mod format;
 mod group_commit;
 #[path = "journal/leases.rs"]
 mod leases;
+#[path = "journal/modes.rs"]
+mod modes;
 #[path = "journal/properties.rs"]
 mod properties;
 #[path = "journal/tamper.rs"]
