@@ -2,6 +2,7 @@
 //!
 //! See `docs/ARCHITECTURE.md` for the map of modules and how data flows.
 
+pub mod atomic_file;
 pub mod cli;
 pub mod config;
 pub mod daemon;

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn rekey(args: &[&str], dir: &Path) -> Output {
+pub fn rekey(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_rekey"))
         .args(args)
         .current_dir(dir)
@@ -16,7 +16,7 @@ fn rekey(args: &[&str], dir: &Path) -> Output {
         .expect("run rekey")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 

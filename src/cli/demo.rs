@@ -11,6 +11,7 @@ use rekey_journal::JournalRead;
 use super::exit;
 use super::journal_cmd::timeline_line;
 use super::rotation_cmd::Env;
+use crate::atomic_file;
 use crate::provider::SecretValue;
 use crate::providers::local::{EnvFile, LocalVault, VaultKey};
 use crate::runner::{Progress, Requested};
@@ -63,21 +64,13 @@ attempts_max = 5
 pub async fn run(args: DemoArgs) -> Result<u8> {
     std::fs::create_dir_all(&args.dir)
         .with_context(|| format!("cannot create the demo directory {}", args.dir.display()))?;
-    // The key sealing the vault's values; made once, readable by its owner only.
+    // The key sealing the vault's values; made once (whole or not at all), readable by its
+    // owner only. An existing key is kept.
     let key_path = args.dir.join("vault.key");
-    if !key_path.exists() {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&key_path)
-            .and_then(|mut f| f.write_all(VaultKey::generate_hex().as_bytes()))
-            .with_context(|| format!("cannot write the vault key {}", key_path.display()))?;
-    }
+    atomic_file::create_new(&key_path, VaultKey::generate_hex().as_bytes())
+        .with_context(|| format!("cannot write the vault key {}", key_path.display()))?;
     let config_path = args.dir.join("rekey.toml");
-    std::fs::write(&config_path, demo_config(args.grace_secs))
+    atomic_file::write(&config_path, demo_config(args.grace_secs).as_bytes(), false)
         .with_context(|| format!("cannot write {}", config_path.display()))?;
     let env = Env::open(&config_path)?;
 
@@ -85,17 +78,17 @@ pub async fn run(args: DemoArgs) -> Result<u8> {
     let app_env = EnvFile::new(args.dir.join("app.env"), "API_KEY");
     if app_env.read()?.is_none() {
         let initial = SecretValue::new(format!("initial-{}", uuid::Uuid::now_v7().simple()));
-        let key =
-            VaultKey::from_hex(&std::fs::read_to_string(&key_path)?).map_err(anyhow::Error::msg)?;
+        let key = atomic_file::read(&key_path, false)?
+            .with_context(|| format!("the vault key {} is gone", key_path.display()))?;
+        let key = VaultKey::from_hex(std::str::from_utf8(&key).unwrap_or_default())
+            .map_err(|why| anyhow::anyhow!("{}: {why}", key_path.display()))?;
         LocalVault::sealed(args.dir.join("vault.json"), key).set(
             SECRET,
             &initial,
             "demo-initial",
         )?;
-        std::fs::write(
-            args.dir.join("app.env"),
-            format!("API_KEY={}\n", initial.expose()),
-        )?;
+        let line = zeroize::Zeroizing::new(format!("API_KEY={}\n", initial.expose()));
+        atomic_file::write(&args.dir.join("app.env"), line.as_bytes(), false)?;
     }
 
     let plan = env.config.plan(SECRET)?.clone();

@@ -192,6 +192,7 @@ impl Config {
                     path,
                     key_file,
                     key_env,
+                    follow_symlinks,
                 } => {
                     let key =
                         match (key_file, key_env) {
@@ -206,24 +207,33 @@ impl Config {
                             }
                             (None, None) => None,
                         };
-                    Arc::new(match key {
-                        Some(key) => LocalVault::sealed(path, key),
-                        None => LocalVault::new(path),
-                    })
+                    Arc::new(
+                        match key {
+                            Some(key) => LocalVault::sealed(path, key),
+                            None => LocalVault::new(path),
+                        }
+                        .with_follow_symlinks(*follow_symlinks),
+                    )
                 }
                 ProviderConfig::EnvFile {
                     path,
                     key,
                     after_write,
+                    follow_symlinks,
                 } => {
-                    let file = FileDependent::new(path, key.clone());
+                    let file = FileDependent::new(path, key.clone())
+                        .with_follow_symlinks(*follow_symlinks);
                     Arc::new(match after_write {
                         Some(c) => file.with_after_write(c.clone()),
                         None => file,
                     })
                 }
-                ProviderConfig::File { path, after_write } => {
-                    let file = FileDependent::raw(path);
+                ProviderConfig::File {
+                    path,
+                    after_write,
+                    follow_symlinks,
+                } => {
+                    let file = FileDependent::raw(path).with_follow_symlinks(*follow_symlinks);
                     Arc::new(match after_write {
                         Some(c) => file.with_after_write(c.clone()),
                         None => file,

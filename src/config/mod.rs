@@ -15,6 +15,7 @@ use crate::saga::{Plan, Role, TargetRef};
 pub const ATTEMPTS_MAX_LIMIT: u32 = 100;
 
 mod build;
+mod files;
 
 /// A config that failed to load.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +130,9 @@ pub enum ProviderConfig {
         key_file: Option<PathBuf>,
         /// Or an environment variable holding that key.
         key_env: Option<String>,
+        /// Read and write through a symbolic link at `path` (refused otherwise).
+        #[serde(default)]
+        follow_symlinks: bool,
     },
     /// Dependent and verifier: one `KEY=value` line of an env file.
     EnvFile {
@@ -136,11 +140,17 @@ pub enum ProviderConfig {
         key: String,
         /// A command (program and arguments, no shell) run after each change, e.g. a reload.
         after_write: Option<Vec<String>>,
+        /// Read and write through a symbolic link at `path` (refused otherwise).
+        #[serde(default)]
+        follow_symlinks: bool,
     },
     /// Dependent and verifier: a whole file holding the value.
     File {
         path: PathBuf,
         after_write: Option<Vec<String>>,
+        /// Read and write through a symbolic link at `path` (refused otherwise).
+        #[serde(default)]
+        follow_symlinks: bool,
     },
     /// Verifier: a command that gets the new value on standard input; exit 0 means it works.
     Command { command: Vec<String> },
@@ -424,16 +434,20 @@ fn valid_name(name: &str) -> bool {
 }
 
 impl Config {
-    /// Reads and validates the config at `path`.
+    /// Reads and validates the config at `path`, and checks the files it names as a
+    /// rotation would meet them (`files.rs`), changing nothing.
     ///
     /// # Errors
-    /// [`Error::Read`] or [`Error::Invalid`] with the line of the first problem.
+    /// [`Error::Read`] or [`Error::Invalid`] with the line of the first problem;
+    /// [`Error::Build`] for a file a rotation would refuse.
     pub fn load(path: &Path) -> Result<Self, Error> {
         let text = std::fs::read_to_string(path).map_err(|cause| Error::Read {
             path: path.to_owned(),
             cause,
         })?;
-        Self::parse(path, &text)
+        let config = Self::parse(path, &text)?;
+        config.check_files()?;
+        Ok(config)
     }
 
     /// Validates config text as if read from `path` (relative paths resolve beside it).
@@ -550,6 +564,7 @@ impl Config {
                     path,
                     key_file,
                     key_env,
+                    follow_symlinks,
                 } => {
                     if key_file.is_some() && key_env.is_some() {
                         return Err(invalid(
@@ -561,6 +576,7 @@ impl Config {
                         path: resolve(&path),
                         key_file: key_file.as_deref().map(resolve),
                         key_env,
+                        follow_symlinks,
                     }
                 }
                 other @ (ProviderConfig::KeyVault { .. }
@@ -583,6 +599,7 @@ impl Config {
                     path,
                     key,
                     after_write,
+                    follow_symlinks,
                 } => {
                     check_command(name, "after_write", after_write.as_deref())
                         .map_err(|m| invalid(Some(spanned.span()), m))?;
@@ -598,14 +615,20 @@ impl Config {
                         path: resolve(&path),
                         key,
                         after_write,
+                        follow_symlinks,
                     }
                 }
-                ProviderConfig::File { path, after_write } => {
+                ProviderConfig::File {
+                    path,
+                    after_write,
+                    follow_symlinks,
+                } => {
                     check_command(name, "after_write", after_write.as_deref())
                         .map_err(|m| invalid(Some(spanned.span()), m))?;
                     ProviderConfig::File {
                         path: resolve(&path),
                         after_write,
+                        follow_symlinks,
                     }
                 }
                 ProviderConfig::Command { command } => {

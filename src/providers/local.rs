@@ -2,18 +2,20 @@
 //! dependent and a verifier that reads the file back. Enough to rotate a secret end to end
 //! on a laptop with no cloud account, through the same runner as every other provider.
 //!
-//! The vault file has mode 0600. With a key (`key_file` or `key_env` in the config) each
+//! Files are read and written through [`crate::atomic_file`]: a new file has mode 0600, an
+//! existing one keeps its owner, group and mode, and a symbolic link is refused unless the
+//! provider follows links. With a key (`key_file` or `key_env` in the config) each
 //! value is sealed with XChaCha20-Poly1305, bound to its secret and version, so the file
 //! alone reveals nothing and a value moved to another version fails to open.
 
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
+use crate::atomic_file;
 use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
 use crate::providers::versions;
 use crate::saga::Action;
@@ -27,33 +29,16 @@ fn unsupported(call: &Call<'_>, what: &str) -> ProviderError {
     )
 }
 
-fn io_error(what: &str, path: &Path, e: &std::io::Error) -> ProviderError {
-    let message = format!("{what} {}: {e}", path.display());
-    match e.kind() {
-        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::NotFound => {
-            ProviderError::permanent(format!("{message}; check the path and its permissions"))
+/// A file that could not be read or written, as a provider error: a link, a wrong file
+/// type or a refused permission needs a person; a full disk may clear.
+fn file_error(what: &str, e: &atomic_file::Error) -> ProviderError {
+    match e {
+        atomic_file::Error::Io { .. } if !e.is_transient() => {
+            ProviderError::permanent(format!("{what}: {e}; check the path and its permissions"))
         }
-        _ => ProviderError::transient(message),
+        _ if e.is_transient() => ProviderError::transient(format!("{what}: {e}")),
+        _ => ProviderError::permanent(format!("{what}: {e}")),
     }
-}
-
-/// Writes `bytes` to `path` atomically (temp file, fsync, rename) with mode 0600.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("rekey-tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 /// Makes new values: `bytes` random bytes from the OS-seeded CSPRNG, hex encoded.
@@ -120,13 +105,14 @@ struct VaultFile {
     secrets: BTreeMap<String, Vec<Version>>,
 }
 
-/// A versioned secret store in a local JSON file (mode 0600), holding each secret under
+/// A versioned secret store in a local JSON file (created 0600), holding each secret under
 /// its own name. Each version is tagged with the idempotency key that wrote it, as a Key
 /// Vault version is.
 #[derive(Debug)]
 pub struct LocalVault {
     path: PathBuf,
     key: Option<VaultKey>,
+    follow_symlinks: bool,
     lock: Mutex<()>,
 }
 
@@ -240,8 +226,15 @@ impl LocalVault {
         Self {
             path: path.into(),
             key: None,
+            follow_symlinks: false,
             lock: Mutex::new(()),
         }
+    }
+
+    /// Reads and writes through a symbolic link at the vault's path (refused otherwise).
+    pub fn with_follow_symlinks(mut self, follow: bool) -> Self {
+        self.follow_symlinks = follow;
+        self
     }
 
     /// The vault file at `path`, every value written sealed with `key`.
@@ -266,23 +259,23 @@ impl LocalVault {
     }
 
     fn load(&self) -> Result<VaultFile, ProviderError> {
-        match std::fs::read(&self.path) {
-            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+        match atomic_file::read(&self.path, self.follow_symlinks) {
+            Ok(Some(bytes)) => serde_json::from_slice(&bytes).map_err(|e| {
                 ProviderError::permanent(format!(
                     "local vault {} is not a rekey vault file ({e}); move it aside",
                     self.path.display()
                 ))
             }),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(VaultFile::default()),
-            Err(e) => Err(io_error("cannot read local vault", &self.path, &e)),
+            Ok(None) => Ok(VaultFile::default()),
+            Err(e) => Err(file_error("cannot read the local vault", &e)),
         }
     }
 
     fn save(&self, file: &VaultFile) -> Result<(), ProviderError> {
         let bytes = serde_json::to_vec_pretty(file)
             .map_err(|e| ProviderError::permanent(format!("cannot encode the vault: {e}")))?;
-        write_atomic(&self.path, &bytes)
-            .map_err(|e| io_error("cannot write local vault", &self.path, &e))
+        atomic_file::write(&self.path, &bytes, self.follow_symlinks)
+            .map_err(|e| file_error("cannot write the local vault", &e))
     }
 
     /// Runs `f` on `secret`'s versions under the lock, saving when it returns `true`.
@@ -523,13 +516,15 @@ pub enum FileFormat {
     Raw,
 }
 
-/// A file an application reads the secret from, written atomically with mode 0600, and
+/// A file an application reads the secret from, replaced atomically (created 0600, an
+/// existing file keeping its owner, group and mode), and
 /// optionally a command run after each change (e.g. a reload).
 #[derive(Debug)]
 pub struct FileDependent {
     path: PathBuf,
     format: FileFormat,
     after_write: Option<Vec<String>>,
+    follow_symlinks: bool,
 }
 
 /// The env-file dependent, by its most common name.
@@ -545,6 +540,7 @@ impl FileDependent {
             path: path.into(),
             format: FileFormat::Env { key: key.into() },
             after_write: None,
+            follow_symlinks: false,
         }
     }
 
@@ -554,12 +550,19 @@ impl FileDependent {
             path: path.into(),
             format: FileFormat::Raw,
             after_write: None,
+            follow_symlinks: false,
         }
     }
 
     /// Runs `command` (program and arguments, no shell) after every change of the file.
     pub fn with_after_write(mut self, command: Vec<String>) -> Self {
         self.after_write = Some(command);
+        self
+    }
+
+    /// Reads and writes through a symbolic link at the file's path (refused otherwise).
+    pub fn with_follow_symlinks(mut self, follow: bool) -> Self {
+        self.follow_symlinks = follow;
         self
     }
 
@@ -570,12 +573,26 @@ impl FileDependent {
         }
     }
 
+    /// The file's text, if it exists.
+    fn read_text(&self) -> Result<Option<zeroize::Zeroizing<String>>, ProviderError> {
+        let Some(bytes) = atomic_file::read(&self.path, self.follow_symlinks)
+            .map_err(|e| file_error(&format!("cannot read {}", self.what()), &e))?
+        else {
+            return Ok(None);
+        };
+        let text = String::from_utf8(bytes.to_vec()).map_err(|_| {
+            ProviderError::permanent(format!(
+                "{} is not UTF-8 text; rekey writes only text files",
+                self.what()
+            ))
+        })?;
+        Ok(Some(zeroize::Zeroizing::new(text)))
+    }
+
     /// The current value, if any.
     pub fn read(&self) -> Result<Option<SecretValue>, ProviderError> {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(t) => zeroize::Zeroizing::new(t),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-            Err(e) => return Err(io_error("cannot read", &self.path, &e)),
+        let Some(text) = self.read_text()? else {
+            return Ok(None);
         };
         Ok(match &self.format {
             FileFormat::Env { key } => {
@@ -596,11 +613,7 @@ impl FileDependent {
         }
         let out = match &self.format {
             FileFormat::Env { key } => {
-                let text = match std::fs::read_to_string(&self.path) {
-                    Ok(t) => zeroize::Zeroizing::new(t),
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
-                    Err(e) => return Err(io_error("cannot read", &self.path, &e)),
-                };
+                let text = self.read_text()?.unwrap_or_default();
                 let prefix = format!("{key}=");
                 let mut lines: Vec<String> = text
                     .lines()
@@ -618,8 +631,8 @@ impl FileDependent {
                 zeroize::Zeroizing::new(value.map_or(String::new(), |v| v.expose().to_owned()))
             }
         };
-        write_atomic(&self.path, out.as_bytes())
-            .map_err(|e| io_error("cannot write", &self.path, &e))?;
+        atomic_file::write(&self.path, out.as_bytes(), self.follow_symlinks)
+            .map_err(|e| file_error(&format!("cannot write {}", self.what()), &e))?;
         if let Some(command) = &self.after_write {
             run_command(
                 command,
