@@ -8,6 +8,7 @@ mod fake_azure;
 mod fake_azure_selftest;
 mod files;
 mod notify;
+mod policy;
 mod postgres;
 mod runner;
 mod simulation;

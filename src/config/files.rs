@@ -1,10 +1,72 @@
 //! The files a config names, checked on the file system before anything runs (by
 //! `policy check` and by every command that loads the config), exactly as `rotate` would
-//! meet them: files rekey writes are regular files (or links the provider follows).
-//! Checking changes nothing and never blocks: a file's type is read from its metadata.
+//! meet them: files rekey writes are regular files (or links the provider follows); no
+//! two providers write one file, and none writes one of rekey's own files (the config,
+//! the journal, vault keys, certificates), however the paths are spelled. Checking
+//! changes nothing and never blocks: a file's type is read from its metadata.
 
-use super::{Config, Error, ProviderConfig};
+use std::path::{Component, Path, PathBuf};
+
+use super::{Config, CredentialConfig, Error, ProviderConfig};
 use crate::atomic_file;
+
+/// A file the config names.
+struct Named {
+    /// Which provider or credential names it, or `None` for rekey's own files.
+    owner: Option<String>,
+    /// What it is, in words: "the env file of provider app".
+    what: String,
+    /// Where it really is: links and `..` resolved.
+    real: PathBuf,
+    /// Whether rekey replaces it.
+    written: bool,
+}
+
+/// Most links followed while resolving one path, as the kernel's own limit.
+const LINKS_MAX: u32 = 40;
+
+/// Where `path` really is: every link and `..` resolved. A part that does not exist yet
+/// is resolved as far as the file system goes, then by its name.
+pub(crate) fn real_path(path: &Path) -> PathBuf {
+    resolve(path, 0)
+}
+
+fn resolve(path: &Path, links: u32) -> PathBuf {
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    if let Ok(real) = std::fs::canonicalize(path) {
+        return real;
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // A link to a file that does not exist yet: where it points.
+    if links < LINKS_MAX
+        && let Ok(target) = std::fs::read_link(path)
+    {
+        return resolve(&parent.join(target), links + 1);
+    }
+    match path.components().next_back() {
+        Some(Component::ParentDir) => {
+            let mut up = resolve(parent, links);
+            up.pop();
+            up
+        }
+        Some(Component::Normal(name)) => resolve(parent, links).join(name),
+        _ => path.to_owned(),
+    }
+}
+
+/// `path` with `suffix` appended to its file name (`journal.db` → `journal.db-wal`).
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    name.into()
+}
 
 impl Config {
     /// Checks the files this config names (see the module documentation).
@@ -41,6 +103,122 @@ impl Config {
                 _ => {}
             }
         }
+        self.check_aliases()
+    }
+
+    /// Every file the config names, rekey's own first.
+    fn named_files(&self) -> Vec<Named> {
+        let own = |what: &str, path: PathBuf| Named {
+            owner: None,
+            what: what.to_owned(),
+            real: path,
+            written: false,
+        };
+        let journal = real_path(&self.journal_path);
+        let mut files = vec![
+            own("the config file", real_path(&self.path)),
+            own("the journal", journal.clone()),
+            own("the journal's -wal file", with_suffix(&journal, "-wal")),
+            own("the journal's -shm file", with_suffix(&journal, "-shm")),
+        ];
+        let mut add = |owner: String, what: String, path: &Path, written: bool| {
+            files.push(Named {
+                owner: Some(owner),
+                what,
+                real: real_path(path),
+                written,
+            });
+        };
+        for (name, c) in &self.credentials {
+            if let CredentialConfig::ClientCertificate {
+                certificate_file, ..
+            } = c
+            {
+                let what = format!("the certificate file of credential {name}");
+                add(format!("credential {name}"), what, certificate_file, false);
+            }
+        }
+        for (name, p) in &self.providers {
+            let owner = format!("provider {name}");
+            match p {
+                ProviderConfig::LocalVault { path, key_file, .. } => {
+                    let what = format!("the vault file of provider {name}");
+                    add(owner.clone(), what, path, true);
+                    if let Some(key_file) = key_file {
+                        let what = format!("the key file of provider {name}");
+                        add(owner, what, key_file, false);
+                    }
+                }
+                ProviderConfig::EnvFile { path, .. } => {
+                    add(
+                        owner,
+                        format!("the env file of provider {name}"),
+                        path,
+                        true,
+                    );
+                }
+                ProviderConfig::File { path, .. } => {
+                    add(owner, format!("the file of provider {name}"), path, true);
+                }
+                ProviderConfig::PostgresRole {
+                    tls_ca_file: Some(ca),
+                    ..
+                } => {
+                    let what = format!("the CA file (tls_ca_file) of provider {name}");
+                    add(owner, what, ca, false);
+                }
+                _ => {}
+            }
+        }
+        files
+    }
+
+    /// No file rekey writes is written by two providers or is one of rekey's own files.
+    /// Files that are only read (a key file two vaults share) may be named twice.
+    fn check_aliases(&self) -> Result<(), Error> {
+        let files = self.named_files();
+        for (i, a) in files.iter().enumerate() {
+            for b in &files[i + 1..] {
+                if a.real != b.real || !(a.written || b.written) {
+                    continue;
+                }
+                let (writer, other) = if a.written { (a, b) } else { (b, a) };
+                return Err(Error::Build {
+                    path: self.path.clone(),
+                    what: writer.owner.clone().unwrap_or_default(),
+                    why: format!(
+                        "{} is {}, which is also {}; every file rekey writes must belong to one provider only and be none of rekey's own files (config, journal, keys, certificates): point it at another file",
+                        writer.what,
+                        writer.real.display(),
+                        other.what
+                    ),
+                });
+            }
+        }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn real_paths_resolve_links_and_dots_even_for_files_not_there_yet() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = std::fs::canonicalize(tmp.path()).unwrap();
+        std::fs::create_dir(root.join("sub")).unwrap();
+        std::os::unix::fs::symlink("sub", root.join("linked")).unwrap();
+        std::os::unix::fs::symlink("sub/later.env", root.join("dangling")).unwrap();
+        for (spelled, real) in [
+            ("sub/../a.env", "a.env"),
+            ("linked/a.env", "sub/a.env"),
+            ("linked/../b.env", "b.env"),
+            ("new/x/../y.env", "new/y.env"),
+            ("dangling", "sub/later.env"),
+            ("./sub/./c.env", "sub/c.env"),
+        ] {
+            assert_eq!(real_path(&root.join(spelled)), root.join(real), "{spelled}");
+        }
     }
 }
