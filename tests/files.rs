@@ -317,3 +317,34 @@ async fn a_linked_target_is_refused_unless_the_provider_follows_links() {
     let value = env_value(&dir.join("app/app.env"));
     assert_eq!(value.len(), 64, "the linked file holds the new value");
 }
+
+/// A FIFO named where rekey reads a certificate or a CA file is refused instead of
+/// waited on (opening a FIFO for reading blocks until someone writes to it).
+#[test]
+fn a_fifo_named_as_a_certificate_or_a_ca_file_is_refused_not_waited_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("cert.pem");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let cert = rekey::providers::azure::certificate::ClientCertificate::from_pem_file(&fifo)
+            .map(drop)
+            .map_err(|e| e.to_string());
+        let ca = rekey::providers::postgres::Tls::verify_full(Some(&fifo)).map(drop);
+        let _ = tx.send((cert, ca));
+    });
+    // The reads are refused at once; the deadline only turns a hang into a failure.
+    let (cert, ca) = rx
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("reading a FIFO hung");
+    for err in [cert.unwrap_err(), ca.unwrap_err()] {
+        assert!(
+            err.contains("cert.pem") && err.contains("is a FIFO, not a regular file"),
+            "{err}"
+        );
+    }
+}

@@ -197,7 +197,8 @@ impl Config {
                     let key =
                         match (key_file, key_env) {
                             (Some(file), _) => Some(
-                                read_key_file(file).map_err(|why| build_err(what.clone(), why))?,
+                                super::files::read_key_file(file)
+                                    .map_err(|why| build_err(what.clone(), why))?,
                             ),
                             (None, Some(var)) => {
                                 let hex = secret_env(&what, var)?;
@@ -400,27 +401,6 @@ impl Config {
         Ok(out)
     }
 }
-
-/// Reads a vault key file, refusing one that others may read.
-fn read_key_file(path: &std::path::Path) -> Result<VaultKey, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::metadata(path)
-        .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o077 != 0 {
-        return Err(format!(
-            "the key file {} has mode {mode:o}; others may read it: run `chmod 600 {}`",
-            path.display(),
-            path.display()
-        ));
-    }
-    let text = zeroize::Zeroizing::new(
-        std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read the key file {}: {e}", path.display()))?,
-    );
-    VaultKey::from_hex(&text).map_err(|why| format!("{}: {why}", path.display()))
-}
-
 /// The Azure CLI found on the `PATH` that `env` gives (so tests can put a fake one there).
 fn azure_cli(
     env: &dyn Fn(&str) -> Option<String>,

@@ -2,13 +2,16 @@
 //! `policy check` and by every command that loads the config), exactly as `rotate` would
 //! meet them: files rekey writes are regular files (or links the provider follows); no
 //! two providers write one file, and none writes one of rekey's own files (the config,
-//! the journal, vault keys, certificates), however the paths are spelled. Checking
-//! changes nothing and never blocks: a file's type is read from its metadata.
+//! the journal, vault keys, certificates), however the paths are spelled; vault key files
+//! are private regular files holding a key; a config that runs commands cannot be
+//! changed by others. Checking changes nothing and never blocks: a file's type is read
+//! from its metadata before it is opened.
 
 use std::path::{Component, Path, PathBuf};
 
 use super::{Config, CredentialConfig, Error, ProviderConfig};
 use crate::atomic_file;
+use crate::providers::local::VaultKey;
 
 /// A file the config names.
 struct Named {
@@ -68,11 +71,45 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     name.into()
 }
 
+/// Reads a vault key file: a regular file (never a FIFO or a device, checked before it is
+/// opened) that others may not read, holding 64 hex digits.
+///
+/// # Errors
+/// A message naming the file, what is wrong and how to fix it.
+pub(crate) fn read_key_file(path: &Path) -> Result<VaultKey, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let p = path.display();
+    let meta = std::fs::metadata(path).map_err(|e| {
+        format!(
+            "cannot read the key file {p}: {e}; create it with `openssl rand -hex 32 > {p}` and `chmod 600 {p}`"
+        )
+    })?;
+    if !meta.is_file() {
+        return Err(format!(
+            "the key file {}",
+            atomic_file::check_target(path, true)
+                .err()
+                .map_or_else(|| format!("{p} is not a regular file"), |e| e.to_string())
+        ));
+    }
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(format!(
+            "the key file {p} has mode {mode:o}; others may read it: run `chmod 600 {p}`"
+        ));
+    }
+    let bytes = atomic_file::read(path, true)
+        .map_err(|e| format!("the key file: {e}"))?
+        .ok_or_else(|| format!("cannot read the key file {p}: it was removed"))?;
+    let text = std::str::from_utf8(&bytes).unwrap_or_default();
+    VaultKey::from_hex(text).map_err(|why| format!("{p}: {why}"))
+}
+
 impl Config {
     /// Checks the files this config names (see the module documentation).
     ///
     /// # Errors
-    /// [`Error::Build`] naming the provider and the file.
+    /// [`Error::Build`] naming the provider (or the config) and the file.
     pub(crate) fn check_files(&self) -> Result<(), Error> {
         let refuse = |what: String, why: String| Error::Build {
             path: self.path.clone(),
@@ -84,10 +121,17 @@ impl Config {
             match p {
                 ProviderConfig::LocalVault {
                     path,
+                    key_file,
                     follow_symlinks,
                     ..
+                } => {
+                    atomic_file::check_target(path, *follow_symlinks)
+                        .map_err(|e| refuse(what.clone(), e.to_string()))?;
+                    if let Some(key_file) = key_file {
+                        read_key_file(key_file).map_err(|why| refuse(what.clone(), why))?;
+                    }
                 }
-                | ProviderConfig::EnvFile {
+                ProviderConfig::EnvFile {
                     path,
                     follow_symlinks,
                     ..
@@ -103,7 +147,8 @@ impl Config {
                 _ => {}
             }
         }
-        self.check_aliases()
+        self.check_aliases()?;
+        self.check_config_is_private()
     }
 
     /// Every file the config names, rekey's own first.
@@ -193,6 +238,76 @@ impl Config {
                         other.what
                     ),
                 });
+            }
+        }
+        Ok(())
+    }
+
+    /// The commands this config runs as the user running rekey, in words.
+    fn commands(&self) -> Vec<String> {
+        self.providers
+            .iter()
+            .filter_map(|(name, p)| match p {
+                ProviderConfig::EnvFile {
+                    after_write: Some(_),
+                    ..
+                }
+                | ProviderConfig::File {
+                    after_write: Some(_),
+                    ..
+                } => Some(format!("after_write of provider {name}")),
+                ProviderConfig::Command { .. } => Some(format!("command of provider {name}")),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// A config that runs commands may not be changed, or replaced, by anyone but its
+    /// owner: otherwise anyone could run a program as the user running rekey.
+    fn check_config_is_private(&self) -> Result<(), Error> {
+        use std::os::unix::fs::PermissionsExt;
+        let commands = self.commands();
+        if commands.is_empty() {
+            return Ok(());
+        }
+        let file = real_path(&self.path);
+        let given_dir = self
+            .path
+            .parent()
+            .filter(|d| !d.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let mut dirs = vec![real_path(given_dir)];
+        dirs.extend(file.parent().map(Path::to_owned));
+        dirs.dedup();
+        let loose = |path: &Path| {
+            std::fs::metadata(path)
+                .ok()
+                .map(|m| m.permissions().mode() & 0o7777)
+                .filter(|mode| mode & 0o002 != 0)
+        };
+        let refuse = |whose: String, path: &Path, mode: u32| Error::Build {
+            path: self.path.clone(),
+            what: "the config".into(),
+            why: format!(
+                "it runs commands as the user running rekey ({}), but anyone may change {whose} (mode {mode:o}): run `chmod o-w {}`, or keep the config where only its owner can write",
+                commands.join(", "),
+                path.display()
+            ),
+        };
+        if let Some(mode) = loose(&file) {
+            return Err(refuse(
+                format!("the config file {}", file.display()),
+                &file,
+                mode,
+            ));
+        }
+        for dir in &dirs {
+            if let Some(mode) = loose(dir) {
+                return Err(refuse(
+                    format!("the directory {} holding it", dir.display()),
+                    dir,
+                    mode,
+                ));
             }
         }
         Ok(())

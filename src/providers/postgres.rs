@@ -158,7 +158,10 @@ impl Tls {
     pub fn verify_full(ca_file: Option<&Path>) -> Result<Self, String> {
         let mut builder = native_tls::TlsConnector::builder();
         if let Some(path) = ca_file {
-            let pem = std::fs::read(path)
+            // Through the safe reader: a FIFO or a device is refused, not waited on.
+            let pem = crate::atomic_file::read(path, true)
+                .map_err(|e| e.to_string())
+                .and_then(|pem| pem.ok_or_else(|| "no such file".to_owned()))
                 .map_err(|e| format!("cannot read tls_ca_file {}: {e}", path.display()))?;
             let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| {
                 format!(

@@ -60,10 +60,14 @@ impl ClientCertificate {
     /// [`CertificateError`] naming the file and what is wrong with it.
     pub fn from_pem_file(path: &Path) -> Result<Self, CertificateError> {
         let shown = path.display().to_string();
-        let pem = std::fs::read(path).map_err(|e| CertificateError::Read {
-            path: shown.clone(),
-            cause: e.to_string(),
-        })?;
+        // Through the safe reader: a FIFO or a device at the path is refused, not waited on.
+        let pem = crate::atomic_file::read(path, true)
+            .map_err(|e| e.to_string())
+            .and_then(|pem| pem.ok_or_else(|| "no such file".to_owned()))
+            .map_err(|cause| CertificateError::Read {
+                path: shown.clone(),
+                cause,
+            })?;
         Self::from_pem(&pem, &shown)
     }
 
