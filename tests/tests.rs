@@ -2,6 +2,7 @@
 
 mod azure;
 mod cli;
+mod cli_journal;
 mod crash;
 mod daemon;
 mod fake_azure;

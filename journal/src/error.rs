@@ -13,6 +13,13 @@ pub enum Error {
     )]
     NotAJournal { path: PathBuf, reason: String },
 
+    /// A read-only open found a `-wal` no rekey has open, and could not copy the journal
+    /// aside to read it without writing beside the evidence.
+    #[error(
+        "{path}: cannot read the journal and its -wal without writing beside them: copying both to a private temporary directory failed ({reason}); point TMPDIR at a writable directory with room for the journal"
+    )]
+    CopyAside { path: PathBuf, reason: String },
+
     /// A read-only open found no journal file.
     #[error("{path}: no journal here; check the path (--journal or REKEY_JOURNAL)")]
     NoJournal { path: PathBuf },

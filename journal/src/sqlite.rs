@@ -52,6 +52,11 @@ pub struct SqliteJournal {
     reader: Mutex<Connection>,
     writer: Option<Writer>,
     clock: Arc<dyn Clock>,
+    /// Whether what is read includes a `-wal` (see [`SqliteJournal::reads_wal`]).
+    reads_wal: bool,
+    /// The private copy a read-only open reads instead of the journal, removed on drop
+    /// (after `reader`, which is declared first).
+    _aside: Option<tempfile::TempDir>,
 }
 
 #[derive(Debug)]
@@ -132,7 +137,7 @@ impl SqliteJournal {
             Found::Journal(v) => v,
         };
         schema::migrate(&mut write, &path, from)?;
-        let reader = open_reader(&path)?;
+        let reader = open_reader(&path, &path, false)?;
 
         let (queue, requests) = mpsc::channel();
         let writer_clock = clock.clone();
@@ -150,20 +155,31 @@ impl SqliteJournal {
                 thread: Some(thread),
             }),
             clock,
+            reads_wal: true,
+            _aside: None,
         })
     }
 
-    /// Opens an existing journal for reading only (auditors, `verify`, `export`). Nothing is
-    /// ever written, so a read-only copy of a journal can be checked.
+    /// Opens an existing journal for reading only (auditors, `verify`, `export`, `status`).
+    /// Nothing is written to the journal or beside it, so a copy nobody may write (a
+    /// read-only mount, another user's files) can be checked, and checking it creates no
+    /// `-wal` or `-shm`:
+    /// - with no `-wal` beside it, the file is read as one that cannot change;
+    /// - with a `-wal` but no `-shm` (no rekey has it open: a crashed writer's files, or a
+    ///   copy), both are copied to a private temporary directory and read there;
+    /// - with both (rekey may be writing it now), it is read as any SQLite reader reads a
+    ///   journal in use, sharing its `-shm`.
     ///
     /// # Errors
-    /// [`Error::NoJournal`], [`Error::NotAJournal`] and [`Error::NewerSchema`].
+    /// [`Error::NoJournal`], [`Error::NotAJournal`], [`Error::NewerSchema`] and
+    /// [`Error::CopyAside`].
     pub fn open_read_only(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_owned();
         if !path.is_file() {
             return Err(Error::NoJournal { path });
         }
-        let reader = open_reader(&path)?;
+        let view = ReadView::open(&path)?;
+        let reader = view.conn;
         match schema::inspect(&reader, &path)? {
             Found::Journal(v) if v == schema::SCHEMA_VERSION => {}
             Found::Journal(v) => {
@@ -176,10 +192,15 @@ impl SqliteJournal {
                 });
             }
             Found::Empty => {
-                return Err(Error::NotAJournal {
-                    path,
-                    reason: "the file is empty".into(),
-                });
+                let reason = if view.wal {
+                    "the file is empty".into()
+                } else {
+                    format!(
+                        "the file holds no tables: an empty database, or a copy of a journal in use taken without its -wal (copy {} with it)",
+                        side_file(&path, "-wal").display()
+                    )
+                };
+                return Err(Error::NotAJournal { path, reason });
             }
         }
         Ok(Self {
@@ -187,12 +208,21 @@ impl SqliteJournal {
             reader: Mutex::new(reader),
             writer: None,
             clock: Arc::new(SystemClock),
+            reads_wal: view.wal,
+            _aside: view.aside,
         })
     }
 
     /// The journal's file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// False when the journal was opened read-only with no `-wal` beside it: everything
+    /// read comes from the main file, which holds every event when rekey closed the journal
+    /// cleanly, but a copy of a journal in use taken without its `-wal` lacks the newest.
+    pub fn reads_wal(&self) -> bool {
+        self.reads_wal
     }
 
     /// The clock stamping this journal's events.
@@ -353,12 +383,106 @@ fn set_busy_timeout(conn: &Connection) -> Result<()> {
         .map_err(Error::sqlite("setting the busy timeout"))
 }
 
-fn open_reader(path: &Path) -> Result<Connection> {
-    let conn = Connection::open_with_flags(
-        path,
-        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-    )
-    .map_err(|e| match e {
+/// `path` with `suffix` appended to its file name (SQLite's `-wal` and `-shm`).
+fn side_file(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// A read-only connection that writes nothing beside the journal, and what it reads.
+struct ReadView {
+    conn: Connection,
+    /// Whether a `-wal` was beside the journal, and so is read.
+    wal: bool,
+    /// The private copy read instead of the journal.
+    aside: Option<tempfile::TempDir>,
+}
+
+impl ReadView {
+    /// See [`SqliteJournal::open_read_only`].
+    fn open(path: &Path) -> Result<Self> {
+        let wal = side_file(path, "-wal");
+        let shm = side_file(path, "-shm");
+        if !wal.exists() {
+            // All of it is in the main file: SQLite reads a file marked immutable without
+            // locks and without creating a -wal or -shm beside it.
+            return Ok(Self {
+                conn: open_reader(path, &immutable_uri(path), true)?,
+                wal: false,
+                aside: None,
+            });
+        }
+        if !shm.exists()
+            && let Some(view) = Self::aside(path, &wal, &shm)?
+        {
+            return Ok(view);
+        }
+        Ok(Self {
+            conn: open_reader(path, path, false)?,
+            wal: true,
+            aside: None,
+        })
+    }
+
+    /// Reads a copy of the journal and its `-wal`: in place, SQLite would create a `-shm`
+    /// beside them, or fail where it cannot. `None` when a writer opened the journal while
+    /// it was copied (a `-shm` appeared), so the copy may be torn.
+    fn aside(path: &Path, wal: &Path, shm: &Path) -> Result<Option<Self>> {
+        use std::os::unix::fs::PermissionsExt;
+        let fail = |e: std::io::Error| Error::CopyAside {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        };
+        let dir = tempfile::Builder::new()
+            .prefix("rekey-journal-")
+            .tempdir()
+            .map_err(fail)?;
+        let copy = dir.path().join("journal.db");
+        for (from, to) in [(path, copy.clone()), (wal, side_file(&copy, "-wal"))] {
+            std::fs::copy(from, &to).map_err(fail)?;
+            std::fs::set_permissions(&to, std::fs::Permissions::from_mode(0o600)).map_err(fail)?;
+        }
+        if shm.exists() {
+            return Ok(None);
+        }
+        let conn = open_reader(path, &copy, false)?;
+        Ok(Some(Self {
+            conn,
+            wal: true,
+            aside: Some(dir),
+        }))
+    }
+}
+
+/// A URI opening `path` read-only as a file that cannot change.
+fn immutable_uri(path: &Path) -> PathBuf {
+    use std::os::unix::ffi::OsStrExt;
+    // An absolute path takes an empty authority, so a path starting with `//` stays a path.
+    let mut uri = String::from(if path.is_absolute() {
+        "file://"
+    } else {
+        "file:"
+    });
+    for &b in path.as_os_str().as_bytes() {
+        if b.is_ascii_alphanumeric() || b"/-._~".contains(&b) {
+            uri.push(char::from(b));
+        } else {
+            uri.push_str(&format!("%{b:02X}"));
+        }
+    }
+    uri.push_str("?mode=ro&immutable=1");
+    PathBuf::from(uri)
+}
+
+/// A read-only connection to `target`: the journal, a copy of it, or (with `uri`) a URI
+/// for it. Errors name the journal at `path`.
+fn open_reader(path: &Path, target: &Path, uri: bool) -> Result<Connection> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if uri {
+        flags |= OpenFlags::SQLITE_OPEN_URI;
+    }
+    let conn = Connection::open_with_flags(target, flags).map_err(|e| match e {
         rusqlite::Error::SqliteFailure(f, _) if f.code == rusqlite::ErrorCode::NotADatabase => {
             Error::NotAJournal {
                 path: path.to_owned(),

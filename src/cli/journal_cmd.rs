@@ -1,5 +1,6 @@
 //! `rekey journal show|export|verify|heads`: the auditor's view. Every command here opens
-//! the journal read-only, so auditing can never change the evidence.
+//! the journal read-only and creates nothing beside it (no `-wal` or `-shm`), so auditing
+//! never changes the evidence, and a copy nobody may write can be audited.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -78,6 +79,14 @@ pub enum Format {
     Jsonl,
 }
 
+/// `verify --json`: the report, and whether a `-wal` was beside the journal and read.
+#[derive(serde::Serialize)]
+struct VerifyOutput<'a> {
+    #[serde(flatten)]
+    report: &'a rekey_journal::VerifyReport,
+    wal_read: bool,
+}
+
 fn open(arg: &JournalArg) -> Result<SqliteJournal> {
     Ok(SqliteJournal::open_read_only(&arg.journal)?)
 }
@@ -91,9 +100,16 @@ pub fn run(cmd: JournalCommand) -> Result<u8> {
             json,
         } => {
             let exported = heads.map(|p| read_heads(&p)).transpose()?;
-            let report = open(&journal)?.verify(exported.as_deref())?;
+            let j = open(&journal)?;
+            let report = j.verify(exported.as_deref())?;
             if json {
-                serde_json::to_writer(&mut out, &report)?;
+                serde_json::to_writer(
+                    &mut out,
+                    &VerifyOutput {
+                        report: &report,
+                        wal_read: j.reads_wal(),
+                    },
+                )?;
                 writeln!(out)?;
             } else if let Some(b) = &report.broken {
                 writeln!(
@@ -112,6 +128,13 @@ pub fn run(cmd: JournalCommand) -> Result<u8> {
                     } else {
                         ""
                     }
+                )?;
+            }
+            if !json && !j.reads_wal() {
+                let wal = format!("{}-wal", journal.journal.display());
+                writeln!(
+                    out,
+                    "note: no {wal} beside it: the file holds every event if rekey closed the journal cleanly, but a copy taken while rekey ran may lack the newest: copy {wal} with it"
                 )?;
             }
             Ok(if report.is_intact() {

@@ -93,6 +93,66 @@ async fn a_closed_journal_file_holds_every_event() {
     assert_intact(&j.verify(None).expect("verify"), "the copy");
 }
 
+/// The names in `dir`.
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .expect("listing the dir")
+        .map(|e| {
+            e.expect("an entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    names.sort();
+    names
+}
+
+/// Copies `files` of the journal in `from` into a new dir `to`.
+fn copy_journal(from: &std::path::Path, files: &[&str], to: &std::path::Path) {
+    std::fs::create_dir(to).expect("creating the copy's dir");
+    for f in files {
+        let name = format!("journal.db{f}");
+        std::fs::copy(from.join(&name), to.join(&name)).expect("copying");
+    }
+}
+
+/// A copy of a journal in use, taken with its `-wal`, is read whole; taken without it, it
+/// is refused, saying so; a cleanly closed journal's file alone is read, saying it read no
+/// `-wal`. No read creates a `-wal` or `-shm` beside the copy.
+#[tokio::test]
+async fn a_copy_with_its_wal_is_read_whole_and_nothing_is_created_beside_it() {
+    let (dir, path) = scratch();
+    let with_wal = dir.path().join("with-wal");
+    let stale = dir.path().join("stale");
+    let alone = dir.path().join("alone");
+    {
+        let j = open_sqlite(&path, &manual_clock());
+        fill(&j, "one", 4).await;
+        copy_journal(dir.path(), &["", "-wal"], &with_wal);
+        copy_journal(dir.path(), &[""], &stale);
+    }
+    copy_journal(dir.path(), &[""], &alone);
+    let j = SqliteJournal::open_read_only(with_wal.join("journal.db")).expect("opening the copy");
+    assert!(j.reads_wal());
+    assert_eq!(read(&j, "one").len(), 4, "the events in the -wal are read");
+    assert_intact(&j.verify(None).expect("verify"), "the copy with its -wal");
+    drop(j);
+    assert_eq!(names(&with_wal), ["journal.db", "journal.db-wal"]);
+
+    let refused = SqliteJournal::open_read_only(stale.join("journal.db"))
+        .expect_err("a copy without the -wal holding every event")
+        .to_string();
+    assert!(refused.contains("taken without its -wal"), "{refused}");
+    assert_eq!(names(&stale), ["journal.db"]);
+
+    let j = SqliteJournal::open_read_only(alone.join("journal.db")).expect("opening the copy");
+    assert!(!j.reads_wal(), "no -wal was there to read");
+    assert_intact(&j.verify(None).expect("verify"), "the file alone");
+    drop(j);
+    assert_eq!(names(&alone), ["journal.db"]);
+}
+
 /// Stream summaries and their filters agree between engines.
 async fn summaries<J: Engine>(j: &J, clock: &ManualClock) {
     append_ok(

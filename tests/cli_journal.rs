@@ -1,0 +1,209 @@
+//! The journal file as the `rekey` binary meets it: auditing read-only copies (as an
+//! unprivileged user). Each test runs the real binary in its own temp dir.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Command, Output};
+
+/// The unprivileged user auditors run as in these tests (`nobody`).
+const NOBODY: u32 = 65_534;
+
+fn command(args: &[&str], dir: &Path) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rekey"));
+    c.args(args)
+        .current_dir(dir)
+        .env("RUST_LOG", "warn")
+        .env_remove("REKEY_CONFIG")
+        .env_remove("REKEY_JOURNAL")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    c
+}
+
+fn rekey(args: &[&str], dir: &Path) -> Output {
+    command(args, dir).output().expect("run rekey")
+}
+
+/// `rekey args` run as `nobody`, who may read the files but write none of them.
+fn rekey_as_nobody(args: &[&str], dir: &Path) -> Output {
+    command(args, dir)
+        .uid(NOBODY)
+        .gid(NOBODY)
+        .output()
+        .expect("run rekey as nobody")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Every file in `dir` with its bytes and mode: what auditing must leave as it was.
+fn listing(dir: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
+    std::fs::read_dir(dir)
+        .expect("listing the dir")
+        .map(|e| {
+            let e = e.expect("a dir entry");
+            let mode = e.metadata().expect("metadata").permissions().mode();
+            let bytes = std::fs::read(e.path()).expect("reading a file");
+            (e.file_name().to_string_lossy().into_owned(), (bytes, mode))
+        })
+        .collect()
+}
+
+/// Writes a demo journal in `dir/d` and returns (its path, a rotation id in it).
+fn demo_journal(dir: &Path) -> (std::path::PathBuf, String) {
+    let out = rekey(&["demo", "--dir", "d", "--grace-secs", "0"], dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let rotation = text(&out.stdout)
+        .split("(rotation ")
+        .nth(1)
+        .and_then(|s| s.split(')').next())
+        .expect("the demo names its rotation")
+        .to_owned();
+    (dir.join("d/journal.db"), rotation)
+}
+
+/// Copies `files` of the journal at `from` into a new dir `to`.
+fn copy_journal(from: &Path, files: &[&str], to: &Path) {
+    std::fs::create_dir(to).unwrap();
+    for f in files {
+        let name = format!("journal.db{f}");
+        std::fs::copy(from.with_file_name(&name), to.join(&name)).unwrap();
+    }
+}
+
+/// Runs the auditor's commands on the journal in `dir` (as `nobody` when `unprivileged`)
+/// and checks each works, sees `streams`/`events` and the stream `show`n, and that `dir`
+/// is as before: no `-wal` or `-shm` created, no file or mode changed.
+fn audit(dir: &Path, unprivileged: bool, streams: u64, events: usize, show: &str, what: &str) {
+    let run = |args: &[&str]| {
+        let out = if unprivileged {
+            rekey_as_nobody(args, dir)
+        } else {
+            rekey(args, dir)
+        };
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{what}: {args:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+        text(&out.stdout)
+    };
+    let before = listing(dir);
+    let j = ["--journal", "journal.db"];
+    let verify = run(&[&["journal", "verify"][..], &j].concat());
+    assert!(
+        verify.contains(&format!("intact: {streams} streams, {events} events")),
+        "{what}: {verify}"
+    );
+    let has_wal = before.contains_key("journal.db-wal");
+    assert_eq!(
+        verify.contains("note: no journal.db-wal beside it"),
+        !has_wal,
+        "{what}: verify says whether a -wal was there to read: {verify}"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&run(&[&["journal", "verify", "--json"][..], &j].concat())).unwrap();
+    assert_eq!(report["events"], events, "{what}");
+    assert_eq!(report["wal_read"], has_wal, "{what}");
+    let export = run(&[&["journal", "export"][..], &j].concat());
+    assert_eq!(export.lines().count(), events, "{what}: export");
+    let heads = run(&[&["journal", "heads"][..], &j].concat());
+    assert_eq!(heads.lines().count() as u64, streams, "{what}: heads");
+    let shown = run(&[&["journal", "show", show][..], &j].concat());
+    assert!(!shown.trim().is_empty(), "{what}: show");
+    let mut after = listing(dir);
+    // A `-shm` already there is SQLite's shared index of a journal that may be in use: a
+    // reader in a writable dir takes part in it like any reader. It is not evidence.
+    if let (Some(shm), Some(was)) = (
+        after.get_mut("journal.db-shm"),
+        before.get("journal.db-shm"),
+    ) {
+        shm.0.clone_from(&was.0);
+    }
+    assert_eq!(after, before, "{what}: auditing created or changed a file");
+}
+
+/// Auditors read copies they may not write (a read-only mount, another user's files):
+/// `journal.db` alone, with the `-wal` of a journal copied while rekey ran, or with its
+/// `-shm` too. Every read works and creates or changes nothing beside the evidence, whether
+/// or not the directory could be written.
+#[tokio::test]
+async fn auditing_a_copy_reads_it_and_writes_nothing_beside_it() {
+    use rekey::journal::{Append, JournalAppend, NewEvent, SqliteJournal};
+
+    let tmp = tempfile::tempdir().unwrap();
+    // `nobody` must reach the copies.
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (journal, rotation) = demo_journal(tmp.path());
+    let copies = tmp.path().join("copies");
+    std::fs::create_dir(&copies).unwrap();
+    std::fs::set_permissions(&copies, std::fs::Permissions::from_mode(0o755)).unwrap();
+
+    // Copies taken while a writer has events only in the WAL.
+    let note = "audit-note";
+    {
+        let j = SqliteJournal::open(&journal).unwrap();
+        for seq in 0..3 {
+            let event = NewEvent::new("Note", serde_json::json!({ "n": seq }));
+            j.append(Append::new(note, seq, vec![event])).await.unwrap();
+        }
+        for (name, files) in [
+            ("wal", &["", "-wal"][..]),
+            ("wal-shm", &["", "-wal", "-shm"]),
+        ] {
+            copy_journal(&journal, files, &copies.join(format!("ro-{name}")));
+            copy_journal(&journal, files, &copies.join(format!("rw-{name}")));
+        }
+    }
+    // The cleanly closed journal is one file.
+    assert!(!journal.with_file_name("journal.db-wal").exists());
+    copy_journal(&journal, &[""], &copies.join("ro-db"));
+    copy_journal(&journal, &[""], &copies.join("rw-db"));
+    let verify = rekey(
+        &["journal", "verify", "--journal", "d/journal.db", "--json"],
+        tmp.path(),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    let (streams, events) = (
+        report["streams"].as_u64().unwrap(),
+        report["events"].as_u64().unwrap() as usize,
+    );
+
+    for name in ["db", "wal", "wal-shm"] {
+        let ro = copies.join(format!("ro-{name}"));
+        for f in std::fs::read_dir(&ro).unwrap() {
+            std::fs::set_permissions(f.unwrap().path(), std::fs::Permissions::from_mode(0o444))
+                .unwrap();
+        }
+        std::fs::set_permissions(&ro, std::fs::Permissions::from_mode(0o555)).unwrap();
+        audit(
+            &ro,
+            true,
+            streams,
+            events,
+            &rotation,
+            &format!("read-only {name}"),
+        );
+        audit(
+            &ro,
+            true,
+            streams,
+            events,
+            note,
+            &format!("read-only {name}"),
+        );
+        let rw = copies.join(format!("rw-{name}"));
+        audit(
+            &rw,
+            false,
+            streams,
+            events,
+            &rotation,
+            &format!("writable {name}"),
+        );
+    }
+}
