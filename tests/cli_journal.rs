@@ -1,5 +1,6 @@
-//! The journal file as the `rekey` binary meets it: auditing read-only copies (as an
-//! unprivileged user). Each test runs the real binary in its own temp dir.
+//! The journal file as the `rekey` binary meets it: which commands may create one, empty
+//! files, and auditing read-only copies (as an unprivileged user). Each test runs the real
+//! binary in its own temp dir.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -49,6 +50,147 @@ fn listing(dir: &Path) -> BTreeMap<String, (Vec<u8>, u32)> {
             (e.file_name().to_string_lossy().into_owned(), (bytes, mode))
         })
         .collect()
+}
+
+fn names(dir: &Path) -> Vec<String> {
+    listing(dir).into_keys().collect()
+}
+
+/// A config for secret `api`: a random value, kept in a local vault, written to a file and
+/// checked by the `verifier` command; `extra` is appended. Its journal is `journal.db`.
+fn config(verifier: &str, extra: &str) -> String {
+    format!(
+        r#"[journal]
+path = "journal.db"
+
+[providers.random]
+kind = "random"
+
+[providers.vault]
+kind = "local_vault"
+path = "vault.json"
+
+[providers.secret-file]
+kind = "file"
+path = "secret.txt"
+
+[providers.check]
+kind = "command"
+command = {verifier}
+
+[secrets.api]
+rotator = "random"
+stores = ["vault"]
+dependents = ["secret-file"]
+verifiers = ["check"]
+grace = "0s"
+{extra}"#
+    )
+}
+
+/// `rotate` of an unknown secret, `status`, `resume`, `plan` and the auditor's commands
+/// never create a journal; `rotate` of a configured secret does.
+#[test]
+fn only_a_command_that_must_write_creates_the_journal() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("rekey.toml"), config(r#"["true"]"#, "")).unwrap();
+    let only_config = vec!["rekey.toml".to_owned()];
+
+    let out = rekey(&["rotate", "apj"], dir);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("no secret named \"apj\"")
+            && text(&out.stderr).contains("configured secrets: api"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(names(dir), only_config, "rotate of a typo created a file");
+
+    let out = rekey(&["status"], dir);
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        stdout.contains("no journal at ") && stdout.contains("journal.db yet"),
+        "status must say there is no journal yet: {stdout}"
+    );
+    assert!(
+        stdout.contains("api: no open rotation; never rotated"),
+        "{stdout}"
+    );
+    let out = rekey(&["status", "--json"], dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows[0]["secret"], "api");
+    assert!(rows[0]["open_rotation"].is_null() && rows[0]["last_ended"].is_null());
+    let out = rekey(&["status", "apj"], dir);
+    assert_eq!(out.status.code(), Some(1), "status of a typo");
+
+    let out = rekey(&["resume"], dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("nothing to resume: no journal at "),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = rekey(&["resume", "--wait", "--json"], dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "[]");
+
+    assert!(rekey(&["plan"], dir).status.success());
+    for args in [
+        &["journal", "verify"][..],
+        &["journal", "export"][..],
+        &["journal", "heads"][..],
+        &["journal", "show", "some-rotation"][..],
+    ] {
+        let mut args = args.to_vec();
+        args.extend(["--journal", "journal.db"]);
+        let out = rekey(&args, dir);
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        assert!(
+            text(&out.stderr).contains("journal.db: no journal here"),
+            "{args:?}: {}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(names(dir), only_config, "a command created a file");
+
+    let out = rekey(&["rotate", "api"], dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        dir.join("journal.db").exists(),
+        "rotate of a configured secret creates the journal"
+    );
+}
+
+/// A zero-length file where the journal should be (a truncated or half-restored journal) is
+/// refused like any other file that is not a journal, and left as it is.
+#[test]
+fn an_empty_journal_file_is_refused_and_left_as_it_is() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("rekey.toml"), config(r#"["true"]"#, "")).unwrap();
+    std::fs::write(dir.join("journal.db"), b"").unwrap();
+    let before = listing(dir);
+    for args in [
+        &["rotate", "api"][..],
+        &["status"][..],
+        &["resume"][..],
+        &["resume", "--wait"][..],
+        &["journal", "verify", "--journal", "journal.db"][..],
+        &["journal", "export", "--journal", "journal.db"][..],
+        &["journal", "show", "x", "--journal", "journal.db"][..],
+    ] {
+        let out = rekey(args, dir);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("journal.db: not a rekey journal (the file is empty"),
+            "{args:?}: {stderr}"
+        );
+        assert_eq!(listing(dir), before, "{args:?} changed the dir");
+    }
 }
 
 /// Writes a demo journal in `dir/d` and returns (its path, a rotation id in it).

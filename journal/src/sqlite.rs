@@ -120,6 +120,7 @@ impl SqliteJournal {
     /// As [`SqliteJournal::open`].
     pub fn open_with_clock(path: impl AsRef<Path>, clock: Arc<dyn Clock>) -> Result<Self> {
         let path = path.as_ref().to_owned();
+        refuse_empty_file(&path)?;
         refuse_read_only_file(&path)?;
         create_owner_only(&path);
         let mut write = Connection::open_with_flags(
@@ -178,6 +179,7 @@ impl SqliteJournal {
         if !path.is_file() {
             return Err(Error::NoJournal { path });
         }
+        refuse_empty_file(&path)?;
         let view = ReadView::open(&path)?;
         let reader = view.conn;
         match schema::inspect(&reader, &path)? {
@@ -193,7 +195,7 @@ impl SqliteJournal {
             }
             Found::Empty => {
                 let reason = if view.wal {
-                    "the file is empty".into()
+                    "the file is an empty database".into()
                 } else {
                     format!(
                         "the file holds no tables: an empty database, or a copy of a journal in use taken without its -wal (copy {} with it)",
@@ -348,6 +350,22 @@ fn heads_in(c: &Connection) -> Result<Vec<Head>> {
         });
     }
     Ok(heads)
+}
+
+/// Why an existing file of 0 bytes is refused.
+const EMPTY_FILE: &str = "the file is empty (0 bytes): a journal that lost its contents, or one whose creation was interrupted; restore it from a backup, or delete it if it never held events";
+
+/// SQLite takes a file of 0 bytes for a new database, and opening it for writing would
+/// start a new journal over whatever should be there: such a file is refused like any
+/// other file that is not a journal. Only a path where nothing exists becomes a journal.
+fn refuse_empty_file(path: &Path) -> Result<()> {
+    if std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.len() == 0) {
+        return Err(Error::NotAJournal {
+            path: path.to_owned(),
+            reason: EMPTY_FILE.into(),
+        });
+    }
+    Ok(())
 }
 
 /// Root ignores file modes, so the mode is checked here: a journal marked read-only is

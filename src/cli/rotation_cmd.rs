@@ -1,18 +1,20 @@
 //! `rekey rotate`, `resume`, `status` and `policy check`: the operator's commands. Each
-//! loads and validates the config first, so bad input changes nothing.
+//! loads and validates the config first, so bad input changes nothing. Only `rotate` (and
+//! `rekey run`) create the journal where none exists; `resume` and `status` never do.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use rekey_journal::{Clock, JournalRead, SqliteJournal, SystemClock};
+use rekey_journal::{Clock, JournalRead, MemoryJournal, SqliteJournal, SystemClock};
 use serde::Serialize;
 
 use super::exit;
 use super::journal_cmd::format_ms;
 use crate::config::Config;
-use crate::runner::{Options, Progress, Requested, Runner};
+use crate::runner::{Options, Progress, Requested, Runner, RunnerJournal};
 use crate::saga::{Command, Phase, Trigger, Wait};
 
 /// A runner over the config's journal and providers, stamped by the system clock.
@@ -24,7 +26,7 @@ pub struct Env {
 }
 
 impl Env {
-    /// Loads the config at `path` and opens its journal.
+    /// Loads the config at `path` and opens its journal, creating it if none exists.
     ///
     /// # Errors
     /// Config and journal errors, each naming the file and what to do.
@@ -40,7 +42,18 @@ impl Env {
         path: &Path,
         observer: Option<Arc<dyn crate::runner::Observer>>,
     ) -> Result<Self> {
-        let config = Config::load(path)?;
+        Self::with_config(Config::load(path)?, observer)
+    }
+
+    /// As [`Env::open_observed`], with the config already loaded and checked. Creates the
+    /// journal if none exists.
+    ///
+    /// # Errors
+    /// Provider and journal errors.
+    pub fn with_config(
+        config: Config,
+        observer: Option<Arc<dyn crate::runner::Observer>>,
+    ) -> Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // Everything the config needs is checked before the journal is touched.
         let providers = config.build_providers(clock.clone(), &|var| std::env::var(var).ok())?;
@@ -145,8 +158,10 @@ fn print_outcomes(outcomes: &[Outcome], json: bool) -> Result<()> {
 
 /// `rekey rotate SECRET`.
 pub async fn rotate(config: &Path, secret: &str, wait: bool, json: bool) -> Result<u8> {
-    let env = Env::open(config)?;
-    let plan = env.config.plan(secret)?.clone();
+    let config = Config::load(config)?;
+    // An unknown secret (a typo) is refused before the journal is opened or created.
+    let plan = config.plan(secret)?.clone();
+    let env = Env::with_config(config, None)?;
     let rotation_id = uuid::Uuid::now_v7().to_string();
     let rotation_id = match env
         .runner
@@ -171,7 +186,20 @@ pub async fn rotate(config: &Path, secret: &str, wait: bool, json: bool) -> Resu
 
 /// `rekey resume`.
 pub async fn resume(config: &Path, wait: bool, json: bool) -> Result<u8> {
-    let env = Arc::new(Env::open(config)?);
+    let config = Config::load(config)?;
+    if !config.journal_path.exists() {
+        // Nothing was ever started here; a journal created now would hold nothing.
+        if json {
+            println!("[]");
+        } else {
+            println!(
+                "nothing to resume: no journal at {} yet",
+                config.journal_path.display()
+            );
+        }
+        return Ok(exit::OK);
+    }
+    let env = Arc::new(Env::with_config(config, None)?);
     let open = env.runner.open_rotations().await?;
     let bar = progress_bar(open.len() as u64, json);
     // Rotations are independent: drive several at once, so one waiting out its grace
@@ -234,16 +262,34 @@ fn progress_bar(len: u64, json: bool) -> indicatif::ProgressBar {
     bar
 }
 
-/// `rekey status [SECRET]`.
+/// `rekey status [SECRET]`: reads the journal read-only, and never creates one.
 pub fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
-    let env = Env::open(config)?;
+    let config = Config::load(config)?;
     let names: Vec<String> = match secret {
-        Some(s) => vec![env.config.plan(s)?.secret.clone()],
-        None => env.config.secrets.keys().cloned().collect(),
+        Some(s) => vec![config.plan(s)?.secret.clone()],
+        None => config.secrets.keys().cloned().collect(),
     };
-    let now = env.clock.now_ms();
-    let schedules = &env.config.schedules;
-    let rows = crate::status::secrets(&*env.journal, &env.runner, schedules, &names, now)?;
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let rows = if config.journal_path.exists() {
+        let journal = Arc::new(SqliteJournal::open_read_only(&config.journal_path)?);
+        status_rows(journal, &config, &names, clock)?
+    } else {
+        let note = format!(
+            "no journal at {} yet: nothing has been rotated (the first `rekey rotate` or `rekey run` creates it)",
+            config.journal_path.display()
+        );
+        if json {
+            eprintln!("rekey: {note}");
+        } else {
+            println!("{note}");
+        }
+        status_rows(
+            Arc::new(MemoryJournal::new(clock.clone())),
+            &config,
+            &names,
+            clock,
+        )?
+    };
     if json {
         println!("{}", serde_json::to_string(&rows)?);
     } else {
@@ -289,6 +335,30 @@ pub fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
         }
     }
     Ok(exit::OK)
+}
+
+/// The status of each secret in `names`, read from `journal`.
+fn status_rows<J: RunnerJournal>(
+    journal: Arc<J>,
+    config: &Config,
+    names: &[String],
+    clock: Arc<dyn Clock>,
+) -> Result<Vec<crate::status::SecretStatus>> {
+    let now = clock.now_ms();
+    // Status folds the journal and calls no provider, so its runner has none.
+    let runner = Runner::new(
+        journal.clone(),
+        HashMap::new(),
+        clock,
+        Options::new("status", 0),
+    );
+    Ok(crate::status::secrets(
+        &*journal,
+        &runner,
+        &config.schedules,
+        names,
+        now,
+    )?)
 }
 
 fn describe(cmd: &Command) -> String {

@@ -47,6 +47,18 @@ fn a_text_file_is_not_a_journal() {
     assert_refused!(&path, Error::NotAJournal { .. }, "a text file");
 }
 
+/// A file of 0 bytes (a journal that lost its contents) is not taken for a new journal.
+#[test]
+fn an_empty_file_is_not_a_journal() {
+    let (_dir, path) = scratch();
+    std::fs::write(&path, b"").expect("creating the empty file");
+    assert_refused!(
+        &path,
+        Error::NotAJournal { reason, .. } if reason.contains("the file is empty (0 bytes)"),
+        "an empty file"
+    );
+}
+
 #[test]
 fn another_programs_database_is_not_a_journal() {
     let (_dir, path) = scratch();
