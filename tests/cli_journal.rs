@@ -1,6 +1,6 @@
 //! The journal file as the `rekey` binary meets it: which commands may create one, empty
-//! files, and auditing read-only copies (as an unprivileged user). Each test runs the real
-//! binary in its own temp dir.
+//! and damaged files, and auditing read-only copies (as an unprivileged user). Each test
+//! runs the real binary in its own temp dir.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -348,4 +348,59 @@ async fn auditing_a_copy_reads_it_and_writes_nothing_beside_it() {
             &format!("writable {name}"),
         );
     }
+}
+
+/// The page number and size of index `name` in the SQLite file at `path`.
+fn index_page(path: &Path, name: &str) -> (u64, u64) {
+    let c = rusqlite::Connection::open(path).unwrap();
+    let page: i64 = c
+        .query_row(
+            "SELECT rootpage FROM sqlite_master WHERE type = 'index' AND name = ?1",
+            [name],
+            |r| r.get(0),
+        )
+        .unwrap();
+    let size: i64 = c.query_row("PRAGMA page_size", [], |r| r.get(0)).unwrap();
+    (page as u64, size as u64)
+}
+
+/// A journal whose chains are intact but whose SQLite file is damaged (an index page
+/// overwritten) fails `verify` with exit 3, saying the file is damaged, before `resume`
+/// trips over it.
+#[test]
+fn a_damaged_index_page_fails_verify_with_exit_3() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (journal, _) = demo_journal(tmp.path());
+    // An index `verify`'s own reads do not use, but `resume` does.
+    let (page, size) = index_page(&journal, "streams_by_status");
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&journal)
+            .unwrap();
+        f.seek(SeekFrom::Start((page - 1) * size)).unwrap();
+        f.write_all(&vec![0x55; size as usize]).unwrap();
+    }
+    let out = rekey(
+        &["journal", "verify", "--journal", "d/journal.db"],
+        tmp.path(),
+    );
+    let stdout = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.contains("BROKEN: the journal file is damaged")
+            && stdout.contains("SQLite integrity check"),
+        "{stdout}"
+    );
+    let out = rekey(
+        &["journal", "verify", "--journal", "d/journal.db", "--json"],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        report["damaged"].as_str().is_some_and(|d| !d.is_empty()),
+        "{report}"
+    );
 }

@@ -269,49 +269,91 @@ impl SqliteJournal {
         self.with_reader(heads_in)
     }
 
-    /// Recomputes every chain and checks it against the recorded heads and, when given,
-    /// heads exported earlier (which detects truncation of a stream's tail).
+    /// Runs SQLite's integrity check of every page and index, then recomputes every chain
+    /// and checks it against the recorded heads and, when given, heads exported earlier
+    /// (which detects truncation of a stream's tail).
     ///
     /// # Errors
-    /// Storage errors only; a broken chain is a report, not an error.
+    /// Storage errors only; a damaged file or a broken chain is a report, not an error.
     pub fn verify(&self, exported: Option<&[Head]>) -> Result<VerifyReport> {
         self.with_snapshot(|c| {
-            let mut verifier = Verifier::new(heads_in(c)?, exported);
-            let mut stmt = c
-                .prepare(&format!("{SELECT_EVENT} ORDER BY stream_id, stream_seq"))
-                .map_err(Error::sqlite("reading events to verify"))?;
-            let mut rows = stmt
-                .query([])
-                .map_err(Error::sqlite("reading events to verify"))?;
-            while let Some(row) = rows.next().map_err(Error::sqlite("reading events"))? {
-                match row_to_event(row) {
-                    Ok(event) => {
-                        if !verifier.feed(&event) {
-                            break;
-                        }
-                    }
-                    // A row that cannot even be decoded is the first broken link.
-                    Err(Error::Corrupt {
-                        stream,
-                        seq,
-                        detail,
-                    }) => {
-                        let mut report = verifier.finish();
-                        report.broken = Some(crate::verify::BrokenLink {
-                            stream_id: stream,
-                            seq,
-                            what: detail,
-                            expected: "a well-formed event row".into(),
-                            found: "a malformed row".into(),
-                        });
-                        return Ok(report);
-                    }
-                    Err(e) => return Err(e),
-                }
+            if let Some(damage) = damage(c)? {
+                return Ok(VerifyReport::damaged(damage));
             }
-            Ok(verifier.finish())
+            match verify_chains(c, exported) {
+                Err(Error::Sqlite { cause, .. }) if is_corrupt(&cause) => {
+                    Ok(VerifyReport::damaged(cause.to_string()))
+                }
+                other => other,
+            }
         })
     }
+}
+
+/// Most problems of a damaged file a verify report lists.
+const DAMAGE_PROBLEMS_MAX: usize = 5;
+
+/// What SQLite's integrity check finds wrong with the file behind `c`, if anything.
+fn damage(c: &Connection) -> Result<Option<String>> {
+    let found = c
+        .prepare(&format!("PRAGMA integrity_check({DAMAGE_PROBLEMS_MAX})"))
+        .and_then(|mut stmt| {
+            stmt.query_map([], |r| r.get::<_, String>(0))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        });
+    match found {
+        Ok(problems) if problems.iter().all(|p| p == "ok") => Ok(None),
+        Ok(problems) => Ok(Some(problems.join("; "))),
+        Err(e) if is_corrupt(&e) => Ok(Some(e.to_string())),
+        Err(e) => Err(Error::Sqlite {
+            context: "running the integrity check".into(),
+            cause: e,
+        }),
+    }
+}
+
+/// True for SQLite's "the file is damaged" errors.
+fn is_corrupt(e: &rusqlite::Error) -> bool {
+    matches!(e, rusqlite::Error::SqliteFailure(f, _)
+        if matches!(f.code, rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase))
+}
+
+/// Recomputes every chain read through `c` (see [`SqliteJournal::verify`]).
+fn verify_chains(c: &Connection, exported: Option<&[Head]>) -> Result<VerifyReport> {
+    let mut verifier = Verifier::new(heads_in(c)?, exported);
+    let mut stmt = c
+        .prepare(&format!("{SELECT_EVENT} ORDER BY stream_id, stream_seq"))
+        .map_err(Error::sqlite("reading events to verify"))?;
+    let mut rows = stmt
+        .query([])
+        .map_err(Error::sqlite("reading events to verify"))?;
+    while let Some(row) = rows.next().map_err(Error::sqlite("reading events"))? {
+        match row_to_event(row) {
+            Ok(event) => {
+                if !verifier.feed(&event) {
+                    break;
+                }
+            }
+            // A row that cannot even be decoded is the first broken link.
+            Err(Error::Corrupt {
+                stream,
+                seq,
+                detail,
+            }) => {
+                let mut report = verifier.finish();
+                report.broken = Some(crate::verify::BrokenLink {
+                    stream_id: stream,
+                    seq,
+                    what: detail,
+                    expected: "a well-formed event row".into(),
+                    found: "a malformed row".into(),
+                });
+                return Ok(report);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(verifier.finish())
 }
 
 impl Drop for SqliteJournal {

@@ -17,12 +17,27 @@ pub struct VerifyReport {
     pub events: u64,
     /// The first broken link, or `None` when every chain is intact.
     pub broken: Option<BrokenLink>,
+    /// What the storage engine's own integrity check found wrong with the file (a damaged
+    /// page or index), or `None` when it found nothing. A damaged file is not verified
+    /// further: its rows cannot be trusted to be all there is.
+    #[serde(default)]
+    pub damaged: Option<String>,
 }
 
 impl VerifyReport {
-    /// True when no link is broken.
+    /// A report on a file whose storage is damaged, before any chain was read.
+    pub(crate) fn damaged(what: String) -> Self {
+        Self {
+            streams: 0,
+            events: 0,
+            broken: None,
+            damaged: Some(what),
+        }
+    }
+
+    /// True when no link is broken and the file is not damaged.
     pub fn is_intact(&self) -> bool {
-        self.broken.is_none()
+        self.broken.is_none() && self.damaged.is_none()
     }
 }
 
@@ -73,6 +88,7 @@ impl Verifier {
                 streams: 0,
                 events: 0,
                 broken: None,
+                damaged: None,
             },
             recorded: to_map(&recorded),
             exported: exported.map(to_map).unwrap_or_default(),

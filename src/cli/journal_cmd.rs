@@ -111,6 +111,11 @@ pub fn run(cmd: JournalCommand) -> Result<u8> {
                     },
                 )?;
                 writeln!(out)?;
+            } else if let Some(damage) = &report.damaged {
+                writeln!(
+                    out,
+                    "BROKEN: the journal file is damaged (SQLite integrity check: {damage}); its events cannot be trusted to be all there are, and rotations in it cannot resume: restore the journal from a backup"
+                )?;
             } else if let Some(b) = &report.broken {
                 writeln!(
                     out,
