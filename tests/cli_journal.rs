@@ -1,12 +1,16 @@
 //! The journal file as the `rekey` binary meets it: which commands may create one, empty
-//! and damaged files, and auditing read-only copies (as an unprivileged user). Each test
-//! runs the real binary in its own temp dir.
+//! and damaged files, auditing read-only copies (as an unprivileged user), and a drive
+//! whose lease lapses while the journal stalls. Each test runs the real binary in its own
+//! temp dir.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Output};
+use std::time::Duration;
+
+use rekey::journal::{Clock, SystemClock};
 
 /// The unprivileged user auditors run as in these tests (`nobody`).
 const NOBODY: u32 = 65_534;
@@ -402,5 +406,73 @@ fn a_damaged_index_page_fails_verify_with_exit_3() {
     assert!(
         report["damaged"].as_str().is_some_and(|d| !d.is_empty()),
         "{report}"
+    );
+}
+
+/// Waits until `path` exists (a hook reached its rendezvous), failing after a minute.
+fn wait_for(path: &Path) {
+    let deadline_ms = SystemClock.now_ms() + 60_000;
+    while !path.exists() {
+        assert!(
+            SystemClock.now_ms() < deadline_ms,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `resume --wait` with a 1 s lease, while the journal stalls for longer than the lease
+/// (another process holds its write lock): the lease lapses mid-drive, the command takes
+/// it again and finishes the rotation, exit 0.
+#[test]
+fn resume_wait_finishes_when_its_lease_lapses_during_a_stall() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // The first verification kills `rekey rotate` (leaving the check in doubt); the next
+    // one waits at a rendezvous so the test can stall the journal under it.
+    let verifier = r#"["sh", "-c", "cat > /dev/null; if [ ! -e crashed ]; then touch crashed; kill -KILL $PPID; exit 1; fi; touch stalled; while [ ! -e go ]; do sleep 0.02; done"]"#;
+    let lease_ms = 1_000;
+    std::fs::write(
+        dir.join("rekey.toml"),
+        config(verifier, "\n[runner]\nlease_ttl = \"1s\"\n"),
+    )
+    .unwrap();
+    let crashed = rekey(&["rotate", "api"], dir);
+    assert_eq!(crashed.status.code(), None, "the hook killed rotate");
+
+    let resume = command(&["resume", "--wait", "--json"], dir)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(&dir.join("stalled"));
+    let other = rusqlite::Connection::open(dir.join("journal.db")).unwrap();
+    other.execute_batch("BEGIN EXCLUSIVE").unwrap();
+    let expires_at_ms: i64 = other
+        .query_row("SELECT max(expires_at_ms) FROM leases", [], |r| r.get(0))
+        .unwrap();
+    std::fs::write(dir.join("go"), b"").unwrap();
+    // The injected stall: the journal takes no write until its clock is a whole lease past
+    // the lease's expiry (a renewal queued during the stall carries a time from inside it).
+    while SystemClock.now_ms() < expires_at_ms + lease_ms {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    other.execute_batch("ROLLBACK").unwrap();
+
+    let out = resume.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let outcomes: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outcomes[0]["result"], "completed", "{outcomes}");
+    assert!(
+        text(&out.stderr).contains("the lease lapsed mid-drive; taking the rotation up again"),
+        "the stall must have cost the lease: {}",
+        text(&out.stderr)
     );
 }

@@ -1,13 +1,14 @@
-//! Runner behaviour that needs real (tokio) time: the lease heartbeat during slow calls.
+//! Runner behaviour around time: the lease heartbeat during slow calls (real tokio time)
+//! and renewal before slow appends.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use rekey::journal::{Clock, MemoryJournal};
+use rekey::journal::{Clock, ManualClock, MemoryJournal};
 use rekey::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
 use rekey::providers::local::{EnvFile, LocalVault, RandomRotator};
-use rekey::runner::{Options, Progress, Requested, Runner, tokio_sleep};
-use rekey::saga::{Phase, Plan, Role, TargetRef, Trigger};
+use rekey::runner::{Observer, Options, Progress, Requested, Runner, tokio_sleep};
+use rekey::saga::{Phase, Plan, Role, Rotation, RotationEvent, TargetRef, Trigger};
 
 /// Journal time that follows tokio's (pausable) clock, starting at `base_ms`.
 #[derive(Debug)]
@@ -154,4 +155,80 @@ async fn the_lease_outlives_a_slow_call_only_with_a_heartbeat() {
         err.to_string().contains("expired"),
         "expected the append after the call to be refused: {err}"
     );
+}
+
+/// Models appends that take `append_ms` each (a journal under load): the clock moves on
+/// once an event is durable.
+struct SlowAppends {
+    clock: ManualClock,
+    append_ms: i64,
+}
+
+impl Observer for SlowAppends {
+    fn journaled(&self, _: &Rotation, _: &RotationEvent, _: f64) {
+        self.clock.advance(self.append_ms);
+    }
+}
+
+/// Every append takes over half the lease and the calls between them none: renewing only
+/// between steps lets the lease lapse during a step's outcome append. The runner renews
+/// before each append that finds less than half the lease left, and finishes.
+#[tokio::test]
+async fn appends_slower_than_half_the_lease_do_not_lose_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let lease_ms = 1_000;
+    let manual = ManualClock::new(1_700_000_000_000);
+    let clock: Arc<dyn Clock> = Arc::new(manual.clone());
+    let journal = Arc::new(MemoryJournal::new(clock.clone()));
+    let providers: HashMap<String, Arc<dyn Provider>> = HashMap::from([
+        (
+            "random".to_owned(),
+            Arc::new(RandomRotator { bytes: 16 }) as Arc<dyn Provider>,
+        ),
+        (
+            "vault".to_owned(),
+            Arc::new(LocalVault::new(dir.path().join("vault.json"))),
+        ),
+        (
+            "app".to_owned(),
+            Arc::new(EnvFile::new(dir.path().join("app.env"), "K")),
+        ),
+    ]);
+    let t = |role, name: &str| TargetRef {
+        role,
+        name: name.into(),
+    };
+    let plan = Plan {
+        secret: "api".into(),
+        lock_key: "api".into(),
+        targets: vec![
+            t(Role::Rotator, "random"),
+            t(Role::Store, "vault"),
+            t(Role::Dependent, "app"),
+            t(Role::Verifier, "app"),
+        ],
+        grace_ms: 0,
+        attempts_max: 3,
+    };
+    let options = Options {
+        lease_ttl_ms: lease_ms,
+        observer: Some(Arc::new(SlowAppends {
+            clock: manual,
+            append_ms: lease_ms * 55 / 100,
+        })),
+        ..Options::new("runner-1", 7)
+    };
+    let runner = Runner::new(journal, providers, clock, options);
+    let Requested::Started { rotation_id } = runner
+        .request(plan, Trigger::Manual, "test", "rot-1".into())
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh journal has no open rotation");
+    };
+    let progress = runner
+        .drive(&rotation_id)
+        .await
+        .expect("the lease is renewed before it lapses");
+    assert_eq!(progress, Progress::Finished(Phase::Completed));
 }

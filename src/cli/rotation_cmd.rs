@@ -82,10 +82,29 @@ impl Env {
     }
 
     /// Drives a rotation until it ends; with `wait`, also through backoffs, the grace
-    /// period and other runners' leases.
+    /// period and other runners' leases. A drive whose lease lapsed (this process or the
+    /// journal stalled for longer than the lease) is taken up again at once, as the daemon
+    /// does later: the journal says where it stood.
     pub async fn drive(&self, rotation_id: &str, wait: bool) -> Result<Progress> {
+        let mut lapses = 0;
         loop {
-            let progress = self.runner.drive(rotation_id).await?;
+            let progress = match self.runner.drive(rotation_id).await {
+                Ok(progress) => {
+                    lapses = 0;
+                    progress
+                }
+                Err(e) if lease_lapsed(&e) && lapses < LEASE_LAPSES_MAX => {
+                    lapses += 1;
+                    tracing::warn!(rotation_id, error = %e, "the lease lapsed mid-drive; taking the rotation up again");
+                    continue;
+                }
+                Err(e) if lease_lapsed(&e) => anyhow::bail!(
+                    "rotation {rotation_id}: this runner's lease lapsed {} times in a row ({e}); something stalls this process, the journal or a provider for longer than [runner] lease_ttl ({} ms): raise lease_ttl or find the stall, then run `rekey resume` (the rotation is safe in the journal)",
+                    lapses + 1,
+                    self.config.lease_ttl_ms
+                ),
+                Err(e) => return Err(e.into()),
+            };
             let pause_ms = match &progress {
                 Progress::Finished(_) | Progress::Stopped => return Ok(progress),
                 _ if !wait => return Ok(progress),
@@ -95,6 +114,19 @@ impl Env {
             tokio::time::sleep(Duration::from_millis(pause_ms.max(0) as u64)).await;
         }
     }
+}
+
+/// Lapsed leases in a row after which a drive gives up.
+const LEASE_LAPSES_MAX: u32 = 5;
+
+/// True when a drive stopped because its lease lapsed or was taken over.
+fn lease_lapsed(e: &crate::runner::Error) -> bool {
+    matches!(
+        e,
+        crate::runner::Error::Journal(
+            rekey_journal::Error::LeaseExpired { .. } | rekey_journal::Error::StaleFence { .. }
+        )
+    )
 }
 
 /// One rotation's outcome, as printed.

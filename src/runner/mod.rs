@@ -539,6 +539,15 @@ impl<J: RunnerJournal> Runner<J> {
 
     /// Appends one event under the lease and folds it into the state.
     async fn emit(&self, d: &mut Driving, event: RotationEvent) -> Result<(), Error> {
+        // The renewal at the top of the step may be long past (a slow append or a call
+        // between them): renew here too while the lease has less than half left, before
+        // it can lapse under this append.
+        if d.lease.expires_at_ms - self.clock.now_ms() < self.options.lease_ttl_ms / 2 {
+            d.lease = self
+                .journal
+                .renew(&d.lease, self.options.lease_ttl_ms)
+                .await?;
+        }
         let mut append = Append::new(d.state.id.clone(), d.seq, vec![rotation_event(&event)])
             .fenced(d.lease.fence());
         match &event {
