@@ -122,7 +122,7 @@ impl SqliteJournal {
         let path = path.as_ref().to_owned();
         refuse_empty_file(&path)?;
         refuse_read_only_file(&path)?;
-        create_owner_only(&path);
+        create_whole(&path)?;
         let mut write = Connection::open_with_flags(
             &path,
             OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -424,18 +424,49 @@ fn refuse_read_only_file(path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Creates a journal that does not exist yet as an empty file of mode 0600 (an empty
-/// file is a new database to SQLite), so the secret names and error texts it will hold
-/// are readable by its owner only. SQLite gives the `-wal` and `-shm` files it creates
-/// the mode of the database file. An existing file keeps its mode. Any other failure is
-/// left for SQLite's own open to report, with its own words.
-fn create_owner_only(path: &Path) {
-    use std::os::unix::fs::OpenOptionsExt;
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path);
+/// Creates a journal where nothing exists, whole or not at all: the schema is written to
+/// an owner-only (0600) file beside it, made durable, then linked into place. A crash
+/// never leaves a file of 0 bytes (refused as not a journal) behind, and the secret names
+/// and error texts the journal will hold are readable by its owner only (SQLite gives
+/// `-wal` and `-shm` the database file's mode). An existing file keeps its mode; a
+/// creator that got there first wins, and its journal is used.
+fn create_whole(path: &Path) -> Result<()> {
+    if path.symlink_metadata().is_ok() {
+        return Ok(());
+    }
+    let failed = |what: &str, e: std::io::Error| Error::WriteFailed {
+        reason: format!("creating the journal {}: {what}: {e}", path.display()),
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    // Missing directories and the like are left for SQLite's own open to report.
+    let Ok(new) = tempfile::Builder::new()
+        .prefix(".rekey-journal-")
+        .suffix(".new")
+        .tempfile_in(dir)
+    else {
+        return Ok(());
+    };
+    {
+        let mut conn = Connection::open(new.path())
+            .map_err(|e| schema::readonly_or(e, path, "creating the journal"))?;
+        schema::make_durable(&conn, path)?;
+        schema::migrate(&mut conn, path, 0)?;
+    }
+    new.as_file()
+        .sync_all()
+        .map_err(|e| failed("flushing it", e))?;
+    match std::fs::hard_link(new.path(), path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(()),
+        Err(e) => return Err(failed("putting it in place", e)),
+    }
+    drop(new);
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| failed("flushing its directory", e))
 }
 
 fn set_busy_timeout(conn: &Connection) -> Result<()> {
