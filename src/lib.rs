@@ -14,6 +14,7 @@ pub mod runner;
 pub mod saga;
 pub mod status;
 pub mod telemetry;
+pub mod text;
 pub mod triggers;
 
 pub use rekey_journal as journal;

@@ -2,16 +2,31 @@
 //! it is about, whether it starts a rotation, and its journal record, which also makes
 //! redeliveries of the same event id harmless (Event Grid delivers at least once).
 //!
-//! Order: the rotation is requested first, the event recorded second. A crash between the
-//! two makes Event Grid deliver again; the new request then coalesces into the rotation
-//! that is still open. Recording first could lose the trigger instead.
+//! Any event id can be recorded: an id that is not 1 to 100 characters of the journal's
+//! stream-id alphabet is hashed into its stream id, and the record quotes short excerpts
+//! of what the event says, so an odd event can never fail to be recorded and be delivered
+//! again forever.
+//!
+//! Order: the rotation is requested first, the event recorded second. Recording first
+//! could lose the trigger in a crash between the two. Requesting first could repeat the
+//! request when the record fails, so the request is idempotent per event: the lock stream
+//! journals every request with its actor, the event's stream id, and a redelivered event
+//! whose request is found there is recorded without a second one.
 
 use rekey_journal::{Append, JournalAppend, JournalRead, JournalScan, NewEvent, StreamFilter};
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::runner::lock;
+use crate::runner::{Requested, lock};
+use crate::text::excerpt;
 use crate::triggers::eventgrid::{EventKind, KeyVaultEvent};
+
+/// Longest event id kept as it is in its stream id (`eventgrid:<id>`); longer ids, and ids
+/// with other characters than the journal allows in a stream id, are hashed.
+pub const PLAIN_ID_CHARS_MAX: usize = 100;
+/// Characters of each field an event record quotes.
+pub const RECORD_FIELD_CHARS_MAX: usize = 200;
+const HASHED: &str = "sha256:";
 
 /// What an event asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,16 +50,51 @@ pub enum EventRecord {
     },
 }
 
-/// The dedup stream of an event id (long ids are hashed to fit a stream id).
+/// The dedup stream of an event id: `eventgrid:<id>` when the id is 1 to
+/// [`PLAIN_ID_CHARS_MAX`] characters of A-Z a-z 0-9 - _ . : / (Event Grid's GUIDs are),
+/// else `eventgrid:sha256:<hex of the id>`. Ids that look like a hashed one are hashed too,
+/// so no two ids share a stream. It is also the actor of the rotation the event requests.
 pub fn stream_id(event_id: &str) -> String {
-    if event_id.len() <= 100 && !event_id.is_empty() {
+    let fits = (1..=PLAIN_ID_CHARS_MAX).contains(&event_id.len())
+        && event_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:/".contains(&b))
+        && !event_id.starts_with(HASHED);
+    if fits {
         format!("eventgrid:{event_id}")
     } else {
         format!(
-            "eventgrid:sha256:{}",
+            "eventgrid:{HASHED}{}",
             hex::encode(openssl::sha::sha256(event_id.as_bytes()))
         )
     }
+}
+
+/// The request an earlier delivery of the event whose stream id is `actor` made for a
+/// secret locked by `lock_key`, if its request is in the lock stream (the record of that
+/// delivery failed, or the process died before it).
+///
+/// # Errors
+/// Journal errors.
+pub fn requested_before<J: JournalRead>(
+    journal: &J,
+    lock_key: &str,
+    actor: &str,
+) -> Result<Option<Requested>, rekey_journal::Error> {
+    let events = journal.read_stream(&lock::stream_id(lock_key))?;
+    Ok(events.iter().find_map(|e| {
+        match serde_json::from_str::<lock::LockEvent>(&e.payload).ok()? {
+            lock::LockEvent::Opened {
+                rotation_id,
+                actor: a,
+                ..
+            } if a == actor => Some(Requested::Started { rotation_id }),
+            lock::LockEvent::Coalesced { into, actor: a, .. } if a == actor => {
+                Some(Requested::Coalesced { into })
+            }
+            _ => None,
+        }
+    }))
 }
 
 /// Whether this event id was handled before.
@@ -65,11 +115,9 @@ pub fn decide<J: JournalRead + JournalScan>(
     event: &KeyVaultEvent,
 ) -> Result<Decision, rekey_journal::Error> {
     let Some(secret) = config.secret_in_vault(&event.vault, &event.secret) else {
+        let (secret, vault) = (short(&event.secret), short(&event.vault));
         return Ok(Decision::Ignore {
-            why: format!(
-                "secret {} of vault {} is not configured in a key_vault store",
-                event.secret, event.vault
-            ),
+            why: format!("secret {secret} of vault {vault} is not configured in a key_vault store"),
         });
     };
     Ok(match &event.kind {
@@ -85,7 +133,7 @@ pub fn decide<J: JournalRead + JournalScan>(
             Decision::Ignore { why }
         }
         EventKind::Other(kind) => Decision::Ignore {
-            why: format!("event type {kind} starts nothing"),
+            why: format!("event type {} starts nothing", short(kind)),
         },
     })
 }
@@ -137,7 +185,13 @@ fn written_by_rekey<J: JournalRead + JournalScan>(
     Ok(false)
 }
 
-/// Journals that `event` was handled with `outcome`; `false` when it was already.
+/// What the event says, shortened to fit a record or a log line.
+pub fn short(text: &str) -> String {
+    excerpt(text, RECORD_FIELD_CHARS_MAX)
+}
+
+/// Journals that `event` was handled with `outcome`; `false` when it was already. Every
+/// field is an excerpt, so the record fits the journal whatever the event carries.
 ///
 /// # Errors
 /// Journal errors other than the duplicate.
@@ -147,11 +201,11 @@ pub async fn record<J: JournalAppend>(
     outcome: &str,
 ) -> Result<bool, rekey_journal::Error> {
     let record = EventRecord::KeyVaultEventReceived {
-        event_id: event.id.clone(),
-        event_type: event.kind.as_str().to_owned(),
-        vault: event.vault.clone(),
-        secret: event.secret.clone(),
-        outcome: outcome.to_owned(),
+        event_id: short(&event.id),
+        event_type: short(event.kind.as_str()),
+        vault: short(&event.vault),
+        secret: short(&event.secret),
+        outcome: short(outcome),
     };
     let payload = serde_json::to_value(&record).unwrap_or_default();
     let append = Append::new(
@@ -159,11 +213,87 @@ pub async fn record<J: JournalAppend>(
         0,
         vec![NewEvent::new("KeyVaultEventReceived", payload)],
     )
-    .subject(&event.secret)
+    .subject(short(&event.secret))
     .status("received");
     match journal.append(append).await {
         Ok(_) => Ok(true),
         Err(rekey_journal::Error::Conflict { .. }) => Ok(false),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use proptest::prelude::*;
+    use rekey_journal::{ManualClock, MemoryJournal};
+
+    use super::*;
+
+    fn event(id: &str) -> KeyVaultEvent {
+        KeyVaultEvent {
+            id: id.to_owned(),
+            kind: EventKind::NearExpiry,
+            vault: "kv1".to_owned(),
+            secret: "payments".to_owned(),
+            version: None,
+            version_id: None,
+            exp_s: None,
+        }
+    }
+
+    fn journal() -> MemoryJournal {
+        MemoryJournal::new(Arc::new(ManualClock::new(1_000)))
+    }
+
+    /// Records `e` twice: the first is journaled, the second is recognised.
+    fn recorded_once(e: &KeyVaultEvent) -> (bool, bool) {
+        let j = journal();
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let first = record(&j, e, "ignored: test").await;
+            let again = record(&j, e, "ignored: test").await;
+            (first.unwrap(), again.unwrap())
+        })
+    }
+
+    #[test]
+    fn ids_that_fit_keep_their_stream_id_and_the_rest_are_hashed() {
+        let guid = "00eccf70-95a7-4e7c-8299-2eb17ee9ad64";
+        assert_eq!(stream_id(guid), format!("eventgrid:{guid}"));
+        let longest = "a".repeat(PLAIN_ID_CHARS_MAX);
+        assert_eq!(stream_id(&longest), format!("eventgrid:{longest}"));
+        let long = "a".repeat(PLAIN_ID_CHARS_MAX + 1);
+        let hashed = "eventgrid:sha256:";
+        for odd in [&long[..], "id with spaces", "ünï", "a\u{0}b", "sha256:00"] {
+            let id = stream_id(odd);
+            assert!(
+                id.starts_with(hashed) && id.len() == hashed.len() + 64,
+                "{id}"
+            );
+        }
+        assert_ne!(stream_id("a b"), stream_id("a  b"));
+    }
+
+    #[test]
+    fn odd_ids_and_huge_fields_are_recorded_once() {
+        let huge = "x".repeat(1 << 20);
+        for id in ["id with spaces", "ünïcødé", "tab\there", "\u{1b}[2J", &huge] {
+            assert_eq!(recorded_once(&event(id)), (true, false), "{}", short(id));
+        }
+        let mut fat = event("fat");
+        (fat.vault, fat.secret) = (huge.clone(), huge.clone());
+        fat.kind = EventKind::Other(huge.clone());
+        assert_eq!(recorded_once(&fat), (true, false));
+    }
+
+    proptest! {
+        #[test]
+        fn any_event_id_is_recorded_once(id in any::<String>()) {
+            prop_assert_eq!(recorded_once(&event(&id)), (true, false));
+        }
     }
 }

@@ -469,38 +469,46 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
     }
 
     /// Journals each event and starts what it asks for; `Err` makes Event Grid deliver
-    /// the batch again (events already handled are then recognised by id).
+    /// the batch again (events already handled are then recognised by id, and a request
+    /// already made for an event is found in its lock stream, never made twice).
     async fn webhook_delivery(
         &mut self,
         events: &[crate::triggers::eventgrid::KeyVaultEvent],
     ) -> Result<(), String> {
         for event in events {
+            let event_id = events::short(&event.id);
             let duplicate = events::seen(&*self.journal, &event.id).map_err(|e| e.to_string())?;
             if duplicate {
-                info!(
-                    event_id = event.id,
-                    "event delivered again; already handled"
-                );
+                info!(event_id, "event delivered again; already handled");
                 continue;
             }
             let decision =
                 events::decide(&self.config, &*self.journal, event).map_err(|e| e.to_string())?;
             let outcome = match decision {
                 events::Decision::Rotate { secret } => {
-                    let actor = format!("eventgrid:{}", event.id);
-                    match self.request(&secret, Trigger::NearExpiry, &actor).await {
+                    let actor = events::stream_id(&event.id);
+                    let plan = self.config.plan(&secret).map_err(|e| e.to_string())?;
+                    let before = events::requested_before(&*self.journal, &plan.lock_key, &actor)
+                        .map_err(|e| e.to_string())?;
+                    let requested = match before {
+                        Some(requested) => {
+                            info!(
+                                event_id,
+                                "event delivered again; its rotation was requested before"
+                            );
+                            Ok(requested)
+                        }
+                        None => self.request(&secret, Trigger::NearExpiry, &actor).await,
+                    };
+                    match requested {
                         Ok(Requested::Started { rotation_id }) => format!("started {rotation_id}"),
                         Ok(Requested::Coalesced { into }) => format!("coalesced into {into}"),
-                        Err(e) => return Err(format!("event {}: {e}", event.id)),
+                        Err(e) => return Err(format!("event {event_id}: {e}")),
                     }
                 }
                 events::Decision::Ignore { why } => {
-                    info!(
-                        event_id = event.id,
-                        kind = event.kind.as_str(),
-                        why,
-                        "event ignored"
-                    );
+                    let kind = events::short(event.kind.as_str());
+                    info!(event_id, kind, why, "event ignored");
                     format!("ignored: {why}")
                 }
             };

@@ -23,6 +23,8 @@ use crate::provider::SecretValue;
 
 /// The route Event Grid delivers to.
 pub const PATH: &str = "/eventgrid";
+/// Characters of each event field a log line quotes.
+const LOGGED_CHARS_MAX: usize = 200;
 const VALIDATION_TYPE: &str = "Microsoft.EventGrid.SubscriptionValidationEvent";
 const MEDIA_TYPES: [&str; 3] = [
     "application/json",
@@ -448,7 +450,10 @@ async fn deliver(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         }
     };
     for e in &events {
-        let (id, event_type, vault, secret) = (&e.id, e.kind.as_str(), &e.vault, &e.secret);
+        // Excerpts: an event may carry anything, up to the body limit, in any field.
+        let short = |text: &str| crate::text::excerpt(text, LOGGED_CHARS_MAX);
+        let (id, event_type) = (short(&e.id), short(e.kind.as_str()));
+        let (vault, secret) = (short(&e.vault), short(&e.secret));
         info!(id, event_type, vault, secret, "Key Vault event received");
     }
     if events.is_empty() {

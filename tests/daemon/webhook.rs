@@ -1,12 +1,15 @@
 //! Key Vault events through the daemon's Event Grid webhook, against the fake Key Vault:
 //! near-expiry starts a rotation; a redelivered event id starts nothing; rekey's own new
 //! version, other vaults' secrets and unknown types are acknowledged and journaled as
-//! ignored; an unauthenticated post is refused with nothing journaled.
+//! ignored; an unauthenticated post is refused with nothing journaled. Any event id is
+//! recorded, and no event requests a rotation twice.
 
 use std::time::Duration;
 
 use rekey::journal::{JournalRead, JournalScan, StreamFilter};
 use serde_json::{Value, json};
+
+use rekey::saga::Trigger;
 
 use super::{HOOK_SECRET, Running, client, start_with};
 use crate::azure::{CLIENT_ID, CLIENT_SECRET, Env, VAULT};
@@ -101,7 +104,7 @@ fn rotations(r: &Running) -> Vec<String> {
 fn outcome(r: &Running, event_id: &str) -> Option<String> {
     let events = r
         .journal
-        .read_stream(&format!("eventgrid:{event_id}"))
+        .read_stream(&rekey::daemon::events::stream_id(event_id))
         .unwrap();
     let payload: Value = serde_json::from_str(&events.first()?.payload).unwrap();
     payload["outcome"].as_str().map(str::to_owned)
@@ -228,4 +231,67 @@ async fn key_vault_events_start_rotations_once_and_ignore_the_rest() {
     r.handle.signal();
     let summary = r.done.await.unwrap();
     assert_eq!(summary.completed, 2);
+}
+
+/// An event id that cannot be a stream id as it is (spaces, other scripts, control
+/// characters, 60 KiB) is recorded under its hash; a batch holding one is acknowledged;
+/// delivering it again after its rotation ended starts nothing; and an event whose request
+/// was made but never recorded (the record failed, or the process died) is recorded with
+/// that request, not requested again.
+#[tokio::test]
+async fn odd_event_ids_are_recorded_and_no_event_rotates_twice() {
+    let env = Env::start_real_clock().await;
+    env.fake.kv_seed(VAULT, SECRET, "old-value");
+    let tmp = tempfile::tempdir().unwrap();
+    let r = start_with(tmp.path(), &config(&env), 4, &|var| {
+        (var == "SP_SECRET").then(|| CLIENT_SECRET.to_owned())
+    })
+    .await;
+
+    let odd = "near expiry \u{2713} \u{1}";
+    let huge = "h".repeat(60 * 1024);
+    let batch = json!([
+        grid_event(
+            "good-1",
+            "SecretNewVersionCreated",
+            VAULT,
+            SECRET,
+            "ffff0000"
+        ),
+        grid_event(odd, "SecretNearExpiry", VAULT, SECRET, "aa11"),
+        grid_event(&huge, "VaultAccessPolicyChanged", VAULT, SECRET, "aa11"),
+    ]);
+    assert_eq!(post(&r, &batch, Some(HOOK_SECRET)).await.status(), 200);
+    until_none_open(&r).await;
+    let first = rotations(&r);
+    assert_eq!(first.len(), 1);
+    let said = |id: &str| outcome(&r, id).unwrap_or_default();
+    assert_eq!(said(odd), format!("started {}", first[0]));
+    assert!(
+        said("good-1").contains("outside rekey"),
+        "{}",
+        said("good-1")
+    );
+    assert!(said(&huge).contains("starts nothing"), "{}", said(&huge));
+
+    // Delivered again after the rotation ended: acknowledged, nothing started.
+    assert_eq!(post(&r, &batch, Some(HOOK_SECRET)).await.status(), 200);
+    assert_eq!(rotations(&r), first);
+
+    // The request of event e9 was made (its actor is the event's stream id) and the
+    // rotation ended, but the event was never recorded: its delivery records that request.
+    let actor = rekey::daemon::events::stream_id("e9");
+    let requested = r.handle.rotate(SECRET, Trigger::NearExpiry, &actor).await;
+    let Ok(rekey::runner::Requested::Started { rotation_id }) = requested else {
+        panic!("{requested:?}");
+    };
+    until_none_open(&r).await;
+    let second = rotations(&r);
+    assert_eq!(second.len(), 2);
+    let near = json!([grid_event("e9", "SecretNearExpiry", VAULT, SECRET, "bb22")]);
+    assert_eq!(post(&r, &near, Some(HOOK_SECRET)).await.status(), 200);
+    assert_eq!(said("e9"), format!("started {rotation_id}"));
+    assert_eq!(rotations(&r), second, "the event's request was made twice");
+    r.handle.signal();
+    assert_eq!(r.done.await.unwrap().completed, 2);
 }
