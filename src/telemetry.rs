@@ -92,3 +92,62 @@ pub fn rotation_span(rotation_id: &str, secret: &str) -> tracing::Span {
     }
     span
 }
+
+/// At most one log line per period for something any client can cause at will (a refused
+/// request, a refused connection), with the count of the lines left out since the last:
+/// a flood of requests must not become a flood of logs.
+#[derive(Debug)]
+pub struct LogThrottle {
+    every: std::time::Duration,
+    /// When the last line was let through, and how many were left out since.
+    state: std::sync::Mutex<(Option<tokio::time::Instant>, u64)>,
+}
+
+impl LogThrottle {
+    /// One line per `every` at most.
+    pub fn new(every: std::time::Duration) -> Self {
+        Self {
+            every,
+            state: std::sync::Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(left_out)` when a line may be logged now (`left_out` lines were suppressed
+    /// since the last one), `None` when this one is to be left out. Reads tokio's clock,
+    /// which tests can pause.
+    pub fn admit(&self) -> Option<u64> {
+        let now = tokio::time::Instant::now();
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let (last, left_out) = &mut *state;
+        if last.is_some_and(|at| now.duration_since(at) < self.every) {
+            *left_out += 1;
+            return None;
+        }
+        *last = Some(now);
+        Some(std::mem::take(left_out))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_throttle_lets_one_line_through_per_period_and_counts_the_rest() {
+        let throttle = LogThrottle::new(Duration::from_secs(10));
+        let burst: Vec<Option<u64>> = (0..1_000).map(|_| throttle.admit()).collect();
+        assert_eq!(burst[0], Some(0));
+        assert!(burst[1..].iter().all(Option::is_none));
+        tokio::time::advance(Duration::from_secs(9)).await;
+        assert_eq!(throttle.admit(), None);
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert_eq!(
+            throttle.admit(),
+            Some(1_000),
+            "999 of the burst and 1 after"
+        );
+        assert_eq!(throttle.admit(), None);
+    }
+}

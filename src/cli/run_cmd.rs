@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use super::exit;
 use super::rotation_cmd::Env;
 use crate::daemon::metrics::Metrics;
-use crate::daemon::{Daemon, Settings, api};
+use crate::daemon::{Daemon, Settings, api, serve};
 use crate::provider::SecretValue;
 use crate::triggers::eventgrid::{self, WebhookConfig};
 
@@ -86,13 +86,13 @@ pub async fn run(config: &Path) -> Result<u8> {
         app = app.merge(eventgrid::router(config, daemon.webhook_sink())?);
     }
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let limits = settings.http;
     let server = tokio::spawn(async move {
         let mut stop_rx = stop_rx;
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|stop| *stop).await;
-            })
-            .await
+        serve::serve(listener, app, limits, async move {
+            let _ = stop_rx.wait_for(|stop| *stop).await;
+        })
+        .await
     });
     let signals = handle.clone();
     tokio::spawn(async move {

@@ -81,6 +81,9 @@ struct RawDaemon {
     webhook_secret_env: Option<String>,
     webhook_token_env: Option<String>,
     notice_days_before: Option<u32>,
+    header_read_timeout: Option<String>,
+    body_timeout: Option<String>,
+    connections_max: Option<usize>,
 }
 
 /// Days before a scheduled rotation that an upcoming notice is sent, by default.
@@ -106,6 +109,8 @@ pub struct DaemonConfig {
     pub webhook_token_env: Option<String>,
     /// Send an upcoming notice this many days before a scheduled rotation.
     pub notice_days_before: u32,
+    /// What one HTTP client may hold: head and body timeouts, connections open at once.
+    pub http: crate::daemon::serve::Limits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -765,7 +770,9 @@ impl Config {
                 format!("[daemon] max_concurrent_rotations = {max} must be 1 to 10000"),
             ));
         }
+        let http = http_limits(d).map_err(|m| invalid(here.clone(), m))?;
         let daemon = DaemonConfig {
+            http,
             listen,
             api_token_env: d.and_then(|d| d.api_token_env.clone()),
             max_concurrent_rotations: max,
@@ -821,6 +828,44 @@ impl Config {
         })
     }
 }
+
+/// The `[daemon]` HTTP limits, defaults filled in.
+fn http_limits(d: Option<&RawDaemon>) -> Result<crate::daemon::serve::Limits, String> {
+    let mut limits = crate::daemon::serve::Limits::default();
+    let timeout = |key: &str, value: Option<&String>, default: std::time::Duration| {
+        let Some(text) = value else {
+            return Ok(default);
+        };
+        let ms = parse_duration_ms(text)
+            .map_err(|why| format!("[daemon] {key} = {text:?} {why}; write e.g. \"10s\""))?;
+        if !(1_000..=600_000).contains(&ms) {
+            return Err(format!("[daemon] {key} = {text:?} must be 1s to 10m"));
+        }
+        Ok(std::time::Duration::from_millis(ms.unsigned_abs()))
+    };
+    limits.header_read_timeout = timeout(
+        "header_read_timeout",
+        d.and_then(|d| d.header_read_timeout.as_ref()),
+        limits.header_read_timeout,
+    )?;
+    limits.body_timeout = timeout(
+        "body_timeout",
+        d.and_then(|d| d.body_timeout.as_ref()),
+        limits.body_timeout,
+    )?;
+    if let Some(n) = d.and_then(|d| d.connections_max) {
+        if !(1..=CONNECTIONS_MAX_LIMIT).contains(&n) {
+            return Err(format!(
+                "[daemon] connections_max = {n} must be 1 to {CONNECTIONS_MAX_LIMIT}"
+            ));
+        }
+        limits.connections_max = n;
+    }
+    Ok(limits)
+}
+
+/// Most connections `[daemon] connections_max` may allow.
+pub const CONNECTIONS_MAX_LIMIT: usize = 65_536;
 
 /// A vault's name as Event Grid gives it: the first label of `https://<name>.vault.azure.net`,
 /// or, for a vault served under a path on an IP address or localhost (test servers,
@@ -1100,6 +1145,8 @@ pub(crate) fn parse_duration_ms(text: &str) -> Result<i64, String> {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     const GOOD: &str = r#"[journal]
@@ -1273,6 +1320,42 @@ grace = "1h"
             ),
         ];
         assert_each_invalid(GOOD, cases);
+    }
+
+    #[test]
+    fn daemon_http_limits_have_safe_defaults_and_bounds() {
+        let limits = parse(GOOD).unwrap().daemon.http;
+        assert_eq!(limits, crate::daemon::serve::Limits::default());
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(limits.body_timeout, Duration::from_secs(30));
+        assert_eq!(limits.connections_max, 256);
+        let daemon = "\n[daemon]\nheader_read_timeout = \"5s\"\nbody_timeout = \"1m\"\nconnections_max = 10\n";
+        let limits = parse(&format!("{GOOD}{daemon}")).unwrap().daemon.http;
+        assert_eq!(limits.header_read_timeout, Duration::from_secs(5));
+        assert_eq!(limits.body_timeout, Duration::from_secs(60));
+        assert_eq!(limits.connections_max, 10);
+        let base = format!("{GOOD}{daemon}");
+        let cases: &[(&str, &str, usize, &str)] = &[
+            (
+                "header_read_timeout = \"5s\"",
+                "header_read_timeout = \"0s\"",
+                23,
+                "[daemon] header_read_timeout = \"0s\" must be 1s to 10m",
+            ),
+            (
+                "body_timeout = \"1m\"",
+                "body_timeout = \"soon\"",
+                23,
+                "[daemon] body_timeout = \"soon\" is not a duration",
+            ),
+            (
+                "connections_max = 10",
+                "connections_max = 0",
+                23,
+                "[daemon] connections_max = 0 must be 1 to 65536",
+            ),
+        ];
+        assert_each_invalid(&base, cases);
     }
 
     #[test]

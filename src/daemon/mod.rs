@@ -12,6 +12,7 @@ pub mod api;
 pub mod events;
 pub mod metrics;
 pub mod schedules;
+pub mod serve;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;

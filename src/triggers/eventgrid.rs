@@ -5,6 +5,7 @@
 //! otherwise 503 makes Event Grid deliver again (at least once). Contract: `azure.md` §2.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -20,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::{info, warn};
 
 use crate::provider::SecretValue;
+use crate::telemetry::LogThrottle;
 
 /// The route Event Grid delivers to.
 pub const PATH: &str = "/eventgrid";
@@ -316,6 +318,22 @@ struct Shared {
     config: WebhookConfig,
     header: HeaderName,
     sink: mpsc::Sender<Delivery>,
+    /// Anyone can send requests without a credential: one warning per period says so.
+    refused: LogThrottle,
+}
+
+/// At most one warning about refused, unauthenticated requests per this period.
+pub const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+
+impl Shared {
+    fn warn_refused(&self, what: &str) {
+        if let Some(left_out) = self.refused.admit() {
+            warn!(
+                left_out,
+                "webhook {what} without a valid credential refused ({left_out} more refused since the last warning)"
+            );
+        }
+    }
 }
 
 impl Shared {
@@ -371,6 +389,7 @@ pub fn router(config: WebhookConfig, sink: mpsc::Sender<Delivery>) -> Result<Rou
         config,
         header,
         sink,
+        refused: LogThrottle::new(REFUSED_LOG_EVERY),
     });
     Ok(Router::new()
         .route(PATH, post(deliver).options(handshake))
@@ -395,7 +414,7 @@ fn unauthorized() -> Response {
 async fn handshake(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, _) = request.into_parts();
     if shared.authenticated(&parts) == Some(false) {
-        warn!("webhook handshake with a wrong credential refused");
+        shared.warn_refused("handshake");
         return unauthorized();
     }
     let Some(origin) = parts.headers.get("webhook-request-origin").cloned() else {
@@ -419,7 +438,7 @@ async fn handshake(State(shared): State<Arc<Shared>>, request: Request) -> Respo
 async fn deliver(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
     if shared.authenticated(&parts) != Some(true) {
-        warn!("webhook delivery without a valid credential refused");
+        shared.warn_refused("delivery");
         return unauthorized();
     }
     let content_type = parts
@@ -435,7 +454,12 @@ async fn deliver(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         Ok(body) => body,
         Err(status) => {
             warn!(%status, limit, "webhook body refused");
-            return error(status, "body too large or unreadable");
+            let message = if status == StatusCode::REQUEST_TIMEOUT {
+                "the body did not arrive in time; send it whole, promptly"
+            } else {
+                "body too large or unreadable"
+            };
+            return error(status, message);
         }
     };
     let events = match parse(content_type, &body) {
@@ -479,7 +503,7 @@ async fn deliver(State(shared): State<Arc<Shared>>, request: Request) -> Respons
 }
 
 /// Reads at most `limit` bytes: 413 above it (by `Content-Length` before reading, or while
-/// reading), 400 if the body breaks off.
+/// reading), 408 if it does not arrive in time, 400 if it breaks off.
 async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, StatusCode> {
     let declared = headers
         .get(header::CONTENT_LENGTH)
@@ -492,7 +516,13 @@ async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<B
     }
     let (mut stream, mut read) = (body.into_data_stream(), Vec::new());
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|_| StatusCode::BAD_REQUEST)?;
+        let chunk = chunk.map_err(|e| {
+            if crate::daemon::serve::is_body_timeout(&e) {
+                StatusCode::REQUEST_TIMEOUT
+            } else {
+                StatusCode::BAD_REQUEST
+            }
+        })?;
         if read.len() + chunk.len() > limit {
             return Err(StatusCode::PAYLOAD_TOO_LARGE);
         }
@@ -503,8 +533,6 @@ async fn read_limited(headers: &HeaderMap, body: Body, limit: usize) -> Result<B
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use super::*;
     use tower::ServiceExt;
 

@@ -1,6 +1,7 @@
 //! The daemon (`rekey run`): its loop in process over a real SQLite journal and local
 //! providers, its HTTP API over a loopback socket, and the binary killed and restarted.
 
+mod http;
 mod process;
 mod schedule;
 mod webhook;

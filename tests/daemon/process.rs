@@ -1,12 +1,14 @@
 //! The `rekey run` binary: killed with SIGKILL while busy, started again, it finishes every
 //! open rotation exactly once and loses no completion notice; SIGTERM then stops it
-//! cleanly.
+//! cleanly. Under a small open-files limit, idle connections cannot lock it out, and
+//! refused requests cannot flood its logs.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
 use serde_json::Value;
 
 use super::{TOKEN, client, config_text, get_json};
@@ -208,4 +210,108 @@ fn bad_daemon_settings_are_explained_and_create_nothing() {
         !tmp.path().join("journal.db").exists(),
         "the journal was created"
     );
+}
+
+/// Under a 64-file limit, far more idle, half-sent connections than descriptors leave
+/// `/healthz` answering at once (idle connections make way); a burst of unauthenticated
+/// webhook posts is refused with a bounded number of log lines.
+#[tokio::test]
+async fn the_daemon_stays_reachable_and_quiet_under_idle_connections_and_refused_posts() {
+    use tokio::io::AsyncWriteExt;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut text = config_text(1, "0s", r#"["true"]"#);
+    text.push_str(&format!(
+        "\n[daemon]\nlisten = \"127.0.0.1:{port}\"\nwebhook_secret_env = \"REKEY_TEST_HOOK_SECRET\"\n"
+    ));
+    std::fs::write(tmp.path().join("rekey.toml"), text).unwrap();
+    let daemon = Command::new("sh")
+        .args(["-c", "ulimit -n 64 && exec \"$0\" run --config rekey.toml"])
+        .arg(env!("CARGO_BIN_EXE_rekey"))
+        .current_dir(tmp.path())
+        .env("REKEY_TEST_HOOK_SECRET", "hook-secret-0d5b-47aa")
+        .env("RUST_LOG", "warn")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start rekey run");
+    let mut daemon = KillOnDrop(daemon);
+    // Read as it comes, so a flood of logs cannot block the daemon on a full pipe.
+    let mut pipe = daemon.0.stderr.take().unwrap();
+    let logs = std::thread::spawn(move || {
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut pipe, &mut text).unwrap();
+        text
+    });
+    wait_healthy(&base).await;
+
+    let mut idle = Vec::new();
+    for _ in 0..150 {
+        let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Slow: 1")
+            .await
+            .unwrap();
+        idle.push(stream);
+    }
+    let probe = client()
+        .get(format!("{base}/healthz"))
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await;
+    assert!(
+        probe.is_ok_and(|p| p.status() == 200),
+        "/healthz did not answer behind idle connections"
+    );
+    drop(idle);
+
+    let started = tokio::time::Instant::now();
+    let posts = 2_000;
+    let c = client();
+    let statuses: Vec<u16> = futures::stream::iter(0..posts)
+        .map(|_| {
+            let c = c.clone();
+            let url = format!("{base}/eventgrid?code=wrong");
+            async move {
+                let post = c.post(url).header("content-type", "application/json");
+                let sent = post.timeout(Duration::from_secs(10)).body("[]").send();
+                sent.await.map_or(0, |r| r.status().as_u16())
+            }
+        })
+        .buffer_unordered(16)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 401), "every post is refused");
+    let seconds = started.elapsed().as_secs();
+    let term = Command::new("kill")
+        .args(["-TERM", &daemon.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(daemon.0.wait().unwrap().success());
+    let stderr = logs.join().unwrap();
+    let refused = stderr
+        .lines()
+        .filter(|l| l.contains("without a valid credential"))
+        .count() as u64;
+    assert!(
+        (1..=2 + seconds / 10).contains(&refused),
+        "{refused} lines for {posts} refused posts in {seconds} s"
+    );
+    assert!(stderr.len() < 8 * 1024, "{} bytes of logs", stderr.len());
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
