@@ -138,5 +138,7 @@ fn from_env(key: &str, var: Option<&str>, what_to_do: &str) -> Result<Option<Sec
     let value = std::env::var(var).ok().filter(|v| !v.trim().is_empty());
     let value = value
         .with_context(|| format!("[daemon] {key} names {var}, which is not set: {what_to_do}"))?;
-    Ok(Some(SecretValue::new(value.trim())))
+    let value = SecretValue::new(value.trim());
+    api::check_token(key, var, &value)?;
+    Ok(Some(value))
 }

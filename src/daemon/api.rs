@@ -24,6 +24,27 @@ use crate::provider::SecretValue;
 use crate::runner::{Requested, Runner, RunnerJournal, lock};
 use crate::saga::Trigger;
 
+/// Fewest characters a bearer token or webhook secret may have: shorter ones are refused
+/// when the daemon starts ([`check_token`]).
+pub const TOKEN_CHARS_MIN: usize = 16;
+
+/// Checks a token that the variable `var`, named by `[daemon] key`, holds: at least
+/// [`TOKEN_CHARS_MIN`] characters. The message never quotes the token.
+///
+/// # Errors
+/// [`super::Error::ShortToken`].
+pub fn check_token(key: &str, var: &str, token: &SecretValue) -> Result<(), super::Error> {
+    let chars = token.expose().chars().count();
+    if chars < TOKEN_CHARS_MIN {
+        return Err(super::Error::ShortToken {
+            key: key.to_owned(),
+            var: var.to_owned(),
+            chars,
+        });
+    }
+    Ok(())
+}
+
 /// The OpenAPI document of this API.
 pub const OPENAPI: &str = include_str!("../../docs/openapi.json");
 
@@ -112,12 +133,14 @@ async fn authenticate<J: RunnerJournal + 'static>(
     response
 }
 
-/// Whether `headers` carry one of `tokens`, compared in constant time.
+/// Whether `headers` carry one of `tokens`, compared in constant time. The scheme is
+/// case-insensitive (`Bearer`, `bearer`; RFC 7235).
 pub fn token_accepted(headers: &HeaderMap, tokens: &[SecretValue]) -> bool {
     let Some(given) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(|v| v.split_once(' '))
+        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token))
     else {
         return false;
     };
@@ -246,4 +269,49 @@ async fn rotation<J: RunnerJournal + 'static>(
         "timeline": timeline,
     }))
     .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOKEN: &str = "api-token-7f3a-91c2";
+
+    fn accepted(authorization: &str) -> bool {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::AUTHORIZATION, authorization.parse().unwrap());
+        token_accepted(&headers, &[SecretValue::new(TOKEN)])
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive_and_the_token_exact() {
+        for scheme in ["Bearer", "bearer", "BEARER", "bEaReR"] {
+            assert!(accepted(&format!("{scheme} {TOKEN}")), "{scheme}");
+        }
+        assert!(accepted(&format!("Bearer  {TOKEN} ")));
+        for refused in [
+            format!("Basic {TOKEN}"),
+            format!("Bearer{TOKEN}"),
+            format!("Bearer {TOKEN}x"),
+            "Bearer ".to_owned(),
+            TOKEN.to_owned(),
+        ] {
+            assert!(!accepted(&refused), "{refused}");
+        }
+    }
+
+    #[test]
+    fn short_tokens_are_refused_naming_the_setting_not_the_token() {
+        let short = SecretValue::new("x".repeat(TOKEN_CHARS_MIN - 1));
+        let message = check_token("api_token_env", "REKEY_API_TOKEN", &short)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            message.starts_with("[daemon] api_token_env names REKEY_API_TOKEN, whose value is too short: a token needs at least 16 characters (it has 15)"),
+            "{message}"
+        );
+        assert!(!message.contains(short.expose()), "{message}");
+        let long = SecretValue::new("x".repeat(TOKEN_CHARS_MIN));
+        assert!(check_token("api_token_env", "REKEY_API_TOKEN", &long).is_ok());
+    }
 }

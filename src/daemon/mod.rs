@@ -48,6 +48,15 @@ pub enum Error {
     Runner(#[from] crate::runner::Error),
     #[error("the daemon is shutting down; the request was not taken (try again after restart)")]
     ShuttingDown,
+    #[error(
+        "[daemon] {key} names {var}, whose value is too short: a token needs at least {min} characters (it has {chars}); export a long random one, e.g. $(openssl rand -hex 32)",
+        min = api::TOKEN_CHARS_MIN
+    )]
+    ShortToken {
+        key: String,
+        var: String,
+        chars: usize,
+    },
     #[error("cannot serve HTTP on {addr}: {cause}")]
     Serve { addr: String, cause: String },
 }

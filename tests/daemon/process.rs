@@ -183,6 +183,7 @@ fn bad_daemon_settings_are_explained_and_create_nothing() {
             .args(["run", "--config", "rekey.toml"])
             .current_dir(tmp.path())
             .env_remove("REKEY_UNSET_TOKEN")
+            .env("REKEY_SHORT_TOKEN", "k")
             .output()
             .unwrap();
         (
@@ -196,6 +197,14 @@ fn bad_daemon_settings_are_explained_and_create_nothing() {
         stderr.contains("REKEY_UNSET_TOKEN") && stderr.contains("not set"),
         "{stderr}"
     );
+    for key in ["api_token_env", "webhook_secret_env", "webhook_token_env"] {
+        let (code, stderr) = run(&format!("\n[daemon]\n{key} = \"REKEY_SHORT_TOKEN\"\n"));
+        assert_eq!(code, Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("[daemon] {key} names REKEY_SHORT_TOKEN, whose value is too short: a token needs at least 16 characters (it has 1)")),
+            "{stderr}"
+        );
+    }
     let (code, stderr) = run("\n[daemon]\nlisten = \"localhost\"\n");
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("is not an address and port"), "{stderr}");
