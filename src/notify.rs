@@ -43,6 +43,7 @@ use crate::providers::azure::may_carry_credentials;
 use crate::retry::RetryPolicy;
 use crate::runner::{RunnerJournal, lock};
 use crate::saga::{ErrorClass, Rotation, RotationEvent, StepStatus};
+use crate::text::quoted;
 
 /// Every notice stream id starts with this.
 pub const STREAM_PREFIX: &str = "notice:";
@@ -71,11 +72,13 @@ pub fn is_notice_stream(stream_id: &str) -> bool {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error(
-        "notification channel {channel:?} must be 1 to {CHANNEL_NAME_BYTES_MAX} characters of A-Z a-z 0-9 - _; rename [notifications.{channel}]"
+        "notification channel {} must be 1 to {CHANNEL_NAME_BYTES_MAX} characters of A-Z a-z 0-9 - _; rename it in [notifications]",
+        quoted(.channel)
     )]
     ChannelName { channel: String },
     #[error(
-        "notification channel {channel}: environment variable {var:?} is not set; set it to the channel's webhook URL (rekey reads it from the environment because the URL itself authorizes posting)"
+        "notification channel {channel}: environment variable {} is not set; set it to the channel's webhook URL (rekey reads it from the environment because the URL itself authorizes posting)",
+        quoted(.var)
     )]
     UrlUnset { channel: String, var: String },
     #[error(

@@ -6,21 +6,25 @@
 pub const EXCERPT_CHARS_MAX: usize = 60;
 
 /// At most `max_chars` characters of `text` (counting escapes as they print), control
-/// characters escaped (`\n`, `\t`, `\r`, `\x1b`, `\u0085`), and `…` when it was cut.
+/// characters escaped (`\n`, `\t`, `\r`, `\x1b`, `\u0085`), ending in `…` when it was
+/// cut (the `…` counted).
 pub fn excerpt(text: &str, max_chars: usize) -> String {
     let mut out = String::new();
     let mut used = 0;
+    // The end of the longest prefix that leaves room for the `…`.
+    let mut cut_at = 0;
     for c in text.chars() {
-        let escaped = escape(c);
-        let width = escaped.as_ref().map_or(1, |e| e.chars().count());
+        let piece = escape(c).unwrap_or_else(|| c.to_string());
+        let width = piece.chars().count();
         if used + width > max_chars {
+            out.truncate(cut_at);
             out.push('…');
             return out;
         }
         used += width;
-        match escaped {
-            Some(e) => out.push_str(&e),
-            None => out.push(c),
+        out.push_str(&piece);
+        if used < max_chars {
+            cut_at = out.len();
         }
     }
     out
@@ -51,11 +55,12 @@ mod tests {
         assert_eq!(excerpt("plain", 60), "plain");
         assert_eq!(excerpt("a\u{1b}[31mred\n", 60), "a\\x1b[31mred\\n");
         assert_eq!(excerpt("\u{85}\u{7f}\t\r", 60), "\\u0085\\x7f\\t\\r");
-        assert_eq!(excerpt(&"x".repeat(1_000_000), 5), "xxxxx…");
+        assert_eq!(excerpt(&"x".repeat(1_000_000), 5), "xxxx…");
+        assert_eq!(excerpt("xxxxx", 5), "xxxxx");
         // An escape is never cut in half.
         assert_eq!(excerpt("abcd\u{1b}", 6), "abcd…");
-        assert_eq!(excerpt("ééé", 2), "éé…");
+        assert_eq!(excerpt("ééé", 2), "é…");
         assert_eq!(quoted("say \"hi\""), "\"say \"hi\"\"");
-        assert_eq!(quoted(&"y".repeat(100)).chars().count(), 60 + 3);
+        assert_eq!(quoted(&"y".repeat(100)).chars().count(), 60 + 2);
     }
 }

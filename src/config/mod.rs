@@ -10,6 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::saga::{Plan, Role, TargetRef};
+use crate::text::{EXCERPT_CHARS_MAX, excerpt, quoted};
 
 /// Most attempts a forward step may be given.
 pub const ATTEMPTS_MAX_LIMIT: u32 = 100;
@@ -46,7 +47,7 @@ pub enum Error {
         what: String,
         why: String,
     },
-    #[error("no secret named {name:?} in {path}; configured secrets: {known}")]
+    #[error("no secret named {} in {path}; configured secrets: {known}", quoted(.name))]
     UnknownSecret {
         path: PathBuf,
         name: String,
@@ -423,11 +424,90 @@ pub struct AzureEndpoints {
     pub timeout_ms: u64,
 }
 
+/// Line and column (in characters, as editors count) of the byte `offset` of `text`.
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
+    let mut end = offset.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    let before = &text[..end];
     let line = before.matches('\n').count() + 1;
-    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-    (line, column)
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// Where to define a missing `name` in `table`: `[table.name]` when it is a valid name,
+/// else the table (the name itself is quoted elsewhere in the message).
+fn section(table: &str, name: &str) -> String {
+    if valid_name(name) {
+        format!("[{table}.{name}]")
+    } else {
+        format!("one under [{table}] with a name of A-Z a-z 0-9 - _ .")
+    }
+}
+
+/// Longest message of the TOML parser or another library that an error repeats.
+const FOREIGN_CHARS_MAX: usize = 400;
+
+/// A message from the TOML parser or another library, made fit to print: each string it
+/// quotes (`"..."` in debug form, or `` `...` ``) becomes a short excerpt with control
+/// characters escaped, and so does the rest.
+fn foreign(message: &str) -> String {
+    let mut out = String::new();
+    let mut chars = message.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                let mut inner = String::new();
+                let mut closed = false;
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => {
+                            closed = true;
+                            break;
+                        }
+                        '\\' => inner.push(unescape(&mut chars)),
+                        c => inner.push(c),
+                    }
+                }
+                out.push_str(&quoted(&inner));
+                if !closed {
+                    break;
+                }
+            }
+            '`' => {
+                let inner: String = chars.by_ref().take_while(|c| *c != '`').collect();
+                out.push('`');
+                out.push_str(&excerpt(&inner, EXCERPT_CHARS_MAX));
+                out.push('`');
+            }
+            c => out.push_str(&excerpt(&c.to_string(), 8)),
+        }
+    }
+    excerpt(&out, FOREIGN_CHARS_MAX)
+}
+
+/// The character a debug-form escape stands for (the backslash already read).
+fn unescape(chars: &mut std::str::Chars<'_>) -> char {
+    match chars.next() {
+        Some('n') => '\n',
+        Some('r') => '\r',
+        Some('t') => '\t',
+        Some('0') => '\0',
+        Some('u') => {
+            let hex: String = chars
+                .by_ref()
+                .skip_while(|c| *c == '{')
+                .take_while(|c| *c != '}')
+                .collect();
+            u32::from_str_radix(&hex, 16)
+                .ok()
+                .and_then(char::from_u32)
+                .unwrap_or(char::REPLACEMENT_CHARACTER)
+        }
+        Some(other) => other,
+        None => '\\',
+    }
 }
 
 fn valid_name(name: &str) -> bool {
@@ -443,13 +523,31 @@ impl Config {
     /// rotation would meet them (`files.rs`), changing nothing.
     ///
     /// # Errors
-    /// [`Error::Read`] or [`Error::Invalid`] with the line of the first problem;
-    /// [`Error::Build`] for a file a rotation would refuse.
+    /// [`Error::Read`], or [`Error::Invalid`] with the line and column of the first problem
+    /// (invalid UTF-8 included); [`Error::Build`] for a file a rotation would refuse.
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|cause| Error::Read {
+        let bytes = std::fs::read(path).map_err(|cause| Error::Read {
             path: path.to_owned(),
             cause,
         })?;
+        let text = match String::from_utf8(bytes) {
+            Ok(text) => text,
+            Err(e) => {
+                let valid = e.utf8_error().valid_up_to();
+                let bytes = e.as_bytes();
+                let prefix = String::from_utf8_lossy(&bytes[..valid]);
+                let (line, column) = line_col(&prefix, valid);
+                return Err(Error::Invalid {
+                    path: path.to_owned(),
+                    line,
+                    column,
+                    message: format!(
+                        "the file is not valid UTF-8 (byte 0x{:02x} here); a config file must be UTF-8 text: save it as UTF-8",
+                        bytes[valid]
+                    ),
+                });
+            }
+        };
         let config = Self::parse(path, &text)?;
         config.check_files()?;
         Ok(config)
@@ -470,7 +568,7 @@ impl Config {
             }
         };
         let raw: RawConfig =
-            toml::from_str(text).map_err(|e| invalid(e.span(), e.message().trim().to_owned()))?;
+            toml::from_str(text).map_err(|e| invalid(e.span(), foreign(e.message().trim())))?;
         let base = path.parent().unwrap_or(Path::new(""));
         let resolve = |p: &Path| {
             if p.is_absolute() {
@@ -486,7 +584,8 @@ impl Config {
                 return Err(invalid(
                     Some(spanned.span()),
                     format!(
-                        "credential name {name:?} must be 1 to 100 characters of A-Z a-z 0-9 - _ ."
+                        "credential name {} must be 1 to 100 characters of A-Z a-z 0-9 - _ .",
+                        quoted(name)
                     ),
                 ));
             }
@@ -532,11 +631,14 @@ impl Config {
                 match parse_duration_ms(t) {
                     Ok(ms) if (500..=3_600_000).contains(&ms) => ms,
                     Ok(_) => {
-                        let why = format!("[runner] lease_ttl = {t:?} must be 500ms to 1h");
+                        let why = format!("[runner] lease_ttl = {} must be 500ms to 1h", quoted(t));
                         return Err(invalid(here, why));
                     }
                     Err(why) => {
-                        let why = format!("[runner] lease_ttl = {t:?} {why}; write e.g. \"15s\"");
+                        let why = format!(
+                            "[runner] lease_ttl = {} {why}; write e.g. \"15s\"",
+                            quoted(t)
+                        );
                         return Err(invalid(here, why));
                     }
                 }
@@ -549,7 +651,8 @@ impl Config {
                 return Err(invalid(
                     Some(spanned.span()),
                     format!(
-                        "provider name {name:?} must be 1 to 100 characters of A-Z a-z 0-9 - _ ."
+                        "provider name {} must be 1 to 100 characters of A-Z a-z 0-9 - _ .",
+                        quoted(name)
                     ),
                 ));
             }
@@ -612,7 +715,8 @@ impl Config {
                         return Err(invalid(
                             Some(spanned.span()),
                             format!(
-                                "provider {name}: key {key:?} must be a non-empty variable name without '=' or newlines"
+                                "provider {name}: key {} must be a non-empty variable name without '=' or newlines",
+                                quoted(&key)
                             ),
                         ));
                     }
@@ -654,7 +758,8 @@ impl Config {
                 return Err(invalid(
                     here,
                     format!(
-                        "secret name {name:?} must be 1 to 100 characters of A-Z a-z 0-9 - _ ."
+                        "secret name {} must be 1 to 100 characters of A-Z a-z 0-9 - _ .",
+                        quoted(name)
                     ),
                 ));
             }
@@ -675,7 +780,9 @@ impl Config {
                         return Err(invalid(
                             Some(r.span()),
                             format!(
-                                "secret {name}: {what} {target:?} is not defined; define [providers.{target}] or use one of: {}",
+                                "secret {name}: {what} {} is not defined; define {} or use one of: {}",
+                                quoted(target),
+                                section("providers", target),
                                 if known.is_empty() {
                                     "(none defined)".to_owned()
                                 } else {
@@ -688,7 +795,8 @@ impl Config {
                         return Err(invalid(
                             Some(r.span()),
                             format!(
-                                "secret {name}: provider {target:?} ({}) cannot be a {what}",
+                                "secret {name}: provider {} ({}) cannot be a {what}",
+                                quoted(target),
                                 kind_name(kind)
                             ),
                         ));
@@ -708,8 +816,8 @@ impl Config {
                 invalid(
                     Some(s.grace.span()),
                     format!(
-                        "secret {name}: grace = {:?} {why}; write e.g. \"7d\", \"12h\" or \"30s\"",
-                        s.grace.get_ref()
+                        "secret {name}: grace = {} {why}; write e.g. \"7d\", \"12h\" or \"30s\"",
+                        quoted(s.grace.get_ref())
                     ),
                 )
             })?;
@@ -727,7 +835,8 @@ impl Config {
                 return Err(invalid(
                     here,
                     format!(
-                        "secret {name}: lock_key {lock_key:?} must be 1 to 100 characters of A-Z a-z 0-9 - _ ."
+                        "secret {name}: lock_key {} must be 1 to 100 characters of A-Z a-z 0-9 - _ .",
+                        quoted(&lock_key)
                     ),
                 ));
             }
@@ -757,7 +866,8 @@ impl Config {
             invalid(
                 here.clone(),
                 format!(
-                    "[daemon] listen = {listen:?} is not an address and port; write e.g. \"{LISTEN_DEFAULT}\""
+                    "[daemon] listen = {} is not an address and port; write e.g. \"{LISTEN_DEFAULT}\"",
+                    quoted(listen)
                 ),
             )
         })?;
@@ -836,10 +946,17 @@ fn http_limits(d: Option<&RawDaemon>) -> Result<crate::daemon::serve::Limits, St
         let Some(text) = value else {
             return Ok(default);
         };
-        let ms = parse_duration_ms(text)
-            .map_err(|why| format!("[daemon] {key} = {text:?} {why}; write e.g. \"10s\""))?;
+        let ms = parse_duration_ms(text).map_err(|why| {
+            format!(
+                "[daemon] {key} = {} {why}; write e.g. \"10s\"",
+                quoted(text)
+            )
+        })?;
         if !(1_000..=600_000).contains(&ms) {
-            return Err(format!("[daemon] {key} = {text:?} must be 1s to 10m"));
+            return Err(format!(
+                "[daemon] {key} = {} must be 1s to 10m",
+                quoted(text)
+            ));
         }
         Ok(std::time::Duration::from_millis(ms.unsigned_abs()))
     };
@@ -955,7 +1072,9 @@ fn check_azure_provider(
     {
         let known: Vec<&str> = credentials.keys().map(String::as_str).collect();
         return Err(format!(
-            "provider {name}: credential {c:?} is not defined; define [credentials.{c}] or use one of: {}",
+            "provider {name}: credential {} is not defined; define {} or use one of: {}",
+            quoted(c),
+            section("credentials", c),
             if known.is_empty() {
                 "(none defined)".to_owned()
             } else {
@@ -964,9 +1083,12 @@ fn check_azure_provider(
         ));
     }
     let url = |field: &str, value: &str| {
-        url::Url::parse(value)
-            .map(drop)
-            .map_err(|e| format!("provider {name}: {field} = {value:?} is not a URL ({e})"))
+        url::Url::parse(value).map(drop).map_err(|e| {
+            format!(
+                "provider {name}: {field} = {} is not a URL ({e})",
+                quoted(value)
+            )
+        })
     };
     match p {
         ProviderConfig::KeyVault {
@@ -996,7 +1118,10 @@ fn check_azure_provider(
                 ));
             }
             parse_duration_ms(propagation).map(drop).map_err(|why| {
-                format!("provider {name}: propagation = {propagation:?} {why}; write e.g. \"2m\"")
+                format!(
+                    "provider {name}: propagation = {} {why}; write e.g. \"2m\"",
+                    quoted(propagation)
+                )
             })
         }
         _ => Ok(()),
@@ -1031,7 +1156,8 @@ fn check_postgres(name: &str, p: &ProviderConfig) -> Result<(), String> {
     let pg_name = |field: &str, v: &str| {
         if v.is_empty() || v.len() > POSTGRES_NAME_MAX || v.contains('\0') {
             Err(format!(
-                "provider {name}: {field} = {v:?} must be 1 to {POSTGRES_NAME_MAX} bytes without NUL, exactly as pg_roles shows it"
+                "provider {name}: {field} = {} must be 1 to {POSTGRES_NAME_MAX} bytes without NUL, exactly as pg_roles shows it",
+                quoted(v)
             ))
         } else {
             Ok(())
@@ -1045,7 +1171,8 @@ fn check_postgres(name: &str, p: &ProviderConfig) -> Result<(), String> {
     pg_name("admin_user", admin_user)?;
     if admin_password_env.is_empty() || admin_password_env.contains(['=', '\0']) {
         return Err(format!(
-            "provider {name}: admin_password_env = {admin_password_env:?} must name an environment variable (the password itself never goes in the file)"
+            "provider {name}: admin_password_env = {} must name an environment variable (the password itself never goes in the file)",
+            quoted(admin_password_env)
         ));
     }
     if *port == 0 || *verify_port == Some(0) {
@@ -1084,7 +1211,8 @@ fn check_postgres(name: &str, p: &ProviderConfig) -> Result<(), String> {
         for h in [host.as_str(), verify] {
             if !crate::providers::postgres::is_local_host(h) {
                 return Err(format!(
-                    "provider {name}: tls = \"disable\" is allowed only for loopback addresses and Unix sockets, and {h:?} is neither; remove tls to use TLS (add tls_ca_file for a private CA)"
+                    "provider {name}: tls = \"disable\" is allowed only for loopback addresses and Unix sockets, and {} is neither; remove tls to use TLS (add tls_ca_file for a private CA)",
+                    quoted(h)
                 ));
             }
         }
@@ -1102,7 +1230,8 @@ fn azure_endpoints(raw: Option<&AzureConfig>) -> Result<AzureEndpoints, String> 
     let mut timeout_ms = crate::providers::azure::http::CALL_TIMEOUT_MS;
     if let Some(a) = raw {
         let parse = |field: &str, v: &str| {
-            url::Url::parse(v).map_err(|e| format!("[azure] {field} = {v:?} is not a URL ({e})"))
+            url::Url::parse(v)
+                .map_err(|e| format!("[azure] {field} = {} is not a URL ({e})", quoted(v)))
         };
         if let Some(v) = &a.authority {
             endpoints.authority = parse("authority", v)?;
@@ -1114,10 +1243,10 @@ fn azure_endpoints(raw: Option<&AzureConfig>) -> Result<AzureEndpoints, String> 
             endpoints.graph = parse("graph", v)?;
         }
         if let Some(t) = &a.timeout {
-            let ms =
-                parse_duration_ms(t).map_err(|why| format!("[azure] timeout = {t:?} {why}"))?;
+            let ms = parse_duration_ms(t)
+                .map_err(|why| format!("[azure] timeout = {} {why}", quoted(t)))?;
             if !(1_000..=600_000).contains(&ms) {
-                return Err(format!("[azure] timeout = {t:?} must be 1s to 10m"));
+                return Err(format!("[azure] timeout = {} must be 1s to 10m", quoted(t)));
             }
             timeout_ms = ms as u64;
         }
@@ -1132,11 +1261,11 @@ fn azure_endpoints(raw: Option<&AzureConfig>) -> Result<AzureEndpoints, String> 
 pub(crate) fn parse_duration_ms(text: &str) -> Result<i64, String> {
     let span: jiff::Span = text
         .parse()
-        .map_err(|e: jiff::Error| format!("is not a duration ({e})"))?;
+        .map_err(|e: jiff::Error| format!("is not a duration ({})", foreign(&e.to_string())))?;
     // Policy durations count days as 24 hours: a grace period is elapsed time, not a date.
     let d = span
         .to_duration(jiff::SpanRelativeTo::days_are_24_hours())
-        .map_err(|e| format!("cannot be used as a duration ({e})"))?;
+        .map_err(|e| format!("cannot be used as a duration ({})", foreign(&e.to_string())))?;
     if d.is_negative() {
         return Err("is negative".into());
     }
@@ -1356,6 +1485,100 @@ grace = "1h"
             ),
         ];
         assert_each_invalid(&base, cases);
+    }
+
+    /// The message of an invalid-config error for `text`.
+    fn message_of(text: &str) -> String {
+        match parse(text) {
+            Err(Error::Invalid { message, .. }) => message,
+            other => panic!("expected an invalid-config error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn errors_quote_short_escaped_excerpts_of_what_was_written() {
+        let huge = "z".repeat(1 << 20);
+        let excerpt = format!("\"{}…\"", "z".repeat(59));
+        let daemon = |line: &str| format!("{GOOD}\n[daemon]\n{line}\n");
+        let cases = [
+            (
+                daemon(&format!("connections_max = \"{huge}\"")),
+                format!("invalid type: string {excerpt}, expected usize"),
+            ),
+            (
+                format!("{GOOD}colour = \"{huge}\"\n"),
+                "unknown field `colour`".to_owned(),
+            ),
+            (
+                daemon(&format!("\"{huge}\" = 1")),
+                format!("unknown field `{}…`", "z".repeat(59)),
+            ),
+            (
+                daemon("\"a\\u001b[2Jb\" = 1"),
+                "unknown field `a\\x1b[2Jb`".to_owned(),
+            ),
+            (
+                daemon("connections_max = \"a\\\"b\\\\c\\u0007\""),
+                "invalid type: string \"a\"b\\c\\x07\", expected usize".to_owned(),
+            ),
+            (
+                daemon("listen = \"\\u0007bell\""),
+                "[daemon] listen = \"\\x07bell\" is not an address and port".to_owned(),
+            ),
+            (
+                daemon(&format!("body_timeout = \"{huge}\"")),
+                format!("[daemon] body_timeout = {excerpt} is not a duration"),
+            ),
+            (
+                GOOD.replace("grace = \"7d\"", &format!("grace = \"{huge}\"")),
+                format!("secret payments-api: grace = {excerpt} is not a duration"),
+            ),
+            (
+                GOOD.replace("stores = [\"vault\"]", &format!("stores = [\"{huge}\"]")),
+                format!(
+                    "secret payments-api: store {excerpt} is not defined; define one under [providers] with a name of A-Z a-z 0-9 - _ . or use one of"
+                ),
+            ),
+        ];
+        for (text, want) in cases {
+            let message = message_of(&text);
+            assert!(
+                message.contains(&want),
+                "{message:?} should contain {want:?}"
+            );
+            assert!(message.chars().count() < 500, "{} chars", message.len());
+            assert!(!message.chars().any(char::is_control), "{message:?}");
+            assert!(!message.contains("\\u{"), "debug form: {message:?}");
+        }
+    }
+
+    #[test]
+    fn invalid_utf8_is_reported_with_its_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rekey.toml");
+        for (bytes, line, column) in [
+            (&b"[journal]\npath = \"j\xffx\"\n"[..], 2, 10),
+            (&b"# caf\xc3\xa9\n\xc3\xa9\xfe"[..], 2, 2),
+            (&b"\x80"[..], 1, 1),
+        ] {
+            std::fs::write(&path, bytes).unwrap();
+            match Config::load(&path) {
+                Err(Error::Invalid {
+                    line: l,
+                    column: c,
+                    message,
+                    ..
+                }) => {
+                    assert_eq!((l, c), (line, column), "{message}");
+                    assert!(
+                        message.starts_with("the file is not valid UTF-8 (byte 0x")
+                            && message.contains("a config file must be UTF-8 text"),
+                        "{message}"
+                    );
+                }
+                other => panic!("expected an invalid-config error, got {other:?}"),
+            }
+        }
     }
 
     #[test]

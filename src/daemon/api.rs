@@ -23,6 +23,7 @@ use crate::config::Config;
 use crate::provider::SecretValue;
 use crate::runner::{Requested, Runner, RunnerJournal, lock};
 use crate::saga::Trigger;
+use crate::text::quoted;
 
 /// Fewest characters a bearer token or webhook secret may have: shorter ones are refused
 /// when the daemon starts ([`check_token`]).
@@ -205,7 +206,10 @@ async fn rotate<J: RunnerJournal + 'static>(
         let known: Vec<&String> = state.config.secrets.keys().collect();
         return error(
             StatusCode::NOT_FOUND,
-            format!("no secret named {secret:?} is configured; configured: {known:?}"),
+            format!(
+                "no secret named {} is configured; configured: {known:?}",
+                quoted(&secret)
+            ),
         );
     }
     match state.handle.rotate(&secret, Trigger::Manual, "api").await {
@@ -237,11 +241,17 @@ async fn rotation<J: RunnerJournal + 'static>(
     Path(id): Path<String>,
 ) -> Response {
     if !lock::is_rotation_stream(&id) {
-        return error(StatusCode::NOT_FOUND, format!("no rotation {id}"));
+        return error(
+            StatusCode::NOT_FOUND,
+            format!("no rotation {}", quoted(&id)),
+        );
     }
     let events = match state.journal.read_stream(&id) {
         Ok(events) if events.is_empty() => {
-            return error(StatusCode::NOT_FOUND, format!("no rotation {id}"));
+            return error(
+                StatusCode::NOT_FOUND,
+                format!("no rotation {}", quoted(&id)),
+            );
         }
         Ok(events) => events,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),

@@ -12,6 +12,8 @@ use jiff::tz::{AmbiguousOffset, TimeZone};
 use jiff::{Timestamp, ToSpan};
 use serde::Deserialize;
 
+use crate::text::quoted;
+
 const DAY_MS: i64 = 86_400_000;
 /// How far `next_allowed` searches before giving up.
 pub const SEARCH_HORIZON_MS: i64 = 2 * 366 * DAY_MS;
@@ -72,14 +74,18 @@ pub struct FreezeConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ScheduleError {
     #[error(
-        "unknown time zone {name:?}: use an IANA name such as \"Europe/Paris\", \"America/New_York\" or \"UTC\""
+        "unknown time zone {}: use an IANA name such as \"Europe/Paris\", \"America/New_York\" or \"UTC\"",
+        quoted(.name)
     )]
     UnknownTimeZone { name: String },
     #[error(
         "`{what}` is a local time, so `time_zone` is required: add time_zone = \"Europe/Paris\" (any IANA name, or \"UTC\"); there is no implicit UTC"
     )]
     MissingTimeZone { what: &'static str },
-    #[error("`at` = {value:?} is not a time: write HH:MM on a 24-hour clock, e.g. \"03:00\"")]
+    #[error(
+        "`at` = {} is not a time: write HH:MM on a 24-hour clock, e.g. \"03:00\"",
+        quoted(.value)
+    )]
     BadTime { value: String },
     #[error("{what} = 0 is not allowed: it counts days, use 1 or more")]
     ZeroDays { what: &'static str },
@@ -96,11 +102,13 @@ pub enum ScheduleError {
     #[error("`at` is only used with `every_days`; a cron expression carries its own time")]
     AtWithoutEveryDays,
     #[error(
-        "`cron` = {cron:?} has {found} fields, it needs 5: minute hour day-of-month month day-of-week, e.g. \"0 3 * * MON\""
+        "`cron` = {} has {found} fields, it needs 5: minute hour day-of-month month day-of-week, e.g. \"0 3 * * MON\"",
+        quoted(.cron)
     )]
     CronFieldCount { cron: String, found: usize },
     #[error(
-        "`cron` field {index} ({name}) {value:?}: {reason}; a field is *, a value, a-b, a,b, */n or a-b/n"
+        "`cron` field {index} ({name}) {}: {reason}; a field is *, a value, a-b, a,b, */n or a-b/n",
+        quoted(.value)
     )]
     CronField {
         index: usize,
@@ -108,22 +116,33 @@ pub enum ScheduleError {
         value: String,
         reason: String,
     },
-    #[error("`cron` = {cron:?} never fires: no month has that day; check day-of-month and month")]
+    #[error(
+        "`cron` = {} never fires: no month has that day; check day-of-month and month",
+        quoted(.cron)
+    )]
     CronNeverFires { cron: String },
     #[error(
         "windows[{index}] has no days, so it never opens: list days such as [\"Mon\", \"Tue\"]"
     )]
     WindowWithoutDays { index: usize },
-    #[error("windows[{index}]: unknown day {day:?}: use Mon, Tue, Wed, Thu, Fri, Sat or Sun")]
+    #[error(
+        "windows[{index}]: unknown day {}: use Mon, Tue, Wed, Thu, Fri, Sat or Sun",
+        quoted(.day)
+    )]
     UnknownDay { index: usize, day: String },
     #[error(
-        "windows[{index}].hours = {value:?} is not a range: write \"HH:MM-HH:MM\", e.g. \"02:00-05:00\" (may wrap midnight: \"22:00-02:00\")"
+        "windows[{index}].hours = {} is not a range: write \"HH:MM-HH:MM\", e.g. \"02:00-05:00\" (may wrap midnight: \"22:00-02:00\")",
+        quoted(.value)
     )]
     BadHours { index: usize, value: String },
-    #[error("windows[{index}].hours = {value:?} is empty: the end must differ from the start")]
+    #[error(
+        "windows[{index}].hours = {} is empty: the end must differ from the start",
+        quoted(.value)
+    )]
     EmptyWindow { index: usize, value: String },
     #[error(
-        "freezes[{index}].{field} = {value:?} is not an instant: write RFC 3339 with Z or an offset, e.g. \"2026-12-20T00:00:00Z\""
+        "freezes[{index}].{field} = {} is not an instant: write RFC 3339 with Z or an offset, e.g. \"2026-12-20T00:00:00Z\"",
+        quoted(.value)
     )]
     BadInstant {
         index: usize,
@@ -507,7 +526,8 @@ fn cron_field(index: usize, text: &str) -> Result<u64, String> {
                 Ok(n) if n >= 1 => (range, n),
                 _ => {
                     return Err(format!(
-                        "step {step:?} must be a whole number of at least 1"
+                        "step {} must be a whole number of at least 1",
+                        quoted(step)
                     ));
                 }
             },
@@ -525,7 +545,8 @@ fn cron_field(index: usize, text: &str) -> Result<u64, String> {
         };
         if lo > hi {
             return Err(format!(
-                "range {range:?} runs backwards: put the smaller value first"
+                "range {} runs backwards: put the smaller value first",
+                quoted(range)
             ));
         }
         for v in (lo..=hi).step_by(step as usize) {
@@ -548,10 +569,10 @@ fn cron_value(index: usize, text: &str) -> Result<u32, String> {
         Some(p) => p as u32 + min,
         None if names.is_empty() => text
             .parse()
-            .map_err(|_| format!("{text:?} is not a number"))?,
+            .map_err(|_| format!("{} is not a number", quoted(text)))?,
         None => text
             .parse()
-            .map_err(|_| format!("{text:?} is not a number or a name"))?,
+            .map_err(|_| format!("{} is not a number or a name", quoted(text)))?,
     };
     if value < min || value > max {
         return Err(format!("{value} is outside {min}-{max}"));
@@ -1005,6 +1026,28 @@ mod tests {
     }
 
     const YEARS: std::ops::Range<i64> = 1_700_000_000_000..2_000_000_000_000;
+
+    #[test]
+    fn errors_quote_short_escaped_excerpts() {
+        let huge = "9".repeat(1 << 20);
+        let at = ScheduleConfig {
+            every_days: Some(7),
+            at: Some(format!("\u{1b}{huge}")),
+            time_zone: Some("UTC".into()),
+            ..ScheduleConfig::default()
+        };
+        let cron = ScheduleConfig {
+            cron: Some(format!("{huge} 3 * * MON")),
+            time_zone: Some(huge.clone()),
+            ..ScheduleConfig::default()
+        };
+        for config in [at, cron] {
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.len() < 300, "{} bytes", message.len());
+            assert!(!message.chars().any(char::is_control), "{message:?}");
+            assert!(message.contains("999…\""), "{message}");
+        }
+    }
 
     proptest! {
         #[test]
