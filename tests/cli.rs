@@ -386,10 +386,65 @@ fn file_hooks_run_once_per_change_and_a_failing_check_compensates() {
     let journal = rekey(&["journal", "export", "--journal", "journal.db"], dir);
     let events = text(&journal.stdout);
     assert!(
-        events.contains("verification: sh failed (exit status: 3): nope"),
+        events.contains(
+            "verification: sh failed (exit status: 3); its output is shown on rekey's stderr only"
+        ),
         "{events}"
     );
+    assert!(
+        !events.contains("nope"),
+        "a command's output is in the journal"
+    );
+    assert!(
+        text(&out.stderr).contains("rekey:   | nope"),
+        "{}",
+        text(&out.stderr)
+    );
     assert!(!events.contains(&value), "a secret value is in the journal");
+}
+
+/// A verification command that prints the value with one character changed: no run of 16
+/// of its characters reaches the journal, its export, stdout or the trace-level logs; the
+/// terminal shows the end of the command's stderr with the value's runs masked.
+#[test]
+fn a_failing_check_that_echoes_the_value_changed_leaks_none_of_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let echo = r#"["sh", "-c", "read v; printf '%s' \"$v\" > seen.txt; printf 'login failed for %s\n' \"$v\" | sed 's/./X/37' >&2; exit 1"]"#;
+    std::fs::write(dir.join("rekey.toml"), hooks_config(echo)).unwrap();
+    let out = rekey(&["rotate", "api", "--wait", "--json"], dir);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let value = std::fs::read_to_string(dir.join("seen.txt")).unwrap();
+    assert_eq!(value.len(), 64, "the check saw the new value");
+    let export = rekey(&["journal", "export", "--journal", "journal.db"], dir);
+    let status = rekey(&["status", "--json"], dir);
+    let stderr = text(&out.stderr);
+    let places = [
+        ("the journal", journal_bytes(dir)),
+        ("the export", export.stdout.clone()),
+        ("status", status.stdout),
+        ("stdout", out.stdout),
+        ("the logs", out.stderr),
+    ];
+    for (place, bytes) in places {
+        assert!(!bytes.is_empty(), "{place} is empty");
+        for run in value.as_bytes().windows(16) {
+            let run = std::str::from_utf8(run).unwrap();
+            assert!(
+                !contains(&bytes, run),
+                "{place} holds {run}, a run of the value"
+            );
+        }
+    }
+    assert!(
+        text(&export.stdout).contains("verification: sh failed (exit status: 1)"),
+        "{}",
+        text(&export.stdout)
+    );
+    assert!(
+        stderr.contains("login failed for [redacted]X[redacted]"),
+        "{stderr}"
+    );
 }
 
 #[test]

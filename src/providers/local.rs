@@ -647,7 +647,9 @@ impl FileDependent {
 }
 
 /// Runs `command` (no shell), feeding `stdin` if given, within [`COMMAND_TIMEOUT_MS`].
-/// A failure's message quotes the end of its stderr with `secret` scrubbed out.
+/// A failure's message (journaled, logged, traced) gives the exit status only: a command
+/// may echo the value, whole or changed. The end of its stderr goes to rekey's own stderr
+/// alone, with every run of the value's characters masked ([`scrub`]).
 async fn run_command(
     command: &[String],
     stdin: Option<&SecretValue>,
@@ -688,30 +690,122 @@ async fn run_command(
     if output.status.success() {
         return Ok(());
     }
-    let mut stderr = String::from_utf8_lossy(&output.stderr).into_owned();
-    for v in [stdin, secret].into_iter().flatten() {
-        if !v.expose().is_empty() {
-            stderr = stderr.replace(v.expose(), "[redacted]");
+    let status = output.status;
+    let values: Vec<&str> = [stdin, secret]
+        .into_iter()
+        .flatten()
+        .map(SecretValue::expose)
+        .collect();
+    let shown = command_output_tail(&output.stderr, &values);
+    if !shown.is_empty() {
+        // The terminal only: never a tracing field or an error text, which are journaled
+        // and exported.
+        eprintln!(
+            "rekey: {purpose}: {program} failed ({status}); the end of its stderr, values masked:"
+        );
+        for line in shown.lines() {
+            eprintln!("rekey:   | {line}");
         }
     }
-    let tail: String = stderr
-        .trim()
-        .chars()
-        .rev()
-        .take(300)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
     Err(ProviderError::permanent(format!(
-        "{purpose}: {program} failed ({}){}",
-        output.status,
-        if tail.is_empty() {
-            String::new()
+        "{purpose}: {program} failed ({status}){}",
+        if shown.is_empty() {
+            ""
         } else {
-            format!(": {tail}")
+            "; its output is shown on rekey's stderr only, never recorded"
         }
     )))
+}
+
+/// Characters of a command's stderr shown when it fails.
+const COMMAND_TAIL_CHARS: usize = 300;
+/// Shortest run of a value's characters that [`scrub`] masks wherever it appears.
+const SCRUB_RUN_CHARS: usize = 8;
+
+/// The end of a failed command's stderr: scrubbed of `values`, control characters escaped.
+fn command_output_tail(stderr: &[u8], values: &[&str]) -> String {
+    let text = String::from_utf8_lossy(stderr);
+    let text = text.trim();
+    // Scrub a little more than is shown, so a run cut by the tail is still found.
+    let skip = text.chars().count().saturating_sub(COMMAND_TAIL_CHARS * 2);
+    let scrubbed = scrub(&text.chars().skip(skip).collect::<String>(), values);
+    let skip = scrubbed.chars().count().saturating_sub(COMMAND_TAIL_CHARS);
+    let tail: String = scrubbed.chars().skip(skip).collect();
+    tail.lines()
+        .map(|line| crate::text::excerpt(line, COMMAND_TAIL_CHARS))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// `text` with every run of [`SCRUB_RUN_CHARS`] or more characters that also occurs in one
+/// of `values` (ignoring ASCII case) masked as `[redacted]`: a command that echoes a value
+/// with a few characters changed shows none of its runs, only what it changed.
+fn scrub(text: &str, values: &[&str]) -> String {
+    let chars: Vec<char> = text.chars().collect();
+    let lower: Vec<char> = chars.iter().map(char::to_ascii_lowercase).collect();
+    let mut masked = vec![false; chars.len()];
+    for value in values.iter().filter(|v| !v.is_empty()) {
+        let value: Vec<char> = value.chars().map(|c| c.to_ascii_lowercase()).collect();
+        let run = SCRUB_RUN_CHARS.min(value.len());
+        let runs: std::collections::HashSet<&[char]> = value.windows(run).collect();
+        for (i, window) in lower.windows(run).enumerate() {
+            if runs.contains(window) {
+                masked[i..i + run].fill(true);
+            }
+        }
+    }
+    let mut out = String::new();
+    for (i, c) in chars.iter().enumerate() {
+        match (masked[i], i > 0 && masked[i - 1]) {
+            (true, true) => {}
+            (true, false) => out.push_str("[redacted]"),
+            (false, _) => out.push(*c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod scrub_tests {
+    use super::*;
+
+    /// Whether `text` holds any run of `n` characters of `value`.
+    fn holds_run(text: &str, value: &str, n: usize) -> bool {
+        let value: Vec<char> = value.chars().collect();
+        value
+            .windows(n)
+            .any(|w| text.contains(&w.iter().collect::<String>()))
+    }
+
+    #[test]
+    fn a_value_echoed_changed_or_in_another_case_shows_no_run_of_it() {
+        let value = "6f1c0a9e2b7d4c5a8e3f1b0d9c7a6e5f4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a";
+        let mut changed: Vec<char> = value.chars().collect();
+        changed[20] = 'X';
+        let changed: String = changed.into_iter().collect();
+        for echoed in [
+            format!("login failed for {changed}\n"),
+            format!("bad key {}", value.to_uppercase()),
+            format!("{}…{}", &value[..30], &value[40..]),
+            format!("{value}{value}"),
+        ] {
+            let shown = command_output_tail(echoed.as_bytes(), &[value]);
+            assert!(!holds_run(&shown, value, SCRUB_RUN_CHARS), "{shown}");
+            assert!(shown.contains("[redacted]"), "{shown}");
+        }
+        let shown = command_output_tail(format!("no {changed}").as_bytes(), &[value]);
+        assert_eq!(shown, "no [redacted]X[redacted]");
+        // A short value is masked where it appears whole; other text is kept.
+        assert_eq!(scrub("pw=abc; abd", &["abc"]), "pw=[redacted]; abd");
+        assert_eq!(
+            scrub("nothing to hide\there", &[value]),
+            "nothing to hide\there"
+        );
+        assert_eq!(
+            command_output_tail(b"bell\x07 and\nnext line", &[value]),
+            "bell\\x07 and\nnext line"
+        );
+    }
 }
 
 /// A verifier that runs a command with the new value on its standard input; exit status 0
