@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod notify;
+pub mod probe;
 pub mod provider;
 pub mod providers;
 pub mod retry;

@@ -11,6 +11,7 @@ use super::{
     Config, CredentialConfig, Error, PostgresMode, PostgresTls, PostgresValueFormat,
     ProviderConfig, parse_duration_ms,
 };
+use crate::probe::Probe;
 use crate::provider::{Provider, SecretValue};
 use crate::providers::azure::appservice::{AppSetting, Mode, SiteLocks};
 use crate::providers::azure::azure_cli::{AZ_TIMEOUT_MS_DEFAULT, AzureCli};
@@ -46,6 +47,29 @@ impl Config {
         clock: Arc<dyn Clock>,
         env: &dyn Fn(&str) -> Option<String>,
     ) -> Result<HashMap<String, Arc<dyn Provider>>, Error> {
+        self.build(clock, env)
+    }
+
+    /// One read-only probe per configured provider, by name (`policy check --online`),
+    /// built exactly as [`Config::build_providers`] builds the providers, from the same
+    /// settings and environment variables.
+    ///
+    /// # Errors
+    /// As [`Config::build_providers`].
+    pub fn build_probes(
+        &self,
+        clock: Arc<dyn Clock>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<HashMap<String, Arc<dyn Probe>>, Error> {
+        self.build(clock, env)
+    }
+
+    /// Each configured provider, built as `B`.
+    fn build<B: Built>(
+        &self,
+        clock: Arc<dyn Clock>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<HashMap<String, B>, Error> {
         let build_err = |what: String, why: String| Error::Build {
             path: self.path.clone(),
             what,
@@ -183,11 +207,11 @@ impl Config {
                     .or_insert(*n);
             }
         }
-        let mut out: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+        let mut out: HashMap<String, B> = HashMap::new();
         for (name, p) in &self.providers {
             let what = format!("provider {name}");
-            let provider: Arc<dyn Provider> = match p {
-                ProviderConfig::Random { bytes } => Arc::new(RandomRotator { bytes: *bytes }),
+            let provider = match p {
+                ProviderConfig::Random { bytes } => B::built(RandomRotator { bytes: *bytes }),
                 ProviderConfig::LocalVault {
                     path,
                     key_file,
@@ -208,7 +232,7 @@ impl Config {
                             }
                             (None, None) => None,
                         };
-                    Arc::new(
+                    B::built(
                         match key {
                             Some(key) => LocalVault::sealed(path, key),
                             None => LocalVault::new(path),
@@ -224,7 +248,7 @@ impl Config {
                 } => {
                     let file = FileDependent::new(path, key.clone())
                         .with_follow_symlinks(*follow_symlinks);
-                    Arc::new(match after_write {
+                    B::built(match after_write {
                         Some(c) => file.with_after_write(c.clone()),
                         None => file,
                     })
@@ -235,12 +259,12 @@ impl Config {
                     follow_symlinks,
                 } => {
                     let file = FileDependent::raw(path).with_follow_symlinks(*follow_symlinks);
-                    Arc::new(match after_write {
+                    B::built(match after_write {
                         Some(c) => file.with_after_write(c.clone()),
                         None => file,
                     })
                 }
-                ProviderConfig::Command { command } => Arc::new(CommandVerifier {
+                ProviderConfig::Command { command } => B::built(CommandVerifier {
                     command: command.clone(),
                 }),
                 ProviderConfig::KeyVault {
@@ -264,7 +288,7 @@ impl Config {
                     if let Some(ct) = content_type {
                         kv = kv.with_content_type(ct.clone());
                     }
-                    Arc::new(kv)
+                    B::built(kv)
                 }
                 ProviderConfig::AppSetting {
                     credential,
@@ -274,7 +298,7 @@ impl Config {
                     slot,
                     setting,
                     key_vault_reference,
-                } => Arc::new(AppSetting {
+                } => B::built(AppSetting {
                     api: authed(credential, ARM_SCOPE),
                     arm: endpoints.arm.clone(),
                     subscription: subscription.clone(),
@@ -295,7 +319,7 @@ impl Config {
                     validity_days,
                     verify_scope,
                     propagation,
-                } => Arc::new(AppPasswords {
+                } => B::built(AppPasswords {
                     api: authed(credential, GRAPH_SCOPE),
                     graph: endpoints.graph.clone(),
                     object_id: object_id.clone(),
@@ -314,7 +338,7 @@ impl Config {
                     resource_group,
                     account,
                     kerberos,
-                } => Arc::new(StorageKeys {
+                } => B::built(StorageKeys {
                     api: authed(credential, ARM_SCOPE),
                     arm: endpoints.arm.clone(),
                     subscription: subscription.clone(),
@@ -327,7 +351,7 @@ impl Config {
                     client_id,
                     client_secret_env,
                     scope,
-                } => Arc::new(OAuthToken {
+                } => B::built(OAuthToken {
                     http: http.clone(),
                     token_url: url(&what, token_url)?,
                     client_id: client_id.clone(),
@@ -371,7 +395,7 @@ impl Config {
                         host: host.clone(),
                         port: *port,
                     };
-                    Arc::new(PostgresRole {
+                    B::built(PostgresRole {
                         verify: Endpoint {
                             host: verify_host.clone().unwrap_or_else(|| host.clone()),
                             port: verify_port.unwrap_or(*port),
@@ -401,6 +425,24 @@ impl Config {
         Ok(out)
     }
 }
+/// What a configured provider is built into: the runner's [`Provider`], or the [`Probe`]
+/// of `policy check --online`. Every provider kind is both.
+trait Built: Sized {
+    fn built<P: Provider + Probe + 'static>(provider: P) -> Self;
+}
+
+impl Built for Arc<dyn Provider> {
+    fn built<P: Provider + Probe + 'static>(provider: P) -> Self {
+        Arc::new(provider)
+    }
+}
+
+impl Built for Arc<dyn Probe> {
+    fn built<P: Provider + Probe + 'static>(provider: P) -> Self {
+        Arc::new(provider)
+    }
+}
+
 /// The Azure CLI found on the `PATH` that `env` gives (so tests can put a fake one there).
 fn azure_cli(
     env: &dyn Fn(&str) -> Option<String>,

@@ -925,6 +925,120 @@ impl Provider for FileDependent {
     }
 }
 
+/// The directory a file rekey writes goes in must exist: the write puts a temporary file
+/// beside it.
+fn probe_dir(path: &std::path::Path, what: &str) -> Result<(), ProviderError> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or(std::path::Path::new("."));
+    if dir.is_dir() {
+        Ok(())
+    } else {
+        Err(ProviderError::permanent(format!(
+            "{what}: the directory {} does not exist; create it",
+            dir.display()
+        )))
+    }
+}
+
+/// Nothing outside this process is involved.
+impl crate::probe::Probe for RandomRotator {
+    fn probe<'a>(
+        &'a self,
+        _secret: &'a str,
+        _role: crate::saga::Role,
+    ) -> BoxFuture<'a, crate::probe::Probed> {
+        Box::pin(async {
+            crate::probe::Probed::passed(
+                "nothing to probe: values come from the operating system's random source",
+            )
+        })
+    }
+}
+
+/// Reads the vault file (the offline checks already vetted the path and the key file) and,
+/// when values are sealed, opens the secret's live version with the configured key.
+impl crate::probe::Probe for LocalVault {
+    fn probe<'a>(
+        &'a self,
+        secret: &'a str,
+        _role: crate::saga::Role,
+    ) -> BoxFuture<'a, crate::probe::Probed> {
+        Box::pin(async move {
+            let what = format!("local vault {}", self.path.display());
+            let probed = (|| {
+                probe_dir(&self.path, &what)?;
+                let file = self.load()?;
+                let versions = file.secrets.get(secret).map_or(&[][..], Vec::as_slice);
+                match Self::live(versions) {
+                    None => Ok(format!(
+                        "{what}: no live version of {secret} yet; the first rotation writes one"
+                    )),
+                    Some(live) => {
+                        // Proves the key opens what rotations will restore from.
+                        self.reveal(secret, live)?;
+                        Ok(format!(
+                            "{what}: {secret} has a live version{}",
+                            if self.key.is_some() {
+                                ", opened with the configured key"
+                            } else {
+                                ""
+                            }
+                        ))
+                    }
+                }
+            })();
+            probed.into()
+        })
+    }
+}
+
+/// Reads the file (the offline checks already vetted its path and type); its value is not
+/// shown.
+impl crate::probe::Probe for FileDependent {
+    fn probe<'a>(
+        &'a self,
+        _secret: &'a str,
+        _role: crate::saga::Role,
+    ) -> BoxFuture<'a, crate::probe::Probed> {
+        Box::pin(async move {
+            let what = self.what();
+            let probed = (|| {
+                probe_dir(&self.path, &what)?;
+                Ok(
+                    match (self.read_text()?.is_some(), self.read()?.is_some()) {
+                        (false, _) => {
+                            format!("{what} does not exist yet; the first rotation creates it")
+                        }
+                        (true, false) => {
+                            format!("{what}: readable; the first rotation adds the value")
+                        }
+                        (true, true) => format!("{what}: readable (value not shown)"),
+                    },
+                )
+            })();
+            probed.into()
+        })
+    }
+}
+
+/// A verification command changes nothing and needs no permission of its own.
+impl crate::probe::Probe for CommandVerifier {
+    fn probe<'a>(
+        &'a self,
+        _secret: &'a str,
+        _role: crate::saga::Role,
+    ) -> BoxFuture<'a, crate::probe::Probed> {
+        Box::pin(async move {
+            crate::probe::Probed::passed(format!(
+                "nothing to probe: the command {:?} runs only during a rotation, with the new value",
+                self.command.first().map_or("", String::as_str)
+            ))
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1005,6 +1005,79 @@ impl Provider for PostgresRole {
     }
 }
 
+/// Logs in as the admin, reads the configured roles and checks them as `capture` does
+/// (they exist, log in, are not superusers; alternating roles share a group role), and
+/// checks the admin may change their passwords: `CREATEROLE`, and from PostgreSQL 16 on
+/// `ADMIN OPTION` on each role. Writes nothing.
+impl crate::probe::Probe for PostgresRole {
+    fn probe<'a>(
+        &'a self,
+        _secret: &'a str,
+        _role: crate::saga::Role,
+    ) -> BoxFuture<'a, crate::probe::Probed> {
+        Box::pin(async move {
+            let probed = self.bounded(async {
+                let client = self.admin_client().await?;
+                let rows = self.load(&client).await?;
+                self.check(&client, &rows).await?;
+                let read_err = |e: tokio_postgres::Error| {
+                    self.error(
+                        &e,
+                        &format!("cannot read the privileges of {} on {}", self.admin_user, self.where_()),
+                        &[],
+                    )
+                };
+                let me = client
+                    .query_one(
+                        "SELECT rolsuper, rolcreaterole, current_setting('server_version_num')::int4 \
+                         FROM pg_roles WHERE rolname = current_user",
+                        &[],
+                    )
+                    .await
+                    .map_err(read_err)?;
+                let (superuser, createrole, version): (bool, bool, i32) =
+                    (me.get(0), me.get(1), me.get(2));
+                let admin = quote_ident(&self.admin_user);
+                if !superuser && !createrole {
+                    return Err(ProviderError::permanent(format!(
+                        "{} on {} lacks CREATEROLE, which changing a role's password needs: as a superuser, ALTER ROLE {admin} CREATEROLE",
+                        self.admin_user,
+                        self.where_()
+                    )));
+                }
+                // PostgreSQL 16 made CREATEROLE act only on roles one holds ADMIN OPTION on.
+                if !superuser && version >= 160_000 {
+                    for role in self.roles() {
+                        let admin_option: bool = client
+                            .query_one(
+                                "SELECT pg_has_role(current_user, $1::text, 'MEMBER WITH ADMIN OPTION')",
+                                &[&role],
+                            )
+                            .await
+                            .map_err(read_err)?
+                            .get(0);
+                        if !admin_option {
+                            return Err(ProviderError::permanent(format!(
+                                "{} on {} has no ADMIN OPTION on role {role:?}, which PostgreSQL 16 and later need to change its password: GRANT {} TO {admin} WITH ADMIN OPTION",
+                                self.admin_user,
+                                self.where_(),
+                                quote_ident(role)
+                            )));
+                        }
+                    }
+                }
+                Ok(format!(
+                    "{}: logged in as {}; role(s) {} ready to rotate",
+                    self.where_(),
+                    self.admin_user,
+                    self.roles().join(", ")
+                ))
+            });
+            probed.await.into()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

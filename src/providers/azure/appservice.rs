@@ -259,3 +259,45 @@ impl Provider for AppSetting {
         })
     }
 }
+
+/// Lists the site's settings (`POST …/config/appsettings/list`, what every update reads
+/// first) with the credential's ARM token; values are never shown.
+impl crate::probe::Probe for AppSetting {
+    fn probe<'a>(
+        &'a self,
+        _secret: &'a str,
+        _role: crate::saga::Role,
+    ) -> BoxFuture<'a, crate::probe::Probed> {
+        Box::pin(async move {
+            let probed = async {
+                self.api
+                    .credential
+                    .token(&self.api.scope)
+                    .await
+                    .map_err(|e| {
+                        ProviderError::permanent(format!(
+                            "cannot get a token for {} to read {}: {}",
+                            self.api.scope,
+                            self.resource(),
+                            e.message
+                        ))
+                    })?;
+                let settings = self.list().await?;
+                Ok(match (settings.get(&self.setting), &self.mode) {
+                    (None, _) => format!(
+                        "{}: settings listed; it is not set yet, the first rotation adds it",
+                        self.resource()
+                    ),
+                    (Some(v), Mode::Reference(r)) if v != r => format!(
+                        "{}: settings listed; it does not hold the configured Key Vault reference yet, the first rotation writes it",
+                        self.resource()
+                    ),
+                    (Some(_), _) => {
+                        format!("{}: settings listed (values not shown)", self.resource())
+                    }
+                })
+            };
+            probed.await.into()
+        })
+    }
+}

@@ -305,3 +305,100 @@ impl Provider for AppPasswords {
         })
     }
 }
+
+/// As a rotator: reads the application (its client id and password metadata; Graph never
+/// returns a password's text) with the credential's Graph token, and checks its client id
+/// is the configured `app_id`. As a verifier: asks the tenant's OpenID discovery document
+/// (no credentials), since verification signs in there with the new password.
+impl crate::probe::Probe for AppPasswords {
+    fn probe<'a>(
+        &'a self,
+        secret: &'a str,
+        role: crate::saga::Role,
+    ) -> BoxFuture<'a, crate::probe::Probed> {
+        Box::pin(async move {
+            let probed = async {
+                let resource = self.resource();
+                if role == crate::saga::Role::Verifier {
+                    let base = self.authority.as_str().trim_end_matches('/');
+                    let url = format!(
+                        "{base}/{}/v2.0/.well-known/openid-configuration",
+                        self.tenant
+                    );
+                    let url = Url::parse(&url).map_err(|e| {
+                        ProviderError::permanent(format!(
+                            "authority {} and tenant {} make no URL: {e}",
+                            self.authority, self.tenant
+                        ))
+                    })?;
+                    let resp = self
+                        .api
+                        .http
+                        .send(reqwest::Method::GET, &url, None, &[], Body::Empty)
+                        .await?;
+                    return if resp.ok() {
+                        Ok(format!(
+                            "tenant {} answers at {base}; verification signs in there as {} with the new password",
+                            self.tenant, self.app_id
+                        ))
+                    } else {
+                        Err(ProviderError::permanent(format!(
+                            "tenant {} is unknown at {base} (HTTP {}: {}); check tenant in the config",
+                            self.tenant,
+                            resp.status,
+                            super::http::error_text(&resp.body)
+                        )))
+                    };
+                }
+                self.api
+                    .credential
+                    .token(&self.api.scope)
+                    .await
+                    .map_err(|e| {
+                        ProviderError::permanent(format!(
+                            "cannot get a token for {} to read {resource}: {}",
+                            self.api.scope, e.message
+                        ))
+                    })?;
+                let mut url = join(
+                    &self.graph,
+                    &format!("/applications/{}", self.object_id),
+                    None,
+                )?;
+                url.query_pairs_mut()
+                    .append_pair("$select", "id,appId,passwordCredentials");
+                let resp = self
+                    .api
+                    .call(
+                        reqwest::Method::GET,
+                        &url,
+                        Body::Empty,
+                        Self::op("read the application", &resource),
+                    )
+                    .await?;
+                let app_id = resp.body["appId"].as_str().unwrap_or_default();
+                if !app_id.eq_ignore_ascii_case(&self.app_id) {
+                    return Err(ProviderError::permanent(format!(
+                        "{resource} has client id {app_id:?}, not the app_id {} the config names; fix object_id or app_id",
+                        self.app_id
+                    )));
+                }
+                let prefix = display_prefix(secret);
+                let ours = resp.body["passwordCredentials"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| {
+                        p["displayName"]
+                            .as_str()
+                            .is_some_and(|n| n.starts_with(&prefix))
+                    })
+                    .count();
+                Ok(format!(
+                    "{resource} (client id {app_id}) read; {ours} password(s) rekey made for {secret}"
+                ))
+            };
+            probed.await.into()
+        })
+    }
+}

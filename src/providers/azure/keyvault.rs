@@ -659,6 +659,60 @@ impl Provider for KeyVaultStore {
     }
 }
 
+/// Lists the secret's versions (ids and attributes, never values) with the vault's own
+/// token: the challenge, the token and the list permission are what a rotation needs
+/// first. A secret that does not exist yet passes: the first rotation creates it.
+impl crate::probe::Probe for KeyVaultStore {
+    fn probe<'a>(
+        &'a self,
+        secret: &'a str,
+        role: crate::saga::Role,
+    ) -> BoxFuture<'a, crate::probe::Probed> {
+        Box::pin(async move {
+            let probed = async {
+                let base = self.base();
+                // A store writes versions and disables old ones; a verifier only reads.
+                let grant = if role == crate::saga::Role::Store {
+                    format!(
+                        "Key Vault Secrets Officer on {base} (or the list, get and set permissions)"
+                    )
+                } else {
+                    format!("Key Vault Secrets User on {base} (or the list and get permissions)")
+                };
+                let name = Self::secret_name(secret)?;
+                let scope = self.scope().await?;
+                let token = self.credential.token(scope).await.map_err(|e| {
+                    ProviderError::permanent(format!(
+                        "cannot get a token for {scope} to call {base}: {}",
+                        e.message
+                    ))
+                })?;
+                let mut url = self.url(&format!("/secrets/{name}/versions"))?;
+                url.query_pairs_mut().append_pair("maxresults", "25");
+                let resp = self
+                    .exchange(reqwest::Method::GET, &url, Some(&token), Body::Empty)
+                    .await?;
+                let resource = self.resource(secret);
+                let listed = resp.body["value"].as_array().map_or(0, Vec::len);
+                match resp.status {
+                    404 => Ok(format!(
+                        "{resource} does not exist yet: the first rotation creates it"
+                    )),
+                    200..=299 if listed == 0 && resp.body["nextLink"].is_null() => Ok(format!(
+                        "{resource} does not exist yet: the first rotation creates it"
+                    )),
+                    200..=299 => Ok(format!("{resource}: versions listed (values not read)")),
+                    _ => Err(classify(
+                        Self::op("list versions", &resource, &grant),
+                        &resp,
+                    )),
+                }
+            };
+            probed.await.into()
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -75,3 +75,32 @@ impl Provider for OAuthToken {
         })
     }
 }
+
+/// Asks the token endpoint for a token, as a rotation's `create` does; a token changes
+/// nothing at the source and this one is dropped unseen.
+impl crate::probe::Probe for OAuthToken {
+    fn probe<'a>(
+        &'a self,
+        _secret: &'a str,
+        _role: crate::saga::Role,
+    ) -> BoxFuture<'a, crate::probe::Probed> {
+        Box::pin(async move {
+            let token = client_credentials(
+                &self.http,
+                &self.token_url,
+                &self.client_id,
+                &self.client_secret,
+                &self.scope,
+            )
+            .await;
+            token
+                .map(|_| {
+                    format!(
+                        "{} issued a token for {} to client {} (not shown)",
+                        self.token_url, self.scope, self.client_id
+                    )
+                })
+                .into()
+        })
+    }
+}

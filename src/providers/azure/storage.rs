@@ -265,3 +265,56 @@ impl Provider for StorageKeys {
         })
     }
 }
+
+/// Lists the account's keys (what every rotation reads first) with the credential's ARM
+/// token, and checks both keys rekey alternates between are there; values are dropped
+/// unseen.
+impl crate::probe::Probe for StorageKeys {
+    fn probe<'a>(
+        &'a self,
+        _secret: &'a str,
+        _role: crate::saga::Role,
+    ) -> BoxFuture<'a, crate::probe::Probed> {
+        Box::pin(async move {
+            let probed = async {
+                self.api
+                    .credential
+                    .token(&self.api.scope)
+                    .await
+                    .map_err(|e| {
+                        ProviderError::permanent(format!(
+                            "cannot get a token for {} to call {}: {}",
+                            self.api.scope,
+                            self.resource(),
+                            e.message
+                        ))
+                    })?;
+                let keys = self.list().await?;
+                let missing: Vec<&str> = self
+                    .names()
+                    .into_iter()
+                    .filter(|n| !keys.iter().any(|k| k.name == *n))
+                    .collect();
+                if missing.is_empty() {
+                    Ok(format!(
+                        "{}: keys {} listed (values not shown)",
+                        self.resource(),
+                        self.names().join(" and ")
+                    ))
+                } else {
+                    Err(ProviderError::permanent(format!(
+                        "{} lists no {}; {}",
+                        self.resource(),
+                        missing.join(" or "),
+                        if self.kerberos {
+                            "Kerberos keys exist only on accounts joined to Active Directory: set kerberos = false or join the account"
+                        } else {
+                            "check the account name in the config"
+                        }
+                    )))
+                }
+            };
+            probed.await.into()
+        })
+    }
+}
