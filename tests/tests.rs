@@ -9,6 +9,7 @@ mod fake_azure;
 mod fake_azure_selftest;
 mod files;
 mod notify;
+mod online;
 mod policy;
 mod postgres;
 mod runner;

@@ -4,6 +4,7 @@
 mod demo;
 mod journal_cmd;
 mod plan_cmd;
+mod probe_cmd;
 mod rotation_cmd;
 mod run_cmd;
 
@@ -136,10 +137,21 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum PolicyCommand {
     /// Check the config: unknown keys, wrong types, missing providers, bad durations.
+    /// With --online, also sign in with each credential and probe every target
+    /// read-only: exit 0 when every target is ready, 1 when any is not.
+    #[command(
+        after_help = "Examples:\n  rekey policy check\n  rekey policy check --online                # every secret's targets\n  rekey policy check --online payments-api --json\n\nOnline probes change nothing and open no journal: Key Vault lists the secret's\nversions (values unread), App Service lists the site's settings, Graph reads the\napplication, storage lists the account's keys, PostgreSQL logs in as the admin and\nreads the roles; local files are read; a command verifier has nothing to probe.\nA target that fails says what is missing, e.g. \"grant Key Vault Secrets Officer on …\"."
+    )]
     Check {
-        /// Print the validated plans as JSON.
+        /// Print the validated plans (with --online: each target's result) as JSON.
         #[arg(long)]
         json: bool,
+        /// Also acquire each credential's token and probe every target, read-only.
+        #[arg(long)]
+        online: bool,
+        /// With --online: only this secret's targets.
+        #[arg(requires = "online")]
+        secret: Option<String>,
     },
 }
 
@@ -179,7 +191,14 @@ pub fn main() -> ExitCode {
         Command::Run => block_on(run_cmd::run(&config)),
         Command::Resume { wait, json } => block_on(rotation_cmd::resume(&config, wait, json)),
         Command::Status { secret, json } => rotation_cmd::status(&config, secret.as_deref(), json),
-        Command::Policy(PolicyCommand::Check { json }) => rotation_cmd::policy_check(&config, json),
+        Command::Policy(PolicyCommand::Check {
+            json,
+            online: true,
+            secret,
+        }) => block_on(probe_cmd::run(&config, secret.as_deref(), json)),
+        Command::Policy(PolicyCommand::Check { json, .. }) => {
+            rotation_cmd::policy_check(&config, json)
+        }
     };
     match outcome {
         Ok(code) => ExitCode::from(code),

@@ -5,4 +5,4 @@
 mod failures;
 mod harness;
 mod rotation;
-mod server;
+pub(crate) mod server;
