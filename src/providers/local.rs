@@ -370,15 +370,10 @@ impl LocalVault {
         })
     }
 
-    /// Compensation: the old value goes back as the newest version (once per `key`), and
-    /// the versions it supersedes, the failed rotation's and the captured one, are disabled.
-    fn restore(
-        &self,
-        secret: &str,
-        old: &SecretValue,
-        key: &str,
-        captured: Option<&str>,
-    ) -> Result<String, ProviderError> {
+    /// Compensation: the old value goes back as the newest version, once per `key`. What
+    /// it supersedes is disabled by the compensation's own `DisableOld` step, which needs
+    /// no value (the old one is read from this copy until then).
+    fn restore(&self, secret: &str, old: &SecretValue, key: &str) -> Result<String, ProviderError> {
         self.update(secret, |vs| {
             let id = match Self::tagged(vs, key) {
                 Some(v) => v.id.clone(),
@@ -389,7 +384,6 @@ impl LocalVault {
                     id
                 }
             };
-            Self::disable_superseded(vs, Some(&id), captured);
             Ok((id, true))
         })
     }
@@ -432,7 +426,7 @@ impl Provider for LocalVault {
             match (call.step.action, call.value, call.produced) {
                 // Versions cannot be un-created: write the old value back as the newest.
                 (Action::Restore, Some(old), _) => Ok(Applied {
-                    id: Some(self.restore(call.secret, old, call.key, call.captured)?),
+                    id: Some(self.restore(call.secret, old, call.key)?),
                     value: None,
                 }),
                 // There was no old value: disable what this rotation wrote.
@@ -472,10 +466,9 @@ impl Provider for LocalVault {
                     (Action::Restore, _) if call.value.is_none() && settled(None) => {
                         Reconciled::Applied { id: None }
                     }
-                    (Action::Restore, Some(id)) if call.value.is_some() && settled(Some(&id)) => {
+                    (Action::Write | Action::Restore, Some(id)) => {
                         Reconciled::Applied { id: Some(id) }
                     }
-                    (Action::Write, Some(id)) => Reconciled::Applied { id: Some(id) },
                     // Capture is safe to repeat.
                     _ => Reconciled::NotApplied,
                 };

@@ -170,9 +170,13 @@ impl Rotation {
     }
 
     /// Undo steps: the compensation of every applied forward step, newest first, and of
-    /// every started step whose undo is harmless if it never landed.
+    /// every started step whose undo is harmless if it never landed. Then each restored
+    /// store disables what its restored copy superseded (I8): the failed rotation's
+    /// version and the captured one. That comes last, once nothing needs to read the old
+    /// value from the captured version any more.
     pub fn undo_steps(&self) -> Vec<StepId> {
-        self.forward_steps()
+        let mut steps: Vec<StepId> = self
+            .forward_steps()
             .into_iter()
             .rev()
             .filter(|s| match self.steps.get(s) {
@@ -181,7 +185,14 @@ impl Rotation {
                 None => false,
             })
             .filter_map(|s| s.action.undo().map(|undo| StepId { action: undo, ..s }))
-            .collect()
+            .collect();
+        let restored: Vec<StepId> = steps
+            .iter()
+            .filter(|s| s.action == Action::Restore)
+            .map(|s| StepId::new(Action::DisableOld, s.target))
+            .collect();
+        steps.extend(restored);
+        steps
     }
 
     /// The id a step produced, if it succeeded.

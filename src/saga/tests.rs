@@ -244,6 +244,7 @@ fn failed_verification_compensates_newest_first() {
             run revert#2 attempt 1
             run restore#1 attempt 1
             run discard#0 attempt 1
+            run disable_old#1 attempt 1
             FinishCompensation
             Done { phase: Compensated }"#]],
     );
@@ -283,6 +284,7 @@ fn exhausted_attempts_compensate_and_undo_steps_never_give_up() {
             reconcile restore#1 -> not applied
             run restore#1 attempt 3
             run discard#0 attempt 1
+            run disable_old#1 attempt 1
             FinishCompensation
             Done { phase: Compensated }"#]],
     );

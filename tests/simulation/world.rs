@@ -446,7 +446,8 @@ impl FakeProvider {
                 let value = self.value(w, call)?.expose().to_owned();
                 Ok(found(Some(self.write(w, k, value, call.key))))
             }
-            // The old value goes back once per key; what it supersedes is disabled (I8).
+            // The old value goes back once per key; what it supersedes is disabled by the
+            // compensation's `DisableOld` (I8).
             (Kind::Store(k), Action::Restore) => {
                 let value = self.value(w, call)?.expose().to_owned();
                 let tagged = w.secrets[s].stores[k]
@@ -457,7 +458,6 @@ impl FakeProvider {
                     Some(id) => id,
                     None => self.write(w, k, value, call.key),
                 };
-                self.disable_superseded(w, k, Some(&id), call);
                 Ok(found(Some(id)))
             }
             (Kind::Store(k), Action::DisableOld) => {
@@ -603,21 +603,10 @@ impl FakeProvider {
             }
             (Kind::Rotator, Action::RetireOld) => retired(call.captured),
             (Kind::Rotator, Action::Discard | Action::DiscardLost) => retired(call.produced),
-            (Kind::Store(k), Action::Write) => sw.stores[k]
+            (Kind::Store(k), Action::Write | Action::Restore) => sw.stores[k]
                 .iter()
                 .find(|v| v.key.as_deref() == Some(call.key))
                 .map_or(Reconciled::NotApplied, |v| applied(Some(v.id.clone()))),
-            (Kind::Store(k), Action::Restore) => {
-                match sw.stores[k]
-                    .iter()
-                    .find(|v| v.key.as_deref() == Some(call.key))
-                {
-                    Some(v) if Self::superseded(sw, k, Some(&v.id), call).is_empty() => {
-                        applied(Some(v.id.clone()))
-                    }
-                    _ => Reconciled::NotApplied,
-                }
-            }
             (Kind::Store(k), Action::DisableOld) => {
                 let live = sw.latest_enabled(k).map(|v| v.id.as_str());
                 if Self::superseded(sw, k, live, call).is_empty() {

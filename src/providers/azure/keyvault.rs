@@ -567,7 +567,8 @@ impl Provider for KeyVaultStore {
         Box::pin(async move {
             match (call.step.action, call.value, call.produced) {
                 // Versions cannot be un-created: the old value goes back as the newest
-                // version (once per key), and what it supersedes is disabled.
+                // version, once per key. What it supersedes is disabled by the
+                // compensation's own `DisableOld` step, which needs no value.
                 (Action::Restore, Some(old), _) => {
                     let id = match self.find_tagged(call.secret, call.key).await? {
                         Some(id) => id,
@@ -576,8 +577,6 @@ impl Provider for KeyVaultStore {
                                 .await?
                         }
                     };
-                    self.disable_superseded(call.secret, Some(&id), call.captured)
-                        .await?;
                     Ok(Applied {
                         id: Some(id),
                         value: None,
@@ -614,18 +613,12 @@ impl Provider for KeyVaultStore {
                         Reconciled::NotApplied
                     })
                 }
-                // A restore is done when its copy exists and nothing it supersedes is
-                // enabled; otherwise it runs again, reusing a copy it already wrote.
-                Action::Restore => Ok(match self.find_tagged(call.secret, call.key).await? {
-                    Some(id) if self.settled(call.secret, Some(&id), call.captured).await? => {
-                        Reconciled::Applied { id: Some(id) }
-                    }
-                    _ => Reconciled::NotApplied,
-                }),
-                Action::Write => Ok(match self.find_tagged(call.secret, call.key).await? {
-                    Some(id) => Reconciled::Applied { id: Some(id) },
-                    None => Reconciled::NotApplied,
-                }),
+                Action::Write | Action::Restore => {
+                    Ok(match self.find_tagged(call.secret, call.key).await? {
+                        Some(id) => Reconciled::Applied { id: Some(id) },
+                        None => Reconciled::NotApplied,
+                    })
+                }
                 // Retiring is found done when nothing but the live version is enabled, so
                 // a lost response does not count as a second retirement.
                 Action::DisableOld => {
