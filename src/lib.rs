@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod fleet;
 pub mod notify;
 pub mod provider;
 pub mod providers;

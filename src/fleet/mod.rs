@@ -1,0 +1,17 @@
+//! Fleet discovery (read only): find every Entra app credential, find the Key Vault items
+//! that hold it, and say how sure each link is (DESIGN §7).
+//!
+//! - [`model`]: the inventory's types and identifier normalisation;
+//! - [`rules`]: name templates, tag keys, exclusions, globs;
+//! - [`matching`]: the pure matcher, its signal table, pruning and verdicts.
+//!
+//! **Architecture invariant:** matching is pure (no I/O, no clock); the inventory is
+//! gathered elsewhere and hint checks reach it as booleans, never as values.
+
+pub mod explain;
+pub mod matching;
+pub mod model;
+pub mod rules;
+
+#[cfg(test)]
+mod tests;
