@@ -68,6 +68,7 @@ struct RawConfig {
     daemon: Option<Spanned<RawDaemon>>,
     #[serde(default)]
     notifications: BTreeMap<String, crate::notify::NotificationConfig>,
+    fleet: Option<Spanned<crate::fleet::config::RawFleet>>,
 }
 
 /// `[daemon]`: how `rekey run` serves.
@@ -374,6 +375,8 @@ pub struct Config {
     pub schedules: BTreeMap<String, crate::triggers::schedule::Schedule>,
     /// Where the daemon sends notices, by channel name.
     pub notifications: BTreeMap<String, crate::notify::NotificationConfig>,
+    /// Fleet discovery (`rekey discover`), when `[fleet]` is present.
+    pub fleet: Option<crate::fleet::config::FleetConfig>,
 }
 
 /// Validated Azure endpoints and timeout.
@@ -707,7 +710,15 @@ impl Config {
                 .and_then(|d| d.notice_days_before)
                 .unwrap_or(NOTICE_DAYS_BEFORE_DEFAULT),
         };
+        let fleet = match &raw.fleet {
+            None => None,
+            Some(f) => {
+                let names: Vec<&str> = credentials.keys().map(String::as_str).collect();
+                Some(crate::fleet::config::validate(f, &names).map_err(|(at, m)| invalid(at, m))?)
+            }
+        };
         Ok(Config {
+            fleet,
             daemon,
             schedules,
             notifications: raw.notifications,

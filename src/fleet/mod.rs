@@ -1,6 +1,7 @@
 //! Fleet discovery (read only): find every Entra app credential, find the Key Vault items
 //! that hold it, and say how sure each link is (DESIGN §7).
 //!
+//! - [`config`]: the `[fleet]` section and its validation;
 //! - [`model`]: the inventory's types and identifier normalisation;
 //! - [`rules`]: name templates, tag keys, exclusions, globs;
 //! - [`matching`]: the pure matcher, its signal table, pruning and verdicts.
@@ -8,6 +9,7 @@
 //! **Architecture invariant:** matching is pure (no I/O, no clock); the inventory is
 //! gathered elsewhere and hint checks reach it as booleans, never as values.
 
+pub mod config;
 pub mod explain;
 pub mod matching;
 pub mod model;
