@@ -665,45 +665,33 @@ fn sorted(inventory: &Inventory) -> (Vec<AppCredential>, Vec<VaultItem>) {
     (credentials, items)
 }
 
+/// Every field, so duplicates sort the same whatever order they came in.
 type CredentialRest<'a> = (
-    &'a str,
-    &'a str,
-    Option<&'a String>,
-    Option<i64>,
-    Option<i64>,
-    CredentialKind,
+    (&'a str, &'a str, Option<&'a String>),
+    (Option<i64>, Option<i64>, CredentialKind),
+    (Option<&'a String>, Option<super::model::Thumbprint>),
 );
 
 fn credential_rest(c: &AppCredential) -> CredentialRest<'_> {
     (
-        &c.app_id,
-        &c.app_name,
-        c.display_name.as_ref(),
-        c.start_ms,
-        c.end_ms,
-        c.kind,
+        (&c.app_id, &c.app_name, c.display_name.as_ref()),
+        (c.start_ms, c.end_ms, c.kind),
+        (c.hint.as_ref(), c.thumbprint),
     )
 }
 
+/// Every field, so duplicates sort the same whatever order they came in.
 type ItemRest<'a> = (
-    &'a str,
-    &'a str,
-    &'a BTreeMap<String, String>,
-    Option<&'a String>,
-    Option<i64>,
-    Option<i64>,
-    bool,
+    (&'a str, &'a str, &'a BTreeMap<String, String>),
+    (Option<&'a String>, Option<i64>, Option<i64>),
+    (bool, Option<super::model::Thumbprint>, bool),
 );
 
 fn item_rest(i: &VaultItem) -> ItemRest<'_> {
     (
-        &i.tenant,
-        &i.name,
-        &i.tags,
-        i.content_type.as_ref(),
-        i.exp_ms,
-        i.created_ms,
-        i.enabled,
+        (&i.tenant, &i.name, &i.tags),
+        (i.content_type.as_ref(), i.exp_ms, i.created_ms),
+        (i.enabled, i.x5t, i.managed),
     )
 }
 
