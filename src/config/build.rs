@@ -34,23 +34,21 @@ pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
 pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 
 impl Config {
-    /// One provider instance per configured provider, by name. `env` looks up environment
-    /// variables (injected so tests need not touch the process environment).
+    /// One token source per `[credentials]` entry, by name, fetching tokens with `http`.
+    /// Secrets the entries name are read through `env` here.
     ///
     /// # Errors
     /// [`Error::MissingEnv`] for an unset variable, [`Error::Build`] for the rest.
-    pub fn build_providers(
+    pub fn build_credentials(
         &self,
-        clock: Arc<dyn Clock>,
+        http: &Http,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<HashMap<String, Arc<dyn Provider>>, Error> {
+    ) -> Result<BTreeMap<String, Arc<dyn Credential>>, Error> {
         let build_err = |what: String, why: String| Error::Build {
             path: self.path.clone(),
             what,
             why,
         };
-        let http = Http::new(self.azure.timeout_ms, clock.clone())
-            .map_err(|e| build_err("the HTTP client".into(), e.message))?;
         let secret_env = |what: &str, var: &str| {
             env(var)
                 .filter(|v| !v.is_empty())
@@ -64,8 +62,7 @@ impl Config {
         let url = |what: &str, v: &str| {
             Url::parse(v).map_err(|e| build_err(what.to_owned(), e.to_string()))
         };
-
-        let mut credentials: BTreeMap<&str, Arc<dyn Credential>> = BTreeMap::new();
+        let mut credentials: BTreeMap<String, Arc<dyn Credential>> = BTreeMap::new();
         for (name, c) in &self.credentials {
             let what = format!("credential {name}");
             let source = match c {
@@ -113,8 +110,46 @@ impl Config {
                     token: secret_env(&what, token_env)?,
                 },
             };
-            credentials.insert(name, Arc::new(TokenCache::new(http.clone(), source)));
+            credentials.insert(
+                name.clone(),
+                Arc::new(TokenCache::new(http.clone(), source)),
+            );
         }
+        Ok(credentials)
+    }
+
+    /// One provider instance per configured provider, by name. `env` looks up environment
+    /// variables (injected so tests need not touch the process environment).
+    ///
+    /// # Errors
+    /// [`Error::MissingEnv`] for an unset variable, [`Error::Build`] for the rest.
+    pub fn build_providers(
+        &self,
+        clock: Arc<dyn Clock>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<HashMap<String, Arc<dyn Provider>>, Error> {
+        let build_err = |what: String, why: String| Error::Build {
+            path: self.path.clone(),
+            what,
+            why,
+        };
+        let http = Http::new(self.azure.timeout_ms, clock.clone())
+            .map_err(|e| build_err("the HTTP client".into(), e.message))?;
+        let secret_env = |what: &str, var: &str| {
+            env(var)
+                .filter(|v| !v.is_empty())
+                .map(SecretValue::new)
+                .ok_or_else(|| Error::MissingEnv {
+                    path: self.path.clone(),
+                    what: what.to_owned(),
+                    var: var.to_owned(),
+                })
+        };
+        let url = |what: &str, v: &str| {
+            Url::parse(v).map_err(|e| build_err(what.to_owned(), e.to_string()))
+        };
+
+        let credentials = self.build_credentials(&http, env)?;
         let authed = |credential: &str, scope: &str| Authed {
             http: http.clone(),
             credential: credentials[credential].clone(),

@@ -15,6 +15,7 @@ use crate::saga::{Plan, Role, TargetRef};
 pub const ATTEMPTS_MAX_LIMIT: u32 = 100;
 
 mod build;
+pub use build::{ARM_SCOPE, GRAPH_SCOPE};
 
 /// A config that failed to load.
 #[derive(Debug, thiserror::Error)]
@@ -768,7 +769,7 @@ impl Config {
 /// A vault's name as Event Grid gives it: the first label of `https://<name>.vault.azure.net`,
 /// or, for a vault served under a path on an IP address or localhost (test servers,
 /// emulators), the last path segment.
-fn vault_name(vault_url: &str) -> Option<String> {
+pub(crate) fn vault_name(vault_url: &str) -> Option<String> {
     let url = url::Url::parse(vault_url).ok()?;
     match url.host()? {
         url::Host::Domain(d) if d != "localhost" => d.split('.').next().map(str::to_owned),

@@ -4,13 +4,19 @@
 //! - [`config`]: the `[fleet]` section and its validation;
 //! - [`model`]: the inventory's types and identifier normalisation;
 //! - [`rules`]: name templates, tag keys, exclusions, globs;
-//! - [`matching`]: the pure matcher, its signal table, pruning and verdicts.
+//! - [`matching`]: the pure matcher, its signal table, pruning and verdicts;
+//! - [`inventory`]: Graph, ARM and Key Vault listings over HTTP, budgets, retries,
+//!   unreachable tenants and vaults, the opt-in hint reads;
+//! - [`discover`]: one run, from config to matched inventory;
+//! - [`explain`]: the `--explain` text.
 //!
 //! **Architecture invariant:** matching is pure (no I/O, no clock); the inventory is
 //! gathered elsewhere and hint checks reach it as booleans, never as values.
 
 pub mod config;
+pub mod discover;
 pub mod explain;
+pub mod inventory;
 pub mod matching;
 pub mod model;
 pub mod rules;
