@@ -6,6 +6,7 @@ mod crash;
 mod daemon;
 mod fake_azure;
 mod fake_azure_selftest;
+mod fleet;
 mod notify;
 mod postgres;
 mod runner;

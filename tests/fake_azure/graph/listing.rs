@@ -157,8 +157,7 @@ pub(crate) async fn serve(shared: &Shared, incoming: &Incoming, collection: Coll
         );
         return bad_request(shared, incoming, "Request_UnsupportedQuery", &message);
     }
-    if matches!(incoming.query_one("$search"), Some(_)) || incoming.query_one("$orderby").is_some()
-    {
+    if incoming.query_one("$search").is_some() || incoming.query_one("$orderby").is_some() {
         return error(
             shared,
             incoming,
