@@ -140,8 +140,12 @@ pub fn validate(raw: &Spanned<RawFleet>, credentials: &[&str]) -> Result<FleetCo
     };
     let min_confidence = match &f.min_confidence {
         None => Confidence::High,
-        Some(c) => parse_min_confidence(c.get_ref())
-            .map_err(|m| (Some(c.span()), format!("[fleet] {m}")))?,
+        Some(c) => parse_min_confidence(c.get_ref()).map_err(|m| {
+            (
+                Some(c.span()),
+                format!("[fleet] min_confidence = {:?}: {m}", c.get_ref()),
+            )
+        })?,
     };
     let mut rules = Rules {
         min_confidence,
@@ -219,16 +223,16 @@ pub fn validate(raw: &Spanned<RawFleet>, credentials: &[&str]) -> Result<FleetCo
 /// `high` or `medium`: LOW and NONE never rotate, so they are no threshold.
 ///
 /// # Errors
-/// A sentence naming the accepted values.
+/// Why not, naming the accepted values.
 pub fn parse_min_confidence(text: &str) -> Result<Confidence, String> {
     match Confidence::parse(text) {
         Some(c @ (Confidence::High | Confidence::Medium)) => Ok(c),
-        Some(_) => Err(format!(
-            "min_confidence = {text:?}: low, none and ambiguous links never rotate; write \"high\" (the default) or \"medium\""
-        )),
-        None => Err(format!(
-            "min_confidence = {text:?} is not a confidence; write \"high\" (the default) or \"medium\""
-        )),
+        Some(_) => Err(
+            "low, none and ambiguous links never rotate; write \"high\" (the default) or \"medium\"".into(),
+        ),
+        None => Err(
+            "not a confidence; write \"high\" (the default) or \"medium\"".into(),
+        ),
     }
 }
 
@@ -426,7 +430,7 @@ app_names = ["test-*"]
                 "read_values_for_hint = true",
                 "min_confidence = \"sure\"",
                 9,
-                "min_confidence = \"sure\" is not a confidence",
+                "[fleet] min_confidence = \"sure\": not a confidence",
             ),
             (
                 "credential = \"reader\"",

@@ -8,6 +8,8 @@
 //! - [`inventory`]: Graph, ARM and Key Vault listings over HTTP, budgets, retries,
 //!   unreachable tenants and vaults, the opt-in hint reads;
 //! - [`discover`]: one run, from config to matched inventory;
+//! - [`journal`]: the run's `discovery:<run id>` stream, in bounded chunks;
+//! - [`report`]: the `--json` document and the table's rows;
 //! - [`explain`]: the `--explain` text.
 //!
 //! **Architecture invariant:** matching is pure (no I/O, no clock); the inventory is
@@ -17,8 +19,10 @@ pub mod config;
 pub mod discover;
 pub mod explain;
 pub mod inventory;
+pub mod journal;
 pub mod matching;
 pub mod model;
+pub mod report;
 pub mod rules;
 
 #[cfg(test)]
