@@ -892,20 +892,36 @@ fn environment(token: &str) -> Option<&'static str> {
     })
 }
 
+/// Whether a content type says the secret holds this kind of credential.
+fn content_type_says(kind: CredentialKind, ct: &str) -> bool {
+    let ct = ct.to_ascii_lowercase();
+    let words: &[&str] = match kind {
+        CredentialKind::Password => &["secret", "password", "client"],
+        CredentialKind::Certificate => &["pkcs12", "pem", "x-pkcs", "certificate"],
+    };
+    words.iter().any(|w| ct.contains(w))
+}
+
 fn content_type_fits(kind: CredentialKind, item: &VaultItem) -> Option<String> {
     if item.kind == ItemKind::Certificate {
         return None;
     }
-    let ct = item.content_type.as_deref()?.to_ascii_lowercase();
-    let fits = match kind {
-        CredentialKind::Password => ["secret", "password", "client"]
-            .iter()
-            .any(|w| ct.contains(w)),
-        CredentialKind::Certificate => ["pkcs12", "pem", "x-pkcs", "certificate"]
-            .iter()
-            .any(|w| ct.contains(w)),
+    let ct = item.content_type.as_deref()?;
+    content_type_says(kind, ct).then(|| ct.to_ascii_lowercase())
+}
+
+/// Whether the item's content type says it holds the other kind of credential (a client
+/// secret is no certificate, a PKCS#12 bundle no password).
+fn content_type_contradicts(kind: CredentialKind, item: &VaultItem) -> bool {
+    let other = match kind {
+        CredentialKind::Password => CredentialKind::Certificate,
+        CredentialKind::Certificate => CredentialKind::Password,
     };
-    fits.then_some(ct)
+    item.kind == ItemKind::Secret
+        && item
+            .content_type
+            .as_deref()
+            .is_some_and(|ct| content_type_says(other, ct) && !content_type_says(kind, ct))
 }
 
 struct Scored {
@@ -1001,8 +1017,9 @@ fn score(
 
     let definitive_so_far = ev.iter().any(|e| e.signal.spec().definitive);
     let tokens = &index.tokens[ii];
-    if is_id_item(tokens) && !definitive_so_far {
-        // `<app>-client-id` holds the client id, not the credential.
+    if !definitive_so_far && (is_id_item(tokens) || content_type_contradicts(c.kind, item)) {
+        // `<app>-client-id` holds the client id, not the credential; a secret whose
+        // content type names the other kind of credential does not hold this one.
         return None;
     }
 

@@ -311,6 +311,38 @@ fn weak_signals_add_up_but_never_to_high_without_identity() {
     );
 }
 
+/// A secret whose content type names the other kind of credential does not hold this
+/// one: the certificate is not linked to the client secret named for its app (nor the
+/// password to the PKCS#12 bundle), unless a definitive tag says so.
+#[test]
+fn a_content_type_of_the_other_kind_keeps_an_item_out() {
+    let pw = password("portal", 16, 1);
+    let mut cert = password("portal", 16, 2);
+    cert.kind = CredentialKind::Certificate;
+    cert.hint = None;
+    let mut secret_item = secret("kv-prod", "portal-client-secret", &[]);
+    secret_item.content_type = Some("client-secret".into());
+    let mut pfx = secret("kv-prod", "portal-cert", &[]);
+    pfx.content_type = Some("application/x-pkcs12".into());
+    let mut tagged = secret("kv-prod", "portal-bundle", &[("CredentialId", &pw.key_id)]);
+    tagged.content_type = Some("application/x-pem-file".into());
+    let inv = inventory(vec![pw, cert], vec![secret_item, pfx, tagged]);
+    check(
+        &inv,
+        &Hints::new(),
+        expect![[r#"
+        portal [00000000-0000-4000-8000-000000000110] application password key 00000000-0000-4000-8000-000000010001 ends 2025-07-01
+          kv-prod/portal-bundle score 115 (high) -> high linked: tag-key-id(CredentialId), name-contains-app
+          kv-prod/portal-client-secret score 30 (low) -> low linked: name-template({app}-client-secret), content-type(client-secret)
+          verdict: low, not ready: copy kv-prod/portal-client-secret is only low; every copy must be high or more (no partial coverage)
+        portal [00000000-0000-4000-8000-000000000110] application certificate key 00000000-0000-4000-8000-000000010002 ends 2025-07-01
+          kv-prod/portal-bundle score 20 (low) -> none vetoed: name-contains-app, content-type(application/x-pem-file); vetoed by tag-other-key(CredentialId)
+          kv-prod/portal-cert score 30 (low) -> low linked: name-template({app}-cert), content-type(application/x-pkcs12)
+          verdict: low, not ready: copy kv-prod/portal-cert is only low; every copy must be high or more (no partial coverage)
+    "#]],
+    );
+}
+
 /// A key tag naming another key of the same app vetoes; rekey's own tags are definitive; a
 /// service principal's credential is reported but not rotated.
 #[test]
