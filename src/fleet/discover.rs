@@ -147,6 +147,25 @@ pub async fn discover(
         (Hints::new(), 0)
     };
     let matched = match_inventory(&inventory, &rules, &hints);
+    for u in &matched.unreachable {
+        tracing::info!(
+            run_id,
+            kind = u.kind.as_str(),
+            tenant = u.tenant,
+            name = u.name,
+            reason = u.reason,
+            "could not read"
+        );
+    }
+    tracing::info!(
+        run_id,
+        credentials = matched.credentials.len(),
+        items = matched.items.len(),
+        links = matched.links().count(),
+        unreachable = matched.unreachable.len(),
+        hint_reads,
+        "discovery finished"
+    );
     Discovery {
         run_id,
         started_ms,

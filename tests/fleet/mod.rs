@@ -1,10 +1,18 @@
 //! Fleet discovery against the fake Azure services, over real HTTP on 127.0.0.1 only.
 //!
 //! - `inventory`: the scanner (Graph, ARM, Key Vault listings; paging, throttling, retries,
-//!   unreachable vaults and tenants; hint reads).
+//!   unreachable vaults and tenants; hint reads);
+//! - `e2e`: a generated tenant of 600 apps and three vaults (one unreachable) discovered
+//!   through `rekey discover`, links asserted;
+//! - `bad_input`: every bad-input path explains itself and changes nothing;
+//! - `hygiene`: values read for the hint check reach no journal, log or output.
 //!
-//! This file holds what they share: a fake with a registered reader, a scanner over it.
+//! This file holds what they share: a fake with a registered reader, a scanner over it, a
+//! config and a run of the binary.
 
+mod bad_input;
+mod e2e;
+mod hygiene;
 mod inventory;
 
 use std::sync::Arc;
@@ -73,4 +81,98 @@ pub fn scanner(fake: &FakeAzure, http: Http, tenants: Vec<Tenant>) -> Scanner {
 pub fn http(clock: &ManualClock) -> Http {
     let clock: Arc<dyn Clock> = Arc::new(clock.clone());
     Http::new(5_000, clock).expect("HTTP client")
+}
+
+/// The environment variable holding the reader's secret in configs written here.
+pub const SECRET_VAR: &str = "REKEY_TEST_FLEET_READER_SECRET";
+
+/// A config for `rekey discover` against `fake`: tenant `contoso` read by [`READER_ID`]
+/// (secret in [`SECRET_VAR`]) over `vaults` and `subscriptions`; `extra` goes into
+/// `[fleet]`.
+pub fn config_text(
+    fake: &FakeAzure,
+    vaults: &[&str],
+    subscriptions: &[&str],
+    extra: &str,
+) -> String {
+    let list = |v: &[String]| {
+        v.iter()
+            .map(|s| format!("{s:?}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let vaults: Vec<String> = vaults.iter().map(|v| fake.keyvault_url(v)).collect();
+    let subs: Vec<String> = subscriptions.iter().map(|s| (*s).to_owned()).collect();
+    format!(
+        r#"[journal]
+path = "journal.db"
+
+[azure]
+authority = "{authority}"
+arm = "{arm}"
+graph = "{graph}"
+timeout = "10s"
+
+[credentials.reader]
+kind = "client_secret"
+tenant = "{tenant}"
+client_id = "{READER_ID}"
+client_secret_env = "{SECRET_VAR}"
+
+[fleet]
+verify_challenge_resource = false
+{extra}
+
+[fleet.tenants.contoso]
+credential = "reader"
+vaults = [{vaults}]
+subscriptions = [{subs}]
+"#,
+        authority = fake.authority_url(),
+        arm = fake.arm_url(),
+        graph = fake.graph_url(),
+        tenant = FakeAzure::TENANT,
+        vaults = list(&vaults),
+        subs = list(&subs),
+    )
+}
+
+/// What a run of the binary left.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `rekey discover ARGS` in `dir` (config `rekey.toml` there) with the reader's
+/// secret set unless `secret` is `None`, and trace logging on stderr.
+pub async fn discover(dir: &std::path::Path, args: &[&str], secret: Option<&str>) -> Run {
+    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_rekey"));
+    cmd.arg("discover")
+        .args(args)
+        .arg("--config")
+        .arg(dir.join("rekey.toml"))
+        .current_dir(dir)
+        .env("RUST_LOG", "trace")
+        .env_remove("REKEY_CONFIG")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .env_remove(SECRET_VAR);
+    if let Some(s) = secret {
+        cmd.env(SECRET_VAR, s);
+    }
+    let out = cmd.output().await.expect("run rekey discover");
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Every byte of the journal in `dir` (database and WAL), empty when there is none.
+pub fn journal_bytes(dir: &std::path::Path) -> Vec<u8> {
+    ["journal.db", "journal.db-wal"]
+        .iter()
+        .filter_map(|f| std::fs::read(dir.join(f)).ok())
+        .flatten()
+        .collect()
 }
