@@ -436,11 +436,12 @@ pub fn hint_candidates(inventory: &Inventory, rules: &Rules) -> Vec<HintCandidat
         if c.kind != CredentialKind::Password {
             continue;
         }
-        for ii in index.candidates(c, rules) {
+        let names = Names::of(c, rules);
+        for ii in index.candidates(c, &names) {
             if items[ii].kind != ItemKind::Secret {
                 continue;
             }
-            if let Some(s) = score(c, &items[ii], ii, &index, rules, &none)
+            if let Some(s) = score(c, &names, &items[ii], ii, &index, rules, &none)
                 && s.vetoes.is_empty()
                 && s.score > 0
             {
@@ -469,8 +470,9 @@ pub fn match_inventory(inventory: &Inventory, rules: &Rules, hints: &Hints) -> M
 
     let mut pairs: Vec<Pair> = Vec::new();
     for (ci, c) in credentials.iter().enumerate() {
-        for ii in index.candidates(c, rules) {
-            let Some(s) = score(c, &items[ii], ii, &index, rules, hints) else {
+        let names = Names::of(c, rules);
+        for ii in index.candidates(c, &names) {
+            let Some(s) = score(c, &names, &items[ii], ii, &index, rules, hints) else {
                 continue;
             };
             let level = level(&s);
@@ -656,12 +658,8 @@ fn sorted(inventory: &Inventory) -> (Vec<AppCredential>, Vec<VaultItem>) {
         .filter(|i| !i.managed)
         .cloned()
         .collect();
-    items.sort_by(|a, b| {
-        a.sort_key()
-            .cmp(&b.sort_key())
-            .then_with(|| item_rest(a).cmp(&item_rest(b)))
-    });
-    items.dedup_by(|a, b| a.sort_key() == b.sort_key());
+    items.sort_by(|a, b| a.cmp_key(b).then_with(|| item_rest(a).cmp(&item_rest(b))));
+    items.dedup_by(|a, b| a.cmp_key(b).is_eq());
     (credentials, items)
 }
 
@@ -746,8 +744,8 @@ impl Index {
         }
     }
 
-    /// Items reachable from `c`, sorted, without repeats.
-    fn candidates(&self, c: &AppCredential, rules: &Rules) -> Vec<usize> {
+    /// Items reachable from `c` (whose names are `names`), sorted, without repeats.
+    fn candidates(&self, c: &AppCredential, names: &Names) -> Vec<usize> {
         let mut out: Vec<usize> = Vec::new();
         for id in [&c.key_id, &c.app_id, &c.object_id] {
             if let Some(list) = self.by_tag_value.get(id.as_str()) {
@@ -760,14 +758,12 @@ impl Index {
         if let Some(list) = c.thumbprint.and_then(|t| self.by_x5t.get(&t.0)) {
             out.extend(list);
         }
-        let app = name_tokens(&c.app_name);
-        if meaningful(&app) {
-            out.extend(self.rarest(&app));
+        if meaningful(&names.app) {
+            out.extend(self.rarest(&names.app));
         }
-        for template in &rules.name_templates {
-            let expanded = name_tokens(&expand(template, c));
-            if meaningful(&expanded) {
-                out.extend(self.rarest(&expanded));
+        for (_, expanded) in &names.templates {
+            if meaningful(expanded) {
+                out.extend(self.rarest(expanded));
             }
         }
         out.sort_unstable();
@@ -810,6 +806,25 @@ pub fn name_tokens(name: &str) -> Vec<String> {
         out.push(current);
     }
     out
+}
+
+/// A credential's name tokens, once: its app's, and each name template's for it.
+struct Names<'r> {
+    app: Vec<String>,
+    templates: Vec<(&'r str, Vec<String>)>,
+}
+
+impl<'r> Names<'r> {
+    fn of(c: &AppCredential, rules: &'r Rules) -> Self {
+        Self {
+            app: name_tokens(&c.app_name),
+            templates: rules
+                .name_templates
+                .iter()
+                .map(|t| (t.as_str(), name_tokens(&expand(t, c))))
+                .collect(),
+        }
+    }
 }
 
 /// Too short a name matches everything: at least three characters.
@@ -956,6 +971,7 @@ fn veto(vetoes: &mut Vec<VetoEvidence>, veto: Veto, detail: &str) {
 /// of credential.
 fn score(
     c: &AppCredential,
+    names: &Names<'_>,
     item: &VaultItem,
     ii: usize,
     index: &Index,
@@ -1038,14 +1054,11 @@ fn score(
     }
 
     // Names.
-    let app = name_tokens(&c.app_name);
-    let template = rules
-        .name_templates
-        .iter()
-        .find(|t| &name_tokens(&expand(t, c)) == tokens);
-    if let Some(t) = template {
+    let app = &names.app;
+    let template = names.templates.iter().find(|(_, t)| t == tokens);
+    if let Some((t, _)) = template {
         add(&mut ev, Signal::NameTemplate, t);
-    } else if meaningful(&app) && contains_run(tokens, &app) {
+    } else if meaningful(app) && contains_run(tokens, app) {
         add(&mut ev, Signal::NameContainsApp, "");
     }
     if let Some(s) = sibling(index, item, ii) {

@@ -187,13 +187,17 @@ pub struct VaultItem {
 }
 
 impl VaultItem {
-    /// The identity that orders and tells items apart (names are case-insensitive).
-    pub fn sort_key(&self) -> (String, ItemKind, String) {
-        (
-            self.vault.clone(),
-            self.kind,
-            self.name.to_ascii_lowercase(),
-        )
+    /// The order that tells items apart: vault, kind, then name ignoring ASCII case (Key
+    /// Vault names are case-insensitive). Allocates nothing: sorting 30,000 items calls
+    /// it half a million times.
+    pub fn cmp_key(&self, other: &Self) -> std::cmp::Ordering {
+        self.vault
+            .cmp(&other.vault)
+            .then(self.kind.cmp(&other.kind))
+            .then_with(|| {
+                let a = self.name.bytes().map(|b| b.to_ascii_lowercase());
+                a.cmp(other.name.bytes().map(|b| b.to_ascii_lowercase()))
+            })
     }
 }
 
