@@ -188,21 +188,25 @@ impl Scanner {
             return part;
         }
         let budget = RequestBudget::new(self.graph_limit, self.graph_window_ms);
-        let (credentials, vaults) = futures::join!(self.credentials(t, &budget), self.vaults(t));
-        let (credentials, mut lost) = credentials;
+        // Graph is paced much slower than Key Vault: the vaults are found and read
+        // meanwhile, each within its own budget.
+        let vault_side = async {
+            let (vaults, lost) = self.vaults(t).await;
+            self.progress
+                .start(Phase::Secrets, Some(vaults.len() as u64));
+            let scanned: Vec<_> = futures::stream::iter(vaults)
+                .map(|(name, url)| self.vault(t, name, url))
+                .buffer_unordered(CONCURRENCY)
+                .collect()
+                .await;
+            self.progress.finish(Phase::Secrets);
+            (lost, scanned)
+        };
+        let ((credentials, mut lost_graph), (mut lost_vaults, scanned)) =
+            futures::join!(self.credentials(t, &budget), vault_side);
         part.credentials = credentials;
-        part.unreachable.append(&mut lost);
-        let (vaults, mut lost) = vaults;
-        part.unreachable.append(&mut lost);
-
-        self.progress
-            .start(Phase::Secrets, Some(vaults.len() as u64));
-        let scanned: Vec<_> = futures::stream::iter(vaults)
-            .map(|(name, url)| self.vault(t, name, url))
-            .buffer_unordered(CONCURRENCY)
-            .collect()
-            .await;
-        self.progress.finish(Phase::Secrets);
+        part.unreachable.append(&mut lost_graph);
+        part.unreachable.append(&mut lost_vaults);
         for (name, store, items, lost) in scanned {
             part.items.extend(items);
             part.unreachable.extend(lost);

@@ -432,3 +432,36 @@ async fn hint_reads_keep_only_the_comparison() {
     assert_eq!(reads.len(), 1, "{reads:?}");
     assert!(reads[0].contains("/secrets/orders-client-secret"));
 }
+
+/// Excluded vaults and subscriptions are not read at all: no request reaches them.
+#[tokio::test]
+async fn excluded_vaults_and_subscriptions_are_not_read() {
+    let (fake, clock) = fake().await;
+    fake.kv_seed("kv-keep", "a", "x");
+    fake.kv_seed("kv-sandbox-1", "b", "y");
+    let other_sub = "00000000-aaaa-4bbb-8ccc-0000000000e5";
+    fake.arm_vault_seed(SUB, "rg", "kv-sandbox-1");
+    fake.arm_vault_seed(other_sub, "rg", "kv-keep");
+    let http = http(&clock);
+    let mut t = tenant(&fake, &http, "contoso", READER_SECRET);
+    t.vaults = vec![url(&fake.keyvault_url("kv-keep"))];
+    t.subscriptions = vec![SUB.to_owned(), other_sub.to_owned()];
+    let mut s = scanner(&fake, http, vec![t]);
+    s.exclusions.vaults = vec!["kv-sandbox-*".into()];
+    s.exclusions.subscriptions = vec![other_sub.to_owned()];
+    let scan = s.scan().await;
+    assert_eq!(
+        scan.inventory.vaults,
+        [("contoso".to_owned(), "kv-keep".to_owned())]
+    );
+    let paths: Vec<String> = fake.requests().into_iter().map(|r| r.path).collect();
+    assert!(
+        !paths.iter().any(|p| p.contains("kv-sandbox")),
+        "{paths:#?}"
+    );
+    assert!(!paths.iter().any(|p| p.contains(other_sub)), "{paths:#?}");
+    assert!(
+        paths.iter().any(|p| p.contains(SUB)),
+        "the other subscription is listed"
+    );
+}
