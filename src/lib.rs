@@ -6,6 +6,7 @@ pub mod atomic_file;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod fleet;
 pub mod notify;
 pub mod probe;
 pub mod provider;

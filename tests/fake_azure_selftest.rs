@@ -6,6 +6,7 @@
 mod support;
 
 mod arm;
+mod discovery;
 mod faults;
 mod graph;
 mod keyvault;

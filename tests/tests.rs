@@ -8,6 +8,7 @@ mod daemon;
 mod fake_azure;
 mod fake_azure_selftest;
 mod files;
+mod fleet;
 mod notify;
 mod online;
 mod policy;

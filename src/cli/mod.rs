@@ -2,6 +2,7 @@
 //! `anyhow` is used here, at the binary's edge, and nowhere below it.
 
 mod demo;
+mod discover_cmd;
 mod journal_cmd;
 mod plan_cmd;
 mod probe_cmd;
@@ -23,10 +24,13 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// `journal verify` found a broken link: the journal was tampered with or damaged.
     pub const JOURNAL_BROKEN: u8 = 3;
+    /// `discover` finished but could not read some tenants, subscriptions or vaults.
+    pub const PARTIAL: u8 = 4;
 }
 
 const AFTER_HELP: &str = "\
-Exit codes: 0 success, 1 failure (see the message), 2 usage error, 3 journal verification failed.
+Exit codes: 0 success, 1 failure (see the message), 2 usage error, 3 journal verification failed,
+4 discovery partial (some tenants or vaults could not be read).
 
 Examples:
   rekey demo                                   # rotate a demo secret on this machine
@@ -35,6 +39,7 @@ Examples:
   rekey rotate payments-api --wait             # rotate now, through the grace period
   rekey resume                                 # after a crash: finish every open rotation
   rekey status --json
+  rekey discover --expiring-within 30d         # fleet credentials and the vault items holding them
   rekey journal verify --journal /var/lib/rekey/journal.db";
 
 /// rekey rotates secrets as sagas whose every step is an event in an append-only journal.
@@ -94,6 +99,13 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inventory the fleet ([fleet] in the config): every Entra app credential, the Key
+    /// Vault items that hold it and how sure each link is. Read only; journaled as
+    /// `discovery:<run id>`.
+    #[command(
+        after_help = "Exit codes: 0 complete, 4 partial (something could not be read; listed under `unreachable`), 1 bad input.\n\nExamples:\n  rekey discover                                # table sorted by expiry\n  rekey discover --expiring-within 30d --json  # links[], unreachable[], counts\n  rekey discover --explain orders-api           # why each item is (not) linked"
+    )]
+    Discover(discover_cmd::DiscoverArgs),
     /// Print a shell completion script.
     #[command(after_help = "Example:\n  rekey completions bash > /etc/bash_completion.d/rekey")]
     Completions {
@@ -189,6 +201,7 @@ pub fn main() -> ExitCode {
             Ok(exit::OK)
         }
         Command::Run => block_on(run_cmd::run(&config)),
+        Command::Discover(args) => block_on(discover_cmd::run(&config, args)),
         Command::Resume { wait, json } => block_on(rotation_cmd::resume(&config, wait, json)),
         Command::Status { secret, json } => rotation_cmd::status(&config, secret.as_deref(), json),
         Command::Policy(PolicyCommand::Check {

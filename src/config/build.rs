@@ -64,34 +64,26 @@ impl Config {
         self.build(clock, env)
     }
 
-    /// Each configured provider, built as `B`.
-    fn build<B: Built>(
+    /// One token source per `[credentials]` entry, by name, fetching tokens with `http`.
+    /// Secrets the entries name are read through `env` here.
+    ///
+    /// # Errors
+    /// [`Error::MissingEnv`] for an unset variable, [`Error::Build`] for the rest.
+    pub fn build_credentials(
         &self,
-        clock: Arc<dyn Clock>,
+        http: &Http,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<HashMap<String, B>, Error> {
+    ) -> Result<BTreeMap<String, Arc<dyn Credential>>, Error> {
         let build_err = |what: String, why: String| Error::Build {
             path: self.path.clone(),
             what,
             why,
         };
-        let http = Http::new(self.azure.timeout_ms, clock.clone())
-            .map_err(|e| build_err("the HTTP client".into(), e.message))?;
-        let secret_env = |what: &str, var: &str| {
-            env(var)
-                .filter(|v| !v.is_empty())
-                .map(SecretValue::new)
-                .ok_or_else(|| Error::MissingEnv {
-                    path: self.path.clone(),
-                    what: what.to_owned(),
-                    var: var.to_owned(),
-                })
-        };
+        let secret_env = |what: &str, var: &str| self.secret_env(env, what, var);
         let url = |what: &str, v: &str| {
             Url::parse(v).map_err(|e| build_err(what.to_owned(), e.to_string()))
         };
-
-        let mut credentials: BTreeMap<&str, Arc<dyn Credential>> = BTreeMap::new();
+        let mut credentials: BTreeMap<String, Arc<dyn Credential>> = BTreeMap::new();
         for (name, c) in &self.credentials {
             let what = format!("credential {name}");
             let source = match c {
@@ -170,18 +162,60 @@ impl Config {
                     managed_identity_endpoint,
                 } => {
                     let links = self.default_chain(
-                        &http,
+                        http,
                         env,
                         tenant.clone(),
                         managed_identity_client_id.clone(),
                         managed_identity_endpoint.as_deref(),
                     )?;
-                    credentials.insert(name, Arc::new(Chain::new(name.clone(), links)));
+                    credentials.insert(name.clone(), Arc::new(Chain::new(name.clone(), links)));
                     continue;
                 }
             };
-            credentials.insert(name, Arc::new(TokenCache::new(http.clone(), source)));
+            credentials.insert(
+                name.clone(),
+                Arc::new(TokenCache::new(http.clone(), source)),
+            );
         }
+        Ok(credentials)
+    }
+
+    /// The secret in environment variable `var`, which `what` needs.
+    fn secret_env(
+        &self,
+        env: &dyn Fn(&str) -> Option<String>,
+        what: &str,
+        var: &str,
+    ) -> Result<SecretValue, Error> {
+        env(var)
+            .filter(|v| !v.is_empty())
+            .map(SecretValue::new)
+            .ok_or_else(|| Error::MissingEnv {
+                path: self.path.clone(),
+                what: what.to_owned(),
+                var: var.to_owned(),
+            })
+    }
+
+    /// Each configured provider, built as `B`.
+    fn build<B: Built>(
+        &self,
+        clock: Arc<dyn Clock>,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<HashMap<String, B>, Error> {
+        let build_err = |what: String, why: String| Error::Build {
+            path: self.path.clone(),
+            what,
+            why,
+        };
+        let http = Http::new(self.azure.timeout_ms, clock.clone())
+            .map_err(|e| build_err("the HTTP client".into(), e.message))?;
+        let secret_env = |what: &str, var: &str| self.secret_env(env, what, var);
+        let url = |what: &str, v: &str| {
+            Url::parse(v).map_err(|e| build_err(what.to_owned(), e.to_string()))
+        };
+
+        let credentials = self.build_credentials(&http, env)?;
         let authed = |credential: &str, scope: &str| Authed {
             http: http.clone(),
             credential: credentials[credential].clone(),

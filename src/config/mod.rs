@@ -17,6 +17,7 @@ pub const ATTEMPTS_MAX_LIMIT: u32 = 100;
 
 mod build;
 mod files;
+pub use build::{ARM_SCOPE, GRAPH_SCOPE};
 
 /// A config that failed to load.
 #[derive(Debug, thiserror::Error)]
@@ -70,6 +71,7 @@ struct RawConfig {
     daemon: Option<Spanned<RawDaemon>>,
     #[serde(default)]
     notifications: BTreeMap<String, crate::notify::NotificationConfig>,
+    fleet: Option<Spanned<crate::fleet::config::RawFleet>>,
 }
 
 /// `[daemon]`: how `rekey run` serves.
@@ -415,6 +417,8 @@ pub struct Config {
     pub schedules: BTreeMap<String, crate::triggers::schedule::Schedule>,
     /// Where the daemon sends notices, by channel name.
     pub notifications: BTreeMap<String, crate::notify::NotificationConfig>,
+    /// Fleet discovery (`rekey discover`), when `[fleet]` is present.
+    pub fleet: Option<crate::fleet::config::FleetConfig>,
 }
 
 /// Validated Azure endpoints and timeout.
@@ -892,7 +896,15 @@ impl Config {
                 .and_then(|d| d.notice_days_before)
                 .unwrap_or(NOTICE_DAYS_BEFORE_DEFAULT),
         };
+        let fleet = match &raw.fleet {
+            None => None,
+            Some(f) => {
+                let names: Vec<&str> = credentials.keys().map(String::as_str).collect();
+                Some(crate::fleet::config::validate(f, &names).map_err(|(at, m)| invalid(at, m))?)
+            }
+        };
         Ok(Config {
+            fleet,
             daemon,
             schedules,
             notifications: raw.notifications,
@@ -987,7 +999,7 @@ pub const CONNECTIONS_MAX_LIMIT: usize = 65_536;
 /// A vault's name as Event Grid gives it: the first label of `https://<name>.vault.azure.net`,
 /// or, for a vault served under a path on an IP address or localhost (test servers,
 /// emulators), the last path segment.
-fn vault_name(vault_url: &str) -> Option<String> {
+pub(crate) fn vault_name(vault_url: &str) -> Option<String> {
     let url = url::Url::parse(vault_url).ok()?;
     match url.host()? {
         url::Host::Domain(d) if d != "localhost" => d.split('.').next().map(str::to_owned),

@@ -27,6 +27,14 @@ pub enum Route {
     GraphAddPassword,
     GraphRemovePassword,
     GraphGetApplication,
+    /// `GET /v1.0/applications` (a listing page).
+    GraphListApplications,
+    /// `GET /v1.0/servicePrincipals` (a listing page).
+    GraphListServicePrincipals,
+    /// `GET /subscriptions/{sub}/providers/Microsoft.KeyVault/vaults`.
+    ArmListVaults,
+    /// `GET /{vault}/certificates`.
+    KvListCertificates,
     StorageListKeys,
     StorageRegenerateKey,
     /// `POST {authority}/{tenant}/oauth2/v2.0/token`.

@@ -3,9 +3,12 @@
 //!
 //! The spec is `/work/shared/contracts/azure.md`; each service module says which part it
 //! implements and in which order it checks a request:
-//! - [`keyvault`]: Key Vault secrets (challenge 401, paging, soft delete, disabled versions);
-//! - [`arm`]: App Service app settings (replace-all PUT) and storage account keys;
-//! - [`graph`]: application password credentials;
+//! - [`keyvault`]: Key Vault secrets (challenge 401, paging, soft delete, disabled versions)
+//!   and the certificate listing (`x5t`), firewalled vaults;
+//! - [`arm`]: App Service app settings (replace-all PUT), storage account keys, and the
+//!   listing of a subscription's Key Vaults;
+//! - [`graph`]: application password credentials, and the listings of applications and
+//!   service principals with their password and certificate credentials;
 //! - [`login`]: the v2 client-credentials token endpoint and OpenID discovery;
 //! - [`managed_identity`]: IMDS and the App Service identity endpoint.
 //!
@@ -45,16 +48,42 @@ use std::sync::Arc;
 use rekey_journal::{Clock, SystemClock};
 use tokio::task::JoinHandle;
 
+pub use arm::vaults::VaultResource;
 pub use effects::Effect;
 pub use faults::{Fault, Route};
-pub use graph::store::PasswordCred;
+// Seeded by the discovery tests only; the benches include this module too.
+#[allow(unused_imports)]
+pub use graph::store::KeyCred;
+pub use graph::store::{App, PasswordCred, ServicePrincipal};
 pub use keyvault::KvVersion;
+pub use keyvault::store::Cert as KvCert;
 pub use requests::{RequestLog, Service};
 
 use arm::appsettings::SiteKey;
 use arm::storage::AccountKey;
 use keyvault::store::NewVersion;
 use state::{Shared, Urls};
+
+/// Metadata of a seeded secret version.
+#[derive(Debug, Clone)]
+pub struct SecretMeta {
+    pub tags: BTreeMap<String, String>,
+    pub content_type: Option<String>,
+    /// Expiry, Unix seconds.
+    pub exp: Option<i64>,
+    pub enabled: bool,
+}
+
+impl Default for SecretMeta {
+    fn default() -> Self {
+        Self {
+            tags: BTreeMap::new(),
+            content_type: None,
+            exp: None,
+            enabled: true,
+        }
+    }
+}
 
 /// The running fake services and the handle tests seed, inspect and break them through.
 #[derive(Debug)]
@@ -318,6 +347,104 @@ impl FakeAzure {
             .lock()
             .accounts
             .seed(AccountKey::new(sub, rg, account), now);
+    }
+
+    // ---- seeding for discovery (not recorded as effects) --------------------------------
+
+    /// Adds a version of secret `name` with metadata (`created` is the fake clock's now);
+    /// returns the version id.
+    pub fn kv_seed_item(&self, vault: &str, name: &str, value: &str, meta: SecretMeta) -> String {
+        let base = self.keyvault_url(vault);
+        let now = self.shared.now_s();
+        let new = NewVersion {
+            value: value.to_owned(),
+            content_type: meta.content_type,
+            tags: meta.tags,
+            attributes: keyvault::store::AttributesIn {
+                enabled: Some(meta.enabled),
+                nbf: None,
+                exp: meta.exp,
+            },
+        };
+        let mut state = self.shared.lock();
+        let (_, version) = state
+            .vaults
+            .vault(vault)
+            .set(&base, name, new, now)
+            .expect("kv_seed_item on a soft-deleted secret");
+        version.version.clone()
+    }
+
+    /// Adds a certificate (and the managed secret backing it) to `vault`.
+    pub fn kv_seed_certificate(&self, vault: &str, cert: KvCert) {
+        let base = self.keyvault_url(vault);
+        self.shared
+            .lock()
+            .vaults
+            .vault(vault)
+            .add_certificate(&base, cert, "MIIKfake-pkcs12-blob");
+    }
+
+    /// Puts `vault` behind a firewall that refuses this client (403 `ForbiddenByFirewall`
+    /// on every authenticated request), or lifts it.
+    pub fn kv_set_firewall(&self, vault: &str, on: bool) {
+        let vault = vault.to_ascii_lowercase();
+        let knobs = &mut self.shared.lock().knobs;
+        if on {
+            knobs.kv_firewalled.insert(vault);
+        } else {
+            knobs.kv_firewalled.remove(&vault);
+        }
+    }
+
+    /// Adds (or replaces) an application with its credentials.
+    pub fn graph_insert_app(&self, app: App) {
+        self.shared.lock().apps.insert(app);
+    }
+
+    /// Adds (or replaces) a service principal with its credentials.
+    pub fn graph_insert_principal(&self, sp: ServicePrincipal) {
+        self.shared.lock().apps.insert_principal(sp);
+    }
+
+    /// Graph listing pages hold at most `n` objects (1–999) whatever `$top` says.
+    pub fn set_graph_page_size(&self, n: usize) {
+        self.shared.lock().knobs.graph_page_size = n.clamp(1, 999);
+    }
+
+    /// Throttles Graph listings that select `keyCredentials`: at most `limit` in any
+    /// trailing `window_ms` (fake clock), the rest answered 429 with `Retry-After`.
+    pub fn set_graph_key_credentials_rate_limit(&self, limit: u32, window_ms: u64) {
+        self.shared.lock().graph_limits.set(limit, window_ms);
+    }
+
+    /// How many Graph listings the `keyCredentials` limit refused.
+    pub fn graph_throttled_count(&self) -> u64 {
+        self.shared.lock().graph_limits.throttled()
+    }
+
+    /// Registers vault `name` in resource group `rg` of `sub` for ARM's vault listing, its
+    /// `vaultUri` this fake's Key Vault; returns that URI (ending in `/`).
+    pub fn arm_vault_seed(&self, sub: &str, rg: &str, name: &str) -> String {
+        let vault_uri = format!("{}/", self.keyvault_url(name));
+        self.arm_vault_insert(VaultResource {
+            sub: sub.to_owned(),
+            rg: rg.to_owned(),
+            name: name.to_owned(),
+            vault_uri: vault_uri.clone(),
+            tenant_id: Self::TENANT.to_owned(),
+        });
+        vault_uri
+    }
+
+    /// Registers a vault resource as given (any `vaultUri`).
+    pub fn arm_vault_insert(&self, vault: VaultResource) {
+        self.shared.lock().kv_resources.seed(vault);
+    }
+
+    /// ARM's vault listing pages hold at most `n` vaults whatever `$top` says.
+    pub fn set_arm_page_size(&self, n: usize) {
+        self.shared.lock().knobs.arm_page_size = n.max(1);
     }
 
     // ---- inspection -------------------------------------------------------------------

@@ -14,8 +14,10 @@ use rekey_journal::Clock;
 
 use super::arm::appsettings::Sites;
 use super::arm::storage::Accounts;
+use super::arm::vaults::VaultResources;
 use super::effects::Effect;
 use super::faults::FaultBook;
+use super::graph::listing::KeyCredentialLimit;
 use super::graph::store::Apps;
 use super::http::{Incoming, Reply};
 use super::jwt::{self, Claims};
@@ -51,6 +53,12 @@ pub(crate) struct Knobs {
     pub propagation_delay_ms: i64,
     /// Lifetime of issued access tokens.
     pub token_lifetime_secs: i64,
+    /// Most objects per Graph listing page, whatever `$top` says (1–999).
+    pub graph_page_size: usize,
+    /// Most vaults per ARM listing page, whatever `$top` says.
+    pub arm_page_size: usize,
+    /// Vaults whose firewall refuses this client (403 `ForbiddenByFirewall`).
+    pub kv_firewalled: std::collections::BTreeSet<String>,
 }
 
 impl Default for Knobs {
@@ -60,6 +68,9 @@ impl Default for Knobs {
             kv_empty_first_page: false,
             propagation_delay_ms: 0,
             token_lifetime_secs: 3599,
+            graph_page_size: 999,
+            arm_page_size: 1000,
+            kv_firewalled: std::collections::BTreeSet::new(),
         }
     }
 }
@@ -73,6 +84,10 @@ pub(crate) struct State {
     pub sites: Sites,
     pub accounts: Accounts,
     pub apps: Apps,
+    /// Opt-in throttling of Graph listings that select `keyCredentials`.
+    pub graph_limits: KeyCredentialLimit,
+    /// Key Vault resources ARM lists, by subscription.
+    pub kv_resources: VaultResources,
     pub principals: Principals,
     /// Every access token the fake issued; resource servers accept no other.
     pub tokens: HashSet<String>,
@@ -107,6 +122,8 @@ impl Shared {
                 sites: Sites::default(),
                 accounts: Accounts::default(),
                 apps: Apps::default(),
+                graph_limits: KeyCredentialLimit::default(),
+                kv_resources: VaultResources::default(),
                 principals: Principals::new(),
                 tokens: HashSet::new(),
                 effects: Vec::new(),

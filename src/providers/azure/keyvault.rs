@@ -458,6 +458,54 @@ impl KeyVaultStore {
             })
     }
 
+    /// The vault's URL as configured.
+    pub fn vault_url(&self) -> &Url {
+        &self.vault
+    }
+
+    /// The first page of a listing of `collection` (`secrets` or `certificates`), 25
+    /// items a page.
+    ///
+    /// # Errors
+    /// Permanent, when the vault URL makes no listing URL.
+    pub fn list_url(&self, collection: &str) -> Result<Url, ProviderError> {
+        let mut url = self.url(&format!("/{collection}"))?;
+        url.query_pairs_mut().append_pair("maxresults", "25");
+        Ok(url)
+    }
+
+    /// One page of a listing (ids, attributes, tags; never values) and the next page's
+    /// URL, which must point back at this vault. Pages may be empty yet carry a
+    /// `nextLink`.
+    ///
+    /// # Errors
+    /// Token, transport and classified HTTP errors (403 names the list permission).
+    pub async fn list_page(
+        &self,
+        url: &Url,
+        collection: &str,
+    ) -> Result<(Vec<serde_json::Value>, Option<Url>), ProviderError> {
+        let resource = format!("{collection} of {}", self.base());
+        let resp = self
+            .call(
+                reqwest::Method::GET,
+                url,
+                Body::Empty,
+                Self::op(
+                    "list",
+                    &resource,
+                    "Key Vault Secrets User and Certificates User (or the list permission)",
+                ),
+            )
+            .await?;
+        let items = resp.body["value"].as_array().cloned().unwrap_or_default();
+        let next = match resp.body["nextLink"].as_str().filter(|s| !s.is_empty()) {
+            Some(link) => Some(self.same_origin(link)?),
+            None => None,
+        };
+        Ok((items, next))
+    }
+
     /// A `nextLink` is followed with a token only when it points back at this vault.
     fn same_origin(&self, link: &str) -> Result<Url, ProviderError> {
         let url = Url::parse(link)

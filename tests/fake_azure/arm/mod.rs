@@ -1,5 +1,6 @@
-//! Fake Azure Resource Manager: App Service app settings (`Microsoft.Web`) and storage account
-//! keys (`Microsoft.Storage`), at the contract's paths below `http://127.0.0.1:P`.
+//! Fake Azure Resource Manager: App Service app settings (`Microsoft.Web`), storage account
+//! keys (`Microsoft.Storage`) and the listing of a subscription's Key Vaults ([`vaults`]),
+//! at the contract's paths below `http://127.0.0.1:P`.
 //!
 //! ARM matches its fixed path segments and resource names case-insensitively, so the fake
 //! does too. Order of checks: route (501 if not implemented), bearer token (401 with
@@ -10,6 +11,7 @@
 pub(crate) mod appsettings;
 mod errors;
 pub(crate) mod storage;
+pub(crate) mod vaults;
 
 use std::sync::Arc;
 
@@ -255,6 +257,12 @@ fn parse(incoming: &Incoming) -> Option<Op> {
 }
 
 async fn serve(shared: &Shared, incoming: &Incoming) -> Reply {
+    if let Some(sub) = vaults::target(incoming) {
+        return match bearer::check(shared, incoming, AUDIENCES) {
+            Ok(claims) => vaults::serve(shared, incoming, &claims, &sub).await,
+            Err(why) => unauthorized(shared, &why).into(),
+        };
+    }
     let Some(op) = parse(incoming) else {
         let message = format!(
             "The fake ARM does not implement {} /{}",

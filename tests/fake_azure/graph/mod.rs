@@ -1,11 +1,13 @@
 //! Fake Microsoft Graph (`http://127.0.0.1:P/v1.0`): applications' password credentials —
 //! `addPassword`, `removePassword` and reading `passwordCredentials` — by object id or by
-//! `applications(appId='…')`.
+//! `applications(appId='…')`; and the listings of applications and service principals
+//! with their password and certificate credentials ([`listing`]).
 //!
 //! Graph's error body differs from Key Vault's and ARM's: `innerError` (camelCase) with
 //! `date`, `request-id` and `client-request-id`. Order of checks: route (501), bearer (401),
 //! faults and denial (403 `Authorization_RequestDenied`), the application (404), the body.
 
+pub(crate) mod listing;
 pub(crate) mod store;
 mod wire;
 
@@ -99,7 +101,26 @@ fn parse(incoming: &Incoming) -> Option<(AppRef, Op)> {
     Some((app, op))
 }
 
+/// `GET /v1.0/applications` or `/v1.0/servicePrincipals` (a trailing slash allowed).
+fn listing(incoming: &Incoming) -> Option<listing::Collection> {
+    match incoming.segments.as_slice() {
+        [v, c] | [v, c, _] if v == "v1.0" && incoming.method == Method::GET => {
+            if incoming.segments.get(2).is_some_and(|s| !s.is_empty()) {
+                return None;
+            }
+            listing::Collection::parse(c)
+        }
+        _ => None,
+    }
+}
+
 async fn serve(shared: &Shared, incoming: &Incoming) -> Reply {
+    if let Some(collection) = listing(incoming) {
+        if let Err(why) = bearer::check(shared, incoming, AUDIENCES) {
+            return unauthorized(shared, incoming, &why).into();
+        }
+        return listing::serve(shared, incoming, collection).await;
+    }
     let Some((app, op)) = parse(incoming) else {
         let message = format!(
             "The fake Graph does not implement {} /{}",

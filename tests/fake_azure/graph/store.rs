@@ -1,4 +1,5 @@
-//! Entra applications and their password credentials.
+//! Entra applications and service principals, and their password and certificate
+//! credentials.
 //!
 //! A credential remembers its secret text (which Graph shows only once, in the `addPassword`
 //! response) so tests can see what a client was given, and when it starts to work at the
@@ -23,6 +24,41 @@ pub struct PasswordCred {
     pub usable_from_ms: i64,
 }
 
+impl PasswordCred {
+    /// A credential with `secret_text` (its hint is the first three characters), usable
+    /// at once.
+    pub fn new(
+        key_id: &str,
+        display_name: Option<&str>,
+        secret_text: &str,
+        start: jiff::Timestamp,
+        end: jiff::Timestamp,
+    ) -> Self {
+        Self {
+            key_id: key_id.to_owned(),
+            display_name: display_name.map(str::to_owned),
+            hint: secret_text.chars().take(3).collect(),
+            secret_text: secret_text.to_owned(),
+            start,
+            end,
+            usable_from_ms: start.as_millisecond(),
+        }
+    }
+}
+
+/// A certificate credential (`keyCredential`) of an application or service principal.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyCred {
+    /// A uuid.
+    pub key_id: String,
+    pub display_name: Option<String>,
+    /// `customKeyIdentifier`'s bytes (Edm.Binary, base64 on the wire): by default the
+    /// SHA-1 thumbprint's 20 bytes; some upload paths store the 40 hex characters instead.
+    pub custom_key_identifier: Vec<u8>,
+    pub start: jiff::Timestamp,
+    pub end: jiff::Timestamp,
+}
+
 /// An application object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct App {
@@ -31,37 +67,80 @@ pub struct App {
     pub app_id: String,
     /// The object id of the app's service principal (the `oid` of its tokens).
     pub principal_id: String,
+    pub display_name: String,
+    pub tags: Vec<String>,
     pub passwords: Vec<PasswordCred>,
+    pub keys: Vec<KeyCred>,
 }
 
-/// Every application, by lower-cased object id.
+/// A service principal object that holds credentials of its own.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServicePrincipal {
+    pub object_id: String,
+    pub app_id: String,
+    pub display_name: String,
+    /// `Application`, `ManagedIdentity`, …
+    pub principal_type: String,
+    pub passwords: Vec<PasswordCred>,
+    pub keys: Vec<KeyCred>,
+}
+
+/// Every application and service principal, by lower-cased object id (listed in that
+/// order, as Graph lists in a stable but unspecified order).
 #[derive(Debug, Default)]
-pub struct Apps(BTreeMap<String, App>);
+pub struct Apps {
+    apps: BTreeMap<String, App>,
+    principals: BTreeMap<String, ServicePrincipal>,
+}
 
 impl Apps {
-    /// Creates (or replaces) an application without credentials.
+    /// Creates (or replaces) an application without credentials, named `app <app id>`.
     pub fn seed(&mut self, object_id: &str, app_id: &str) {
         let app = App {
             object_id: object_id.to_owned(),
             app_id: app_id.to_owned(),
             principal_id: super::super::ids::random_uuid(),
+            display_name: format!("app {app_id}"),
+            tags: Vec::new(),
             passwords: Vec::new(),
+            keys: Vec::new(),
         };
-        self.0.insert(object_id.to_ascii_lowercase(), app);
+        self.apps.insert(object_id.to_ascii_lowercase(), app);
+    }
+
+    /// Creates (or replaces) an application as given.
+    pub fn insert(&mut self, app: App) {
+        self.apps.insert(app.object_id.to_ascii_lowercase(), app);
+    }
+
+    /// Creates (or replaces) a service principal as given.
+    pub fn insert_principal(&mut self, sp: ServicePrincipal) {
+        self.principals
+            .insert(sp.object_id.to_ascii_lowercase(), sp);
     }
 
     pub fn by_object_id(&self, object_id: &str) -> Option<&App> {
-        self.0.get(&object_id.to_ascii_lowercase())
+        self.apps.get(&object_id.to_ascii_lowercase())
     }
 
     pub fn by_app_id(&self, app_id: &str) -> Option<&App> {
-        self.0
+        self.apps
             .values()
             .find(|a| a.app_id.eq_ignore_ascii_case(app_id))
     }
 
     pub fn get_mut(&mut self, object_id: &str) -> Option<&mut App> {
-        self.0.get_mut(&object_id.to_ascii_lowercase())
+        self.apps.get_mut(&object_id.to_ascii_lowercase())
+    }
+
+    /// Every application, in listing order.
+    pub fn all(&self) -> impl Iterator<Item = &App> {
+        self.apps.values()
+    }
+
+    /// Every service principal, in listing order.
+    pub fn principals(&self) -> impl Iterator<Item = &ServicePrincipal> {
+        self.principals.values()
     }
 }
 

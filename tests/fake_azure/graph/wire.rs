@@ -1,4 +1,5 @@
-//! Graph's JSON: `passwordCredential`, the `application` resource (with `$select`), and
+//! Graph's JSON: `passwordCredential`, `keyCredential`, the `application` and
+//! `servicePrincipal` resources (with `$select`), and
 //! Graph's error body — `innerError` in camelCase with `date`, `request-id` and
 //! `client-request-id`, unlike Key Vault's `innererror`.
 
@@ -10,12 +11,12 @@ use super::super::bearer::Rejected;
 use super::super::http::{self, Incoming, with_header};
 use super::super::ids;
 use super::super::state::Shared;
-use super::store::{App, PasswordCred};
+use super::store::{App, KeyCred, PasswordCred, ServicePrincipal};
 
 /// The content type of Graph's successful JSON responses.
 pub const ODATA_JSON: &str = "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8";
 
-/// Properties `$select` may name.
+/// Properties `$select` may name on an application.
 pub const PROPERTIES: &[&str] = &[
     "id",
     "appId",
@@ -23,7 +24,109 @@ pub const PROPERTIES: &[&str] = &[
     "signInAudience",
     "keyCredentials",
     "passwordCredentials",
+    "tags",
 ];
+
+/// Properties `$select` may name on a service principal.
+pub const PRINCIPAL_PROPERTIES: &[&str] = &[
+    "id",
+    "appId",
+    "displayName",
+    "servicePrincipalType",
+    "accountEnabled",
+    "keyCredentials",
+    "passwordCredentials",
+    "tags",
+];
+
+/// A `keyCredential` as lists show it: `customKeyIdentifier` in base64, `key` null (Graph
+/// returns the key only when one object is read with `$select=keyCredentials`).
+pub fn key_credential(c: &KeyCred) -> Value {
+    use base64::Engine as _;
+    json!({
+        "customKeyIdentifier": base64::engine::general_purpose::STANDARD.encode(&c.custom_key_identifier),
+        "displayName": c.display_name,
+        "endDateTime": ids::azure_time(c.end),
+        "key": null,
+        "keyId": c.key_id,
+        "startDateTime": ids::azure_time(c.start),
+        "type": "AsymmetricX509Cert",
+        "usage": "Verify",
+    })
+}
+
+/// Every property of an application.
+pub fn application_full(app: &App) -> Value {
+    let passwords: Vec<Value> = app
+        .passwords
+        .iter()
+        .map(|c| Value::Object(credential(c, false)))
+        .collect();
+    let keys: Vec<Value> = app.keys.iter().map(key_credential).collect();
+    json!({
+        "id": app.object_id,
+        "appId": app.app_id,
+        "displayName": app.display_name,
+        "signInAudience": "AzureADMyOrg",
+        "keyCredentials": keys,
+        "passwordCredentials": passwords,
+        "tags": app.tags,
+    })
+}
+
+/// Every property of a service principal.
+pub fn principal_full(sp: &ServicePrincipal) -> Value {
+    let passwords: Vec<Value> = sp
+        .passwords
+        .iter()
+        .map(|c| Value::Object(credential(c, false)))
+        .collect();
+    let keys: Vec<Value> = sp.keys.iter().map(key_credential).collect();
+    json!({
+        "id": sp.object_id,
+        "appId": sp.app_id,
+        "displayName": sp.display_name,
+        "servicePrincipalType": sp.principal_type,
+        "accountEnabled": true,
+        "keyCredentials": keys,
+        "passwordCredentials": passwords,
+        "tags": [],
+    })
+}
+
+/// `$select` as a list of known property names (in `known`'s spelling), or the 400 message.
+pub fn selection<'a>(
+    select: Option<&str>,
+    known: &[&'a str],
+    type_name: &str,
+) -> Result<Option<Vec<&'a str>>, String> {
+    let Some(select) = select else {
+        return Ok(None);
+    };
+    let mut names = Vec::new();
+    for name in select.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        let Some(k) = known.iter().find(|p| p.eq_ignore_ascii_case(name)) else {
+            return Err(format!(
+                "Could not find a property named '{name}' on type 'microsoft.graph.{type_name}'."
+            ));
+        };
+        names.push(*k);
+    }
+    Ok(Some(names))
+}
+
+/// `full` narrowed to `names` (all of it when `None`).
+pub fn narrowed(full: &Value, names: Option<&[&str]>) -> Value {
+    match names {
+        None => full.clone(),
+        Some(names) => Value::Object(
+            names
+                .iter()
+                .map(|n| ((*n).to_owned(), full[*n].clone()))
+                .collect(),
+        ),
+    }
+}
 
 /// A `passwordCredential`; `secretText` only when just created.
 pub fn credential(c: &PasswordCred, with_secret: bool) -> Map<String, Value> {
@@ -48,43 +151,18 @@ pub fn credential(c: &PasswordCred, with_secret: bool) -> Map<String, Value> {
 
 /// The application resource, narrowed to `$select` if given.
 pub fn application(graph: &str, app: &App, select: Option<&str>) -> Result<Value, String> {
-    let passwords: Vec<Value> = app
-        .passwords
-        .iter()
-        .map(|c| Value::Object(credential(c, false)))
-        .collect();
-    let full = json!({
-        "id": app.object_id,
-        "appId": app.app_id,
-        "displayName": format!("app {}", app.app_id),
-        "signInAudience": "AzureADMyOrg",
-        "keyCredentials": [],
-        "passwordCredentials": passwords,
-    });
-    let Some(select) = select else {
+    let full = application_full(app);
+    let Some(names) = selection(select, PROPERTIES, "application")? else {
         let mut body = full;
         body["@odata.context"] = json!(format!("{graph}/$metadata#applications/$entity"));
         return Ok(body);
     };
-    let mut body = Map::new();
-    let mut names = Vec::new();
-    for name in select.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-        let Some(known) = PROPERTIES.iter().find(|p| p.eq_ignore_ascii_case(name)) else {
-            return Err(format!(
-                "Could not find a property named '{name}' on type 'microsoft.graph.application'."
-            ));
-        };
-        body.insert((*known).to_owned(), full[*known].clone());
-        names.push(*known);
-    }
-    body.insert(
-        "@odata.context".into(),
-        json!(format!(
-            "{graph}/$metadata#applications({})/$entity",
-            names.join(",")
-        )),
-    );
-    Ok(Value::Object(body))
+    let mut body = narrowed(&full, Some(&names));
+    body["@odata.context"] = json!(format!(
+        "{graph}/$metadata#applications({})/$entity",
+        names.join(",")
+    ));
+    Ok(body)
 }
 
 /// Graph's error body, with `innerError` (camelCase) and the request ids.

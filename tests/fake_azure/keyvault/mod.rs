@@ -1,10 +1,13 @@
-//! Fake Key Vault data plane (secrets): `http://127.0.0.1:P/<vault>` is a vault's base URL.
+//! Fake Key Vault data plane (secrets, and the certificate listing with `x5t`):
+//! `http://127.0.0.1:P/<vault>` is a vault's base URL. A certificate's backing secret is
+//! listed `managed: true` and refuses writes (403 `SecretManagedByKeyVault`); a vault
+//! behind a firewall answers every authenticated request 403 `ForbiddenByFirewall`.
 //!
 //! Order of checks, chosen so the challenge flow works as with the real service: route (501
 //! for operations the fake does not implement), the vault's opt-in latency and rate limit
 //! (429, see [`limits`]), bearer token (401 + `WWW-Authenticate`, before
-//! anything else, so a body-less first request gets the challenge), `api-version`, secret
-//! name, then faults and denial, then the operation and its body.
+//! anything else, so a body-less first request gets the challenge), `api-version`, the
+//! firewall (403), secret name, then faults and denial, then the operation and its body.
 
 pub(crate) mod limits;
 pub(crate) mod paging;
@@ -59,6 +62,8 @@ async fn handle(
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Op {
     List,
+    /// `GET /certificates`.
+    ListCertificates,
     Set,
     /// `None` = latest.
     Get(Option<String>),
@@ -75,6 +80,7 @@ impl Op {
     fn route(&self) -> Route {
         match self {
             Op::List => Route::KvList,
+            Op::ListCertificates => Route::KvListCertificates,
             Op::Set => Route::KvSet,
             Op::Get(_) => Route::KvGet,
             Op::Update(_) => Route::KvUpdate,
@@ -89,7 +95,7 @@ impl Op {
     /// The access-policy permission the operation needs (for the 403 text).
     fn permission(&self) -> &'static str {
         match self {
-            Op::List | Op::Versions => "list",
+            Op::List | Op::ListCertificates | Op::Versions => "list",
             Op::Set | Op::Update(_) => "set",
             Op::Get(_) | Op::GetDeleted => "get",
             Op::Delete => "delete",
@@ -113,6 +119,9 @@ fn parse(incoming: &Incoming) -> Result<Target, Box<Response>> {
     let m = &incoming.method;
     let op = match seg.as_slice() {
         [_, s] | [_, s, ""] if is(s, "secrets") && m == Method::GET => Some(Op::List),
+        [_, c] | [_, c, ""] if is(c, "certificates") && m == Method::GET => {
+            Some(Op::ListCertificates)
+        }
         [_, s, _] if is(s, "secrets") => match *m {
             Method::PUT => Some(Op::Set),
             Method::GET => Some(Op::Get(None)),
@@ -196,11 +205,18 @@ async fn serve(shared: &Shared, incoming: &Incoming) -> Reply {
         Ok(v) => v,
         Err(r) => return (*r).into(),
     };
-    if target.op != Op::List && !valid_name(&target.name) {
+    if shared.lock().knobs.kv_firewalled.contains(&target.vault) {
+        return wire::firewall(&claims, &target.vault).into();
+    }
+    let is_list = matches!(target.op, Op::List | Op::ListCertificates);
+    if !is_list && !valid_name(&target.name) {
         let message = format!("The request URI contains an invalid name: {}", target.name);
         return wire::bad_parameter(&message).into();
     }
     match faults::gate(shared, target.op.route()).await {
+        Gate::Denied if target.op == Op::ListCertificates => {
+            wire::forbidden_on(&claims, &target.vault, "certificates", "list").into()
+        }
         Gate::Denied => wire::forbidden(&claims, &target.vault, target.op.permission()).into(),
         Gate::Status(401) => {
             let why = bearer::Rejected::NotIssued;
@@ -225,6 +241,9 @@ fn execute(shared: &Shared, incoming: &Incoming, target: &Target, api_version: &
     let ok = |body: &Value| http::json(StatusCode::OK, body);
     match &target.op {
         Op::Set => {
+            if vault.secret(name).is_ok_and(|s| s.latest().managed) {
+                return wire::managed_by_key_vault(name);
+            }
             let new = match new_version(incoming) {
                 Ok(n) => n,
                 Err(message) => return wire::bad_parameter(&message),
@@ -268,6 +287,24 @@ fn execute(shared: &Shared, incoming: &Incoming, target: &Target, api_version: &
                 }
                 Err(_) => wire::secret_not_found(&with_version(name, version.as_deref())),
             }
+        }
+        Op::ListCertificates => {
+            let request = match paging::parse(incoming) {
+                Ok(r) => r,
+                Err(message) => return wire::bad_parameter(&message),
+            };
+            let items = vault
+                .certificates()
+                .into_iter()
+                .map(|c| wire::certificate_item(&base, c))
+                .collect();
+            ok(&paging::page(
+                items,
+                request,
+                &state.knobs,
+                &format!("{base}/certificates"),
+                api_version,
+            ))
         }
         Op::Versions | Op::List => {
             let request = match paging::parse(incoming) {

@@ -26,6 +26,23 @@ pub struct KvVersion {
     pub created: i64,
     /// Last update, Unix seconds.
     pub updated: i64,
+    /// The secret backs a certificate (`managed: true`): Key Vault refuses writes to it.
+    pub managed: bool,
+}
+
+/// A certificate, as the certificate listing shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cert {
+    pub name: String,
+    /// The SHA-1 thumbprint (`x5t` is its base64url).
+    pub thumbprint: [u8; 20],
+    pub tags: BTreeMap<String, String>,
+    pub enabled: bool,
+    /// Not-before and expiry, Unix seconds.
+    pub nbf: Option<i64>,
+    pub exp: Option<i64>,
+    pub created: i64,
+    pub updated: i64,
 }
 
 /// The settable attributes of a version (`SecretAttributes` minus the read-only ones).
@@ -80,13 +97,42 @@ pub enum Refusal {
     DeletedButRecoverable,
 }
 
-/// One vault's secrets.
+/// One vault's secrets and certificates.
 #[derive(Debug, Default)]
 pub struct Vault {
     secrets: BTreeMap<String, Secret>,
+    certificates: BTreeMap<String, Cert>,
 }
 
 impl Vault {
+    /// Adds (or replaces) a certificate, and a version of the secret that backs it
+    /// (`managed`, PKCS#12 content type, holding `backing_value`).
+    pub fn add_certificate(&mut self, base: &str, cert: Cert, backing_value: &str) {
+        let new = NewVersion {
+            value: backing_value.to_owned(),
+            content_type: Some("application/x-pkcs12".into()),
+            tags: BTreeMap::new(),
+            attributes: AttributesIn {
+                enabled: Some(cert.enabled),
+                nbf: cert.nbf,
+                exp: cert.exp,
+            },
+        };
+        if self.set(base, &cert.name, new, cert.created).is_ok()
+            && let Some(s) = self.secrets.get_mut(&cert.name.to_ascii_lowercase())
+            && let Some(v) = s.versions.last_mut()
+        {
+            v.managed = true;
+        }
+        self.certificates
+            .insert(cert.name.to_ascii_lowercase(), cert);
+    }
+
+    /// Every certificate, in name order.
+    pub fn certificates(&self) -> Vec<&Cert> {
+        self.certificates.values().collect()
+    }
+
     /// Adds a version to `name` (creating the secret), stamped `now_s`; returns the stored
     /// name (as first created) and the new version.
     pub fn set(
@@ -119,6 +165,7 @@ impl Vault {
             exp: new.attributes.exp,
             created: now_s,
             updated: now_s,
+            managed: false,
         });
         Ok((&secret.name, secret.latest()))
     }

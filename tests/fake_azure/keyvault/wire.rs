@@ -9,7 +9,7 @@ use serde_json::{Map, Value, json};
 use super::super::bearer::Rejected;
 use super::super::http::{self, with_header};
 use super::super::jwt::{Claims, issuer};
-use super::store::{KvVersion, Secret};
+use super::store::{Cert, KvVersion, Secret};
 
 /// Every vault in the fake is a default vault: soft delete on, 90 days, purge allowed.
 const RECOVERY_LEVEL: &str = "Recoverable+Purgeable";
@@ -43,7 +43,70 @@ fn common(id: &str, v: &KvVersion) -> Map<String, Value> {
     if !v.tags.is_empty() {
         m.insert("tags".into(), json!(v.tags));
     }
+    if v.managed {
+        m.insert("managed".into(), json!(true));
+    }
     m
+}
+
+/// `CertificateItem` of `GET /certificates`: the versionless id, `x5t` (base64url of the
+/// SHA-1 thumbprint), attributes and tags.
+pub fn certificate_item(base: &str, c: &Cert) -> Value {
+    use base64::Engine as _;
+    let mut a = Map::new();
+    a.insert("enabled".into(), json!(c.enabled));
+    if let Some(nbf) = c.nbf {
+        a.insert("nbf".into(), json!(nbf));
+    }
+    if let Some(exp) = c.exp {
+        a.insert("exp".into(), json!(exp));
+    }
+    a.insert("created".into(), json!(c.created));
+    a.insert("updated".into(), json!(c.updated));
+    a.insert("recoveryLevel".into(), json!(RECOVERY_LEVEL));
+    a.insert("recoverableDays".into(), json!(RECOVERABLE_DAYS));
+    let mut m = Map::new();
+    m.insert(
+        "id".into(),
+        json!(format!("{base}/certificates/{}", c.name)),
+    );
+    m.insert(
+        "x5t".into(),
+        json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c.thumbprint)),
+    );
+    m.insert("attributes".into(), Value::Object(a));
+    if !c.tags.is_empty() {
+        m.insert("tags".into(), json!(c.tags));
+    }
+    Value::Object(m)
+}
+
+/// 403 `Forbidden`/`ForbiddenByFirewall`: the vault's network rules refuse this client.
+pub fn firewall(claims: &Claims, vault: &str) -> Response {
+    let message = format!(
+        "Client address is not authorized and caller is not a trusted service.\r\nClient \
+         address: 127.0.0.1\r\nCaller: appid={};oid={}\r\nVault: {vault};location=westeurope",
+        claims.appid, claims.oid
+    );
+    error(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        &message,
+        Some("ForbiddenByFirewall"),
+    )
+}
+
+/// 403 `Forbidden`/`SecretManagedByKeyVault`: a write to the secret backing a certificate.
+pub fn managed_by_key_vault(name: &str) -> Response {
+    let message = format!(
+        "Secret {name} is managed by Key Vault (it backs a certificate); update the certificate instead."
+    );
+    error(
+        StatusCode::FORBIDDEN,
+        "Forbidden",
+        &message,
+        Some("SecretManagedByKeyVault"),
+    )
 }
 
 /// `SecretBundle`; `with_value` is false for PATCH, recover and the like.
@@ -139,8 +202,14 @@ pub fn deleted_but_recoverable(name: &str) -> Response {
 
 /// 403 `Forbidden`/`ForbiddenByPolicy`: the caller lacks secrets `permission` on `vault`.
 pub fn forbidden(claims: &Claims, vault: &str, permission: &str) -> Response {
+    forbidden_on(claims, vault, "secrets", permission)
+}
+
+/// 403 `Forbidden`/`ForbiddenByPolicy`: the caller lacks `object` (secrets,
+/// certificates) `permission` on `vault`.
+pub fn forbidden_on(claims: &Claims, vault: &str, object: &str, permission: &str) -> Response {
     let message = format!(
-        "The user, group or application 'appid={};oid={};iss={}' does not have secrets \
+        "The user, group or application 'appid={};oid={};iss={}' does not have {object} \
          {permission} permission on key vault '{vault};location=westeurope'. For help \
          resolving this issue, please see https://go.microsoft.com/fwlink/?linkid=2125287",
         claims.appid,

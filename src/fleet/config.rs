@@ -1,0 +1,528 @@
+//! The `[fleet]` section: which tenants to inventory (each with its own credential), which
+//! subscriptions and vaults to scan, the matcher's rules and the exclusions. `Config::parse`
+//! calls [`validate`], so its errors carry the file, line and column like every other.
+//!
+//! Owns: the section's raw TOML shape and its validation. Never touches: I/O.
+
+use std::collections::BTreeMap;
+use std::ops::Range;
+
+use serde::Deserialize;
+use toml::Spanned;
+use url::Url;
+
+use super::matching::Confidence;
+use super::rules::{Exclusions, Rules, TagKeys, check_glob};
+
+/// Days before `endDateTime` that a credential is due, by default.
+pub const DAYS_BEFORE_EXPIRY_DEFAULT: u32 = 30;
+/// Most tenants, subscriptions, vaults, templates or patterns in one list.
+pub const LIST_MAX: usize = 1_000;
+
+/// `[fleet]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    #[serde(default)]
+    tenants: BTreeMap<String, Spanned<RawTenant>>,
+    days_before_expiry: Option<Spanned<i64>>,
+    min_confidence: Option<Spanned<String>>,
+    #[serde(default)]
+    read_values_for_hint: bool,
+    /// Turn off only for loopback test vaults (see `key_vault` providers).
+    #[serde(default = "yes")]
+    verify_challenge_resource: bool,
+    name_templates: Option<Spanned<Vec<String>>>,
+    tag_keys: Option<Spanned<RawTagKeys>>,
+    exclude: Option<Spanned<RawExclude>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// `[fleet.tenants.<name>]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTenant {
+    /// The `[credentials.<name>]` rekey reads this tenant with.
+    credential: Spanned<String>,
+    subscriptions: Option<Spanned<Vec<String>>>,
+    vaults: Option<Spanned<Vec<String>>>,
+    /// Also list service principals' credentials (reported, never rotated by default).
+    #[serde(default = "yes")]
+    service_principals: bool,
+}
+
+/// `[fleet.tag_keys]`: each list replaces its default.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTagKeys {
+    app_id: Option<Vec<String>>,
+    key_id: Option<Vec<String>>,
+    app_name: Option<Vec<String>>,
+}
+
+/// `[fleet.exclude]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawExclude {
+    #[serde(default)]
+    app_ids: Vec<String>,
+    #[serde(default)]
+    app_names: Vec<String>,
+    #[serde(default)]
+    secret_names: Vec<String>,
+    #[serde(default)]
+    vaults: Vec<String>,
+    #[serde(default)]
+    subscriptions: Vec<String>,
+}
+
+/// One tenant to inventory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantConfig {
+    /// The credential's name in `[credentials]`.
+    pub credential: String,
+    /// Subscriptions whose vaults ARM lists.
+    pub subscriptions: Vec<String>,
+    /// Vaults scanned by URL.
+    pub vaults: Vec<Url>,
+    pub service_principals: bool,
+}
+
+/// The validated `[fleet]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FleetConfig {
+    pub tenants: BTreeMap<String, TenantConfig>,
+    pub days_before_expiry: u32,
+    pub read_values_for_hint: bool,
+    pub verify_challenge_resource: bool,
+    /// Name templates, tag keys, minimum confidence.
+    pub rules: Rules,
+    pub exclusions: Exclusions,
+}
+
+/// A validation failure: where (a byte range of the config text) and what.
+pub type Invalid = (Option<Range<usize>>, String);
+
+/// Validates `[fleet]`; `credentials` are the names defined in `[credentials]`.
+///
+/// # Errors
+/// The span and message of the first problem.
+pub fn validate(raw: &Spanned<RawFleet>, credentials: &[&str]) -> Result<FleetConfig, Invalid> {
+    let here = Some(raw.span());
+    let f = raw.get_ref();
+    if f.tenants.is_empty() {
+        return Err((
+            here,
+            "[fleet] needs at least one tenant: add [fleet.tenants.<name>] with credential = \"<a [credentials] name>\"".into(),
+        ));
+    }
+    let mut tenants = BTreeMap::new();
+    for (name, t) in &f.tenants {
+        tenants.insert(name.clone(), tenant(name, t, credentials)?);
+    }
+    let days_before_expiry = match &f.days_before_expiry {
+        None => DAYS_BEFORE_EXPIRY_DEFAULT,
+        Some(d) => match u32::try_from(*d.get_ref()) {
+            Ok(n) if (1..=365).contains(&n) => n,
+            _ => {
+                return Err((
+                    Some(d.span()),
+                    format!(
+                        "[fleet] days_before_expiry = {} must be 1 to 365 ({DAYS_BEFORE_EXPIRY_DEFAULT} is the default)",
+                        d.get_ref()
+                    ),
+                ));
+            }
+        },
+    };
+    let min_confidence = match &f.min_confidence {
+        None => Confidence::High,
+        Some(c) => parse_min_confidence(c.get_ref()).map_err(|m| {
+            (
+                Some(c.span()),
+                format!("[fleet] min_confidence = {:?}: {m}", c.get_ref()),
+            )
+        })?,
+    };
+    let mut rules = Rules {
+        min_confidence,
+        ..Rules::default()
+    };
+    if let Some(t) = &f.name_templates {
+        let at = Some(t.span());
+        check_list("name_templates", t.get_ref()).map_err(|m| (at.clone(), m))?;
+        for template in t.get_ref() {
+            check_template(template).map_err(|m| (at.clone(), m))?;
+        }
+        rules.name_templates = t.get_ref().clone();
+    }
+    if let Some(k) = &f.tag_keys {
+        let at = Some(k.span());
+        let raw = k.get_ref();
+        let mut keys = TagKeys::default();
+        for (field, given, slot) in [
+            ("app_id", &raw.app_id, &mut keys.app_id),
+            ("key_id", &raw.key_id, &mut keys.key_id),
+            ("app_name", &raw.app_name, &mut keys.app_name),
+        ] {
+            if let Some(list) = given {
+                let field = format!("tag_keys.{field}");
+                check_list(&field, list).map_err(|m| (at.clone(), m))?;
+                if let Some(bad) = list.iter().find(|k| k.trim().is_empty() || k.len() > 256) {
+                    return Err((
+                        at,
+                        format!("[fleet] {field}: {bad:?} is not a tag key (1 to 256 characters)"),
+                    ));
+                }
+                *slot = list.clone();
+            }
+        }
+        rules.tag_keys = keys;
+    }
+    let exclusions = match &f.exclude {
+        None => Exclusions::default(),
+        Some(e) => {
+            let at = Some(e.span());
+            let raw = e.get_ref();
+            for (field, list) in [
+                ("app_ids", &raw.app_ids),
+                ("app_names", &raw.app_names),
+                ("secret_names", &raw.secret_names),
+                ("vaults", &raw.vaults),
+                ("subscriptions", &raw.subscriptions),
+            ] {
+                let field = format!("exclude.{field}");
+                check_list(&field, list).map_err(|m| (at.clone(), m))?;
+                for p in list {
+                    check_glob(p)
+                        .map_err(|why| (at.clone(), format!("[fleet] {field}: {p:?}: {why}")))?;
+                }
+            }
+            Exclusions {
+                app_ids: raw.app_ids.clone(),
+                app_names: raw.app_names.clone(),
+                secret_names: raw.secret_names.clone(),
+                vaults: raw.vaults.clone(),
+                subscriptions: raw.subscriptions.clone(),
+            }
+        }
+    };
+    Ok(FleetConfig {
+        tenants,
+        days_before_expiry,
+        read_values_for_hint: f.read_values_for_hint,
+        verify_challenge_resource: f.verify_challenge_resource,
+        rules,
+        exclusions,
+    })
+}
+
+/// `high` or `medium`: LOW and NONE never rotate, so they are no threshold.
+///
+/// # Errors
+/// Why not, naming the accepted values.
+pub fn parse_min_confidence(text: &str) -> Result<Confidence, String> {
+    match Confidence::parse(text) {
+        Some(c @ (Confidence::High | Confidence::Medium)) => Ok(c),
+        Some(_) => Err(
+            "low, none and ambiguous links never rotate; write \"high\" (the default) or \"medium\"".into(),
+        ),
+        None => Err(
+            "not a confidence; write \"high\" (the default) or \"medium\"".into(),
+        ),
+    }
+}
+
+fn tenant(
+    name: &str,
+    spanned: &Spanned<RawTenant>,
+    credentials: &[&str],
+) -> Result<TenantConfig, Invalid> {
+    let t = spanned.get_ref();
+    let valid_name = !name.is_empty()
+        && name.len() <= 100
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.');
+    if !valid_name {
+        return Err((
+            Some(spanned.span()),
+            format!(
+                "[fleet.tenants] name {name:?} must be 1 to 100 characters of A-Z a-z 0-9 - _ ."
+            ),
+        ));
+    }
+    let at = format!("[fleet.tenants.{name}]");
+    let credential = t.credential.get_ref();
+    if !credentials.contains(&credential.as_str()) {
+        return Err((
+            Some(t.credential.span()),
+            format!(
+                "{at} credential {credential:?} is not defined; define [credentials.{credential}] or use one of: {}",
+                if credentials.is_empty() {
+                    "(none defined)".to_owned()
+                } else {
+                    credentials.join(", ")
+                }
+            ),
+        ));
+    }
+    let list = |l: &Option<Spanned<Vec<String>>>| {
+        l.as_ref().map_or((None, Vec::new()), |l| {
+            (Some(l.span()), l.get_ref().clone())
+        })
+    };
+    let (subs_at, subs) = list(&t.subscriptions);
+    let (vaults_at, raw_vaults) = list(&t.vaults);
+    check_list(&format!("tenants.{name}.subscriptions"), &subs)
+        .map_err(|m| (subs_at.clone(), m))?;
+    check_list(&format!("tenants.{name}.vaults"), &raw_vaults)
+        .map_err(|m| (vaults_at.clone(), m))?;
+    if let Some(s) = subs.iter().find(|s| !super::model::looks_like_guid(s)) {
+        return Err((
+            subs_at,
+            format!(
+                "{at} subscriptions: {s:?} is not a subscription id; write its GUID, e.g. \"00000000-0000-0000-0000-000000000000\""
+            ),
+        ));
+    }
+    let mut vaults: Vec<Url> = Vec::new();
+    for v in &raw_vaults {
+        let url = Url::parse(v).map_err(|e| {
+            (
+                vaults_at.clone(),
+                format!(
+                    "{at} vaults: {v:?} is not a URL ({e}); write e.g. \"https://my-vault.vault.azure.net\""
+                ),
+            )
+        })?;
+        if !crate::providers::azure::may_carry_credentials(&url) {
+            return Err((
+                vaults_at,
+                format!(
+                    "{at} vaults: {v:?} would receive a bearer token over plain http; use https (plain http only to 127.0.0.1, ::1 or localhost)"
+                ),
+            ));
+        }
+        if !vaults.contains(&url) {
+            vaults.push(url);
+        }
+    }
+    Ok(TenantConfig {
+        credential: credential.clone(),
+        subscriptions: subs.iter().map(|s| s.to_ascii_lowercase()).collect(),
+        vaults,
+        service_principals: t.service_principals,
+    })
+}
+
+fn check_list(field: &str, list: &[String]) -> Result<(), String> {
+    if list.len() > LIST_MAX {
+        return Err(format!(
+            "[fleet] {field} has {} entries; at most {LIST_MAX}",
+            list.len()
+        ));
+    }
+    Ok(())
+}
+
+/// A template names the app (`{app}` or `{app_id}`) and no other placeholder.
+fn check_template(template: &str) -> Result<(), String> {
+    let rest = template.replace("{app}", "").replace("{app_id}", "");
+    if rest.contains(['{', '}']) {
+        return Err(format!(
+            "[fleet] name_templates: {template:?} has an unknown placeholder; only {{app}} (the app's display name) and {{app_id}} (its client id) are replaced"
+        ));
+    }
+    if rest.len() == template.len() {
+        return Err(format!(
+            "[fleet] name_templates: {template:?} names no app; include {{app}} or {{app_id}}, e.g. \"{{app}}-client-secret\""
+        ));
+    }
+    if template.len() > 127 {
+        return Err(format!(
+            "[fleet] name_templates: {template:?} is longer than a Key Vault name can be (127)"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::config::{Config, Error};
+
+    use super::*;
+
+    const GOOD: &str = r#"[journal]
+path = "journal.db"
+
+[credentials.reader]
+kind = "static_token"
+token_env = "T"
+
+[fleet]
+read_values_for_hint = true
+
+[fleet.tenants.contoso]
+credential = "reader"
+subscriptions = ["00000000-AAAA-4bbb-8ccc-000000000002"]
+vaults = ["https://kv-prod.vault.azure.net"]
+
+[fleet.exclude]
+app_names = ["test-*"]
+"#;
+
+    fn parse(text: &str) -> Result<Config, Error> {
+        Config::parse(Path::new("/etc/rekey/rekey.toml"), text)
+    }
+
+    #[test]
+    fn a_fleet_section_gets_its_defaults() {
+        let fleet = parse(GOOD).unwrap().fleet.unwrap();
+        assert_eq!(fleet.days_before_expiry, 30);
+        assert_eq!(fleet.rules.min_confidence, Confidence::High);
+        assert!(fleet.read_values_for_hint);
+        assert!(fleet.verify_challenge_resource);
+        assert_eq!(fleet.rules, Rules::default());
+        let t = &fleet.tenants["contoso"];
+        assert_eq!(t.credential, "reader");
+        assert_eq!(t.subscriptions, ["00000000-aaaa-4bbb-8ccc-000000000002"]);
+        assert_eq!(t.vaults[0].as_str(), "https://kv-prod.vault.azure.net/");
+        assert!(t.service_principals);
+        assert_eq!(fleet.exclusions.app_names, ["test-*"]);
+        assert!(
+            parse("[journal]\npath = \"j.db\"\n")
+                .unwrap()
+                .fleet
+                .is_none(),
+            "no [fleet], no fleet"
+        );
+    }
+
+    /// Each bad `[fleet]` is refused with its file, line, column and what to write.
+    #[test]
+    fn bad_fleet_sections_name_the_line_and_the_fix() {
+        let cases: &[(&str, &str, usize, &str)] = &[
+            (
+                "read_values_for_hint = true",
+                "days_before_expiry = 0",
+                9,
+                "[fleet] days_before_expiry = 0 must be 1 to 365 (30 is the default)",
+            ),
+            (
+                "read_values_for_hint = true",
+                "days_before_expiry = 366",
+                9,
+                "must be 1 to 365",
+            ),
+            (
+                "read_values_for_hint = true",
+                "min_confidence = \"low\"",
+                9,
+                "low, none and ambiguous links never rotate; write \"high\" (the default) or \"medium\"",
+            ),
+            (
+                "read_values_for_hint = true",
+                "min_confidence = \"sure\"",
+                9,
+                "[fleet] min_confidence = \"sure\": not a confidence",
+            ),
+            (
+                "credential = \"reader\"",
+                "credential = \"writer\"",
+                12,
+                "[fleet.tenants.contoso] credential \"writer\" is not defined; define [credentials.writer] or use one of: reader",
+            ),
+            (
+                "vaults = [\"https://kv-prod.vault.azure.net\"]",
+                "vaults = [\"http://kv-prod.vault.azure.net\"]",
+                14,
+                "would receive a bearer token over plain http; use https",
+            ),
+            (
+                "vaults = [\"https://kv-prod.vault.azure.net\"]",
+                "vaults = [\"kv-prod\"]",
+                14,
+                "vaults: \"kv-prod\" is not a URL",
+            ),
+            (
+                "subscriptions = [\"00000000-AAAA-4bbb-8ccc-000000000002\"]",
+                "subscriptions = [\"prod\"]",
+                13,
+                "subscriptions: \"prod\" is not a subscription id",
+            ),
+            (
+                "read_values_for_hint = true",
+                "name_templates = [\"client-secret\"]",
+                9,
+                "names no app; include {app} or {app_id}",
+            ),
+            (
+                "read_values_for_hint = true",
+                "name_templates = [\"{application}-secret\"]",
+                9,
+                "has an unknown placeholder",
+            ),
+            (
+                "app_names = [\"test-*\"]",
+                "app_names = [\"\"]",
+                16,
+                "[fleet] exclude.app_names: \"\": an empty pattern matches nothing",
+            ),
+            (
+                "app_names = [\"test-*\"]",
+                "app_name = [\"test-*\"]",
+                17,
+                "unknown field `app_name`",
+            ),
+            (
+                "read_values_for_hint = true",
+                "read_values_for_hint = \"yes\"",
+                9,
+                "invalid type: string \"yes\", expected a boolean",
+            ),
+            (
+                "[fleet.tenants.contoso]\ncredential = \"reader\"\nsubscriptions = [\"00000000-AAAA-4bbb-8ccc-000000000002\"]\nvaults = [\"https://kv-prod.vault.azure.net\"]\n",
+                "",
+                8,
+                "[fleet] needs at least one tenant",
+            ),
+            (
+                "credential = \"reader\"",
+                "credentials = \"reader\"",
+                12,
+                "unknown field `credentials`",
+            ),
+        ];
+        for (from, to, line, want) in cases {
+            let text = GOOD.replacen(from, to, 1);
+            assert_ne!(text, GOOD, "case {want:?} did not change the config");
+            match parse(&text) {
+                Err(e @ Error::Invalid { .. }) => {
+                    let Error::Invalid {
+                        line: got,
+                        column,
+                        ref message,
+                        ..
+                    } = e
+                    else {
+                        unreachable!()
+                    };
+                    assert!(
+                        message.contains(want),
+                        "{message:?} should contain {want:?}"
+                    );
+                    assert_eq!(got, *line, "line of {want:?}");
+                    assert!(column >= 1);
+                    assert!(e.to_string().starts_with("/etc/rekey/rekey.toml:"), "{e}");
+                }
+                other => panic!("{want:?}: expected an invalid-config error, got {other:?}"),
+            }
+        }
+    }
+}
