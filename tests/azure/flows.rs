@@ -528,6 +528,18 @@ async fn storage_key_rotation_completes() {
     storage().await;
 }
 
+/// The seed-001 world with its old key in the vault and the app setting, and its runner.
+async fn seeded_001() -> (Env, Runner<MemoryJournal>, ErrorLog) {
+    let env = Env::start().await;
+    env.fake.kv_seed(VAULT, API_SECRET, OLD_API_KEY);
+    let mut seeded: Vec<(&str, &str)> = OTHERS.to_vec();
+    seeded.push((SETTING, OLD_API_KEY));
+    env.fake.site_seed(SUB, RG, SITE, None, &seeded);
+    let errors = ErrorLog::default();
+    let (runner, _journal) = seed_001_runner(&env, &errors);
+    (env, runner, errors)
+}
+
 /// The enabled versions of the seed-001 secret, oldest first, by value.
 fn enabled_values(env: &Env) -> Vec<String> {
     env.fake
@@ -543,13 +555,7 @@ fn enabled_values(env: &Env) -> Vec<String> {
 /// rotation, which completes, leaves only its own version enabled after the grace.
 #[tokio::test]
 async fn a_compensation_then_a_completion_leave_one_enabled_version() {
-    let env = Env::start().await;
-    env.fake.kv_seed(VAULT, API_SECRET, OLD_API_KEY);
-    let mut seeded: Vec<(&str, &str)> = OTHERS.to_vec();
-    seeded.push((SETTING, OLD_API_KEY));
-    env.fake.site_seed(SUB, RG, SITE, None, &seeded);
-    let errors = ErrorLog::default();
-    let (runner, _journal) = seed_001_runner(&env, &errors);
+    let (env, runner, _errors) = seeded_001().await;
 
     let first = "0197a000-0000-7000-8000-000000000011";
     request(
@@ -592,13 +598,7 @@ async fn a_compensation_then_a_completion_leave_one_enabled_version() {
 /// leaves only the newest enabled.
 #[tokio::test]
 async fn a_store_listed_twice_leaves_one_enabled_version() {
-    let env = Env::start().await;
-    env.fake.kv_seed(VAULT, API_SECRET, OLD_API_KEY);
-    let mut seeded: Vec<(&str, &str)> = OTHERS.to_vec();
-    seeded.push((SETTING, OLD_API_KEY));
-    env.fake.site_seed(SUB, RG, SITE, None, &seeded);
-    let errors = ErrorLog::default();
-    let (runner, _journal) = seed_001_runner(&env, &errors);
+    let (env, runner, _errors) = seeded_001().await;
     let targets = [
         (Role::Rotator, "random"),
         (Role::Store, "vault"),
