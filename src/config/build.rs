@@ -306,7 +306,7 @@ impl Config {
                     credential,
                     content_type,
                     verify_challenge_resource,
-                    requests_per_10s: _,
+                    ..
                 } => {
                     let vault = url(&what, vault_url)?;
                     let limit = vault_limits.get(&vault_key(&vault)).copied();

@@ -170,6 +170,11 @@ pub enum ProviderConfig {
         /// Turn off only for loopback test vaults.
         #[serde(default = "yes")]
         verify_challenge_resource: bool,
+        /// The vault's name as Event Grid events give it (`VaultName`), matched without
+        /// regard to case. When not set, the first label of `vault_url`'s host, or for an
+        /// IP address or localhost, its last path segment; a loaded [`Config`] holds the
+        /// name in effect (`None`: the URL gives none, so no event matches this vault).
+        vault_name: Option<String>,
         /// Most requests rekey sends this vault in any 10 s (default 1,900: 95% of Key
         /// Vault's 2,000). Lower it to leave room for the vault's other clients; stores of
         /// one vault share one budget, the smallest configured.
@@ -691,8 +696,26 @@ impl Config {
                         follow_symlinks,
                     }
                 }
-                other @ (ProviderConfig::KeyVault { .. }
-                | ProviderConfig::AppSetting { .. }
+                mut p @ ProviderConfig::KeyVault { .. } => {
+                    check_azure_provider(name, &p, &credentials)
+                        .map_err(|m| invalid(Some(spanned.span()), m))?;
+                    if let ProviderConfig::KeyVault {
+                        vault_url,
+                        vault_name: given,
+                        ..
+                    } = &mut p
+                    {
+                        match given {
+                            Some(v) => check_vault_name(name, v).map_err(|m| {
+                                let here = provider_key_span(text, name, "vault_name");
+                                invalid(here.or(Some(spanned.span())), m)
+                            })?,
+                            None => *given = vault_name(vault_url),
+                        }
+                    }
+                    p
+                }
+                other @ (ProviderConfig::AppSetting { .. }
                 | ProviderConfig::EntraPassword { .. }
                 | ProviderConfig::StorageKeys { .. }
                 | ProviderConfig::OauthToken { .. }) => {
@@ -924,14 +947,40 @@ impl Config {
         self.secrets.values().find_map(|plan| {
             let in_vault = plan.targets.iter().any(|t| {
                 t.role == Role::Store
-                    && matches!(
-                        self.providers.get(&t.name),
-                        Some(ProviderConfig::KeyVault { vault_url, .. })
-                            if vault_name(vault_url).is_some_and(|n| n.eq_ignore_ascii_case(vault))
-                    )
+                    && self
+                        .vault_name_of(&t.name)
+                        .is_some_and(|n| n.eq_ignore_ascii_case(vault))
             });
             (in_vault && plan.secret.eq_ignore_ascii_case(secret)).then_some(plan.secret.as_str())
         })
+    }
+
+    /// The vaults events are matched against: each `key_vault` provider that stores a
+    /// secret, with the vault name in effect (`None` when its URL gives none and
+    /// `vault_name` is not set), in provider order.
+    pub fn event_vaults(&self) -> Vec<(&str, Option<&str>)> {
+        let stores: std::collections::BTreeSet<&str> = self
+            .secrets
+            .values()
+            .flat_map(|plan| &plan.targets)
+            .filter(|t| t.role == Role::Store)
+            .map(|t| t.name.as_str())
+            .collect();
+        self.providers
+            .iter()
+            .filter(|(name, p)| {
+                stores.contains(name.as_str()) && matches!(p, ProviderConfig::KeyVault { .. })
+            })
+            .map(|(name, _)| (name.as_str(), self.vault_name_of(name)))
+            .collect()
+    }
+
+    /// The vault name in effect of the `key_vault` provider `provider`.
+    fn vault_name_of(&self, provider: &str) -> Option<&str> {
+        match self.providers.get(provider) {
+            Some(ProviderConfig::KeyVault { vault_name, .. }) => vault_name.as_deref(),
+            _ => None,
+        }
     }
 
     /// The plan of the secret `name`.
@@ -996,9 +1045,9 @@ fn http_limits(d: Option<&RawDaemon>) -> Result<crate::daemon::serve::Limits, St
 /// Most connections `[daemon] connections_max` may allow.
 pub const CONNECTIONS_MAX_LIMIT: usize = 65_536;
 
-/// A vault's name as Event Grid gives it: the first label of `https://<name>.vault.azure.net`,
-/// or, for a vault served under a path on an IP address or localhost (test servers,
-/// emulators), the last path segment.
+/// A vault's name as Event Grid gives it, when `vault_name` is not set: the first label of
+/// `https://<name>.vault.azure.net`, or, for a vault served under a path on an IP address
+/// or localhost (test servers, emulators), the last path segment.
 pub(crate) fn vault_name(vault_url: &str) -> Option<String> {
     let url = url::Url::parse(vault_url).ok()?;
     match url.host()? {
@@ -1008,6 +1057,37 @@ pub(crate) fn vault_name(vault_url: &str) -> Option<String> {
             .rfind(|s| !s.is_empty())
             .map(str::to_owned),
     }
+}
+
+/// Checks that provider `name`'s `vault_name` is a Key Vault name as Azure allows one:
+/// 3 to 24 characters of A-Z a-z 0-9 and `-`, starting with a letter, ending with a letter
+/// or digit, no `--`.
+fn check_vault_name(name: &str, vault_name: &str) -> Result<(), String> {
+    let b = vault_name.as_bytes();
+    let fits = (3..=24).contains(&b.len())
+        && b[0].is_ascii_alphabetic()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        && !vault_name.contains("--");
+    if fits {
+        return Ok(());
+    }
+    Err(format!(
+        "provider {name}: vault_name = {} is not a Key Vault name: 3 to 24 letters, digits and hyphens, starting with a letter, ending with a letter or digit, no two hyphens in a row; write the vault's name as Event Grid events give it (their VaultName), e.g. \"contoso-prod\"",
+        quoted(vault_name)
+    ))
+}
+
+/// Where the value of `key` in `[providers.<provider>]` is written in `text`, for an error
+/// about that one key (a provider's own span is its table header).
+fn provider_key_span(text: &str, provider: &str, key: &str) -> Option<Range<usize>> {
+    #[derive(Deserialize)]
+    struct Spans {
+        #[serde(default)]
+        providers: BTreeMap<String, BTreeMap<String, Spanned<toml::Value>>>,
+    }
+    let spans: Spans = toml::from_str(text).ok()?;
+    Some(spans.providers.get(provider)?.get(key)?.span())
 }
 
 fn serves(kind: &ProviderConfig, role: Role) -> bool {
@@ -1403,6 +1483,114 @@ grace = "1h"
                 err.contains(&format!("requests_per_10s = {n} must be 1 to 2000")),
                 "{err}"
             );
+        }
+    }
+
+    /// A config of one secret `s` in one `key_vault` store `vault` at `url`, with `extra`
+    /// lines at the end of the store's table (from line 15).
+    fn key_vault_config(url: &str, extra: &str) -> String {
+        format!(
+            r#"[journal]
+path = "journal.db"
+
+[credentials.x]
+kind = "static_token"
+token_env = "T"
+
+[providers.random]
+kind = "random"
+
+[providers.vault]
+kind = "key_vault"
+vault_url = "{url}"
+credential = "x"
+{extra}
+[secrets.s]
+rotator = "random"
+stores = ["vault"]
+verifiers = ["vault"]
+grace = "1h"
+"#
+        )
+    }
+
+    /// Events are matched by the store's `vault_name`, which defaults to the first label of
+    /// the host, or the last path segment for an IP address or localhost, and is kept as
+    /// written when set (matching ignores case).
+    #[test]
+    fn a_key_vaults_event_name_defaults_to_its_url_unless_vault_name_is_set() {
+        let named = "vault_name = \"Contoso-Prod\"\n";
+        let cases = [
+            (
+                "https://contoso-prod.vault.azure.net",
+                "",
+                Some("contoso-prod"),
+            ),
+            (
+                "https://KV1.privatelink.vaultcore.azure.net/",
+                "",
+                Some("kv1"),
+            ),
+            ("http://127.0.0.1:8443/kv/store-a", "", Some("store-a")),
+            ("http://localhost:8443/store-b/", "", Some("store-b")),
+            ("http://[::1]:8443/kv/store-c", "", Some("store-c")),
+            ("https://10.1.2.3/", "", None),
+            ("https://10.1.2.3/", named, Some("Contoso-Prod")),
+            (
+                "http://127.0.0.1:8443/kv/store-a",
+                named,
+                Some("Contoso-Prod"),
+            ),
+            ("https://kv.corp.example", named, Some("Contoso-Prod")),
+        ];
+        for (url, extra, want) in cases {
+            let c = parse(&key_vault_config(url, extra)).unwrap();
+            assert_eq!(c.event_vaults(), [("vault", want)], "{url} {extra}");
+            for vault in ["store-a", "kv", "10", "10.1.2.3", "contoso"] {
+                if Some(vault) != want {
+                    assert_eq!(c.secret_in_vault(vault, "s"), None, "{url} {extra} {vault}");
+                }
+            }
+            if let Some(name) = want {
+                assert_eq!(
+                    c.secret_in_vault(&name.to_ascii_uppercase(), "S"),
+                    Some("s")
+                );
+                assert_eq!(c.secret_in_vault(name, "other"), None);
+            }
+        }
+    }
+
+    /// A `vault_name` that cannot be a Key Vault's is refused, naming the file, the line
+    /// and column of the value, the key, the value and what a name may hold.
+    #[test]
+    fn a_bad_vault_name_is_refused_with_its_place_and_the_rule() {
+        let url = "https://kv.corp.example";
+        for good in ["abc", "Contoso-Prod-1", &format!("a{}", "b".repeat(23))] {
+            let text = key_vault_config(url, &format!("vault_name = \"{good}\"\n"));
+            assert!(parse(&text).is_ok(), "{good}");
+        }
+        let long = "a".repeat(25);
+        for bad in [
+            "",
+            "ab",
+            &long,
+            "1kv",
+            "-kv",
+            "kv-",
+            "k--v",
+            "kv_1",
+            "kv.1",
+            "kv 1",
+            "ünïcødé",
+        ] {
+            let text = key_vault_config(url, &format!("vault_name = \"{bad}\"\n"));
+            let err = parse(&text).unwrap_err().to_string();
+            let want = format!(
+                "/etc/rekey/rekey.toml:15:14: provider vault: vault_name = {} is not a Key Vault name: 3 to 24 letters, digits and hyphens, starting with a letter, ending with a letter or digit, no two hyphens in a row",
+                quoted(bad)
+            );
+            assert!(err.starts_with(&want), "{err}");
         }
     }
 

@@ -2,7 +2,8 @@
 //! near-expiry starts a rotation; a redelivered event id starts nothing; rekey's own new
 //! version, other vaults' secrets and unknown types are acknowledged and journaled as
 //! ignored; an unauthenticated post is refused with nothing journaled. Any event id is
-//! recorded, and no event requests a rotation twice.
+//! recorded, and no event requests a rotation twice. A store's `vault_name` is what events
+//! are matched against.
 
 use std::time::Duration;
 
@@ -294,4 +295,58 @@ async fn odd_event_ids_are_recorded_and_no_event_rotates_twice() {
     assert_eq!(rotations(&r), second, "the event's request was made twice");
     r.handle.signal();
     assert_eq!(r.done.await.unwrap().completed, 2);
+}
+
+/// Where the fake serves the vault of [`named_config`]: a path that is not its name.
+const STORE_PATH: &str = "store-a";
+/// The vault's name in Event Grid events, given to its store as `vault_name`.
+const VAULT_NAME: &str = "contoso-prod";
+
+/// [`config`] with the store at the loopback fake's `/store-a`, named `contoso-prod`.
+fn named_config(env: &Env) -> String {
+    let text = config(env)
+        .replace(
+            &env.fake.keyvault_url(VAULT),
+            &env.fake.keyvault_url(STORE_PATH),
+        )
+        .replace(
+            "verify_challenge_resource = false\n",
+            &format!("verify_challenge_resource = false\nvault_name = \"{VAULT_NAME}\"\n"),
+        );
+    assert!(text.contains(&format!("/{STORE_PATH}\"")) && text.contains(VAULT_NAME));
+    text
+}
+
+/// A store's `vault_name` (in another case than the event's) matches events for that
+/// vault although its loopback URL ends in another name; the URL's own last segment
+/// then names no vault rekey knows.
+#[tokio::test]
+async fn a_stores_vault_name_matches_events_for_its_vault() {
+    let env = Env::start_real_clock().await;
+    env.fake.kv_seed(STORE_PATH, SECRET, "old-value");
+    let tmp = tempfile::tempdir().unwrap();
+    let r = start_with(tmp.path(), &named_config(&env), 4, &|var| {
+        (var == "SP_SECRET").then(|| CLIENT_SECRET.to_owned())
+    })
+    .await;
+
+    let batch = json!([
+        grid_event("n1", "SecretNearExpiry", "Contoso-Prod", SECRET, "aa11"),
+        grid_event("n2", "SecretNearExpiry", STORE_PATH, SECRET, "aa11"),
+    ]);
+    assert_eq!(post(&r, &batch, Some(HOOK_SECRET)).await.status(), 200);
+    until_none_open(&r).await;
+    let said = |id| outcome(&r, id).unwrap_or_default();
+    assert!(said("n1").starts_with("started "), "{}", said("n1"));
+    assert!(said("n2").contains("not configured"), "{}", said("n2"));
+    assert_eq!(rotations(&r).len(), 1);
+    let written = env
+        .fake
+        .kv_versions(STORE_PATH, SECRET)
+        .into_iter()
+        .filter(|v| v.tags.contains_key("rekey-rotation"))
+        .count();
+    assert_eq!(written, 1, "the rotation wrote the vault at its URL");
+    r.handle.signal();
+    assert_eq!(r.done.await.unwrap().completed, 1);
 }
