@@ -35,6 +35,66 @@ pub enum Decision {
     Rotate { secret: String },
     /// Acknowledge and do nothing, for this reason.
     Ignore { why: String },
+    /// Acknowledge and do nothing: no `key_vault` store has the event's vault name (a
+    /// `vault_name` may be missing), which the operator should hear about.
+    UnknownVault { why: String },
+}
+
+/// Most unknown vault names the daemon remembers having logged; past it, one more line
+/// says further ones go unlogged (events are still journaled), so a sender cannot grow
+/// the set without bound.
+pub const UNKNOWN_VAULTS_LOGGED_MAX: usize = 1_000;
+
+/// Whether an event for a vault no store names is to be logged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UnknownVaultLog {
+    /// The first event for this vault name: log it.
+    First,
+    /// Logged before: stay quiet.
+    Again,
+    /// The first name past [`UNKNOWN_VAULTS_LOGGED_MAX`]: say that no more are logged.
+    TooMany,
+}
+
+/// The unknown vault names already logged (without regard to case, as Key Vault names
+/// are), so each is logged once however many events name it.
+#[derive(Debug, Default)]
+pub struct UnknownVaults {
+    logged: std::collections::HashSet<String>,
+    full: bool,
+}
+
+impl UnknownVaults {
+    /// Whether to log an event for the unknown vault `vault`.
+    pub fn log(&mut self, vault: &str) -> UnknownVaultLog {
+        let key = short(vault).to_ascii_lowercase();
+        if self.logged.contains(&key) || self.full {
+            return UnknownVaultLog::Again;
+        }
+        if self.logged.len() >= UNKNOWN_VAULTS_LOGGED_MAX {
+            self.full = true;
+            return UnknownVaultLog::TooMany;
+        }
+        self.logged.insert(key);
+        UnknownVaultLog::First
+    }
+}
+
+/// The vault names events are matched against, for a log line: `name (provider P)` for
+/// each `key_vault` store, or `provider P: none (set vault_name)`.
+pub fn known_vaults(config: &Config) -> String {
+    let vaults = config.event_vaults();
+    if vaults.is_empty() {
+        return "none (no key_vault store is configured)".to_owned();
+    }
+    vaults
+        .iter()
+        .map(|(provider, name)| match name {
+            Some(name) => format!("{name} (provider {provider})"),
+            None => format!("provider {provider}: none (set vault_name)"),
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// The journal record of one received event.
@@ -116,8 +176,22 @@ pub fn decide<J: JournalRead + JournalScan>(
 ) -> Result<Decision, rekey_journal::Error> {
     let Some(secret) = config.secret_in_vault(&event.vault, &event.secret) else {
         let (secret, vault) = (short(&event.secret), short(&event.vault));
-        return Ok(Decision::Ignore {
-            why: format!("secret {secret} of vault {vault} is not configured in a key_vault store"),
+        let known = config
+            .event_vaults()
+            .iter()
+            .any(|(_, name)| name.is_some_and(|n| n.eq_ignore_ascii_case(&event.vault)));
+        return Ok(if known {
+            Decision::Ignore {
+                why: format!(
+                    "secret {secret} of vault {vault} is not configured in a key_vault store"
+                ),
+            }
+        } else {
+            Decision::UnknownVault {
+                why: format!(
+                    "vault {vault} is not configured: no key_vault store has this vault_name"
+                ),
+            }
         });
     };
     Ok(match &event.kind {
@@ -288,6 +362,23 @@ mod tests {
         (fat.vault, fat.secret) = (huge.clone(), huge.clone());
         fat.kind = EventKind::Other(huge.clone());
         assert_eq!(recorded_once(&fat), (true, false));
+    }
+
+    /// Each unknown vault name is logged once in any case; past the limit one line says
+    /// the rest go unlogged, and the names logged before stay quiet.
+    #[test]
+    fn unknown_vaults_are_logged_once_per_name_up_to_a_limit() {
+        let mut seen = UnknownVaults::default();
+        assert_eq!(seen.log("other-vault"), UnknownVaultLog::First);
+        assert_eq!(seen.log("Other-Vault"), UnknownVaultLog::Again);
+        assert_eq!(seen.log("other-vault"), UnknownVaultLog::Again);
+        for i in 1..UNKNOWN_VAULTS_LOGGED_MAX {
+            assert_eq!(seen.log(&format!("v{i}")), UnknownVaultLog::First);
+        }
+        assert_eq!(seen.log("one-too-many"), UnknownVaultLog::TooMany);
+        assert_eq!(seen.log("two-too-many"), UnknownVaultLog::Again);
+        assert_eq!(seen.log("OTHER-VAULT"), UnknownVaultLog::Again);
+        assert_eq!(seen.logged.len(), UNKNOWN_VAULTS_LOGGED_MAX);
     }
 
     proptest! {

@@ -192,6 +192,8 @@ pub struct Daemon<J: RunnerJournal + 'static> {
     webhook_tx: mpsc::Sender<Delivery>,
     webhook: mpsc::Receiver<Delivery>,
     notifier: Option<Arc<Notifier<J>>>,
+    /// Vault names of events no store names, already logged.
+    unknown_vaults: events::UnknownVaults,
     /// Wakes the delivery task when a notice was journaled.
     kick: Arc<tokio::sync::Notify>,
     summary: Summary,
@@ -258,6 +260,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             webhook_tx,
             webhook,
             notifier: None,
+            unknown_vaults: events::UnknownVaults::default(),
             kick: Arc::new(tokio::sync::Notify::new()),
             summary: Summary::default(),
         };
@@ -521,12 +524,35 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                     info!(event_id, kind, why, "event ignored");
                     format!("ignored: {why}")
                 }
+                events::Decision::UnknownVault { why } => {
+                    let kind = events::short(event.kind.as_str());
+                    info!(event_id, kind, why, "event ignored");
+                    self.log_unknown_vault(&event.vault);
+                    format!("ignored: {why}")
+                }
             };
             events::record(&*self.journal, event, &outcome)
                 .await
                 .map_err(|e| e.to_string())?;
         }
         Ok(())
+    }
+
+    /// Warns, once per vault name, that an event names a vault no store names: the
+    /// config may lack a `vault_name`, or the subscription sends other vaults' events.
+    fn log_unknown_vault(&mut self, vault: &str) {
+        match self.unknown_vaults.log(vault) {
+            events::UnknownVaultLog::First => warn!(
+                vault = events::short(vault),
+                known = events::known_vaults(&self.config),
+                "Key Vault events name a vault that no key_vault store names: they are journaled as ignored; if it is one of yours, set vault_name on its store (logged once per vault)"
+            ),
+            events::UnknownVaultLog::TooMany => warn!(
+                limit = events::UNKNOWN_VAULTS_LOGGED_MAX,
+                "Key Vault events name more unknown vaults than are logged; further ones are journaled as ignored without a log line"
+            ),
+            events::UnknownVaultLog::Again => {}
+        }
     }
 
     /// Re-derives `secret`'s due time from the journal.

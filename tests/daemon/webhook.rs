@@ -3,8 +3,9 @@
 //! version, other vaults' secrets and unknown types are acknowledged and journaled as
 //! ignored; an unauthenticated post is refused with nothing journaled. Any event id is
 //! recorded, and no event requests a rotation twice. A store's `vault_name` is what events
-//! are matched against.
+//! are matched against, and events for a vault no store names are logged once per name.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rekey::journal::{JournalRead, JournalScan, StreamFilter};
@@ -349,4 +350,112 @@ async fn a_stores_vault_name_matches_events_for_its_vault() {
     assert_eq!(written, 1, "the rotation wrote the vault at its URL");
     r.handle.signal();
     assert_eq!(r.done.await.unwrap().completed, 1);
+}
+
+/// Tracing output of the current thread (the test's current-thread runtime runs the
+/// daemon and its webhook there too).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// Captures everything until the guards drop. A second live dispatcher keeps
+    /// tracing-core from caching a callsite as off because another test's thread, without
+    /// a subscriber, hit it first.
+    fn capture(&self) -> (tracing::subscriber::DefaultGuard, tracing::Dispatch) {
+        let second = tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default());
+        let sink = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || sink.clone())
+            .finish();
+        (tracing::subscriber::set_default(subscriber), second)
+    }
+
+    fn lines_with(&self, level: &str, text: &str) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .filter(|l| l.contains(&format!(" {level} ")) && l.contains(text))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Events for vaults no store names are journaled as ignored, each one, and logged at
+/// WARN once per vault name (in any case), naming the vaults rekey knows; events for the
+/// named vault are not.
+#[tokio::test]
+async fn events_for_an_unknown_vault_warn_once_per_vault_name() {
+    let logs = Logs::default();
+    let _capture = logs.capture();
+    let env = Env::start_real_clock().await;
+    let tmp = tempfile::tempdir().unwrap();
+    let r = start_with(tmp.path(), &named_config(&env), 4, &|var| {
+        (var == "SP_SECRET").then(|| CLIENT_SECRET.to_owned())
+    })
+    .await;
+
+    let first = json!([
+        grid_event("u1", "SecretNearExpiry", "other-vault", SECRET, "aa11"),
+        grid_event(
+            "u2",
+            "SecretNewVersionCreated",
+            "other-vault",
+            SECRET,
+            "aa12"
+        ),
+        grid_event("u3", "SecretNearExpiry", "third-vault", "db", "aa13"),
+        grid_event(
+            "u4",
+            "SecretNewVersionCreated",
+            VAULT_NAME,
+            "unlisted",
+            "aa14"
+        ),
+    ]);
+    assert_eq!(post(&r, &first, Some(HOOK_SECRET)).await.status(), 200);
+    let again = json!([
+        grid_event("u5", "SecretNearExpiry", "OTHER-VAULT", SECRET, "aa15"),
+        grid_event("u6", "SecretExpired", "third-vault", "db", "aa16"),
+        grid_event("u7", "SecretNearExpiry", "other-vault", SECRET, "aa17"),
+    ]);
+    assert_eq!(post(&r, &again, Some(HOOK_SECRET)).await.status(), 200);
+
+    let said = |id| outcome(&r, id).unwrap_or_default();
+    for id in ["u1", "u2", "u3", "u5", "u6", "u7"] {
+        assert!(
+            said(id).starts_with("ignored: vault ") && said(id).contains("not configured"),
+            "{id}: {}",
+            said(id)
+        );
+    }
+    assert!(
+        said("u4").contains("secret unlisted of vault contoso-prod is not configured"),
+        "{}",
+        said("u4")
+    );
+    assert!(rotations(&r).is_empty());
+
+    let warned = logs.lines_with("WARN", "no key_vault store names");
+    assert_eq!(warned.len(), 2, "one line per unknown vault: {warned:#?}");
+    for (line, vault) in warned.iter().zip(["other-vault", "third-vault"]) {
+        assert!(line.contains(&format!("vault=\"{vault}\"")), "{line}");
+        assert!(
+            line.contains(&format!("{VAULT_NAME} (provider vault)")),
+            "the line names the vaults rekey knows: {line}"
+        );
+    }
+    r.handle.signal();
+    r.done.await.unwrap();
 }
