@@ -135,6 +135,45 @@ pub enum Error {
     #[error("the journal writer has stopped; reopen the journal")]
     WriterStopped,
 
+    /// The PostgreSQL schema named for the journal holds something that is not a rekey journal.
+    #[error(
+        "{target}: not a rekey journal ({reason}); point the journal at a schema rekey created, or at a schema that does not exist yet (nothing was changed)"
+    )]
+    NotAPostgresJournal { target: String, reason: String },
+
+    /// The PostgreSQL journal was written by a newer rekey; we refuse rather than guess.
+    #[error(
+        "{target}: journal schema version {found} is newer than the newest this rekey understands ({supported}); upgrade rekey to open it (nothing was changed)"
+    )]
+    NewerPostgresSchema {
+        target: String,
+        found: i64,
+        supported: i64,
+    },
+
+    /// The PostgreSQL server would acknowledge commits it has not made durable.
+    #[error(
+        "{target}: cannot make the journal durable: the server's {setting} is {found}, rekey requires {required}; change it in postgresql.conf (nothing was changed)"
+    )]
+    PostgresNotDurable {
+        target: String,
+        setting: &'static str,
+        found: String,
+        required: &'static str,
+    },
+
+    /// The PostgreSQL journal was configured wrongly (before anything was read or written).
+    #[error("PostgreSQL journal: {reason}")]
+    PostgresConfig { reason: String },
+
+    /// Any other PostgreSQL failure, with what we were doing and where.
+    #[error("journal {context} on {target}: {}", crate::postgres::describe(cause))]
+    Postgres {
+        target: String,
+        context: String,
+        cause: tokio_postgres::Error,
+    },
+
     /// Any other SQLite failure, with what we were doing.
     #[error("journal {context}: {cause}")]
     Sqlite {
@@ -169,6 +208,7 @@ impl Error {
                     ..
                 } if matches!(e.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
             )
+            || matches!(self, Error::Postgres { cause, .. } if crate::postgres::is_transient(cause))
     }
 }
 

@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::api::StreamInfo;
 use crate::error::{Error, Result};
 
 /// Largest event accepted, type and payload together (TigerStyle: a limit on everything).
@@ -279,6 +280,33 @@ pub(crate) fn check_links(
         }
         last_seq = e.stream_seq;
         last_hash = e.hash;
+    }
+    Ok(())
+}
+
+/// Checks that `events`, read in one snapshot with the stream's summary `info`, are the
+/// stream's whole, intact history: linked from genesis, and ending where the head record
+/// (written in the same transaction as the events it names) says.
+pub(crate) fn check_stream(
+    stream_id: &str,
+    info: Option<&StreamInfo>,
+    events: &[Event],
+) -> Result<()> {
+    check_links(0, Digest32::GENESIS, events)?;
+    let (last_seq, last_hash) = events
+        .last()
+        .map_or((0, Digest32::GENESIS), |e| (e.stream_seq, e.hash));
+    if let Some(info) = info
+        && (info.head_seq != last_seq || info.head_hash != last_hash)
+    {
+        return Err(Error::Corrupt {
+            stream: stream_id.to_owned(),
+            seq: last_seq + 1,
+            detail: format!(
+                "the stream's events end at sequence {last_seq} but its head record says {}",
+                info.head_seq
+            ),
+        });
     }
     Ok(())
 }

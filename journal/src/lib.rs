@@ -14,6 +14,7 @@ mod error;
 mod event;
 mod memory;
 mod ops;
+mod postgres;
 mod schema;
 mod sqlite;
 mod verify;
@@ -31,5 +32,6 @@ pub use event::{
 pub use memory::MemoryJournal;
 pub use ops::DEFAULT_STATUS;
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
+pub use postgres::{DEFAULT_PG_SCHEMA, PostgresConfig, PostgresJournal};
 pub use sqlite::SqliteJournal;
 pub use verify::{BrokenLink, VerifyReport};

@@ -20,7 +20,7 @@ use crate::api::{
 };
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::event::{Digest32, Event, check_links};
+use crate::event::{Digest32, Event, check_stream};
 use crate::ops::{self, DEFAULT_STATUS, HeadUpdate, WriteStore};
 use crate::schema::{self, Found};
 use crate::verify::{Verifier, VerifyReport};
@@ -937,23 +937,7 @@ impl JournalRead for SqliteJournal {
                 ))
                 .map_err(Error::sqlite("reading a stream"))?;
             let events = collect_events(&mut stmt, [stream_id])?;
-            check_links(0, Digest32::GENESIS, &events)?;
-            // The head record is written in the same transaction as the events it names.
-            let (last_seq, last_hash) = events
-                .last()
-                .map_or((0, Digest32::GENESIS), |e| (e.stream_seq, e.hash));
-            if let Some(info) = info
-                && (info.head_seq != last_seq || info.head_hash != last_hash)
-            {
-                return Err(Error::Corrupt {
-                    stream: stream_id.to_owned(),
-                    seq: last_seq + 1,
-                    detail: format!(
-                        "the stream's events end at sequence {last_seq} but its head record says {}",
-                        info.head_seq
-                    ),
-                });
-            }
+            check_stream(stream_id, info.as_ref(), &events)?;
             Ok(events)
         })
     }

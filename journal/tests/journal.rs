@@ -1,10 +1,13 @@
 //! The `rekey-journal` test suite: one binary, one module per concern.
 //!
-//! Every test uses its own temp dir. Time is a `ManualClock` wherever it matters, so lease
+//! Every test uses its own temp dir (SQLite) or schema (PostgreSQL: one server, started by
+//! the tests on 127.0.0.1, per run). Time is a `ManualClock` wherever it matters, so lease
 //! and timer assertions are exact. The crash test re-executes this binary as its child.
 
 #[path = "journal/common.rs"]
 mod common;
+#[path = "journal/pg_server.rs"]
+mod pg_server;
 
 #[path = "journal/bad_input.rs"]
 mod bad_input;
@@ -20,6 +23,8 @@ mod group_commit;
 mod leases;
 #[path = "journal/modes.rs"]
 mod modes;
+#[path = "journal/postgres.rs"]
+mod postgres;
 #[path = "journal/properties.rs"]
 mod properties;
 #[path = "journal/tamper.rs"]

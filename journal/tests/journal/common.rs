@@ -7,8 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rekey_journal::{
-    Append, Appended, Digest32, Event, JournalAppend, JournalRead, JournalScan, Leases,
-    ManualClock, MemoryJournal, NewEvent, SqliteJournal, VerifyReport,
+    Append, Appended, Digest32, Event, Head, JournalAppend, JournalRead, JournalScan, Lease,
+    Leases, ManualClock, MemoryJournal, NewEvent, PostgresJournal, Result, SqliteJournal,
+    StreamFilter, StreamInfo, Timer, VerifyReport,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -46,6 +47,201 @@ pub fn open_sqlite(path: &Path, clock: &ManualClock) -> SqliteJournal {
 pub fn memory(clock: &ManualClock) -> MemoryJournal {
     MemoryJournal::new(Arc::new(clock.clone()))
 }
+
+/// The durable engines; the suites that apply to both run once on each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Sqlite,
+    Postgres,
+}
+
+/// Where one durable journal lives: a file in a temp dir, or a schema of the test server's
+/// database. Opening it again reopens the same journal, as a restarted rekey would.
+#[derive(Debug)]
+pub struct Place {
+    pub kind: Kind,
+    /// Keeps the SQLite file's directory alive.
+    pub dir: Option<TempDir>,
+    pub path: PathBuf,
+    pub schema: String,
+}
+
+impl Place {
+    /// A new place where no journal exists yet.
+    pub fn new(kind: Kind) -> Self {
+        match kind {
+            Kind::Sqlite => {
+                let (dir, path) = scratch();
+                Self {
+                    kind,
+                    dir: Some(dir),
+                    path,
+                    schema: String::new(),
+                }
+            }
+            Kind::Postgres => Self {
+                kind,
+                dir: None,
+                path: PathBuf::new(),
+                schema: crate::pg_server::fresh_schema(),
+            },
+        }
+    }
+
+    /// Opens the journal writable, stamped by `clock`.
+    pub fn open(&self, clock: &ManualClock) -> Journal {
+        match self.kind {
+            Kind::Sqlite => Journal::Sqlite(open_sqlite(&self.path, clock)),
+            Kind::Postgres => Journal::Postgres(
+                PostgresJournal::open_with_clock(
+                    crate::pg_server::config(),
+                    &self.schema,
+                    Arc::new(clock.clone()),
+                )
+                .unwrap_or_else(|e| panic!("opening schema {}: {e}", self.schema)),
+            ),
+        }
+    }
+
+    /// Opens the journal writable, stamped by the real clock (SQLite: the system's;
+    /// PostgreSQL: the database's).
+    pub fn open_real_time(&self) -> Journal {
+        match self.kind {
+            Kind::Sqlite => Journal::Sqlite(
+                SqliteJournal::open(&self.path)
+                    .unwrap_or_else(|e| panic!("opening {}: {e}", self.path.display())),
+            ),
+            Kind::Postgres => Journal::Postgres(
+                PostgresJournal::open(crate::pg_server::config(), &self.schema)
+                    .unwrap_or_else(|e| panic!("opening schema {}: {e}", self.schema)),
+            ),
+        }
+    }
+
+    /// Opens the journal for an audit: read-only for SQLite (PostgreSQL has no read-only
+    /// open; an audit there only reads).
+    pub fn open_audit(&self) -> Journal {
+        match self.kind {
+            Kind::Sqlite => Journal::Sqlite(
+                SqliteJournal::open_read_only(&self.path)
+                    .unwrap_or_else(|e| panic!("auditing {}: {e}", self.path.display())),
+            ),
+            Kind::Postgres => self.open_real_time(),
+        }
+    }
+}
+
+/// A durable journal of either engine.
+#[derive(Debug)]
+pub enum Journal {
+    Sqlite(SqliteJournal),
+    Postgres(PostgresJournal),
+}
+
+/// Calls `$method` on whichever engine `$j` is.
+macro_rules! each {
+    ($j:expr, $inner:ident => $call:expr) => {
+        match $j {
+            Journal::Sqlite($inner) => $call,
+            Journal::Postgres($inner) => $call,
+        }
+    };
+}
+
+impl Journal {
+    pub fn verify(&self, exported: Option<&[Head]>) -> Result<VerifyReport> {
+        each!(self, j => j.verify(exported))
+    }
+
+    pub fn heads(&self) -> Result<Vec<Head>> {
+        each!(self, j => j.heads())
+    }
+}
+
+impl JournalRead for Journal {
+    fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
+        each!(self, j => j.read_stream(stream_id))
+    }
+
+    fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
+        each!(self, j => j.stream_info(stream_id))
+    }
+}
+
+impl JournalScan for Journal {
+    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        each!(self, j => j.read_after(after, limit))
+    }
+
+    fn streams(&self, filter: &StreamFilter) -> Result<Vec<StreamInfo>> {
+        each!(self, j => j.streams(filter))
+    }
+
+    fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
+        each!(self, j => j.due_timers(now_ms, limit))
+    }
+
+    fn next_timer(&self) -> Result<Option<Timer>> {
+        each!(self, j => j.next_timer())
+    }
+}
+
+impl JournalAppend for Journal {
+    async fn append(&self, append: Append) -> Result<Appended> {
+        each!(self, j => j.append(append).await)
+    }
+}
+
+impl Leases for Journal {
+    async fn acquire(&self, stream_id: &str, owner: &str, ttl_ms: i64) -> Result<Lease> {
+        each!(self, j => j.acquire(stream_id, owner, ttl_ms).await)
+    }
+
+    async fn renew(&self, lease: &Lease, ttl_ms: i64) -> Result<Lease> {
+        each!(self, j => j.renew(lease, ttl_ms).await)
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        each!(self, j => j.release(lease).await)
+    }
+}
+
+/// Makes `mod $body { fn sqlite; fn postgres }`, two tests running the async test body
+/// `$body(kind)` on each durable engine.
+macro_rules! on_both_engines {
+    ($($body:ident),+ $(,)?) => {$(
+        mod $body {
+            #[tokio::test]
+            async fn sqlite() {
+                super::$body(crate::common::Kind::Sqlite).await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                super::$body(crate::common::Kind::Postgres).await
+            }
+        }
+    )+};
+}
+pub(crate) use on_both_engines;
+
+/// As [`on_both_engines`], for synchronous test bodies `$body(kind)`.
+macro_rules! on_both_engines_sync {
+    ($($body:ident),+ $(,)?) => {$(
+        mod $body {
+            #[test]
+            fn sqlite() {
+                super::$body(crate::common::Kind::Sqlite)
+            }
+
+            #[test]
+            fn postgres() {
+                super::$body(crate::common::Kind::Postgres)
+            }
+        }
+    )+};
+}
+pub(crate) use on_both_engines_sync;
 
 /// An event of `kind` carrying `payload`.
 pub fn event(kind: &str, payload: Value) -> NewEvent {

@@ -1,4 +1,5 @@
-//! Property tests: whatever sequence of appends is made, both engines give the same answers,
+//! Property tests: whatever sequence of appends is made, each durable engine (SQLite and
+//! PostgreSQL) gives the same answers as the in-memory one,
 //! reads return exactly what was written, sequences are gap-free and chains verify; and
 //! racing writers on one stream never both win a sequence.
 
@@ -9,13 +10,13 @@ use proptest::collection::{btree_map, vec};
 use proptest::prelude::*;
 use rekey_journal::{
     Append, Error, Event, JournalAppend, JournalScan, ManualClock, MemoryJournal, NewEvent,
-    SqliteJournal, StreamFilter,
+    StreamFilter,
 };
 use serde_json::{Value, json};
 
 use crate::common::{
-    Engine, T0, assert_chain, assert_intact, block_on, block_on_threaded, event, head_seq,
-    manual_clock, memory, open_sqlite, read, scratch,
+    Engine, Kind, Place, T0, assert_chain, assert_intact, block_on, block_on_threaded, event,
+    head_seq, manual_clock, memory, read,
 };
 
 /// Stream ids exercising every allowed punctuation character.
@@ -84,18 +85,24 @@ fn op() -> impl Strategy<Value = Op> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 24, ..ProptestConfig::default() })]
 
-    /// Both engines run the same write rules, so the same appends on the same clock must give
+    /// All engines run the same write rules, so the same appends on the same clock must give
     /// identical answers and identical events, and reads must return exactly what was written.
     #[test]
-    fn appends_round_trip_identically_on_both_engines(ops in vec(op(), 1..24)) {
-        block_on(round_trip(ops));
+    fn appends_round_trip_identically_on_sqlite_and_in_memory(ops in vec(op(), 1..24)) {
+        block_on(round_trip(Kind::Sqlite, ops));
+    }
+
+    /// As above, on PostgreSQL.
+    #[test]
+    fn appends_round_trip_identically_on_postgres_and_in_memory(ops in vec(op(), 1..24)) {
+        block_on(round_trip(Kind::Postgres, ops));
     }
 }
 
-async fn round_trip(ops: Vec<Op>) {
-    let (_dir, path) = scratch();
+async fn round_trip(kind: Kind, ops: Vec<Op>) {
+    let place = Place::new(kind);
     let clock = manual_clock();
-    let sql = open_sqlite(&path, &clock);
+    let sql = place.open(&clock);
     let mem = memory(&clock);
     let mut model: BTreeMap<&str, Vec<NewEvent>> = BTreeMap::new();
     let mut last_global = 0;
@@ -110,7 +117,7 @@ async fn round_trip(ops: Vec<Op>) {
         let from_sql = sql.append(append.clone()).await;
         let from_mem = mem.append(append).await;
         if expected == head {
-            let a = from_sql.unwrap_or_else(|e| panic!("op {i}: sqlite refused: {e}"));
+            let a = from_sql.unwrap_or_else(|e| panic!("op {i}: {kind:?} refused: {e}"));
             let b = from_mem.unwrap_or_else(|e| panic!("op {i}: memory refused: {e}"));
             assert_eq!(a, b, "op {i}: the engines disagree on the append's outcome");
             let len = op.events.len() as u64;
@@ -126,7 +133,7 @@ async fn round_trip(ops: Vec<Op>) {
             last_global = a.last_global_seq;
             written.extend(op.events.iter().cloned());
         } else {
-            for (engine, result) in [("sqlite", from_sql), ("memory", from_mem)] {
+            for (engine, result) in [(format!("{kind:?}"), from_sql), ("memory".into(), from_mem)] {
                 assert!(
                     matches!(&result, Err(Error::Conflict { expected: e, actual: a, .. })
                         if *e == expected && *a == head),
@@ -181,7 +188,7 @@ async fn round_trip(ops: Vec<Op>) {
     let report = sql
         .verify(Some(&sql.heads().expect("heads")))
         .expect("verify");
-    assert_intact(&report, "sqlite");
+    assert_intact(&report, &format!("{kind:?}"));
     assert_eq!(report.events, total as u64, "verify must read every event");
     assert_eq!(
         report.streams as usize,
@@ -191,7 +198,7 @@ async fn round_trip(ops: Vec<Op>) {
 
     // What was acknowledged is what a later process reads.
     drop(sql);
-    let reopened = open_sqlite(&path, &clock);
+    let reopened = place.open(&clock);
     assert_eq!(
         reopened.read_after(0, 100_000).expect("read_after"),
         all,
@@ -231,10 +238,12 @@ proptest! {
         len in 1u64..=3,
     ) {
         block_on_threaded(async {
-            let (_dir, path) = scratch();
-            let sql = Arc::new(SqliteJournal::open(&path).expect("opening the journal"));
-            race(sql.clone(), tasks, rounds, len).await;
-            assert_intact(&sql.verify(None).expect("verify"), "sqlite after the race");
+            for kind in [Kind::Sqlite, Kind::Postgres] {
+                let place = Place::new(kind);
+                let j = Arc::new(place.open_real_time());
+                race(j.clone(), tasks, rounds, len).await;
+                assert_intact(&j.verify(None).expect("verify"), &format!("{kind:?} after the race"));
+            }
             let mem = Arc::new(memory(&ManualClock::new(T0)));
             race(mem.clone(), tasks, rounds, len).await;
             assert_intact(&mem.verify(), "memory after the race");
@@ -366,10 +375,12 @@ fn retrying_writers_land_every_event_exactly_once() {
         }
     }
     block_on_threaded(async {
-        let (_dir, path) = scratch();
-        let sql = Arc::new(SqliteJournal::open(&path).expect("opening the journal"));
-        run(sql.clone()).await;
-        assert_intact(&sql.verify(None).expect("verify"), "sqlite");
+        for kind in [Kind::Sqlite, Kind::Postgres] {
+            let place = Place::new(kind);
+            let j = Arc::new(place.open_real_time());
+            run(j.clone()).await;
+            assert_intact(&j.verify(None).expect("verify"), &format!("{kind:?}"));
+        }
         run(Arc::new(MemoryJournal::new(Arc::new(manual_clock())))).await;
     });
 }

@@ -1,0 +1,1693 @@
+//! The shared engine: a journal in a PostgreSQL schema, for several rekey nodes on one
+//! database (DESIGN §8). It obeys exactly the write rules of the other engines: every
+//! decision is made by [`crate::ops`], run over a snapshot of the stream's row, and the
+//! decision is then written by one guarded statement whose guard is that snapshot:
+//!
+//! - an append is a guarded `UPDATE` of the stream's head row (its sequence, head hash and
+//!   lease columns as the rules saw them) feeding the `INSERT` of its events, so the fence
+//!   is inside the write and holds at READ COMMITTED. Zero rows means the row changed since
+//!   it was read: the row is read again and the rules decide again (a conflict, a stale or
+//!   expired fence, or the same append on the new head);
+//! - a lease change is the same guarded `UPDATE` of the lease columns;
+//! - every event carries a client-generated id (unique), so when the connection is lost
+//!   after COMMIT was sent the retried append finds its events and is reported done, once.
+//!
+//! Group commit: one writer task takes every request waiting in its queue, runs them in one
+//! transaction (one durable commit), and only then answers each. The batch holds the
+//! journal's global counter row from its first statement to its commit, so global sequences
+//! are given in commit order and a reader of [`JournalScan::read_after`] never skips an event
+//! that commits late.
+//!
+//! Time: lease expiry and event timestamps come from the database clock, one reading per
+//! batch, so nodes with skewed clocks agree on who holds a lease. Tests inject a [`Clock`].
+//!
+//! The read traits are synchronous (the runner and the CLI call them from sync code), while
+//! `tokio-postgres` is async. The journal owns a small runtime of its own on which all its
+//! database I/O runs; a sync read sends its query there and waits on a plain channel. This
+//! neither needs nor disturbs the caller's runtime (a caller inside a runtime blocks its
+//! thread for the read, as a SQLite read does), and it cannot deadlock, since the journal's
+//! own tasks never wait for a caller.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod};
+use tokio::sync::{mpsc, oneshot};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{IsolationLevel, NoTls, Row, SimpleQueryMessage};
+
+use crate::api::{
+    Append, Appended, Head, JournalAppend, JournalRead, JournalScan, Lease, Leases, StreamFilter,
+    StreamInfo, Timer,
+};
+use crate::clock::Clock;
+use crate::error::{Error, Result};
+use crate::event::{Digest32, Event, check_stream};
+use crate::ops::{self, DEFAULT_STATUS, HeadUpdate, WriteStore};
+use crate::schema::{APPLICATION_ID, SCHEMA_VERSION};
+use crate::verify::{BrokenLink, Verifier, VerifyReport};
+
+/// PostgreSQL connection settings, as `tokio-postgres` parses them from a URL.
+pub use tokio_postgres::Config as PostgresConfig;
+
+/// The schema a journal lives in unless told otherwise.
+pub const DEFAULT_PG_SCHEMA: &str = "rekey";
+
+/// Most requests folded into one transaction.
+const BATCH_REQUESTS_MAX: usize = 1024;
+/// How often one request is planned again because its row changed under it; each retry
+/// means another writer made progress, so this bounds only pathological contention.
+const PLAN_ATTEMPTS_MAX: usize = 16;
+/// How often a batch is run again after its connection failed (the outcome was unknown).
+const BATCH_ATTEMPTS_MAX: usize = 4;
+/// Connections the journal keeps: the writer and a few concurrent readers.
+const POOL_SIZE: usize = 6;
+/// How long opening a connection may take before the journal reports the server unreachable.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The database clock in Unix milliseconds, as SQL.
+const DB_NOW: &str = "floor(extract(epoch FROM clock_timestamp()) * 1000)::int8";
+
+/// Migrations in order; migration `i` moves the schema from version `i` to `i + 1`. `{s}` is
+/// the journal's schema. Schema version 1 on PostgreSQL is the same logical format as SQLite's
+/// version 1: the same events, the same hashes.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE {s}.meta (
+    id              int4 PRIMARY KEY CHECK (id = 1),
+    application_id  int8 NOT NULL,
+    schema_version  int8 NOT NULL,
+    -- The last global sequence given; its row lock orders batches (see the module doc).
+    last_global_seq int8 NOT NULL
+);
+CREATE TABLE {s}.streams (
+    stream_id           text COLLATE "C" PRIMARY KEY,
+    subject             text,
+    status              text NOT NULL,
+    created_at_ms       int8 NOT NULL,
+    updated_at_ms       int8 NOT NULL,
+    -- 0 while the stream has a lease but no event yet.
+    head_seq            int8 NOT NULL CHECK (head_seq >= 0),
+    head_hash           bytea NOT NULL,
+    lease_owner         text,
+    -- The fencing token: it grows on every takeover and is kept on release.
+    lease_epoch         int8 NOT NULL DEFAULT 0,
+    lease_expires_at_ms int8
+);
+CREATE INDEX streams_by_subject ON {s}.streams (subject, created_at_ms);
+CREATE INDEX streams_by_status ON {s}.streams (status, created_at_ms);
+CREATE TABLE {s}.events (
+    global_seq     int8 PRIMARY KEY,
+    -- Client-generated, so a retried append is recognised as already done.
+    event_id       bytea NOT NULL UNIQUE,
+    stream_id      text COLLATE "C" NOT NULL,
+    stream_seq     int8 NOT NULL,
+    kind           text NOT NULL,
+    schema_version int8 NOT NULL,
+    recorded_at_ms int8 NOT NULL,
+    -- The canonical JSON text exactly as hashed (jsonb would reorder it).
+    payload        bytea NOT NULL,
+    prev_hash      bytea NOT NULL,
+    hash           bytea NOT NULL,
+    UNIQUE (stream_id, stream_seq)
+);
+CREATE TABLE {s}.timers (
+    stream_id        text COLLATE "C" NOT NULL,
+    name             text NOT NULL,
+    due_at_ms        int8 NOT NULL,
+    claimed_by       text,
+    claimed_until_ms int8,
+    PRIMARY KEY (stream_id, name)
+);
+CREATE INDEX timers_by_due ON {s}.timers (due_at_ms, stream_id);
+CREATE FUNCTION {s}.refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION 'rekey journal %: % refused', TG_ARGV[0], TG_OP;
+END $$;
+CREATE TRIGGER events_append_only BEFORE UPDATE OR DELETE ON {s}.events
+    FOR EACH ROW EXECUTE FUNCTION {s}.refuse('events are append-only');
+CREATE TRIGGER events_no_truncate BEFORE TRUNCATE ON {s}.events
+    FOR EACH STATEMENT EXECUTE FUNCTION {s}.refuse('events are append-only');
+CREATE TRIGGER streams_no_delete BEFORE DELETE ON {s}.streams
+    FOR EACH ROW EXECUTE FUNCTION {s}.refuse('streams cannot be deleted');
+CREATE TRIGGER streams_no_truncate BEFORE TRUNCATE ON {s}.streams
+    FOR EACH STATEMENT EXECUTE FUNCTION {s}.refuse('streams cannot be deleted');
+CREATE TRIGGER streams_head_forward BEFORE UPDATE OF head_seq ON {s}.streams
+    FOR EACH ROW WHEN (NEW.head_seq < OLD.head_seq)
+    EXECUTE FUNCTION {s}.refuse('stream heads only move forward');
+"#];
+
+/// The text of a PostgreSQL error: the server's own message when it sent one.
+pub(crate) fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {} ({})", db.severity(), db.message(), db.code().code()),
+        None => match std::error::Error::source(e) {
+            Some(source) => format!("{e}: {source}"),
+            None => e.to_string(),
+        },
+    }
+}
+
+/// True for failures where trying again may succeed: a lost connection, a server shutting
+/// down, a serialization failure or a deadlock.
+pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
+    match e.code() {
+        None => {
+            e.is_closed()
+                || std::error::Error::source(e)
+                    .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some())
+        }
+        Some(code) => [
+            SqlState::T_R_SERIALIZATION_FAILURE,
+            SqlState::T_R_DEADLOCK_DETECTED,
+            SqlState::ADMIN_SHUTDOWN,
+            SqlState::CRASH_SHUTDOWN,
+            SqlState::CANNOT_CONNECT_NOW,
+        ]
+        .contains(code),
+    }
+}
+
+/// Every statement the journal runs, with its schema filled in.
+#[derive(Debug)]
+struct Sql {
+    begin: String,
+    end_batch: String,
+    read_rows: String,
+    read_row: String,
+    append_update: String,
+    append_insert: String,
+    lease_update: String,
+    lease_insert: String,
+    put_timer: String,
+    clear_timer: String,
+    find_events: String,
+    select_events_of: String,
+    select_events_after: String,
+    select_events_all: String,
+    stream_info: String,
+    streams: String,
+    heads: String,
+    due_timers: String,
+    next_timer: String,
+    claim_timers: String,
+}
+
+const EVENT_COLUMNS: &str =
+    "global_seq, stream_id, stream_seq, kind, schema_version, recorded_at_ms, payload, prev_hash, hash";
+const STREAM_COLUMNS: &str =
+    "stream_id, subject, status, created_at_ms, updated_at_ms, head_seq, head_hash";
+const ROW_COLUMNS: &str =
+    "stream_id, head_seq, head_hash, lease_owner, lease_epoch, lease_expires_at_ms";
+
+/// The INSERT of an append's events, fed by the guarded head change `head`: `$1` is the
+/// stream, `$4` the time, and the events' columns are the 8 arrays from `$first`.
+fn insert_events(first: usize) -> String {
+    let p: Vec<String> = (first..first + 8).map(|i| format!("${i}")).collect();
+    format!(
+        "INSERT INTO {{s}}.events (global_seq, event_id, stream_id, stream_seq, kind,
+            schema_version, recorded_at_ms, payload, prev_hash, hash)
+         SELECT e.g, e.id, $1, e.seq, e.kind, e.ver, $4, e.payload, e.prev, e.hash
+         FROM head, unnest({}::int8[], {}::bytea[], {}::int8[], {}::text[], {}::int8[],
+                           {}::bytea[], {}::bytea[], {}::bytea[])
+              AS e(g, id, seq, kind, ver, payload, prev, hash)",
+        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+    )
+}
+
+impl Sql {
+    fn new(schema: &str) -> Self {
+        let s = |t: &str| t.replace("{s}", schema);
+        Self {
+            begin: s(&format!(
+                "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = on;
+                 SELECT last_global_seq, {DB_NOW} FROM {{s}}.meta WHERE id = 1 FOR UPDATE"
+            )),
+            end_batch: s("UPDATE {s}.meta SET last_global_seq = $1 WHERE id = 1"),
+            read_rows: s(&format!(
+                "SELECT {ROW_COLUMNS} FROM {{s}}.streams WHERE stream_id = ANY($1)"
+            )),
+            read_row: s(&format!(
+                "SELECT {ROW_COLUMNS} FROM {{s}}.streams WHERE stream_id = $1"
+            )),
+            // $1 stream, $2 new head seq, $3 new head hash, $4 now, $5 new status (or null),
+            // $6 subject (kept only when the stream is created), $7..$11 the guard, then
+            // the events.
+            append_update: s(&format!(
+                "WITH head AS (
+                    UPDATE {{s}}.streams SET head_seq = $2, head_hash = $3, updated_at_ms = $4,
+                        status = COALESCE($5, CASE WHEN head_seq = 0 THEN '{DEFAULT_STATUS}' ELSE status END),
+                        subject = CASE WHEN head_seq = 0 THEN $6 ELSE subject END,
+                        created_at_ms = CASE WHEN head_seq = 0 THEN $4 ELSE created_at_ms END
+                    WHERE stream_id = $1 AND head_seq = $7 AND head_hash = $8
+                      AND lease_owner IS NOT DISTINCT FROM $9 AND lease_epoch = $10
+                      AND lease_expires_at_ms IS NOT DISTINCT FROM $11
+                    RETURNING 1)
+                 {}",
+                insert_events(12)
+            )),
+            // A stream with no row yet: $1..$6 as above, then the events.
+            append_insert: s(&format!(
+                "WITH head AS (
+                    INSERT INTO {{s}}.streams (stream_id, subject, status, created_at_ms,
+                        updated_at_ms, head_seq, head_hash)
+                    VALUES ($1, $6, COALESCE($5, '{DEFAULT_STATUS}'), $4, $4, $2, $3)
+                    ON CONFLICT (stream_id) DO NOTHING
+                    RETURNING 1)
+                 {}",
+                insert_events(7)
+            )),
+            // $1 stream, $2 owner, $3 token, $4 expiry, $5.. the guard.
+            lease_update: s(
+                "UPDATE {s}.streams SET lease_owner = $2, lease_epoch = $3, lease_expires_at_ms = $4
+                 WHERE stream_id = $1 AND lease_owner IS NOT DISTINCT FROM $5
+                   AND lease_epoch = $6 AND lease_expires_at_ms IS NOT DISTINCT FROM $7",
+            ),
+            // $5 is the time (the row's creation).
+            lease_insert: s(&format!(
+                "INSERT INTO {{s}}.streams (stream_id, status, created_at_ms, updated_at_ms,
+                    head_seq, head_hash, lease_owner, lease_epoch, lease_expires_at_ms)
+                 VALUES ($1, '{DEFAULT_STATUS}', $5, $5, 0, $6, $2, $3, $4)
+                 ON CONFLICT (stream_id) DO NOTHING"
+            )),
+            put_timer: s(
+                "INSERT INTO {s}.timers (stream_id, name, due_at_ms) VALUES ($1, $2, $3)
+                 ON CONFLICT (stream_id, name) DO UPDATE
+                 SET due_at_ms = $3, claimed_by = NULL, claimed_until_ms = NULL",
+            ),
+            clear_timer: s("DELETE FROM {s}.timers WHERE stream_id = $1 AND name = $2"),
+            find_events: s(
+                "SELECT stream_seq, global_seq, hash FROM {s}.events
+                 WHERE event_id = ANY($1) ORDER BY stream_seq",
+            ),
+            select_events_of: s(&format!(
+                "SELECT {EVENT_COLUMNS} FROM {{s}}.events WHERE stream_id = $1 ORDER BY stream_seq"
+            )),
+            select_events_after: s(&format!(
+                "SELECT {EVENT_COLUMNS} FROM {{s}}.events WHERE global_seq > $1
+                 ORDER BY global_seq LIMIT $2"
+            )),
+            select_events_all: s(&format!(
+                "SELECT {EVENT_COLUMNS} FROM {{s}}.events ORDER BY stream_id, stream_seq"
+            )),
+            stream_info: s(&format!(
+                "SELECT {STREAM_COLUMNS} FROM {{s}}.streams WHERE stream_id = $1 AND head_seq > 0"
+            )),
+            streams: s(&format!(
+                "SELECT {STREAM_COLUMNS} FROM {{s}}.streams WHERE head_seq > 0
+                   AND ($1::text IS NULL OR subject = $1) AND ($2::text IS NULL OR status = $2)
+                   AND ($3::int8 IS NULL OR created_at_ms >= $3)
+                   AND ($4::int8 IS NULL OR created_at_ms < $4)
+                 ORDER BY created_at_ms, stream_id"
+            )),
+            heads: s(
+                "SELECT stream_id, head_seq, head_hash FROM {s}.streams WHERE head_seq > 0
+                 ORDER BY stream_id",
+            ),
+            due_timers: s(
+                "SELECT stream_id, name, due_at_ms FROM {s}.timers WHERE due_at_ms <= $1
+                 ORDER BY due_at_ms, stream_id LIMIT $2",
+            ),
+            next_timer: s(
+                "SELECT stream_id, name, due_at_ms FROM {s}.timers
+                 ORDER BY due_at_ms, stream_id LIMIT 1",
+            ),
+            // $1 owner, $2 now (or null for the database clock), $3 claim length, $4 limit.
+            claim_timers: s(&format!(
+                "WITH now AS (SELECT COALESCE($2::int8, {DB_NOW}) AS ms),
+                 due AS (
+                    SELECT t.stream_id, t.name FROM {{s}}.timers t, now
+                    WHERE t.due_at_ms <= now.ms
+                      AND (t.claimed_until_ms IS NULL OR t.claimed_until_ms <= now.ms)
+                    ORDER BY t.due_at_ms, t.stream_id LIMIT $4
+                    FOR UPDATE OF t SKIP LOCKED)
+                 UPDATE {{s}}.timers t SET claimed_by = $1, claimed_until_ms = now.ms + $3
+                 FROM due, now WHERE t.stream_id = due.stream_id AND t.name = due.name
+                 RETURNING t.stream_id, t.name, t.due_at_ms"
+            )),
+        }
+    }
+}
+
+/// A stream's row as a write read it: what the rules decide on, and what the guard compares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct StreamRow {
+    head_seq: u64,
+    head_hash: Digest32,
+    lease_owner: Option<String>,
+    lease_epoch: i64,
+    lease_expires_at_ms: Option<i64>,
+}
+
+impl StreamRow {
+    fn lease(&self, stream_id: &str) -> Option<Lease> {
+        let owner = self.lease_owner.clone()?;
+        Some(Lease {
+            stream_id: stream_id.to_owned(),
+            owner,
+            token: self.lease_epoch as u64,
+            expires_at_ms: self.lease_expires_at_ms.unwrap_or(i64::MIN),
+        })
+    }
+}
+
+/// A timer change an append makes, in order.
+#[derive(Debug, Clone)]
+enum TimerChange {
+    Put(Timer),
+    Clear(String, String),
+}
+
+/// A [`WriteStore`] that reads one stream's row as it was read from the database and records
+/// what the rules decide to write, for the guarded statement to write it.
+#[derive(Debug)]
+struct Plan<'a> {
+    row: Option<&'a StreamRow>,
+    events: Vec<Event>,
+    head: Option<(Option<String>, Option<String>, u64, Digest32)>,
+    lease: Option<Lease>,
+    timers: Vec<TimerChange>,
+}
+
+impl<'a> Plan<'a> {
+    fn new(row: Option<&'a StreamRow>) -> Self {
+        Self {
+            row,
+            events: Vec::new(),
+            head: None,
+            lease: None,
+            timers: Vec::new(),
+        }
+    }
+}
+
+impl WriteStore for Plan<'_> {
+    fn head(&mut self, _stream_id: &str) -> Result<Option<(u64, Digest32)>> {
+        Ok(self
+            .row
+            .filter(|r| r.head_seq > 0)
+            .map(|r| (r.head_seq, r.head_hash)))
+    }
+
+    fn lease(&mut self, stream_id: &str) -> Result<Option<Lease>> {
+        Ok(self.row.and_then(|r| r.lease(stream_id)))
+    }
+
+    fn put_lease(&mut self, lease: &Lease) -> Result<()> {
+        self.lease = Some(lease.clone());
+        Ok(())
+    }
+
+    fn insert_event(&mut self, event: &Event) -> Result<u64> {
+        self.events.push(event.clone());
+        // The global sequence is given when the plan is written.
+        Ok(0)
+    }
+
+    fn put_head(&mut self, h: &HeadUpdate<'_>) -> Result<()> {
+        self.head = Some((
+            h.subject.map(str::to_owned),
+            h.status.map(str::to_owned),
+            h.head_seq,
+            h.head_hash,
+        ));
+        Ok(())
+    }
+
+    fn put_timer(&mut self, timer: &Timer) -> Result<()> {
+        self.timers.push(TimerChange::Put(timer.clone()));
+        Ok(())
+    }
+
+    fn clear_timer(&mut self, stream_id: &str, name: &str) -> Result<()> {
+        self.timers
+            .push(TimerChange::Clear(stream_id.to_owned(), name.to_owned()));
+        Ok(())
+    }
+}
+
+/// A write for the writer task.
+#[derive(Debug)]
+enum Op {
+    /// An append, with its events' client-generated ids.
+    Append(Append, Vec<[u8; 16]>),
+    Acquire {
+        stream_id: String,
+        owner: String,
+        ttl_ms: i64,
+    },
+    Renew(Lease, i64),
+    Release(Lease),
+}
+
+impl Op {
+    fn stream_id(&self) -> &str {
+        match self {
+            Op::Append(a, _) => &a.stream_id,
+            Op::Acquire { stream_id, .. } => stream_id,
+            Op::Renew(l, _) | Op::Release(l) => &l.stream_id,
+        }
+    }
+}
+
+/// What a write produced.
+#[derive(Debug)]
+enum Done {
+    Appended(Appended),
+    Lease(Lease),
+    Released,
+}
+
+#[derive(Debug)]
+struct Request {
+    op: Op,
+    reply: oneshot::Sender<Result<Done>>,
+}
+
+/// Why a batch did not commit.
+#[derive(Debug)]
+enum BatchFailure {
+    /// The connection failed: the batch may or may not have committed.
+    Connection(Error),
+    /// The server refused a statement: the batch rolled back.
+    Refused(Error),
+}
+
+/// A journal in a PostgreSQL schema.
+pub struct PostgresJournal {
+    shared: Arc<Shared>,
+    queue: Option<mpsc::UnboundedSender<Request>>,
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Tells apart the ids of this journal's events.
+    ids: IdSource,
+}
+
+impl std::fmt::Debug for PostgresJournal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresJournal")
+            .field("target", &self.shared.target)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the writer task and the readers share.
+#[derive(Debug)]
+struct Shared {
+    pool: Pool,
+    sql: Sql,
+    /// The injected clock, or `None` for the database clock.
+    clock: Option<Arc<dyn Clock>>,
+    /// Where the journal is, for messages (never a password).
+    target: String,
+}
+
+/// Client-generated event ids: random per journal, then counted.
+#[derive(Debug)]
+struct IdSource {
+    prefix: [u8; 8],
+    next: AtomicU64,
+}
+
+impl IdSource {
+    fn new() -> Self {
+        let random = uuid::Uuid::new_v4();
+        let mut prefix = [0u8; 8];
+        prefix.copy_from_slice(&random.as_bytes()[..8]);
+        let mut start = [0u8; 8];
+        start.copy_from_slice(&random.as_bytes()[8..]);
+        Self {
+            prefix,
+            next: AtomicU64::new(u64::from_be_bytes(start)),
+        }
+    }
+
+    fn take(&self, n: usize) -> Vec<[u8; 16]> {
+        let first = self.next.fetch_add(n as u64, Ordering::Relaxed);
+        (0..n as u64)
+            .map(|i| {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&self.prefix);
+                id[8..].copy_from_slice(&first.wrapping_add(i).to_be_bytes());
+                id
+            })
+            .collect()
+    }
+}
+
+/// `schema` as a bare SQL identifier, or why it cannot be one.
+fn check_schema_name(schema: &str) -> Result<()> {
+    let ok = !schema.is_empty()
+        && schema.len() <= 63
+        && schema
+            .bytes()
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_')
+        && schema
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        && !schema.starts_with("pg_");
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::PostgresConfig {
+            reason: format!(
+                "schema name {:?} must be 1 to 63 characters of a-z 0-9 _, not starting with a digit or pg_",
+                schema.chars().take(64).collect::<String>()
+            ),
+        })
+    }
+}
+
+/// "database D, schema S on H:P" (never the user's password).
+fn describe_target(config: &PostgresConfig, schema: &str) -> String {
+    let hosts: Vec<String> = config
+        .get_hosts()
+        .iter()
+        .enumerate()
+        .map(|(i, h)| {
+            let port = config
+                .get_ports()
+                .get(i)
+                .or(config.get_ports().first())
+                .copied()
+                .unwrap_or(5432);
+            match h {
+                tokio_postgres::config::Host::Tcp(name) => format!("{name}:{port}"),
+                tokio_postgres::config::Host::Unix(path) => format!("{}:{port}", path.display()),
+            }
+        })
+        .collect();
+    format!(
+        "PostgreSQL database {}, schema {schema} on {}",
+        config
+            .get_dbname()
+            .or(config.get_user())
+            .unwrap_or("(default)"),
+        if hosts.is_empty() {
+            "(default host)".to_owned()
+        } else {
+            hosts.join(",")
+        }
+    )
+}
+
+impl PostgresJournal {
+    /// Opens (or creates) the journal in schema `schema` of the database `config` names;
+    /// events and leases are stamped by the database clock.
+    ///
+    /// # Errors
+    /// [`Error::PostgresConfig`], [`Error::NotAPostgresJournal`],
+    /// [`Error::NewerPostgresSchema`], [`Error::PostgresNotDurable`], [`Error::Postgres`]; in
+    /// every case the database is left as it was.
+    pub fn open(config: PostgresConfig, schema: &str) -> Result<Self> {
+        Self::open_inner(config, schema, None)
+    }
+
+    /// As [`PostgresJournal::open`], stamped by an injected clock instead of the database's
+    /// (tests and simulations).
+    ///
+    /// # Errors
+    /// As [`PostgresJournal::open`].
+    pub fn open_with_clock(
+        config: PostgresConfig,
+        schema: &str,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
+        Self::open_inner(config, schema, Some(clock))
+    }
+
+    fn open_inner(
+        mut config: PostgresConfig,
+        schema: &str,
+        clock: Option<Arc<dyn Clock>>,
+    ) -> Result<Self> {
+        check_schema_name(schema)?;
+        let target = describe_target(&config, schema);
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("rekey-journal-pg")
+            .enable_all()
+            .build()
+            .map_err(|e| Error::WriteFailed {
+                reason: format!("cannot start the journal's runtime: {e}"),
+            })?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = {
+            let _entered = runtime.enter();
+            Pool::builder(manager)
+                .max_size(POOL_SIZE)
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()
+                .map_err(|e| Error::PostgresConfig {
+                    reason: format!("cannot build the connection pool: {e}"),
+                })?
+        };
+        let shared = Arc::new(Shared {
+            pool,
+            sql: Sql::new(schema),
+            clock,
+            target,
+        });
+        let setup = {
+            let (shared, schema) = (shared.clone(), schema.to_owned());
+            wait_on(&runtime, async move { prepare_schema(&shared, &schema).await })
+        };
+        if let Err(e) = setup {
+            runtime.shutdown_background();
+            return Err(e);
+        }
+        let (queue, requests) = mpsc::unbounded_channel();
+        runtime.spawn(write_loop(shared.clone(), requests));
+        Ok(Self {
+            shared,
+            queue: Some(queue),
+            runtime: Some(runtime),
+            ids: IdSource::new(),
+        })
+    }
+
+    /// Where the journal is: database, schema and server (for messages; no password).
+    pub fn target(&self) -> &str {
+        &self.shared.target
+    }
+
+    /// Runs `f` on the journal's runtime and waits for it (see the module doc).
+    fn run<T, F>(&self, f: impl FnOnce(Arc<Shared>) -> F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let runtime = self.runtime.as_ref().ok_or(Error::WriterStopped)?;
+        wait_on(runtime, f(self.shared.clone()))
+    }
+
+    async fn request(&self, op: Op) -> Result<Done> {
+        let queue = self.queue.as_ref().ok_or(Error::WriterStopped)?;
+        let (reply, answer) = oneshot::channel();
+        queue
+            .send(Request { op, reply })
+            .map_err(|_| Error::WriterStopped)?;
+        answer.await.map_err(|_| Error::WriterStopped)?
+    }
+
+    /// The head of every stream, for export and later truncation checks.
+    ///
+    /// # Errors
+    /// Storage errors, or [`Error::Corrupt`] for a malformed head hash.
+    pub fn heads(&self) -> Result<Vec<Head>> {
+        self.run(|s| async move {
+            let c = s.client().await?;
+            heads_in(&s, &c).await
+        })
+    }
+
+    /// Recomputes every chain, in one consistent snapshot, and checks it against the
+    /// recorded heads and, when given, heads exported earlier (which detects truncation of a
+    /// stream's tail). PostgreSQL checks its own pages, so `damaged` is always `None`.
+    ///
+    /// # Errors
+    /// Storage errors only; a broken chain is a report, not an error.
+    pub fn verify(&self, exported: Option<&[Head]>) -> Result<VerifyReport> {
+        let exported = exported.map(<[Head]>::to_vec);
+        self.run(|s| async move {
+            let mut c = s.client().await?;
+            let tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(s.failed("starting a read snapshot"))?;
+            let mut verifier = Verifier::new(heads_in(&s, &tx).await?, exported.as_deref());
+            let rows = tx
+                .query(s.sql.select_events_all.as_str(), &[])
+                .await
+                .map_err(s.failed("reading events to verify"))?;
+            for row in &rows {
+                match row_to_event(row) {
+                    Ok(event) => {
+                        if !verifier.feed(&event) {
+                            break;
+                        }
+                    }
+                    // A row that cannot even be decoded is the first broken link.
+                    Err(Error::Corrupt {
+                        stream,
+                        seq,
+                        detail,
+                    }) => {
+                        let mut report = verifier.finish();
+                        report.broken = Some(BrokenLink {
+                            stream_id: stream,
+                            seq,
+                            what: detail,
+                            expected: "a well-formed event row".into(),
+                            found: "a malformed row".into(),
+                        });
+                        return Ok(report);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            tx.commit()
+                .await
+                .map_err(s.failed("ending a read snapshot"))?;
+            Ok(verifier.finish())
+        })
+    }
+
+    /// Claims up to `limit` due timers for `owner` for `claim_ms`, earliest first: rows
+    /// another node is claiming at this moment are skipped (`FOR UPDATE SKIP LOCKED`), and a
+    /// timer claimed by another node is claimable again once its claim lapses. Re-arming a
+    /// timer clears its claim; an append that clears it removes it.
+    ///
+    /// # Errors
+    /// Storage errors only.
+    pub async fn claim_due_timers(
+        &self,
+        owner: &str,
+        claim_ms: i64,
+        limit: usize,
+    ) -> Result<Vec<Timer>> {
+        if owner.is_empty() || claim_ms <= 0 {
+            return Err(Error::PostgresConfig {
+                reason: format!(
+                    "a timer claim needs an owner and a positive duration, not {owner:?} for {claim_ms} ms"
+                ),
+            });
+        }
+        let (owner, runtime) = (
+            owner.to_owned(),
+            self.runtime.as_ref().ok_or(Error::WriterStopped)?,
+        );
+        let s = self.shared.clone();
+        let task = runtime.spawn(async move {
+            let c = s.client().await?;
+            let now = s.clock.as_ref().map(|c| c.now_ms());
+            let rows = c
+                .query(
+                    s.sql.claim_timers.as_str(),
+                    &[&owner, &now, &claim_ms, &(limit as i64)],
+                )
+                .await
+                .map_err(s.failed("claiming due timers"))?;
+            let mut timers = rows.iter().map(row_to_timer).collect::<Result<Vec<_>>>()?;
+            timers.sort_by(|a, b| (a.due_at_ms, &a.stream_id).cmp(&(b.due_at_ms, &b.stream_id)));
+            Ok(timers)
+        });
+        task.await.map_err(|_| Error::WriterStopped)?
+    }
+}
+
+/// Runs `fut` on the journal's runtime and blocks this thread until it is done. Unlike
+/// `Runtime::block_on`, this may be called from inside another runtime.
+fn wait_on<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    fut: impl Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    let (tx, rx) = std::sync::mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = tx.send(fut.await);
+    });
+    rx.recv().map_err(|_| Error::WriterStopped)?
+}
+
+impl Drop for PostgresJournal {
+    fn drop(&mut self) {
+        // The writer finishes when its queue closes; nobody awaits an answer any more,
+        // so an unfinished batch may roll back (no one was told it committed).
+        drop(self.queue.take());
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Shared {
+    fn failed(&self, context: &str) -> impl FnOnce(tokio_postgres::Error) -> Error + '_ {
+        let context = context.to_owned();
+        move |cause| Error::Postgres {
+            target: self.target.clone(),
+            context,
+            cause,
+        }
+    }
+
+    async fn client(&self) -> Result<Object> {
+        self.pool.get().await.map_err(|e| match e {
+            deadpool_postgres::PoolError::Backend(cause) => Error::Postgres {
+                target: self.target.clone(),
+                context: "connecting".into(),
+                cause,
+            },
+            other => Error::WriteFailed {
+                reason: format!("no connection to {}: {other}", self.target),
+            },
+        })
+    }
+}
+
+/// Identifies what is in `schema` and creates or migrates the journal there, under an
+/// advisory lock so that nodes starting together do it once. Nothing is changed unless the
+/// schema is absent, empty, or an older rekey journal.
+async fn prepare_schema(s: &Shared, schema: &str) -> Result<()> {
+    let mut c = s.client().await?;
+    check_durable(s, &c).await?;
+    let tx = c
+        .transaction()
+        .await
+        .map_err(s.failed("starting the schema check"))?;
+    tx.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended('rekey journal ' || $1, 0))",
+        &[&schema],
+    )
+    .await
+    .map_err(s.failed("locking the schema check"))?;
+    let from = match inspect(s, &tx, schema).await? {
+        Found::Journal(v) if v == SCHEMA_VERSION => return Ok(()),
+        Found::Journal(v) => v,
+        Found::Empty => 0,
+    };
+    if from == 0 {
+        tx.batch_execute(&format!("CREATE SCHEMA IF NOT EXISTS {schema}"))
+            .await
+            .map_err(s.failed("creating the journal's schema"))?;
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(from as usize) {
+        tx.batch_execute(&sql.replace("{s}", schema))
+            .await
+            .map_err(s.failed(&format!("migrating the schema to version {}", i + 1)))?;
+    }
+    tx.execute(
+        &format!(
+            "INSERT INTO {schema}.meta (id, application_id, schema_version, last_global_seq)
+             VALUES (1, $1, $2, 0)
+             ON CONFLICT (id) DO UPDATE SET schema_version = $2"
+        ),
+        &[&APPLICATION_ID, &SCHEMA_VERSION],
+    )
+    .await
+    .map_err(s.failed("stamping the schema version"))?;
+    tx.commit()
+        .await
+        .map_err(s.failed("committing the schema migration"))
+}
+
+/// Refuses a server that acknowledges commits before they are on disk.
+async fn check_durable(s: &Shared, c: &Object) -> Result<()> {
+    let row = c
+        .query_one("SELECT current_setting('fsync')", &[])
+        .await
+        .map_err(s.failed("reading the server's fsync setting"))?;
+    let fsync: String = row.get(0);
+    if fsync != "on" {
+        return Err(Error::PostgresNotDurable {
+            target: s.target.clone(),
+            setting: "fsync",
+            found: fsync,
+            required: "on",
+        });
+    }
+    Ok(())
+}
+
+/// What a schema turned out to be.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// Absent or holding nothing: a new journal may be created in it.
+    Empty,
+    /// A rekey journal at this schema version (never newer than ours).
+    Journal(i64),
+}
+
+/// Identifies `schema` without writing to it.
+async fn inspect(s: &Shared, c: &impl deadpool_postgres::GenericClient, schema: &str) -> Result<Found> {
+    let not_a_journal = |reason: String| Error::NotAPostgresJournal {
+        target: s.target.clone(),
+        reason,
+    };
+    let objects: Vec<String> = c
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 AND c.relkind IN ('r', 'p', 'v', 'm', 'f')
+             ORDER BY c.relname",
+            &[&schema],
+        )
+        .await
+        .map_err(s.failed("inspecting the journal's schema"))?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    if objects.is_empty() {
+        return Ok(Found::Empty);
+    }
+    if !objects.iter().any(|o| o == "meta") {
+        return Err(not_a_journal(format!(
+            "the schema holds {} tables of another program ({}) and no rekey meta table",
+            objects.len(),
+            objects
+                .iter()
+                .take(3)
+                .map(String::as_str)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let row = c
+        .query_opt(
+            &format!(
+                "SELECT application_id::int8, schema_version::int8 FROM {schema}.meta WHERE id = 1"
+            ),
+            &[],
+        )
+        .await
+        .map_err(|e| {
+            not_a_journal(format!(
+                "its meta table is not rekey's ({})",
+                describe(&e)
+            ))
+        })?
+        .ok_or_else(|| not_a_journal("its meta table is empty".into()))?;
+    let (app_id, version): (i64, i64) = (row.get(0), row.get(1));
+    if app_id != APPLICATION_ID {
+        return Err(not_a_journal(format!(
+            "application id is {app_id:#x}, not rekey's {APPLICATION_ID:#x}"
+        )));
+    }
+    if version > SCHEMA_VERSION {
+        return Err(Error::NewerPostgresSchema {
+            target: s.target.clone(),
+            found: version,
+            supported: SCHEMA_VERSION,
+        });
+    }
+    Ok(Found::Journal(version))
+}
+
+async fn write_loop(shared: Arc<Shared>, mut requests: mpsc::UnboundedReceiver<Request>) {
+    while let Some(first) = requests.recv().await {
+        let mut batch = vec![first];
+        while batch.len() < BATCH_REQUESTS_MAX {
+            match requests.try_recv() {
+                Ok(r) => batch.push(r),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&shared, batch, false).await;
+    }
+}
+
+/// Runs a batch in one transaction and answers each request once it committed. A batch whose
+/// connection failed is run again, on a new connection, with the same event ids, so what did
+/// commit is recognised; a batch the server refused is run again one request at a time, so one
+/// request's failure does not sink the others.
+async fn commit_batch(s: &Shared, batch: Vec<Request>, mut retried: bool) {
+    let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
+    let mut last = None;
+    for attempt in 0..BATCH_ATTEMPTS_MAX {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+        }
+        match run_batch(s, &ops, retried).await {
+            Ok(outcomes) => {
+                for (reply, outcome) in replies.into_iter().zip(outcomes) {
+                    let _ = reply.send(outcome);
+                }
+                return;
+            }
+            Err(BatchFailure::Connection(e)) => {
+                retried = true;
+                last = Some(e);
+            }
+            Err(BatchFailure::Refused(e)) if ops.len() == 1 => {
+                if let Some(reply) = replies.into_iter().next() {
+                    let _ = reply.send(Err(e));
+                }
+                return;
+            }
+            Err(BatchFailure::Refused(_)) => {
+                // Alone, each request gets its own outcome.
+                for (op, reply) in ops.into_iter().zip(replies) {
+                    Box::pin(commit_batch(s, vec![Request { op, reply }], retried)).await;
+                }
+                return;
+            }
+        }
+    }
+    let why = last.map(|e| e.to_string()).unwrap_or_default();
+    for reply in replies {
+        let _ = reply.send(Err(Error::WriteFailed {
+            reason: format!(
+                "the connection to {} failed {BATCH_ATTEMPTS_MAX} times, so whether this write was committed is unknown ({why}); re-read the stream before deciding again",
+                s.target
+            ),
+        }));
+    }
+}
+
+/// Splits a failure into "the connection failed" and "the server refused".
+fn classify(s: &Shared, context: &str, e: tokio_postgres::Error) -> BatchFailure {
+    let transient = is_transient(&e);
+    let error = Error::Postgres {
+        target: s.target.clone(),
+        context: context.to_owned(),
+        cause: e,
+    };
+    if transient {
+        BatchFailure::Connection(error)
+    } else {
+        BatchFailure::Refused(error)
+    }
+}
+
+/// One try at a batch: on any failure the connection is discarded, so a half-done
+/// transaction never returns to the pool.
+async fn run_batch(
+    s: &Shared,
+    ops: &[Op],
+    retried: bool,
+) -> std::result::Result<Vec<Result<Done>>, BatchFailure> {
+    let client = s.client().await.map_err(BatchFailure::Connection)?;
+    let result = run_batch_on(s, &client, ops, retried).await;
+    if result.is_err() {
+        drop(Object::take(client));
+    }
+    result
+}
+
+async fn run_batch_on(
+    s: &Shared,
+    c: &Object,
+    ops: &[Op],
+    retried: bool,
+) -> std::result::Result<Vec<Result<Done>>, BatchFailure> {
+    let fail = |context: &'static str| move |e| classify(s, context, e);
+    let begun = c
+        .simple_query(&s.sql.begin)
+        .await
+        .map_err(fail("starting a write transaction"))?;
+    let (mut last_global, db_now) = begun
+        .iter()
+        .find_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((
+                r.get(0).and_then(|v| v.parse::<i64>().ok()),
+                r.get(1).and_then(|v| v.parse::<i64>().ok()),
+            )),
+            _ => None,
+        })
+        .and_then(|(g, n)| Some((g?, n?)))
+        .ok_or_else(|| {
+            BatchFailure::Refused(Error::NotAPostgresJournal {
+                target: s.target.clone(),
+                reason: "its meta table has no counter row".into(),
+            })
+        })?;
+    let now_ms = s.clock.as_ref().map_or(db_now, |clock| clock.now_ms());
+
+    let ids: Vec<&str> = ops.iter().map(Op::stream_id).collect();
+    let read = c
+        .prepare_cached(&s.sql.read_rows)
+        .await
+        .map_err(fail("preparing a read"))?;
+    let mut rows: HashMap<String, StreamRow> = HashMap::new();
+    for r in c
+        .query(&read, &[&ids])
+        .await
+        .map_err(fail("reading stream heads"))?
+    {
+        let (id, row) = decode_stream_row(&r).map_err(BatchFailure::Refused)?;
+        rows.insert(id, row);
+    }
+
+    let mut outcomes = Vec::with_capacity(ops.len());
+    for op in ops {
+        let outcome = run_op(s, c, op, &mut rows, &mut last_global, now_ms, retried).await?;
+        outcomes.push(outcome);
+    }
+    let end = c
+        .prepare_cached(&s.sql.end_batch)
+        .await
+        .map_err(fail("preparing the commit"))?;
+    c.execute(&end, &[&last_global])
+        .await
+        .map_err(fail("advancing the global sequence"))?;
+    // The durable commit: nobody hears "ok" before it.
+    c.batch_execute("COMMIT")
+        .await
+        .map_err(fail("committing"))?;
+    Ok(outcomes)
+}
+
+/// Plans `op` with the rules over the stream's row, writes the plan with a statement guarded
+/// by that row, and when the row changed meanwhile reads it again and plans again.
+async fn run_op(
+    s: &Shared,
+    c: &Object,
+    op: &Op,
+    rows: &mut HashMap<String, StreamRow>,
+    last_global: &mut i64,
+    now_ms: i64,
+    retried: bool,
+) -> std::result::Result<Result<Done>, BatchFailure> {
+    let stream_id = op.stream_id();
+    for _ in 0..PLAN_ATTEMPTS_MAX {
+        let row = rows.get(stream_id).cloned();
+        let mut plan = Plan::new(row.as_ref());
+        let decided = match op {
+            Op::Append(a, _) => ops::append(&mut plan, a, now_ms).map(Done::Appended),
+            Op::Acquire {
+                stream_id,
+                owner,
+                ttl_ms,
+            } => ops::acquire(&mut plan, stream_id, owner, *ttl_ms, now_ms).map(Done::Lease),
+            Op::Renew(lease, ttl_ms) => ops::renew(&mut plan, lease, *ttl_ms, now_ms).map(Done::Lease),
+            Op::Release(lease) => ops::release(&mut plan, lease, now_ms).map(|()| Done::Released),
+        };
+        let done = match decided {
+            Ok(done) => done,
+            Err(refusal) => {
+                // A retried append that committed before its acknowledgement was lost is
+                // refused now (its own events moved the head): find them, and report done.
+                if let (true, Op::Append(a, event_ids)) = (retried, op)
+                    && let Some(appended) = find_appended(s, c, a, event_ids).await?
+                {
+                    return Ok(Ok(Done::Appended(appended)));
+                }
+                return Ok(Err(refusal));
+            }
+        };
+        let landed = match (&done, op) {
+            (Done::Appended(_), Op::Append(a, event_ids)) => {
+                write_append(s, c, a, event_ids, row.as_ref(), &plan, *last_global, now_ms).await?
+            }
+            _ => match &plan.lease {
+                Some(lease) => write_lease(s, c, lease, row.as_ref(), now_ms).await?,
+                None => true,
+            },
+        };
+        if landed {
+            let done = match done {
+                Done::Appended(mut appended) => {
+                    *last_global += plan.events.len() as i64;
+                    appended.last_global_seq = *last_global as u64;
+                    write_timers(s, c, &plan.timers).await?;
+                    let head = plan.head.as_ref().map(|h| (h.2, h.3));
+                    let entry = rows.entry(stream_id.to_owned()).or_insert(StreamRow {
+                        head_seq: 0,
+                        head_hash: Digest32::GENESIS,
+                        lease_owner: None,
+                        lease_epoch: 0,
+                        lease_expires_at_ms: None,
+                    });
+                    if let Some((seq, hash)) = head {
+                        entry.head_seq = seq;
+                        entry.head_hash = hash;
+                    }
+                    Done::Appended(appended)
+                }
+                other => {
+                    if let Some(lease) = &plan.lease {
+                        let entry = rows.entry(stream_id.to_owned()).or_insert(StreamRow {
+                            head_seq: 0,
+                            head_hash: Digest32::GENESIS,
+                            lease_owner: None,
+                            lease_epoch: 0,
+                            lease_expires_at_ms: None,
+                        });
+                        entry.lease_owner = Some(lease.owner.clone());
+                        entry.lease_epoch = lease.token as i64;
+                        entry.lease_expires_at_ms = Some(lease.expires_at_ms);
+                    }
+                    other
+                }
+            };
+            return Ok(Ok(done));
+        }
+        // Another writer changed the row since it was read: read it again, decide again.
+        let read = c
+            .prepare_cached(&s.sql.read_row)
+            .await
+            .map_err(|e| classify(s, "preparing a read", e))?;
+        match c
+            .query_opt(&read, &[&stream_id])
+            .await
+            .map_err(|e| classify(s, "re-reading a stream head", e))?
+        {
+            Some(r) => {
+                let (_, row) = decode_stream_row(&r).map_err(BatchFailure::Refused)?;
+                rows.insert(stream_id.to_owned(), row);
+            }
+            None => {
+                rows.remove(stream_id);
+            }
+        }
+    }
+    Ok(Err(Error::WriteFailed {
+        reason: format!(
+            "stream {stream_id} changed under this write {PLAN_ATTEMPTS_MAX} times in a row; retry"
+        ),
+    }))
+}
+
+/// Writes an append's plan: the guarded head change feeding the insert of its events.
+/// Returns false when the guard found the row changed (nothing was written).
+#[allow(clippy::too_many_arguments)]
+async fn write_append(
+    s: &Shared,
+    c: &Object,
+    a: &Append,
+    event_ids: &[[u8; 16]],
+    row: Option<&StreamRow>,
+    plan: &Plan<'_>,
+    last_global: i64,
+    now_ms: i64,
+) -> std::result::Result<bool, BatchFailure> {
+    let Some((subject, status, head_seq, head_hash)) = &plan.head else {
+        return Ok(true);
+    };
+    let n = plan.events.len();
+    let globals: Vec<i64> = (1..=n as i64).map(|i| last_global + i).collect();
+    let ids: Vec<&[u8]> = event_ids.iter().map(|id| &id[..]).collect();
+    let seqs: Vec<i64> = plan.events.iter().map(|e| e.stream_seq as i64).collect();
+    let kinds: Vec<&str> = plan.events.iter().map(|e| e.kind.as_str()).collect();
+    let versions: Vec<i64> = plan
+        .events
+        .iter()
+        .map(|e| i64::from(e.schema_version))
+        .collect();
+    let payloads: Vec<&[u8]> = plan.events.iter().map(|e| e.payload.as_bytes()).collect();
+    let prevs: Vec<&[u8]> = plan.events.iter().map(|e| &e.prev_hash.0[..]).collect();
+    let hashes: Vec<&[u8]> = plan.events.iter().map(|e| &e.hash.0[..]).collect();
+    let (guard_seq, guard_hash, guard_owner, guard_epoch, guard_expiry) = match row {
+        Some(r) => (
+            r.head_seq as i64,
+            r.head_hash.0.to_vec(),
+            r.lease_owner.clone(),
+            r.lease_epoch,
+            r.lease_expires_at_ms,
+        ),
+        None => (0, Digest32::GENESIS.0.to_vec(), None, 0, None),
+    };
+    let new_hash = &head_hash.0[..];
+    let head_seq = *head_seq as i64;
+    let head: [&(dyn ToSql + Sync); 6] = [&a.stream_id, &head_seq, &new_hash, &now_ms, status, subject];
+    let guard: [&(dyn ToSql + Sync); 5] = [&guard_seq, &guard_hash, &guard_owner, &guard_epoch, &guard_expiry];
+    let events: [&(dyn ToSql + Sync); 8] = [&globals, &ids, &seqs, &kinds, &versions, &payloads, &prevs, &hashes];
+    let (sql, params) = if row.is_some() {
+        (&s.sql.append_update, [&head[..], &guard[..], &events[..]].concat())
+    } else {
+        (&s.sql.append_insert, [&head[..], &events[..]].concat())
+    };
+    let st = c
+        .prepare_cached(sql)
+        .await
+        .map_err(|e| classify(s, "preparing an append", e))?;
+    let written = c.execute(&st, &params).await.map_err(|e| {
+        classify(s, &format!("appending to {}", a.stream_id), e)
+    })?;
+    Ok(written as usize == n)
+}
+
+/// Writes a lease change guarded by the lease columns the rules read.
+async fn write_lease(
+    s: &Shared,
+    c: &Object,
+    lease: &Lease,
+    row: Option<&StreamRow>,
+    now_ms: i64,
+) -> std::result::Result<bool, BatchFailure> {
+    let token = lease.token as i64;
+    let written = match row {
+        Some(r) => {
+            let st = c
+                .prepare_cached(&s.sql.lease_update)
+                .await
+                .map_err(|e| classify(s, "preparing a lease change", e))?;
+            c.execute(
+                &st,
+                &[
+                    &lease.stream_id,
+                    &lease.owner,
+                    &token,
+                    &lease.expires_at_ms,
+                    &r.lease_owner,
+                    &r.lease_epoch,
+                    &r.lease_expires_at_ms,
+                ],
+            )
+            .await
+        }
+        None => {
+            let st = c
+                .prepare_cached(&s.sql.lease_insert)
+                .await
+                .map_err(|e| classify(s, "preparing a lease change", e))?;
+            c.execute(
+                &st,
+                &[
+                    &lease.stream_id,
+                    &lease.owner,
+                    &token,
+                    &lease.expires_at_ms,
+                    &now_ms,
+                    &&Digest32::GENESIS.0[..],
+                ],
+            )
+            .await
+        }
+    }
+    .map_err(|e| classify(s, &format!("writing the lease of {}", lease.stream_id), e))?;
+    Ok(written == 1)
+}
+
+async fn write_timers(
+    s: &Shared,
+    c: &Object,
+    timers: &[TimerChange],
+) -> std::result::Result<(), BatchFailure> {
+    for change in timers {
+        match change {
+            TimerChange::Put(t) => {
+                let st = c
+                    .prepare_cached(&s.sql.put_timer)
+                    .await
+                    .map_err(|e| classify(s, "preparing a timer change", e))?;
+                c.execute(&st, &[&t.stream_id, &t.name, &t.due_at_ms])
+                    .await
+                    .map_err(|e| {
+                        classify(s, &format!("arming timer {} of {}", t.name, t.stream_id), e)
+                    })?;
+            }
+            TimerChange::Clear(stream_id, name) => {
+                let st = c
+                    .prepare_cached(&s.sql.clear_timer)
+                    .await
+                    .map_err(|e| classify(s, "preparing a timer change", e))?;
+                c.execute(&st, &[stream_id, name]).await.map_err(|e| {
+                    classify(s, &format!("clearing timer {name} of {stream_id}"), e)
+                })?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The append whose events carry `event_ids`, when they are already stored.
+async fn find_appended(
+    s: &Shared,
+    c: &Object,
+    a: &Append,
+    event_ids: &[[u8; 16]],
+) -> std::result::Result<Option<Appended>, BatchFailure> {
+    let ids: Vec<&[u8]> = event_ids.iter().map(|id| &id[..]).collect();
+    let st = c
+        .prepare_cached(&s.sql.find_events)
+        .await
+        .map_err(|e| classify(s, "preparing a lookup", e))?;
+    let found = c
+        .query(&st, &[&ids])
+        .await
+        .map_err(|e| classify(s, &format!("looking up a retried append to {}", a.stream_id), e))?;
+    if found.len() != event_ids.len() {
+        return Ok(None);
+    }
+    let (first, last) = (&found[0], &found[found.len() - 1]);
+    let last_seq = last.get::<_, i64>(0) as u64;
+    let hash: Vec<u8> = last.get(2);
+    Ok(Some(Appended {
+        first_seq: first.get::<_, i64>(0) as u64,
+        last_seq,
+        last_global_seq: last.get::<_, i64>(1) as u64,
+        head_hash: digest(&a.stream_id, last_seq, &hash).map_err(BatchFailure::Refused)?,
+    }))
+}
+
+fn decode_stream_row(r: &Row) -> Result<(String, StreamRow)> {
+    let id: String = r.get(0);
+    let seq = r.get::<_, i64>(1) as u64;
+    let hash: Vec<u8> = r.get(2);
+    Ok((
+        id.clone(),
+        StreamRow {
+            head_seq: seq,
+            head_hash: digest(&id, seq, &hash)?,
+            lease_owner: r.get(3),
+            lease_epoch: r.get(4),
+            lease_expires_at_ms: r.get(5),
+        },
+    ))
+}
+
+fn digest(stream_id: &str, seq: u64, bytes: &[u8]) -> Result<Digest32> {
+    Digest32::from_slice(bytes).ok_or_else(|| Error::Corrupt {
+        stream: stream_id.to_owned(),
+        seq,
+        detail: format!("a stored hash is {} bytes, not 32", bytes.len()),
+    })
+}
+
+fn row_to_event(r: &Row) -> Result<Event> {
+    let stream_id: String = r.try_get(1).map_err(|e| Error::Corrupt {
+        stream: String::new(),
+        seq: 0,
+        detail: format!("an event row cannot be decoded ({e})"),
+    })?;
+    let stream_seq = r.try_get::<_, i64>(2).map_err(|e| Error::Corrupt {
+        stream: stream_id.clone(),
+        seq: 0,
+        detail: format!("an event row cannot be decoded ({e})"),
+    })? as u64;
+    // Once the row's place is known, an undecodable column is corruption at that place.
+    let bad = |detail: String| Error::Corrupt {
+        stream: stream_id.clone(),
+        seq: stream_seq,
+        detail,
+    };
+    let col = |e: tokio_postgres::Error| bad(format!("an event column cannot be decoded ({e})"));
+    let version: i64 = r.try_get(4).map_err(col)?;
+    let payload: Vec<u8> = r.try_get(6).map_err(col)?;
+    let prev: Vec<u8> = r.try_get(7).map_err(col)?;
+    let hash: Vec<u8> = r.try_get(8).map_err(col)?;
+    Ok(Event {
+        global_seq: r.try_get::<_, i64>(0).map_err(col)? as u64,
+        kind: r.try_get(3).map_err(col)?,
+        schema_version: u32::try_from(version)
+            .map_err(|_| bad(format!("schema version {version} is out of range")))?,
+        recorded_at_ms: r.try_get(5).map_err(col)?,
+        payload: String::from_utf8(payload)
+            .map_err(|_| bad("the payload is not UTF-8 text".into()))?,
+        prev_hash: digest(&stream_id, stream_seq, &prev)?,
+        hash: digest(&stream_id, stream_seq, &hash)?,
+        stream_id,
+        stream_seq,
+    })
+}
+
+fn row_to_info(r: &Row) -> Result<StreamInfo> {
+    let stream_id: String = r.get(0);
+    let head_seq = r.get::<_, i64>(5) as u64;
+    let hash: Vec<u8> = r.get(6);
+    Ok(StreamInfo {
+        head_hash: digest(&stream_id, head_seq, &hash)?,
+        subject: r.get(1),
+        status: r.get(2),
+        created_at_ms: r.get(3),
+        updated_at_ms: r.get(4),
+        head_seq,
+        stream_id,
+    })
+}
+
+fn row_to_timer(r: &Row) -> Result<Timer> {
+    Ok(Timer {
+        stream_id: r.get(0),
+        name: r.get(1),
+        due_at_ms: r.get(2),
+    })
+}
+
+async fn heads_in(s: &Shared, c: &impl deadpool_postgres::GenericClient) -> Result<Vec<Head>> {
+    let rows = c
+        .query(s.sql.heads.as_str(), &[])
+        .await
+        .map_err(s.failed("reading stream heads"))?;
+    rows.iter()
+        .map(|r| {
+            let stream_id: String = r.get(0);
+            let seq = r.get::<_, i64>(1) as u64;
+            let hash: Vec<u8> = r.get(2);
+            Ok(Head {
+                hash: digest(&stream_id, seq, &hash)?,
+                stream_id,
+                seq,
+            })
+        })
+        .collect()
+}
+
+async fn stream_info_in(
+    s: &Shared,
+    c: &impl deadpool_postgres::GenericClient,
+    stream_id: &str,
+) -> Result<Option<StreamInfo>> {
+    c.query_opt(s.sql.stream_info.as_str(), &[&stream_id])
+        .await
+        .map_err(|e| Error::Postgres {
+            target: s.target.clone(),
+            context: format!("reading stream {stream_id}"),
+            cause: e,
+        })?
+        .as_ref()
+        .map(row_to_info)
+        .transpose()
+}
+
+impl JournalRead for PostgresJournal {
+    fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
+        let stream_id = stream_id.to_owned();
+        self.run(|s| async move {
+            let mut c = s.client().await?;
+            let tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(s.failed("starting a read snapshot"))?;
+            let info = stream_info_in(&s, &tx, &stream_id).await?;
+            let rows = tx
+                .query(s.sql.select_events_of.as_str(), &[&stream_id])
+                .await
+                .map_err(s.failed("reading a stream"))?;
+            let events = rows.iter().map(row_to_event).collect::<Result<Vec<_>>>()?;
+            tx.commit()
+                .await
+                .map_err(s.failed("ending a read snapshot"))?;
+            check_stream(&stream_id, info.as_ref(), &events)?;
+            Ok(events)
+        })
+    }
+
+    fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
+        let stream_id = stream_id.to_owned();
+        self.run(|s| async move {
+            let c = s.client().await?;
+            stream_info_in(&s, &c, &stream_id).await
+        })
+    }
+}
+
+impl JournalScan for PostgresJournal {
+    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let (after, limit) = (after as i64, limit.min(i64::MAX as usize) as i64);
+            let rows = c
+                .query(s.sql.select_events_after.as_str(), &[&after, &limit])
+                .await
+                .map_err(s.failed("reading events"))?;
+            rows.iter().map(row_to_event).collect()
+        })
+    }
+
+    fn streams(&self, f: &StreamFilter) -> Result<Vec<StreamInfo>> {
+        let f = f.clone();
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let rows = c
+                .query(
+                    s.sql.streams.as_str(),
+                    &[
+                        &f.subject,
+                        &f.status,
+                        &f.created_from_ms,
+                        &f.created_until_ms,
+                    ],
+                )
+                .await
+                .map_err(s.failed("listing streams"))?;
+            rows.iter().map(row_to_info).collect()
+        })
+    }
+
+    fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
+        self.run(move |s| async move {
+            let c = s.client().await?;
+            let limit = limit.min(i64::MAX as usize) as i64;
+            let rows = c
+                .query(s.sql.due_timers.as_str(), &[&now_ms, &limit])
+                .await
+                .map_err(s.failed("reading due timers"))?;
+            rows.iter().map(row_to_timer).collect()
+        })
+    }
+
+    fn next_timer(&self) -> Result<Option<Timer>> {
+        self.run(|s| async move {
+            let c = s.client().await?;
+            c.query_opt(s.sql.next_timer.as_str(), &[])
+                .await
+                .map_err(s.failed("reading the next timer"))?
+                .as_ref()
+                .map(row_to_timer)
+                .transpose()
+        })
+    }
+}
+
+impl JournalAppend for PostgresJournal {
+    async fn append(&self, append: Append) -> Result<Appended> {
+        // The ids are made here, once: every retry of this append carries the same ones.
+        let ids = self.ids.take(append.events.len());
+        match self.request(Op::Append(append, ids)).await? {
+            Done::Appended(a) => Ok(a),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
+
+fn unexpected(done: &Done) -> Error {
+    Error::WriteFailed {
+        reason: format!("the journal writer answered with the wrong kind of result ({done:?})"),
+    }
+}
+
+impl Leases for PostgresJournal {
+    async fn acquire(&self, stream_id: &str, owner: &str, ttl_ms: i64) -> Result<Lease> {
+        let op = Op::Acquire {
+            stream_id: stream_id.to_owned(),
+            owner: owner.to_owned(),
+            ttl_ms,
+        };
+        match self.request(op).await? {
+            Done::Lease(l) => Ok(l),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn renew(&self, lease: &Lease, ttl_ms: i64) -> Result<Lease> {
+        match self.request(Op::Renew(lease.clone(), ttl_ms)).await? {
+            Done::Lease(l) => Ok(l),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        match self.request(Op::Release(lease.clone())).await? {
+            Done::Released => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+}
