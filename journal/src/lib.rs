@@ -31,7 +31,7 @@ pub use event::{
 };
 pub use memory::MemoryJournal;
 pub use ops::DEFAULT_STATUS;
-pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use postgres::{DEFAULT_PG_SCHEMA, PostgresConfig, PostgresJournal};
+pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use sqlite::SqliteJournal;
 pub use verify::{BrokenLink, VerifyReport};

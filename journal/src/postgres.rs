@@ -46,7 +46,7 @@ use crate::api::{
 };
 use crate::clock::Clock;
 use crate::error::{Error, Result};
-use crate::event::{Digest32, Event, check_stream};
+use crate::event::{Digest32, Event, check_stream, validate_stream_id};
 use crate::ops::{self, DEFAULT_STATUS, HeadUpdate, WriteStore};
 use crate::schema::{APPLICATION_ID, SCHEMA_VERSION};
 use crate::verify::{BrokenLink, Verifier, VerifyReport};
@@ -196,8 +196,7 @@ struct Sql {
     claim_timers: String,
 }
 
-const EVENT_COLUMNS: &str =
-    "global_seq, stream_id, stream_seq, kind, schema_version, recorded_at_ms, payload, prev_hash, hash";
+const EVENT_COLUMNS: &str = "global_seq, stream_id, stream_seq, kind, schema_version, recorded_at_ms, payload, prev_hash, hash";
 const STREAM_COLUMNS: &str =
     "stream_id, subject, status, created_at_ms, updated_at_ms, head_seq, head_hash";
 const ROW_COLUMNS: &str =
@@ -662,7 +661,10 @@ impl PostgresJournal {
         });
         let setup = {
             let (shared, schema) = (shared.clone(), schema.to_owned());
-            wait_on(&runtime, async move { prepare_schema(&shared, &schema).await })
+            wait_on(
+                &runtime,
+                async move { prepare_schema(&shared, &schema).await },
+            )
         };
         if let Err(e) = setup {
             runtime.shutdown_background();
@@ -933,7 +935,11 @@ enum Found {
 }
 
 /// Identifies `schema` without writing to it.
-async fn inspect(s: &Shared, c: &impl deadpool_postgres::GenericClient, schema: &str) -> Result<Found> {
+async fn inspect(
+    s: &Shared,
+    c: &impl deadpool_postgres::GenericClient,
+    schema: &str,
+) -> Result<Found> {
     let not_a_journal = |reason: String| Error::NotAPostgresJournal {
         target: s.target.clone(),
         reason,
@@ -973,12 +979,7 @@ async fn inspect(s: &Shared, c: &impl deadpool_postgres::GenericClient, schema: 
             &[],
         )
         .await
-        .map_err(|e| {
-            not_a_journal(format!(
-                "its meta table is not rekey's ({})",
-                describe(&e)
-            ))
-        })?
+        .map_err(|e| not_a_journal(format!("its meta table is not rekey's ({})", describe(&e))))?
         .ok_or_else(|| not_a_journal("its meta table is empty".into()))?;
     let (app_id, version): (i64, i64) = (row.get(0), row.get(1));
     if app_id != APPLICATION_ID {
@@ -1116,7 +1117,12 @@ async fn run_batch_on(
         })?;
     let now_ms = s.clock.as_ref().map_or(db_now, |clock| clock.now_ms());
 
-    let ids: Vec<&str> = ops.iter().map(Op::stream_id).collect();
+    // A malformed stream id is refused by the rules, before it reaches the database.
+    let ids: Vec<&str> = ops
+        .iter()
+        .map(Op::stream_id)
+        .filter(|id| validate_stream_id(id).is_ok())
+        .collect();
     let read = c
         .prepare_cached(&s.sql.read_rows)
         .await
@@ -1172,7 +1178,9 @@ async fn run_op(
                 owner,
                 ttl_ms,
             } => ops::acquire(&mut plan, stream_id, owner, *ttl_ms, now_ms).map(Done::Lease),
-            Op::Renew(lease, ttl_ms) => ops::renew(&mut plan, lease, *ttl_ms, now_ms).map(Done::Lease),
+            Op::Renew(lease, ttl_ms) => {
+                ops::renew(&mut plan, lease, *ttl_ms, now_ms).map(Done::Lease)
+            }
             Op::Release(lease) => ops::release(&mut plan, lease, now_ms).map(|()| Done::Released),
         };
         let done = match decided {
@@ -1190,7 +1198,17 @@ async fn run_op(
         };
         let landed = match (&done, op) {
             (Done::Appended(_), Op::Append(a, event_ids)) => {
-                write_append(s, c, a, event_ids, row.as_ref(), &plan, *last_global, now_ms).await?
+                write_append(
+                    s,
+                    c,
+                    a,
+                    event_ids,
+                    row.as_ref(),
+                    &plan,
+                    *last_global,
+                    now_ms,
+                )
+                .await?
             }
             _ => match &plan.lease {
                 Some(lease) => write_lease(s, c, lease, row.as_ref(), now_ms).await?,
@@ -1302,11 +1320,23 @@ async fn write_append(
     };
     let new_hash = &head_hash.0[..];
     let head_seq = *head_seq as i64;
-    let head: [&(dyn ToSql + Sync); 6] = [&a.stream_id, &head_seq, &new_hash, &now_ms, status, subject];
-    let guard: [&(dyn ToSql + Sync); 5] = [&guard_seq, &guard_hash, &guard_owner, &guard_epoch, &guard_expiry];
-    let events: [&(dyn ToSql + Sync); 8] = [&globals, &ids, &seqs, &kinds, &versions, &payloads, &prevs, &hashes];
+    let head: [&(dyn ToSql + Sync); 6] =
+        [&a.stream_id, &head_seq, &new_hash, &now_ms, status, subject];
+    let guard: [&(dyn ToSql + Sync); 5] = [
+        &guard_seq,
+        &guard_hash,
+        &guard_owner,
+        &guard_epoch,
+        &guard_expiry,
+    ];
+    let events: [&(dyn ToSql + Sync); 8] = [
+        &globals, &ids, &seqs, &kinds, &versions, &payloads, &prevs, &hashes,
+    ];
     let (sql, params) = if row.is_some() {
-        (&s.sql.append_update, [&head[..], &guard[..], &events[..]].concat())
+        (
+            &s.sql.append_update,
+            [&head[..], &guard[..], &events[..]].concat(),
+        )
     } else {
         (&s.sql.append_insert, [&head[..], &events[..]].concat())
     };
@@ -1314,9 +1344,10 @@ async fn write_append(
         .prepare_cached(sql)
         .await
         .map_err(|e| classify(s, "preparing an append", e))?;
-    let written = c.execute(&st, &params).await.map_err(|e| {
-        classify(s, &format!("appending to {}", a.stream_id), e)
-    })?;
+    let written = c
+        .execute(&st, &params)
+        .await
+        .map_err(|e| classify(s, &format!("appending to {}", a.stream_id), e))?;
     Ok(written as usize == n)
 }
 
@@ -1416,10 +1447,13 @@ async fn find_appended(
         .prepare_cached(&s.sql.find_events)
         .await
         .map_err(|e| classify(s, "preparing a lookup", e))?;
-    let found = c
-        .query(&st, &[&ids])
-        .await
-        .map_err(|e| classify(s, &format!("looking up a retried append to {}", a.stream_id), e))?;
+    let found = c.query(&st, &[&ids]).await.map_err(|e| {
+        classify(
+            s,
+            &format!("looking up a retried append to {}", a.stream_id),
+            e,
+        )
+    })?;
     if found.len() != event_ids.len() {
         return Ok(None);
     }

@@ -1,19 +1,22 @@
-//! Bad input: files that are not journals, journals from a newer rekey, read-only files and
-//! malformed events are each refused with a specific error, and nothing on disk changes.
+//! Bad input: files (and PostgreSQL schemas) that are not journals, journals from a newer
+//! rekey, read-only files and malformed events are each refused with a specific error, and
+//! nothing on disk (or in the database) changes.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use rekey_journal::{
     APPEND_EVENTS_MAX, Append, EVENT_BYTES_MAX, Error, JournalAppend, JournalScan, KIND_BYTES_MAX,
-    Leases, NewEvent, SCHEMA_VERSION, STREAM_ID_BYTES_MAX, SqliteJournal, TimerOp,
+    Leases, NewEvent, PostgresJournal, SCHEMA_VERSION, STREAM_ID_BYTES_MAX, SqliteJournal, TimerOp,
 };
 use serde_json::{Value, json};
 
 use crate::common::{
-    Engine, SplitMix, append_ok, assert_chain, assert_intact, assert_unchanged, dir_snapshot,
-    event, expect_err, fill, head_seq, manual_clock, memory, numbered, open_sqlite, read, scratch,
+    Engine, Kind, Place, SplitMix, append_ok, assert_chain, assert_intact, assert_unchanged,
+    dir_snapshot, event, expect_err, fill, head_seq, manual_clock, memory, numbered, open_sqlite,
+    read, scratch,
 };
+use crate::pg_server;
 
 /// Writes a small healthy journal at `path` and closes it.
 async fn small_journal(path: &Path) {
@@ -349,10 +352,155 @@ async fn malformed_appends_are_refused_and_the_file_is_unchanged() {
 }
 
 #[tokio::test]
-async fn malformed_appends_are_refused_by_both_engines() {
+async fn malformed_appends_are_refused_by_every_engine() {
     let (_dir, path) = scratch();
     refuse_malformed(&open_sqlite(&path, &manual_clock()), "sqlite").await;
     refuse_malformed(&memory(&manual_clock()), "memory").await;
+    let place = Place::new(Kind::Postgres);
+    refuse_malformed(&place.open(&manual_clock()), "postgres").await;
+}
+
+/// Every table of `schema` with all its rows as text; two equal snapshots mean nothing in
+/// the schema was created, changed or removed.
+async fn schema_snapshot(schema: &str) -> Vec<(String, String)> {
+    let c = pg_server::client().await;
+    let tables: Vec<String> = c
+        .query(
+            "SELECT c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = $1 ORDER BY 1",
+            &[&schema],
+        )
+        .await
+        .expect("listing the schema")
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    let mut out = Vec::new();
+    for t in tables {
+        let rows = match c
+            .query_one(
+                &format!(
+                    "SELECT coalesce(string_agg(x::text, '|' ORDER BY x::text), '') FROM {schema}.{t} x"
+                ),
+                &[],
+            )
+            .await
+        {
+            Ok(r) => r.get(0),
+            Err(_) => "(an index or sequence)".to_owned(),
+        };
+        out.push((t, rows));
+    }
+    out
+}
+
+/// Asserts opening `schema` is refused with an error matching `pattern`, changing nothing.
+macro_rules! assert_pg_refused {
+    ($schema:expr, $pattern:pat $(if $guard:expr)?, $what:expr) => {{
+        let schema: &str = $schema;
+        let before = schema_snapshot(schema).await;
+        expect_err!(
+            PostgresJournal::open(pg_server::config(), schema),
+            $pattern $(if $guard)?,
+            "open {}", $what
+        );
+        assert_eq!(before, schema_snapshot(schema).await, "after open of {}", $what);
+    }};
+}
+
+#[tokio::test]
+async fn a_schema_of_another_program_is_not_a_journal() {
+    let schema = pg_server::fresh_schema();
+    let c = pg_server::client().await;
+    c.batch_execute(&format!(
+        "CREATE SCHEMA {schema}; CREATE TABLE {schema}.invoices (id int8 PRIMARY KEY, total int8);
+         INSERT INTO {schema}.invoices VALUES (1, 42);"
+    ))
+    .await
+    .expect("another program's schema");
+    assert_pg_refused!(
+        &schema,
+        Error::NotAPostgresJournal { reason, .. } if reason.contains("another program") && reason.contains("invoices"),
+        "another program's schema"
+    );
+
+    // Another program with a table called meta: its application id is not rekey's.
+    c.batch_execute(&format!(
+        "CREATE TABLE {schema}.meta (id int4, application_id int8, schema_version int8);
+         INSERT INTO {schema}.meta VALUES (1, 7, 1);"
+    ))
+    .await
+    .expect("a meta table");
+    assert_pg_refused!(
+        &schema,
+        Error::NotAPostgresJournal { reason, .. } if reason.contains("application id"),
+        "another program's meta table"
+    );
+}
+
+#[tokio::test]
+async fn a_newer_postgres_schema_is_refused_naming_both_versions() {
+    let place = Place::new(Kind::Postgres);
+    fill(&place.open(&manual_clock()), "one", 2).await;
+    let newer = SCHEMA_VERSION + 40;
+    pg_server::client()
+        .await
+        .batch_execute(&format!(
+            "UPDATE {}.meta SET schema_version = {newer}",
+            place.schema
+        ))
+        .await
+        .expect("raising the schema version");
+    assert_pg_refused!(
+        &place.schema,
+        Error::NewerPostgresSchema { found, supported, .. } if *found == newer && *supported == SCHEMA_VERSION,
+        "a newer journal"
+    );
+    let message = PostgresJournal::open(pg_server::config(), &place.schema)
+        .expect_err("newer schema")
+        .to_string();
+    assert!(
+        message.contains(&format!("version {newer}"))
+            && message.contains(&format!("({SCHEMA_VERSION})")),
+        "the message must name the schema's version {newer} and ours {SCHEMA_VERSION}: {message}"
+    );
+}
+
+#[test]
+fn a_schema_name_that_is_not_a_plain_identifier_is_refused() {
+    for bad in [
+        "",
+        "Rekey",
+        "1st",
+        "pg_catalog",
+        "a-b",
+        "a;drop table x",
+        &"s".repeat(64),
+    ] {
+        expect_err!(
+            PostgresJournal::open(pg_server::config(), bad),
+            Error::PostgresConfig { reason } if reason.contains("schema name"),
+            "schema name {bad:?}"
+        );
+    }
+}
+
+/// Malformed appends leave the PostgreSQL journal's tables exactly as they were.
+#[tokio::test]
+async fn malformed_appends_change_nothing_in_the_postgres_schema() {
+    let place = Place::new(Kind::Postgres);
+    let j = place.open(&manual_clock());
+    fill(&j, "one", 3).await;
+    let before = schema_snapshot(&place.schema).await;
+    for (what, append, ok) in malformed() {
+        let err = j.append(append).await.expect_err(what);
+        assert!(ok(&err), "{what} got the wrong error: {err:?}");
+    }
+    assert_eq!(
+        before,
+        schema_snapshot(&place.schema).await,
+        "after refused appends"
+    );
 }
 
 /// A journal whose write lock another process holds past the busy timeout: the append is

@@ -61,7 +61,7 @@ pub enum Kind {
 pub struct Place {
     pub kind: Kind,
     /// Keeps the SQLite file's directory alive.
-    pub dir: Option<TempDir>,
+    pub _dir: Option<TempDir>,
     pub path: PathBuf,
     pub schema: String,
 }
@@ -74,14 +74,14 @@ impl Place {
                 let (dir, path) = scratch();
                 Self {
                     kind,
-                    dir: Some(dir),
+                    _dir: Some(dir),
                     path,
                     schema: String::new(),
                 }
             }
             Kind::Postgres => Self {
                 kind,
-                dir: None,
+                _dir: None,
                 path: PathBuf::new(),
                 schema: crate::pg_server::fresh_schema(),
             },

@@ -1,25 +1,28 @@
-//! A real crash test. This test binary re-executes itself as a child process that appends
-//! to a journal from several tasks (so requests are group-committed) and prints every
-//! acknowledged append; the parent SIGKILLs it at a random moment, then checks that every
-//! acknowledged event survived, chains, and that nothing exported earlier was lost. Repeated
-//! on one file, so each round also recovers from the previous round's kill.
+//! A real crash test, on each durable engine. This test binary re-executes itself as a child
+//! process that appends to a journal from several tasks (so requests are group-committed) and
+//! prints every acknowledged append; the parent SIGKILLs it at a random moment, then checks
+//! that every acknowledged event survived, chains, and that nothing exported earlier was lost.
+//! Repeated on one journal (a file, or a schema of the test server, which the parent keeps
+//! running), so each round also recovers from the previous round's kill.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use rekey_journal::{Append, Error, Head, JournalAppend, JournalRead, SqliteJournal};
+use rekey_journal::{Append, Error, Head, JournalAppend, JournalRead};
 use serde_json::json;
 
-use crate::common::{SplitMix, assert_chain, assert_intact, event, scratch};
+use crate::common::{
+    Journal, Kind, Place, SplitMix, assert_chain, assert_intact, event, on_both_engines_sync,
+};
 
-/// Set (to the journal's path) only in the child process.
+/// Set only in the child process: `sqlite:<path>` or `postgres:<schema>` (the server's port
+/// is passed as [`crate::pg_server::PORT_ENV`]).
 const CHILD_ENV: &str = "REKEY_CRASH_CHILD";
 /// The round number, so the child's payloads are unique across rounds.
 const ROUND_ENV: &str = "REKEY_CRASH_ROUND";
@@ -41,7 +44,7 @@ const CHILD_APPENDS_MAX: u64 = 20_000;
 /// acknowledged_event` spawns. Run by the harness like any test, it returns at once.
 #[test]
 fn crash_child_process_entry_point() {
-    let Ok(path) = std::env::var(CHILD_ENV) else {
+    let Ok(place) = std::env::var(CHILD_ENV) else {
         return;
     };
     let round: u64 = std::env::var(ROUND_ENV)
@@ -54,7 +57,7 @@ fn crash_child_process_entry_point() {
         .build()
         .expect("child: building a runtime");
     rt.block_on(async move {
-        let j = Arc::new(SqliteJournal::open(&path).expect("child: opening the journal"));
+        let j = Arc::new(child_place(&place).open_real_time());
         let writers: Vec<_> = (0..WRITERS)
             .map(|w| tokio::spawn(child_writer(j.clone(), round, w)))
             .collect();
@@ -66,7 +69,30 @@ fn crash_child_process_entry_point() {
 
 /// Appends to its stream until killed; prints `ack <stream> <first> <last> <nonce>` only once
 /// `append` has returned Ok, as one write of one complete line.
-async fn child_writer(j: Arc<SqliteJournal>, round: u64, writer: usize) {
+/// The place the parent named in [`CHILD_ENV`].
+fn child_place(named: &str) -> Place {
+    let (kind, at) = named.split_once(':').expect("child: kind:place");
+    let mut place = Place::new(if kind == "sqlite" {
+        Kind::Sqlite
+    } else {
+        Kind::Postgres
+    });
+    match place.kind {
+        Kind::Sqlite => place.path = at.into(),
+        Kind::Postgres => place.schema = at.to_owned(),
+    }
+    place
+}
+
+/// What the child is told to open.
+fn child_env(place: &Place) -> String {
+    match place.kind {
+        Kind::Sqlite => format!("sqlite:{}", place.path.display()),
+        Kind::Postgres => format!("postgres:{}", place.schema),
+    }
+}
+
+async fn child_writer(j: Arc<Journal>, round: u64, writer: usize) {
     let stream = STREAMS[writer % STREAMS.len()];
     for n in 0..CHILD_APPENDS_MAX {
         let head = j
@@ -125,11 +151,18 @@ fn parse_ack(line: &str) -> Option<Ack> {
 
 /// Runs one child, kills it `delay` after its first acknowledgement, and returns every
 /// acknowledgement it printed.
-fn run_and_kill(path: &Path, round: u64, delay: Duration) -> Vec<Ack> {
+fn run_and_kill(place: &Place, round: u64, delay: Duration) -> Vec<Ack> {
     let exe = std::env::current_exe().expect("locating the test binary");
-    let child = Command::new(exe)
+    let mut command = Command::new(exe);
+    if place.kind == Kind::Postgres {
+        command.env(
+            crate::pg_server::PORT_ENV,
+            crate::pg_server::server().port.to_string(),
+        );
+    }
+    let child = command
         .args(["--exact", CHILD_TEST, "--nocapture", "--test-threads=1"])
-        .env(CHILD_ENV, path)
+        .env(CHILD_ENV, child_env(place))
         .env(ROUND_ENV, round.to_string())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -192,12 +225,12 @@ fn run_and_kill(path: &Path, round: u64, delay: Duration) -> Vec<Ack> {
 /// there, every stream chains, and nothing exported after earlier rounds went missing.
 /// Returns the heads to export for the next round.
 fn check_recovered(
-    path: &Path,
+    place: &Place,
     acked: &BTreeMap<(String, u64), String>,
     exported: &[Head],
     context: &str,
 ) -> Vec<Head> {
-    let j = SqliteJournal::open(path).unwrap_or_else(|e| panic!("{context}: reopening: {e}"));
+    let j = place.open_real_time();
     let mut streams = BTreeMap::new();
     for stream in STREAMS {
         let events = j
@@ -222,10 +255,11 @@ fn check_recovered(
     j.heads().expect("heads")
 }
 
+on_both_engines_sync!(sigkilled_writers_lose_no_acknowledged_event);
+
 /// The crash test proper (see the module doc). `REKEY_CRASH_KILLS=N` raises the number of
 /// kills; `REKEY_CRASH_SEED` replays the kill points of a failed run.
-#[test]
-fn sigkilled_writers_lose_no_acknowledged_event() {
+fn sigkilled_writers_lose_no_acknowledged_event(kind: Kind) {
     if std::env::var_os(CHILD_ENV).is_some() {
         return; // inside a child: only the entry point runs
     }
@@ -237,15 +271,15 @@ fn sigkilled_writers_lose_no_acknowledged_event() {
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or_else(|| RandomState::new().build_hasher().finish());
-    println!("crash test: {kills} kills, seed {seed} (replay with {SEED_ENV}={seed})");
+    println!("crash test ({kind:?}): {kills} kills, seed {seed} (replay with {SEED_ENV}={seed})");
     let mut rng = SplitMix(seed);
-    let (_dir, path) = scratch();
+    let place = Place::new(kind);
     let mut acked: BTreeMap<(String, u64), String> = BTreeMap::new();
     let mut exported = Vec::new();
     for round in 0..kills {
         let delay = Duration::from_millis(5 + rng.below(76));
         let context = format!("seed {seed}, round {round} (killed {delay:?} after the first ack)");
-        let acks = run_and_kill(&path, round, delay);
+        let acks = run_and_kill(&place, round, delay);
         for ack in acks {
             assert!(
                 STREAMS.contains(&ack.stream.as_str()) && ack.first >= 1 && ack.first <= ack.last,
@@ -262,11 +296,11 @@ fn sigkilled_writers_lose_no_acknowledged_event() {
                 );
             }
         }
-        exported = check_recovered(&path, &acked, &exported, &context);
+        exported = check_recovered(&place, &acked, &exported, &context);
     }
     let events: u64 = exported.iter().map(|h| h.seq).sum();
     println!(
-        "crash test: {kills} kills, {} acknowledged events, {events} in the journal",
+        "crash test ({kind:?}): {kills} kills, {} acknowledged events, {events} in the journal",
         acked.len()
     );
     assert!(

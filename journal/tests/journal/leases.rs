@@ -5,8 +5,8 @@
 use rekey_journal::{Append, Error, Lease, Leases, ManualClock};
 
 use crate::common::{
-    Engine, T0, append_ok, assert_chain, assert_intact, expect_err, head_seq, manual_clock, memory,
-    numbered, open_sqlite, read, scratch,
+    Engine, Kind, Place, T0, append_ok, assert_chain, assert_intact, expect_err, head_seq,
+    manual_clock, memory, numbered, on_both_engines, open_sqlite, read, scratch,
 };
 
 const S: &str = "rotation-1";
@@ -157,11 +157,12 @@ async fn lease_rules<J: Engine>(j: &J, clock: &ManualClock) {
     assert_len(j, 3, "after the whole life cycle");
 }
 
-#[tokio::test]
-async fn lease_life_cycle_and_fencing_on_sqlite() {
-    let (_dir, path) = scratch();
+on_both_engines!(lease_life_cycle_and_fencing);
+
+async fn lease_life_cycle_and_fencing(kind: Kind) {
+    let place = Place::new(kind);
     let clock = manual_clock();
-    let j = open_sqlite(&path, &clock);
+    let j = place.open(&clock);
     lease_rules(&j, &clock).await;
     assert_intact(&j.verify(None).expect("verify"), "after the lease tests");
 }

@@ -206,7 +206,15 @@ impl Server {
             stdout.read_line(&mut line).map_err(|e| e.to_string())?;
             if line.trim() == "ready" {
                 let mut createdb = command(&bin.join("createdb").to_string_lossy());
-                createdb.args(["-h", "127.0.0.1", "-p", &port.to_string(), "-U", USER, DATABASE]);
+                createdb.args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-U",
+                    USER,
+                    DATABASE,
+                ]);
                 run(createdb, "createdb")?;
                 return Ok(Self {
                     port,

@@ -6,9 +6,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-use rekey_journal::{
-    Append, Error, JournalAppend, JournalScan, Leases, PostgresJournal, TimerOp,
-};
+use rekey_journal::{Append, Error, JournalAppend, JournalScan, Leases, PostgresJournal, TimerOp};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -147,7 +145,10 @@ async fn an_append_whose_commit_acknowledgement_is_lost_is_reported_done_and_sto
     );
     // The writer goes on as usual.
     append_ok(&j, Append::new("s", 4, vec![numbered(5)])).await;
-    assert_intact(&j.verify(None).expect("verify"), "after the lost acknowledgement");
+    assert_intact(
+        &j.verify(None).expect("verify"),
+        "after the lost acknowledgement",
+    );
 }
 
 /// Two nodes (two journals on one schema, each with its own connections and writer) racing
@@ -156,7 +157,10 @@ async fn an_append_whose_commit_acknowledgement_is_lost_is_reported_done_and_sto
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_nodes_racing_on_one_stream_never_both_win() {
     let place = Place::new(Kind::Postgres);
-    let (a, b) = (Arc::new(place.open_real_time()), Arc::new(place.open_real_time()));
+    let (a, b) = (
+        Arc::new(place.open_real_time()),
+        Arc::new(place.open_real_time()),
+    );
     let mut head = 0;
     for round in 0..40u64 {
         let (ra, rb) = tokio::join!(
@@ -188,15 +192,25 @@ async fn a_takeover_by_another_node_fences_the_old_one() {
     let place = Place::new(Kind::Postgres);
     let clock = manual_clock();
     let (a, b) = (place.open(&clock), place.open(&clock));
-    let la = a.acquire("r", "node-a", 1_000).await.expect("node a leases");
-    append_ok(&a, Append::new("r", 0, vec![numbered(1)]).fenced(la.fence())).await;
+    let la = a
+        .acquire("r", "node-a", 1_000)
+        .await
+        .expect("node a leases");
+    append_ok(
+        &a,
+        Append::new("r", 0, vec![numbered(1)]).fenced(la.fence()),
+    )
+    .await;
     expect_err!(
         b.acquire("r", "node-b", 1_000).await,
         Error::LeaseHeld { holder, .. } if holder == "node-a",
         "node b while a's lease is live"
     );
     clock.advance(1_000);
-    let lb = b.acquire("r", "node-b", 1_000).await.expect("node b takes over");
+    let lb = b
+        .acquire("r", "node-b", 1_000)
+        .await
+        .expect("node b takes over");
     assert_eq!(lb.token, la.token + 1, "a takeover bumps the epoch");
     expect_err!(
         a.append(Append::new("r", 1, vec![numbered(2)]).fenced(la.fence())).await,
@@ -204,7 +218,11 @@ async fn a_takeover_by_another_node_fences_the_old_one() {
             if *presented == la.token && *current == lb.token && holder == "node-b",
         "node a's append after the takeover"
     );
-    append_ok(&b, Append::new("r", 1, vec![numbered(2)]).fenced(lb.fence())).await;
+    append_ok(
+        &b,
+        Append::new("r", 1, vec![numbered(2)]).fenced(lb.fence()),
+    )
+    .await;
     assert_eq!(head_seq(&a, "r"), 2);
 }
 
@@ -230,13 +248,20 @@ async fn due_timers_are_claimed_by_one_node_each() {
         append_ok(&*a, Append::new(format!("t-{i:02}"), 0, vec![e])).await;
     }
     let not_yet = e_claim(&a, "node-a").await;
-    assert_eq!(not_yet.len(), 1, "only the timer due at T0 is due: {not_yet:?}");
+    assert_eq!(
+        not_yet.len(),
+        1,
+        "only the timer due at T0 is due: {not_yet:?}"
+    );
     clock.advance(TIMERS as i64);
 
     let claim_all = |j: Arc<PostgresJournal>, owner: &'static str| async move {
         let mut mine = Vec::new();
         loop {
-            let got = j.claim_due_timers(owner, 10_000, 7).await.expect("claiming");
+            let got = j
+                .claim_due_timers(owner, 10_000, 7)
+                .await
+                .expect("claiming");
             if got.is_empty() {
                 return mine;
             }
@@ -308,7 +333,11 @@ async fn leases_and_events_take_the_database_clock() {
     };
     let before = db_now().await;
     let lease = j.acquire("clocked", "node", 60_000).await.expect("leasing");
-    append_ok(&j, Append::new("clocked", 0, vec![numbered(1)]).fenced(lease.fence())).await;
+    append_ok(
+        &j,
+        Append::new("clocked", 0, vec![numbered(1)]).fenced(lease.fence()),
+    )
+    .await;
     let after = db_now().await;
     assert!(
         (before + 60_000..=after + 60_000).contains(&lease.expires_at_ms),
@@ -316,7 +345,10 @@ async fn leases_and_events_take_the_database_clock() {
         lease.expires_at_ms
     );
     let at = read(&j, "clocked")[0].recorded_at_ms;
-    assert!((before..=after).contains(&at), "{before} <= {at} <= {after}");
+    assert!(
+        (before..=after).contains(&at),
+        "{before} <= {at} <= {after}"
+    );
 }
 
 /// Nodes starting at once on an empty schema create the journal once, and all use it.
@@ -331,7 +363,11 @@ async fn nodes_starting_together_create_one_journal() {
         .collect();
     let journals: Vec<PostgresJournal> = opens
         .into_iter()
-        .map(|t| t.join().expect("a thread").expect("every node opens the journal"))
+        .map(|t| {
+            t.join()
+                .expect("a thread")
+                .expect("every node opens the journal")
+        })
         .collect();
     for (i, j) in journals.iter().enumerate() {
         append_ok(j, Append::new(format!("n{i}"), 0, vec![numbered(1)])).await;

@@ -7,8 +7,7 @@ use rekey_journal::{Digest32, Error, Head, JournalRead, chain_hash};
 use rusqlite::{Connection, params};
 
 use crate::common::{
-    Kind, Place, assert_chain, assert_intact, expect_err, fill, manual_clock, on_both_engines,
-    read,
+    Kind, Place, assert_chain, assert_intact, expect_err, fill, manual_clock, on_both_engines, read,
 };
 
 /// Streams of the victim journal and their lengths; verify reads them in this (id) order.
@@ -136,7 +135,8 @@ impl Attacker {
         let n = match self {
             Attacker::Sqlite(c) => c
                 .execute(
-                    sql,
+                    // SQLite numbers `$n` parameters in order of appearance; `?n` by n.
+                    &sql.replace('$', "?"),
                     params![
                         stream,
                         seq as i64,

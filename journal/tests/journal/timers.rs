@@ -5,7 +5,8 @@ use rekey_journal::{Append, Error, JournalAppend, JournalScan, NewEvent, Timer, 
 use serde_json::json;
 
 use crate::common::{
-    Engine, T0, append_ok, event, expect_err, head_seq, manual_clock, memory, open_sqlite, scratch,
+    Engine, Kind, Place, T0, append_ok, event, expect_err, head_seq, manual_clock, memory,
+    on_both_engines, open_sqlite, scratch,
 };
 
 fn timer(stream: &str, name: &str, due_at_ms: i64) -> Timer {
@@ -126,15 +127,16 @@ async fn disarm<J: Engine>(j: &J) {
     );
 }
 
-#[tokio::test]
-async fn timers_fire_in_order_clear_and_survive_reopen() {
-    let (_dir, path) = scratch();
+on_both_engines!(timers_fire_in_order_clear_and_survive_reopen);
+
+async fn timers_fire_in_order_clear_and_survive_reopen(kind: Kind) {
+    let place = Place::new(kind);
     let clock = manual_clock();
     {
-        let j = open_sqlite(&path, &clock);
+        let j = place.open(&clock);
         arm(&j).await;
     }
-    let j = open_sqlite(&path, &clock);
+    let j = place.open(&clock);
     assert_eq!(
         all_timers(&j),
         vec![
@@ -146,7 +148,7 @@ async fn timers_fire_in_order_clear_and_survive_reopen() {
     );
     disarm(&j).await;
     drop(j);
-    let j = open_sqlite(&path, &clock);
+    let j = place.open(&clock);
     assert_eq!(
         j.next_timer().expect("next_timer"),
         None,
