@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Waker};
 
 use rekey_journal::{Append, Error, JournalAppend, JournalScan, Leases, PostgresJournal, TimerOp};
 use serde_json::json;
@@ -161,8 +162,8 @@ async fn two_nodes_racing_on_one_stream_never_both_win() {
         Arc::new(place.open_real_time()),
         Arc::new(place.open_real_time()),
     );
-    let mut head = 0;
-    for round in 0..40u64 {
+    for head in 0..40u64 {
+        let round = head;
         let (ra, rb) = tokio::join!(
             a.append(Append::new("raced", head, vec![numbered(round)])),
             b.append(Append::new("raced", head, vec![numbered(round)])),
@@ -177,7 +178,6 @@ async fn two_nodes_racing_on_one_stream_never_both_win() {
                 );
             }
         }
-        head += 1;
     }
     let events = read(&*a, "raced");
     assert_chain("raced", &events);
@@ -373,4 +373,138 @@ async fn nodes_starting_together_create_one_journal() {
         append_ok(j, Append::new(format!("n{i}"), 0, vec![numbered(1)])).await;
     }
     assert_eq!(journals[0].read_after(0, 100).expect("read_after").len(), 4);
+}
+
+/// Group commit: requests queued while the writer waits are written in one transaction (all
+/// their events carry one transaction id), yet each gets its own answer, and one that
+/// conflicts fails alone, its timer change with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_appends_commit_in_one_transaction_and_a_conflict_fails_alone() {
+    const N: usize = 30;
+    let place = Place::new(Kind::Postgres);
+    let clock = manual_clock();
+    let j = place.open(&clock);
+    append_ok(&j, Append::new("taken", 0, vec![numbered(1)])).await;
+
+    // Another session holds the journal's counter row: the writer's next batch waits for it.
+    let mut blocker = pg_server::client().await;
+    let hold = blocker.transaction().await.expect("a transaction");
+    hold.execute(
+        &format!("SELECT 1 FROM {}.meta FOR UPDATE", place.schema),
+        &[],
+    )
+    .await
+    .expect("holding the counter row");
+
+    let conflicting = N / 2;
+    let appends: Vec<Append> = (0..N)
+        .map(|i| {
+            if i == conflicting {
+                // Stale: "taken" is at 1. Its timer must not be armed.
+                Append::new(
+                    "taken",
+                    0,
+                    vec![numbered(99).with_timer(TimerOp::Schedule {
+                        name: "never".into(),
+                        due_at_ms: T0,
+                    })],
+                )
+            } else {
+                Append::new(
+                    format!("batch-{i:02}"),
+                    0,
+                    vec![numbered(i as u64); 1 + i % 3],
+                )
+            }
+        })
+        .collect();
+    // Polling each future once queues its request; none can be answered yet.
+    let mut pending: Vec<_> = appends
+        .iter()
+        .cloned()
+        .map(|a| Box::pin(j.append(a)))
+        .collect();
+    let mut cx = Context::from_waker(Waker::noop());
+    for (i, f) in pending.iter_mut().enumerate() {
+        assert!(
+            f.as_mut().poll(&mut cx).is_pending(),
+            "request {i} was answered while the counter row was held"
+        );
+    }
+    hold.rollback().await.expect("releasing the counter row");
+    let mut results = Vec::new();
+    for f in pending {
+        results.push(f.await);
+    }
+    for (i, (a, r)) in appends.iter().zip(&results).enumerate() {
+        if i == conflicting {
+            assert!(
+                matches!(
+                    r,
+                    Err(Error::Conflict {
+                        expected: 0,
+                        actual: 1,
+                        ..
+                    })
+                ),
+                "request {i} must conflict, got {r:?}"
+            );
+        } else {
+            let got = r
+                .as_ref()
+                .unwrap_or_else(|e| panic!("request {i} must land: {e}"));
+            assert_eq!(
+                got.last_seq,
+                a.events.len() as u64,
+                "request {i}: its own answer"
+            );
+            assert_eq!(read(&j, &a.stream_id).len(), a.events.len());
+        }
+    }
+    assert_eq!(
+        read(&j, "taken").len(),
+        1,
+        "the conflicting append wrote nothing"
+    );
+    assert_eq!(
+        j.next_timer().expect("next_timer"),
+        None,
+        "its timer was not armed"
+    );
+    let transactions: i64 = blocker
+        .query_one(
+            &format!(
+                "SELECT count(DISTINCT xmin::text) FROM {}.events WHERE stream_id LIKE 'batch-%'",
+                place.schema
+            ),
+            &[],
+        )
+        .await
+        .expect("counting transactions")
+        .get(0);
+    assert!(
+        transactions <= 2,
+        "{} appends queued behind one lock must commit in at most two transactions, not {transactions}",
+        N - 1
+    );
+    assert_intact(&j.verify(None).expect("verify"), "after the batch");
+}
+
+/// A server that is not there is reported with where it was looked for, promptly.
+#[test]
+fn an_unreachable_server_is_reported_naming_it() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("its address")
+        .port();
+    let err = PostgresJournal::open(pg_server::config_on(port), "rekey")
+        .expect_err("nothing listens there");
+    let message = err.to_string();
+    assert!(
+        matches!(err, Error::Postgres { .. })
+            && message.contains(&format!("127.0.0.1:{port}"))
+            && message.contains("connecting"),
+        "{message}"
+    );
 }
