@@ -327,7 +327,9 @@ async fn challenge_verification_refuses_a_loopback_vault() {
     assert_eq!(err.class, ErrorClass::Permanent);
     assert!(
         err.message.contains("is not the vault's domain; refusing")
-            && err.message.contains("challenge verification turned off"),
+            && err
+                .message
+                .contains("verify_challenge_resource = false on its key_vault provider"),
         "{}",
         err.message
     );

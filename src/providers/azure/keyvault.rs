@@ -68,7 +68,8 @@ impl KeyVaultStore {
         self
     }
 
-    /// Accept a challenge whose resource is not the vault's domain (loopback fakes only).
+    /// Accept a challenge whose resource is not the vault's domain (the config's
+    /// `verify_challenge_resource = false`: a trusted vault address outside that domain).
     pub fn without_challenge_verification(mut self) -> Self {
         self.verify_challenge_resource = false;
         self
@@ -152,7 +153,7 @@ impl KeyVaultStore {
         })?;
         if self.verify_challenge_resource && !resource_matches(&scope, &self.vault) {
             return Err(ProviderError::permanent(format!(
-                "Key Vault {} asked for a token for {scope}, which is not the vault's domain; refusing (a loopback test vault needs challenge verification turned off)",
+                "Key Vault {} asked for a token for {scope}, which is not the vault's domain; refusing, so that no token for another service goes to this address. A vault reached at an address outside the domain its challenge names (a private endpoint or proxy under another name or an IP address, an emulator) needs verify_challenge_resource = false on its key_vault provider (in [fleet] for `rekey discover`): set it only for an address you trust",
                 self.base()
             )));
         }
