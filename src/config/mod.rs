@@ -1364,8 +1364,241 @@ pub(crate) fn parse_duration_ms(text: &str) -> Result<i64, String> {
     i64::try_from(d.as_millis()).map_err(|_| "is too long".into())
 }
 
+/// Every table of the config file and the keys it takes, as `docs/config.md` documents
+/// them: one `### <heading>` per entry and one table row per key (a tagged table's `kind`
+/// is in its heading). Unit tests hold this list to the serde types in both directions
+/// (each table's keys and each tagged table's kinds are exactly what deserializing
+/// accepts), and `docs/config.md` to this list, so a key cannot go undocumented.
+pub const KEYS: &[(&str, &[&str])] = &[
+    ("[journal]", &["path"]),
+    ("[runner]", &["lease_ttl"]),
+    ("[azure]", &["authority", "arm", "graph", "timeout"]),
+    (
+        "[credentials.NAME] kind = \"client_secret\"",
+        &["tenant", "client_id", "client_secret_env"],
+    ),
+    (
+        "[credentials.NAME] kind = \"client_certificate\"",
+        &["tenant", "client_id", "certificate_file"],
+    ),
+    (
+        "[credentials.NAME] kind = \"managed_identity\"",
+        &["client_id", "endpoint"],
+    ),
+    (
+        "[credentials.NAME] kind = \"app_service_identity\"",
+        &["client_id"],
+    ),
+    ("[credentials.NAME] kind = \"static_token\"", &["token_env"]),
+    (
+        "[credentials.NAME] kind = \"azure_cli\"",
+        &["tenant", "timeout"],
+    ),
+    (
+        "[credentials.NAME] kind = \"workload_identity\"",
+        &["tenant", "client_id", "token_file"],
+    ),
+    (
+        "[credentials.NAME] kind = \"default\"",
+        &[
+            "tenant",
+            "managed_identity_client_id",
+            "managed_identity_endpoint",
+        ],
+    ),
+    ("[providers.NAME] kind = \"random\"", &["bytes"]),
+    (
+        "[providers.NAME] kind = \"local_vault\"",
+        &["path", "key_file", "key_env", "follow_symlinks"],
+    ),
+    (
+        "[providers.NAME] kind = \"env_file\"",
+        &["path", "key", "after_write", "follow_symlinks"],
+    ),
+    (
+        "[providers.NAME] kind = \"file\"",
+        &["path", "after_write", "follow_symlinks"],
+    ),
+    ("[providers.NAME] kind = \"command\"", &["command"]),
+    (
+        "[providers.NAME] kind = \"key_vault\"",
+        &[
+            "vault_url",
+            "credential",
+            "content_type",
+            "verify_challenge_resource",
+            "requests_per_10s",
+            "vault_name",
+        ],
+    ),
+    (
+        "[providers.NAME] kind = \"app_setting\"",
+        &[
+            "credential",
+            "subscription",
+            "resource_group",
+            "site",
+            "slot",
+            "setting",
+            "key_vault_reference",
+        ],
+    ),
+    (
+        "[providers.NAME] kind = \"entra_password\"",
+        &[
+            "credential",
+            "tenant",
+            "object_id",
+            "app_id",
+            "validity_days",
+            "verify_scope",
+            "propagation",
+        ],
+    ),
+    (
+        "[providers.NAME] kind = \"storage_keys\"",
+        &[
+            "credential",
+            "subscription",
+            "resource_group",
+            "account",
+            "kerberos",
+        ],
+    ),
+    (
+        "[providers.NAME] kind = \"oauth_token\"",
+        &["token_url", "client_id", "client_secret_env", "scope"],
+    ),
+    (
+        "[providers.NAME] kind = \"postgres_role\"",
+        &[
+            "host",
+            "port",
+            "dbname",
+            "admin_user",
+            "admin_password_env",
+            "mode",
+            "role",
+            "roles",
+            "password_bytes",
+            "value_format",
+            "verify_host",
+            "verify_port",
+            "tls",
+            "tls_ca_file",
+        ],
+    ),
+    (
+        "[secrets.NAME]",
+        &[
+            "rotator",
+            "stores",
+            "dependents",
+            "verifiers",
+            "grace",
+            "attempts_max",
+            "lock_key",
+            "schedule",
+        ],
+    ),
+    (
+        "[secrets.NAME.schedule]",
+        &[
+            "every_days",
+            "at",
+            "time_zone",
+            "cron",
+            "before_expiry_days",
+            "jitter_minutes",
+            "windows",
+            "freezes",
+        ],
+    ),
+    ("[secrets.NAME.schedule] windows", &["days", "hours"]),
+    ("[secrets.NAME.schedule] freezes", &["from", "until"]),
+    (
+        "[daemon]",
+        &[
+            "listen",
+            "api_token_env",
+            "max_concurrent_rotations",
+            "webhook_secret_env",
+            "webhook_token_env",
+            "notice_days_before",
+            "header_read_timeout",
+            "body_timeout",
+            "connections_max",
+        ],
+    ),
+    ("[notifications.NAME]", &["kind", "url_env", "on"]),
+    (
+        "[fleet]",
+        &[
+            "tenants",
+            "days_before_expiry",
+            "min_confidence",
+            "read_values_for_hint",
+            "verify_challenge_resource",
+            "name_templates",
+            "tag_keys",
+            "exclude",
+        ],
+    ),
+    (
+        "[fleet.tenants.NAME]",
+        &[
+            "credential",
+            "subscriptions",
+            "vaults",
+            "service_principals",
+        ],
+    ),
+    ("[fleet.tag_keys]", &["app_id", "key_id", "app_name"]),
+    (
+        "[fleet.exclude]",
+        &[
+            "app_ids",
+            "app_names",
+            "secret_names",
+            "vaults",
+            "subscriptions",
+        ],
+    ),
+];
+
+/// The keys of [`KEYS`] that take one of a fixed set of words: (heading, key, words).
+/// Held to the serde types and to `docs/config.md` like [`KEYS`].
+pub const KEY_WORDS: &[(&str, &str, &[&str])] = &[
+    (
+        "[providers.NAME] kind = \"postgres_role\"",
+        "mode",
+        &["single", "alternating"],
+    ),
+    (
+        "[providers.NAME] kind = \"postgres_role\"",
+        "value_format",
+        &["password", "json"],
+    ),
+    (
+        "[providers.NAME] kind = \"postgres_role\"",
+        "tls",
+        &["verify_full", "disable"],
+    ),
+    (
+        "[notifications.NAME]",
+        "kind",
+        &["teams", "slack", "webhook"],
+    ),
+    (
+        "[notifications.NAME]",
+        "on",
+        &["completed", "compensated", "stuck", "upcoming"],
+    ),
+];
+
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
     use std::time::Duration;
 
     use super::*;
@@ -1948,5 +2181,162 @@ grace = "1d"
         }
         let env = |v: &str| (v == "PG_ADMIN_PASSWORD").then(|| "secret".to_owned());
         assert!(c.build_providers(clock, &env).unwrap().contains_key("db"));
+    }
+
+    /// The word the drift tests write where a key or a kind is expected.
+    const BOGUS: &str = "zz_not_a_key";
+
+    /// A config (beside a valid `[journal]`) whose table `heading`, as written in [`KEYS`],
+    /// holds the line `line`.
+    fn config_with(heading: &str, line: &str) -> String {
+        let heading = heading.replace("NAME", "n");
+        if heading == "[journal]" {
+            return format!("[journal]\n{line}\n");
+        }
+        let table = match heading.split_once("] ") {
+            Some((table, kind)) if kind.starts_with("kind = ") => {
+                format!("{table}]\n{kind}\n{line}\n")
+            }
+            // A list of inline tables, e.g. `windows = [{ days = [...], hours = "..." }]`.
+            Some((table, list)) => format!("{table}]\n{list} = [{{ {line} }}]\n"),
+            None => format!("{heading}\n{line}\n"),
+        };
+        format!("[journal]\npath = \"j.db\"\n{table}")
+    }
+
+    /// The names serde lists as expected when it refuses `BOGUS` as a `what` ("field" or
+    /// "variant") in `text`: every key (or kind) the type accepts there.
+    fn expected(text: &str, what: &str) -> BTreeSet<String> {
+        let message = match parse(text) {
+            Err(Error::Invalid { message, .. }) => message,
+            other => panic!("{text}\nshould be refused, got {other:?}"),
+        };
+        let prefix = format!("unknown {what} `{BOGUS}`, ");
+        let Some((_, rest)) = message.split_once(&prefix) else {
+            panic!("{text}\nrefused with {message:?}, not with {prefix:?}");
+        };
+        if rest.starts_with("there are no") {
+            return BTreeSet::new();
+        }
+        let list = rest
+            .strip_prefix("expected ")
+            .unwrap_or_else(|| panic!("{message:?}"));
+        let list = list.strip_prefix("one of ").unwrap_or(list);
+        list.split(", ")
+            .flat_map(|part| part.split(" or "))
+            .map(|name| name.trim().trim_matches('`').to_owned())
+            .collect()
+    }
+
+    fn set(words: &[&str]) -> BTreeSet<String> {
+        words.iter().map(|w| (*w).to_owned()).collect()
+    }
+
+    /// `KEYS` and `KEY_WORDS` say exactly what the config types accept, in both directions:
+    /// a key (or kind, or word) added to a type but not to the table fails here, and so
+    /// does one in the table that the types refuse.
+    #[test]
+    fn the_key_table_is_exactly_what_the_config_accepts() {
+        for (heading, keys) in KEYS {
+            let accepted = expected(&config_with(heading, &format!("{BOGUS} = 1")), "field");
+            assert_eq!(set(keys), accepted, "KEYS entry {heading}");
+        }
+        let top: BTreeSet<String> = KEYS
+            .iter()
+            .filter_map(|(heading, _)| heading[1..].split(['.', ']']).next())
+            .map(str::to_owned)
+            .collect();
+        let accepted = expected(
+            &format!("{BOGUS} = 1\n[journal]\npath = \"j.db\"\n"),
+            "field",
+        );
+        assert_eq!(top, accepted, "the top-level tables of KEYS");
+        for table in ["credentials", "providers"] {
+            let prefix = format!("[{table}.NAME] kind = \"");
+            let kinds: BTreeSet<String> = KEYS
+                .iter()
+                .filter_map(|(heading, _)| heading.strip_prefix(prefix.as_str()))
+                .map(|kind| kind.trim_end_matches('"').to_owned())
+                .collect();
+            let text = format!("[journal]\npath = \"j.db\"\n[{table}.n]\nkind = \"{BOGUS}\"\n");
+            assert_eq!(kinds, expected(&text, "variant"), "the kinds of [{table}]");
+        }
+        for (heading, key, words) in KEY_WORDS {
+            assert!(
+                KEYS.iter()
+                    .any(|(h, keys)| h == heading && keys.contains(key)),
+                "KEY_WORDS names {key} of {heading}, which KEYS does not list"
+            );
+            // A key taking one word, or a list of them.
+            let one = config_with(heading, &format!("{key} = \"{BOGUS}\""));
+            let list = config_with(heading, &format!("{key} = [\"{BOGUS}\"]"));
+            let text = match parse(&one) {
+                Err(Error::Invalid { message, .. }) if message.contains("a sequence") => list,
+                _ => one,
+            };
+            assert_eq!(set(words), expected(&text, "variant"), "{key} of {heading}");
+        }
+    }
+
+    /// The rows of the key table under `### <heading>` in `docs`, by key. Each row must have
+    /// five non-empty cells: key, type, default, example, what it is for.
+    fn key_rows(docs: &str, heading: &str) -> BTreeMap<String, String> {
+        let title = format!("### {heading}");
+        let start = docs
+            .lines()
+            .position(|l| l == title)
+            .unwrap_or_else(|| panic!("docs/config.md has no heading `{title}`: add one"));
+        let mut rows = BTreeMap::new();
+        for line in docs
+            .lines()
+            .skip(start + 1)
+            .take_while(|l| !l.starts_with("## ") && !l.starts_with("### "))
+        {
+            let Some((key, _)) = line.strip_prefix("| `").and_then(|r| r.split_once('`')) else {
+                continue;
+            };
+            let cells: Vec<&str> = line.trim().trim_matches('|').split('|').collect();
+            assert!(
+                cells.len() == 5 && cells.iter().all(|c| !c.trim().is_empty()),
+                "docs/config.md, {heading}: the row of `{key}` needs five cells (key | type | default | example | what it is for): {line}"
+            );
+            assert!(
+                rows.insert(key.to_owned(), line.to_owned()).is_none(),
+                "docs/config.md, {heading}: `{key}` has two rows"
+            );
+        }
+        rows
+    }
+
+    /// `docs/config.md` documents every key of every table (type, default, example and what
+    /// it is for) under that table's heading, every word a key takes, and nothing else.
+    #[test]
+    fn docs_config_md_documents_every_key() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/config.md");
+        let docs = std::fs::read_to_string(&path).unwrap();
+        for (heading, keys) in KEYS {
+            let rows = key_rows(&docs, heading);
+            for key in *keys {
+                assert!(
+                    rows.contains_key(*key),
+                    "docs/config.md: `{key}` of {heading} is not documented; add a row `| `{key}` | type | default | example | what it is for |` under `### {heading}`"
+                );
+            }
+            for key in rows.keys() {
+                assert!(
+                    keys.contains(&key.as_str()),
+                    "docs/config.md documents `{key}` under {heading}, but the config takes no such key there"
+                );
+            }
+        }
+        for (heading, key, words) in KEY_WORDS {
+            let row = &key_rows(&docs, heading)[*key];
+            for word in *words {
+                assert!(
+                    row.contains(&format!("`\"{word}\"`")),
+                    "docs/config.md, {heading}: the row of `{key}` does not name `\"{word}\"`"
+                );
+            }
+        }
     }
 }
