@@ -3,6 +3,7 @@
 mod azure;
 mod cli;
 mod cli_journal;
+mod cli_readonly;
 mod crash;
 mod daemon;
 mod fake_azure;

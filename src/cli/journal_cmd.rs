@@ -3,13 +3,18 @@
 //! never changes the evidence, and a copy nobody may write can be audited.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
 use rekey_journal::{Event, Head, JournalRead, JournalScan, SqliteJournal, StreamFilter};
 
-use super::{JournalArg, exit};
+use super::{CONFIG_DEFAULT, JournalArg, exit};
+use crate::config::Config;
+
+/// The journal read when neither `--journal` nor a config names one: where `rekey demo`
+/// and the examples put it.
+pub const JOURNAL_DEFAULT: &str = "journal.db";
 
 /// Events read per page when exporting.
 const EXPORT_PAGE_EVENTS: usize = 10_000;
@@ -87,11 +92,41 @@ struct VerifyOutput<'a> {
     wal_read: bool,
 }
 
-fn open(arg: &JournalArg) -> Result<SqliteJournal> {
-    Ok(SqliteJournal::open_read_only(&arg.journal)?)
+/// The journal file an auditor's command reads, and where its path came from: `--journal`
+/// (or `REKEY_JOURNAL`); else the `[journal] path` of the config named by `--config` (or
+/// `REKEY_CONFIG`), or of `rekey.toml` here when there is one; else [`JOURNAL_DEFAULT`].
+/// The config is validated but nothing else is read: no environment variable, no file it
+/// names.
+fn journal_path(arg: &JournalArg, config: Option<&Path>) -> Result<(PathBuf, Option<PathBuf>)> {
+    if let Some(journal) = &arg.journal {
+        return Ok((journal.clone(), None));
+    }
+    let config = match config {
+        Some(config) => config.to_owned(),
+        None if Path::new(CONFIG_DEFAULT).is_file() => PathBuf::from(CONFIG_DEFAULT),
+        None => return Ok((PathBuf::from(JOURNAL_DEFAULT), None)),
+    };
+    let text = std::fs::read_to_string(&config).map_err(|cause| crate::config::Error::Read {
+        path: config.clone(),
+        cause,
+    })?;
+    let journal = Config::parse(&config, &text)?.journal_path;
+    Ok((journal, Some(config)))
 }
 
-pub fn run(cmd: JournalCommand) -> Result<u8> {
+/// Opens the journal `arg` and `config` name, read-only.
+fn open(arg: &JournalArg, config: Option<&Path>) -> Result<(SqliteJournal, PathBuf)> {
+    let (path, from) = journal_path(arg, config)?;
+    let journal = match from {
+        Some(config) => SqliteJournal::open_read_only(&path)
+            .with_context(|| format!("the [journal] path of {}", config.display()))?,
+        None => SqliteJournal::open_read_only(&path)?,
+    };
+    Ok((journal, path))
+}
+
+/// `rekey journal …`; `config` is the config named by `--config` or `REKEY_CONFIG`.
+pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     match cmd {
         JournalCommand::Verify {
@@ -100,7 +135,7 @@ pub fn run(cmd: JournalCommand) -> Result<u8> {
             json,
         } => {
             let exported = heads.map(|p| read_heads(&p)).transpose()?;
-            let j = open(&journal)?;
+            let (j, path) = open(&journal, config)?;
             let report = j.verify(exported.as_deref())?;
             if json {
                 serde_json::to_writer(
@@ -136,7 +171,7 @@ pub fn run(cmd: JournalCommand) -> Result<u8> {
                 )?;
             }
             if !json && !j.reads_wal() {
-                let wal = format!("{}-wal", journal.journal.display());
+                let wal = format!("{}-wal", path.display());
                 writeln!(
                     out,
                     "note: no {wal} beside it: the file holds every event if rekey closed the journal cleanly, but a copy taken while rekey ran may lack the newest: copy {wal} with it"
@@ -153,12 +188,12 @@ pub fn run(cmd: JournalCommand) -> Result<u8> {
             journal,
             json,
         } => {
-            let j = open(&journal)?;
+            let (j, path) = open(&journal, config)?;
             let events = j.read_stream(&stream)?;
             if events.is_empty() {
                 anyhow::bail!(
                     "no stream {stream} in {}; list streams with `rekey journal export`",
-                    journal.journal.display()
+                    path.display()
                 );
             }
             if json {
@@ -189,7 +224,7 @@ pub fn run(cmd: JournalCommand) -> Result<u8> {
             since,
             until,
         } => {
-            let j = open(&journal)?;
+            let (j, _) = open(&journal, config)?;
             let filter = StreamFilter {
                 subject,
                 status,
@@ -222,7 +257,7 @@ pub fn run(cmd: JournalCommand) -> Result<u8> {
             Ok(exit::OK)
         }
         JournalCommand::Heads { journal } => {
-            for head in open(&journal)?.heads()? {
+            for head in open(&journal, config)?.0.heads()? {
                 serde_json::to_writer(&mut out, &head)?;
                 writeln!(out)?;
             }

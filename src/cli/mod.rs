@@ -28,6 +28,9 @@ pub mod exit {
     pub const PARTIAL: u8 = 4;
 }
 
+/// The config file read when neither `--config` nor `REKEY_CONFIG` names one.
+pub const CONFIG_DEFAULT: &str = "rekey.toml";
+
 const AFTER_HELP: &str = "\
 Exit codes: 0 success, 1 failure (see the message), 2 usage error, 3 journal verification failed,
 4 discovery partial (some tenants or vaults could not be read).
@@ -40,30 +43,29 @@ Examples:
   rekey resume                                 # after a crash: finish every open rotation
   rekey status --json
   rekey discover --expiring-within 30d         # fleet credentials and the vault items holding them
+  rekey journal verify                         # the journal of the config's [journal] path
   rekey journal verify --journal /var/lib/rekey/journal.db";
 
 /// rekey rotates secrets as sagas whose every step is an event in an append-only journal.
 #[derive(Debug, Parser)]
 #[command(name = "rekey", version, about, long_about = None, after_help = AFTER_HELP)]
 pub struct Cli {
-    /// The config file (TOML): journal, providers, secrets.
-    #[arg(
-        long,
-        global = true,
-        env = "REKEY_CONFIG",
-        default_value = "rekey.toml"
-    )]
-    config: PathBuf,
+    /// The config file (TOML): journal, providers, secrets [default: rekey.toml]
+    #[arg(long, global = true, env = "REKEY_CONFIG")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
 
-/// Where the journal lives, for the auditor's commands (which need no config).
+/// Where the journal lives, for the auditor's commands: `--journal`, else the config's
+/// `[journal] path`, else `journal.db` (where `rekey demo` writes it). They need no
+/// environment variables and no file the config names but the journal.
 #[derive(Debug, Clone, clap::Args)]
 pub struct JournalArg {
-    /// The journal file (SQLite).
-    #[arg(long, env = "REKEY_JOURNAL", default_value = "rekey-journal.db")]
-    pub journal: PathBuf,
+    /// The journal file (SQLite) [default: the [journal] path of --config, or of ./rekey.toml
+    /// if there is one; else journal.db]
+    #[arg(long, env = "REKEY_JOURNAL")]
+    pub journal: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -181,9 +183,10 @@ pub fn main() -> ExitCode {
         }
     };
     let _telemetry = crate::telemetry::init("warn");
-    let config = cli.config;
+    let named_config = cli.config.clone();
+    let config = cli.config.unwrap_or_else(|| PathBuf::from(CONFIG_DEFAULT));
     let outcome = match cli.command {
-        Command::Journal(cmd) => journal_cmd::run(cmd),
+        Command::Journal(cmd) => journal_cmd::run(cmd, named_config.as_deref()),
         Command::Demo(args) => block_on(demo::run(args)),
         Command::Rotate {
             secret,
