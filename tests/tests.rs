@@ -4,6 +4,7 @@ mod azure;
 mod cli;
 mod cli_journal;
 mod cli_readonly;
+mod cli_wait;
 mod crash;
 mod daemon;
 mod fake_azure;

@@ -26,6 +26,12 @@ pub mod exit {
     pub const JOURNAL_BROKEN: u8 = 3;
     /// `discover` finished but could not read some tenants, subscriptions or vaults.
     pub const PARTIAL: u8 = 4;
+    /// `rotate --wait` stopped waiting: the rotation cannot end within `--wait-max` (a step
+    /// keeps failing, or the grace period runs longer). It stays open, safe in the journal,
+    /// for `rekey resume` or the daemon; `rekey status` shows why. The same code as
+    /// [`PARTIAL`]: either way, the command ended without finishing everything it was
+    /// asked, and says what is left.
+    pub const STILL_OPEN: u8 = 4;
 }
 
 /// The config file read when neither `--config` nor `REKEY_CONFIG` names one.
@@ -33,13 +39,15 @@ pub const CONFIG_DEFAULT: &str = "rekey.toml";
 
 const AFTER_HELP: &str = "\
 Exit codes: 0 success, 1 failure (see the message), 2 usage error, 3 journal verification failed,
-4 discovery partial (some tenants or vaults could not be read).
+4 not everything done: discovery partial (some tenants or vaults could not be read), or
+still open: `rotate --wait` gave up waiting (--wait-max); run `rekey status`.
 
 Examples:
   rekey demo                                   # rotate a demo secret on this machine
   rekey policy check --config rekey.toml       # validate a config, change nothing
   rekey plan payments-api                      # the steps a rotation would take
   rekey rotate payments-api --wait             # rotate now, through the grace period
+  rekey rotate payments-api --wait --wait-max 10m   # ... but give up waiting after 10 minutes
   rekey resume                                 # after a crash: finish every open rotation
   rekey status --json
   rekey discover --expiring-within 30d         # fleet credentials and the vault items holding them
@@ -76,7 +84,7 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Start a rotation of SECRET now (or join the one already open) and drive it.
     #[command(
-        after_help = "Examples:\n  rekey rotate payments-api          # drive until it waits (grace period, backoff)\n  rekey rotate payments-api --wait   # drive to its end, old credential retired"
+        after_help = "Examples:\n  rekey rotate payments-api          # drive until it waits (grace period, backoff)\n  rekey rotate payments-api --wait   # drive to its end, old credential retired\n  rekey rotate payments-api --wait --wait-max 10m\n\nWith --wait, each failed attempt of a step is shown on stderr (the step, its error, the\nnext attempt). Exit code 4: the rotation cannot end within --wait-max and is left open\nfor `rekey resume` or the daemon; run `rekey status`."
     )]
     Rotate {
         /// The secret's name in the config.
@@ -84,6 +92,11 @@ enum Command {
         /// Keep going through backoffs and the grace period until the rotation ends.
         #[arg(long)]
         wait: bool,
+        /// With --wait: stop waiting, exit 4 and leave the rotation open once it cannot end
+        /// within this long, e.g. "2s", "10m", "1h" [default: until 5 minutes after the
+        /// grace period ends]
+        #[arg(long, requires = "wait", value_parser = parse_wait_max)]
+        wait_max: Option<i64>,
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
@@ -195,8 +208,18 @@ pub fn main() -> ExitCode {
             ..
         } => plan_cmd::run(&config, Some(&secret), json),
         Command::Rotate {
-            secret, wait, json, ..
-        } => block_on(rotation_cmd::rotate(&config, &secret, wait, json)),
+            secret,
+            wait,
+            wait_max,
+            json,
+            ..
+        } => {
+            let limit = wait.then_some(match wait_max {
+                Some(ms) => rotation_cmd::WaitLimit::For { ms },
+                None => rotation_cmd::WaitLimit::AfterGrace,
+            });
+            block_on(rotation_cmd::rotate(&config, &secret, limit, json))
+        }
         Command::Plan { secret, json } => plan_cmd::run(&config, secret.as_deref(), json),
         Command::Completions { shell } => {
             use clap::CommandFactory;
@@ -230,6 +253,12 @@ pub fn main() -> ExitCode {
             ExitCode::from(exit::FAILED)
         }
     }
+}
+
+/// `--wait-max`: a duration, in milliseconds.
+fn parse_wait_max(text: &str) -> Result<i64, String> {
+    crate::config::parse_duration_ms(text)
+        .map_err(|why| format!("{text:?} {why}; write e.g. \"30s\", \"10m\" or \"2h\""))
 }
 
 /// Runs an async command on a fresh runtime.

@@ -15,7 +15,9 @@ use super::exit;
 use super::journal_cmd::format_ms;
 use crate::config::Config;
 use crate::runner::{Options, Progress, Requested, Runner, RunnerJournal};
-use crate::saga::{Command, Phase, Trigger, Wait};
+use crate::saga::{
+    Command, ErrorClass, Phase, Rotation, RotationEvent, StepId, StepStatus, Trigger, Wait,
+};
 
 /// A runner over the config's journal and providers, stamped by the system clock.
 pub struct Env {
@@ -82,21 +84,70 @@ impl Env {
     }
 
     /// Drives a rotation until it ends; with `wait`, also through backoffs, the grace
-    /// period and other runners' leases. A drive whose lease lapsed (this process or the
-    /// journal stalled for longer than the lease) is taken up again at once, as the daemon
-    /// does later: the journal says where it stood.
+    /// period and other runners' leases.
     pub async fn drive(&self, rotation_id: &str, wait: bool) -> Result<Progress> {
+        loop {
+            let progress = self.drive_once(rotation_id).await?;
+            let pause_ms = match &progress {
+                Progress::Finished(_) | Progress::Stopped => return Ok(progress),
+                _ if !wait => return Ok(progress),
+                Progress::Waiting { until_ms, .. } => until_ms.saturating_sub(self.clock.now_ms()),
+                Progress::Busy { .. } => BUSY_POLL_MS,
+            };
+            tokio::time::sleep(Duration::from_millis(pause_ms.max(0) as u64)).await;
+        }
+    }
+
+    /// As [`Env::drive`] with `wait`, but only while the rotation can still end within
+    /// `limit`: once the next thing it can do (a retry, the end of the grace period, another
+    /// runner letting go) lies past the limit, it returns [`Watched::StillOpen`] and leaves
+    /// the rotation, safe in the journal, to `resume` or the daemon.
+    ///
+    /// # Errors
+    /// Runner and journal errors.
+    pub async fn drive_within(&self, rotation_id: &str, limit: WaitLimit) -> Result<Watched> {
+        let started_ms = self.clock.now_ms();
+        loop {
+            let progress = self.drive_once(rotation_id).await?;
+            let now = self.clock.now_ms();
+            let wake_ms = match &progress {
+                Progress::Finished(_) | Progress::Stopped => return Ok(Watched::Ended(progress)),
+                Progress::Waiting { until_ms, .. } => *until_ms,
+                Progress::Busy { .. } => now.saturating_add(BUSY_POLL_MS),
+            };
+            let deadline_ms = match limit {
+                WaitLimit::For { ms } => started_ms.saturating_add(ms),
+                WaitLimit::AfterGrace => {
+                    // The grace period ends when it was scheduled to; before verification,
+                    // no sooner than a grace period after this wait began.
+                    let (state, _) = self.runner.load(rotation_id)?;
+                    state
+                        .grace_due_ms
+                        .unwrap_or_else(|| started_ms.saturating_add(state.plan.grace_ms))
+                        .saturating_add(WAIT_AFTER_GRACE_MS)
+                }
+            };
+            if wake_ms > deadline_ms {
+                return Ok(Watched::StillOpen(progress));
+            }
+            tokio::time::sleep(Duration::from_millis(
+                wake_ms.saturating_sub(now).max(0) as u64
+            ))
+            .await;
+        }
+    }
+
+    /// Drives a rotation as far as it goes now. A drive whose lease lapsed (this process or
+    /// the journal stalled for longer than the lease) is taken up again at once, as the
+    /// daemon does later: the journal says where it stood.
+    async fn drive_once(&self, rotation_id: &str) -> Result<Progress> {
         let mut lapses = 0;
         loop {
-            let progress = match self.runner.drive(rotation_id).await {
-                Ok(progress) => {
-                    lapses = 0;
-                    progress
-                }
+            match self.runner.drive(rotation_id).await {
+                Ok(progress) => return Ok(progress),
                 Err(e) if lease_lapsed(&e) && lapses < LEASE_LAPSES_MAX => {
                     lapses += 1;
                     tracing::warn!(rotation_id, error = %e, "the lease lapsed mid-drive; taking the rotation up again");
-                    continue;
                 }
                 Err(e) if lease_lapsed(&e) => anyhow::bail!(
                     "rotation {rotation_id}: this runner's lease lapsed {} times in a row ({e}); something stalls this process, the journal or a provider for longer than [runner] lease_ttl ({} ms): raise lease_ttl or find the stall, then run `rekey resume` (the rotation is safe in the journal)",
@@ -104,16 +155,34 @@ impl Env {
                     self.config.lease_ttl_ms
                 ),
                 Err(e) => return Err(e.into()),
-            };
-            let pause_ms = match &progress {
-                Progress::Finished(_) | Progress::Stopped => return Ok(progress),
-                _ if !wait => return Ok(progress),
-                Progress::Waiting { until_ms, .. } => until_ms.saturating_sub(self.clock.now_ms()),
-                Progress::Busy { .. } => 1_000,
-            };
-            tokio::time::sleep(Duration::from_millis(pause_ms.max(0) as u64)).await;
+            }
         }
     }
+}
+
+/// How often a drive waiting on another runner's lease looks again.
+const BUSY_POLL_MS: i64 = 1_000;
+
+/// How long `rotate --wait` keeps trying after the grace period ends, by default: the
+/// retirement steps' time, with room for a few retries.
+pub const WAIT_AFTER_GRACE_MS: i64 = 5 * 60_000;
+
+/// How long `rotate --wait` waits for its rotation to end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WaitLimit {
+    /// Until five minutes ([`WAIT_AFTER_GRACE_MS`]) after the grace period ends.
+    AfterGrace,
+    /// At most this long from the start (`--wait-max`).
+    For { ms: i64 },
+}
+
+/// Where [`Env::drive_within`] left a rotation.
+#[derive(Debug)]
+pub enum Watched {
+    /// It ended (or the runner is stopping).
+    Ended(Progress),
+    /// It cannot end within the limit; this is what it waits for.
+    StillOpen(Progress),
 }
 
 /// Lapsed leases in a row after which a drive gives up.
@@ -137,7 +206,13 @@ pub struct Outcome {
     pub result: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until_ms: Option<i64>,
+    /// The failed step holding the rotation up (`rotate --wait` that gave up waiting).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
 }
+
+/// The result of a rotation `rotate --wait` stopped waiting for (exit code 4).
+pub const STILL_OPEN: &str = "still open: run `rekey status`";
 
 impl Outcome {
     fn new(rotation_id: &str, secret: &str, p: &Progress) -> Self {
@@ -160,18 +235,43 @@ impl Outcome {
             secret: secret.to_owned(),
             result,
             until_ms,
+            failure: None,
+        }
+    }
+
+    /// A rotation that cannot end within `rotate --wait`'s limit: what it waits for and
+    /// the failure holding it up.
+    fn still_open(rotation_id: &str, secret: &str, p: &Progress, failure: Option<String>) -> Self {
+        let waiting = Self::new(rotation_id, secret, p);
+        let until = waiting
+            .until_ms
+            .map(|t| format!(" until {}", format_ms(t)))
+            .unwrap_or_default();
+        Self {
+            result: format!("{STILL_OPEN} ({}{until})", waiting.result),
+            failure,
+            ..waiting
         }
     }
 
     fn line(&self) -> String {
+        let still_open = self.result.starts_with(STILL_OPEN);
         let until = self
             .until_ms
+            .filter(|_| !still_open)
             .map(|t| format!(" until {}", format_ms(t)))
             .unwrap_or_default();
-        format!(
+        let mut line = format!(
             "{} {}: {}{until}",
             self.rotation_id, self.secret, self.result
-        )
+        );
+        if let Some(failure) = &self.failure {
+            line.push_str(&format!("; {failure}"));
+        }
+        if still_open {
+            line.push_str("; `rekey resume` or the daemon finishes it");
+        }
+        line
     }
 }
 
@@ -188,12 +288,98 @@ fn print_outcomes(outcomes: &[Outcome], json: bool) -> Result<()> {
     Ok(())
 }
 
-/// `rekey rotate SECRET`.
-pub async fn rotate(config: &Path, secret: &str, wait: bool, json: bool) -> Result<u8> {
+/// A step of `state` in words: "disable_old on store vault".
+fn step_words(state: &Rotation, step: StepId) -> String {
+    match state.plan.targets.get(usize::from(step.target)) {
+        Some(t) => format!(
+            "{} on {} {}",
+            step.action.as_str(),
+            format!("{:?}", t.role).to_lowercase(),
+            t.name
+        ),
+        None => step.to_string(),
+    }
+}
+
+fn class_words(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::Transient => "transient error",
+        ErrorClass::RateLimited => "rate limited",
+        ErrorClass::Permanent => "permanent error",
+    }
+}
+
+/// The failed step holding `state` up, in words: the step, its target and the error.
+fn holding_failure(state: &Rotation) -> Option<String> {
+    state.steps.iter().find_map(|(step, status)| match status {
+        StepStatus::InDoubt {
+            failure: Some(f), ..
+        } => Some(format!(
+            "{} failed ({}): {}",
+            step_words(state, *step),
+            class_words(f.class),
+            f.message
+        )),
+        _ => None,
+    })
+}
+
+/// Tells the operator on stderr of each failed attempt of a step: which step, on which
+/// target, the error and when it is tried next. An attempt that fails as the step's
+/// previous one did gets a short line, so a step that keeps failing does not flood the
+/// terminal (its attempts are spaced by growing backoff).
+#[derive(Debug, Default)]
+struct FailureReporter {
+    /// The last message of each failed step, by rotation.
+    last: std::sync::Mutex<HashMap<(String, StepId), String>>,
+}
+
+impl crate::runner::Observer for FailureReporter {
+    fn journaled(&self, state: &Rotation, event: &RotationEvent, _append_seconds: f64) {
+        let RotationEvent::StepFailed {
+            step,
+            attempt,
+            class,
+            message,
+            retry_at_ms,
+        } = event
+        else {
+            return;
+        };
+        let next = match retry_at_ms {
+            Some(at) => format!("next attempt at {}", format_ms(*at)),
+            None => "no further attempt: the rotation is undone".to_owned(),
+        };
+        let again = self
+            .last
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((state.id.clone(), *step), message.clone())
+            .is_some_and(|previous| previous == *message);
+        let what = format!("{}: {}", state.plan.secret, step_words(state, *step));
+        if again {
+            eprintln!("rekey: {what} failed again (attempt {attempt}), as before; {next}");
+        } else {
+            eprintln!(
+                "rekey: {what} failed ({}, attempt {attempt}): {message}; {next}",
+                class_words(*class)
+            );
+        }
+    }
+}
+
+/// `rekey rotate SECRET`: drives the rotation until it waits, or with `wait` until it ends
+/// or cannot end within the limit (exit code 4, the rotation left open).
+pub async fn rotate(
+    config: &Path,
+    secret: &str,
+    wait: Option<WaitLimit>,
+    json: bool,
+) -> Result<u8> {
     let config = Config::load(config)?;
     // An unknown secret (a typo) is refused before the journal is opened or created.
     let plan = config.plan(secret)?.clone();
-    let env = Env::with_config(config, None)?;
+    let env = Env::with_config(config, Some(Arc::new(FailureReporter::default())))?;
     let rotation_id = uuid::Uuid::now_v7().to_string();
     let rotation_id = match env
         .runner
@@ -208,7 +394,19 @@ pub async fn rotate(config: &Path, secret: &str, wait: bool, json: bool) -> Resu
             into
         }
     };
-    let progress = env.drive(&rotation_id, wait).await?;
+    let progress = match wait {
+        None => env.drive(&rotation_id, false).await?,
+        Some(limit) => match env.drive_within(&rotation_id, limit).await? {
+            Watched::Ended(progress) => progress,
+            Watched::StillOpen(progress) => {
+                let (state, _) = env.runner.load(&rotation_id)?;
+                let failure = holding_failure(&state);
+                let outcome = Outcome::still_open(&rotation_id, secret, &progress, failure);
+                print_outcomes(&[outcome], json)?;
+                return Ok(exit::STILL_OPEN);
+            }
+        },
+    };
     print_outcomes(&[Outcome::new(&rotation_id, secret, &progress)], json)?;
     Ok(match progress {
         Progress::Finished(Phase::Compensated) => exit::FAILED,
