@@ -12,6 +12,7 @@ mod fake_azure_selftest;
 mod files;
 mod fleet;
 mod notify;
+mod old_journals;
 mod online;
 mod policy;
 mod postgres;
