@@ -8,7 +8,6 @@
 //!
 //! Run: `cargo bench --bench saga`.
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -16,56 +15,139 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rekey::journal::{Clock, SqliteJournal, SystemClock};
-use rekey::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
-use rekey::runner::{Options, Progress, Requested, Runner};
-use rekey::saga::{
-    Action, Command, Phase, Plan, Role, RotationEvent, TargetRef, Trigger, apply, decide,
+use rekey::provider::{
+    Created, Dependent, Found, Reconciled, Reply, Rotator, SecretValue, Step, Store, Verifier,
 };
+use rekey::resolve::Registry;
+use rekey::roles;
+use rekey::runner::{Options, Progress, Requested, Runner};
+use rekey::saga::{Command, Phase, Plan, Role, RotationEvent, TargetRef, Trigger, apply, decide};
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
 
-/// A provider that answers every call at once (the runner and journal are what is measured).
+/// A provider that answers every call at once, in every role (the runner and journal are
+/// what is measured).
 #[derive(Debug, Default)]
 struct Instant {
     versions: AtomicU64,
 }
 
-impl Provider for Instant {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async move {
-            Ok(match call.step.action {
-                Action::Create => Applied {
-                    id: Some("cred".into()),
-                    value: Some(SecretValue::new("v")),
-                },
-                Action::Capture | Action::Write => Applied {
-                    id: Some(format!(
-                        "v{}",
-                        self.versions.fetch_add(1, Ordering::Relaxed)
-                    )),
-                    value: None,
-                },
-                _ => Applied::default(),
-            })
+impl Instant {
+    fn version(&self) -> String {
+        format!("v{}", self.versions.fetch_add(1, Ordering::Relaxed))
+    }
+}
+
+fn done<'a, T: Send + 'a>(value: T) -> Reply<'a, T> {
+    Box::pin(async move { Ok(value) })
+}
+
+impl Rotator for Instant {
+    fn capture<'a>(&'a self, _: Step<'a>, _: Option<&'a SecretValue>) -> Reply<'a, Option<String>> {
+        done(Some(self.version()))
+    }
+    fn create<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Created> {
+        done(Created {
+            id: "cred".into(),
+            value: SecretValue::new("v"),
         })
     }
-    fn compensate<'a>(
-        &'a self,
-        _call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async { Ok(Applied::default()) })
+    fn retire_old<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, ()> {
+        done(())
     }
-    fn reconcile<'a>(
+    fn discard<'a>(
         &'a self,
-        _call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
-        Box::pin(async { Ok(Reconciled::NotApplied) })
+        _: Step<'a>,
+        _: Option<&'a str>,
+        _: Option<&'a SecretValue>,
+    ) -> Reply<'a, Option<String>> {
+        done(None)
     }
-    fn read_value<'a>(
+    fn discard_lost<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, ()> {
+        done(())
+    }
+    fn reconcile_create<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Reconciled> {
+        done(Reconciled::NotApplied)
+    }
+    fn reconcile_retire_old<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Found> {
+        done(Found::NotApplied)
+    }
+    fn reconcile_discard<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Found> {
+        done(Found::NotApplied)
+    }
+    fn reconcile_discard_lost<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Found> {
+        done(Found::NotApplied)
+    }
+}
+
+impl Store for Instant {
+    fn capture<'a>(&'a self, _: Step<'a>) -> Reply<'a, Option<String>> {
+        done(Some(self.version()))
+    }
+    fn write<'a>(&'a self, _: Step<'a>, _: &'a SecretValue) -> Reply<'a, String> {
+        done(self.version())
+    }
+    fn restore<'a>(
         &'a self,
-        _version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        Box::pin(async { Ok(SecretValue::new("v")) })
+        _: Step<'a>,
+        _: Option<&'a SecretValue>,
+        _: Option<&'a str>,
+        _: Option<&'a str>,
+    ) -> Reply<'a, Option<String>> {
+        done(None)
+    }
+    fn disable_superseded<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, ()> {
+        done(())
+    }
+    fn reconcile_write<'a>(&'a self, _: Step<'a>) -> Reply<'a, Found> {
+        done(Found::NotApplied)
+    }
+    fn reconcile_restore<'a>(
+        &'a self,
+        _: Step<'a>,
+        _: bool,
+        _: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        done(Found::NotApplied)
+    }
+    fn reconcile_disable_superseded<'a>(
+        &'a self,
+        _: Step<'a>,
+        _: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        done(Found::NotApplied)
+    }
+    fn read_value<'a>(&'a self, _: &'a str) -> Reply<'a, SecretValue> {
+        done(SecretValue::new("v"))
+    }
+}
+
+impl Dependent for Instant {
+    fn capture<'a>(&'a self, _: Step<'a>) -> Reply<'a, Option<String>> {
+        done(Some(self.version()))
+    }
+    fn update<'a>(&'a self, _: Step<'a>, _: &'a SecretValue) -> Reply<'a, Option<String>> {
+        done(None)
+    }
+    fn revert<'a>(
+        &'a self,
+        _: Step<'a>,
+        _: Option<&'a str>,
+        _: Option<&'a SecretValue>,
+    ) -> Reply<'a, Option<String>> {
+        done(None)
+    }
+    fn reconcile_update<'a>(&'a self, _: Step<'a>) -> Reply<'a, Found> {
+        done(Found::NotApplied)
+    }
+    fn reconcile_revert<'a>(&'a self, _: Step<'a>) -> Reply<'a, Found> {
+        done(Found::NotApplied)
+    }
+}
+
+impl Verifier for Instant {
+    fn verify<'a>(&'a self, _: Step<'a>, _: &'a SecretValue) -> Reply<'a, ()> {
+        done(())
     }
 }
 
@@ -151,10 +233,10 @@ fn rotations(c: &mut Criterion) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let journal =
         Arc::new(SqliteJournal::open_with_clock(dir.path().join("j.db"), clock.clone()).unwrap());
-    let provider: Arc<dyn Provider> = Arc::new(Instant::default());
+    let providers = Registry::new().with_roles("p", roles!(Arc::new(Instant::default())));
     let runner = Arc::new(Runner::new(
         journal,
-        HashMap::from([("p".to_owned(), provider)]),
+        Arc::new(providers),
         clock,
         Options::new("bench", 1),
     ));

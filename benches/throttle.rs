@@ -19,7 +19,6 @@
 #[path = "../tests/fake_azure/mod.rs"]
 mod fake_azure;
 
-use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -27,12 +26,13 @@ use std::time::Duration;
 
 use criterion::{Criterion, SamplingMode, criterion_group, criterion_main};
 use rekey::journal::{Clock, SqliteJournal, SystemClock};
-use rekey::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use rekey::provider::{Cast, Found, ProviderError, Reply, SecretValue, Step, Store, Verifier};
 use rekey::providers::azure::budget::{RequestBudget, SAFETY_PERCENT};
 use rekey::providers::azure::credential::{Source, TokenCache};
 use rekey::providers::azure::http::Http;
 use rekey::providers::azure::keyvault::KeyVaultStore;
 use rekey::providers::local::RandomRotator;
+use rekey::resolve::Registry;
 use rekey::runner::{Options, Progress, Requested, Runner, tokio_sleep};
 use rekey::saga::{Phase, Plan, Role, TargetRef, Trigger};
 use tokio::runtime::Runtime;
@@ -67,30 +67,67 @@ impl Counted {
     }
 }
 
-impl Provider for Counted {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async move {
-            self.calls.fetch_add(1, Ordering::Relaxed);
-            self.note(self.inner.apply(call).await)
-        })
+impl Counted {
+    /// A call that changes or reads something (not a reconciliation).
+    fn call<'a, T: Send + 'a>(&'a self, call: Reply<'a, T>) -> Reply<'a, T> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.noted(call)
     }
-    fn compensate<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async move { self.note(self.inner.compensate(call).await) })
+
+    fn noted<'a, T: Send + 'a>(&'a self, call: Reply<'a, T>) -> Reply<'a, T> {
+        Box::pin(async move { self.note(call.await) })
     }
-    fn reconcile<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
-        Box::pin(async move { self.note(self.inner.reconcile(call).await) })
+}
+
+impl Store for Counted {
+    fn capture<'a>(&'a self, step: Step<'a>) -> Reply<'a, Option<String>> {
+        self.call(Store::capture(&self.inner, step))
     }
-    fn read_value<'a>(
+    fn write<'a>(&'a self, step: Step<'a>, new: &'a SecretValue) -> Reply<'a, String> {
+        self.call(self.inner.write(step, new))
+    }
+    fn restore<'a>(
         &'a self,
-        version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        Box::pin(async move { self.note(self.inner.read_value(version).await) })
+        step: Step<'a>,
+        old: Option<&'a SecretValue>,
+        written: Option<&'a str>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Option<String>> {
+        self.noted(self.inner.restore(step, old, written, captured))
+    }
+    fn disable_superseded<'a>(
+        &'a self,
+        step: Step<'a>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, ()> {
+        self.call(self.inner.disable_superseded(step, captured))
+    }
+    fn reconcile_write<'a>(&'a self, step: Step<'a>) -> Reply<'a, Found> {
+        self.noted(self.inner.reconcile_write(step))
+    }
+    fn reconcile_restore<'a>(
+        &'a self,
+        step: Step<'a>,
+        had_old: bool,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        self.noted(self.inner.reconcile_restore(step, had_old, captured))
+    }
+    fn reconcile_disable_superseded<'a>(
+        &'a self,
+        step: Step<'a>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        self.noted(self.inner.reconcile_disable_superseded(step, captured))
+    }
+    fn read_value<'a>(&'a self, version: &'a str) -> Reply<'a, SecretValue> {
+        self.noted(self.inner.read_value(version))
+    }
+}
+
+impl Verifier for Counted {
+    fn verify<'a>(&'a self, step: Step<'a>, new: &'a SecretValue) -> Reply<'a, ()> {
+        self.call(self.inner.verify(step, new))
     }
 }
 
@@ -159,16 +196,16 @@ async fn setup_at(budget: Arc<RequestBudget>, scale: Scale) -> Setup {
     let dir = scratch();
     let journal =
         Arc::new(SqliteJournal::open_with_clock(dir.path().join("j.db"), clock.clone()).unwrap());
-    let providers: HashMap<String, Arc<dyn Provider>> = HashMap::from([
-        (
-            "random".to_owned(),
-            Arc::new(RandomRotator { bytes: 16 }) as Arc<dyn Provider>,
-        ),
-        ("vault".to_owned(), vault.clone() as Arc<dyn Provider>),
-    ]);
+    let providers = Registry::new()
+        .with(
+            "random",
+            Cast::Rotator(Arc::new(RandomRotator { bytes: 16 })),
+        )
+        .with("vault", Cast::Store(vault.clone()))
+        .with("vault", Cast::Verifier(vault.clone()));
     let mut options = Options::new("bench", 5);
     options.sleep = Some(tokio_sleep());
-    let runner = Arc::new(Runner::new(journal, providers, clock, options));
+    let runner = Arc::new(Runner::new(journal, Arc::new(providers), clock, options));
     Setup {
         fake,
         runner,

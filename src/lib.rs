@@ -11,6 +11,7 @@ pub mod notify;
 pub mod probe;
 pub mod provider;
 pub mod providers;
+pub mod resolve;
 pub mod retry;
 pub mod runner;
 pub mod saga;

@@ -3,14 +3,15 @@
 //! mode kept, files sharing a stem kept apart, and links written through only on request.
 //! These tests run as root, so "another user" is uid 65534 (nobody), made with chown.
 
-use std::collections::HashMap;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 use std::sync::Arc;
 
 use rekey::journal::{Clock, MemoryJournal, SystemClock};
-use rekey::provider::{Call, Provider, SecretValue};
+use rekey::provider::{Cast, Dependent, SecretValue, Step};
 use rekey::providers::local::{EnvFile, LocalVault, RandomRotator};
+use rekey::resolve::Registry;
+use rekey::roles;
 use rekey::runner::{Options, Progress, Requested, Runner};
 use rekey::saga::{Action, Phase, Plan, Role, StepId, TargetRef, Trigger};
 
@@ -41,18 +42,14 @@ fn shared_dir(parent: &Path) -> std::path::PathBuf {
 /// an env-file dependent and verifier at `env` (line `K`).
 async fn rotate(secret: &str, vault: LocalVault, env: EnvFile) -> Progress {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let providers: HashMap<String, Arc<dyn Provider>> = HashMap::from([
-        (
-            "random".to_owned(),
-            Arc::new(RandomRotator { bytes: 16 }) as Arc<dyn Provider>,
-        ),
-        ("vault".to_owned(), Arc::new(vault)),
-        ("app".to_owned(), Arc::new(env)),
-    ]);
-    let t = |role, name: &str| TargetRef {
-        role,
-        name: name.into(),
-    };
+    let providers = Registry::new()
+        .with(
+            "random",
+            Cast::Rotator(Arc::new(RandomRotator { bytes: 16 })),
+        )
+        .with("vault", Cast::Store(Arc::new(vault)))
+        .with_roles("app", roles!(Arc::new(env)));
+    let t = TargetRef::new;
     let plan = Plan {
         secret: secret.into(),
         lock_key: secret.into(),
@@ -66,7 +63,12 @@ async fn rotate(secret: &str, vault: LocalVault, env: EnvFile) -> Progress {
         attempts_max: 1,
     };
     let journal = Arc::new(MemoryJournal::new(clock.clone()));
-    let runner = Runner::new(journal, providers, clock, Options::new("runner", 1));
+    let runner = Runner::new(
+        journal,
+        Arc::new(providers),
+        clock,
+        Options::new("runner", 1),
+    );
     let Requested::Started { rotation_id } = runner
         .request(plan, Trigger::Manual, "test", "rot-1".into())
         .await
@@ -178,17 +180,13 @@ async fn a_replaced_file_keeps_its_owner_group_and_mode() {
     }
 }
 
-/// The `Update` call an env-file dependent gets, with `value`.
-fn update<'a>(target: &'a TargetRef, value: &'a SecretValue) -> Call<'a> {
-    Call {
+/// The `Update` step an env-file dependent is given.
+fn update_step() -> Step<'static> {
+    Step {
         rotation_id: "rot",
         secret: "b",
-        step: StepId::new(Action::Update, 0),
+        id: StepId::new(Action::Update, 0),
         key: "rot:update",
-        target,
-        captured: None,
-        produced: None,
-        value: Some(value),
     }
 }
 
@@ -224,14 +222,10 @@ fn files_sharing_a_stem_written_at_once_stay_apart() {
                 .build()
                 .unwrap();
             let env = EnvFile::new(&path, "K");
-            let target = TargetRef {
-                role: Role::Dependent,
-                name: "env".into(),
-            };
             start.wait();
             for i in 0..ROUNDS {
                 let value = SecretValue::new(format!("env-{i}"));
-                rt.block_on(env.apply(&update(&target, &value)))
+                rt.block_on(env.update(update_step(), &value))
                     .unwrap_or_else(|e| panic!("env write {i}: {}", e.message));
                 assert_eq!(
                     std::fs::read_to_string(&path).unwrap(),
@@ -261,13 +255,9 @@ async fn a_linked_target_is_refused_unless_the_provider_follows_links() {
     std::os::unix::fs::symlink("app/app.env", dir.join("app.env")).unwrap();
 
     // The provider alone refuses to write through the link.
-    let target = TargetRef {
-        role: Role::Dependent,
-        name: "app".into(),
-    };
     let value = SecretValue::new("new-value");
     let err = EnvFile::new(dir.join("app.env"), "K")
-        .apply(&update(&target, &value))
+        .update(update_step(), &value)
         .await
         .unwrap_err();
     assert!(

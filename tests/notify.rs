@@ -13,10 +13,14 @@ use rekey::journal::{Clock, JournalRead, JournalScan, ManualClock, SqliteJournal
 use rekey::notify::{
     self, ChannelKind, Notice, NoticeEvent, NoticeKind, NotificationConfig, Notifier,
 };
-use rekey::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use rekey::provider::{Cast, ProviderError, Reply};
 use rekey::providers::local::{EnvFile, LocalVault, RandomRotator};
+use rekey::resolve::Registry;
+use rekey::roles;
 use rekey::runner::{Options, Progress, Requested, Runner};
 use rekey::saga::{Action, Phase, Plan, Role, TargetRef, Trigger};
+
+use crate::intercept::{Hook, Seen, intercept};
 use serde_json::{Value, json};
 
 const START_MS: i64 = 1_700_000_000_000;
@@ -404,41 +408,19 @@ async fn a_due_notice_survives_a_crash_and_the_next_process_posts_it() {
     );
 }
 
-/// A provider that refuses one action (always, with `error`) and passes the rest on.
+/// Refuses one action (always, with `error`) and passes the rest on.
 #[derive(Debug)]
 struct Refusing {
-    inner: Box<dyn Provider>,
     action: Action,
     error: fn() -> ProviderError,
 }
 
-impl Provider for Refusing {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        if call.step.action == self.action {
+impl Hook for Refusing {
+    fn around<'a, T: Send + 'a>(&'a self, seen: Seen, call: Reply<'a, T>) -> Reply<'a, T> {
+        if seen.performs(self.action) {
             return Box::pin(async { Err((self.error)()) });
         }
-        self.inner.apply(call)
-    }
-    fn compensate<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        self.inner.compensate(call)
-    }
-    fn reconcile<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
-        if call.step.action == self.action {
-            return Box::pin(async { Ok(Reconciled::NotApplied) });
-        }
-        self.inner.reconcile(call)
-    }
-    fn read_value<'a>(
-        &'a self,
-        version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        self.inner.read_value(version)
+        call
     }
 }
 
@@ -459,39 +441,44 @@ async fn open_rotation(
     secret: &str,
     behaviour: Behaviour,
 ) -> (Runner<SqliteJournal>, String) {
-    let env = EnvFile::new(dir.join(format!("{secret}.env")), "K");
-    let vault = LocalVault::new(dir.join(format!("{secret}.json")));
-    let (app, vault): (Arc<dyn Provider>, Arc<dyn Provider>) = match behaviour {
-        Behaviour::Works => (Arc::new(env), Arc::new(vault)),
+    let env = roles!(Arc::new(EnvFile::new(
+        dir.join(format!("{secret}.env")),
+        "K"
+    )));
+    let vault = roles!(Arc::new(LocalVault::new(
+        dir.join(format!("{secret}.json"))
+    )));
+    let (app, vault) = match behaviour {
+        Behaviour::Works => (env, vault),
         Behaviour::AppRefuses => (
-            Arc::new(Refusing {
-                inner: Box::new(env),
-                action: Action::Verify,
-                error: || ProviderError::permanent("the app refused the new value"),
-            }),
-            Arc::new(vault),
+            intercept(
+                env,
+                Refusing {
+                    action: Action::Verify,
+                    error: || ProviderError::permanent("the app refused the new value"),
+                },
+            ),
+            vault,
         ),
         Behaviour::VaultDown => (
-            Arc::new(env),
-            Arc::new(Refusing {
-                inner: Box::new(vault),
-                action: Action::Write,
-                error: || ProviderError::transient("the vault is unavailable (503)"),
-            }),
+            env,
+            intercept(
+                vault,
+                Refusing {
+                    action: Action::Write,
+                    error: || ProviderError::transient("the vault is unavailable (503)"),
+                },
+            ),
         ),
     };
-    let providers: HashMap<String, Arc<dyn Provider>> = HashMap::from([
-        (
-            "random".to_owned(),
-            Arc::new(RandomRotator { bytes: 16 }) as Arc<dyn Provider>,
-        ),
-        ("vault".to_owned(), vault),
-        ("app".to_owned(), app),
-    ]);
-    let t = |role, name: &str| TargetRef {
-        role,
-        name: name.into(),
-    };
+    let providers = Registry::new()
+        .with(
+            "random",
+            Cast::Rotator(Arc::new(RandomRotator { bytes: 16 })),
+        )
+        .with_roles("vault", vault)
+        .with_roles("app", app);
+    let t = TargetRef::new;
     let plan = Plan {
         secret: secret.into(),
         lock_key: secret.into(),
@@ -512,7 +499,7 @@ async fn open_rotation(
     let clock: Arc<dyn Clock> = Arc::new(w.clock.clone());
     let runner = Runner::new(
         w.journal.clone(),
-        providers,
+        Arc::new(providers),
         clock,
         Options::new("runner-1", 7),
     );

@@ -90,7 +90,12 @@ async fn a_journal_of_name_only_targets_resumes_to_completion() {
     let providers = config.build_providers(shared.clone(), &|_| None).unwrap();
     let journal =
         Arc::new(SqliteJournal::open_with_clock(&config.journal_path, shared.clone()).unwrap());
-    let runner = Runner::new(journal.clone(), providers, shared, Options::new("today", 1));
+    let runner = Runner::new(
+        journal.clone(),
+        Arc::new(providers),
+        shared,
+        Options::new("today", 1),
+    );
 
     let mut open = runner.open_rotations().await.unwrap();
     open.sort();

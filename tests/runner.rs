@@ -1,14 +1,17 @@
 //! Runner behaviour around time: the lease heartbeat during slow calls (real tokio time)
 //! and renewal before slow appends.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rekey::journal::{Clock, ManualClock, MemoryJournal};
-use rekey::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
-use rekey::providers::local::{EnvFile, LocalVault, RandomRotator};
+use rekey::provider::{Cast, ProviderError, Reply, Roles, SecretValue, Store};
+use rekey::providers::local::{CommandVerifier, EnvFile, LocalVault, RandomRotator};
+use rekey::resolve::Registry;
+use rekey::roles;
 use rekey::runner::{Observer, Options, Progress, Requested, Runner, tokio_sleep};
-use rekey::saga::{Phase, Plan, Role, Rotation, RotationEvent, TargetRef, Trigger};
+use rekey::saga::{Action, Phase, Plan, Role, Rotation, RotationEvent, StepId, TargetRef, Trigger};
+
+use crate::intercept::{Hook, Seen, intercept};
 
 /// Journal time that follows tokio's (pausable) clock, starting at `base_ms`.
 #[derive(Debug)]
@@ -33,53 +36,34 @@ impl Clock for TokioClock {
     }
 }
 
-/// A store whose every call first waits `delay_ms`.
+/// Every call first waits `delay_ms`.
 #[derive(Debug)]
 struct Slow {
-    inner: LocalVault,
     delay_ms: u64,
 }
 
-impl Slow {
-    fn wait(&self) -> tokio::time::Sleep {
-        tokio::time::sleep(std::time::Duration::from_millis(self.delay_ms))
+impl Hook for Slow {
+    fn around<'a, T: Send + 'a>(&'a self, _: Seen, call: Reply<'a, T>) -> Reply<'a, T> {
+        Box::pin(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(self.delay_ms)).await;
+            call.await
+        })
     }
 }
 
-impl Provider for Slow {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async move {
-            self.wait().await;
-            self.inner.apply(call).await
-        })
-    }
-    fn compensate<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async move {
-            self.wait().await;
-            self.inner.compensate(call).await
-        })
-    }
-    fn reconcile<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
-        Box::pin(async move {
-            self.wait().await;
-            self.inner.reconcile(call).await
-        })
-    }
-    fn read_value<'a>(
-        &'a self,
-        version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        Box::pin(async move {
-            self.wait().await;
-            self.inner.read_value(version).await
-        })
-    }
+/// The local providers of a one-secret plan: a random rotator, the vault `vault` and the
+/// env file `app` (line `K`) as dependent and verifier.
+fn local(vault: Roles, dir: &std::path::Path) -> Registry {
+    Registry::new()
+        .with(
+            "random",
+            Cast::Rotator(Arc::new(RandomRotator { bytes: 16 })),
+        )
+        .with_roles("vault", vault)
+        .with_roles(
+            "app",
+            roles!(Arc::new(EnvFile::new(dir.join("app.env"), "K"))),
+        )
 }
 
 /// Drives one rotation whose store calls (value reads included) take 1 s under a 300 ms
@@ -94,27 +78,11 @@ async fn slow_rotation(heartbeat: bool) -> Result<Progress, rekey::runner::Error
     vault
         .set("api", &SecretValue::new("old-value"), "seed")
         .unwrap();
-    let providers: HashMap<String, Arc<dyn Provider>> = HashMap::from([
-        (
-            "random".to_owned(),
-            Arc::new(RandomRotator { bytes: 16 }) as Arc<dyn Provider>,
-        ),
-        (
-            "vault".to_owned(),
-            Arc::new(Slow {
-                inner: vault,
-                delay_ms: 1_000,
-            }),
-        ),
-        (
-            "app".to_owned(),
-            Arc::new(EnvFile::new(dir.path().join("app.env"), "K")),
-        ),
-    ]);
-    let t = |role, name: &str| TargetRef {
-        role,
-        name: name.into(),
-    };
+    let providers = local(
+        intercept(roles!(Arc::new(vault)), Slow { delay_ms: 1_000 }),
+        dir.path(),
+    );
+    let t = TargetRef::new;
     let plan = Plan {
         secret: "api".into(),
         lock_key: "api".into(),
@@ -132,7 +100,7 @@ async fn slow_rotation(heartbeat: bool) -> Result<Progress, rekey::runner::Error
         sleep: heartbeat.then(tokio_sleep),
         ..Options::new("runner-1", 7)
     };
-    let runner = Runner::new(journal, providers, clock, options);
+    let runner = Runner::new(journal, Arc::new(providers), clock, options);
     let Requested::Started { rotation_id } = runner
         .request(plan, Trigger::Manual, "test", "rot-1".into())
         .await
@@ -180,24 +148,11 @@ async fn appends_slower_than_half_the_lease_do_not_lose_it() {
     let manual = ManualClock::new(1_700_000_000_000);
     let clock: Arc<dyn Clock> = Arc::new(manual.clone());
     let journal = Arc::new(MemoryJournal::new(clock.clone()));
-    let providers: HashMap<String, Arc<dyn Provider>> = HashMap::from([
-        (
-            "random".to_owned(),
-            Arc::new(RandomRotator { bytes: 16 }) as Arc<dyn Provider>,
-        ),
-        (
-            "vault".to_owned(),
-            Arc::new(LocalVault::new(dir.path().join("vault.json"))),
-        ),
-        (
-            "app".to_owned(),
-            Arc::new(EnvFile::new(dir.path().join("app.env"), "K")),
-        ),
-    ]);
-    let t = |role, name: &str| TargetRef {
-        role,
-        name: name.into(),
-    };
+    let providers = local(
+        roles!(Arc::new(LocalVault::new(dir.path().join("vault.json")))),
+        dir.path(),
+    );
+    let t = TargetRef::new;
     let plan = Plan {
         secret: "api".into(),
         lock_key: "api".into(),
@@ -218,7 +173,7 @@ async fn appends_slower_than_half_the_lease_do_not_lose_it() {
         })),
         ..Options::new("runner-1", 7)
     };
-    let runner = Runner::new(journal, providers, clock, options);
+    let runner = Runner::new(journal, Arc::new(providers), clock, options);
     let Requested::Started { rotation_id } = runner
         .request(plan, Trigger::Manual, "test", "rot-1".into())
         .await
@@ -231,4 +186,117 @@ async fn appends_slower_than_half_the_lease_do_not_lose_it() {
         .await
         .expect("the lease is renewed before it lapses");
     assert_eq!(progress, Progress::Finished(Phase::Completed));
+}
+
+/// The first restore lands, but its response is lost.
+#[derive(Debug, Default)]
+struct LosesRestoreResponse {
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl Hook for LosesRestoreResponse {
+    fn around<'a, T: Send + 'a>(&'a self, seen: Seen, call: Reply<'a, T>) -> Reply<'a, T> {
+        Box::pin(async move {
+            let out = call.await?;
+            if seen.performs(Action::Restore)
+                && !self.lost.swap(true, std::sync::atomic::Ordering::SeqCst)
+            {
+                return Err(ProviderError::transient("response lost (test)"));
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// A restore that wrote the old value back but lost its response is found done by
+/// reconciling (the vault is told the rotation had an old value): it is not started again.
+#[tokio::test]
+async fn an_in_doubt_restore_that_landed_is_found_done() {
+    let dir = tempfile::tempdir().unwrap();
+    let manual = ManualClock::new(1_700_000_000_000);
+    let clock: Arc<dyn Clock> = Arc::new(manual.clone());
+    let journal = Arc::new(MemoryJournal::new(clock.clone()));
+    let vault = LocalVault::new(dir.path().join("vault.json"));
+    vault
+        .set("api", &SecretValue::new("old-value"), "seed")
+        .unwrap();
+    std::fs::write(dir.path().join("app.env"), "K=old-value\n").unwrap();
+    let vault_file = LocalVault::new(dir.path().join("vault.json"));
+    let providers = local(
+        intercept(
+            roles!(Arc::new(vault_file)),
+            LosesRestoreResponse::default(),
+        ),
+        dir.path(),
+    )
+    .with(
+        "refuses",
+        Cast::Verifier(Arc::new(CommandVerifier {
+            command: vec!["false".into()],
+        })),
+    );
+    let t = TargetRef::new;
+    let plan = Plan {
+        secret: "api".into(),
+        lock_key: "api".into(),
+        targets: vec![
+            t(Role::Rotator, "random"),
+            t(Role::Store, "vault"),
+            t(Role::Dependent, "app"),
+            t(Role::Verifier, "refuses"),
+        ],
+        grace_ms: 0,
+        attempts_max: 1,
+    };
+    let runner = Runner::new(
+        journal.clone(),
+        Arc::new(providers),
+        clock,
+        Options::new("runner-1", 7),
+    );
+    let Requested::Started { rotation_id } = runner
+        .request(plan, Trigger::Manual, "test", "rot-1".into())
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh journal has no open rotation");
+    };
+    let progress = loop {
+        match runner.drive(&rotation_id).await.unwrap() {
+            Progress::Waiting { until_ms, .. } => manual.advance(until_ms - manual.now_ms()),
+            other => break other,
+        }
+    };
+    assert_eq!(progress, Progress::Finished(Phase::Compensated));
+    let restore = StepId::new(Action::Restore, 1);
+    let events: Vec<RotationEvent> =
+        rekey::journal::JournalRead::read_stream(&*journal, &rotation_id)
+            .unwrap()
+            .iter()
+            .map(|e| serde_json::from_str(&e.payload).unwrap())
+            .collect();
+    let started = events
+        .iter()
+        .filter(|e| matches!(e, RotationEvent::StepStarted { step, .. } if *step == restore))
+        .count();
+    assert_eq!(started, 1, "the restore ran once: {events:#?}");
+    assert!(
+        events.iter().any(|e| matches!(
+            e,
+            RotationEvent::StepSucceeded { step, id: Some(_), reconciled: true } if *step == restore
+        )),
+        "the restore was found done: {events:#?}"
+    );
+    let app = std::fs::read_to_string(dir.path().join("app.env")).unwrap();
+    assert_eq!(app, "K=old-value\n");
+    let restored = vault.read_value(
+        events
+            .iter()
+            .find_map(|e| match e {
+                RotationEvent::StepSucceeded { step, id, .. } if *step == restore => id.as_deref(),
+                _ => None,
+            })
+            .unwrap(),
+    );
+    assert_eq!(restored.await.unwrap().expose(), "old-value");
 }

@@ -11,6 +11,7 @@ mod fake_azure;
 mod fake_azure_selftest;
 mod files;
 mod fleet;
+mod intercept;
 mod notify;
 mod old_journals;
 mod online;

@@ -66,7 +66,7 @@ impl Env {
         let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
         let runner = Arc::new(Runner::new(
             journal.clone(),
-            providers,
+            Arc::new(providers),
             clock.clone(),
             Options {
                 lease_ttl_ms: config.lease_ttl_ms,
@@ -578,7 +578,7 @@ fn status_rows<J: RunnerJournal>(
     // Status folds the journal and calls no provider, so its runner has none.
     let runner = Runner::new(
         journal.clone(),
-        HashMap::new(),
+        Arc::new(crate::resolve::Registry::new()),
         clock,
         Options::new("status", 0),
     );

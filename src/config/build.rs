@@ -12,7 +12,7 @@ use super::{
     ProviderConfig, parse_duration_ms,
 };
 use crate::probe::Probe;
-use crate::provider::{Provider, SecretValue};
+use crate::provider::{Roles, SecretValue};
 use crate::providers::azure::appservice::{AppSetting, Mode, SiteLocks};
 use crate::providers::azure::azure_cli::{AZ_TIMEOUT_MS_DEFAULT, AzureCli};
 use crate::providers::azure::budget::{VaultBudgets, vault_key};
@@ -28,6 +28,8 @@ use crate::providers::local::{
     CommandVerifier, FileDependent, LocalVault, RandomRotator, VaultKey,
 };
 use crate::providers::postgres::{self, Endpoint, PostgresRole, Tls};
+use crate::resolve::Registry;
+use crate::roles;
 
 /// Where IMDS answers on Azure VMs (reached without credentials; it hands them out).
 pub const IMDS_ENDPOINT: &str = "http://169.254.169.254/metadata/identity/oauth2/token";
@@ -37,8 +39,9 @@ pub const ARM_SCOPE: &str = "https://management.azure.com/.default";
 pub const GRAPH_SCOPE: &str = "https://graph.microsoft.com/.default";
 
 impl Config {
-    /// One provider instance per configured provider, by name. `env` looks up environment
-    /// variables (injected so tests need not touch the process environment).
+    /// One provider instance per configured provider, by name, in every role its kind
+    /// plays. `env` looks up environment variables (injected so tests need not touch the
+    /// process environment).
     ///
     /// # Errors
     /// [`Error::MissingEnv`] for an unset variable, [`Error::Build`] for the rest.
@@ -46,8 +49,13 @@ impl Config {
         &self,
         clock: Arc<dyn Clock>,
         env: &dyn Fn(&str) -> Option<String>,
-    ) -> Result<HashMap<String, Arc<dyn Provider>>, Error> {
-        self.build(clock, env)
+    ) -> Result<Registry, Error> {
+        let built: HashMap<String, Roles> = self.build(clock, env)?;
+        Ok(built
+            .into_iter()
+            .fold(Registry::new(), |out, (name, roles)| {
+                out.with_roles(name, roles)
+            }))
     }
 
     /// One read-only probe per configured provider, by name (`policy check --online`),
@@ -241,11 +249,19 @@ impl Config {
                     .or_insert(*n);
             }
         }
+        // A provider, as `B` (its roles or its probe): the roles are found here, where the
+        // provider's type is known.
+        macro_rules! built {
+            ($provider:expr $(,)?) => {{
+                let provider = Arc::new($provider);
+                B::built(roles!(provider.clone()), provider)
+            }};
+        }
         let mut out: HashMap<String, B> = HashMap::new();
         for (name, p) in &self.providers {
             let what = format!("provider {name}");
             let provider = match p {
-                ProviderConfig::Random { bytes } => B::built(RandomRotator { bytes: *bytes }),
+                ProviderConfig::Random { bytes } => built!(RandomRotator { bytes: *bytes }),
                 ProviderConfig::LocalVault {
                     path,
                     key_file,
@@ -266,7 +282,7 @@ impl Config {
                             }
                             (None, None) => None,
                         };
-                    B::built(
+                    built!(
                         match key {
                             Some(key) => LocalVault::sealed(path, key),
                             None => LocalVault::new(path),
@@ -282,7 +298,7 @@ impl Config {
                 } => {
                     let file = FileDependent::new(path, key.clone())
                         .with_follow_symlinks(*follow_symlinks);
-                    B::built(match after_write {
+                    built!(match after_write {
                         Some(c) => file.with_after_write(c.clone()),
                         None => file,
                     })
@@ -293,12 +309,12 @@ impl Config {
                     follow_symlinks,
                 } => {
                     let file = FileDependent::raw(path).with_follow_symlinks(*follow_symlinks);
-                    B::built(match after_write {
+                    built!(match after_write {
                         Some(c) => file.with_after_write(c.clone()),
                         None => file,
                     })
                 }
-                ProviderConfig::Command { command } => B::built(CommandVerifier {
+                ProviderConfig::Command { command } => built!(CommandVerifier {
                     command: command.clone(),
                 }),
                 ProviderConfig::KeyVault {
@@ -322,7 +338,7 @@ impl Config {
                     if let Some(ct) = content_type {
                         kv = kv.with_content_type(ct.clone());
                     }
-                    B::built(kv)
+                    built!(kv)
                 }
                 ProviderConfig::AppSetting {
                     credential,
@@ -332,7 +348,7 @@ impl Config {
                     slot,
                     setting,
                     key_vault_reference,
-                } => B::built(AppSetting {
+                } => built!(AppSetting {
                     api: authed(credential, ARM_SCOPE),
                     arm: endpoints.arm.clone(),
                     subscription: subscription.clone(),
@@ -353,7 +369,7 @@ impl Config {
                     validity_days,
                     verify_scope,
                     propagation,
-                } => B::built(AppPasswords {
+                } => built!(AppPasswords {
                     api: authed(credential, GRAPH_SCOPE),
                     graph: endpoints.graph.clone(),
                     object_id: object_id.clone(),
@@ -372,7 +388,7 @@ impl Config {
                     resource_group,
                     account,
                     kerberos,
-                } => B::built(StorageKeys {
+                } => built!(StorageKeys {
                     api: authed(credential, ARM_SCOPE),
                     arm: endpoints.arm.clone(),
                     subscription: subscription.clone(),
@@ -385,7 +401,7 @@ impl Config {
                     client_id,
                     client_secret_env,
                     scope,
-                } => B::built(OAuthToken {
+                } => built!(OAuthToken {
                     http: http.clone(),
                     token_url: url(&what, token_url)?,
                     client_id: client_id.clone(),
@@ -429,7 +445,7 @@ impl Config {
                         host: host.clone(),
                         port: *port,
                     };
-                    B::built(PostgresRole {
+                    built!(PostgresRole {
                         verify: Endpoint {
                             host: verify_host.clone().unwrap_or_else(|| host.clone()),
                             port: verify_port.unwrap_or(*port),
@@ -459,21 +475,21 @@ impl Config {
         Ok(out)
     }
 }
-/// What a configured provider is built into: the runner's [`Provider`], or the [`Probe`]
-/// of `policy check --online`. Every provider kind is both.
+/// What a configured provider is built into: its [`Roles`] for the runner, or the
+/// [`Probe`] of `policy check --online`. Every provider kind is both.
 trait Built: Sized {
-    fn built<P: Provider + Probe + 'static>(provider: P) -> Self;
+    fn built<P: Probe + 'static>(roles: Roles, provider: Arc<P>) -> Self;
 }
 
-impl Built for Arc<dyn Provider> {
-    fn built<P: Provider + Probe + 'static>(provider: P) -> Self {
-        Arc::new(provider)
+impl Built for Roles {
+    fn built<P: Probe + 'static>(roles: Roles, _: Arc<P>) -> Self {
+        roles
     }
 }
 
 impl Built for Arc<dyn Probe> {
-    fn built<P: Provider + Probe + 'static>(provider: P) -> Self {
-        Arc::new(provider)
+    fn built<P: Probe + 'static>(_: Roles, provider: Arc<P>) -> Self {
+        provider
     }
 }
 

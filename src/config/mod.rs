@@ -2180,7 +2180,12 @@ grace = "1d"
             other => panic!("expected a missing variable, got {other:?}"),
         }
         let env = |v: &str| (v == "PG_ADMIN_PASSWORD").then(|| "secret".to_owned());
-        assert!(c.build_providers(clock, &env).unwrap().contains_key("db"));
+        assert!(
+            c.build_providers(clock, &env)
+                .unwrap()
+                .roles("db")
+                .is_some()
+        );
     }
 
     /// The word the drift tests write where a key or a kind is expected.

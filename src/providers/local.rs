@@ -16,18 +16,11 @@ use rand::RngExt;
 use serde::{Deserialize, Serialize};
 
 use crate::atomic_file;
-use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use crate::provider::{
+    BoxFuture, Created, Dependent, Found, ProviderError, Reconciled, Reply, Rotator, SecretValue,
+    Step, Store, Verifier,
+};
 use crate::providers::versions;
-use crate::saga::Action;
-
-fn unsupported(call: &Call<'_>, what: &str) -> ProviderError {
-    ProviderError::unsupported(
-        call,
-        &format!("{what} {}", call.target.name),
-        "perform",
-        "; the plan names it in the wrong role",
-    )
-}
 
 /// A file that could not be read or written, as a provider error: a link, a wrong file
 /// type or a refused permission needs a person; a full disk may clear.
@@ -47,46 +40,56 @@ pub struct RandomRotator {
     pub bytes: usize,
 }
 
-impl Provider for RandomRotator {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+/// A random value has no source outside rekey: nothing to read, retire or discard (the
+/// stores are its source), and nothing that can be in doubt.
+impl Rotator for RandomRotator {
+    fn capture<'a>(&'a self, _: Step<'a>, _: Option<&'a SecretValue>) -> Reply<'a, Option<String>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn create<'a>(&'a self, step: Step<'a>, _: Option<&'a str>) -> Reply<'a, Created> {
         Box::pin(async move {
-            match call.step.action {
-                // A random value has no source to read or retire: the stores are its source.
-                Action::Capture | Action::RetireOld => Ok(Applied::default()),
-                Action::Create => {
-                    let mut raw = vec![0u8; self.bytes];
-                    rand::rng().fill(&mut raw[..]);
-                    Ok(Applied {
-                        id: Some(format!("random-{}", call.key)),
-                        value: Some(SecretValue::new(hex::encode(raw))),
-                    })
-                }
-                _ => Err(unsupported(call, "rotator")),
-            }
+            let mut raw = vec![0u8; self.bytes];
+            rand::rng().fill(&mut raw[..]);
+            Ok(Created {
+                id: format!("random-{}", step.key),
+                value: SecretValue::new(hex::encode(raw)),
+            })
         })
     }
 
-    fn compensate<'a>(
-        &'a self,
-        _call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        // Discarding a random value is forgetting it; nothing outside holds it.
-        Box::pin(async { Ok(Applied::default()) })
+    fn retire_old<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, ()> {
+        Box::pin(async { Ok(()) })
     }
 
-    fn reconcile<'a>(
+    /// Discarding a random value is forgetting it; nothing outside holds it.
+    fn discard<'a>(
         &'a self,
-        _call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
-        // Creating a value touches nothing outside, so no effect can be in doubt.
+        _: Step<'a>,
+        _: Option<&'a str>,
+        _: Option<&'a SecretValue>,
+    ) -> Reply<'a, Option<String>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn discard_lost<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn reconcile_create<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Reconciled> {
         Box::pin(async { Ok(Reconciled::NotApplied) })
     }
 
-    fn read_value<'a>(
-        &'a self,
-        _version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        Box::pin(async { Err(ProviderError::permanent("a rotator holds no stored values")) })
+    fn reconcile_retire_old<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Found> {
+        Box::pin(async { Ok(Found::NotApplied) })
+    }
+
+    fn reconcile_discard<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Found> {
+        Box::pin(async { Ok(Found::NotApplied) })
+    }
+
+    fn reconcile_discard_lost<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Found> {
+        Box::pin(async { Ok(Found::NotApplied) })
     }
 }
 
@@ -330,7 +333,7 @@ impl LocalVault {
     }
 
     /// Disables what `live` supersedes (I8); true when anything changed.
-    fn disable_superseded(
+    fn disable_superseded_by(
         versions: &mut [Version],
         live: Option<&str>,
         captured: Option<&str>,
@@ -366,14 +369,22 @@ impl LocalVault {
     fn retire_superseded(&self, secret: &str, captured: Option<&str>) -> Result<(), ProviderError> {
         self.update(secret, |vs| {
             let live = Self::live(vs).map(|v| v.id.clone());
-            Ok(((), Self::disable_superseded(vs, live.as_deref(), captured)))
+            Ok((
+                (),
+                Self::disable_superseded_by(vs, live.as_deref(), captured),
+            ))
         })
     }
 
     /// Compensation: the old value goes back as the newest version, once per `key`. What
     /// it supersedes is disabled by the compensation's own `DisableOld` step, which needs
     /// no value (the old one is read from this copy until then).
-    fn restore(&self, secret: &str, old: &SecretValue, key: &str) -> Result<String, ProviderError> {
+    fn write_back(
+        &self,
+        secret: &str,
+        old: &SecretValue,
+        key: &str,
+    ) -> Result<String, ProviderError> {
         self.update(secret, |vs| {
             let id = match Self::tagged(vs, key) {
                 Some(v) => v.id.clone(),
@@ -389,98 +400,123 @@ impl LocalVault {
     }
 }
 
-impl Provider for LocalVault {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async move {
-            match (call.step.action, call.value) {
-                (Action::Capture, _) => {
-                    let current = self.update(call.secret, |vs| {
-                        Ok((
-                            vs.iter().rev().find(|v| v.enabled).map(|v| v.id.clone()),
-                            false,
-                        ))
-                    })?;
-                    Ok(Applied {
-                        id: current,
-                        value: None,
-                    })
-                }
-                (Action::Write, Some(value)) => Ok(Applied {
-                    id: Some(self.set(call.secret, value, call.key)?),
-                    value: None,
-                }),
-                (Action::DisableOld, _) => {
-                    self.retire_superseded(call.secret, call.captured)?;
-                    Ok(Applied::default())
-                }
-                _ => Err(unsupported(call, "store")),
-            }
-        })
+impl LocalVault {
+    /// True when nothing that `live` supersedes is still enabled: a retirement or a
+    /// restore that disabled what it had to is done, and is not repeated after a crash.
+    fn settled(versions: &[Version], live: Option<&str>, captured: Option<&str>) -> bool {
+        let listed = versions.iter().map(|v| versions::Listed {
+            id: &v.id,
+            enabled: v.enabled,
+            written_by_rekey: v.tags.contains_key(KEY_TAG),
+        });
+        versions::superseded(listed, live, captured).is_empty()
     }
 
-    fn compensate<'a>(
+    /// Reads `secret`'s versions under the lock, changing nothing.
+    fn inspect<T>(
+        &self,
+        secret: &str,
+        f: impl FnOnce(&[Version]) -> T,
+    ) -> Result<T, ProviderError> {
+        self.update(secret, |vs| Ok((f(vs), false)))
+    }
+}
+
+/// A store of each secret under its own name (the step's `secret`).
+impl Store for LocalVault {
+    fn capture<'a>(&'a self, step: Step<'a>) -> Reply<'a, Option<String>> {
+        Box::pin(
+            async move { self.inspect(step.secret, |vs| Self::live(vs).map(|v| v.id.clone())) },
+        )
+    }
+
+    fn write<'a>(&'a self, step: Step<'a>, new: &'a SecretValue) -> Reply<'a, String> {
+        Box::pin(async move { self.set(step.secret, new, step.key) })
+    }
+
+    fn restore<'a>(
         &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        step: Step<'a>,
+        old: Option<&'a SecretValue>,
+        written: Option<&'a str>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Option<String>> {
         Box::pin(async move {
-            match (call.step.action, call.value, call.produced) {
+            match (old, written) {
                 // Versions cannot be un-created: write the old value back as the newest.
-                (Action::Restore, Some(old), _) => Ok(Applied {
-                    id: Some(self.restore(call.secret, old, call.key)?),
-                    value: None,
-                }),
+                (Some(old), _) => self.write_back(step.secret, old, step.key).map(Some),
                 // There was no old value: disable what this rotation wrote.
-                (Action::Restore, None, Some(_)) => {
-                    self.update(call.secret, |vs| {
-                        Ok(((), Self::disable_superseded(vs, None, call.captured)))
+                (None, Some(_)) => {
+                    self.update(step.secret, |vs| {
+                        Ok(((), Self::disable_superseded_by(vs, None, captured)))
                     })?;
-                    Ok(Applied::default())
+                    Ok(None)
                 }
-                _ => Err(unsupported(call, "store")),
+                // Nothing was written and nothing was there: nothing to undo.
+                (None, None) => Ok(None),
             }
         })
     }
 
-    fn reconcile<'a>(
+    fn disable_superseded<'a>(
         &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+        step: Step<'a>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, ()> {
+        Box::pin(async move { self.retire_superseded(step.secret, captured) })
+    }
+
+    fn reconcile_write<'a>(&'a self, step: Step<'a>) -> Reply<'a, Found> {
         Box::pin(async move {
-            self.update(call.secret, |vs| {
-                let tagged = Self::tagged(vs, call.key).map(|v| v.id.clone());
-                // Nothing left for `live` to supersede: a retirement or a restore that
-                // disabled what it had to is done, and is not repeated after a crash.
-                let settled = |live: Option<&str>| {
-                    let listed = vs.iter().map(|v| versions::Listed {
-                        id: &v.id,
-                        enabled: v.enabled,
-                        written_by_rekey: v.tags.contains_key(KEY_TAG),
-                    });
-                    versions::superseded(listed, live, call.captured).is_empty()
-                };
-                let live = Self::live(vs).map(|v| v.id.clone());
-                let found = match (call.step.action, tagged) {
-                    (Action::DisableOld, _) if settled(live.as_deref()) => {
-                        Reconciled::Applied { id: None }
-                    }
-                    (Action::Restore, _) if call.value.is_none() && settled(None) => {
-                        Reconciled::Applied { id: None }
-                    }
-                    (Action::Write | Action::Restore, Some(id)) => {
-                        Reconciled::Applied { id: Some(id) }
-                    }
-                    // Capture is safe to repeat.
-                    _ => Reconciled::NotApplied,
-                };
-                Ok((found, false))
+            self.inspect(step.secret, |vs| match Self::tagged(vs, step.key) {
+                Some(v) => Found::Applied {
+                    id: Some(v.id.clone()),
+                },
+                None => Found::NotApplied,
             })
         })
     }
 
-    fn read_value<'a>(
+    fn reconcile_restore<'a>(
         &'a self,
-        version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
+        step: Step<'a>,
+        had_old: bool,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        Box::pin(async move {
+            self.inspect(step.secret, |vs| {
+                let copy = Self::tagged(vs, step.key).map(|v| v.id.as_str());
+                match (had_old, copy) {
+                    // Without an old value, done when what the rotation wrote is disabled.
+                    (false, _) if Self::settled(vs, None, captured) => Found::Applied { id: None },
+                    // Done when the copy of the old value exists.
+                    (true, Some(id)) => Found::Applied {
+                        id: Some(id.to_owned()),
+                    },
+                    _ => Found::NotApplied,
+                }
+            })
+        })
+    }
+
+    fn reconcile_disable_superseded<'a>(
+        &'a self,
+        step: Step<'a>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        Box::pin(async move {
+            self.inspect(step.secret, |vs| {
+                let live = Self::live(vs).map(|v| v.id.as_str());
+                if Self::settled(vs, live, captured) {
+                    Found::Applied { id: None }
+                } else {
+                    Found::NotApplied
+                }
+            })
+        })
+    }
+
+    fn read_value<'a>(&'a self, version: &'a str) -> Reply<'a, SecretValue> {
         Box::pin(async move {
             let _guard = self.lock.lock().unwrap_or_else(|p| p.into_inner());
             // Version ids are unique across the vault, so the version names its secret.
@@ -808,112 +844,66 @@ pub struct CommandVerifier {
     pub command: Vec<String>,
 }
 
-impl Provider for CommandVerifier {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async move {
-            match (call.step.action, call.value) {
-                (Action::Verify, Some(v)) => {
-                    run_command(&self.command, Some(v), Some(v), "verification").await?;
-                    Ok(Applied::default())
-                }
-                _ => Err(unsupported(call, "verification command")),
-            }
-        })
-    }
-
-    fn compensate<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async move { Err(unsupported(call, "verification command")) })
-    }
-
-    fn reconcile<'a>(
-        &'a self,
-        _call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
-        // Verification changes nothing: it may always run again.
-        Box::pin(async { Ok(Reconciled::NotApplied) })
-    }
-
-    fn read_value<'a>(
-        &'a self,
-        _version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        Box::pin(async {
-            Err(ProviderError::permanent(
-                "a verification command holds no values",
-            ))
-        })
+impl Verifier for CommandVerifier {
+    fn verify<'a>(&'a self, _: Step<'a>, new: &'a SecretValue) -> Reply<'a, ()> {
+        Box::pin(
+            async move { run_command(&self.command, Some(new), Some(new), "verification").await },
+        )
     }
 }
 
-impl Provider for FileDependent {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+/// Setting a line to a value is idempotent and compared first: running an update or a
+/// revert again is always safe, so neither is ever found done by reconciling.
+impl Dependent for FileDependent {
+    /// The id says whether the line existed; never anything about its value.
+    fn capture<'a>(&'a self, _: Step<'a>) -> Reply<'a, Option<String>> {
         Box::pin(async move {
-            match (call.step.action, call.value) {
-                // The id says whether the line existed; never anything about its value.
-                (Action::Capture, _) => Ok(Applied {
-                    id: Some(
-                        if self.read()?.is_some() {
-                            "present"
-                        } else {
-                            "absent"
-                        }
-                        .into(),
-                    ),
-                    value: None,
-                }),
-                (Action::Update, Some(v)) => {
-                    self.write(Some(v)).await?;
-                    Ok(Applied::default())
-                }
-                (Action::Verify, Some(v)) => {
-                    if self.read()?.as_ref() == Some(v) {
-                        Ok(Applied::default())
-                    } else {
-                        Err(ProviderError::permanent(format!(
-                            "verification failed: {} does not hold the new value",
-                            self.what()
-                        )))
-                    }
-                }
-                _ => Err(unsupported(call, "file")),
-            }
+            let present = self.read()?.is_some();
+            Ok(Some(if present { "present" } else { "absent" }.into()))
         })
     }
 
-    fn compensate<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+    fn update<'a>(&'a self, _: Step<'a>, new: &'a SecretValue) -> Reply<'a, Option<String>> {
         Box::pin(async move {
-            match call.step.action {
-                Action::Revert => {
-                    self.write(call.value).await?;
-                    Ok(Applied::default())
-                }
-                _ => Err(unsupported(call, "file")),
-            }
+            self.write(Some(new)).await?;
+            Ok(None)
         })
     }
 
-    fn reconcile<'a>(
+    /// Sets the old value back; without one, removes the line (or empties the file).
+    fn revert<'a>(
         &'a self,
-        _call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
-        // Setting a line to a value is idempotent: running it again is always safe.
-        Box::pin(async { Ok(Reconciled::NotApplied) })
+        _: Step<'a>,
+        _: Option<&'a str>,
+        old: Option<&'a SecretValue>,
+    ) -> Reply<'a, Option<String>> {
+        Box::pin(async move {
+            self.write(old).await?;
+            Ok(None)
+        })
     }
 
-    fn read_value<'a>(
-        &'a self,
-        _version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        Box::pin(async {
-            Err(ProviderError::permanent(
-                "a file dependent holds no versions",
-            ))
+    fn reconcile_update<'a>(&'a self, _: Step<'a>) -> Reply<'a, Found> {
+        Box::pin(async { Ok(Found::NotApplied) })
+    }
+
+    fn reconcile_revert<'a>(&'a self, _: Step<'a>) -> Reply<'a, Found> {
+        Box::pin(async { Ok(Found::NotApplied) })
+    }
+}
+
+/// As a verifier: the file holds the new value.
+impl Verifier for FileDependent {
+    fn verify<'a>(&'a self, _: Step<'a>, new: &'a SecretValue) -> Reply<'a, ()> {
+        Box::pin(async move {
+            if self.read()?.as_ref() == Some(new) {
+                Ok(())
+            } else {
+                Err(ProviderError::permanent(format!(
+                    "verification failed: {} does not hold the new value",
+                    self.what()
+                )))
+            }
         })
     }
 }

@@ -1,5 +1,6 @@
-//! Providers: one module per external system, each implementing
-//! [`crate::provider::Provider`]. `local` holds the embedded default that needs no cloud.
+//! Providers: one module per external system, each implementing the role traits of
+//! [`crate::provider`] it plays (rotator, store, dependent, verifier) and no others.
+//! `local` holds the embedded default that needs no cloud.
 
 pub mod azure;
 pub mod local;

@@ -49,7 +49,10 @@ use tokio_postgres::{Client, NoTls};
 use tracing::{info, warn};
 use zeroize::Zeroizing;
 
-use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use crate::provider::{
+    BoxFuture, Created, Found, ProviderError, Reconciled, Reply, Rotator, SecretValue, Step,
+    Verifier,
+};
 use crate::saga::Action;
 
 /// How long to wait for a connection to open.
@@ -802,20 +805,15 @@ impl PostgresRole {
             })
     }
 
-    fn unsupported(&self, call: &Call<'_>) -> ProviderError {
-        ProviderError::unsupported(
-            call,
-            &format!("PostgreSQL role provider {}", call.target.name),
-            "perform",
-            "; it serves as rotator and verifier only",
-        )
-    }
-
-    fn captured<'c>(&self, call: &'c Call<'c>) -> Result<&'c str, ProviderError> {
-        call.captured.ok_or_else(|| {
+    fn captured<'c>(
+        &self,
+        step: Step<'_>,
+        captured: Option<&'c str>,
+    ) -> Result<&'c str, ProviderError> {
+        captured.ok_or_else(|| {
             ProviderError::permanent(format!(
                 "step {} has no captured role; the rotation's capture step did not record one",
-                call.step
+                step.id
             ))
         })
     }
@@ -823,12 +821,12 @@ impl PostgresRole {
     /// Finds the role in use. The value the stores hold (which the runner shows a
     /// rotator's capture) names it best: consumers use exactly that. Without one (a first
     /// rotation, a password-only value), the markers tell.
-    async fn capture(&self, call: &Call<'_>) -> Result<Applied, ProviderError> {
+    async fn capture_role(&self, stored: Option<&SecretValue>) -> Result<String, ProviderError> {
         let client = self.admin_client().await?;
         let rows = self.load(&client).await?;
         self.check(&client, &rows).await?;
         let marked = self.in_use(&rows);
-        let stored = match (&self.mode, call.value) {
+        let stored = match (&self.mode, stored) {
             (Mode::Alternating { .. }, Some(v)) => self
                 .decode(v)
                 .ok()
@@ -836,7 +834,7 @@ impl PostgresRole {
                 .filter(|u| self.roles().contains(&u.as_str())),
             _ => None,
         };
-        let id = match stored {
+        Ok(match stored {
             Some(user) if user != marked => {
                 warn!(
                     stored = user,
@@ -847,33 +845,27 @@ impl PostgresRole {
             }
             Some(user) => user,
             None => marked,
-        };
-        Ok(Applied {
-            id: Some(id),
-            value: None,
         })
     }
 
-    async fn create(&self, call: &Call<'_>) -> Result<Applied, ProviderError> {
+    async fn create_password(
+        &self,
+        step: Step<'_>,
+        captured: Option<&str>,
+    ) -> Result<Created, ProviderError> {
         let target = match &self.mode {
             Mode::Single { role } => role.clone(),
-            Mode::Alternating { .. } => self.other(self.captured(call)?)?.to_owned(),
+            Mode::Alternating { .. } => self.other(self.captured(step, captured)?)?.to_owned(),
         };
         let password = self.generate()?;
         let mut client = self.admin_client().await?;
         let value = self.encode(&target, &password)?;
-        self.set_password(&mut client, &target, &password, MarkState::Issued, call.key)
+        self.set_password(&mut client, &target, &password, MarkState::Issued, step.key)
             .await?;
-        Ok(Applied {
-            id: Some(target),
-            value: Some(value),
-        })
+        Ok(Created { id: target, value })
     }
 
-    async fn verify_step(&self, call: &Call<'_>) -> Result<Applied, ProviderError> {
-        let value = call.value.ok_or_else(|| {
-            ProviderError::permanent(format!("step {} was given no value to verify", call.step))
-        })?;
+    async fn verify_value(&self, step: Step<'_>, value: &SecretValue) -> Result<(), ProviderError> {
         let (user, password) = self.decode(value)?;
         let role = match (&self.mode, user) {
             (_, Some(user)) if self.roles().contains(&user.as_str()) => user,
@@ -886,122 +878,182 @@ impl PostgresRole {
             }
             (Mode::Single { role }, None) => role.clone(),
             // A password-only value in alternating mode: the markers say which role.
-            (Mode::Alternating { .. }, None) => self.issued_by(call.rotation_id).await?,
+            (Mode::Alternating { .. }, None) => self.issued_by(step.rotation_id).await?,
         };
-        self.verify_login(&role, &password).await?;
-        Ok(Applied::default())
+        self.verify_login(&role, &password).await
+    }
+
+    /// Whether the role `role` carries the marker `state` with `step.key`.
+    async fn marked(
+        &self,
+        step: Step<'_>,
+        role: &str,
+        state: MarkState,
+    ) -> Result<bool, ProviderError> {
+        let client = self.admin_client().await?;
+        let marker = self.marker(&client, role).await?;
+        Ok(marker.is_some_and(|m| m.is(state, step.key)))
+    }
+
+    /// `Found` for a step whose marker on `role` is `state`.
+    async fn found_marked(
+        &self,
+        step: Step<'_>,
+        role: Option<&str>,
+        state: MarkState,
+    ) -> Result<Found, ProviderError> {
+        Ok(match role {
+            Some(role) if self.marked(step, role, state).await? => Found::Applied { id: None },
+            _ => Found::NotApplied,
+        })
     }
 }
 
-impl Provider for PostgresRole {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+/// Each password rekey sets carries a marker with the step's key, so the database itself
+/// answers whether an in-doubt step happened. Every call is bounded by `CALL_TIMEOUT`.
+impl Rotator for PostgresRole {
+    fn capture<'a>(
+        &'a self,
+        _: Step<'a>,
+        stored: Option<&'a SecretValue>,
+    ) -> Reply<'a, Option<String>> {
+        Box::pin(self.bounded(async move { self.capture_role(stored).await.map(Some) }))
+    }
+
+    fn create<'a>(&'a self, step: Step<'a>, captured: Option<&'a str>) -> Reply<'a, Created> {
+        Box::pin(self.bounded(self.create_password(step, captured)))
+    }
+
+    fn retire_old<'a>(&'a self, step: Step<'a>, captured: Option<&'a str>) -> Reply<'a, ()> {
         Box::pin(self.bounded(async move {
-            match (call.step.action, &self.mode) {
-                (Action::Capture, _) => self.capture(call).await,
-                (Action::Create, _) => self.create(call).await,
-                (Action::Verify, _) => self.verify_step(call).await,
+            match &self.mode {
                 // Single mode: the old password was replaced by `Create`; nothing is left.
-                (Action::RetireOld, Mode::Single { .. }) => Ok(Applied::default()),
+                Mode::Single { .. } => Ok(()),
                 // The role used until now gets a password nobody knows. Not NOLOGIN: the
                 // next rotation hands this role out again by setting a password.
-                (Action::RetireOld, Mode::Alternating { .. }) => {
-                    self.retire(self.captured(call)?, call.key).await?;
-                    Ok(Applied::default())
+                Mode::Alternating { .. } => {
+                    self.retire(self.captured(step, captured)?, step.key).await
                 }
-                _ => Err(self.unsupported(call)),
             }
         }))
     }
 
-    fn compensate<'a>(
+    fn discard<'a>(
         &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        step: Step<'a>,
+        created: Option<&'a str>,
+        old: Option<&'a SecretValue>,
+    ) -> Reply<'a, Option<String>> {
         Box::pin(self.bounded(async move {
-            match (call.step.action, &self.mode, call.value) {
+            match (&self.mode, old) {
                 // The old password is known only to the stores; when the runner passes it,
                 // set it back so consumers restored to it work again.
-                (Action::Discard, Mode::Single { role }, Some(old)) => {
+                (Mode::Single { role }, Some(old)) => {
                     let (_, old) = self.decode(old)?;
                     let mut client = self.admin_client().await?;
-                    self.set_password(&mut client, role, &old, MarkState::Restored, call.key)
+                    self.set_password(&mut client, role, &old, MarkState::Restored, step.key)
                         .await?;
-                    Ok(Applied {
-                        id: Some(role.clone()),
-                        value: None,
-                    })
+                    Ok(Some(role.clone()))
                 }
                 // Without it the new password stays: the old one is gone since `Create`.
                 // Recorded in the step's outcome, so the journal says so too.
-                (Action::Discard, Mode::Single { role }, None) => {
+                (Mode::Single { role }, None) => {
                     warn!(
                         role,
                         "single mode cannot restore the old password (rekey was not given it); the role keeps the new password"
                     );
-                    Ok(Applied {
-                        id: Some("new-password-kept".into()),
-                        value: None,
-                    })
+                    Ok(Some("new-password-kept".into()))
                 }
-                // A credential handed out and taken back, or lost: a password nobody knows.
-                (Action::Discard | Action::DiscardLost, _, _) => {
-                    if let Some(role) = call.produced {
-                        self.retire(role, call.key).await?;
+                // A credential handed out and taken back: a password nobody knows.
+                (Mode::Alternating { .. }, _) => {
+                    if let Some(role) = created {
+                        self.retire(role, step.key).await?;
                     }
-                    Ok(Applied::default())
+                    Ok(None)
                 }
-                _ => Err(self.unsupported(call)),
             }
         }))
     }
 
-    fn reconcile<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+    /// A credential lost in a crash: a password nobody knows.
+    fn discard_lost<'a>(&'a self, step: Step<'a>, created: Option<&'a str>) -> Reply<'a, ()> {
         Box::pin(self.bounded(async move {
-            // The role whose marker tells whether the step happened.
-            let (role, state) = match (call.step.action, &self.mode) {
-                (Action::Create, Mode::Single { role }) => (role.as_str(), MarkState::Issued),
-                (Action::Create, Mode::Alternating { .. }) => {
-                    (self.other(self.captured(call)?)?, MarkState::Issued)
-                }
-                (Action::RetireOld, Mode::Alternating { .. }) => {
-                    (self.captured(call)?, MarkState::Retired)
-                }
-                (Action::Discard, Mode::Alternating { .. }) | (Action::DiscardLost, _) => {
-                    match call.produced {
-                        Some(role) => (role, MarkState::Retired),
-                        None => return Ok(Reconciled::NotApplied),
-                    }
-                }
-                // Capture and Verify change nothing; single-mode RetireOld and Discard are
-                // safe to run again.
-                _ => return Ok(Reconciled::NotApplied),
+            if let Some(role) = created {
+                self.retire(role, step.key).await?;
+            }
+            Ok(())
+        }))
+    }
+
+    fn reconcile_create<'a>(
+        &'a self,
+        step: Step<'a>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Reconciled> {
+        Box::pin(self.bounded(async move {
+            let role = match &self.mode {
+                Mode::Single { role } => role.as_str(),
+                Mode::Alternating { .. } => self.other(self.captured(step, captured)?)?,
             };
-            let client = self.admin_client().await?;
-            let marker = self.marker(&client, role).await?;
-            let happened = marker.is_some_and(|m| m.is(state, call.key));
-            Ok(match (happened, call.step.action) {
-                (false, _) => Reconciled::NotApplied,
+            Ok(if self.marked(step, role, MarkState::Issued).await? {
                 // The password was set but its text died with the response: unusable.
-                (true, Action::Create) => Reconciled::AppliedUnusable {
+                Reconciled::AppliedUnusable {
                     orphan_id: role.to_owned(),
-                },
-                (true, _) => Reconciled::Applied { id: None },
+                }
+            } else {
+                Reconciled::NotApplied
             })
         }))
     }
 
-    fn read_value<'a>(
+    /// Single mode retires nothing, so it is safe to run again.
+    fn reconcile_retire_old<'a>(
         &'a self,
-        _version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        Box::pin(async {
-            Err(ProviderError::permanent(
-                "PostgreSQL keeps only a hash of a role's password; it cannot be read back",
-            ))
-        })
+        step: Step<'a>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        Box::pin(self.bounded(async move {
+            match &self.mode {
+                Mode::Single { .. } => Ok(Found::NotApplied),
+                Mode::Alternating { .. } => {
+                    let role = self.captured(step, captured)?;
+                    self.found_marked(step, Some(role), MarkState::Retired)
+                        .await
+                }
+            }
+        }))
+    }
+
+    /// Single mode sets the old password back, which is safe to run again.
+    fn reconcile_discard<'a>(
+        &'a self,
+        step: Step<'a>,
+        created: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        Box::pin(self.bounded(async move {
+            match &self.mode {
+                Mode::Single { .. } => Ok(Found::NotApplied),
+                Mode::Alternating { .. } => {
+                    self.found_marked(step, created, MarkState::Retired).await
+                }
+            }
+        }))
+    }
+
+    fn reconcile_discard_lost<'a>(
+        &'a self,
+        step: Step<'a>,
+        created: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        Box::pin(self.bounded(self.found_marked(step, created, MarkState::Retired)))
+    }
+}
+
+/// As a verifier: a login with the new password (on `verify_host`), retried a bounded
+/// number of times while a replica catches up.
+impl Verifier for PostgresRole {
+    fn verify<'a>(&'a self, step: Step<'a>, new: &'a SecretValue) -> Reply<'a, ()> {
+        Box::pin(self.bounded(self.verify_value(step, new)))
     }
 }
 

@@ -18,9 +18,8 @@ use rekey_journal::{
 };
 use tracing::{Instrument, info, info_span, warn};
 
-use crate::provider::{
-    Applied, Call, Provider, ProviderError, Reconciled, SecretValue, is_compensation,
-};
+use crate::provider::{Cast, Found, ProviderError, Reconciled, Rotator, SecretValue, Step, Store};
+use crate::resolve::{Resolve, ResolveError};
 use crate::retry::RetryPolicy;
 use crate::saga::{
     Action, Command, ErrorClass, Nondeterminism, Phase, Plan, Role, Rotation, RotationEvent,
@@ -54,10 +53,12 @@ pub enum Error {
         "rotation {rotation} does not exist in the journal; list rotations with `rekey status`"
     )]
     UnknownRotation { rotation: String },
-    #[error(
-        "rotation {rotation}: no provider is configured for target {target}; add it to the config or finish the rotation with the config it was started with"
-    )]
-    UnknownTarget { rotation: String, target: String },
+    #[error("rotation {rotation}: {source}")]
+    Resolve {
+        rotation: String,
+        #[source]
+        source: ResolveError,
+    },
 }
 
 /// Options a runner is built with.
@@ -148,7 +149,7 @@ pub enum Progress {
 #[derive(Debug)]
 pub struct Runner<J> {
     journal: Arc<J>,
-    providers: HashMap<String, Arc<dyn Provider>>,
+    resolver: Arc<dyn Resolve>,
     clock: Arc<dyn Clock>,
     options: Options,
     jitter: Mutex<StdRng>,
@@ -185,17 +186,17 @@ struct Driving {
 }
 
 impl<J: RunnerJournal> Runner<J> {
-    /// A runner over `journal`, calling `providers` by target name.
+    /// A runner over `journal`, calling the providers `resolver` finds for each target.
     pub fn new(
         journal: Arc<J>,
-        providers: HashMap<String, Arc<dyn Provider>>,
+        resolver: Arc<dyn Resolve>,
         clock: Arc<dyn Clock>,
         options: Options,
     ) -> Self {
         let jitter = Mutex::new(StdRng::seed_from_u64(options.jitter_seed));
         Self {
             journal,
-            providers,
+            resolver,
             clock,
             options,
             jitter,
@@ -357,8 +358,8 @@ impl<J: RunnerJournal> Runner<J> {
     pub async fn expiry(&self, plan: &Plan) -> Result<Option<i64>, ProviderError> {
         let mut earliest: Option<i64> = None;
         for target in plan.targets.iter().filter(|t| t.role == Role::Store) {
-            if let Some(provider) = self.providers.get(&target.name)
-                && let Some(at) = provider.expiry(&plan.secret).await?
+            if let Ok(Cast::Store(store)) = self.resolver.resolve(target)
+                && let Some(at) = store.expiry(&plan.secret).await?
             {
                 earliest = Some(earliest.map_or(at, |e| e.min(at)));
             }
@@ -566,15 +567,39 @@ impl<J: RunnerJournal> Runner<J> {
         Ok(())
     }
 
-    fn provider(&self, state: &Rotation, step: StepId) -> Result<Arc<dyn Provider>, Error> {
+    /// The provider of `step`'s target, in the target's role.
+    fn cast(&self, state: &Rotation, step: StepId) -> Result<Cast, Error> {
         let target = &state.plan.targets[usize::from(step.target)];
-        self.providers
-            .get(&target.name)
-            .cloned()
-            .ok_or_else(|| Error::UnknownTarget {
+        self.resolver
+            .resolve(target)
+            .map_err(|source| Error::Resolve {
                 rotation: state.id.clone(),
-                target: target.name.clone(),
+                source,
             })
+    }
+
+    /// The store of `step`'s target.
+    fn store(&self, state: &Rotation, step: StepId) -> Result<Arc<dyn Store>, ProviderError> {
+        match self.cast(state, step) {
+            Ok(Cast::Store(store)) => Ok(store),
+            Ok(other) => Err(ProviderError::permanent(format!(
+                "target {} of rotation {} is a {}, not a store",
+                step.target,
+                state.id,
+                other.role().as_str()
+            ))),
+            Err(e) => Err(ProviderError::permanent(e.to_string())),
+        }
+    }
+
+    /// What a role method is told about `step`.
+    fn step<'s>(state: &'s Rotation, step: StepId, key: &'s str) -> Step<'s> {
+        Step {
+            rotation_id: &state.id,
+            secret: &state.plan.secret,
+            id: step,
+            key,
+        }
     }
 
     fn cached_value(&self, state: &Rotation) -> Option<SecretValue> {
@@ -606,19 +631,24 @@ impl<J: RunnerJournal> Runner<J> {
         if let Some(v) = self.cached_value(state) {
             return Ok(Some(v));
         }
-        let provider_of = |step| {
-            self.provider(state, step)
-                .map_err(|e| ProviderError::permanent(e.to_string()))
-        };
         if let Some((step, version)) = Self::written_store(state) {
-            return provider_of(step)?.read_value(&version).await.map(Some);
+            return self
+                .store(state, step)?
+                .read_value(&version)
+                .await
+                .map(Some);
         }
         let Some((create, id)) = Self::created(state) else {
             return Ok(None);
         };
-        match provider_of(create)?.read_value(&id).await {
-            Ok(v) => Ok(Some(v)),
-            // The source never shows a value twice (an Entra password): it is lost.
+        let rotator = match self.cast(state, create) {
+            Ok(Cast::Rotator(rotator)) => rotator,
+            Ok(_) => return Ok(None),
+            Err(e) => return Err(ProviderError::permanent(e.to_string())),
+        };
+        match rotator.reveal(&id).await {
+            Ok(v) => Ok(v),
+            // The source cannot show it (any more): it is lost.
             Err(e) if e.class == ErrorClass::Permanent => Ok(None),
             Err(e) => Err(e),
         }
@@ -627,25 +657,28 @@ impl<J: RunnerJournal> Runner<J> {
     /// The value before the rotation, read from the first store's captured version (or
     /// its restored copy).
     async fn old_value(&self, state: &Rotation) -> Result<Option<SecretValue>, ProviderError> {
-        let first_store = state
+        let Some((store, version)) = Self::old_version(state) else {
+            return Ok(None);
+        };
+        self.store(state, StepId::new(Action::Capture, store))?
+            .read_value(version)
+            .await
+            .map(Some)
+    }
+
+    /// Where the value before the rotation is: the first store and its version. Once
+    /// restored, it lives in the restored copy: the captured version was disabled with the
+    /// failed rotation's (I8), and a disabled version cannot be read. `None`: the secret
+    /// did not exist before.
+    fn old_version(state: &Rotation) -> Option<(u16, &str)> {
+        let store = state
             .plan
             .targets
             .iter()
             .position(|t| t.role == Role::Store)
-            .map(|i| i as u16);
-        let Some(store) = first_store else {
-            return Ok(None);
-        };
-        // Once restored, the old value lives in the restored copy: the captured version
-        // was disabled with the failed rotation's (I8), and a disabled version cannot be read.
+            .map(|i| i as u16)?;
         let restored = state.outcome(&StepId::new(Action::Restore, store));
-        let Some(version) = restored.or(state.captured(store)) else {
-            return Ok(None);
-        };
-        let provider = self
-            .provider(state, StepId::new(Action::Capture, store))
-            .map_err(|e| ProviderError::permanent(e.to_string()))?;
-        provider.read_value(version).await.map(Some)
+        restored.or(state.captured(store)).map(|v| (store, v))
     }
 
     /// What the provider is told about a step's target.
@@ -686,13 +719,13 @@ impl<J: RunnerJournal> Runner<J> {
         attempt: u32,
         key: &str,
     ) -> Result<(), Error> {
-        let provider = self.provider(&d.state, step)?;
+        let cast = self.cast(&d.state, step)?;
         let needs_new = matches!(step.action, Action::Write | Action::Update | Action::Verify);
         // Values are fetched before `StepStarted`: reading one is not an effect. Reads
         // may wait (a throttled vault's queue), so the lease is renewed meanwhile too.
-        let value = if needs_new {
+        let given = if needs_new {
             match self.heartbeat(&mut d.lease, self.new_value(&d.state)).await {
-                Ok(Some(v)) => Ok(Some(v)),
+                Ok(Some(v)) => Ok(Given::New(v)),
                 Ok(None) => {
                     // The value lived only in a crashed process: make the credential again.
                     let credential_id = Self::created(&d.state).map(|(_, id)| id);
@@ -709,14 +742,15 @@ impl<J: RunnerJournal> Runner<J> {
         } else if matches!(
             step.action,
             Action::Restore | Action::Revert | Action::Discard
-        ) || (step.action == Action::Capture
-            && d.state.plan.targets[usize::from(step.target)].role == Role::Rotator)
+        ) || (step.action == Action::Capture && cast.role() == Role::Rotator)
         {
             // Undo needs the old value; a rotator's capture uses it to find the credential
             // in use.
-            self.heartbeat(&mut d.lease, self.old_value(&d.state)).await
+            self.heartbeat(&mut d.lease, self.old_value(&d.state))
+                .await
+                .map(Given::Old)
         } else {
-            Ok(None)
+            Ok(Given::Nothing)
         };
         self.emit(
             d,
@@ -728,27 +762,18 @@ impl<J: RunnerJournal> Runner<J> {
         )
         .await?;
         let (captured, produced) = Self::call_ids(&d.state, step);
-        let sent = value.as_ref().ok().cloned().flatten();
-        let result = match value {
+        let sent = match &given {
+            Ok(Given::New(v) | Given::Old(Some(v))) => Some(v.clone()),
+            _ => None,
+        };
+        let result = match given {
             Err(e) => Err(e),
-            Ok(value) => {
-                let call = Call {
-                    rotation_id: &d.state.id,
-                    secret: &d.state.plan.secret,
-                    step,
-                    key,
-                    target: &d.state.plan.targets[usize::from(step.target)],
+            Ok(given) => {
+                let ids = Ids {
                     captured: captured.as_deref(),
                     produced: produced.as_deref(),
-                    value: value.as_ref(),
                 };
-                let effect = async {
-                    if is_compensation(step.action) {
-                        provider.compensate(&call).await
-                    } else {
-                        provider.apply(&call).await
-                    }
-                };
+                let effect = perform(&cast, Self::step(&d.state, step, key), ids, given);
                 self.heartbeat(&mut d.lease, effect).await
             }
         };
@@ -907,24 +932,17 @@ impl<J: RunnerJournal> Runner<J> {
                 )
                 .await;
         }
-        let provider = self.provider(&d.state, step)?;
+        let cast = self.cast(&d.state, step)?;
         let (captured, produced) = Self::call_ids(&d.state, step);
-        let target = &d.state.plan.targets[usize::from(step.target)];
-        let call = Call {
-            rotation_id: &d.state.id,
-            secret: &d.state.plan.secret,
-            step,
-            key,
-            target,
+        let ids = Ids {
             captured: captured.as_deref(),
             produced: produced.as_deref(),
-            value: None,
         };
-        let found = self
-            .heartbeat(&mut d.lease, provider.reconcile(&call))
-            .await;
+        let had_old = Self::old_version(&d.state).is_some();
+        let inspect = inspect(&cast, Self::step(&d.state, step, key), ids, had_old);
+        let found = self.heartbeat(&mut d.lease, inspect).await;
         let event = match found {
-            Ok(Reconciled::Applied { id }) => {
+            Ok(Inspected::Applied { id }) => {
                 info!(?id, "in-doubt step was applied");
                 RotationEvent::StepSucceeded {
                     step,
@@ -932,27 +950,23 @@ impl<J: RunnerJournal> Runner<J> {
                     reconciled: true,
                 }
             }
-            Ok(Reconciled::NotApplied) => RotationEvent::StepNotApplied {
+            Ok(Inspected::NotApplied) => RotationEvent::StepNotApplied {
                 step,
                 orphan_discarded: None,
             },
-            Ok(Reconciled::AppliedUnusable { orphan_id }) => {
+            // Only a rotator's create finds an orphan: the rotator discards it.
+            Ok(Inspected::Orphan { orphan_id, rotator }) => {
                 let discard_step = StepId {
                     action: Action::DiscardLost,
                     ..step
                 };
                 let discard_key = discard_step.key(&d.state.id);
-                let discard = Call {
-                    step: discard_step,
-                    key: &discard_key,
-                    produced: Some(&orphan_id),
-                    ..call
-                };
-                match self
-                    .heartbeat(&mut d.lease, provider.compensate(&discard))
-                    .await
-                {
-                    Ok(_) => RotationEvent::StepNotApplied {
+                let discard = rotator.discard_lost(
+                    Self::step(&d.state, discard_step, &discard_key),
+                    Some(&orphan_id),
+                );
+                match self.heartbeat(&mut d.lease, discard).await {
+                    Ok(()) => RotationEvent::StepNotApplied {
                         step,
                         orphan_discarded: Some(orphan_id.clone()),
                     },
@@ -985,6 +999,164 @@ impl<J: RunnerJournal> Runner<J> {
             }
         }
     }
+}
+
+/// What a step's provider is given besides the step itself.
+enum Given {
+    /// The new value (write, update, verify).
+    New(SecretValue),
+    /// The value before the rotation, if any (undo steps, a rotator's capture).
+    Old(Option<SecretValue>),
+    Nothing,
+}
+
+impl Given {
+    fn old(&self) -> Option<&SecretValue> {
+        match self {
+            Given::Old(v) => v.as_ref(),
+            _ => None,
+        }
+    }
+}
+
+/// What capture found on a step's target, and what its forward step produced.
+#[derive(Clone, Copy)]
+struct Ids<'a> {
+    captured: Option<&'a str>,
+    produced: Option<&'a str>,
+}
+
+/// What a performed step produced: the id to journal, and a new credential's value.
+#[derive(Default)]
+struct Applied {
+    id: Option<String>,
+    value: Option<SecretValue>,
+}
+
+impl Applied {
+    fn id(id: Option<String>) -> Self {
+        Self { id, value: None }
+    }
+}
+
+/// Performs `step` through its provider: each action calls the one method of the target's
+/// role that does it. The saga runs each action only on targets of the role that has it.
+async fn perform(
+    cast: &Cast,
+    step: Step<'_>,
+    ids: Ids<'_>,
+    given: Given,
+) -> Result<Applied, ProviderError> {
+    let Ids { captured, produced } = ids;
+    match (cast, step.id.action, &given) {
+        (Cast::Rotator(r), Action::Capture, _) => {
+            r.capture(step, given.old()).await.map(Applied::id)
+        }
+        (Cast::Rotator(r), Action::Create, _) => r.create(step, captured).await.map(|c| Applied {
+            id: Some(c.id),
+            value: Some(c.value),
+        }),
+        (Cast::Rotator(r), Action::RetireOld, _) => r
+            .retire_old(step, captured)
+            .await
+            .map(|()| Applied::default()),
+        (Cast::Rotator(r), Action::Discard, _) => r
+            .discard(step, produced, given.old())
+            .await
+            .map(Applied::id),
+        (Cast::Rotator(r), Action::DiscardLost, _) => r
+            .discard_lost(step, produced)
+            .await
+            .map(|()| Applied::default()),
+        (Cast::Store(s), Action::Capture, _) => s.capture(step).await.map(Applied::id),
+        (Cast::Store(s), Action::Write, Given::New(new)) => {
+            s.write(step, new).await.map(|id| Applied::id(Some(id)))
+        }
+        (Cast::Store(s), Action::Restore, _) => s
+            .restore(step, given.old(), produced, captured)
+            .await
+            .map(Applied::id),
+        (Cast::Store(s), Action::DisableOld, _) => s
+            .disable_superseded(step, captured)
+            .await
+            .map(|()| Applied::default()),
+        (Cast::Dependent(d), Action::Capture, _) => d.capture(step).await.map(Applied::id),
+        (Cast::Dependent(d), Action::Update, Given::New(new)) => {
+            d.update(step, new).await.map(Applied::id)
+        }
+        (Cast::Dependent(d), Action::Revert, _) => {
+            d.revert(step, captured, given.old()).await.map(Applied::id)
+        }
+        (Cast::Verifier(v), Action::Verify, Given::New(new)) => {
+            v.verify(step, new).await.map(|()| Applied::default())
+        }
+        (cast, action, _) => Err(misfit(cast, action)),
+    }
+}
+
+/// What reconciling an in-doubt step found.
+enum Inspected {
+    Applied {
+        id: Option<String>,
+    },
+    NotApplied,
+    /// A create happened but its credential cannot be used: `rotator` discards it.
+    Orphan {
+        orphan_id: String,
+        rotator: Arc<dyn Rotator>,
+    },
+}
+
+/// Asks `step`'s provider whether the in-doubt step happened. `had_old`: whether the
+/// rotation had an old value (a restore then writes it back).
+async fn inspect(
+    cast: &Cast,
+    step: Step<'_>,
+    ids: Ids<'_>,
+    had_old: bool,
+) -> Result<Inspected, ProviderError> {
+    let Ids { captured, produced } = ids;
+    let found = match (cast, step.id.action) {
+        (Cast::Rotator(r), Action::Create) => {
+            return Ok(match r.reconcile_create(step, captured).await? {
+                Reconciled::Applied { id } => Inspected::Applied { id },
+                Reconciled::NotApplied => Inspected::NotApplied,
+                Reconciled::AppliedUnusable { orphan_id } => Inspected::Orphan {
+                    orphan_id,
+                    rotator: r.clone(),
+                },
+            });
+        }
+        (Cast::Rotator(r), Action::Capture) => r.reconcile_capture(step).await,
+        (Cast::Rotator(r), Action::RetireOld) => r.reconcile_retire_old(step, captured).await,
+        (Cast::Rotator(r), Action::Discard) => r.reconcile_discard(step, produced).await,
+        (Cast::Rotator(r), Action::DiscardLost) => r.reconcile_discard_lost(step, produced).await,
+        (Cast::Store(s), Action::Capture) => s.reconcile_capture(step).await,
+        (Cast::Store(s), Action::Write) => s.reconcile_write(step).await,
+        (Cast::Store(s), Action::Restore) => s.reconcile_restore(step, had_old, captured).await,
+        (Cast::Store(s), Action::DisableOld) => {
+            s.reconcile_disable_superseded(step, captured).await
+        }
+        (Cast::Dependent(d), Action::Capture) => d.reconcile_capture(step).await,
+        (Cast::Dependent(d), Action::Update) => d.reconcile_update(step).await,
+        (Cast::Dependent(d), Action::Revert) => d.reconcile_revert(step).await,
+        (Cast::Verifier(v), Action::Verify) => v.reconcile_verify(step).await,
+        (cast, action) => Err(misfit(cast, action)),
+    };
+    found.map(|found| match found {
+        Found::Applied { id } => Inspected::Applied { id },
+        Found::NotApplied => Inspected::NotApplied,
+    })
+}
+
+/// A step the saga never gives a target of this role (a journal that does not fit the
+/// rotation logic).
+fn misfit(cast: &Cast, action: Action) -> ProviderError {
+    ProviderError::permanent(format!(
+        "a {} has no step {}; the journal does not match this rekey's rotation logic",
+        cast.role().as_str(),
+        action.as_str()
+    ))
 }
 
 /// A rotation event as a journal event, with the wake-up timer it implies.

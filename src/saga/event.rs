@@ -17,11 +17,33 @@ pub enum Role {
     Verifier,
 }
 
+impl Role {
+    /// The role's name as the config and messages write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Rotator => "rotator",
+            Role::Store => "store",
+            Role::Dependent => "dependent",
+            Role::Verifier => "verifier",
+        }
+    }
+}
+
 /// One target of a rotation, named as in the config.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetRef {
     pub role: Role,
     pub name: String,
+}
+
+impl TargetRef {
+    /// The provider `name` in `role`.
+    pub fn new(role: Role, name: impl Into<String>) -> Self {
+        Self {
+            role,
+            name: name.into(),
+        }
+    }
 }
 
 /// Everything a rotation needs to know, fixed when it is requested so that replay never

@@ -1,13 +1,13 @@
-//! `AppSetting` through the `Provider` trait: merge-safe updates (only our setting
+//! `AppSetting` through its role traits: merge-safe updates (only our setting
 //! changes), compare-before-write, revert, Key Vault reference mode, slots, and the 403.
 
 use std::collections::BTreeMap;
 
-use rekey::provider::{Provider, Reconciled};
+use rekey::provider::Reconciled;
 use rekey::providers::azure::appservice::{ABSENT, Mode, PRESENT};
 use rekey::saga::{Action, ErrorClass};
 
-use super::{Env, RG, SITE, SUB, Step};
+use super::{Env, Perform, RG, SITE, SUB, Step};
 use crate::fake_azure::{Effect, Route};
 
 const SECRET: &str = "payments-api";

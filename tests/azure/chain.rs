@@ -9,13 +9,12 @@ use std::sync::Arc;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rekey::config::Config;
-use rekey::provider::Provider;
 use rekey::providers::azure::azure_cli::AzureCli;
 use rekey::providers::azure::credential::{Credential, Source, TokenCache};
 use rekey::providers::azure::keyvault::KeyVaultStore;
 use rekey::saga::{Action, ErrorClass};
 
-use super::{CLIENT_ID, CLIENT_SECRET, Env, KV_SCOPE, Step, T0_MS, VAULT, url};
+use super::{CLIENT_ID, CLIENT_SECRET, Env, KV_SCOPE, Perform, Step, T0_MS, VAULT, url};
 use crate::fake_azure::{FakeAzure, Service};
 
 const KV_RESOURCE: &str = "https://vault.azure.net";
@@ -240,7 +239,9 @@ async fn chain_picks(env: &Env, config: &Config, vars: &[(&str, String)]) -> Vec
             .map(|(_, v)| v.clone())
     };
     let providers = config.build_providers(env.clock.clone(), &lookup).unwrap();
-    providers["vault"]
+    providers
+        .roles("vault")
+        .unwrap()
         .apply(&Step::new("s", Action::Capture).call())
         .await
         .expect("the chain found a credential");
@@ -296,7 +297,9 @@ async fn the_default_chain_takes_the_first_link_that_is_set_up() {
     let config = default_config(&env, &dead);
     let nowhere = |name: &str| (name == "PATH").then(|| "/nonexistent".to_owned());
     let providers = config.build_providers(env.clock.clone(), &nowhere).unwrap();
-    let err = providers["vault"]
+    let err = providers
+        .roles("vault")
+        .unwrap()
         .apply(&Step::new("s", Action::Capture).call())
         .await
         .unwrap_err();

@@ -12,8 +12,8 @@ use rekey::runner::{Options, Runner};
 use rekey::saga::{Action, Phase};
 
 use super::{
-    APP_ID, APP_OBJECT_ID, CLIENT_ID, CLIENT_SECRET, Env, RG, SITE, SUB, Step, VAULT, drive_to_end,
-    request,
+    APP_ID, APP_OBJECT_ID, CLIENT_ID, CLIENT_SECRET, Env, Perform, RG, SITE, SUB, Step, VAULT,
+    drive_to_end, request,
 };
 use crate::fake_azure::{FakeAzure, Fault, Route};
 
@@ -112,7 +112,7 @@ async fn configured_azure_providers_rotate() {
     let providers = config
         .build_providers(env.clock.clone(), &env_lookup)
         .expect("providers");
-    let mut names: Vec<&String> = providers.keys().collect();
+    let mut names: Vec<&String> = providers.names().collect();
     names.sort();
     assert_eq!(names, ["entra", "random", "vault", "web"]);
 
@@ -121,7 +121,12 @@ async fn configured_azure_providers_rotate() {
         SqliteJournal::open_with_clock(tmp.path().join("journal.db"), clock.clone())
             .expect("journal"),
     );
-    let runner = Runner::new(journal, providers, clock, Options::new("config-test", 1));
+    let runner = Runner::new(
+        journal,
+        Arc::new(providers),
+        clock,
+        Options::new("config-test", 1),
+    );
     for (secret, id) in [
         ("payments-api", "0197a000-0000-7000-8000-0000000000c1"),
         ("app-secret", "0197a000-0000-7000-8000-0000000000c2"),
@@ -235,8 +240,8 @@ client_secret_env = "{SECRET_VAR}"
     let b = Step::new("secret-b", Action::Update).value("new-b");
     let (call_a, call_b) = (a.call(), b.call());
     let (ra, rb) = tokio::join!(
-        providers["web-a"].apply(&call_a),
-        providers["web-b"].apply(&call_b)
+        providers.roles("web-a").unwrap().apply(&call_a),
+        providers.roles("web-b").unwrap().apply(&call_b)
     );
     ra.unwrap();
     rb.unwrap();

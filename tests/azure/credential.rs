@@ -5,13 +5,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rekey::provider::{Provider, SecretValue};
+use rekey::provider::SecretValue;
 use rekey::providers::azure::certificate::ClientCertificate;
 use rekey::providers::azure::credential::{Credential, Source, TokenCache};
 use rekey::providers::azure::keyvault::KeyVaultStore;
 use rekey::saga::{Action, ErrorClass};
 
-use super::{ARM_SCOPE, CLIENT_ID, Env, KV_SCOPE, Step, VAULT, url};
+use super::{ARM_SCOPE, CLIENT_ID, Env, KV_SCOPE, Perform, Step, VAULT, url};
 use crate::fake_azure::Service;
 
 /// An address nothing answers on: the guard must refuse before any connection is tried.

@@ -4,21 +4,23 @@
 //! response, and a storage account key. Each flow returns what it produced, so `hygiene`
 //! can run it again and scan for leaks.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use rekey::journal::MemoryJournal;
-use rekey::provider::Provider;
+use rekey::provider::{Cast, Roles};
 use rekey::providers::azure::appservice::Mode;
 use rekey::providers::azure::graph::display_prefix;
 use rekey::providers::azure::keyvault::KEY_TAG;
 use rekey::providers::local::RandomRotator;
+use rekey::resolve::Registry;
+use rekey::roles;
 use rekey::runner::{Progress, Runner};
 use rekey::saga::{Action, Phase, Role, RotationEvent, StepId, Wait};
 
 use super::{
     ACCOUNT, APP_OBJECT_ID, Env, ErrorLog, REJECTED, RG, Recorded, Rejecting, SITE, SUB, VAULT,
-    drive, drive_to_end, events, memory_runner, plan, request,
+    drive, drive_to_end, events, memory_runner, only, plan, request,
 };
 use crate::fake_azure::{Effect, Fault, Route};
 
@@ -52,13 +54,10 @@ pub enum Verdict {
 }
 
 /// The providers by name, each noting its errors in `errors`.
-fn providers(
-    list: Vec<(&str, Arc<dyn Provider>)>,
-    errors: &ErrorLog,
-) -> HashMap<String, Arc<dyn Provider>> {
-    list.into_iter()
-        .map(|(n, p)| (n.to_owned(), Recorded::wrap(p, errors)))
-        .collect()
+fn providers(list: Vec<(&str, Roles)>, errors: &ErrorLog) -> Registry {
+    list.into_iter().fold(Registry::new(), |registry, (n, p)| {
+        registry.with_roles(n, Recorded::wrap(p, errors))
+    })
 }
 
 fn settings_with(value: &str) -> BTreeMap<String, String> {
@@ -88,13 +87,13 @@ fn seed_001_runner(env: &Env, errors: &ErrorLog) -> (Runner<MemoryJournal>, Arc<
         env.manual(),
         providers(
             vec![
-                ("random", Arc::new(RandomRotator { bytes: 32 })),
-                ("vault", Arc::new(env.kv())),
+                ("random", roles!(Arc::new(RandomRotator { bytes: 32 }))),
+                ("vault", roles!(Arc::new(env.kv()))),
                 (
                     "web",
-                    Arc::new(env.app_setting(None, SETTING, Mode::Literal)),
+                    roles!(Arc::new(env.app_setting(None, SETTING, Mode::Literal))),
                 ),
-                ("probe", Arc::new(Rejecting)),
+                ("probe", only(Cast::Verifier(Arc::new(Rejecting)))),
             ],
             errors,
         ),
@@ -329,12 +328,12 @@ pub async fn entra() -> FlowRun {
     );
     let (hand_key, hand_text) = env.fake.app_add_password(APP_OBJECT_ID, "made by hand");
     env.fake.kv_seed(VAULT, APP_SECRET, &old_text);
-    let entra: Arc<dyn Provider> = Arc::new(env.app_passwords(10_000));
+    let entra = roles!(Arc::new(env.app_passwords(10_000)));
     let errors = ErrorLog::default();
     let (runner, journal) = memory_runner(
         env.manual(),
         providers(
-            vec![("entra", entra), ("vault", Arc::new(env.kv()))],
+            vec![("entra", entra), ("vault", roles!(Arc::new(env.kv())))],
             &errors,
         ),
     );
@@ -471,8 +470,8 @@ pub async fn storage() -> FlowRun {
         env.manual(),
         providers(
             vec![
-                ("keys", Arc::new(env.storage())),
-                ("vault", Arc::new(env.kv())),
+                ("keys", roles!(Arc::new(env.storage()))),
+                ("vault", roles!(Arc::new(env.kv()))),
             ],
             &errors,
         ),
@@ -615,4 +614,56 @@ async fn a_store_listed_twice_leaves_one_enabled_version() {
     assert_eq!(env.fake.kv_versions(VAULT, API_SECRET).len(), 3);
     let live = env.fake.app_settings(SITE, None)[SETTING].clone();
     assert_eq!(enabled_values(&env), [live]);
+}
+
+/// A compensation's restore lands in Key Vault but its response is lost. Reconciling is
+/// told the rotation had an old value, so it finds the restored copy by its tag and the
+/// restore is done: it is not started again (it was, every time, while reconciling was
+/// never told; the copy's tag saved it from being written twice).
+#[tokio::test]
+async fn a_restore_whose_response_was_lost_is_found_done() {
+    let env = Env::start().await;
+    env.fake.kv_seed(VAULT, API_SECRET, OLD_API_KEY);
+    let mut seeded: Vec<(&str, &str)> = OTHERS.to_vec();
+    seeded.push((SETTING, OLD_API_KEY));
+    env.fake.site_seed(SUB, RG, SITE, None, &seeded);
+    // The rotation's write passes; the restore's set lands and its response is dropped.
+    env.fake.inject(Route::KvSet, Fault::Delay { ms: 0 }, 1);
+    env.fake
+        .inject(Route::KvSet, Fault::ApplyThenDropResponse, 1);
+    let errors = ErrorLog::default();
+    let (runner, journal) = seed_001_runner(&env, &errors);
+    let id = "0197a000-0000-7000-8000-000000000005";
+    let targets = seed_001_targets(Verdict::Reject);
+    request(&runner, plan(API_SECRET, &targets, GRACE_MS), id).await;
+    assert_eq!(
+        drive_to_end(&runner, env.manual(), id).await,
+        Phase::Compensated
+    );
+
+    let restore = StepId::new(Action::Restore, 1);
+    let events = events(&*journal, id);
+    let started = events
+        .iter()
+        .filter(|e| matches!(e, RotationEvent::StepStarted { step, .. } if *step == restore))
+        .count();
+    assert_eq!(started, 1, "the restore ran once: {events:#?}");
+    let versions = env.fake.kv_versions(VAULT, API_SECRET);
+    assert_eq!(versions.len(), 3, "old, new, and one copy of the old");
+    let copy = &versions[2];
+    assert_eq!(copy.value, OLD_API_KEY);
+    assert!(
+        events.contains(&RotationEvent::StepSucceeded {
+            step: restore,
+            id: Some(copy.id.clone()),
+            reconciled: true,
+        }),
+        "{events:#?}"
+    );
+    let enabled: Vec<&str> = versions
+        .iter()
+        .filter(|v| v.enabled)
+        .map(|v| v.id.as_str())
+        .collect();
+    assert_eq!(enabled, [copy.id.as_str()], "I8: the copy alone is enabled");
 }

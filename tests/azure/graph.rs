@@ -1,12 +1,12 @@
-//! `AppPasswords` (Entra application passwords) through the `Provider` trait: create,
+//! `AppPasswords` (Entra application passwords) through its role traits: create,
 //! verification while a password propagates, orphans from a lost `addPassword` response,
 //! and retirement that touches only the passwords rekey made for this secret.
 
-use rekey::provider::{Provider, Reconciled};
+use rekey::provider::Reconciled;
 use rekey::providers::azure::graph::display_prefix;
 use rekey::saga::{Action, ErrorClass};
 
-use super::{APP_ID, APP_OBJECT_ID, Env, Step};
+use super::{APP_ID, APP_OBJECT_ID, Env, Perform, Step};
 use crate::fake_azure::{Effect, Fault, Route};
 
 const SECRET: &str = "app-secret";

@@ -1,12 +1,12 @@
-//! `KeyVaultStore` through the `Provider` trait: capture, tagged writes, reconciliation after
+//! `KeyVaultStore` through its role traits: capture, tagged writes, reconciliation after
 //! a lost response (over many small pages), restore, disable, read-back, verification, and
 //! the errors an operator sees.
 
-use rekey::provider::{Provider, Reconciled};
+use rekey::provider::{Reconciled, Store};
 use rekey::providers::azure::keyvault::{KEY_TAG, KeyVaultStore, ROTATION_TAG};
 use rekey::saga::{Action, ErrorClass};
 
-use super::{Env, Step, VAULT, url};
+use super::{Env, Perform, Step, VAULT, url};
 use crate::fake_azure::{Effect, Fault, Route, Service};
 
 const SECRET: &str = "payments-api";

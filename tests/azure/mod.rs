@@ -1,15 +1,16 @@
 //! rekey's Azure providers against the fake Azure services (`tests/fake_azure`), over real
 //! HTTP on 127.0.0.1 only.
 //!
-//! - `keyvault`, `appservice`, `graph`, `storage`, `credential`: each provider through the
-//!   `Provider` trait directly (capture, write, reconcile after lost responses, compensate,
+//! - `keyvault`, `appservice`, `graph`, `storage`, `credential`: each provider through its
+//!   role traits directly (capture, write, reconcile after lost responses, compensate,
 //!   retire, permission and throttling errors) and the token sources;
 //! - `flows`: whole rotations through the runner (the seed-001 API key, an Entra password);
 //! - `hygiene`: no secret value or bearer token in logs, errors or the journal;
 //! - `config`: a TOML config building the providers and rotating through them.
 //!
 //! This file holds what they share: a fake with a registered client, the providers built
-//! over it, a `Call` builder, and runner helpers.
+//! over it, a step builder that calls the role method of a step's action as the runner
+//! does ([`Perform`]), and runner helpers.
 
 mod appservice;
 mod chain;
@@ -22,23 +23,26 @@ mod keyvault;
 mod storage;
 mod throttle;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use rekey::journal::{Clock, JournalRead, JournalScan, ManualClock, MemoryJournal, StreamFilter};
-use rekey::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use rekey::provider::{
+    Cast, Dependent, ProviderError, Reconciled, Reply, Roles, Rotator, SecretValue, Store, Verifier,
+};
 use rekey::providers::azure::appservice::{AppSetting, Mode};
 use rekey::providers::azure::credential::{Source, TokenCache};
 use rekey::providers::azure::graph::AppPasswords;
 use rekey::providers::azure::http::{Authed, Http};
 use rekey::providers::azure::keyvault::KeyVaultStore;
 use rekey::providers::azure::storage::StorageKeys;
+use rekey::resolve::Registry;
 use rekey::runner::lock::is_lock_stream;
 use rekey::runner::{Options, Progress, Requested, Runner, RunnerJournal};
 use rekey::saga::{Action, Phase, Plan, Role, RotationEvent, StepId, TargetRef, Trigger, Wait};
 use url::Url;
 
 use crate::fake_azure::{Effect, FakeAzure, Service};
+use crate::intercept::{Hook, Seen, intercept};
 
 /// The manual clock's start: 2025-06-15T14:40:00Z.
 pub const T0_MS: i64 = 1_750_000_000_000;
@@ -279,17 +283,166 @@ impl Step {
         self
     }
 
-    /// The [`Call`] a provider receives.
+    /// The step with everything the runner would hand its provider.
     pub fn call(&self) -> Call<'_> {
         Call {
-            rotation_id: &self.rotation_id,
-            secret: &self.secret,
-            step: self.step,
-            key: &self.key,
-            target: &self.target,
+            step: rekey::provider::Step {
+                rotation_id: &self.rotation_id,
+                secret: &self.secret,
+                id: self.step,
+                key: &self.key,
+            },
+            role: self.target.role,
             captured: self.captured.as_deref(),
             produced: self.produced.as_deref(),
             value: self.value.as_ref(),
+        }
+    }
+}
+
+/// A step and what the runner hands its provider besides.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub step: rekey::provider::Step<'a>,
+    pub role: Role,
+    pub captured: Option<&'a str>,
+    pub produced: Option<&'a str>,
+    pub value: Option<&'a SecretValue>,
+}
+
+/// What a performed step produced.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub id: Option<String>,
+    pub value: Option<SecretValue>,
+}
+
+/// A provider in one role, borrowed.
+#[derive(Clone, Copy)]
+pub enum As<'a> {
+    Rotator(&'a dyn Rotator),
+    Store(&'a dyn Store),
+    Dependent(&'a dyn Dependent),
+    Verifier(&'a dyn Verifier),
+}
+
+/// Performs `c` through `p`: the role method of its action, as the runner calls it.
+pub async fn apply_as(p: As<'_>, c: &Call<'_>) -> Result<Applied, ProviderError> {
+    let found = |id| Applied { id, value: None };
+    let (s, captured, produced, value) = (c.step, c.captured, c.produced, c.value);
+    let needs =
+        || value.ok_or_else(|| ProviderError::permanent(format!("step {} has no value", s.id)));
+    match (p, s.id.action) {
+        (As::Rotator(r), Action::Capture) => r.capture(s, value).await.map(found),
+        (As::Rotator(r), Action::Create) => r.create(s, captured).await.map(|c| Applied {
+            id: Some(c.id),
+            value: Some(c.value),
+        }),
+        (As::Rotator(r), Action::RetireOld) => {
+            r.retire_old(s, captured).await.map(|()| found(None))
+        }
+        (As::Rotator(r), Action::Discard) => r.discard(s, produced, value).await.map(found),
+        (As::Rotator(r), Action::DiscardLost) => {
+            r.discard_lost(s, produced).await.map(|()| found(None))
+        }
+        (As::Store(st), Action::Capture) => st.capture(s).await.map(found),
+        (As::Store(st), Action::Write) => st.write(s, needs()?).await.map(|id| found(Some(id))),
+        (As::Store(st), Action::Restore) => {
+            st.restore(s, value, produced, captured).await.map(found)
+        }
+        (As::Store(st), Action::DisableOld) => st
+            .disable_superseded(s, captured)
+            .await
+            .map(|()| found(None)),
+        (As::Dependent(d), Action::Capture) => d.capture(s).await.map(found),
+        (As::Dependent(d), Action::Update) => d.update(s, needs()?).await.map(found),
+        (As::Dependent(d), Action::Revert) => d.revert(s, captured, value).await.map(found),
+        (As::Verifier(v), Action::Verify) => v.verify(s, needs()?).await.map(|()| found(None)),
+        (_, action) => panic!("no role method for {action:?} here"),
+    }
+}
+
+/// Reconciles `c` through `p`, as the runner does (a restore is told whether the step
+/// carries an old value).
+pub async fn reconcile_as(p: As<'_>, c: &Call<'_>) -> Result<Reconciled, ProviderError> {
+    let (s, captured, produced) = (c.step, c.captured, c.produced);
+    let found = match (p, s.id.action) {
+        (As::Rotator(r), Action::Create) => return r.reconcile_create(s, captured).await,
+        (As::Rotator(r), Action::Capture) => r.reconcile_capture(s).await,
+        (As::Rotator(r), Action::RetireOld) => r.reconcile_retire_old(s, captured).await,
+        (As::Rotator(r), Action::Discard) => r.reconcile_discard(s, produced).await,
+        (As::Rotator(r), Action::DiscardLost) => r.reconcile_discard_lost(s, produced).await,
+        (As::Store(st), Action::Capture) => st.reconcile_capture(s).await,
+        (As::Store(st), Action::Write) => st.reconcile_write(s).await,
+        (As::Store(st), Action::Restore) => {
+            st.reconcile_restore(s, c.value.is_some(), captured).await
+        }
+        (As::Store(st), Action::DisableOld) => st.reconcile_disable_superseded(s, captured).await,
+        (As::Dependent(d), Action::Capture) => d.reconcile_capture(s).await,
+        (As::Dependent(d), Action::Update) => d.reconcile_update(s).await,
+        (As::Dependent(d), Action::Revert) => d.reconcile_revert(s).await,
+        (As::Verifier(v), Action::Verify) => v.reconcile_verify(s).await,
+        (_, action) => panic!("no role method for {action:?} here"),
+    };
+    found.map(Reconciled::from)
+}
+
+/// A provider's steps performed and reconciled as the runner would, by the step's role.
+pub trait Perform: Sync {
+    /// This provider in `role`.
+    fn cast(&self, role: Role) -> As<'_>;
+
+    fn apply<'a>(&'a self, c: &'a Call<'a>) -> Reply<'a, Applied> {
+        Box::pin(apply_as(self.cast(c.role), c))
+    }
+
+    /// Undo steps go through the same role methods.
+    fn compensate<'a>(&'a self, c: &'a Call<'a>) -> Reply<'a, Applied> {
+        self.apply(c)
+    }
+
+    fn reconcile<'a>(&'a self, c: &'a Call<'a>) -> Reply<'a, Reconciled> {
+        Box::pin(reconcile_as(self.cast(c.role), c))
+    }
+}
+
+impl Perform for KeyVaultStore {
+    fn cast(&self, role: Role) -> As<'_> {
+        match role {
+            Role::Verifier => As::Verifier(self),
+            _ => As::Store(self),
+        }
+    }
+}
+
+impl Perform for AppSetting {
+    fn cast(&self, _: Role) -> As<'_> {
+        As::Dependent(self)
+    }
+}
+
+impl Perform for AppPasswords {
+    fn cast(&self, role: Role) -> As<'_> {
+        match role {
+            Role::Verifier => As::Verifier(self),
+            _ => As::Rotator(self),
+        }
+    }
+}
+
+impl Perform for StorageKeys {
+    fn cast(&self, _: Role) -> As<'_> {
+        As::Rotator(self)
+    }
+}
+
+impl Perform for Roles {
+    fn cast(&self, role: Role) -> As<'_> {
+        match role {
+            Role::Rotator => As::Rotator(&**self.rotator().expect("a rotator")),
+            Role::Store => As::Store(&**self.store().expect("a store")),
+            Role::Dependent => As::Dependent(&**self.dependent().expect("a dependent")),
+            Role::Verifier => As::Verifier(&**self.verifier().expect("a verifier")),
         }
     }
 }
@@ -314,13 +467,13 @@ pub fn plan(secret: &str, targets: &[(Role, &str)], grace_ms: i64) -> Plan {
 /// A runner over an in-memory journal on `clock`.
 pub fn memory_runner(
     clock: &ManualClock,
-    providers: HashMap<String, Arc<dyn Provider>>,
+    providers: Registry,
 ) -> (Runner<MemoryJournal>, Arc<MemoryJournal>) {
     let clock: Arc<dyn Clock> = Arc::new(clock.clone());
     let journal = Arc::new(MemoryJournal::new(clock.clone()));
     let runner = Runner::new(
         journal.clone(),
-        providers,
+        Arc::new(providers),
         clock,
         Options::new("azure-test", 7),
     );
@@ -426,35 +579,9 @@ pub struct Rejecting;
 pub const REJECTED: &str =
     "verification failed: the probe could not log in with the new credential";
 
-impl Provider for Rejecting {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async move {
-            match call.step.action {
-                Action::Verify => Err(ProviderError::permanent(REJECTED)),
-                _ => Ok(Applied::default()),
-            }
-        })
-    }
-
-    fn compensate<'a>(
-        &'a self,
-        _call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async { Ok(Applied::default()) })
-    }
-
-    fn reconcile<'a>(
-        &'a self,
-        _call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
-        Box::pin(async { Ok(Reconciled::NotApplied) })
-    }
-
-    fn read_value<'a>(
-        &'a self,
-        _version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        Box::pin(async { Err(ProviderError::permanent("a verifier holds no values")) })
+impl Verifier for Rejecting {
+    fn verify<'a>(&'a self, _: rekey::provider::Step<'a>, _: &'a SecretValue) -> Reply<'a, ()> {
+        Box::pin(async { Err(ProviderError::permanent(REJECTED)) })
     }
 }
 
@@ -478,62 +605,28 @@ impl ErrorLog {
     }
 }
 
-/// A provider whose every error is noted in an [`ErrorLog`].
+/// Notes every error of the provider it wraps in an [`ErrorLog`].
 #[derive(Debug)]
-pub struct Recorded {
-    inner: Arc<dyn Provider>,
-    log: ErrorLog,
-}
+pub struct Recorded(ErrorLog);
 
 impl Recorded {
     /// `inner`, its errors noted in `log`.
-    pub fn wrap(inner: Arc<dyn Provider>, log: &ErrorLog) -> Arc<dyn Provider> {
-        Arc::new(Self {
-            inner,
-            log: log.clone(),
+    pub fn wrap(inner: Roles, log: &ErrorLog) -> Roles {
+        intercept(inner, Recorded(log.clone()))
+    }
+}
+
+impl Hook for Recorded {
+    fn around<'a, T: Send + 'a>(&'a self, _: Seen, call: Reply<'a, T>) -> Reply<'a, T> {
+        Box::pin(async move {
+            let result = call.await;
+            self.0.note(&result);
+            result
         })
     }
 }
 
-impl Provider for Recorded {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async move {
-            let result = self.inner.apply(call).await;
-            self.log.note(&result);
-            result
-        })
-    }
-
-    fn compensate<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async move {
-            let result = self.inner.compensate(call).await;
-            self.log.note(&result);
-            result
-        })
-    }
-
-    fn reconcile<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
-        Box::pin(async move {
-            let result = self.inner.reconcile(call).await;
-            self.log.note(&result);
-            result
-        })
-    }
-
-    fn read_value<'a>(
-        &'a self,
-        version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        Box::pin(async move {
-            let result = self.inner.read_value(version).await;
-            self.log.note(&result);
-            result
-        })
-    }
+/// `p` in the one role `cast` gives it.
+pub fn only(cast: Cast) -> Roles {
+    Roles::new([Some(cast)])
 }

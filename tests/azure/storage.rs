@@ -1,11 +1,11 @@
-//! `StorageKeys` (an alternating rotator) through the `Provider` trait. The fake's clock is
+//! `StorageKeys` (an alternating rotator) through its role traits. The fake's clock is
 //! moved a second before each regeneration, as real time would, so "regenerated last" is
 //! always well defined.
 
-use rekey::provider::{Provider, Reconciled};
+use rekey::provider::{Reconciled, Rotator};
 use rekey::saga::{Action, ErrorClass};
 
-use super::{ACCOUNT, Env, RG, SUB, Step};
+use super::{ACCOUNT, Env, Perform, RG, SUB, Step};
 use crate::fake_azure::{Effect, Fault, Route};
 
 const SECRET: &str = "storage-key";
@@ -97,7 +97,7 @@ async fn lost_regeneration_is_reconciled_and_the_old_key_retired_once() {
             id: Some(idle.to_owned())
         }
     );
-    let value = keys.read_value(idle).await.unwrap();
+    let value = keys.reveal(idle).await.unwrap().unwrap();
     assert_eq!(value.expose(), env.fake.storage_keys(ACCOUNT)[idle]);
     assert_eq!(
         keys.reconcile(&retire.call()).await.unwrap(),

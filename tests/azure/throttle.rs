@@ -9,14 +9,15 @@
 //! all pass in real time); nothing here asserts how long anything took. The fake's limit
 //! itself is checked first, on a manual clock.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use rekey::journal::{Clock, MemoryJournal, SystemClock};
-use rekey::provider::Provider;
+use rekey::provider::Cast;
 use rekey::providers::azure::budget::{RequestBudget, SAFETY_PERCENT};
 use rekey::providers::azure::keyvault::KeyVaultStore;
 use rekey::providers::local::RandomRotator;
+use rekey::resolve::Registry;
+use rekey::roles;
 use rekey::runner::{Options, Progress, Runner, tokio_sleep};
 use rekey::saga::{Phase, Role, Trigger};
 use tokio::task::JoinSet;
@@ -36,13 +37,12 @@ const WINDOW_MS: u64 = 1_000;
 /// and its journal.
 fn runner(kv: KeyVaultStore) -> (Arc<Runner<MemoryJournal>>, Arc<MemoryJournal>) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let providers: HashMap<String, Arc<dyn Provider>> = HashMap::from([
-        (
-            "random".to_owned(),
-            Arc::new(RandomRotator { bytes: 16 }) as Arc<dyn Provider>,
-        ),
-        ("vault".to_owned(), Arc::new(kv) as Arc<dyn Provider>),
-    ]);
+    let providers = Registry::new()
+        .with(
+            "random",
+            Cast::Rotator(Arc::new(RandomRotator { bytes: 16 })),
+        )
+        .with_roles("vault", roles!(Arc::new(kv)));
     let mut options = Options::new("throttle-test", 11);
     // Calls may wait in the budget's queue for seconds: renew leases meanwhile.
     options.sleep = Some(tokio_sleep());
@@ -50,7 +50,7 @@ fn runner(kv: KeyVaultStore) -> (Arc<Runner<MemoryJournal>>, Arc<MemoryJournal>)
     // tests: a long lease keeps a starved renewal from failing a test about throttling.
     options.lease_ttl_ms = 120_000;
     let journal = Arc::new(MemoryJournal::new(clock.clone()));
-    let runner = Runner::new(journal.clone(), providers, clock, options);
+    let runner = Runner::new(journal.clone(), Arc::new(providers), clock, options);
     (Arc::new(runner), journal)
 }
 

@@ -82,7 +82,7 @@ async fn start_with(
     let metrics = Arc::new(Metrics::new());
     let runner = Arc::new(Runner::new(
         journal.clone(),
-        providers,
+        Arc::new(providers),
         clock.clone(),
         Options {
             sleep: Some(rekey::runner::tokio_sleep()),

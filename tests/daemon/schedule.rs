@@ -2,7 +2,6 @@
 //! a new schedule waits for its first due time, cadence and jitter, windows, rotating
 //! ahead of an expiry, and freezes that push a rotation past them.
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -11,10 +10,12 @@ use std::time::Duration;
 use rekey::config::Config;
 use rekey::daemon::{Daemon, Handle, Settings, Summary};
 use rekey::journal::{Clock, JournalRead, JournalScan, MemoryJournal, StreamFilter};
-use rekey::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use rekey::provider::Reply;
 use rekey::runner::{Options, Runner};
+use rekey::saga::Action;
 use serde_json::Value;
 
+use crate::intercept::{Hook, Seen, intercept};
 use crate::runner::TokioClock;
 
 const DAY_MS: i64 = 86_400_000;
@@ -40,39 +41,20 @@ fn config(n: usize, schedule: &str) -> String {
 /// A store whose seeded version expires at `expiry_ms`; versions rekey writes do not.
 #[derive(Debug)]
 struct Expiring {
-    inner: Arc<dyn Provider>,
     expiry_ms: i64,
     written: AtomicBool,
 }
 
-impl Provider for Expiring {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        if call.step.action == rekey::saga::Action::Write {
+impl Hook for Expiring {
+    fn around<'a, T: Send + 'a>(&'a self, seen: Seen, call: Reply<'a, T>) -> Reply<'a, T> {
+        if seen.performs(Action::Write) {
             self.written.store(true, Ordering::SeqCst);
         }
-        self.inner.apply(call)
+        call
     }
-    fn compensate<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        self.inner.compensate(call)
-    }
-    fn reconcile<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
-        self.inner.reconcile(call)
-    }
-    fn read_value<'a>(
-        &'a self,
-        version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        self.inner.read_value(version)
-    }
-    fn expiry<'a>(&'a self, _: &'a str) -> BoxFuture<'a, Result<Option<i64>, ProviderError>> {
-        let at = (!self.written.load(Ordering::SeqCst)).then_some(self.expiry_ms);
-        Box::pin(async move { Ok(at) })
+
+    fn expiry(&self, _: Option<i64>) -> Option<i64> {
+        (!self.written.load(Ordering::SeqCst)).then_some(self.expiry_ms)
     }
 }
 
@@ -106,24 +88,17 @@ async fn start_notifying(
     std::fs::write(dir.join("rekey.toml"), text).unwrap();
     let config = Config::load(&dir.join("rekey.toml")).unwrap();
     let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(base_ms));
-    let mut providers: HashMap<String, Arc<dyn Provider>> =
-        config.build_providers(clock.clone(), &|_| None).unwrap();
+    let mut providers = config.build_providers(clock.clone(), &|_| None).unwrap();
     if let Some(expiry_ms) = expiry_ms {
-        let inner = providers["vault"].clone();
+        let inner = providers.roles("vault").unwrap().clone();
         let written = AtomicBool::new(false);
-        providers.insert(
-            "vault".into(),
-            Arc::new(Expiring {
-                inner,
-                expiry_ms,
-                written,
-            }),
-        );
+        providers =
+            providers.with_roles("vault", intercept(inner, Expiring { expiry_ms, written }));
     }
     let journal = Arc::new(MemoryJournal::new(clock.clone()));
     let runner = Arc::new(Runner::new(
         journal.clone(),
-        providers,
+        Arc::new(providers),
         clock.clone(),
         Options {
             sleep: Some(rekey::runner::tokio_sleep()),

@@ -2,10 +2,8 @@
 //! TLS checked against the configured root, and a scan of the journal, the logs and the
 //! error messages of several rotations for every password involved.
 
-use std::sync::Arc;
-
 use rekey::config::Config;
-use rekey::provider::{Provider, SecretValue};
+use rekey::provider::{Roles, SecretValue};
 use rekey::providers::local::LocalVault;
 use rekey::providers::postgres::Tls;
 use rekey::runner::Progress;
@@ -13,7 +11,7 @@ use rekey::saga::{Action, ErrorClass, Phase, RotationEvent};
 
 use super::harness::{
     ADMIN_ENV, Fault, Logs, RefusingStore, Rig, Spy, alternating, call, clock, json_value,
-    password, provider, single,
+    password, provider, roles_of, single,
 };
 use super::server::{Fixture, TLS_ONLY_USER, server};
 
@@ -26,6 +24,7 @@ async fn a_wrong_admin_password_is_a_clear_permanent_error() {
     let wrong = "not-the-admin-password-4f1c9a";
     let mut pg = provider(&f, alternating(&f), shared);
     pg.admin_password = SecretValue::new(wrong);
+    let pg = roles_of(pg);
 
     let e = call(&pg, Action::Capture, "r", None, None)
         .await
@@ -44,7 +43,7 @@ async fn a_wrong_admin_password_is_a_clear_permanent_error() {
     assert!(!e.message.contains(wrong), "{}", e.message);
 
     // Through the runner: the rotation gives up at once, changes nothing, says why.
-    let rig = Rig::new("bad-admin", clock, Arc::new(pg), None);
+    let rig = Rig::new("bad-admin", clock, pg, None);
     let id = rig.start().await;
     assert_eq!(rig.drive(&id).await, Progress::Finished(Phase::Compensated));
     let failed: Vec<String> = rig
@@ -104,23 +103,24 @@ verify_host = "127.0.0.1"
             .unwrap()
             .build_providers(shared, &env)
             .unwrap()
-            .remove("pg")
+            .roles("pg")
             .unwrap()
+            .clone()
     };
     let ca = format!("tls_ca_file = {:?}", server().ca_file);
     let pg = build(config(&ca));
     assert_eq!(
-        call(&*pg, Action::Capture, "r", None, None).await.unwrap(),
+        call(&pg, Action::Capture, "r", None, None).await.unwrap(),
         Some(f.app.clone())
     );
     let current = SecretValue::new(f.app_password.clone());
-    call(&*pg, Action::Verify, "r", Some(&current), None)
+    call(&pg, Action::Verify, "r", Some(&current), None)
         .await
         .unwrap();
 
     // The system's roots do not include this run's CA.
     let pg = build(config(""));
-    let e = call(&*pg, Action::Capture, "r", None, None)
+    let e = call(&pg, Action::Capture, "r", None, None)
         .await
         .unwrap_err();
     assert_eq!(e.class, ErrorClass::Permanent, "{e:?}");
@@ -132,7 +132,7 @@ verify_host = "127.0.0.1"
     let (_, shared) = clock();
     let mut plain = provider(&f, single(&f), shared);
     plain.tls = Tls::Disable;
-    let e = call(&plain, Action::Capture, "r", None, None)
+    let e = call(&roles_of(plain), Action::Capture, "r", None, None)
         .await
         .unwrap_err();
     assert!(e.message.contains("refused the login"), "{}", e.message);
@@ -149,11 +149,9 @@ async fn no_password_reaches_the_journal_the_logs_or_an_error() {
 
     // A completed rotation whose first Create response was lost.
     let (clock1, shared1) = clock();
-    let spy1 = Arc::new(Spy::new(
-        Arc::new(provider(&f, alternating(&f), shared1.clone())),
-        Fault::LoseFirstCreate,
-    ));
-    let rig1 = Rig::new("scan-1", clock1, spy1.clone(), None);
+    let spy1 = Spy::new(Fault::LoseFirstCreate);
+    let pg1 = spy1.wrap(provider(&f, alternating(&f), shared1.clone()));
+    let rig1 = Rig::new("scan-1", clock1, pg1, None);
     let r1 = rig1.start().await;
     rig1.drive(&r1).await;
     assert_eq!(
@@ -163,12 +161,10 @@ async fn no_password_reaches_the_journal_the_logs_or_an_error() {
 
     // A rotation whose store refuses the new value: the new role's password is discarded.
     let (clock2, shared2) = clock();
-    let spy2 = Arc::new(Spy::new(
-        Arc::new(provider(&f, alternating(&f), shared2.clone())),
-        Fault::None,
-    ));
-    let refuse: fn(LocalVault) -> Arc<dyn Provider> = |v| Arc::new(RefusingStore(v));
-    let rig2 = Rig::new("scan-2", clock2, spy2.clone(), Some(refuse));
+    let spy2 = Spy::new(Fault::None);
+    let pg2 = spy2.wrap(provider(&f, alternating(&f), shared2.clone()));
+    let refuse: fn(LocalVault) -> Roles = RefusingStore::wrap;
+    let rig2 = Rig::new("scan-2", clock2, pg2, Some(refuse));
     let r2 = rig2.start().await;
     assert_eq!(
         rig2.drive(&r2).await,
@@ -186,12 +182,12 @@ async fn no_password_reaches_the_journal_the_logs_or_an_error() {
 
     // Verifications that fail: the value tried must not be echoed.
     let wrong = SecretValue::new("wrong-password-value-8d2e");
-    let pg = provider(&f, alternating(&f), shared1.clone());
+    let pg = roles_of(provider(&f, alternating(&f), shared1.clone()));
     let wrong_json = json_value(&f.green, wrong.expose());
     let e1 = call(&pg, Action::Verify, &r1, Some(&wrong_json), None)
         .await
         .unwrap_err();
-    let pg_single = provider(&f, single(&f), shared1);
+    let pg_single = roles_of(provider(&f, single(&f), shared1));
     let e2 = call(&pg_single, Action::Verify, "r", Some(&wrong), None)
         .await
         .unwrap_err();

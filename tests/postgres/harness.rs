@@ -2,18 +2,20 @@
 //! rotator and verifier, on a manual clock; a spy that records the values the rotator made
 //! and can lose a response; a capture of tracing output.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
 use rekey::journal::{Clock, ManualClock, MemoryJournal};
-use rekey::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use rekey::provider::{Created, ProviderError, Reply, Roles, SecretValue, Step, Store};
 use rekey::providers::local::LocalVault;
 use rekey::providers::postgres::{Endpoint, Mode, PostgresRole, Tls, ValueFormat};
+use rekey::resolve::Registry;
+use rekey::roles;
 use rekey::runner::{Options, Progress, Requested, Runner};
 use rekey::saga::{Action, Plan, Role, RotationEvent, StepId, TargetRef, Trigger, Wait};
 
 use super::server::Fixture;
+use crate::intercept::{Hook, Seen, intercept};
 
 /// Where the manual clock starts.
 pub const T0: i64 = 1_700_000_000_000;
@@ -82,37 +84,42 @@ pub fn single(f: &Fixture) -> Mode {
     }
 }
 
-/// Calls `action` on `pg` outside any rotation (an undo action goes to `compensate`) and
-/// returns the id it produced.
+/// `pg` in the roles it plays.
+pub fn roles_of(pg: PostgresRole) -> Roles {
+    roles!(Arc::new(pg))
+}
+
+/// Calls `action` on `pg` (a rotator and verifier) outside any rotation, as the runner
+/// would, and returns the id it produced.
 pub async fn call(
-    pg: &dyn Provider,
+    pg: &Roles,
     action: Action,
     rotation_id: &str,
     value: Option<&SecretValue>,
     produced: Option<&str>,
 ) -> Result<Option<String>, ProviderError> {
-    let target = TargetRef {
-        role: Role::Rotator,
-        name: "pg".into(),
-    };
-    let step = StepId::new(action, 0);
-    let key = step.key(rotation_id);
-    let call = Call {
+    let id = StepId::new(action, 0);
+    let key = id.key(rotation_id);
+    let step = Step {
         rotation_id,
         secret: "s",
-        step,
+        id,
         key: &key,
-        target: &target,
-        captured: None,
-        produced,
-        value,
     };
-    let applied = if rekey::provider::is_compensation(action) {
-        pg.compensate(&call).await
-    } else {
-        pg.apply(&call).await
-    };
-    applied.map(|a| a.id)
+    let rotator = pg.rotator().expect("a rotator");
+    match action {
+        Action::Capture => rotator.capture(step, value).await,
+        Action::Create => rotator.create(step, None).await.map(|c| Some(c.id)),
+        Action::RetireOld => rotator.retire_old(step, None).await.map(|()| None),
+        Action::Discard => rotator.discard(step, produced, value).await,
+        Action::DiscardLost => rotator.discard_lost(step, produced).await.map(|()| None),
+        Action::Verify => {
+            let verifier = pg.verifier().expect("a verifier");
+            let value = value.expect("a value to verify");
+            verifier.verify(step, value).await.map(|()| None)
+        }
+        other => panic!("a rotator and verifier has no step {other:?}"),
+    }
 }
 
 /// What the spy does to `Create` calls.
@@ -125,10 +132,9 @@ pub enum Fault {
     LoseFirstCreateThenRefuse,
 }
 
-/// Wraps a provider: records every value it hands out, and injects `fault`.
+/// Watches a provider: records every value it hands out, and injects `fault`.
 #[derive(Debug)]
 pub struct Spy {
-    pub inner: Arc<dyn Provider>,
     pub fault: Fault,
     pub creates: AtomicU32,
     /// Every value a `Create` made, including one whose response was lost.
@@ -136,13 +142,17 @@ pub struct Spy {
 }
 
 impl Spy {
-    pub fn new(inner: Arc<dyn Provider>, fault: Fault) -> Self {
-        Self {
-            inner,
+    pub fn new(fault: Fault) -> Arc<Self> {
+        Arc::new(Self {
             fault,
             creates: AtomicU32::new(0),
             made: Mutex::default(),
-        }
+        })
+    }
+
+    /// `pg`, watched by this spy.
+    pub fn wrap(self: &Arc<Self>, pg: PostgresRole) -> Roles {
+        intercept(roles_of(pg), self.clone())
     }
 
     pub fn made(&self) -> Vec<SecretValue> {
@@ -150,84 +160,48 @@ impl Spy {
     }
 }
 
-impl Provider for Spy {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+impl Hook for Spy {
+    fn around<'a, T: Send + 'a>(&'a self, seen: Seen, call: Reply<'a, T>) -> Reply<'a, T> {
+        if !seen.performs(Action::Create) {
+            return call;
+        }
         Box::pin(async move {
-            if call.step.action != Action::Create {
-                return self.inner.apply(call).await;
-            }
             let n = self.creates.fetch_add(1, Ordering::SeqCst);
             if n > 0 && self.fault == Fault::LoseFirstCreateThenRefuse {
                 return Err(ProviderError::permanent("refused by the test"));
             }
-            let applied = self.inner.apply(call).await?;
-            if let Some(v) = &applied.value {
-                self.made.lock().unwrap().push(v.clone());
-            }
+            let created = call.await?;
             if n == 0 && self.fault != Fault::None {
                 return Err(ProviderError::transient(
                     "connection reset while reading the response (injected by the test)",
                 ));
             }
-            Ok(applied)
+            Ok(created)
         })
     }
 
-    fn compensate<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        self.inner.compensate(call)
-    }
-
-    fn reconcile<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
-        self.inner.reconcile(call)
-    }
-
-    fn read_value<'a>(
-        &'a self,
-        version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        self.inner.read_value(version)
+    fn created(&self, created: &Created) {
+        self.made.lock().unwrap().push(created.value.clone());
     }
 }
 
 /// A store that refuses every write permanently (to make a rotation compensate).
 #[derive(Debug)]
-pub struct RefusingStore(pub LocalVault);
+pub struct RefusingStore;
 
-impl Provider for RefusingStore {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async move {
-            match call.step.action {
-                Action::Write => Err(ProviderError::permanent("store refused by the test")),
-                _ => self.0.apply(call).await,
-            }
-        })
+impl RefusingStore {
+    /// `vault`, refusing writes.
+    pub fn wrap(vault: LocalVault) -> Roles {
+        intercept(roles!(Arc::new(vault)), RefusingStore)
     }
+}
 
-    fn compensate<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        self.0.compensate(call)
-    }
-
-    fn reconcile<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
-        self.0.reconcile(call)
-    }
-
-    fn read_value<'a>(
-        &'a self,
-        version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        self.0.read_value(version)
+impl Hook for RefusingStore {
+    fn around<'a, T: Send + 'a>(&'a self, seen: Seen, call: Reply<'a, T>) -> Reply<'a, T> {
+        if seen.performs(Action::Write) {
+            return Box::pin(async { Err(ProviderError::permanent("store refused by the test")) });
+        }
+        call
     }
 }
 
@@ -248,20 +222,19 @@ impl Rig {
     pub fn new(
         secret: &str,
         clock: ManualClock,
-        rotator: Arc<dyn Provider>,
-        store: Option<fn(LocalVault) -> Arc<dyn Provider>>,
+        rotator: Roles,
+        store: Option<fn(LocalVault) -> Roles>,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let vault_path = dir.path().join("vault.json");
-        let store: Arc<dyn Provider> = match store {
+        let store = match store {
             Some(wrap) => wrap(LocalVault::new(&vault_path)),
-            None => Arc::new(LocalVault::new(&vault_path)),
+            None => roles!(Arc::new(LocalVault::new(&vault_path))),
         };
-        let providers = HashMap::from([("pg".to_owned(), rotator), ("vault".to_owned(), store)]);
-        let target = |role, name: &str| TargetRef {
-            role,
-            name: name.into(),
-        };
+        let providers = Registry::new()
+            .with_roles("pg", rotator)
+            .with_roles("vault", store);
+        let target = TargetRef::new;
         let plan = Plan {
             secret: secret.into(),
             lock_key: secret.into(),
@@ -280,7 +253,7 @@ impl Rig {
     /// be target 1, and `dir` is kept until the rig drops.
     pub fn with(
         clock: ManualClock,
-        providers: HashMap<String, Arc<dyn Provider>>,
+        providers: Registry,
         plan: Plan,
         vault_path: &std::path::Path,
         dir: tempfile::TempDir,
@@ -289,7 +262,7 @@ impl Rig {
         let journal = Arc::new(MemoryJournal::new(shared.clone()));
         let runner = Runner::new(
             journal.clone(),
-            providers,
+            Arc::new(providers),
             shared,
             Options::new("pg-test", 7),
         );

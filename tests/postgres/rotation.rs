@@ -10,7 +10,8 @@ use rekey::runner::Progress;
 use rekey::saga::{Action, Phase, RotationEvent, StepId, Wait};
 
 use super::harness::{
-    Fault, Rig, Spy, alternating, call, clock, json_value, password, provider, single, username,
+    Fault, Rig, Spy, alternating, call, clock, json_value, password, provider, roles_of, single,
+    username,
 };
 use super::server::Fixture;
 
@@ -102,7 +103,7 @@ grace = "1h"
 async fn alternating_mode_switches_roles_and_grants_survive() {
     let f = Fixture::new("alt_two").await;
     let (clock, shared) = clock();
-    let pg = Arc::new(provider(&f, alternating(&f), shared));
+    let pg = roles_of(provider(&f, alternating(&f), shared));
     let rig = Rig::new("alt", clock, pg, None);
 
     // Before rekey: the app uses blue, whose objects belong to the group role.
@@ -214,11 +215,13 @@ async fn alternating_mode_switches_roles_and_grants_survive() {
 async fn a_lost_create_response_is_reconciled_and_the_rotation_completes() {
     let f = Fixture::new("lost_single").await;
     let (clock, shared) = clock();
-    let spy = Arc::new(Spy::new(
-        Arc::new(provider(&f, single(&f), shared)),
-        Fault::LoseFirstCreate,
-    ));
-    let rig = Rig::new("lost-single", clock, spy.clone(), None);
+    let spy = Spy::new(Fault::LoseFirstCreate);
+    let rig = Rig::new(
+        "lost-single",
+        clock,
+        spy.wrap(provider(&f, single(&f), shared)),
+        None,
+    );
 
     let id = rig.start().await;
     assert!(in_grace(&rig.drive(&id).await));
@@ -254,11 +257,9 @@ async fn a_lost_create_response_is_reconciled_and_the_rotation_completes() {
 async fn a_lost_create_response_leaves_no_usable_password_when_the_rotation_gives_up() {
     let f = Fixture::new("lost_alt").await;
     let (clock, shared) = clock();
-    let spy = Arc::new(Spy::new(
-        Arc::new(provider(&f, alternating(&f), shared)),
-        Fault::LoseFirstCreateThenRefuse,
-    ));
-    let rig = Rig::new("lost-alt", clock, spy.clone(), None);
+    let spy = Spy::new(Fault::LoseFirstCreateThenRefuse);
+    let pg = spy.wrap(provider(&f, alternating(&f), shared));
+    let rig = Rig::new("lost-alt", clock, pg, None);
 
     let id = rig.start().await;
     assert_eq!(rig.drive(&id).await, Progress::Finished(Phase::Compensated));
@@ -283,7 +284,7 @@ async fn a_lost_create_response_leaves_no_usable_password_when_the_rotation_give
     );
 
     // The next rotation still starts from blue: the discarded role was never handed out.
-    let pg = provider(&f, alternating(&f), Arc::new(rig.clock.clone()));
+    let pg = roles_of(provider(&f, alternating(&f), Arc::new(rig.clock.clone())));
     let next = call(&pg, Action::Capture, "next", None, None).await;
     assert_eq!(next.unwrap(), Some(f.blue.clone()));
 }
@@ -294,7 +295,7 @@ async fn a_lost_create_response_leaves_no_usable_password_when_the_rotation_give
 async fn the_role_in_use_is_the_one_the_stores_name() {
     let f = Fixture::new("capture_store").await;
     let (_, shared) = clock();
-    let pg = provider(&f, alternating(&f), shared);
+    let pg = roles_of(provider(&f, alternating(&f), shared));
     let capture = |value: Option<SecretValue>| {
         let pg = &pg;
         async move {
@@ -326,7 +327,7 @@ async fn the_role_in_use_is_the_one_the_stores_name() {
 async fn single_mode_undo_restores_the_old_password_only_when_given_it() {
     let f = Fixture::new("single_undo").await;
     let (_, shared) = clock();
-    let pg = provider(&f, single(&f), shared);
+    let pg = roles_of(provider(&f, single(&f), shared));
     let old = SecretValue::new(f.app_password.clone());
 
     let role = call(&pg, Action::Create, "r1", None, None).await.unwrap();

@@ -12,7 +12,7 @@
 //! wake-up (a retry, the end of a grace period, a lease expiry); slow calls nudge it, but
 //! never so far that a live task's lease could expire under it.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io;
@@ -25,7 +25,8 @@ use rand::{RngExt, SeedableRng, rngs::StdRng};
 use rekey::journal::{
     Clock, Error as JournalError, JournalScan, ManualClock, MemoryJournal, StreamFilter,
 };
-use rekey::provider::Provider;
+use rekey::provider::Cast;
+use rekey::resolve::Registry;
 use rekey::runner::lock::is_lock_stream;
 use rekey::runner::{Error, Options, Progress, Requested, Runner};
 use rekey::saga::{Phase, Plan, Role, RotationEvent, TargetRef, Trigger};
@@ -440,7 +441,7 @@ struct Harness<'s> {
     journal: Arc<SimJournal>,
     probe: Arc<Probe>,
     world: Arc<Mutex<World>>,
-    providers: HashMap<String, Arc<dyn Provider>>,
+    providers: Arc<Registry>,
     processes: Vec<Process>,
     next_process: u64,
     next_rotation: u64,
@@ -485,13 +486,22 @@ impl<'s> Harness<'s> {
             })
             .collect();
         let world = Arc::new(Mutex::new(world));
-        let mut providers: HashMap<String, Arc<dyn Provider>> = HashMap::new();
+        let mut providers = Registry::new();
         for (i, s) in sc.secrets.iter().enumerate() {
             for kind in kinds(s.stores, s.dependent) {
                 let fake = FakeProvider::new(world.clone(), probe.clone(), clock.clone(), i, kind);
-                providers.insert(fake.name().to_owned(), Arc::new(fake));
+                let name = fake.name().to_owned();
+                let fake = Arc::new(fake);
+                let cast = match kind {
+                    Kind::Rotator => Cast::Rotator(fake),
+                    Kind::Store(_) => Cast::Store(fake),
+                    Kind::Dependent => Cast::Dependent(fake),
+                    Kind::Verifier => Cast::Verifier(fake),
+                };
+                providers.insert(name, cast);
             }
         }
+        let providers = Arc::new(providers);
         let mut harness = Self {
             sc,
             cfg,

@@ -12,9 +12,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use rekey::journal::{Clock, ManualClock};
 use rekey::provider::{
-    Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue, is_compensation,
+    self, Created, Found, ProviderError, Reconciled, Reply, Rotator, SecretValue, Step, Store,
+    Verifier,
 };
-use rekey::saga::Action;
+use rekey::saga::{Action, StepId};
 
 use super::journal::{Point, Probe, lock, yield_at};
 
@@ -315,6 +316,49 @@ impl World {
     }
 }
 
+/// One call to a fake: the step, and what the role method was given.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    pub rotation_id: &'a str,
+    pub step: StepId,
+    pub key: &'a str,
+    pub captured: Option<&'a str>,
+    pub produced: Option<&'a str>,
+    pub value: Option<&'a SecretValue>,
+}
+
+impl<'a> Call<'a> {
+    fn new(step: Step<'a>) -> Self {
+        Self {
+            rotation_id: step.rotation_id,
+            step: step.id,
+            key: step.key,
+            captured: None,
+            produced: None,
+            value: None,
+        }
+    }
+
+    fn captured(self, captured: Option<&'a str>) -> Self {
+        Self { captured, ..self }
+    }
+
+    fn produced(self, produced: Option<&'a str>) -> Self {
+        Self { produced, ..self }
+    }
+
+    fn value(self, value: Option<&'a SecretValue>) -> Self {
+        Self { value, ..self }
+    }
+}
+
+/// What a fake's effect produced.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub id: Option<String>,
+    pub value: Option<SecretValue>,
+}
+
 /// A fake provider of one kind for one secret.
 #[derive(Debug)]
 pub struct FakeProvider {
@@ -359,8 +403,9 @@ impl FakeProvider {
         self.clock.advance(delta);
     }
 
-    /// An effect: `apply` (forward, retirement) or `compensate` (undo).
-    async fn effect(&self, call: &Call<'_>, compensating: bool) -> Result<Applied, ProviderError> {
+    /// An effect: a forward, retirement or undo step.
+    async fn effect(&self, call: Call<'_>) -> Result<Applied, ProviderError> {
+        let call = &call;
         yield_at(&self.probe, Point::BeforeEffect).await;
         let faults = self
             .world()
@@ -373,11 +418,6 @@ impl FakeProvider {
         }
         let outcome = {
             let mut w = self.world();
-            if is_compensation(call.step.action) != compensating {
-                let via = if compensating { "compensate" } else { "apply" };
-                let why = format!("sent through {via}");
-                return Err(self.misuse(&mut w, call, &why));
-            }
             self.perform(&mut w, call)
         };
         yield_at(&self.probe, Point::AfterEffect).await;
@@ -567,7 +607,8 @@ impl FakeProvider {
     }
 
     /// Answers `reconcile`: did the step tagged `call.key` happen?
-    async fn inspect(&self, call: &Call<'_>) -> Result<Reconciled, ProviderError> {
+    async fn inspect(&self, call: Call<'_>) -> Result<Reconciled, ProviderError> {
+        let call = &call;
         yield_at(&self.probe, Point::Inspect).await;
         let faults = self.world().draw(&self.name, Op::Inspect, None);
         if faults.slow {
@@ -665,29 +706,222 @@ impl FakeProvider {
     }
 }
 
-impl Provider for FakeProvider {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(self.effect(call, false))
+impl FakeProvider {
+    /// Reconciles a step that is not a create: a fake never finds one unusable.
+    async fn inspect_found(&self, call: Call<'_>) -> Result<Found, ProviderError> {
+        match self.inspect(call).await? {
+            Reconciled::Applied { id } => Ok(Found::Applied { id }),
+            Reconciled::NotApplied => Ok(Found::NotApplied),
+            Reconciled::AppliedUnusable { orphan_id } => {
+                let mut w = self.world();
+                Err(self.misuse(
+                    &mut w,
+                    &call,
+                    &format!("unusable {orphan_id} outside a create"),
+                ))
+            }
+        }
     }
 
-    fn compensate<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(self.effect(call, true))
+    async fn effect_id(&self, call: Call<'_>) -> Result<Option<String>, ProviderError> {
+        self.effect(call).await.map(|a| a.id)
     }
 
-    fn reconcile<'a>(
+    async fn effect_done(&self, call: Call<'_>) -> Result<(), ProviderError> {
+        self.effect(call).await.map(drop)
+    }
+}
+
+impl Rotator for FakeProvider {
+    fn capture<'a>(
         &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
-        Box::pin(self.inspect(call))
+        step: Step<'a>,
+        stored: Option<&'a SecretValue>,
+    ) -> Reply<'a, Option<String>> {
+        Box::pin(self.effect_id(Call::new(step).value(stored)))
     }
 
-    fn read_value<'a>(
+    fn create<'a>(&'a self, step: Step<'a>, captured: Option<&'a str>) -> Reply<'a, Created> {
+        Box::pin(async move {
+            let call = Call::new(step).captured(captured);
+            match self.effect(call).await? {
+                Applied {
+                    id: Some(id),
+                    value: Some(value),
+                } => Ok(Created { id, value }),
+                _ => {
+                    let mut w = self.world();
+                    Err(self.misuse(&mut w, &call, "a create made no credential"))
+                }
+            }
+        })
+    }
+
+    fn retire_old<'a>(&'a self, step: Step<'a>, captured: Option<&'a str>) -> Reply<'a, ()> {
+        Box::pin(self.effect_done(Call::new(step).captured(captured)))
+    }
+
+    fn discard<'a>(
         &'a self,
-        version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
+        step: Step<'a>,
+        created: Option<&'a str>,
+        old: Option<&'a SecretValue>,
+    ) -> Reply<'a, Option<String>> {
+        Box::pin(self.effect_id(Call::new(step).produced(created).value(old)))
+    }
+
+    fn discard_lost<'a>(&'a self, step: Step<'a>, created: Option<&'a str>) -> Reply<'a, ()> {
+        Box::pin(self.effect_done(Call::new(step).produced(created)))
+    }
+
+    fn reconcile_create<'a>(
+        &'a self,
+        step: Step<'a>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Reconciled> {
+        Box::pin(self.inspect(Call::new(step).captured(captured)))
+    }
+
+    fn reconcile_retire_old<'a>(
+        &'a self,
+        step: Step<'a>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        Box::pin(self.inspect_found(Call::new(step).captured(captured)))
+    }
+
+    fn reconcile_discard<'a>(
+        &'a self,
+        step: Step<'a>,
+        created: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        Box::pin(self.inspect_found(Call::new(step).produced(created)))
+    }
+
+    fn reconcile_discard_lost<'a>(
+        &'a self,
+        step: Step<'a>,
+        created: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        Box::pin(self.inspect_found(Call::new(step).produced(created)))
+    }
+
+    fn reconcile_capture<'a>(&'a self, step: Step<'a>) -> Reply<'a, Found> {
+        Box::pin(self.inspect_found(Call::new(step)))
+    }
+
+    fn reveal<'a>(&'a self, id: &'a str) -> Reply<'a, Option<SecretValue>> {
+        Box::pin(async move { self.read(id).await.map(Some) })
+    }
+}
+
+impl Store for FakeProvider {
+    fn capture<'a>(&'a self, step: Step<'a>) -> Reply<'a, Option<String>> {
+        Box::pin(self.effect_id(Call::new(step)))
+    }
+
+    fn write<'a>(&'a self, step: Step<'a>, new: &'a SecretValue) -> Reply<'a, String> {
+        Box::pin(async move {
+            let call = Call::new(step).value(Some(new));
+            match self.effect_id(call).await? {
+                Some(id) => Ok(id),
+                None => {
+                    let mut w = self.world();
+                    Err(self.misuse(&mut w, &call, "a write made no version"))
+                }
+            }
+        })
+    }
+
+    fn restore<'a>(
+        &'a self,
+        step: Step<'a>,
+        old: Option<&'a SecretValue>,
+        written: Option<&'a str>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Option<String>> {
+        let call = Call::new(step)
+            .value(old)
+            .produced(written)
+            .captured(captured);
+        Box::pin(self.effect_id(call))
+    }
+
+    fn disable_superseded<'a>(
+        &'a self,
+        step: Step<'a>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, ()> {
+        Box::pin(self.effect_done(Call::new(step).captured(captured)))
+    }
+
+    fn reconcile_write<'a>(&'a self, step: Step<'a>) -> Reply<'a, Found> {
+        Box::pin(self.inspect_found(Call::new(step)))
+    }
+
+    fn reconcile_restore<'a>(
+        &'a self,
+        step: Step<'a>,
+        _had_old: bool,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        Box::pin(self.inspect_found(Call::new(step).captured(captured)))
+    }
+
+    fn reconcile_disable_superseded<'a>(
+        &'a self,
+        step: Step<'a>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        Box::pin(self.inspect_found(Call::new(step).captured(captured)))
+    }
+
+    fn reconcile_capture<'a>(&'a self, step: Step<'a>) -> Reply<'a, Found> {
+        Box::pin(self.inspect_found(Call::new(step)))
+    }
+
+    fn read_value<'a>(&'a self, version: &'a str) -> Reply<'a, SecretValue> {
         Box::pin(self.read(version))
+    }
+}
+
+impl provider::Dependent for FakeProvider {
+    fn capture<'a>(&'a self, step: Step<'a>) -> Reply<'a, Option<String>> {
+        Box::pin(self.effect_id(Call::new(step)))
+    }
+
+    fn update<'a>(&'a self, step: Step<'a>, new: &'a SecretValue) -> Reply<'a, Option<String>> {
+        Box::pin(self.effect_id(Call::new(step).value(Some(new))))
+    }
+
+    fn revert<'a>(
+        &'a self,
+        step: Step<'a>,
+        captured: Option<&'a str>,
+        old: Option<&'a SecretValue>,
+    ) -> Reply<'a, Option<String>> {
+        Box::pin(self.effect_id(Call::new(step).captured(captured).value(old)))
+    }
+
+    fn reconcile_update<'a>(&'a self, step: Step<'a>) -> Reply<'a, Found> {
+        Box::pin(self.inspect_found(Call::new(step)))
+    }
+
+    fn reconcile_revert<'a>(&'a self, step: Step<'a>) -> Reply<'a, Found> {
+        Box::pin(self.inspect_found(Call::new(step)))
+    }
+
+    fn reconcile_capture<'a>(&'a self, step: Step<'a>) -> Reply<'a, Found> {
+        Box::pin(self.inspect_found(Call::new(step)))
+    }
+}
+
+impl Verifier for FakeProvider {
+    fn verify<'a>(&'a self, step: Step<'a>, new: &'a SecretValue) -> Reply<'a, ()> {
+        Box::pin(self.effect_done(Call::new(step).value(Some(new))))
+    }
+
+    fn reconcile_verify<'a>(&'a self, step: Step<'a>) -> Reply<'a, Found> {
+        Box::pin(self.inspect_found(Call::new(step)))
     }
 }

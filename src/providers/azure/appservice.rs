@@ -12,8 +12,7 @@ use tracing::warn;
 use url::Url;
 
 use super::http::{Authed, Body, Op, join};
-use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
-use crate::saga::Action;
+use crate::provider::{BoxFuture, Dependent, Found, ProviderError, Reply, SecretValue, Step};
 
 /// The api-version rekey speaks to `Microsoft.Web`.
 pub const API_VERSION: &str = "2024-04-01";
@@ -160,103 +159,65 @@ fn op<'a>(action: &'a str, resource: &'a str) -> Op<'a> {
     }
 }
 
-impl Provider for AppSetting {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+/// Updates compare before writing, so running one again is always safe: neither an update
+/// nor a revert is ever found done by reconciling.
+impl Dependent for AppSetting {
+    fn capture<'a>(&'a self, _: Step<'a>) -> Reply<'a, Option<String>> {
         Box::pin(async move {
-            match (call.step.action, &self.mode) {
-                (Action::Capture, Mode::Literal) => {
-                    let present = self.list().await?.contains_key(&self.setting);
-                    Ok(Applied {
-                        id: Some(if present { PRESENT } else { ABSENT }.to_owned()),
-                        value: None,
-                    })
-                }
+            let settings = self.list().await?;
+            Ok(Some(match &self.mode {
+                Mode::Literal if settings.contains_key(&self.setting) => PRESENT.to_owned(),
+                Mode::Literal => ABSENT.to_owned(),
                 // A reference is an address, not a secret: it is safe to journal.
-                (Action::Capture, Mode::Reference(_)) => Ok(Applied {
-                    id: Some(
-                        self.list()
-                            .await?
-                            .get(&self.setting)
-                            .cloned()
-                            .unwrap_or_else(|| ABSENT.to_owned()),
-                    ),
-                    value: None,
-                }),
-                (Action::Update, Mode::Literal) => {
-                    let value = call.value.ok_or_else(|| {
-                        ProviderError::permanent(format!(
-                            "no new value to write to {}",
-                            self.resource()
-                        ))
-                    })?;
-                    self.put(Some(value.expose()), false).await?;
-                    Ok(Applied::default())
-                }
-                (Action::Update, Mode::Reference(reference)) => {
-                    // Re-writing the map is what makes App Service fetch the new version now.
-                    self.put(Some(reference), true).await?;
-                    Ok(Applied::default())
-                }
-                _ => Err(ProviderError::unsupported(
-                    call,
-                    "App Service setting",
-                    "perform",
-                    "; configure it as a dependent",
-                )),
-            }
+                Mode::Reference(_) => settings
+                    .get(&self.setting)
+                    .cloned()
+                    .unwrap_or_else(|| ABSENT.to_owned()),
+            }))
         })
     }
 
-    fn compensate<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+    fn update<'a>(&'a self, _: Step<'a>, new: &'a SecretValue) -> Reply<'a, Option<String>> {
         Box::pin(async move {
-            if call.step.action != Action::Revert {
-                return Err(ProviderError::unsupported(
-                    call,
-                    "App Service setting",
-                    "undo",
-                    "",
-                ));
+            match &self.mode {
+                Mode::Literal => self.put(Some(new.expose()), false).await?,
+                // Re-writing the map is what makes App Service fetch the new version now.
+                Mode::Reference(reference) => self.put(Some(reference), true).await?,
             }
-            match (&self.mode, call.captured) {
+            Ok(None)
+        })
+    }
+
+    fn revert<'a>(
+        &'a self,
+        _: Step<'a>,
+        captured: Option<&'a str>,
+        old: Option<&'a SecretValue>,
+    ) -> Reply<'a, Option<String>> {
+        Box::pin(async move {
+            match (&self.mode, captured) {
                 (_, Some(ABSENT) | None) => self.put(None, false).await?,
-                (Mode::Literal, Some(_)) => match call.value {
+                (Mode::Literal, Some(_)) => match old {
                     Some(old) => self.put(Some(old.expose()), false).await?,
                     // The old value was never in a store, so nothing can bring it back:
                     // the setting keeps the new value, and the journal says so.
                     None => {
                         warn!(resource = %self.resource(), "old value unknown; setting left as is");
-                        return Ok(Applied {
-                            id: Some("left-unchanged: the old value was in no store".into()),
-                            value: None,
-                        });
+                        return Ok(Some("left-unchanged: the old value was in no store".into()));
                     }
                 },
                 (Mode::Reference(_), Some(reference)) => self.put(Some(reference), true).await?,
             }
-            Ok(Applied::default())
+            Ok(None)
         })
     }
 
-    fn reconcile<'a>(
-        &'a self,
-        _call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
-        // Updates compare before writing, so running one again is always safe.
-        Box::pin(async { Ok(Reconciled::NotApplied) })
+    fn reconcile_update<'a>(&'a self, _: Step<'a>) -> Reply<'a, Found> {
+        Box::pin(async { Ok(Found::NotApplied) })
     }
 
-    fn read_value<'a>(
-        &'a self,
-        _version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        Box::pin(async {
-            Err(ProviderError::permanent(
-                "an App Service setting holds no versions",
-            ))
-        })
+    fn reconcile_revert<'a>(&'a self, _: Step<'a>) -> Reply<'a, Found> {
+        Box::pin(async { Ok(Found::NotApplied) })
     }
 }
 

@@ -15,8 +15,10 @@ use url::Url;
 
 use super::credential::{client_credentials, token_url};
 use super::http::{Authed, Body, Op, join};
-use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
-use crate::saga::Action;
+use crate::provider::{
+    BoxFuture, Created, Found, ProviderError, Reconciled, Reply, Rotator, SecretValue, Step,
+    Verifier,
+};
 
 /// One application registration's passwords.
 #[derive(Debug)]
@@ -154,7 +156,7 @@ impl AppPasswords {
     }
 
     /// Proves `secret` authenticates as the application, retrying while it propagates.
-    async fn verify(&self, secret: &SecretValue) -> Result<(), ProviderError> {
+    async fn verify_password(&self, secret: &SecretValue) -> Result<(), ProviderError> {
         let url = token_url(&self.authority, &self.tenant)?;
         let mut waited_ms = 0;
         let mut pause_ms = 500;
@@ -193,92 +195,78 @@ impl AppPasswords {
     }
 }
 
-impl Provider for AppPasswords {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+/// Removal is idempotent (a password already gone counts as removed), so only a create is
+/// ever found by reconciling. Entra never shows a password's text again, so nothing is
+/// ever revealed.
+impl Rotator for AppPasswords {
+    /// The passwords rekey made for this secret before; retired after the grace period.
+    fn capture<'a>(
+        &'a self,
+        step: Step<'a>,
+        _: Option<&'a SecretValue>,
+    ) -> Reply<'a, Option<String>> {
         Box::pin(async move {
-            let prefix = display_prefix(call.secret);
-            match call.step.action {
-                // The passwords rekey made for this secret before; retired after the grace.
-                Action::Capture => {
-                    let mut ids: Vec<String> = self
-                        .passwords()
-                        .await?
-                        .iter()
-                        .filter(|p| {
-                            p["displayName"]
-                                .as_str()
-                                .is_some_and(|n| n.starts_with(&prefix))
-                        })
-                        .filter_map(|p| p["keyId"].as_str().map(str::to_owned))
-                        .collect();
-                    ids.sort();
-                    Ok(Applied {
-                        id: (!ids.is_empty()).then(|| ids.join(",")),
-                        value: None,
-                    })
-                }
-                Action::Create => {
-                    let now = self.api.http.clock().now_ms();
-                    let (key_id, value) = self.add(&format!("{prefix}{}", call.key), now).await?;
-                    Ok(Applied {
-                        id: Some(key_id),
-                        value: Some(value),
-                    })
-                }
-                Action::RetireOld => {
-                    for key_id in call.captured.into_iter().flat_map(|c| c.split(',')) {
-                        self.remove(key_id).await?;
-                    }
-                    Ok(Applied::default())
-                }
-                Action::Verify => {
-                    let value = call.value.ok_or_else(|| {
-                        ProviderError::permanent("no new password to verify".to_owned())
-                    })?;
-                    self.verify(value).await?;
-                    Ok(Applied::default())
-                }
-                _ => Err(ProviderError::unsupported(
-                    call,
-                    "Entra application passwords",
-                    "perform",
-                    "",
-                )),
-            }
+            let prefix = display_prefix(step.secret);
+            let mut ids: Vec<String> = self
+                .passwords()
+                .await?
+                .iter()
+                .filter(|p| {
+                    p["displayName"]
+                        .as_str()
+                        .is_some_and(|n| n.starts_with(&prefix))
+                })
+                .filter_map(|p| p["keyId"].as_str().map(str::to_owned))
+                .collect();
+            ids.sort();
+            Ok((!ids.is_empty()).then(|| ids.join(",")))
         })
     }
 
-    fn compensate<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+    fn create<'a>(&'a self, step: Step<'a>, _: Option<&'a str>) -> Reply<'a, Created> {
         Box::pin(async move {
-            match (call.step.action, call.produced) {
-                (Action::Discard | Action::DiscardLost, Some(key_id)) => {
-                    self.remove(key_id).await?;
-                    Ok(Applied::default())
-                }
-                (Action::Discard | Action::DiscardLost, None) => Ok(Applied::default()),
-                _ => Err(ProviderError::unsupported(
-                    call,
-                    "Entra application passwords",
-                    "undo",
-                    "",
-                )),
-            }
+            let now = self.api.http.clock().now_ms();
+            let name = format!("{}{}", display_prefix(step.secret), step.key);
+            let (id, value) = self.add(&name, now).await?;
+            Ok(Created { id, value })
         })
     }
 
-    fn reconcile<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+    fn retire_old<'a>(&'a self, _: Step<'a>, captured: Option<&'a str>) -> Reply<'a, ()> {
         Box::pin(async move {
-            if call.step.action != Action::Create {
-                // Removal is idempotent; verification changes nothing.
-                return Ok(Reconciled::NotApplied);
+            for key_id in captured.into_iter().flat_map(|c| c.split(',')) {
+                self.remove(key_id).await?;
             }
-            let name = format!("{}{}", display_prefix(call.secret), call.key);
+            Ok(())
+        })
+    }
+
+    fn discard<'a>(
+        &'a self,
+        _: Step<'a>,
+        created: Option<&'a str>,
+        _: Option<&'a SecretValue>,
+    ) -> Reply<'a, Option<String>> {
+        Box::pin(async move {
+            if let Some(key_id) = created {
+                self.remove(key_id).await?;
+            }
+            Ok(None)
+        })
+    }
+
+    fn discard_lost<'a>(&'a self, _: Step<'a>, created: Option<&'a str>) -> Reply<'a, ()> {
+        Box::pin(async move {
+            if let Some(key_id) = created {
+                self.remove(key_id).await?;
+            }
+            Ok(())
+        })
+    }
+
+    fn reconcile_create<'a>(&'a self, step: Step<'a>, _: Option<&'a str>) -> Reply<'a, Reconciled> {
+        Box::pin(async move {
+            let name = format!("{}{}", display_prefix(step.secret), step.key);
             Ok(
                 match self
                     .find(|p| p["displayName"].as_str() == Some(name.as_str()))
@@ -294,15 +282,23 @@ impl Provider for AppPasswords {
         })
     }
 
-    fn read_value<'a>(
-        &'a self,
-        _version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        Box::pin(async {
-            Err(ProviderError::permanent(
-                "Entra never shows a password's text again after creating it",
-            ))
-        })
+    fn reconcile_retire_old<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Found> {
+        Box::pin(async { Ok(Found::NotApplied) })
+    }
+
+    fn reconcile_discard<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Found> {
+        Box::pin(async { Ok(Found::NotApplied) })
+    }
+
+    fn reconcile_discard_lost<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Found> {
+        Box::pin(async { Ok(Found::NotApplied) })
+    }
+}
+
+/// As a verifier: a client-credentials token request with the new password.
+impl Verifier for AppPasswords {
+    fn verify<'a>(&'a self, _: Step<'a>, new: &'a SecretValue) -> Reply<'a, ()> {
+        Box::pin(self.verify_password(new))
     }
 }
 

@@ -19,9 +19,8 @@ use url::Url;
 use super::budget::RequestBudget;
 use super::credential::Credential;
 use super::http::{Body, DEFAULT_RETRY_AFTER_MS, Http, Op, Response, classify};
-use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
+use crate::provider::{BoxFuture, Found, ProviderError, Reply, SecretValue, Step, Store, Verifier};
 use crate::providers::versions;
-use crate::saga::Action;
 
 /// The api-version rekey speaks (the contract's stable versions share these shapes).
 pub const API_VERSION: &str = "7.5";
@@ -387,7 +386,7 @@ impl KeyVaultStore {
     }
 
     /// Disables every version `live` supersedes (I8).
-    async fn disable_superseded(
+    async fn disable_superseded_by(
         &self,
         secret: &str,
         live: Option<&str>,
@@ -561,143 +560,140 @@ fn resource_matches(scope: &str, vault: &Url) -> bool {
     }
 }
 
-impl Provider for KeyVaultStore {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async move {
-            match (call.step.action, call.value) {
-                (Action::Capture, _) => Ok(Applied {
-                    id: self.current(call.secret).await?,
-                    value: None,
-                }),
-                (Action::Write, Some(value)) => Ok(Applied {
-                    id: Some(
-                        self.set(call.secret, value, call.rotation_id, call.key)
-                            .await?,
-                    ),
-                    value: None,
-                }),
-                // As a verifier: the vault's latest version holds the new value.
-                (Action::Verify, Some(value)) => {
-                    let latest = self.current(call.secret).await?.ok_or_else(|| {
-                        ProviderError::permanent(format!(
-                            "verification failed: {} does not exist",
-                            self.resource(call.secret)
-                        ))
-                    })?;
-                    if self.read(&latest).await? == *value {
-                        Ok(Applied::default())
-                    } else {
-                        Err(ProviderError::permanent(format!(
-                            "verification failed: the latest version of {} is not the new value",
-                            self.resource(call.secret)
-                        )))
-                    }
-                }
-                (Action::DisableOld, _) => {
-                    let live = self.current(call.secret).await?;
-                    self.disable_superseded(call.secret, live.as_deref(), call.captured)
-                        .await?;
-                    Ok(Applied::default())
-                }
-                _ => Err(ProviderError::unsupported(
-                    call,
-                    "Key Vault store",
-                    "perform",
-                    "; configure it as a store",
-                )),
-            }
-        })
+/// A store of each secret under the step's `secret` name.
+impl Store for KeyVaultStore {
+    fn capture<'a>(&'a self, step: Step<'a>) -> Reply<'a, Option<String>> {
+        Box::pin(self.current(step.secret))
     }
 
-    fn compensate<'a>(
+    fn write<'a>(&'a self, step: Step<'a>, new: &'a SecretValue) -> Reply<'a, String> {
+        Box::pin(self.set(step.secret, new, step.rotation_id, step.key))
+    }
+
+    fn restore<'a>(
         &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+        step: Step<'a>,
+        old: Option<&'a SecretValue>,
+        written: Option<&'a str>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Option<String>> {
         Box::pin(async move {
-            match (call.step.action, call.value, call.produced) {
+            match (old, written) {
                 // Versions cannot be un-created: the old value goes back as the newest
                 // version, once per key. What it supersedes is disabled by the
                 // compensation's own `DisableOld` step, which needs no value.
-                (Action::Restore, Some(old), _) => {
-                    let id = match self.find_tagged(call.secret, call.key).await? {
+                (Some(old), _) => {
+                    let id = match self.find_tagged(step.secret, step.key).await? {
                         Some(id) => id,
                         None => {
-                            self.set(call.secret, old, call.rotation_id, call.key)
+                            self.set(step.secret, old, step.rotation_id, step.key)
                                 .await?
                         }
                     };
-                    Ok(Applied {
-                        id: Some(id),
-                        value: None,
-                    })
+                    Ok(Some(id))
                 }
                 // The secret did not exist before: disable what this rotation wrote.
-                (Action::Restore, None, Some(_)) => {
-                    self.disable_superseded(call.secret, None, call.captured)
+                (None, Some(_)) => {
+                    self.disable_superseded_by(step.secret, None, captured)
                         .await?;
-                    Ok(Applied::default())
+                    Ok(None)
                 }
-                (Action::Restore, None, None) => Ok(Applied::default()),
-                _ => Err(ProviderError::unsupported(
-                    call,
-                    "Key Vault store",
-                    "undo",
-                    "",
-                )),
+                (None, None) => Ok(None),
             }
         })
     }
 
-    fn reconcile<'a>(
+    fn disable_superseded<'a>(
         &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+        step: Step<'a>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, ()> {
         Box::pin(async move {
-            match call.step.action {
-                // A restore of a secret that did not exist disables what the rotation wrote.
-                Action::Restore if call.value.is_none() => {
-                    Ok(if self.settled(call.secret, None, call.captured).await? {
-                        Reconciled::Applied { id: None }
-                    } else {
-                        Reconciled::NotApplied
-                    })
-                }
-                Action::Write | Action::Restore => {
-                    Ok(match self.find_tagged(call.secret, call.key).await? {
-                        Some(id) => Reconciled::Applied { id: Some(id) },
-                        None => Reconciled::NotApplied,
-                    })
-                }
-                // Retiring is found done when nothing but the live version is enabled, so
-                // a lost response does not count as a second retirement.
-                Action::DisableOld => {
-                    let live = self.current(call.secret).await?;
-                    Ok(
-                        if self
-                            .settled(call.secret, live.as_deref(), call.captured)
-                            .await?
-                        {
-                            Reconciled::Applied { id: None }
-                        } else {
-                            Reconciled::NotApplied
-                        },
-                    )
-                }
-                // Reading is safe to repeat.
-                _ => Ok(Reconciled::NotApplied),
-            }
+            let live = self.current(step.secret).await?;
+            self.disable_superseded_by(step.secret, live.as_deref(), captured)
+                .await
         })
     }
 
-    fn read_value<'a>(
+    fn reconcile_write<'a>(&'a self, step: Step<'a>) -> Reply<'a, Found> {
+        Box::pin(async move {
+            Ok(match self.find_tagged(step.secret, step.key).await? {
+                Some(id) => Found::Applied { id: Some(id) },
+                None => Found::NotApplied,
+            })
+        })
+    }
+
+    /// A restore is done when its copy of the old value exists (or, without an old value,
+    /// when what the rotation wrote is disabled); otherwise it runs again.
+    fn reconcile_restore<'a>(
         &'a self,
-        version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
+        step: Step<'a>,
+        had_old: bool,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        Box::pin(async move {
+            if !had_old {
+                return Ok(if self.settled(step.secret, None, captured).await? {
+                    Found::Applied { id: None }
+                } else {
+                    Found::NotApplied
+                });
+            }
+            Ok(match self.find_tagged(step.secret, step.key).await? {
+                Some(id) => Found::Applied { id: Some(id) },
+                None => Found::NotApplied,
+            })
+        })
+    }
+
+    /// Retiring is found done when nothing but the live version is enabled, so a lost
+    /// response does not count as a second retirement.
+    fn reconcile_disable_superseded<'a>(
+        &'a self,
+        step: Step<'a>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        Box::pin(async move {
+            let live = self.current(step.secret).await?;
+            Ok(
+                if self.settled(step.secret, live.as_deref(), captured).await? {
+                    Found::Applied { id: None }
+                } else {
+                    Found::NotApplied
+                },
+            )
+        })
+    }
+
+    fn read_value<'a>(&'a self, version: &'a str) -> Reply<'a, SecretValue> {
         Box::pin(self.read(version))
     }
 
-    fn expiry<'a>(&'a self, secret: &'a str) -> BoxFuture<'a, Result<Option<i64>, ProviderError>> {
+    fn expiry<'a>(&'a self, secret: &'a str) -> Reply<'a, Option<i64>> {
         Box::pin(KeyVaultStore::expiry(self, secret))
+    }
+}
+
+/// As a verifier: the vault's latest version holds the new value.
+impl Verifier for KeyVaultStore {
+    fn verify<'a>(&'a self, step: Step<'a>, new: &'a SecretValue) -> Reply<'a, ()> {
+        Box::pin(async move {
+            let latest = self.current(step.secret).await?.ok_or_else(|| {
+                ProviderError::permanent(format!(
+                    "verification failed: {} does not exist",
+                    self.resource(step.secret)
+                ))
+            })?;
+            if self.read(&latest).await? == *new {
+                Ok(())
+            } else {
+                Err(ProviderError::permanent(format!(
+                    "verification failed: the latest version of {} is not the new value",
+                    self.resource(step.secret)
+                )))
+            }
+        })
     }
 }
 

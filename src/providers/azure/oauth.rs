@@ -7,8 +7,7 @@ use url::Url;
 
 use super::credential::client_credentials;
 use super::http::Http;
-use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
-use crate::saga::Action;
+use crate::provider::{BoxFuture, Created, Found, Reconciled, Reply, Rotator, SecretValue, Step};
 
 /// Client credentials against one token endpoint.
 #[derive(Debug)]
@@ -20,59 +19,61 @@ pub struct OAuthToken {
     pub scope: String,
 }
 
-impl Provider for OAuthToken {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
+/// A token cannot be revoked here and fetching one changes nothing at the source: there
+/// is nothing to capture, retire, discard or reconcile; the token simply expires.
+impl Rotator for OAuthToken {
+    fn capture<'a>(&'a self, _: Step<'a>, _: Option<&'a SecretValue>) -> Reply<'a, Option<String>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn create<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Created> {
         Box::pin(async move {
-            match call.step.action {
-                Action::Capture | Action::RetireOld => Ok(Applied::default()),
-                Action::Create => {
-                    let token = client_credentials(
-                        &self.http,
-                        &self.token_url,
-                        &self.client_id,
-                        &self.client_secret,
-                        &self.scope,
-                    )
-                    .await?;
-                    Ok(Applied {
-                        id: Some(format!("token-expiring-{}", token.expires_at_ms)),
-                        value: Some(token.token),
-                    })
-                }
-                _ => Err(ProviderError::unsupported(
-                    call,
-                    "an OAuth token rotator",
-                    "perform",
-                    "",
-                )),
-            }
+            let token = client_credentials(
+                &self.http,
+                &self.token_url,
+                &self.client_id,
+                &self.client_secret,
+                &self.scope,
+            )
+            .await?;
+            Ok(Created {
+                id: format!("token-expiring-{}", token.expires_at_ms),
+                value: token.token,
+            })
         })
     }
 
-    fn compensate<'a>(
-        &'a self,
-        _call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        // A token cannot be revoked here; it expires on its own.
-        Box::pin(async { Ok(Applied::default()) })
+    fn retire_old<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, ()> {
+        Box::pin(async { Ok(()) })
     }
 
-    fn reconcile<'a>(
+    fn discard<'a>(
         &'a self,
-        _call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+        _: Step<'a>,
+        _: Option<&'a str>,
+        _: Option<&'a SecretValue>,
+    ) -> Reply<'a, Option<String>> {
+        Box::pin(async { Ok(None) })
+    }
+
+    fn discard_lost<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+
+    fn reconcile_create<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Reconciled> {
         Box::pin(async { Ok(Reconciled::NotApplied) })
     }
 
-    fn read_value<'a>(
-        &'a self,
-        _version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
-        Box::pin(async {
-            Err(ProviderError::permanent(
-                "a token endpoint keeps no copy of its tokens",
-            ))
-        })
+    fn reconcile_retire_old<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Found> {
+        Box::pin(async { Ok(Found::NotApplied) })
+    }
+
+    fn reconcile_discard<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Found> {
+        Box::pin(async { Ok(Found::NotApplied) })
+    }
+
+    fn reconcile_discard_lost<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Found> {
+        Box::pin(async { Ok(Found::NotApplied) })
     }
 }
 

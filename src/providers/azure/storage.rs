@@ -12,8 +12,9 @@ use serde_json::{Value, json};
 use url::Url;
 
 use super::http::{Authed, Body, Op, join};
-use crate::provider::{Applied, BoxFuture, Call, Provider, ProviderError, Reconciled, SecretValue};
-use crate::saga::Action;
+use crate::provider::{
+    BoxFuture, Created, Found, ProviderError, Reconciled, Reply, Rotator, SecretValue, Step,
+};
 
 /// The api-version rekey speaks to `Microsoft.Storage`.
 pub const API_VERSION: &str = "2023-05-01";
@@ -168,99 +169,124 @@ impl StorageKeys {
     }
 }
 
-impl Provider for StorageKeys {
-    fn apply<'a>(&'a self, call: &'a Call<'a>) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async move {
-            match call.step.action {
-                Action::Capture => {
-                    let keys = self.list().await?;
-                    Ok(Applied {
-                        id: self.capture_id(&keys, call.value),
-                        value: None,
-                    })
-                }
-                Action::Create => {
-                    let idle = self.other(self.in_use(call.captured));
-                    let keys = self.regenerate(idle).await?;
-                    let key = keys.iter().find(|k| k.name == idle).ok_or_else(|| {
-                        ProviderError::transient(format!(
-                            "regenerated {idle} of {} but it was not returned",
-                            self.resource()
-                        ))
-                    })?;
-                    Ok(Applied {
-                        id: Some(idle.to_owned()),
-                        value: Some(SecretValue::new(key.value.clone())),
-                    })
-                }
-                // The old key was in use until now; regenerating it makes its value worthless.
-                Action::RetireOld => {
-                    if call.captured.is_some() {
-                        self.regenerate(self.in_use(call.captured)).await?;
-                    }
-                    Ok(Applied::default())
-                }
-                _ => Err(ProviderError::unsupported(
-                    call,
-                    "storage keys",
-                    "perform",
-                    "",
-                )),
-            }
-        })
-    }
-
-    fn compensate<'a>(
+impl Rotator for StorageKeys {
+    fn capture<'a>(
         &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Applied, ProviderError>> {
-        Box::pin(async move {
-            match (call.step.action, call.produced) {
-                // The new key was handed out and taken back: make its value worthless.
-                (Action::Discard | Action::DiscardLost, Some(name)) => {
-                    self.regenerate(name).await?;
-                    Ok(Applied::default())
-                }
-                (Action::Discard | Action::DiscardLost, None) => Ok(Applied::default()),
-                _ => Err(ProviderError::unsupported(call, "storage keys", "undo", "")),
-            }
-        })
-    }
-
-    fn reconcile<'a>(
-        &'a self,
-        call: &'a Call<'a>,
-    ) -> BoxFuture<'a, Result<Reconciled, ProviderError>> {
+        _: Step<'a>,
+        stored: Option<&'a SecretValue>,
+    ) -> Reply<'a, Option<String>> {
         Box::pin(async move {
             let keys = self.list().await?;
-            let in_use = self.in_use(call.captured);
-            let idle = self.other(in_use);
-            Ok(match call.step.action {
-                Action::Create if self.regenerated_since(&keys, call.captured, idle) => {
-                    Reconciled::Applied {
-                        id: Some(idle.to_owned()),
-                    }
-                }
-                Action::RetireOld if self.regenerated_since(&keys, call.captured, in_use) => {
-                    Reconciled::Applied { id: None }
-                }
-                _ => Reconciled::NotApplied,
+            Ok(self.capture_id(&keys, stored))
+        })
+    }
+
+    fn create<'a>(&'a self, _: Step<'a>, captured: Option<&'a str>) -> Reply<'a, Created> {
+        Box::pin(async move {
+            let idle = self.other(self.in_use(captured));
+            let keys = self.regenerate(idle).await?;
+            let key = keys.iter().find(|k| k.name == idle).ok_or_else(|| {
+                ProviderError::transient(format!(
+                    "regenerated {idle} of {} but it was not returned",
+                    self.resource()
+                ))
+            })?;
+            Ok(Created {
+                id: idle.to_owned(),
+                value: SecretValue::new(key.value.clone()),
             })
         })
     }
 
-    fn read_value<'a>(
+    /// The old key was in use until now; regenerating it makes its value worthless.
+    fn retire_old<'a>(&'a self, _: Step<'a>, captured: Option<&'a str>) -> Reply<'a, ()> {
+        Box::pin(async move {
+            if captured.is_some() {
+                self.regenerate(self.in_use(captured)).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The new key was handed out and taken back: make its value worthless.
+    fn discard<'a>(
         &'a self,
-        version: &'a str,
-    ) -> BoxFuture<'a, Result<SecretValue, ProviderError>> {
+        _: Step<'a>,
+        created: Option<&'a str>,
+        _: Option<&'a SecretValue>,
+    ) -> Reply<'a, Option<String>> {
+        Box::pin(async move {
+            if let Some(name) = created {
+                self.regenerate(name).await?;
+            }
+            Ok(None)
+        })
+    }
+
+    fn discard_lost<'a>(&'a self, _: Step<'a>, created: Option<&'a str>) -> Reply<'a, ()> {
+        Box::pin(async move {
+            if let Some(name) = created {
+                self.regenerate(name).await?;
+            }
+            Ok(())
+        })
+    }
+
+    /// The idle key's creation time changed since capture: it was regenerated.
+    fn reconcile_create<'a>(
+        &'a self,
+        _: Step<'a>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Reconciled> {
+        Box::pin(async move {
+            let keys = self.list().await?;
+            let idle = self.other(self.in_use(captured));
+            Ok(if self.regenerated_since(&keys, captured, idle) {
+                Reconciled::Applied {
+                    id: Some(idle.to_owned()),
+                }
+            } else {
+                Reconciled::NotApplied
+            })
+        })
+    }
+
+    fn reconcile_retire_old<'a>(
+        &'a self,
+        _: Step<'a>,
+        captured: Option<&'a str>,
+    ) -> Reply<'a, Found> {
+        Box::pin(async move {
+            let keys = self.list().await?;
+            Ok(
+                if self.regenerated_since(&keys, captured, self.in_use(captured)) {
+                    Found::Applied { id: None }
+                } else {
+                    Found::NotApplied
+                },
+            )
+        })
+    }
+
+    /// Regenerating a discarded key again only makes it worthless again: run it again.
+    fn reconcile_discard<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Found> {
+        Box::pin(async { Ok(Found::NotApplied) })
+    }
+
+    fn reconcile_discard_lost<'a>(&'a self, _: Step<'a>, _: Option<&'a str>) -> Reply<'a, Found> {
+        Box::pin(async { Ok(Found::NotApplied) })
+    }
+
+    /// `listKeys` shows a key's value again, so a lost response orphans nothing.
+    fn reveal<'a>(&'a self, id: &'a str) -> Reply<'a, Option<SecretValue>> {
         Box::pin(async move {
             self.list()
                 .await?
                 .into_iter()
-                .find(|k| k.name == version)
-                .map(|k| SecretValue::new(k.value))
+                .find(|k| k.name == id)
+                .map(|k| Some(SecretValue::new(k.value)))
                 .ok_or_else(|| {
-                    ProviderError::permanent(format!("{} has no key {version}", self.resource()))
+                    ProviderError::permanent(format!("{} has no key {id}", self.resource()))
                 })
         })
     }
