@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use toml::Spanned;
 
+use crate::provider::role_list;
 use crate::saga::{Plan, Role, TargetRef};
 use crate::text::{EXCERPT_CHARS_MAX, excerpt, quoted};
 
@@ -818,13 +819,15 @@ impl Config {
                             ),
                         ));
                     };
-                    if !serves(kind, role) {
+                    let plays = kind_roles(kind);
+                    if !plays.contains(&role) {
                         return Err(invalid(
                             Some(r.span()),
                             format!(
-                                "secret {name}: provider {} ({}) cannot be a {what}",
+                                "secret {name}: provider {} ({}) cannot be a {what}; it can be: {}",
                                 quoted(target),
-                                kind_name(kind)
+                                kind_name(kind),
+                                role_list(&plays)
                             ),
                         ));
                     }
@@ -1090,32 +1093,29 @@ fn provider_key_span(text: &str, provider: &str, key: &str) -> Option<Range<usiz
     Some(spans.providers.get(provider)?.get(key)?.span())
 }
 
-fn serves(kind: &ProviderConfig, role: Role) -> bool {
-    matches!(
-        (kind, role),
-        (ProviderConfig::Random { .. }, Role::Rotator)
-            | (ProviderConfig::LocalVault { .. }, Role::Store)
-            | (
-                ProviderConfig::KeyVault { .. },
-                Role::Store | Role::Verifier
-            )
-            | (ProviderConfig::AppSetting { .. }, Role::Dependent)
-            | (
-                ProviderConfig::EntraPassword { .. },
-                Role::Rotator | Role::Verifier
-            )
-            | (ProviderConfig::StorageKeys { .. }, Role::Rotator)
-            | (ProviderConfig::OauthToken { .. }, Role::Rotator)
-            | (
-                ProviderConfig::EnvFile { .. } | ProviderConfig::File { .. },
-                Role::Dependent | Role::Verifier
-            )
-            | (ProviderConfig::Command { .. }, Role::Verifier)
-            | (
-                ProviderConfig::PostgresRole { .. },
-                Role::Rotator | Role::Verifier
-            )
-    )
+/// The roles a kind plays: those whose traits the kind's provider type implements, as the
+/// compiler sees them (no table to keep in step with the types).
+pub fn kind_roles(kind: &ProviderConfig) -> Vec<Role> {
+    use crate::providers::azure::{
+        appservice::AppSetting, graph::AppPasswords, keyvault::KeyVaultStore, oauth::OAuthToken,
+        storage::StorageKeys,
+    };
+    use crate::providers::local::{CommandVerifier, FileDependent, LocalVault, RandomRotator};
+    use crate::providers::postgres::PostgresRole;
+    match kind {
+        ProviderConfig::Random { .. } => crate::roles_of!(RandomRotator),
+        ProviderConfig::LocalVault { .. } => crate::roles_of!(LocalVault),
+        ProviderConfig::EnvFile { .. } | ProviderConfig::File { .. } => {
+            crate::roles_of!(FileDependent)
+        }
+        ProviderConfig::Command { .. } => crate::roles_of!(CommandVerifier),
+        ProviderConfig::KeyVault { .. } => crate::roles_of!(KeyVaultStore),
+        ProviderConfig::AppSetting { .. } => crate::roles_of!(AppSetting),
+        ProviderConfig::EntraPassword { .. } => crate::roles_of!(AppPasswords),
+        ProviderConfig::StorageKeys { .. } => crate::roles_of!(StorageKeys),
+        ProviderConfig::OauthToken { .. } => crate::roles_of!(OAuthToken),
+        ProviderConfig::PostgresRole { .. } => crate::roles_of!(PostgresRole),
+    }
 }
 
 fn kind_name(kind: &ProviderConfig) -> &'static str {
@@ -1860,7 +1860,7 @@ grace = "1h"
                 "rotator = \"random\"",
                 "rotator = \"vault\"",
                 17,
-                "provider \"vault\" (kind local_vault) cannot be a rotator",
+                "provider \"vault\" (kind local_vault) cannot be a rotator; it can be: store",
             ),
             (
                 "verifiers = [\"app\"]",
@@ -1882,6 +1882,95 @@ grace = "1h"
             ),
         ];
         assert_each_invalid(GOOD, cases);
+    }
+
+    /// One provider of every kind.
+    const EVERY_KIND: &str = r#"
+[journal]
+path = "journal.db"
+
+[credentials.azure]
+kind = "static_token"
+token_env = "TOKEN"
+
+[providers.random]
+kind = "random"
+
+[providers.vault]
+kind = "local_vault"
+path = "vault.json"
+
+[providers.env]
+kind = "env_file"
+path = "app.env"
+key = "K"
+
+[providers.file]
+kind = "file"
+path = "app.key"
+
+[providers.command]
+kind = "command"
+command = ["true"]
+
+[providers.kv]
+kind = "key_vault"
+vault_url = "https://kv1.vault.azure.net"
+credential = "azure"
+
+[providers.web]
+kind = "app_setting"
+credential = "azure"
+subscription = "sub"
+resource_group = "rg"
+site = "web"
+setting = "KEY"
+
+[providers.entra]
+kind = "entra_password"
+credential = "azure"
+tenant = "tenant"
+object_id = "object"
+app_id = "app"
+
+[providers.keys]
+kind = "storage_keys"
+credential = "azure"
+subscription = "sub"
+resource_group = "rg"
+account = "acct"
+
+[providers.token]
+kind = "oauth_token"
+token_url = "https://login.example.com/token"
+client_id = "client"
+client_secret_env = "CLIENT_SECRET"
+scope = "api"
+
+[providers.db]
+kind = "postgres_role"
+host = "127.0.0.1"
+dbname = "app"
+admin_user = "admin"
+admin_password_env = "PG_ADMIN_PASSWORD"
+mode = "single"
+role = "app"
+"#;
+
+    /// The roles config validation allows a kind are exactly the roles its built provider
+    /// plays: both come from the provider type's trait implementations.
+    #[test]
+    fn every_kind_is_built_in_the_roles_its_config_allows() {
+        let c = parse(EVERY_KIND).unwrap();
+        assert_eq!(c.providers.len(), 11);
+        let clock: std::sync::Arc<dyn rekey_journal::Clock> =
+            std::sync::Arc::new(rekey_journal::ManualClock::new(0));
+        let built = c.build_providers(clock, &|_| Some("x".into())).unwrap();
+        for (name, kind) in &c.providers {
+            let allowed = kind_roles(kind);
+            assert!(!allowed.is_empty(), "{name} plays no role");
+            assert_eq!(built.roles(name).unwrap().roles(), allowed, "{name}");
+        }
     }
 
     #[test]
@@ -2150,7 +2239,7 @@ grace = "1d"
                 "stores = [\"vault\"]",
                 "stores = [\"db\"]",
                 21,
-                "provider \"db\" (kind postgres_role) cannot be a store",
+                "provider \"db\" (kind postgres_role) cannot be a store; it can be: rotator, verifier",
             ),
         ];
         assert_each_invalid(PG, cases);
