@@ -152,10 +152,7 @@ impl Verifier for Instant {
 }
 
 fn plan(secret: &str) -> Plan {
-    let t = |role, name: &str| TargetRef {
-        role,
-        name: name.into(),
-    };
+    let t = TargetRef::new;
     Plan {
         secret: secret.into(),
         lock_key: secret.into(),

@@ -221,10 +221,7 @@ fn scratch() -> tempfile::TempDir {
 }
 
 fn plan(secret: &str) -> Plan {
-    let t = |role, name: &str| TargetRef {
-        role,
-        name: name.into(),
-    };
+    let t = TargetRef::new;
     Plan {
         secret: secret.into(),
         lock_key: secret.into(),

@@ -130,10 +130,7 @@ mod tests {
 
     #[tokio::test]
     async fn every_target_of_every_plan_is_reported_in_order() {
-        let target = |role, name: &str| TargetRef {
-            role,
-            name: name.into(),
-        };
+        let target = TargetRef::new;
         let plan = Plan {
             secret: "api".into(),
             lock_key: "api".into(),

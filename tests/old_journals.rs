@@ -87,12 +87,12 @@ async fn a_journal_of_name_only_targets_resumes_to_completion() {
     let config = Config::load(&dir.path().join("rekey.toml")).unwrap();
     let clock = ManualClock::new(WRITTEN_AT_MS + 60_000);
     let shared: Arc<dyn Clock> = Arc::new(clock.clone());
-    let providers = config.build_providers(shared.clone(), &|_| None).unwrap();
+    let resolver = config.resolver(shared.clone(), Arc::new(|_| None)).unwrap();
     let journal =
         Arc::new(SqliteJournal::open_with_clock(&config.journal_path, shared.clone()).unwrap());
     let runner = Runner::new(
         journal.clone(),
-        Arc::new(providers),
+        Arc::new(resolver),
         shared,
         Options::new("today", 1),
     );
@@ -167,4 +167,38 @@ async fn a_journal_of_name_only_targets_resumes_to_completion() {
     assert_eq!(env_line(&dir.path().join("alpha.env"), "OTHER"), "kept");
     let report = journal.verify(None).unwrap();
     assert!(report.is_intact(), "{report:?}");
+}
+
+/// A journal from before addresses names its targets only by their config names: under a
+/// config that renamed them, its rotation stops before calling anything, naming the
+/// target and what to do (what every rotation did before targets carried addresses).
+#[tokio::test]
+async fn a_journal_of_name_only_targets_needs_the_names_it_was_written_with() {
+    let dir = copy_fixture("journal-name-targets");
+    let path = dir.path().join("rekey.toml");
+    let renamed = std::fs::read_to_string(&path)
+        .unwrap()
+        .replace("[providers.vault]", "[providers.main-vault]")
+        .replace("stores = [\"vault\"]", "stores = [\"main-vault\"]");
+    std::fs::write(&path, renamed).unwrap();
+    let config = Config::load(&path).unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(WRITTEN_AT_MS + 2 * DAY_MS));
+    let resolver = config.resolver(clock.clone(), Arc::new(|_| None)).unwrap();
+    let journal =
+        Arc::new(SqliteJournal::open_with_clock(&config.journal_path, clock.clone()).unwrap());
+    let runner = Runner::new(
+        journal.clone(),
+        Arc::new(resolver),
+        clock,
+        Options::new("today", 1),
+    );
+    let before = journal.read_stream(ALPHA).unwrap().len();
+    let err = runner.drive(ALPHA).await.unwrap_err().to_string();
+    assert_eq!(
+        err,
+        format!(
+            "rotation {ALPHA}: no provider is configured for target vault; add it to the config or finish the rotation with the config it was started with"
+        )
+    );
+    assert_eq!(journal.read_stream(ALPHA).unwrap().len(), before);
 }

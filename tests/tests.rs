@@ -1,5 +1,6 @@
 //! rekey's integration tests: one binary, one module per concern.
 
+mod addresses;
 mod azure;
 mod cli;
 mod cli_journal;

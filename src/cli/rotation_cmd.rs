@@ -58,7 +58,7 @@ impl Env {
     ) -> Result<Self> {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // Everything the config needs is checked before the journal is touched.
-        let providers = config.build_providers(clock.clone(), &|var| std::env::var(var).ok())?;
+        let providers = config.resolver(clock.clone(), Arc::new(|var| std::env::var(var).ok()))?;
         let journal = Arc::new(SqliteJournal::open_with_clock(
             &config.journal_path,
             clock.clone(),

@@ -20,6 +20,9 @@ mod build;
 mod files;
 pub use build::{ARM_SCOPE, GRAPH_SCOPE};
 
+pub use crate::saga::address::{PostgresMode, PostgresTls, PostgresValueFormat};
+pub use build::{Env, Resolver, address_of};
+
 /// A config that failed to load.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -250,33 +253,6 @@ pub enum ProviderConfig {
         /// A PEM root certificate to trust besides the system's.
         tls_ca_file: Option<PathBuf>,
     },
-}
-
-/// How the `postgres_role` kind rotates.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PostgresMode {
-    Single,
-    Alternating,
-}
-
-/// How a `postgres_role` value is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PostgresValueFormat {
-    Password,
-    Json,
-}
-
-/// Transport security of `postgres_role` connections.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PostgresTls {
-    /// TLS required; certificate chain and host name checked.
-    #[default]
-    VerifyFull,
-    /// No TLS: loopback addresses and Unix sockets only.
-    Disable,
 }
 
 fn default_postgres_port() -> u16 {
@@ -831,10 +807,9 @@ impl Config {
                             ),
                         ));
                     }
-                    targets.push(TargetRef {
-                        role,
-                        name: target.clone(),
-                    });
+                    // The address is what the journal keeps: the rotation finds its
+                    // target even if this entry is renamed or removed later.
+                    targets.push(TargetRef::at(role, target, address_of(kind, name)));
                 }
                 Ok(())
             };

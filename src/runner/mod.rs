@@ -359,7 +359,7 @@ impl<J: RunnerJournal> Runner<J> {
         let mut earliest: Option<i64> = None;
         for target in plan.targets.iter().filter(|t| t.role == Role::Store) {
             if let Ok(Cast::Store(store)) = self.resolver.resolve(target)
-                && let Some(at) = store.expiry(&plan.secret).await?
+                && let Some(at) = store.expiry(target.secret(&plan.secret)).await?
             {
                 earliest = Some(earliest.map_or(at, |e| e.min(at)));
             }
@@ -592,11 +592,13 @@ impl<J: RunnerJournal> Runner<J> {
         }
     }
 
-    /// What a role method is told about `step`.
+    /// What a role method is told about `step`: the secret by its name at the step's
+    /// target.
     fn step<'s>(state: &'s Rotation, step: StepId, key: &'s str) -> Step<'s> {
+        let target = &state.plan.targets[usize::from(step.target)];
         Step {
             rotation_id: &state.id,
-            secret: &state.plan.secret,
+            secret: target.secret(&state.plan.secret),
             id: step,
             key,
         }

@@ -3,6 +3,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use super::address::Address;
+
 /// What a target does in a rotation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -29,20 +31,44 @@ impl Role {
     }
 }
 
-/// One target of a rotation, named as in the config.
+/// One target of a rotation: its role, its provider's name in the config when the
+/// rotation was requested, and where it is.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TargetRef {
     pub role: Role,
     pub name: String,
+    /// What and where the target is, and what reaches it. `None` in journals written
+    /// before targets carried addresses (the name is then resolved through the config),
+    /// and for providers found by name alone (tests, simulations).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<Address>,
 }
 
 impl TargetRef {
-    /// The provider `name` in `role`.
+    /// The provider `name` in `role`, found by its name.
     pub fn new(role: Role, name: impl Into<String>) -> Self {
         Self {
             role,
             name: name.into(),
+            address: None,
         }
+    }
+
+    /// The provider `name` in `role`, at `address`.
+    pub fn at(role: Role, name: impl Into<String>, address: Address) -> Self {
+        Self {
+            address: Some(address),
+            ..Self::new(role, name)
+        }
+    }
+
+    /// The secret's name at this target: its address's item (a vault's secret name), or
+    /// else the plan's secret.
+    pub fn secret<'a>(&'a self, plan_secret: &'a str) -> &'a str {
+        self.address
+            .as_ref()
+            .and_then(Address::item)
+            .unwrap_or(plan_secret)
     }
 }
 

@@ -11,10 +11,7 @@ use super::*;
 const T0: i64 = 1_000_000;
 
 fn plan() -> Plan {
-    let t = |role, name: &str| TargetRef {
-        role,
-        name: name.into(),
-    };
+    let t = TargetRef::new;
     Plan {
         secret: "payments-api".into(),
         lock_key: "payments-api".into(),

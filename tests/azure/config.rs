@@ -1,19 +1,20 @@
 //! A TOML config with Azure providers pointing at the fakes: `Config::parse` and
-//! `build_providers` (with an injected environment) make the providers, and rotations run
-//! through them over a SQLite journal.
+//! `build_providers` or `resolver` (with an injected environment) make the providers, and
+//! rotations run through them; a rotation resumed under a changed config finds its
+//! targets by address, and needs only the credential they name.
 
 use std::path::Path;
 use std::sync::Arc;
 
 use rekey::config::{Config, Error};
-use rekey::journal::{Clock, SqliteJournal};
+use rekey::journal::{Clock, MemoryJournal, SqliteJournal};
 use rekey::providers::azure::graph::display_prefix;
-use rekey::runner::{Options, Runner};
+use rekey::runner::{Options, Progress, Runner};
 use rekey::saga::{Action, Phase};
 
 use super::{
     APP_ID, APP_OBJECT_ID, CLIENT_ID, CLIENT_SECRET, Env, Perform, RG, SITE, SUB, Step, VAULT,
-    drive_to_end, request,
+    drive, drive_to_end, events, request,
 };
 use crate::fake_azure::{FakeAzure, Fault, Route};
 
@@ -288,4 +289,131 @@ async fn client_certificate_files_are_checked_when_providers_are_built() {
     .unwrap();
     let no_key = build().expect_err("no private key").to_string();
     assert!(no_key.contains("holds no private key"), "{no_key}");
+}
+
+/// The config text with credential `x` renamed `y`: every provider now reaches Azure
+/// through `y`, and nothing defines `x`.
+fn without_credential_x(env: &Env) -> String {
+    config_text(env)
+        .replace("[credentials.x]", "[credentials.y]")
+        .replace("credential = \"x\"", "credential = \"y\"")
+}
+
+/// The config text with credential `x` as it was, but the vault and the app setting entries
+/// renamed or gone: the rotation's targets are found by their addresses.
+fn entries_renamed(env: &Env) -> String {
+    config_text(env)
+        .replace("[providers.vault]", "[providers.kv-main]")
+        .replace("stores = [\"vault\"]", "stores = [\"kv-main\"]")
+        .replace("verifiers = [\"vault\"]", "verifiers = [\"kv-main\"]")
+        .replace(
+            &format!(
+                "[providers.web]\nkind = \"app_setting\"\ncredential = \"x\"\nsubscription = \"{SUB}\"\nresource_group = \"{RG}\"\nsite = \"{SITE}\"\nsetting = \"PAYMENTS_API_KEY\"\n"
+            ),
+            "",
+        )
+        .replace("dependents = [\"web\"]\n", "")
+}
+
+/// A runner over `journal` whose providers the config `text` finds.
+fn runner_over(
+    env: &Env,
+    dir: &Path,
+    text: &str,
+    journal: Arc<MemoryJournal>,
+) -> Runner<MemoryJournal> {
+    let config = Config::parse(&dir.join("rekey.toml"), text).expect("valid config");
+    let lookup = |var: &str| (var == SECRET_VAR).then(|| CLIENT_SECRET.to_owned());
+    let resolver = config
+        .resolver(env.clock.clone(), Arc::new(lookup))
+        .expect("providers");
+    Runner::new(
+        journal,
+        Arc::new(resolver),
+        env.clock.clone(),
+        Options::new(format!("runner-{}", uuid::Uuid::now_v7()), 1),
+    )
+}
+
+/// A rotation waits out its grace period while its config changes. Once the credential its
+/// targets name is gone, it stops before calling anything, naming the credential and what
+/// to do; with the credential back, it resumes by its targets' addresses although the
+/// entries it started with were renamed or removed, and completes.
+#[tokio::test]
+async fn a_rotation_needs_the_credential_its_targets_name_not_its_entries() {
+    let env = Env::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    env.fake.kv_seed(VAULT, "payments-api", "old-api-key");
+    env.fake.site_seed(
+        SUB,
+        RG,
+        SITE,
+        None,
+        &[("PAYMENTS_API_KEY", "old-api-key"), ("DB_HOST", "db")],
+    );
+    let journal = Arc::new(MemoryJournal::new(env.clock.clone()));
+    let id = "0197a000-0000-7000-8000-0000000000c7";
+    let first = runner_over(&env, tmp.path(), &config_text(&env), journal.clone());
+    let plan = parse(&env, tmp.path())
+        .plan("payments-api")
+        .unwrap()
+        .clone();
+    request(&first, plan, id).await;
+    let waiting = drive(&first, env.manual(), id, true).await;
+    assert!(matches!(waiting, Progress::Waiting { .. }), "{waiting:?}");
+    env.manual().advance(2 * 3_600_000);
+
+    let events_before = events(&*journal, id).len();
+    let second = runner_over(
+        &env,
+        tmp.path(),
+        &without_credential_x(&env),
+        journal.clone(),
+    );
+    let err = second
+        .drive(id)
+        .await
+        .expect_err("the credential is gone")
+        .to_string();
+    for says in [
+        &format!("rotation {id}"),
+        "target \"vault\" (key_vault",
+        "secret payments-api",
+        "credential \"x\"",
+        "rekey.toml does not define",
+        "add [credentials.x] back",
+        "resume",
+    ] {
+        assert!(err.contains(says), "{says:?} missing from: {err}");
+    }
+    assert_eq!(
+        events(&*journal, id).len(),
+        events_before,
+        "nothing journaled"
+    );
+    assert_eq!(
+        env.fake
+            .kv_versions(VAULT, "payments-api")
+            .iter()
+            .filter(|v| v.enabled)
+            .count(),
+        2
+    );
+
+    let third = runner_over(&env, tmp.path(), &entries_renamed(&env), journal.clone());
+    assert_eq!(
+        drive_to_end(&third, env.manual(), id).await,
+        Phase::Completed
+    );
+    let versions = env.fake.kv_versions(VAULT, "payments-api");
+    let enabled: Vec<&str> = versions
+        .iter()
+        .filter(|v| v.enabled)
+        .map(|v| v.value.as_str())
+        .collect();
+    assert_eq!(enabled.len(), 1, "the old version was disabled (I8)");
+    assert_eq!(
+        env.fake.app_settings(SITE, None)["PAYMENTS_API_KEY"],
+        enabled[0]
+    );
 }

@@ -251,10 +251,7 @@ impl Step {
             secret: secret.to_owned(),
             step,
             key: step.key("rot-1"),
-            target: TargetRef {
-                role,
-                name: "target".to_owned(),
-            },
+            target: TargetRef::new(role, "target"),
             captured: None,
             produced: None,
             value: None,
@@ -454,10 +451,7 @@ pub fn plan(secret: &str, targets: &[(Role, &str)], grace_ms: i64) -> Plan {
         lock_key: secret.to_owned(),
         targets: targets
             .iter()
-            .map(|(role, name)| TargetRef {
-                role: *role,
-                name: (*name).to_owned(),
-            })
+            .map(|(role, name)| TargetRef::new(*role, *name))
             .collect(),
         grace_ms,
         attempts_max: 3,

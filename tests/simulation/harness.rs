@@ -70,10 +70,7 @@ impl SecretSpec {
         kinds.shuffle(rng);
         let targets = kinds
             .iter()
-            .map(|k| TargetRef {
-                role: role(*k),
-                name: target_name(&name, *k),
-            })
+            .map(|k| TargetRef::new(role(*k), target_name(&name, *k)))
             .collect();
         Self {
             plan: Plan {
