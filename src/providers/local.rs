@@ -332,21 +332,26 @@ impl LocalVault {
         })
     }
 
+    /// The enabled versions rekey knows of, other than `live` (see [`versions`]).
+    fn superseded(versions: &[Version], live: Option<&str>, captured: Option<&str>) -> Vec<String> {
+        let listed = versions.iter().map(|v| versions::Listed {
+            id: &v.id,
+            enabled: v.enabled,
+            written_by_rekey: v.tags.contains_key(KEY_TAG),
+        });
+        versions::superseded(listed, live, captured)
+            .into_iter()
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// Disables what `live` supersedes (I8); true when anything changed.
     fn disable_superseded_by(
         versions: &mut [Version],
         live: Option<&str>,
         captured: Option<&str>,
     ) -> bool {
-        let listed = versions.iter().map(|v| versions::Listed {
-            id: &v.id,
-            enabled: v.enabled,
-            written_by_rekey: v.tags.contains_key(KEY_TAG),
-        });
-        let off: Vec<String> = versions::superseded(listed, live, captured)
-            .into_iter()
-            .map(str::to_owned)
-            .collect();
+        let off = Self::superseded(versions, live, captured);
         for v in versions.iter_mut().filter(|v| off.contains(&v.id)) {
             v.enabled = false;
         }
@@ -386,15 +391,12 @@ impl LocalVault {
         key: &str,
     ) -> Result<String, ProviderError> {
         self.update(secret, |vs| {
-            let id = match Self::tagged(vs, key) {
-                Some(v) => v.id.clone(),
-                None => {
-                    let version = self.new_version(secret, old, key)?;
-                    let id = version.id.clone();
-                    vs.push(version);
-                    id
-                }
-            };
+            if let Some(v) = Self::tagged(vs, key) {
+                return Ok((v.id.clone(), false));
+            }
+            let version = self.new_version(secret, old, key)?;
+            let id = version.id.clone();
+            vs.push(version);
             Ok((id, true))
         })
     }
@@ -404,12 +406,7 @@ impl LocalVault {
     /// True when nothing that `live` supersedes is still enabled: a retirement or a
     /// restore that disabled what it had to is done, and is not repeated after a crash.
     fn settled(versions: &[Version], live: Option<&str>, captured: Option<&str>) -> bool {
-        let listed = versions.iter().map(|v| versions::Listed {
-            id: &v.id,
-            enabled: v.enabled,
-            written_by_rekey: v.tags.contains_key(KEY_TAG),
-        });
-        versions::superseded(listed, live, captured).is_empty()
+        Self::superseded(versions, live, captured).is_empty()
     }
 
     /// Reads `secret`'s versions under the lock, changing nothing.

@@ -15,6 +15,7 @@ use rekey::provider::{
     self, Created, Found, ProviderError, Reconciled, Reply, Rotator, SecretValue, Step, Store,
     Verifier,
 };
+use rekey::providers::versions;
 use rekey::saga::{Action, StepId};
 
 use super::journal::{Point, Probe, lock, yield_at};
@@ -567,11 +568,15 @@ impl FakeProvider {
     /// The enabled versions of store `k` that rekey knows of (wrote, or captured), but
     /// `live`: what a retirement or a restore must disable.
     fn superseded(sw: &SecretWorld, k: usize, live: Option<&str>, call: &Call<'_>) -> Vec<String> {
-        sw.stores[k]
-            .iter()
-            .filter(|v| v.enabled && Some(v.id.as_str()) != live)
-            .filter(|v| v.key.is_some() || Some(v.id.as_str()) == call.captured)
-            .map(|v| v.id.clone())
+        // The fake follows the rule every real store follows.
+        let listed = sw.stores[k].iter().map(|v| versions::Listed {
+            id: &v.id,
+            enabled: v.enabled,
+            written_by_rekey: v.key.is_some(),
+        });
+        versions::superseded(listed, live, call.captured)
+            .into_iter()
+            .map(str::to_owned)
             .collect()
     }
 
