@@ -324,7 +324,7 @@ fn a_fifo_named_as_a_certificate_or_a_ca_file_is_refused_not_waited_on() {
         let cert = rekey::providers::azure::certificate::ClientCertificate::from_pem_file(&fifo)
             .map(drop)
             .map_err(|e| e.to_string());
-        let ca = rekey::providers::postgres::Tls::verify_full(Some(&fifo)).map(drop);
+        let ca = rekey::providers::postgres::tls_verify_full(Some(&fifo)).map(drop);
         let _ = tx.send((cert, ca));
     });
     // The reads are refused at once; the deadline only turns a hang into a failure.

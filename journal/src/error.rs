@@ -141,6 +141,12 @@ pub enum Error {
     )]
     NotAPostgresJournal { target: String, reason: String },
 
+    /// A read-only open found no journal in the PostgreSQL schema.
+    #[error(
+        "{target}: no rekey journal here yet (nothing has been written to it); check [journal] url, or run `rekey rotate` or `rekey run` to create it"
+    )]
+    NoPostgresJournal { target: String },
+
     /// The PostgreSQL journal was written by a newer rekey; we refuse rather than guess.
     #[error(
         "{target}: journal schema version {found} is newer than the newest this rekey understands ({supported}); upgrade rekey to open it (nothing was changed)"

@@ -8,6 +8,7 @@
 //! Architecture invariant: this crate knows nothing of secrets, sagas or providers. It
 //! stores opaque JSON objects and never interprets them.
 
+mod any;
 mod api;
 mod clock;
 mod error;
@@ -17,8 +18,10 @@ mod ops;
 mod postgres;
 mod schema;
 mod sqlite;
+mod tls;
 mod verify;
 
+pub use any::AnyJournal;
 pub use api::{
     Append, Appended, Fence, Head, JournalAppend, JournalRead, JournalScan, Lease, Leases,
     StreamFilter, StreamInfo, Timer,
@@ -34,4 +37,5 @@ pub use ops::DEFAULT_STATUS;
 pub use postgres::{DEFAULT_PG_SCHEMA, PostgresConfig, PostgresJournal};
 pub use schema::{APPLICATION_ID, SCHEMA_VERSION};
 pub use sqlite::SqliteJournal;
+pub use tls::{PgTls, is_local_host};
 pub use verify::{BrokenLink, VerifyReport};

@@ -40,6 +40,8 @@ use tokio_postgres::error::SqlState;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{IsolationLevel, NoTls, Row, SimpleQueryMessage};
 
+use crate::tls::PgTls;
+
 use crate::api::{
     Append, Appended, Head, JournalAppend, JournalRead, JournalScan, Lease, Leases, StreamFilter,
     StreamInfo, Timer,
@@ -482,6 +484,8 @@ pub struct PostgresJournal {
     runtime: Option<tokio::runtime::Runtime>,
     /// Tells apart the ids of this journal's events.
     ids: IdSource,
+    /// Opened by [`PostgresJournal::open_read_only`]: every write is refused.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for PostgresJournal {
@@ -602,7 +606,7 @@ impl PostgresJournal {
     /// [`Error::NewerPostgresSchema`], [`Error::PostgresNotDurable`], [`Error::Postgres`]; in
     /// every case the database is left as it was.
     pub fn open(config: PostgresConfig, schema: &str) -> Result<Self> {
-        Self::open_inner(config, schema, None)
+        Self::open_inner(config, schema, None, PgTls::Disable, false)
     }
 
     /// As [`PostgresJournal::open`], stamped by an injected clock instead of the database's
@@ -615,19 +619,43 @@ impl PostgresJournal {
         schema: &str,
         clock: Arc<dyn Clock>,
     ) -> Result<Self> {
-        Self::open_inner(config, schema, Some(clock))
+        Self::open_inner(config, schema, Some(clock), PgTls::Disable, false)
+    }
+
+    /// As [`PostgresJournal::open`], over `tls` (TLS is required, never a plain fallback,
+    /// unless `tls` is [`PgTls::Disable`]).
+    ///
+    /// # Errors
+    /// As [`PostgresJournal::open`].
+    pub fn open_tls(config: PostgresConfig, schema: &str, tls: PgTls) -> Result<Self> {
+        Self::open_inner(config, schema, None, tls, false)
+    }
+
+    /// Opens an existing journal for reading only (`status`, `journal verify`, `export`):
+    /// nothing is created, migrated or written, and every write is refused
+    /// ([`Error::OpenedReadOnly`]). PostgreSQL serves readers a consistent snapshot while
+    /// nodes write, so no copy is taken.
+    ///
+    /// # Errors
+    /// [`Error::NoPostgresJournal`] when the schema holds no journal,
+    /// [`Error::NotAPostgresJournal`], [`Error::NewerPostgresSchema`], [`Error::Postgres`].
+    pub fn open_read_only(config: PostgresConfig, schema: &str, tls: PgTls) -> Result<Self> {
+        Self::open_inner(config, schema, None, tls, true)
     }
 
     fn open_inner(
         mut config: PostgresConfig,
         schema: &str,
         clock: Option<Arc<dyn Clock>>,
+        tls: PgTls,
+        read_only: bool,
     ) -> Result<Self> {
         check_schema_name(schema)?;
         let target = describe_target(&config, schema);
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
+        config.ssl_mode(tls.ssl_mode());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("rekey-journal-pg")
@@ -636,13 +664,13 @@ impl PostgresJournal {
             .map_err(|e| Error::WriteFailed {
                 reason: format!("cannot start the journal's runtime: {e}"),
             })?;
-        let manager = Manager::from_config(
-            config,
-            NoTls,
-            ManagerConfig {
-                recycling_method: RecyclingMethod::Fast,
-            },
-        );
+        let manager_config = ManagerConfig {
+            recycling_method: RecyclingMethod::Fast,
+        };
+        let manager = match tls {
+            PgTls::Disable => Manager::from_config(config, NoTls, manager_config),
+            PgTls::VerifyFull(tls) => Manager::from_config(config, tls, manager_config),
+        };
         let pool = {
             let _entered = runtime.enter();
             Pool::builder(manager)
@@ -661,10 +689,13 @@ impl PostgresJournal {
         });
         let setup = {
             let (shared, schema) = (shared.clone(), schema.to_owned());
-            wait_on(
-                &runtime,
-                async move { prepare_schema(&shared, &schema).await },
-            )
+            wait_on(&runtime, async move {
+                if read_only {
+                    check_existing(&shared, &schema).await
+                } else {
+                    prepare_schema(&shared, &schema).await
+                }
+            })
         };
         if let Err(e) = setup {
             runtime.shutdown_background();
@@ -677,6 +708,7 @@ impl PostgresJournal {
             queue: Some(queue),
             runtime: Some(runtime),
             ids: IdSource::new(),
+            read_only,
         })
     }
 
@@ -696,6 +728,9 @@ impl PostgresJournal {
     }
 
     async fn request(&self, op: Op) -> Result<Done> {
+        if self.read_only {
+            return Err(Error::OpenedReadOnly);
+        }
         let queue = self.queue.as_ref().ok_or(Error::WriterStopped)?;
         let (reply, answer) = oneshot::channel();
         queue
@@ -789,6 +824,9 @@ impl PostgresJournal {
                     "a timer claim needs an owner and a positive duration, not {owner:?} for {claim_ms} ms"
                 ),
             });
+        }
+        if self.read_only {
+            return Err(Error::OpenedReadOnly);
         }
         let (owner, runtime) = (
             owner.to_owned(),
@@ -905,6 +943,23 @@ async fn prepare_schema(s: &Shared, schema: &str) -> Result<()> {
     tx.commit()
         .await
         .map_err(s.failed("committing the schema migration"))
+}
+
+/// Checks that `schema` holds a journal this rekey reads, without writing anything.
+async fn check_existing(s: &Shared, schema: &str) -> Result<()> {
+    let c = s.client().await?;
+    match inspect(s, &c, schema).await? {
+        Found::Journal(v) if v == SCHEMA_VERSION => Ok(()),
+        Found::Journal(v) => Err(Error::NotAPostgresJournal {
+            target: s.target.clone(),
+            reason: format!(
+                "schema version {v} is older than {SCHEMA_VERSION}; open it writable once (`rekey run` or `rekey rotate`) to migrate"
+            ),
+        }),
+        Found::Empty => Err(Error::NoPostgresJournal {
+            target: s.target.clone(),
+        }),
+    }
 }
 
 /// Refuses a server that acknowledges commits before they are on disk.

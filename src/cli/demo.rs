@@ -113,7 +113,7 @@ pub async fn run(args: DemoArgs) -> Result<u8> {
     let report = env.journal.verify(None)?;
     println!(
         "\njournal {}: {} ({} streams, {} events)",
-        env.config.journal_path.display(),
+        env.config.journal.describe(),
         if report.is_intact() {
             "intact"
         } else {

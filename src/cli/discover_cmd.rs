@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context as _, Result, bail};
-use rekey_journal::{Clock, SqliteJournal, SystemClock};
+use rekey_journal::{Clock, SystemClock};
 
 use super::exit;
 use crate::config::Config;
@@ -69,8 +69,9 @@ pub async fn run(config: &Path, args: DiscoverArgs) -> Result<u8> {
     let mut scanner = discover::scanner(&config, args.tenant.as_deref(), clock.clone(), &|v| {
         std::env::var(v).ok()
     })?;
-    let journal = SqliteJournal::open_with_clock(&config.journal_path, clock.clone())
-        .with_context(|| format!("cannot open the journal {}", config.journal_path.display()))?;
+    let journal =
+        crate::journal_open::open(&config.journal, clock.clone(), &|v| std::env::var(v).ok())
+            .with_context(|| format!("cannot open the journal {}", config.journal.describe()))?;
     let bars = Arc::new(Bars::new());
     scanner.progress = bars.clone();
     let d = discover::discover(&scanner, fleet, min_confidence, clock.as_ref()).await;

@@ -7,10 +7,10 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
-use rekey_journal::{Event, Head, JournalRead, JournalScan, SqliteJournal, StreamFilter};
+use rekey_journal::{AnyJournal, Event, Head, JournalRead, JournalScan, StreamFilter};
 
 use super::{CONFIG_DEFAULT, JournalArg, exit};
-use crate::config::Config;
+use crate::config::{Config, JournalConfig};
 
 /// The journal read when neither `--journal` nor a config names one: where `rekey demo`
 /// and the examples put it.
@@ -84,45 +84,63 @@ pub enum Format {
     Jsonl,
 }
 
-/// `verify --json`: the report, and whether a `-wal` was beside the journal and read.
+/// `verify --json`: the report, and whether a `-wal` was beside a SQLite journal and read
+/// (absent for PostgreSQL).
 #[derive(serde::Serialize)]
 struct VerifyOutput<'a> {
     #[serde(flatten)]
     report: &'a rekey_journal::VerifyReport,
-    wal_read: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wal_read: Option<bool>,
 }
 
-/// The journal file an auditor's command reads, and where its path came from: `--journal`
-/// (or `REKEY_JOURNAL`); else the `[journal] path` of the config named by `--config` (or
+/// The journal an auditor's command reads, and the config it came from: `--journal` (or
+/// `REKEY_JOURNAL`); else the `[journal]` of the config named by `--config` (or
 /// `REKEY_CONFIG`), or of `rekey.toml` here when there is one; else [`JOURNAL_DEFAULT`].
-/// The config is validated but nothing else is read: no environment variable, no file it
-/// names.
-fn journal_path(arg: &JournalArg, config: Option<&Path>) -> Result<(PathBuf, Option<PathBuf>)> {
+/// The config is validated but nothing else is read: no environment variable (but the
+/// journal's own `password_env`), no file it names.
+fn journal_of(arg: &JournalArg, config: Option<&Path>) -> Result<(JournalConfig, Option<PathBuf>)> {
     if let Some(journal) = &arg.journal {
-        return Ok((journal.clone(), None));
+        return Ok((
+            JournalConfig::Sqlite {
+                path: journal.clone(),
+            },
+            None,
+        ));
     }
     let config = match config {
         Some(config) => config.to_owned(),
         None if Path::new(CONFIG_DEFAULT).is_file() => PathBuf::from(CONFIG_DEFAULT),
-        None => return Ok((PathBuf::from(JOURNAL_DEFAULT), None)),
+        None => {
+            let path = PathBuf::from(JOURNAL_DEFAULT);
+            return Ok((JournalConfig::Sqlite { path }, None));
+        }
     };
     let text = std::fs::read_to_string(&config).map_err(|cause| crate::config::Error::Read {
         path: config.clone(),
         cause,
     })?;
-    let journal = Config::parse(&config, &text)?.journal_path;
+    let journal = Config::parse(&config, &text)?.journal;
     Ok((journal, Some(config)))
 }
 
-/// Opens the journal `arg` and `config` name, read-only.
-fn open(arg: &JournalArg, config: Option<&Path>) -> Result<(SqliteJournal, PathBuf)> {
-    let (path, from) = journal_path(arg, config)?;
-    let journal = match from {
-        Some(config) => SqliteJournal::open_read_only(&path)
-            .with_context(|| format!("the [journal] path of {}", config.display()))?,
-        None => SqliteJournal::open_read_only(&path)?,
+/// Opens the journal `arg` and `config` name, read-only; also says where it is.
+fn open(arg: &JournalArg, config: Option<&Path>) -> Result<(AnyJournal, String)> {
+    let (journal, from) = journal_of(arg, config)?;
+    let env = |var: &str| std::env::var(var).ok();
+    let key = match journal {
+        JournalConfig::Sqlite { .. } => "path",
+        JournalConfig::Postgres(_) => "url",
     };
-    Ok((journal, path))
+    let opened = crate::journal_open::open_read_only(&journal, &env);
+    let journal = match from {
+        Some(config) => {
+            opened.with_context(|| format!("the [journal] {key} of {}", config.display()))?
+        }
+        None => opened?,
+    };
+    let location = journal.location();
+    Ok((journal, location))
 }
 
 /// `rekey journal …`; `config` is the config named by `--config` or `REKEY_CONFIG`.
@@ -170,8 +188,8 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
                     }
                 )?;
             }
-            if !json && !j.reads_wal() {
-                let wal = format!("{}-wal", path.display());
+            if !json && j.reads_wal() == Some(false) {
+                let wal = format!("{path}-wal");
                 writeln!(
                     out,
                     "note: no {wal} beside it: the file holds every event if rekey closed the journal cleanly, but a copy taken while rekey ran may lack the newest: copy {wal} with it"
@@ -192,8 +210,7 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
             let events = j.read_stream(&stream)?;
             if events.is_empty() {
                 anyhow::bail!(
-                    "no stream {stream} in {}; list streams with `rekey journal export`",
-                    path.display()
+                    "no stream {stream} in {path}; list streams with `rekey journal export`"
                 );
             }
             if json {

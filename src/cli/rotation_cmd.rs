@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use rekey_journal::{Clock, JournalRead, MemoryJournal, SqliteJournal, SystemClock};
+use rekey_journal::{AnyJournal, Clock, JournalRead, MemoryJournal, SystemClock};
 use serde::Serialize;
 
 use super::exit;
@@ -22,8 +22,8 @@ use crate::saga::{
 /// A runner over the config's journal and providers, stamped by the system clock.
 pub struct Env {
     pub config: Config,
-    pub journal: Arc<SqliteJournal>,
-    pub runner: Arc<Runner<SqliteJournal>>,
+    pub journal: Arc<AnyJournal>,
+    pub runner: Arc<Runner<AnyJournal>>,
     pub clock: Arc<dyn Clock>,
 }
 
@@ -59,9 +59,10 @@ impl Env {
         let clock: Arc<dyn Clock> = Arc::new(SystemClock);
         // Everything the config needs is checked before the journal is touched.
         let providers = config.resolver(clock.clone(), Arc::new(|var| std::env::var(var).ok()))?;
-        let journal = Arc::new(SqliteJournal::open_with_clock(
-            &config.journal_path,
+        let journal = Arc::new(crate::journal_open::open(
+            &config.journal,
             clock.clone(),
+            &|var| std::env::var(var).ok(),
         )?);
         let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
         let runner = Arc::new(Runner::new(
@@ -417,14 +418,14 @@ pub async fn rotate(
 /// `rekey resume`.
 pub async fn resume(config: &Path, wait: bool, json: bool) -> Result<u8> {
     let config = Config::load(config)?;
-    if !config.journal_path.exists() {
+    if !journal_exists(&config)? {
         // Nothing was ever started here; a journal created now would hold nothing.
         if json {
             println!("[]");
         } else {
             println!(
                 "nothing to resume: no journal at {} yet",
-                config.journal_path.display()
+                config.journal.describe()
             );
         }
         return Ok(exit::OK);
@@ -472,6 +473,18 @@ pub async fn resume(config: &Path, wait: bool, json: bool) -> Result<u8> {
     }
 }
 
+/// Whether the configured journal exists (read-only, creating nothing).
+fn journal_exists(config: &Config) -> Result<bool> {
+    match &config.journal {
+        crate::config::JournalConfig::Sqlite { path } => Ok(path.exists()),
+        pg => match crate::journal_open::open_read_only(pg, &|var| std::env::var(var).ok()) {
+            Ok(_) => Ok(true),
+            Err(e) if e.is_missing() => Ok(false),
+            Err(e) => Err(e.into()),
+        },
+    }
+}
+
 /// Rotations `resume` drives at once.
 const RESUME_PARALLEL_MAX: usize = 16;
 
@@ -500,25 +513,27 @@ pub fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
         None => config.secrets.keys().cloned().collect(),
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let rows = if config.journal_path.exists() {
-        let journal = Arc::new(SqliteJournal::open_read_only(&config.journal_path)?);
-        status_rows(journal, &config, &names, clock)?
-    } else {
-        let note = format!(
-            "no journal at {} yet: nothing has been rotated (the first `rekey rotate` or `rekey run` creates it)",
-            config.journal_path.display()
-        );
-        if json {
-            eprintln!("rekey: {note}");
-        } else {
-            println!("{note}");
+    let env = |var: &str| std::env::var(var).ok();
+    let rows = match crate::journal_open::open_read_only(&config.journal, &env) {
+        Ok(journal) => status_rows(Arc::new(journal), &config, &names, clock)?,
+        Err(e) if e.is_missing() => {
+            let note = format!(
+                "no journal at {} yet: nothing has been rotated (the first `rekey rotate` or `rekey run` creates it)",
+                config.journal.describe()
+            );
+            if json {
+                eprintln!("rekey: {note}");
+            } else {
+                println!("{note}");
+            }
+            status_rows(
+                Arc::new(MemoryJournal::new(clock.clone())),
+                &config,
+                &names,
+                clock,
+            )?
         }
-        status_rows(
-            Arc::new(MemoryJournal::new(clock.clone())),
-            &config,
-            &names,
-            clock,
-        )?
+        Err(e) => return Err(e.into()),
     };
     if json {
         println!("{}", serde_json::to_string(&rows)?);
@@ -616,7 +631,7 @@ pub fn policy_check(config: &Path, json: bool) -> Result<u8> {
         println!(
             "{}: valid; journal {}; {} provider(s); {} secret(s): {}",
             config.path.display(),
-            config.journal_path.display(),
+            config.journal.describe(),
             config.providers.len(),
             config.secrets.len(),
             config

@@ -113,7 +113,7 @@ pub async fn run(config: &Path) -> Result<u8> {
     eprintln!(
         "rekey: daemon serving http://{} (journal {}); SIGTERM or Ctrl-C to stop",
         env.config.daemon.listen,
-        env.config.journal_path.display()
+        env.config.journal.describe()
     );
     let summary = daemon.run().await?;
     let _ = stop_tx.send(true);

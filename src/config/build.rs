@@ -688,7 +688,8 @@ impl Builder {
                 let tls = match tls {
                     PostgresTls::Disable => Tls::Disable,
                     PostgresTls::VerifyFull => {
-                        Tls::verify_full(tls_ca_file.as_deref()).map_err(invalid)?
+                        crate::providers::postgres::tls_verify_full(tls_ca_file.as_deref())
+                            .map_err(invalid)?
                     }
                 };
                 built!(PostgresRole {

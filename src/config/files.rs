@@ -159,13 +159,22 @@ impl Config {
             real: path,
             written: false,
         };
-        let journal = real_path(&self.journal_path);
-        let mut files = vec![
-            own("the config file", real_path(&self.path)),
-            own("the journal", journal.clone()),
-            own("the journal's -wal file", with_suffix(&journal, "-wal")),
-            own("the journal's -shm file", with_suffix(&journal, "-shm")),
-        ];
+        let mut files = vec![own("the config file", real_path(&self.path))];
+        match &self.journal {
+            super::JournalConfig::Sqlite { path } => {
+                let journal = real_path(path);
+                files.extend([
+                    own("the journal", journal.clone()),
+                    own("the journal's -wal file", with_suffix(&journal, "-wal")),
+                    own("the journal's -shm file", with_suffix(&journal, "-shm")),
+                ]);
+            }
+            super::JournalConfig::Postgres(pg) => {
+                if let Some(ca) = &pg.tls_ca_file {
+                    files.push(own("the journal's CA file (tls_ca_file)", real_path(ca)));
+                }
+            }
+        }
         let mut add = |owner: String, what: String, path: &Path, written: bool| {
             files.push(Named {
                 owner: Some(owner),

@@ -18,10 +18,12 @@ pub const ATTEMPTS_MAX_LIMIT: u32 = 100;
 
 mod build;
 mod files;
+mod journal;
 pub use build::{ARM_SCOPE, GRAPH_SCOPE};
 
 pub use crate::saga::address::{PostgresMode, PostgresTls, PostgresValueFormat};
 pub use build::{Env, Resolver, address_of};
+pub use journal::{JournalConfig, PgJournalConfig};
 
 /// A config that failed to load.
 #[derive(Debug, thiserror::Error)]
@@ -63,7 +65,7 @@ pub enum Error {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    journal: RawJournal,
+    journal: Spanned<journal::RawJournal>,
     runner: Option<RunnerConfig>,
     azure: Option<AzureConfig>,
     #[serde(default)]
@@ -118,12 +120,6 @@ pub struct DaemonConfig {
     pub notice_days_before: u32,
     /// What one HTTP client may hold: head and body timeouts, connections open at once.
     pub http: crate::daemon::serve::Limits,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawJournal {
-    path: PathBuf,
 }
 
 /// A provider as configured; `kind` says which system it speaks to.
@@ -387,7 +383,11 @@ struct RawSecret {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub path: PathBuf,
+    /// The SQLite journal file; empty when the journal is in PostgreSQL (`journal` says
+    /// which: open it with `crate::journal_open`).
     pub journal_path: PathBuf,
+    /// Where the journal lives: a SQLite file or a PostgreSQL database.
+    pub journal: JournalConfig,
     pub providers: BTreeMap<String, ProviderConfig>,
     pub credentials: BTreeMap<String, CredentialConfig>,
     pub azure: AzureEndpoints,
@@ -609,6 +609,8 @@ impl Config {
             };
             credentials.insert(name.clone(), credential);
         }
+        let journal = journal::validate(raw.journal.get_ref(), &resolve)
+            .map_err(|(at, m)| invalid(at.or_else(|| Some(raw.journal.span())), m))?;
         let azure = azure_endpoints(raw.azure.as_ref()).map_err(|m| invalid(None, m))?;
         let lease_ttl_ms = match raw.runner.as_ref().and_then(|r| r.lease_ttl.as_ref()) {
             None => LEASE_TTL_MS_DEFAULT,
@@ -910,7 +912,11 @@ impl Config {
             schedules,
             notifications: raw.notifications,
             path: path.to_owned(),
-            journal_path: resolve(&raw.journal.path),
+            journal_path: journal
+                .sqlite_path()
+                .map(Path::to_owned)
+                .unwrap_or_default(),
+            journal,
             providers,
             credentials,
             azure,
@@ -1345,7 +1351,10 @@ pub(crate) fn parse_duration_ms(text: &str) -> Result<i64, String> {
 /// (each table's keys and each tagged table's kinds are exactly what deserializing
 /// accepts), and `docs/config.md` to this list, so a key cannot go undocumented.
 pub const KEYS: &[(&str, &[&str])] = &[
-    ("[journal]", &["path"]),
+    (
+        "[journal]",
+        &["path", "url", "password_env", "tls", "tls_ca_file"],
+    ),
     ("[runner]", &["lease_ttl"]),
     ("[azure]", &["authority", "arm", "graph", "timeout"]),
     (
@@ -1544,6 +1553,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
 /// The keys of [`KEYS`] that take one of a fixed set of words: (heading, key, words).
 /// Held to the serde types and to `docs/config.md` like [`KEYS`].
 pub const KEY_WORDS: &[(&str, &str, &[&str])] = &[
+    ("[journal]", "tls", &["verify_full", "disable"]),
     (
         "[providers.NAME] kind = \"postgres_role\"",
         "mode",

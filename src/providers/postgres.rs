@@ -36,7 +36,6 @@
 //! one.
 
 use std::fmt;
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -134,65 +133,23 @@ struct Credentials<'a> {
     password: std::borrow::Cow<'a, str>,
 }
 
-/// Transport security of connections.
-#[derive(Clone)]
-pub enum Tls {
-    /// Plain TCP or a Unix socket; the config allows it only for loopback and sockets.
-    Disable,
-    /// TLS required, the certificate chain checked against the system's roots (plus an
-    /// optional CA file) and the host name checked against the certificate.
-    VerifyFull(postgres_native_tls::MakeTlsConnector),
-}
+/// Transport security of connections (shared with the PostgreSQL journal).
+pub use rekey_journal::{PgTls as Tls, is_local_host};
 
-impl fmt::Debug for Tls {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Tls::Disable => "Tls::Disable",
-            Tls::VerifyFull(_) => "Tls::VerifyFull",
-        })
-    }
-}
-
-impl Tls {
-    /// TLS with full verification; `ca_file` (PEM) adds a private root.
-    ///
-    /// # Errors
-    /// A description of what could not be read or built.
-    pub fn verify_full(ca_file: Option<&Path>) -> Result<Self, String> {
-        let mut builder = native_tls::TlsConnector::builder();
-        if let Some(path) = ca_file {
-            // Through the safe reader: a FIFO or a device is refused, not waited on.
-            let pem = crate::atomic_file::read(path, true)
-                .map_err(|e| e.to_string())
-                .and_then(|pem| pem.ok_or_else(|| "no such file".to_owned()))
-                .map_err(|e| format!("cannot read tls_ca_file {}: {e}", path.display()))?;
-            let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| {
-                format!(
-                    "tls_ca_file {} is not a PEM certificate: {e}",
-                    path.display()
-                )
-            })?;
-            builder.add_root_certificate(cert);
-        }
-        let connector = builder
-            .build()
-            .map_err(|e| format!("cannot set up TLS: {e}"))?;
-        Ok(Tls::VerifyFull(postgres_native_tls::MakeTlsConnector::new(
-            connector,
-        )))
-    }
-}
-
-/// True for hosts whose traffic never leaves the machine: loopback addresses, `localhost`,
-/// and Unix socket directories. Only these may be reached without TLS.
-pub fn is_local_host(host: &str) -> bool {
-    host.starts_with('/')
-        || host.eq_ignore_ascii_case("localhost")
-        || host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .parse::<IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+/// TLS with full verification; `ca_file` (PEM) adds a private root, read through the safe
+/// reader (a FIFO or a device is refused, not waited on).
+///
+/// # Errors
+/// A description of what could not be read or built, naming the file.
+pub fn tls_verify_full(ca_file: Option<&Path>) -> Result<Tls, String> {
+    let Some(path) = ca_file else {
+        return Tls::verify_full(None);
+    };
+    let pem = crate::atomic_file::read(path, true)
+        .map_err(|e| e.to_string())
+        .and_then(|pem| pem.ok_or_else(|| "no such file".to_owned()))
+        .map_err(|e| format!("cannot read tls_ca_file {}: {e}", path.display()))?;
+    Tls::verify_full(Some((&path.display().to_string(), &pem)))
 }
 
 /// Where to connect.
@@ -1148,28 +1105,6 @@ mod tests {
         assert_eq!(m.at.as_millisecond(), 1_700_000_000_123);
         assert_eq!(Marker::parse("the payments app's role"), None);
         assert_eq!(Marker::parse("rekey issued k"), None);
-    }
-
-    #[test]
-    fn only_loopback_and_sockets_count_as_local() {
-        for h in [
-            "127.0.0.1",
-            "127.1.2.3",
-            "::1",
-            "[::1]",
-            "localhost",
-            "/var/run/postgresql",
-        ] {
-            assert!(is_local_host(h), "{h}");
-        }
-        for h in [
-            "db.example.com",
-            "10.0.0.5",
-            "0.0.0.0",
-            "localhost.example.com",
-        ] {
-            assert!(!is_local_host(h), "{h}");
-        }
     }
 
     #[test]

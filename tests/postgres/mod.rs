@@ -1,8 +1,9 @@
 //! The PostgreSQL role provider against a real PostgreSQL server that the tests start on
 //! loopback (one per test run; see `server`), each test in its own database with its own
-//! roles.
+//! roles; and the journal itself in PostgreSQL (`[journal] url`).
 
 mod failures;
 mod harness;
+mod journal;
 mod rotation;
 pub(crate) mod server;

@@ -25,13 +25,17 @@ const SUPERUSER: &str = "rekey_super";
 /// A user the server refuses without TLS (the admin of `Fixture::new("tls")`).
 pub const TLS_ONLY_USER: &str = "tls_admin";
 
+/// Another user the server refuses without TLS: the journal's, in the one test that proves
+/// the journal connects over TLS.
+pub const JOURNAL_TLS_USER: &str = "tlsonly_journal";
+
 /// Starts the server, waits for it (pg_ctl's bounded wait), then holds until stdin closes.
 /// Arguments: bin dir, data dir parent, port.
 const WATCHDOG: &str = r#"
 trap '' INT HUP
 bin=$1; dir=$2; port=$3
 if ! "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200 -c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key" \
+    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=on -c synchronous_commit=on -c full_page_writes=off -c max_connections=200 -c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key" \
     start >"$dir/pg_ctl.out" 2>&1; then
   echo failed
   cat "$dir/pg_ctl.out" "$dir/server.log" 2>/dev/null
@@ -245,7 +249,10 @@ impl Server {
         let rules = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
         std::fs::write(
             &hba,
-            format!("hostnossl all {TLS_ONLY_USER} 127.0.0.1/32 reject\n{rules}"),
+            format!(
+                "hostnossl all {TLS_ONLY_USER} 127.0.0.1/32 reject\n\
+                 hostnossl all {JOURNAL_TLS_USER} 127.0.0.1/32 reject\n{rules}"
+            ),
         )
         .map_err(|e| e.to_string())?;
         // A port found free may be taken before the server binds it: try a few.

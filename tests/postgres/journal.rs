@@ -1,0 +1,270 @@
+//! `[journal] url`: the journal in PostgreSQL, through the real `rekey` binary. A rotation,
+//! `status` and `journal verify` run on a journal reached over TLS with full verification
+//! (as a user the server refuses without TLS), and bad `[journal]` settings are refused with
+//! a clear error before anything is created.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use super::server::{JOURNAL_TLS_USER, server};
+
+fn rekey(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rekey"));
+    c.args(args)
+        .current_dir(dir)
+        .env_remove("REKEY_CONFIG")
+        .env_remove("REKEY_JOURNAL")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.output().expect("run rekey")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// A database `db` owned by login role `user` with password `password` (so rekey may create
+/// its schema there), made by the superuser.
+pub async fn journal_database(db: &str, user: &str, password: &str) {
+    let su = server().superuser("postgres").await;
+    su.batch_execute(&format!(
+        "DROP DATABASE IF EXISTS {db}; DROP ROLE IF EXISTS {user}"
+    ))
+    .await
+    .ok();
+    su.batch_execute(&format!("CREATE ROLE {user} LOGIN PASSWORD '{password}'"))
+        .await
+        .unwrap();
+    su.batch_execute(&format!("CREATE DATABASE {db} OWNER {user}"))
+        .await
+        .unwrap();
+}
+
+/// Whether database `db` holds a schema named `rekey`.
+async fn has_journal_schema(db: &str) -> bool {
+    let c = server().superuser(db).await;
+    c.query_opt("SELECT 1 FROM pg_namespace WHERE nspname = 'rekey'", &[])
+        .await
+        .unwrap()
+        .is_some()
+}
+
+/// The rows of `rekey.events` in database `db`.
+async fn events_in(db: &str) -> i64 {
+    let c = server().superuser(db).await;
+    c.query_one("SELECT count(*) FROM rekey.events", &[])
+        .await
+        .unwrap()
+        .get(0)
+}
+
+/// A config rotating `app-key` (random → local vault → env file), its `[journal]` given.
+fn config(journal: &str) -> String {
+    format!(
+        r#"{journal}
+
+[providers.random]
+kind = "random"
+
+[providers.vault]
+kind = "local_vault"
+path = "vault.json"
+
+[providers.app-env]
+kind = "env_file"
+path = "app.env"
+key = "API_KEY"
+
+[secrets.app-key]
+rotator = "random"
+stores = ["vault"]
+dependents = ["app-env"]
+verifiers = ["app-env"]
+grace = "0s"
+"#
+    )
+}
+
+const PASSWORD_VAR: &str = "REKEY_TEST_JOURNAL_PASSWORD";
+
+/// `rekey rotate --wait`, `status` and `journal verify` on a journal in PostgreSQL, reached
+/// over TLS (`verify_full` against the test CA, by host name) as a user the server refuses
+/// without TLS; the password comes from the variable `password_env` names.
+#[tokio::test]
+async fn rotate_status_and_verify_run_on_a_postgres_journal_over_tls() {
+    let s = server();
+    let password = "journal-pw-5f2c9a";
+    journal_database("jurl_tls", JOURNAL_TLS_USER, password).await;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("app.env"), "API_KEY=initial\n").unwrap();
+    let journal = format!(
+        "[journal]\nurl = \"postgres://{JOURNAL_TLS_USER}@localhost:{}/jurl_tls\"\npassword_env = \"{PASSWORD_VAR}\"\ntls_ca_file = \"{}\"",
+        s.port,
+        s.ca_file.display()
+    );
+    std::fs::write(tmp.path().join("rekey.toml"), config(&journal)).unwrap();
+    let env = [(PASSWORD_VAR, password)];
+
+    let out = rekey(&["rotate", "app-key", "--wait"], tmp.path(), &env);
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert!(out.status.success(), "rotate failed: {stdout}\n{stderr}");
+    assert!(stdout.contains("completed"), "{stdout}");
+    assert!(!tmp.path().join("journal.db").exists(), "no SQLite journal");
+    assert!(
+        events_in("jurl_tls").await > 0,
+        "the events are in PostgreSQL"
+    );
+
+    let out = rekey(&["status"], tmp.path(), &env);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(
+        stdout.starts_with("app-key: no open rotation; last ") && stdout.contains(" completed at "),
+        "{stdout}"
+    );
+
+    let out = rekey(&["journal", "verify"], tmp.path(), &env);
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{stdout}{}", text(&out.stderr));
+    assert!(stdout.starts_with("intact: "), "{stdout}");
+    assert!(
+        !stdout.contains("-wal"),
+        "no SQLite note on PostgreSQL: {stdout}"
+    );
+    let out = rekey(&["journal", "heads"], tmp.path(), &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).lines().count() >= 2,
+        "a rotation and its lock stream"
+    );
+
+    // The password never shows in what rekey prints.
+    for out in [
+        rekey(&["status", "--json"], tmp.path(), &env),
+        rekey(&["policy", "check"], tmp.path(), &env),
+    ] {
+        let all = format!("{}{}", text(&out.stdout), text(&out.stderr));
+        assert!(!all.contains(password), "{all}");
+    }
+}
+
+/// A journal whose `password_env` variable is unset is refused, naming the variable, before
+/// anything is created in the database; so is a read-only command on a database that holds
+/// no journal yet, which creates nothing either.
+#[tokio::test]
+async fn an_unset_password_variable_is_refused_and_creates_nothing() {
+    let s = server();
+    journal_database("jurl_unset", "jurl_unset_user", "unset-pw-77").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let journal = format!(
+        "[journal]\nurl = \"postgres://jurl_unset_user@127.0.0.1:{}/jurl_unset\"\npassword_env = \"{PASSWORD_VAR}\"\ntls = \"disable\"",
+        s.port
+    );
+    std::fs::write(tmp.path().join("rekey.toml"), config(&journal)).unwrap();
+    std::fs::write(tmp.path().join("app.env"), "API_KEY=initial\n").unwrap();
+
+    for args in [
+        &["rotate", "app-key"][..],
+        &["journal", "verify"],
+        &["status"],
+    ] {
+        let out = rekey(args, tmp.path(), &[]);
+        let stderr = text(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "password_env names {PASSWORD_VAR}, which is not set"
+            )),
+            "{args:?}: {stderr}"
+        );
+    }
+    assert!(
+        !has_journal_schema("jurl_unset").await,
+        "nothing was created"
+    );
+
+    // With the password, a read-only command finds no journal and creates none.
+    let env = [(PASSWORD_VAR, "unset-pw-77")];
+    let out = rekey(&["status"], tmp.path(), &env);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stdout).contains("no journal at postgres://"),
+        "{}",
+        text(&out.stdout)
+    );
+    let out = rekey(&["journal", "verify"], tmp.path(), &env);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("no rekey journal here yet"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        !has_journal_schema("jurl_unset").await,
+        "nothing was created"
+    );
+
+    // And `rotate` creates it, over plain TCP on loopback as `tls = "disable"` allows.
+    let out = rekey(&["rotate", "app-key", "--wait"], tmp.path(), &env);
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    assert!(has_journal_schema("jurl_unset").await);
+}
+
+/// Bad `[journal]` settings are refused by every command, naming the key and what to write,
+/// with nothing created: a password inside the URL (never echoed back), `tls = "disable"`
+/// for a host beyond this machine, both `path` and `url`.
+#[test]
+fn bad_journal_settings_are_refused_before_anything_is_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("app.env"), "API_KEY=initial\n").unwrap();
+    let cases = [
+        (
+            "[journal]\nurl = \"postgres://rekey:hunter2-pw@127.0.0.1:1/rekey\"\ntls = \"disable\"",
+            "[journal] url holds a password",
+        ),
+        (
+            "[journal]\nurl = \"postgres://rekey@db.example.com/rekey\"\ntls = \"disable\"",
+            "tls = \"disable\" is allowed only for loopback addresses and Unix sockets, and the url's host \"db.example.com\" is neither",
+        ),
+        (
+            "[journal]\npath = \"journal.db\"\nurl = \"postgres://rekey@127.0.0.1/rekey\"",
+            "[journal] has both path and url",
+        ),
+    ];
+    for (journal, want) in cases {
+        std::fs::write(tmp.path().join("rekey.toml"), config(journal)).unwrap();
+        for args in [
+            &["rotate", "app-key"][..],
+            &["status"],
+            &["journal", "verify"],
+        ] {
+            let out = rekey(args, tmp.path(), &[]);
+            let stderr = text(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{journal}\n{args:?}: {stderr}");
+            assert!(stderr.contains(want), "{journal}\n{args:?}: {stderr}");
+            assert!(
+                stderr.contains("rekey.toml:"),
+                "names the file and line: {stderr}"
+            );
+            assert!(
+                !stderr.contains("hunter2-pw"),
+                "the password is never echoed: {stderr}"
+            );
+        }
+        let left: Vec<_> = std::fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert!(
+            left.iter().all(|f| f == "rekey.toml" || f == "app.env"),
+            "nothing created: {left:?}"
+        );
+    }
+}
