@@ -141,6 +141,17 @@ pub enum Error {
     )]
     NotAPostgresJournal { target: String, reason: String },
 
+    /// `journal copy` found the destination holding something already.
+    #[error(
+        "{target}: the destination journal is not empty ({streams} streams, {events} events, {timers} timers); `journal copy` copies only into an empty journal (a file that does not exist yet, or a database where rekey has written nothing): nothing was copied"
+    )]
+    CopyTargetNotEmpty {
+        target: String,
+        streams: i64,
+        events: i64,
+        timers: i64,
+    },
+
     /// A read-only open found no journal in the PostgreSQL schema.
     #[error(
         "{target}: no rekey journal here yet (nothing has been written to it); check [journal] url, or run `rekey rotate` or `rekey run` to create it"

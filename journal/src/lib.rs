@@ -13,6 +13,7 @@ mod api;
 mod clock;
 mod error;
 mod event;
+mod import;
 mod memory;
 mod ops;
 mod postgres;
@@ -32,6 +33,7 @@ pub use event::{
     APPEND_EVENTS_MAX, Digest32, EVENT_BYTES_MAX, Event, KIND_BYTES_MAX, NewEvent,
     STREAM_ID_BYTES_MAX, TimerOp, chain_hash,
 };
+pub use import::CopyCounts;
 pub use memory::MemoryJournal;
 pub use ops::DEFAULT_STATUS;
 pub use postgres::{DEFAULT_PG_SCHEMA, PostgresConfig, PostgresJournal};

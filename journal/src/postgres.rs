@@ -176,6 +176,8 @@ pub(crate) fn is_transient(e: &tokio_postgres::Error) -> bool {
 /// Every statement the journal runs, with its schema filled in.
 #[derive(Debug)]
 struct Sql {
+    /// The journal's schema (a checked bare identifier).
+    schema: String,
     begin: String,
     end_batch: String,
     read_rows: String,
@@ -223,6 +225,7 @@ impl Sql {
     fn new(schema: &str) -> Self {
         let s = |t: &str| t.replace("{s}", schema);
         Self {
+            schema: schema.to_owned(),
             begin: s(&format!(
                 "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = on;
                  SELECT last_global_seq, {DB_NOW} FROM {{s}}.meta WHERE id = 1 FOR UPDATE"
@@ -1779,4 +1782,229 @@ impl Leases for PostgresJournal {
             other => Err(unexpected(&other)),
         }
     }
+}
+
+/// What the caller of an import asks its task on the journal's runtime to do.
+enum ImportCommand {
+    Events(Vec<Event>, Vec<[u8; 16]>),
+    Finish(Vec<StreamInfo>, Vec<Timer>),
+}
+
+/// An import into an empty PostgreSQL journal: one transaction, held by a task on the
+/// journal's runtime, holding the journal's counter row (so no node writes meanwhile), rolled
+/// back when this is dropped without [`crate::import::ImportSink::finish`].
+pub(crate) struct PgImport<'a> {
+    journal: &'a PostgresJournal,
+    commands: mpsc::UnboundedSender<(ImportCommand, std::sync::mpsc::SyncSender<Result<()>>)>,
+}
+
+impl PostgresJournal {
+    /// Starts an import: opens the transaction and checks that the journal holds nothing.
+    pub(crate) fn begin_import(&self) -> Result<PgImport<'_>> {
+        if self.read_only {
+            return Err(Error::OpenedReadOnly);
+        }
+        let runtime = self.runtime.as_ref().ok_or(Error::WriterStopped)?;
+        let (commands, requests) = mpsc::unbounded_channel();
+        let (ready, started) = std::sync::mpsc::sync_channel(1);
+        runtime.spawn(import_task(self.shared.clone(), requests, ready));
+        started.recv().map_err(|_| Error::WriterStopped)??;
+        Ok(PgImport {
+            journal: self,
+            commands,
+        })
+    }
+}
+
+impl PgImport<'_> {
+    fn ask(&self, command: ImportCommand) -> Result<()> {
+        let (reply, answer) = std::sync::mpsc::sync_channel(1);
+        self.commands
+            .send((command, reply))
+            .map_err(|_| Error::WriterStopped)?;
+        answer.recv().map_err(|_| Error::WriterStopped)?
+    }
+}
+
+impl crate::import::ImportSink for PgImport<'_> {
+    fn events(&mut self, events: &[Event]) -> Result<()> {
+        let ids = self.journal.ids.take(events.len());
+        self.ask(ImportCommand::Events(events.to_vec(), ids))
+    }
+
+    fn finish(self: Box<Self>, streams: &[StreamInfo], timers: &[Timer]) -> Result<()> {
+        self.ask(ImportCommand::Finish(streams.to_vec(), timers.to_vec()))
+    }
+}
+
+/// The import's transaction: set up, then each command in turn until `Finish` commits it
+/// or the caller goes away (rolled back).
+async fn import_task(
+    s: Arc<Shared>,
+    mut commands: mpsc::UnboundedReceiver<(ImportCommand, std::sync::mpsc::SyncSender<Result<()>>)>,
+    ready: std::sync::mpsc::SyncSender<Result<()>>,
+) {
+    let mut c = match s.client().await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = ready.send(Err(e));
+            return;
+        }
+    };
+    let tx = match c
+        .build_transaction()
+        .isolation_level(IsolationLevel::ReadCommitted)
+        .start()
+        .await
+    {
+        Ok(tx) => tx,
+        Err(e) => {
+            let _ = ready.send(Err(s.failed("starting the copy")(e)));
+            return;
+        }
+    };
+    let schema = s.sql.schema.as_str();
+    let counts = async {
+        tx.batch_execute("SET LOCAL synchronous_commit = on")
+            .await?;
+        tx.execute(
+            &format!("SELECT 1 FROM {schema}.meta WHERE id = 1 FOR UPDATE"),
+            &[],
+        )
+        .await?;
+        let row = tx
+            .query_one(
+                &format!(
+                    "SELECT (SELECT count(*) FROM {schema}.streams WHERE head_seq > 0),
+                            (SELECT count(*) FROM {schema}.events),
+                            (SELECT count(*) FROM {schema}.timers)"
+                ),
+                &[],
+            )
+            .await?;
+        Ok::<_, tokio_postgres::Error>((row.get::<_, i64>(0), row.get::<_, i64>(1), row.get(2)))
+    }
+    .await;
+    match counts {
+        Err(e) => {
+            let _ = ready.send(Err(s.failed("checking that the journal is empty")(e)));
+            return;
+        }
+        Ok((streams, events, timers)) if streams + events + timers > 0 => {
+            let _ = ready.send(Err(Error::CopyTargetNotEmpty {
+                target: s.target.clone(),
+                streams,
+                events,
+                timers,
+            }));
+            return;
+        }
+        Ok(_) => {
+            if ready.send(Ok(())).is_err() {
+                return;
+            }
+        }
+    }
+    let mut last_global = 0i64;
+    while let Some((command, reply)) = commands.recv().await {
+        let result = match command {
+            ImportCommand::Events(events, ids) => {
+                last_global = events
+                    .iter()
+                    .map(|e| e.global_seq as i64)
+                    .fold(last_global, i64::max);
+                let globals: Vec<i64> = events.iter().map(|e| e.global_seq as i64).collect();
+                let ids: Vec<&[u8]> = ids.iter().map(|id| &id[..]).collect();
+                let streams: Vec<&str> = events.iter().map(|e| e.stream_id.as_str()).collect();
+                let seqs: Vec<i64> = events.iter().map(|e| e.stream_seq as i64).collect();
+                let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+                let versions: Vec<i64> =
+                    events.iter().map(|e| i64::from(e.schema_version)).collect();
+                let times: Vec<i64> = events.iter().map(|e| e.recorded_at_ms).collect();
+                let payloads: Vec<&[u8]> = events.iter().map(|e| e.payload.as_bytes()).collect();
+                let prevs: Vec<&[u8]> = events.iter().map(|e| &e.prev_hash.0[..]).collect();
+                let hashes: Vec<&[u8]> = events.iter().map(|e| &e.hash.0[..]).collect();
+                tx.execute(
+                    &format!(
+                        "INSERT INTO {schema}.events (global_seq, event_id, stream_id, stream_seq,
+                            kind, schema_version, recorded_at_ms, payload, prev_hash, hash)
+                         SELECT * FROM unnest($1::int8[], $2::bytea[], $3::text[], $4::int8[],
+                            $5::text[], $6::int8[], $7::int8[], $8::bytea[], $9::bytea[], $10::bytea[])"
+                    ),
+                    &[
+                        &globals, &ids, &streams, &seqs, &kinds, &versions, &times, &payloads,
+                        &prevs, &hashes,
+                    ],
+                )
+                .await
+                .map(drop)
+                .map_err(s.failed("copying events"))
+            }
+            ImportCommand::Finish(streams, timers) => {
+                let result = match finish_import(&s, &tx, &streams, &timers, last_global).await {
+                    Ok(()) => tx.commit().await.map_err(s.failed("committing the copy")),
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(result);
+                return;
+            }
+        };
+        let failed = result.is_err();
+        let _ = reply.send(result);
+        if failed {
+            return;
+        }
+    }
+}
+
+/// Writes the stream records and timers of an import and advances the global counter.
+async fn finish_import(
+    s: &Shared,
+    tx: &deadpool_postgres::Transaction<'_>,
+    streams: &[StreamInfo],
+    timers: &[Timer],
+    last_global: i64,
+) -> Result<()> {
+    let schema = s.sql.schema.as_str();
+    let ids: Vec<&str> = streams.iter().map(|i| i.stream_id.as_str()).collect();
+    let subjects: Vec<Option<&str>> = streams.iter().map(|i| i.subject.as_deref()).collect();
+    let statuses: Vec<&str> = streams.iter().map(|i| i.status.as_str()).collect();
+    let created: Vec<i64> = streams.iter().map(|i| i.created_at_ms).collect();
+    let updated: Vec<i64> = streams.iter().map(|i| i.updated_at_ms).collect();
+    let seqs: Vec<i64> = streams.iter().map(|i| i.head_seq as i64).collect();
+    let hashes: Vec<&[u8]> = streams.iter().map(|i| &i.head_hash.0[..]).collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO {schema}.streams (stream_id, subject, status, created_at_ms,
+                updated_at_ms, head_seq, head_hash)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int8[], $5::int8[],
+                $6::int8[], $7::bytea[])"
+        ),
+        &[
+            &ids, &subjects, &statuses, &created, &updated, &seqs, &hashes,
+        ],
+    )
+    .await
+    .map_err(s.failed("copying stream records"))?;
+    let t_streams: Vec<&str> = timers.iter().map(|t| t.stream_id.as_str()).collect();
+    let t_names: Vec<&str> = timers.iter().map(|t| t.name.as_str()).collect();
+    let t_due: Vec<i64> = timers.iter().map(|t| t.due_at_ms).collect();
+    tx.execute(
+        &format!(
+            "INSERT INTO {schema}.timers (stream_id, name, due_at_ms)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[])"
+        ),
+        &[&t_streams, &t_names, &t_due],
+    )
+    .await
+    .map_err(s.failed("copying timers"))?;
+    tx.execute(
+        &format!(
+            "UPDATE {schema}.meta SET last_global_seq = GREATEST(last_global_seq, $1) WHERE id = 1"
+        ),
+        &[&last_global],
+    )
+    .await
+    .map_err(s.failed("advancing the global sequence"))?;
+    Ok(())
 }

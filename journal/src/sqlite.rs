@@ -1043,3 +1043,117 @@ impl Leases for SqliteJournal {
         self.request(|reply| Request::Release(lease, reply)).await
     }
 }
+
+/// An import into an empty SQLite journal: one `BEGIN IMMEDIATE` transaction on a
+/// connection of its own (the writer thread is idle meanwhile), rolled back when dropped
+/// without [`crate::import::ImportSink::finish`].
+pub(crate) struct SqliteImport {
+    conn: Connection,
+}
+
+impl SqliteJournal {
+    /// Starts an import: takes the write lock and checks that the journal holds nothing.
+    pub(crate) fn begin_import(&self) -> Result<SqliteImport> {
+        if self.writer.is_none() {
+            return Err(Error::OpenedReadOnly);
+        }
+        let conn = Connection::open_with_flags(
+            &self.path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| schema::readonly_or(e, &self.path, "opening the journal to copy into"))?;
+        set_busy_timeout(&conn)?;
+        schema::make_durable(&conn, &self.path)?;
+        conn.execute_batch("BEGIN IMMEDIATE")
+            .map_err(|e| write_refusal(&e))?;
+        let (streams, events, timers): (i64, i64, i64) = conn
+            .query_row(
+                "SELECT (SELECT count(*) FROM streams), (SELECT count(*) FROM events),
+                        (SELECT count(*) FROM timers)",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .map_err(Error::sqlite("checking that the journal is empty"))?;
+        if streams + events + timers > 0 {
+            return Err(Error::CopyTargetNotEmpty {
+                target: self.path.display().to_string(),
+                streams,
+                events,
+                timers,
+            });
+        }
+        Ok(SqliteImport { conn })
+    }
+}
+
+impl crate::import::ImportSink for SqliteImport {
+    fn events(&mut self, events: &[Event]) -> Result<()> {
+        let mut st = self
+            .conn
+            .prepare_cached(
+                "INSERT INTO events (global_seq, stream_id, stream_seq, kind, schema_version,
+                                     recorded_at_ms, payload, prev_hash, hash)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            )
+            .map_err(Error::sqlite("preparing the copy of events"))?;
+        for e in events {
+            st.execute(params![
+                e.global_seq as i64,
+                e.stream_id,
+                e.stream_seq as i64,
+                e.kind,
+                e.schema_version,
+                e.recorded_at_ms,
+                e.payload,
+                &e.prev_hash.0[..],
+                &e.hash.0[..],
+            ])
+            .map_err(Error::sqlite_with(|| {
+                format!("copying event {} of {}", e.stream_seq, e.stream_id)
+            }))?;
+        }
+        Ok(())
+    }
+
+    fn finish(self: Box<Self>, streams: &[StreamInfo], timers: &[Timer]) -> Result<()> {
+        {
+            let mut st = self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO streams (stream_id, subject, status, created_at_ms,
+                                          updated_at_ms, head_seq, head_hash)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )
+                .map_err(Error::sqlite("preparing the copy of streams"))?;
+            for s in streams {
+                st.execute(params![
+                    s.stream_id,
+                    s.subject,
+                    s.status,
+                    s.created_at_ms,
+                    s.updated_at_ms,
+                    s.head_seq as i64,
+                    &s.head_hash.0[..],
+                ])
+                .map_err(Error::sqlite_with(|| {
+                    format!("copying the record of {}", s.stream_id)
+                }))?;
+            }
+            let mut st = self
+                .conn
+                .prepare_cached(
+                    "INSERT INTO timers (stream_id, name, due_at_ms) VALUES (?1, ?2, ?3)",
+                )
+                .map_err(Error::sqlite("preparing the copy of timers"))?;
+            for t in timers {
+                st.execute(params![t.stream_id, t.name, t.due_at_ms])
+                    .map_err(Error::sqlite_with(|| {
+                        format!("copying timer {} of {}", t.name, t.stream_id)
+                    }))?;
+            }
+        }
+        self.conn
+            .execute_batch("COMMIT")
+            .map_err(Error::sqlite("committing the copy"))
+    }
+}

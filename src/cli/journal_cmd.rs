@@ -76,6 +76,40 @@ pub enum JournalCommand {
         #[command(flatten)]
         journal: JournalArg,
     },
+    /// Copy every stream of one journal into another, empty one (SQLite to PostgreSQL or
+    /// back): events, hashes and global order unchanged, every chain checked on arrival, all
+    /// in one transaction (a failure copies nothing). Stop every rekey using the source first.
+    #[command(
+        after_help = "Examples:\n  rekey journal heads --journal journal.db > heads.jsonl\n  REKEY_JOURNAL_PASSWORD=... rekey journal copy --from journal.db \\\n      --to postgres://rekey@db.example.com/rekey --password-env REKEY_JOURNAL_PASSWORD\n  rekey journal verify --config rekey-pg.toml --heads heads.jsonl   # the copy, checked\n\nA postgres:// side is reached as [journal] url is: TLS verify_full unless --tls disable\n(loopback and Unix sockets only), no password in the URL (--password-env names the\nvariable holding it). The destination must hold nothing: a file that does not exist yet,\nor a database where rekey has written nothing. Exit code 3: the source is broken (the\nstream is named; nothing was copied)."
+    )]
+    Copy {
+        /// The journal to copy: a SQLite file, or postgres://USER@HOST:PORT/DATABASE.
+        #[arg(long)]
+        from: String,
+        /// The empty journal to copy into: a SQLite file (created), or a postgres:// URL.
+        #[arg(long)]
+        to: String,
+        /// For a postgres:// side: the environment variable holding its user's password.
+        #[arg(long, value_name = "VAR")]
+        password_env: Option<String>,
+        /// For a postgres:// side: "verify_full" (default) or "disable" (loopback only).
+        #[arg(long, value_enum)]
+        tls: Option<TlsArg>,
+        /// For a postgres:// side: a PEM root certificate to trust besides the system's.
+        #[arg(long, value_name = "FILE")]
+        tls_ca_file: Option<PathBuf>,
+    },
+}
+
+/// `journal copy --tls`.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum TlsArg {
+    /// TLS required, certificate chain and host name checked.
+    #[value(name = "verify_full")]
+    VerifyFull,
+    /// Plain TCP or a Unix socket, for loopback only.
+    #[value(name = "disable")]
+    Disable,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -273,6 +307,24 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
             }
             Ok(exit::OK)
         }
+        JournalCommand::Copy {
+            from,
+            to,
+            password_env,
+            tls,
+            tls_ca_file,
+        } => {
+            let tls = tls.map(|t| match t {
+                TlsArg::VerifyFull => crate::config::PostgresTls::VerifyFull,
+                TlsArg::Disable => crate::config::PostgresTls::Disable,
+            });
+            let pg = PgFlags {
+                password_env: password_env.as_deref(),
+                tls,
+                tls_ca_file: tls_ca_file.as_deref(),
+            };
+            copy(&from, &to, &pg, &mut out)
+        }
         JournalCommand::Heads { journal } => {
             for head in open(&journal, config)?.0.heads()? {
                 serde_json::to_writer(&mut out, &head)?;
@@ -281,6 +333,163 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// `journal copy`'s flags for a postgres:// side.
+struct PgFlags<'a> {
+    password_env: Option<&'a str>,
+    tls: Option<crate::config::PostgresTls>,
+    tls_ca_file: Option<&'a Path>,
+}
+
+impl PgFlags<'_> {
+    fn given(&self) -> bool {
+        self.password_env.is_some() || self.tls.is_some() || self.tls_ca_file.is_some()
+    }
+}
+
+fn is_url(text: &str) -> bool {
+    text.starts_with("postgres://") || text.starts_with("postgresql://")
+}
+
+/// The journal `text` names on the command line (`--from`, `--to`).
+fn journal_argument(flag: &str, text: &str, pg: &PgFlags<'_>) -> Result<JournalConfig> {
+    let parsed = if is_url(text) {
+        crate::config::journal_from_argument(text, pg.password_env, pg.tls, pg.tls_ca_file)
+    } else {
+        crate::config::journal_from_argument(text, None, None, None)
+    };
+    parsed.map_err(|why| anyhow::anyhow!("{flag}: {why}"))
+}
+
+/// Whether `a` and `b` name the same journal: the same file (links resolved), or the same
+/// database on the same server.
+fn same_journal(a: &JournalConfig, b: &JournalConfig) -> bool {
+    let real = |p: &Path| {
+        std::fs::canonicalize(p).ok().or_else(|| {
+            let parent = match p.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => Path::new("."),
+            };
+            Some(std::fs::canonicalize(parent).ok()?.join(p.file_name()?))
+        })
+    };
+    match (a, b) {
+        (JournalConfig::Sqlite { path: a }, JournalConfig::Sqlite { path: b }) => {
+            a == b || real(a).is_some_and(|ra| real(b) == Some(ra))
+        }
+        (JournalConfig::Postgres(a), JournalConfig::Postgres(b)) => {
+            match (a.connection(), b.connection()) {
+                (Ok(a), Ok(b)) => {
+                    let db = |c: &rekey_journal::PostgresConfig| {
+                        c.get_dbname().or(c.get_user()).map(str::to_owned)
+                    };
+                    let port = |c: &rekey_journal::PostgresConfig| {
+                        c.get_ports().first().copied().unwrap_or(5432)
+                    };
+                    a.get_hosts() == b.get_hosts() && port(&a) == port(&b) && db(&a) == db(&b)
+                }
+                _ => a.url == b.url,
+            }
+        }
+        _ => false,
+    }
+}
+
+/// `rekey journal copy`.
+fn copy(from: &str, to: &str, pg: &PgFlags<'_>, out: &mut impl Write) -> Result<u8> {
+    if pg.given() && !is_url(from) && !is_url(to) {
+        anyhow::bail!(
+            "--password-env, --tls and --tls-ca-file apply to a postgres:// journal, and neither --from nor --to is one"
+        );
+    }
+    let source = journal_argument("--from", from, pg)?;
+    let target = journal_argument("--to", to, pg)?;
+    if same_journal(&source, &target) {
+        anyhow::bail!(
+            "--from and --to name the same journal ({}); copy into another, empty journal",
+            target.describe()
+        );
+    }
+    let env = |var: &str| std::env::var(var).ok();
+    let source_journal = crate::journal_open::open_read_only(&source, &env)
+        .with_context(|| format!("--from {}", source.describe()))?;
+    // A file this copy creates is removed again when the copy fails.
+    let created = target
+        .sqlite_path()
+        .filter(|p| p.symlink_metadata().is_err())
+        .map(Path::to_owned);
+    let clock: std::sync::Arc<dyn rekey_journal::Clock> =
+        std::sync::Arc::new(rekey_journal::SystemClock);
+    let target_journal = crate::journal_open::open(&target, clock, &env)
+        .with_context(|| format!("--to {}", target.describe()))?;
+    let bar = copy_bar();
+    let copied = target_journal.copy_from(&source_journal, &mut |done, total| {
+        bar.set_length(total.max(done));
+        bar.set_position(done);
+    });
+    bar.finish_and_clear();
+    let counts = match copied {
+        Ok(counts) => counts,
+        Err(e) => {
+            drop(target_journal);
+            if let Some(path) = &created {
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            let nothing = "nothing was copied (the destination is as it was)";
+            if let rekey_journal::Error::Corrupt { .. } = e {
+                eprintln!(
+                    "rekey: BROKEN: the source journal {} is broken: {e}; {nothing}",
+                    source.describe()
+                );
+                return Ok(exit::JOURNAL_BROKEN);
+            }
+            return Err(anyhow::Error::new(e).context(format!(
+                "copying {} to {}: {nothing}",
+                source.describe(),
+                target.describe()
+            )));
+        }
+    };
+    // The copy, read back: every chain verifies, and every head is the source's.
+    let heads = source_journal.heads()?;
+    let report = target_journal.verify(Some(&heads))?;
+    if !report.is_intact() || target_journal.heads()? != heads {
+        anyhow::bail!(
+            "the copy in {} does not verify as its source does ({}); do not use it: copy again into an empty journal",
+            target.describe(),
+            report
+                .broken
+                .as_ref()
+                .map_or_else(|| "heads differ".to_owned(), ToString::to_string)
+        );
+    }
+    writeln!(
+        out,
+        "copied {} streams, {} events, {} timers from {} to {}; every chain verified on arrival and in the copy, every head as in the source",
+        counts.streams,
+        counts.events,
+        counts.timers,
+        source.describe(),
+        target.describe()
+    )?;
+    Ok(exit::OK)
+}
+
+/// A progress bar on stderr while a person watches; hidden otherwise.
+fn copy_bar() -> indicatif::ProgressBar {
+    use std::io::IsTerminal;
+    if !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} events copied ({elapsed})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar
 }
 
 /// One event as a human-readable line: sequence, time, type, and what it says.

@@ -84,6 +84,34 @@ impl JournalConfig {
     }
 }
 
+/// A journal named on the command line (`journal copy --from/--to`): a `postgres://` URL,
+/// checked as `[journal] url` is with the given companions, or else a SQLite file.
+///
+/// # Errors
+/// What is wrong, as for `[journal]`, the keys named as flags.
+pub fn from_argument(
+    text: &str,
+    password_env: Option<&str>,
+    tls: Option<PostgresTls>,
+    tls_ca_file: Option<&Path>,
+) -> Result<JournalConfig, String> {
+    let is_url = text.starts_with("postgres://") || text.starts_with("postgresql://");
+    let raw = RawJournal {
+        path: (!is_url).then(|| PathBuf::from(text)),
+        url: is_url.then(|| Spanned::new(0..text.len(), text.to_owned())),
+        password_env: password_env.map(str::to_owned),
+        tls,
+        tls_ca_file: tls_ca_file.map(Path::to_owned),
+    };
+    validate(&raw, &|p: &Path| p.to_owned()).map_err(|(_, message)| {
+        message
+            .replace("[journal] url", "a postgres:// journal")
+            .replace("[journal] ", "--")
+            .replace("password_env", "password-env")
+            .replace("tls_ca_file", "tls-ca-file")
+    })
+}
+
 /// Validates `[journal]`; `resolve` makes a path absolute beside the config. Errors carry
 /// the span of the key at fault, when known. Reads no environment variable and no file.
 pub(super) fn validate(

@@ -23,7 +23,7 @@ pub use build::{ARM_SCOPE, GRAPH_SCOPE};
 
 pub use crate::saga::address::{PostgresMode, PostgresTls, PostgresValueFormat};
 pub use build::{Env, Resolver, address_of};
-pub use journal::{JournalConfig, PgJournalConfig};
+pub use journal::{JournalConfig, PgJournalConfig, from_argument as journal_from_argument};
 
 /// A config that failed to load.
 #[derive(Debug, thiserror::Error)]

@@ -8,7 +8,7 @@ use std::process::{Command, Output};
 
 use super::server::{JOURNAL_TLS_USER, server};
 
-fn rekey(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
+pub fn rekey(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rekey"));
     c.args(args)
         .current_dir(dir)
@@ -21,7 +21,7 @@ fn rekey(args: &[&str], dir: &Path, env: &[(&str, &str)]) -> Output {
     c.output().expect("run rekey")
 }
 
-fn text(bytes: &[u8]) -> String {
+pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
@@ -61,7 +61,7 @@ async fn events_in(db: &str) -> i64 {
 }
 
 /// A config rotating `app-key` (random → local vault → env file), its `[journal]` given.
-fn config(journal: &str) -> String {
+pub fn config(journal: &str) -> String {
     format!(
         r#"{journal}
 

@@ -2,8 +2,9 @@
 //! loopback (one per test run; see `server`), each test in its own database with its own
 //! roles; and the journal itself in PostgreSQL (`[journal] url`).
 
+mod copy;
 mod failures;
 mod harness;
-mod journal;
+pub(crate) mod journal;
 mod rotation;
 pub(crate) mod server;
