@@ -268,3 +268,97 @@ fn bad_journal_settings_are_refused_before_anything_is_created() {
         );
     }
 }
+
+/// The ```sql blocks of `docs/deployment.md`, in order.
+fn deployment_sql() -> Vec<String> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/deployment.md");
+    let docs = std::fs::read_to_string(path).unwrap();
+    docs.split("```sql\n")
+        .skip(1)
+        .map(|block| block.split("```").next().unwrap().to_owned())
+        .collect()
+}
+
+/// The roles and grants `docs/deployment.md` gives, run as written: the owner creates the
+/// journal, the runtime role then rotates and audits with only its grants, and cannot
+/// change an event or drop the triggers that keep events append-only.
+#[tokio::test]
+async fn the_documented_grants_let_the_runtime_role_rotate_but_not_rewrite() {
+    let s = server();
+    let blocks = deployment_sql();
+    assert_eq!(
+        blocks.len(),
+        2,
+        "the administrator's block and the owner's grants"
+    );
+    let su = s.superuser("postgres").await;
+    su.batch_execute("CREATE DATABASE rekey").await.unwrap();
+    let (owner_pw, app_pw) = ("owner-pw-31", "app-pw-47");
+    let admin = blocks[0]
+        .replacen("'...'", &format!("'{owner_pw}'"), 1)
+        .replacen("'...'", &format!("'{app_pw}'"), 1);
+    s.superuser("rekey")
+        .await
+        .batch_execute(&admin)
+        .await
+        .unwrap();
+
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("app.env"), "API_KEY=initial\n").unwrap();
+    let write_config = |user: &str| {
+        let journal = format!(
+            "[journal]\nurl = \"postgres://{user}@127.0.0.1:{}/rekey\"\npassword_env = \"{PASSWORD_VAR}\"\ntls = \"disable\"",
+            s.port
+        );
+        std::fs::write(tmp.path().join("rekey.toml"), config(&journal)).unwrap();
+    };
+    write_config("rekey_owner");
+    let out = rekey(
+        &["rotate", "app-key", "--wait"],
+        tmp.path(),
+        &[(PASSWORD_VAR, owner_pw)],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let owner = super::server::connect(s.port, "rekey", "rekey_owner", owner_pw)
+        .await
+        .unwrap();
+    owner.batch_execute(&blocks[1]).await.unwrap();
+
+    write_config("rekey_app");
+    let env = [(PASSWORD_VAR, app_pw)];
+    for args in [
+        &["rotate", "app-key", "--wait"][..],
+        &["status"],
+        &["journal", "verify"],
+    ] {
+        let out = rekey(args, tmp.path(), &env);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}{}",
+            text(&out.stdout),
+            text(&out.stderr)
+        );
+    }
+    let app = super::server::connect(s.port, "rekey", "rekey_app", app_pw)
+        .await
+        .unwrap();
+    for attack in [
+        "UPDATE rekey.events SET kind = 'x'",
+        "DELETE FROM rekey.events",
+        "TRUNCATE rekey.events",
+        "DROP TRIGGER events_append_only ON rekey.events",
+    ] {
+        let e = app.batch_execute(attack).await.unwrap_err();
+        assert!(
+            e.as_db_error().is_some_and(|db| db.code()
+                == &tokio_postgres::error::SqlState::INSUFFICIENT_PRIVILEGE
+                || db.message().contains("must be owner")),
+            "{attack}: {e:?}"
+        );
+    }
+}
