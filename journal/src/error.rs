@@ -152,6 +152,12 @@ pub enum Error {
         timers: i64,
     },
 
+    /// `journal copy` found the source changing under it.
+    #[error(
+        "stream {stream} grew while it was being copied: a rekey is writing to the source journal; stop every rekey using it (`rekey run`, `rotate`, `resume`) and copy again (nothing was copied)"
+    )]
+    CopySourceChanged { stream: String },
+
     /// A read-only open found no journal in the PostgreSQL schema.
     #[error(
         "{target}: no rekey journal here yet (nothing has been written to it); check [journal] url, or run `rekey rotate` or `rekey run` to create it"

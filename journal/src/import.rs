@@ -9,7 +9,7 @@
 use std::collections::HashMap;
 
 use crate::any::AnyJournal;
-use crate::api::{JournalScan, StreamFilter, StreamInfo, Timer};
+use crate::api::{JournalRead, JournalScan, StreamFilter, StreamInfo, Timer};
 use crate::error::{Error, Result};
 use crate::event::{Digest32, Event, check_links};
 
@@ -71,26 +71,20 @@ impl AnyJournal {
             progress(copied, total);
         }
         for info in &streams {
-            let (seq, hash) = heads
+            let seen = heads
                 .remove(&info.stream_id)
                 .unwrap_or((0, Digest32::GENESIS));
-            if (seq, hash) != (info.head_seq, info.head_hash) {
-                return Err(Error::Corrupt {
-                    stream: info.stream_id.clone(),
-                    seq: seq + 1,
-                    detail: format!(
-                        "the stream's events end at sequence {seq} but its head record says {}",
-                        info.head_seq
-                    ),
-                });
+            if seen != (info.head_seq, info.head_hash) {
+                return Err(mismatch(
+                    source,
+                    &info.stream_id,
+                    seen,
+                    Some(info.head_seq),
+                )?);
             }
         }
-        if let Some((stream, (seq, _))) = heads.into_iter().next() {
-            return Err(Error::Corrupt {
-                stream,
-                seq,
-                detail: "events of a stream with no stream record".into(),
-            });
+        if let Some((stream, seen)) = heads.into_iter().next() {
+            return Err(mismatch(source, &stream, seen, None)?);
         }
         sink.finish(&streams, &timers)?;
         Ok(CopyCounts {
@@ -99,4 +93,36 @@ impl AnyJournal {
             timers: timers.len() as u64,
         })
     }
+}
+
+/// Why the events of `stream` read from `source` (ending at `seen`) disagree with the
+/// stream's head record as first listed (`listed`, or `None` when it was not listed): the
+/// source changed meanwhile (a rekey is writing to it) when its head record now matches what
+/// was read; else the stream is broken.
+fn mismatch(
+    source: &AnyJournal,
+    stream: &str,
+    seen: (u64, Digest32),
+    listed: Option<u64>,
+) -> Result<Error> {
+    let now = source.stream_info(stream)?;
+    if now
+        .as_ref()
+        .is_some_and(|i| (i.head_seq, i.head_hash) == seen && Some(i.head_seq) != listed)
+    {
+        return Ok(Error::CopySourceChanged {
+            stream: stream.to_owned(),
+        });
+    }
+    Ok(Error::Corrupt {
+        stream: stream.to_owned(),
+        seq: seen.0 + 1,
+        detail: match listed {
+            Some(head) => format!(
+                "the stream's events end at sequence {} but its head record says {head}",
+                seen.0
+            ),
+            None => "events of a stream with no stream record".into(),
+        },
+    })
 }

@@ -13,6 +13,8 @@ mod pg_server;
 mod bad_input;
 #[path = "journal/consistency.rs"]
 mod consistency;
+#[path = "journal/copy.rs"]
+mod copy;
 #[path = "journal/crash.rs"]
 mod crash;
 #[path = "journal/format.rs"]

@@ -149,6 +149,14 @@ macro_rules! each {
 }
 
 impl Journal {
+    /// The same journal as the library's [`rekey_journal::AnyJournal`].
+    pub fn any(self) -> rekey_journal::AnyJournal {
+        match self {
+            Journal::Sqlite(j) => j.into(),
+            Journal::Postgres(j) => j.into(),
+        }
+    }
+
     pub fn verify(&self, exported: Option<&[Head]>) -> Result<VerifyReport> {
         each!(self, j => j.verify(exported))
     }
