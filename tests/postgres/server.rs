@@ -2,22 +2,19 @@
 //! database with its own roles for each test, so tests stay independent and share the
 //! start-up cost.
 //!
-//! PostgreSQL refuses to run as root, and CI runs as root: then the server runs as the
-//! `postgres` OS user (the Debian package creates it) through `runuser`, in a temp dir
-//! owned by that user.
-//!
-//! A static is never dropped, so a `Drop` guard cannot stop a shared server. Instead a small
-//! watchdog shell starts the server and then reads its stdin, a pipe from this process:
-//! when this process ends, however it ends (even SIGKILL), the pipe closes, and the
-//! watchdog stops the server and removes the temp dir.
+//! The cluster machinery (a temp dir, `runuser` when we are root, a watchdog that stops the
+//! server when this process ends) is the journal crate's tests' too:
+//! `journal/tests/support/pg_cluster.rs`. The server runs with `fsync=on` and
+//! `synchronous_commit=on`, as a journal in it requires.
 
-use std::io::{BufRead, BufReader, Read};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{Mutex, OnceLock};
+use std::process::Command;
+use std::sync::OnceLock;
 
 use tokio_postgres::{Client, NoTls};
+
+#[path = "../../journal/tests/support/pg_cluster.rs"]
+mod pg_cluster;
 
 /// The bootstrap superuser, used only to set up fixtures.
 const SUPERUSER: &str = "rekey_super";
@@ -29,24 +26,6 @@ pub const TLS_ONLY_USER: &str = "tls_admin";
 /// the journal connects over TLS.
 pub const JOURNAL_TLS_USER: &str = "tlsonly_journal";
 
-/// Starts the server, waits for it (pg_ctl's bounded wait), then holds until stdin closes.
-/// Arguments: bin dir, data dir parent, port.
-const WATCHDOG: &str = r#"
-trap '' INT HUP
-bin=$1; dir=$2; port=$3
-if ! "$bin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 60 \
-    -o "-c listen_addresses=127.0.0.1 -p $port -k $dir -c fsync=on -c synchronous_commit=on -c full_page_writes=off -c max_connections=200 -c ssl=on -c ssl_cert_file=$dir/server.crt -c ssl_key_file=$dir/server.key" \
-    start >"$dir/pg_ctl.out" 2>&1; then
-  echo failed
-  cat "$dir/pg_ctl.out" "$dir/server.log" 2>/dev/null
-  exit 1
-fi
-echo ready
-cat >/dev/null
-"$bin/pg_ctl" -D "$dir/data" -m immediate stop >/dev/null 2>&1
-rm -rf "$dir"
-"#;
-
 /// The running server. It accepts TLS too, with a certificate for `localhost` and
 /// `127.0.0.1` issued by a CA made for this run.
 #[derive(Debug)]
@@ -55,8 +34,8 @@ pub struct Server {
     /// The PEM root that the server's certificate chains to.
     pub ca_file: PathBuf,
     superuser_password: String,
-    /// Closing it (at process exit) stops the server.
-    _watchdog: Mutex<(Child, ChildStdin)>,
+    /// Stops the server at process exit.
+    _cluster: pg_cluster::Cluster,
 }
 
 static SERVER: OnceLock<Server> = OnceLock::new();
@@ -66,58 +45,6 @@ pub fn server() -> &'static Server {
     SERVER.get_or_init(|| {
         Server::start().unwrap_or_else(|e| panic!("cannot start PostgreSQL for the tests: {e}"))
     })
-}
-
-/// PostgreSQL's programs: `REKEY_PG_BINDIR`, else the newest `/usr/lib/postgresql/*/bin`
-/// (Debian's layout; `.ci/run` installs the package when it is missing).
-fn bindir() -> Result<PathBuf, String> {
-    if let Some(d) = std::env::var_os("REKEY_PG_BINDIR") {
-        return Ok(d.into());
-    }
-    let root = Path::new("/usr/lib/postgresql");
-    let newest = std::fs::read_dir(root)
-        .map_err(|e| format!("{}: {e}; install PostgreSQL (.ci/run does)", root.display()))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|v| root.join(v.to_string()).join("bin/initdb").exists())
-        .max()
-        .ok_or_else(|| format!("no PostgreSQL under {}", root.display()))?;
-    Ok(root.join(newest.to_string()).join("bin"))
-}
-
-fn running_as_root() -> bool {
-    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
-}
-
-/// A command run as the `postgres` OS user when we are root, else as ourselves.
-fn command(program: &str) -> Command {
-    if running_as_root() {
-        let runuser = Path::new("/usr/sbin/runuser");
-        let mut c = Command::new(if runuser.exists() {
-            runuser.as_os_str()
-        } else {
-            "runuser".as_ref()
-        });
-        c.args(["-u", "postgres", "--", program]);
-        c
-    } else {
-        Command::new(program)
-    }
-}
-
-fn id_of(flag: &str) -> Result<u32, String> {
-    let out = Command::new("id")
-        .args([flag, "postgres"])
-        .output()
-        .map_err(|e| format!("id {flag} postgres: {e}"))?;
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .map_err(|_| "there is no postgres OS user to run the server as (we are root)".into())
-}
-
-fn free_port() -> Result<u16, String> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -207,88 +134,32 @@ fn make_certificates(dir: &Path) -> Result<(), String> {
 
 impl Server {
     fn start() -> Result<Self, String> {
-        let bin = bindir()?;
-        let builder = tempfile::Builder::new().prefix("rekey-pg-").tempdir_in(
-            // Root's TMPDIR may be closed to the postgres user; /tmp never is.
-            if running_as_root() {
-                PathBuf::from("/tmp")
-            } else {
-                std::env::temp_dir()
-            },
-        );
-        let dir = builder.map_err(|e| format!("temp dir: {e}"))?.keep();
         let superuser_password = random_hex(16);
-        let pwfile = dir.join("pwfile");
-        std::fs::write(&pwfile, &superuser_password).map_err(|e| e.to_string())?;
-        make_certificates(&dir)?;
-        let generated = ["pwfile", "ca.pem", "server.crt", "server.key"].map(|f| dir.join(f));
-        if running_as_root() {
-            let (uid, gid) = (id_of("-u")?, id_of("-g")?);
-            for p in std::iter::once(&dir).chain(&generated) {
-                std::os::unix::fs::chown(p, Some(uid), Some(gid))
-                    .map_err(|e| format!("chown {}: {e}", p.display()))?;
-            }
-        }
-        let out = command(&bin.join("initdb").to_string_lossy())
-            .arg("-D")
-            .arg(dir.join("data"))
-            .args(["-U", SUPERUSER, "-A", "scram-sha-256", "-E", "UTF8"])
-            .args(["--locale=C", "--no-sync", "--no-instructions"])
-            .arg(format!("--pwfile={}", pwfile.display()))
-            .output()
-            .map_err(|e| format!("initdb: {e}"))?;
-        if !out.status.success() {
-            return Err(format!(
-                "initdb failed: {}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            ));
-        }
-        // The `tls` fixture's admin may log in over TLS only, proving TLS is really used.
-        let hba = dir.join("data/pg_hba.conf");
-        let rules = std::fs::read_to_string(&hba).map_err(|e| e.to_string())?;
-        std::fs::write(
-            &hba,
-            format!(
+        let cluster = pg_cluster::Cluster::start(&pg_cluster::Spec {
+            prefix: "rekey-pg-",
+            superuser: SUPERUSER,
+            password: Some(&superuser_password),
+            settings: "-c fsync=on -c synchronous_commit=on -c full_page_writes=off \
+                       -c max_connections=200 -c ssl=on -c ssl_cert_file=$dir/server.crt \
+                       -c ssl_key_file=$dir/server.key",
+            // These users may log in over TLS only, proving TLS is really used.
+            hba_first: format!(
                 "hostnossl all {TLS_ONLY_USER} 127.0.0.1/32 reject\n\
-                 hostnossl all {JOURNAL_TLS_USER} 127.0.0.1/32 reject\n{rules}"
+                 hostnossl all {JOURNAL_TLS_USER} 127.0.0.1/32 reject\n"
             ),
-        )
-        .map_err(|e| e.to_string())?;
-        // A port found free may be taken before the server binds it: try a few.
-        let mut last = String::new();
-        for _ in 0..5 {
-            let port = free_port()?;
-            let mut child = command("sh")
-                .args(["-c", WATCHDOG, "sh"])
-                .arg(&bin)
-                .arg(&dir)
-                .arg(port.to_string())
-                .stdin(Stdio::piped())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|e| format!("watchdog: {e}"))?;
-            let stdin = child.stdin.take().ok_or("no stdin")?;
-            let mut stdout = BufReader::new(child.stdout.take().ok_or("no stdout")?);
-            let mut line = String::new();
-            stdout.read_line(&mut line).map_err(|e| e.to_string())?;
-            if line.trim() == "ready" {
-                return Ok(Self {
-                    port,
-                    ca_file: dir.join("ca.pem"),
-                    superuser_password,
-                    _watchdog: Mutex::new((child, stdin)),
-                });
-            }
-            last.clear();
-            let _ = stdout.read_to_string(&mut last);
-            let _ = child.wait();
-            if !last.contains("in use") {
-                break;
-            }
-        }
-        Err(format!("the server did not start: {last}"))
+            prepare: &|dir| {
+                make_certificates(dir)?;
+                Ok(["ca.pem", "server.crt", "server.key"]
+                    .map(|f| dir.join(f))
+                    .to_vec())
+            },
+        })?;
+        Ok(Self {
+            port: cluster.port,
+            ca_file: cluster.dir.join("ca.pem"),
+            superuser_password,
+            _cluster: cluster,
+        })
     }
 
     /// A connection as the superuser to `dbname`.
