@@ -362,3 +362,112 @@ async fn the_documented_grants_let_the_runtime_role_rotate_but_not_rewrite() {
         );
     }
 }
+
+/// `rekey run` on a PostgreSQL journal: rotations requested through the API, the daemon
+/// killed (SIGKILL) while they run and started again; every rotation completes once, and
+/// the journal verifies.
+#[tokio::test]
+async fn the_daemon_runs_on_a_postgres_journal_and_finishes_after_a_kill() {
+    const TOKEN: &str = "pg-daemon-test-token-8d2e";
+    let s = server();
+    journal_database("jurl_run", "jurl_run_user", "run-pw-19").await;
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let n = 8;
+    let mut toml = format!(
+        "[journal]\nurl = \"postgres://jurl_run_user@127.0.0.1:{}/jurl_run\"\npassword_env = \"{PASSWORD_VAR}\"\ntls = \"disable\"\n\n[runner]\nlease_ttl = \"1s\"\n\n[daemon]\nlisten = \"127.0.0.1:{port}\"\napi_token_env = \"REKEY_TEST_API_TOKEN\"\n\n[providers.random]\nkind = \"random\"\n\n[providers.vault]\nkind = \"local_vault\"\npath = \"vault.json\"\n\n[providers.check]\nkind = \"command\"\ncommand = [\"sh\", \"-c\", \"cat >/dev/null; sleep 0.1\"]\n",
+        s.port
+    );
+    for i in 0..n {
+        toml.push_str(&format!(
+            "\n[secrets.s{i}]\nrotator = \"random\"\nstores = [\"vault\"]\nverifiers = [\"check\"]\ngrace = \"300ms\"\n"
+        ));
+    }
+    std::fs::write(tmp.path().join("rekey.toml"), toml).unwrap();
+    let spawn = || {
+        Command::new(env!("CARGO_BIN_EXE_rekey"))
+            .args(["run", "--config", "rekey.toml"])
+            .current_dir(tmp.path())
+            .env(PASSWORD_VAR, "run-pw-19")
+            .env("REKEY_TEST_API_TOKEN", TOKEN)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start rekey run")
+    };
+    let base = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let ready = || async {
+        for _ in 0..400 {
+            if let Ok(r) = http.get(format!("{base}/readyz")).send().await
+                && r.status() == 200
+            {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+        }
+        panic!("rekey run on PostgreSQL never became ready");
+    };
+
+    let mut first = spawn();
+    ready().await;
+    for i in 0..n {
+        let r = http
+            .post(format!("{base}/v1/secrets/s{i}/rotate"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 202);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    first.kill().unwrap();
+    first.wait().unwrap();
+
+    let mut second = spawn();
+    ready().await;
+    let mut rows = Vec::new();
+    for _ in 0..600 {
+        let r = http
+            .get(format!("{base}/v1/secrets"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        rows = r.json::<Vec<serde_json::Value>>().await.unwrap();
+        if rows
+            .iter()
+            .all(|r| r["open_rotation"].is_null() && r["last_ended"]["status"] == "completed")
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(rows.len(), n);
+    for r in &rows {
+        assert_eq!(r["last_ended"]["status"], "completed", "{r}");
+    }
+    second.kill().unwrap();
+    second.wait().unwrap();
+    let c = server().superuser("jurl_run").await;
+    let ended: i64 = c
+        .query_one(
+            "SELECT count(*) FROM rekey.events WHERE kind IN ('Completed', 'Compensated')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ended, n as i64, "one terminal event per rotation");
+    let out = rekey(
+        &["journal", "verify"],
+        tmp.path(),
+        &[(PASSWORD_VAR, "run-pw-19")],
+    );
+    assert!(out.status.success(), "{}", text(&out.stdout));
+}
