@@ -23,6 +23,11 @@ pub enum Error {
     /// The URL, or the TLS settings, cannot be used.
     #[error("[journal] {0}; nothing was opened")]
     Setup(String),
+    /// The server's certificate was not accepted (or the server offers no TLS).
+    #[error(
+        "{0}; check that the server has TLS on and that its certificate names the URL's host and chains to a trusted root ([journal] tls_ca_file adds one); tls = \"disable\" is allowed for loopback addresses and Unix sockets only"
+    )]
+    Tls(rekey_journal::Error),
     #[error(transparent)]
     Journal(#[from] rekey_journal::Error),
 }
@@ -56,7 +61,9 @@ pub fn open(
         JournalConfig::Sqlite { path } => SqliteJournal::open_with_clock(path, clock)?.into(),
         JournalConfig::Postgres(pg) => {
             let (connection, tls) = prepare(pg, env)?;
-            PostgresJournal::open_tls(connection, DEFAULT_PG_SCHEMA, tls)?.into()
+            PostgresJournal::open_tls(connection, DEFAULT_PG_SCHEMA, tls)
+                .map_err(explain)?
+                .into()
         }
     })
 }
@@ -74,7 +81,9 @@ pub fn open_read_only(
         JournalConfig::Sqlite { path } => SqliteJournal::open_read_only(path)?.into(),
         JournalConfig::Postgres(pg) => {
             let (connection, tls) = prepare(pg, env)?;
-            PostgresJournal::open_read_only(connection, DEFAULT_PG_SCHEMA, tls)?.into()
+            PostgresJournal::open_read_only(connection, DEFAULT_PG_SCHEMA, tls)
+                .map_err(explain)?
+                .into()
         }
     })
 }
@@ -104,4 +113,18 @@ fn prepare(
         }
     };
     Ok((connection, tls))
+}
+
+/// A journal error, with what to do when it is a failed TLS handshake.
+fn explain(e: rekey_journal::Error) -> Error {
+    match &e {
+        rekey_journal::Error::Postgres { cause, .. }
+            if cause
+                .to_string()
+                .starts_with("error performing TLS handshake") =>
+        {
+            Error::Tls(e)
+        }
+        _ => Error::Journal(e),
+    }
 }

@@ -50,9 +50,7 @@ impl PgJournalConfig {
     /// Why the URL is not a PostgreSQL URL.
     pub fn connection(&self) -> Result<tokio_postgres::Config, String> {
         let mut c: tokio_postgres::Config = self.url.parse().map_err(|e| {
-            format!(
-                "[journal] url is not a PostgreSQL URL ({e}); write postgres://USER@HOST:PORT/DATABASE"
-            )
+            format!("url is not a PostgreSQL URL ({e}); write postgres://USER@HOST:PORT/DATABASE")
         })?;
         if c.get_application_name().is_none() {
             c.application_name("rekey");

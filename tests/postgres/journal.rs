@@ -471,3 +471,31 @@ async fn the_daemon_runs_on_a_postgres_journal_and_finishes_after_a_kill() {
     );
     assert!(out.status.success(), "{}", text(&out.stdout));
 }
+
+/// A server certificate from a root the journal does not trust is refused, saying what to
+/// check, and nothing is written.
+#[tokio::test]
+async fn an_untrusted_server_certificate_is_refused_saying_what_to_check() {
+    let s = server();
+    journal_database("jurl_ca", "jurl_ca_user", "ca-pw-23").await;
+    let tmp = tempfile::tempdir().unwrap();
+    std::fs::write(tmp.path().join("app.env"), "API_KEY=initial\n").unwrap();
+    let journal = format!(
+        "[journal]\nurl = \"postgres://jurl_ca_user@localhost:{}/jurl_ca\"\npassword_env = \"{PASSWORD_VAR}\"",
+        s.port
+    );
+    std::fs::write(tmp.path().join("rekey.toml"), config(&journal)).unwrap();
+    let out = rekey(
+        &["rotate", "app-key"],
+        tmp.path(),
+        &[(PASSWORD_VAR, "ca-pw-23")],
+    );
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("error performing TLS handshake"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("tls_ca_file adds one"), "{stderr}");
+    assert!(!has_journal_schema("jurl_ca").await, "nothing was created");
+}
