@@ -51,8 +51,9 @@ Examples:
   rekey resume                                 # after a crash: finish every open rotation
   rekey status --json
   rekey discover --expiring-within 30d         # fleet credentials and the vault items holding them
-  rekey journal verify                         # the journal of the config's [journal] path
-  rekey journal verify --journal /var/lib/rekey/journal.db";
+  rekey journal verify                         # the journal the config's [journal] names
+  rekey journal verify --journal /var/lib/rekey/journal.db
+  rekey journal copy --from journal.db --to postgres://rekey@db.example.com/rekey --password-env REKEY_JOURNAL_PASSWORD";
 
 /// rekey rotates secrets as sagas whose every step is an event in an append-only journal.
 #[derive(Debug, Parser)]
@@ -66,12 +67,12 @@ pub struct Cli {
 }
 
 /// Where the journal lives, for the auditor's commands: `--journal`, else the config's
-/// `[journal] path`, else `journal.db` (where `rekey demo` writes it). They need no
+/// `[journal]` (`path` or `url`), else `journal.db` (where `rekey demo` writes it). They need no
 /// environment variables and no file the config names but the journal.
 #[derive(Debug, Clone, clap::Args)]
 pub struct JournalArg {
-    /// The journal file (SQLite) [default: the [journal] path of --config, or of ./rekey.toml
-    /// if there is one; else journal.db]
+    /// The journal file (SQLite) [default: the [journal] path or url of --config, or of
+    /// ./rekey.toml if there is one; else journal.db]
     #[arg(long, env = "REKEY_JOURNAL")]
     pub journal: Option<PathBuf>,
 }
