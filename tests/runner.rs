@@ -300,3 +300,75 @@ async fn an_in_doubt_restore_that_landed_is_found_done() {
     );
     assert_eq!(restored.await.unwrap().expose(), "old-value");
 }
+
+/// A store write that takes 800 ms (under its 1 s timeout), and, before it answers, a
+/// second runner trying to take the rotation over.
+#[derive(Debug)]
+struct IntruderDuringWrite {
+    journal: Arc<MemoryJournal>,
+    /// What the intruder's acquire got: `Some(true)` when it took the lease.
+    took_over: std::sync::Mutex<Option<bool>>,
+}
+
+impl Hook for IntruderDuringWrite {
+    fn around<'a, T: Send + 'a>(&'a self, seen: Seen, call: Reply<'a, T>) -> Reply<'a, T> {
+        Box::pin(async move {
+            if seen.performs(Action::Write) {
+                tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+                use rekey::journal::Leases;
+                let got = self.journal.acquire("rot-1", "intruder", 300).await;
+                *self.took_over.lock().unwrap() = Some(got.is_ok());
+            }
+            call.await
+        })
+    }
+}
+
+/// A call may take its whole timeout (1 s) under a 300 ms lease, with no heartbeat to
+/// renew it meanwhile: the runner makes the lease outlive the call before starting it, so
+/// nobody can take the rotation over (and reconcile) while the call could still land.
+#[tokio::test(start_paused = true)]
+async fn no_provider_call_starts_unless_the_lease_outlives_its_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(TokioClock::starting_at(1_700_000_000_000));
+    let journal = Arc::new(MemoryJournal::new(clock.clone()));
+    let hook = Arc::new(IntruderDuringWrite {
+        journal: journal.clone(),
+        took_over: std::sync::Mutex::new(None),
+    });
+    let vault = LocalVault::new(dir.path().join("vault.json"));
+    let providers = local(intercept(roles!(Arc::new(vault)), hook.clone()), dir.path());
+    let t = TargetRef::new;
+    let plan = Plan {
+        secret: "api".into(),
+        lock_key: "api".into(),
+        targets: vec![
+            t(Role::Rotator, "random"),
+            t(Role::Store, "vault"),
+            t(Role::Dependent, "app"),
+            t(Role::Verifier, "app"),
+        ],
+        grace_ms: 0,
+        attempts_max: 3,
+    };
+    let options = Options {
+        lease_ttl_ms: 300,
+        call_timeout_ms: Some(1_000),
+        ..Options::new("runner-1", 7)
+    };
+    let runner = Runner::new(journal, Arc::new(providers), clock, options);
+    let Requested::Started { rotation_id } = runner
+        .request(plan, Trigger::Manual, "test", "rot-1".into())
+        .await
+        .unwrap()
+    else {
+        panic!("a fresh journal has no open rotation");
+    };
+    let progress = runner.drive(&rotation_id).await;
+    assert_eq!(
+        *hook.took_over.lock().unwrap(),
+        Some(false),
+        "another runner took the rotation over while a write was in flight"
+    );
+    assert_eq!(progress.unwrap(), Progress::Finished(Phase::Completed));
+}

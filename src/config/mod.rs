@@ -925,6 +925,12 @@ impl Config {
         })
     }
 
+    /// The longest one provider request that may change something can take: the Azure
+    /// timeout (`[azure] timeout`). A runner's lease is made to outlive it before each call.
+    pub fn call_timeout_ms(&self) -> i64 {
+        i64::try_from(self.azure.timeout_ms).unwrap_or(i64::MAX)
+    }
+
     /// The configured secret a Key Vault event is about: named `secret` (names are
     /// case-insensitive in Key Vault) and stored in the vault named `vault`.
     pub fn secret_in_vault(&self, vault: &str, secret: &str) -> Option<&str> {

@@ -77,6 +77,11 @@ pub struct Options {
     pub sleep: Option<Sleep>,
     /// Told of every event this runner journals (metrics); `None` in tests that need none.
     pub observer: Option<Arc<dyn Observer>>,
+    /// The longest a provider call can take (its timeout). Before each call that may
+    /// change something (a step, a reconciliation), the lease is renewed to outlive it:
+    /// should this runner then stall or die, no other runner takes the rotation over and
+    /// reconciles while the call could still land. `None`: no known bound.
+    pub call_timeout_ms: Option<i64>,
     /// Test-only: plants a known bug so the simulation can show it catches it.
     #[doc(hidden)]
     pub planted_bug_skip_reconcile: bool,
@@ -89,6 +94,7 @@ impl std::fmt::Debug for Options {
             .field("lease_ttl_ms", &self.lease_ttl_ms)
             .field("retry", &self.retry)
             .field("heartbeat", &self.sleep.is_some())
+            .field("call_timeout_ms", &self.call_timeout_ms)
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +124,7 @@ impl Options {
             jitter_seed,
             sleep: None,
             observer: None,
+            call_timeout_ms: None,
             planted_bug_skip_reconcile: false,
         }
     }
@@ -771,6 +778,7 @@ impl<J: RunnerJournal> Runner<J> {
         let result = match given {
             Err(e) => Err(e),
             Ok(given) => {
+                self.lease_for_call(&mut d.lease).await?;
                 let ids = Ids {
                     captured: captured.as_deref(),
                     produced: produced.as_deref(),
@@ -843,13 +851,31 @@ impl<J: RunnerJournal> Runner<J> {
             tokio::select! {
                 out = &mut call => return out,
                 () = sleep(every_ms) => {
-                    match self.journal.renew(lease, self.options.lease_ttl_ms).await {
+                    // Never shortened: a lease made to outlive this call keeps doing so.
+                    let left = lease.expires_at_ms - self.clock.now_ms();
+                    let ttl = self.options.lease_ttl_ms.max(left);
+                    match self.journal.renew(lease, ttl).await {
                         Ok(renewed) => *lease = renewed,
                         Err(e) => warn!(error = %e, "lease renewal failed during a provider call"),
                     }
                 }
             }
         }
+    }
+
+    /// Makes the lease outlive the provider call about to start: renewed, when less than
+    /// the call's timeout and half a lease is left, to last that long. A renewal refused
+    /// (the lease was lost) stops the drive before the call; a step already started is
+    /// then reconciled by whoever takes the rotation up.
+    async fn lease_for_call(&self, lease: &mut Lease) -> Result<(), Error> {
+        let Some(call_ms) = self.options.call_timeout_ms else {
+            return Ok(());
+        };
+        let need = call_ms.saturating_add(self.options.lease_ttl_ms / 2);
+        if lease.expires_at_ms - self.clock.now_ms() < need {
+            *lease = self.journal.renew(lease, need).await?;
+        }
+        Ok(())
     }
 
     /// When to try again after the `n`th failure, as the retry policy and the target say.
@@ -941,6 +967,7 @@ impl<J: RunnerJournal> Runner<J> {
             produced: produced.as_deref(),
         };
         let had_old = Self::old_version(&d.state).is_some();
+        self.lease_for_call(&mut d.lease).await?;
         let inspect = inspect(&cast, Self::step(&d.state, step, key), ids, had_old);
         let found = self.heartbeat(&mut d.lease, inspect).await;
         let event = match found {

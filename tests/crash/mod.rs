@@ -57,7 +57,8 @@ const STARTUP_GUESS_MS: i64 = 80;
 const STARTUP_SAMPLES: usize = 15;
 /// A second command (a `resume --wait`, or a `rotate --wait` that joins the open rotation)
 /// is killed this long after it starts, at most: beyond the lease a killed runner leaves
-/// (1 s), so some kills land after the takeover.
+/// (1 s, or the call's 1 s timeout and half a lease during a call), so some kills land
+/// after the takeover.
 const AGAIN_KILL_MS: u64 = 1_500;
 /// The round's last resume must be done by then (grace periods, backoffs, leases).
 const FINISH_TIMEOUT: Duration = Duration::from_secs(120);

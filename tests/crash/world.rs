@@ -330,7 +330,7 @@ lease_ttl = "1s"
 [azure]
 authority = "{authority}"
 arm = "{arm}"
-timeout = "10s"
+timeout = "1s"
 
 [credentials.fake]
 kind = "client_secret"
