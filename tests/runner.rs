@@ -372,3 +372,73 @@ async fn no_provider_call_starts_unless_the_lease_outlives_its_timeout() {
     );
     assert_eq!(progress.unwrap(), Progress::Finished(Phase::Completed));
 }
+
+/// A schedule fires once per slot, whichever node fires it: a node that led before a
+/// takeover fired the slot counted from the last ended rotation (here none), and its
+/// rotation has ended since; the next leader, firing the same slot from what it read
+/// before, finds the first request and opens nothing. The next slot (counted from the
+/// rotation that ended) fires.
+#[tokio::test]
+async fn a_schedule_slot_fired_again_opens_no_second_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_700_000_000_000));
+    let journal = Arc::new(MemoryJournal::new(clock.clone()));
+    let providers = local(
+        roles!(Arc::new(LocalVault::new(dir.path().join("vault.json")))),
+        dir.path(),
+    );
+    let t = TargetRef::new;
+    let plan = Plan {
+        secret: "api".into(),
+        lock_key: "api".into(),
+        targets: vec![
+            t(Role::Rotator, "random"),
+            t(Role::Store, "vault"),
+            t(Role::Dependent, "app"),
+        ],
+        grace_ms: 0,
+        attempts_max: 3,
+    };
+    let runner = Runner::new(
+        journal,
+        Arc::new(providers),
+        clock,
+        Options::new("node-a", 7),
+    );
+    let fire = |id: &str, after: Option<&'static str>| {
+        runner.request_once(
+            plan.clone(),
+            Trigger::Schedule,
+            "schedule",
+            id.into(),
+            after,
+        )
+    };
+    let first = fire("rot-1", None).await.unwrap();
+    assert_eq!(
+        first,
+        Requested::Started {
+            rotation_id: "rot-1".into()
+        }
+    );
+    let done = runner.drive("rot-1").await.unwrap();
+    assert_eq!(done, Progress::Finished(Phase::Completed));
+    let again = fire("rot-2", None).await.unwrap();
+    assert_eq!(
+        again,
+        Requested::Started {
+            rotation_id: "rot-1".into()
+        }
+    );
+    assert!(
+        runner.load("rot-2").is_err(),
+        "a second rotation was opened for the same slot"
+    );
+    let next = fire("rot-3", Some("rot-1")).await.unwrap();
+    assert_eq!(
+        next,
+        Requested::Started {
+            rotation_id: "rot-3".into()
+        }
+    );
+}

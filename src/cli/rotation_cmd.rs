@@ -515,8 +515,12 @@ pub fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
     };
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let env = |var: &str| std::env::var(var).ok();
+    let mut leader = None;
     let rows = match crate::journal_open::open_read_only(&config.journal, &env) {
-        Ok(journal) => status_rows(Arc::new(journal), &config, &names, clock)?,
+        Ok(journal) => {
+            leader = crate::daemon::leader::recorded(&journal)?;
+            status_rows(Arc::new(journal), &config, &names, clock)?
+        }
         Err(e) if e.is_missing() => {
             let note = format!(
                 "no journal at {} yet: nothing has been rotated (the first `rekey rotate` or `rekey run` creates it)",
@@ -578,6 +582,13 @@ pub fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
                 })
                 .unwrap_or_default();
             println!("{}: {open}; {last}{next}", r.secret);
+        }
+        if let Some(l) = leader {
+            let since = format_ms(l.since_ms);
+            println!(
+                "daemon leader: node {} since {since} (as last journaled)",
+                l.node
+            );
         }
     }
     Ok(exit::OK)

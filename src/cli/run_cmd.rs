@@ -57,6 +57,12 @@ pub async fn run(config: &Path) -> Result<u8> {
             notice_before_ms: i64::from(settings.notice_days_before) * 86_400_000,
         },
     );
+    let leadership = Arc::new(crate::daemon::leader::Leadership::new(
+        crate::daemon::leader::node_id(settings.node_id.as_deref()),
+        settings.leader_ttl_ms,
+    ));
+    let node = leadership.node().to_owned();
+    let daemon = daemon.with_leadership(leadership);
     let daemon = if channels.is_empty() {
         daemon
     } else {
@@ -111,7 +117,7 @@ pub async fn run(config: &Path) -> Result<u8> {
         }
     });
     eprintln!(
-        "rekey: daemon serving http://{} (journal {}); SIGTERM or Ctrl-C to stop",
+        "rekey: daemon {node} serving http://{} (journal {}); SIGTERM or Ctrl-C to stop",
         env.config.daemon.listen,
         env.config.journal.describe()
     );

@@ -93,6 +93,8 @@ struct RawDaemon {
     header_read_timeout: Option<String>,
     body_timeout: Option<String>,
     connections_max: Option<usize>,
+    node_id: Option<String>,
+    leader_ttl: Option<String>,
 }
 
 /// Days before a scheduled rotation that an upcoming notice is sent, by default.
@@ -120,6 +122,11 @@ pub struct DaemonConfig {
     pub notice_days_before: u32,
     /// What one HTTP client may hold: head and body timeouts, connections open at once.
     pub http: crate::daemon::serve::Limits,
+    /// This node's name among the nodes sharing the journal; the host name and the
+    /// process id when unset.
+    pub node_id: Option<String>,
+    /// How long the leader lease (schedules, expiry polls, notices) lasts unrenewed.
+    pub leader_ttl_ms: i64,
 }
 
 /// A provider as configured; `kind` says which system it speaks to.
@@ -888,8 +895,41 @@ impl Config {
             ));
         }
         let http = http_limits(d).map_err(|m| invalid(here.clone(), m))?;
+        let node_id = d.and_then(|d| d.node_id.clone());
+        if let Some(id) = node_id.as_deref().filter(|id| !valid_name(id)) {
+            return Err(invalid(
+                here,
+                format!(
+                    "[daemon] node_id = {} must be 1 to 100 characters of A-Z a-z 0-9 - _ .",
+                    quoted(id)
+                ),
+            ));
+        }
+        let leader_ttl_ms = match d.and_then(|d| d.leader_ttl.as_deref()) {
+            None => crate::daemon::leader::TTL_DEFAULT_MS,
+            Some(t) => match parse_duration_ms(t) {
+                Ok(ms) if (3_000..=600_000).contains(&ms) => ms,
+                Ok(_) => {
+                    return Err(invalid(
+                        here,
+                        format!("[daemon] leader_ttl = {} must be 3s to 10m", quoted(t)),
+                    ));
+                }
+                Err(why) => {
+                    return Err(invalid(
+                        here,
+                        format!(
+                            "[daemon] leader_ttl = {} {why}; write e.g. \"15s\"",
+                            quoted(t)
+                        ),
+                    ));
+                }
+            },
+        };
         let daemon = DaemonConfig {
             http,
+            node_id,
+            leader_ttl_ms,
             listen,
             api_token_env: d.and_then(|d| d.api_token_env.clone()),
             max_concurrent_rotations: max,
@@ -1518,6 +1558,8 @@ pub const KEYS: &[(&str, &[&str])] = &[
             "header_read_timeout",
             "body_timeout",
             "connections_max",
+            "node_id",
+            "leader_ttl",
         ],
     ),
     ("[notifications.NAME]", &["kind", "url_env", "on"]),

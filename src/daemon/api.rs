@@ -60,6 +60,8 @@ pub struct State<J: RunnerJournal + 'static> {
     pub tokens: Arc<Vec<SecretValue>>,
     pub ready: Arc<AtomicBool>,
     pub metrics: Option<Arc<Metrics>>,
+    /// This node's leader lease, when nodes may share the journal (`/readyz` says who leads).
+    pub leadership: Option<Arc<crate::daemon::leader::Leadership>>,
 }
 
 impl<J: RunnerJournal + 'static> std::fmt::Debug for State<J> {
@@ -81,6 +83,7 @@ impl<J: RunnerJournal + 'static> Clone for State<J> {
             tokens: self.tokens.clone(),
             ready: self.ready.clone(),
             metrics: self.metrics.clone(),
+            leadership: self.leadership.clone(),
         }
     }
 }
@@ -153,7 +156,26 @@ pub fn token_accepted(headers: &HeaderMap, tokens: &[SecretValue]) -> bool {
 
 async fn readyz<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>) -> Response {
     if state.ready.load(Ordering::Acquire) {
-        "ready\n".into_response()
+        let Some(l) = &state.leadership else {
+            return "ready\n".into_response();
+        };
+        let now = state.clock.now_ms();
+        let at = |ms: i64| {
+            jiff::Timestamp::from_millisecond(ms).map_or_else(|_| ms.to_string(), |t| t.to_string())
+        };
+        let leader = match l.since_ms(now) {
+            Some(since) => format!("leader: {} (this node) since {}", l.node(), at(since)),
+            None => match crate::daemon::leader::recorded(&*state.journal) {
+                Ok(Some(r)) => format!(
+                    "leader: {} since {} (as last journaled)",
+                    r.node,
+                    at(r.since_ms)
+                ),
+                Ok(None) => "leader: none yet".to_owned(),
+                Err(e) => format!("leader: unknown ({e})"),
+            },
+        };
+        format!("ready\nnode: {}\n{leader}\n", l.node()).into_response()
     } else {
         error(
             StatusCode::SERVICE_UNAVAILABLE,

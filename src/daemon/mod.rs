@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod events;
+pub mod leader;
 pub mod metrics;
 pub mod schedules;
 pub mod serve;
@@ -32,6 +33,8 @@ use crate::saga::{Phase, Trigger};
 use crate::triggers::eventgrid::Delivery;
 use crate::triggers::schedule::{Alert, Due, DueReason};
 
+/// The actor of scheduled rotations.
+pub const SCHEDULE_ACTOR: &str = "schedule";
 /// Retry a rotation whose drive failed (journal busy, a bug) after this long.
 pub const DRIVE_ERROR_RETRY_MS: i64 = 30_000;
 /// Look again at a rotation another runner holds after this long.
@@ -88,6 +91,8 @@ pub enum Input {
     },
     /// The earliest timer is due.
     Wake,
+    /// This node began or ceased to hold the leader lease.
+    Leadership { leading: bool },
     /// SIGTERM/SIGINT: the first asks for a graceful stop, the second for an immediate one.
     Signal { count: u32 },
 }
@@ -196,6 +201,15 @@ pub struct Daemon<J: RunnerJournal + 'static> {
     unknown_vaults: events::UnknownVaults,
     /// Wakes the delivery task when a notice was journaled.
     kick: Arc<tokio::sync::Notify>,
+    /// The leader lease, when several nodes may share the journal; `None`: this node
+    /// always does the singleton duties.
+    leadership: Option<Arc<leader::Leadership>>,
+    /// Tells the loop when this node starts or stops leading.
+    leading: Option<watch::Receiver<bool>>,
+    /// Delivers notices while this node leads.
+    deliverer: Option<tokio::task::JoinHandle<()>>,
+    /// The singleton duties run here now.
+    duties: bool,
     summary: Summary,
 }
 
@@ -262,6 +276,10 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             notifier: None,
             unknown_vaults: events::UnknownVaults::default(),
             kick: Arc::new(tokio::sync::Notify::new()),
+            leadership: None,
+            leading: None,
+            deliverer: None,
+            duties: false,
             summary: Summary::default(),
         };
         (daemon, handle)
@@ -277,6 +295,21 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
     pub fn with_notifier(mut self, notifier: Arc<Notifier<J>>) -> Self {
         self.notifier = Some(notifier);
         self
+    }
+
+    /// Does the singleton duties (schedules, expiry polls, notice delivery) only while
+    /// holding the leader lease of `leadership`.
+    #[must_use]
+    pub fn with_leadership(mut self, leadership: Arc<leader::Leadership>) -> Self {
+        self.leadership = Some(leadership);
+        self
+    }
+
+    /// Whether this node may do the singleton duties now.
+    fn leads(&self) -> bool {
+        self.leadership
+            .as_ref()
+            .is_none_or(|l| l.leads(self.clock.now_ms()))
     }
 
     /// Where the Event Grid webhook hands its deliveries.
@@ -295,6 +328,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             tokens: Arc::new(api_tokens),
             ready: self.ready.clone(),
             metrics: None,
+            leadership: self.leadership.clone(),
         }
     }
 
@@ -322,17 +356,14 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             );
             self.reschedule(&secret);
         }
-        let deliverer = self.notifier.clone().map(|notifier| {
-            let (kick, clock) = (self.kick.clone(), self.clock.clone());
-            tokio::spawn(async move {
-                match notifier.catch_up(now - NOTICE_CATCH_UP_MS).await {
-                    Ok(0) => {}
-                    Ok(n) => info!(notices = n, "journaled notices a crash had left out"),
-                    Err(e) => warn!(error = %e, "cannot catch up on notices"),
-                }
-                deliver(&notifier, &kick, &*clock).await;
-            })
+        let campaign = self.leadership.clone().map(|l| {
+            self.leading = Some(l.watch());
+            let (journal, clock) = (self.journal.clone(), self.clock.clone());
+            tokio::spawn(async move { l.campaign(&*journal, &*clock).await })
         });
+        if self.leadership.is_none() {
+            self.start_duties(now);
+        }
         self.ready.store(true, Ordering::Release);
         info!(
             open = self.active.len(),
@@ -344,8 +375,10 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             if let Input::Signal { count } = input {
                 if count >= 1 {
                     // Notices not yet delivered stay due in the journal for the next start.
-                    if let Some(d) = &deliverer {
-                        d.abort();
+                    self.stop_duties();
+                    if let (Some(c), Some(l)) = (&campaign, &self.leadership) {
+                        c.abort();
+                        l.resign(&*self.journal).await;
                     }
                     return Ok(self.stop_gracefully().await);
                 }
@@ -353,6 +386,41 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             }
             self.handle_input(input).await;
         }
+    }
+
+    /// Takes up the singleton duties: every schedule derived again from the journal
+    /// (another node may have fired or ended rotations meanwhile), expiry polls due now,
+    /// notices caught up on and delivered.
+    fn start_duties(&mut self, now: i64) {
+        self.duties = true;
+        let names: Vec<String> = self.scheduled.keys().cloned().collect();
+        for secret in names {
+            if let Some(s) = self.scheduled.get_mut(&secret) {
+                s.poll_at_ms = now;
+                s.noticed_at_ms = None;
+            }
+            self.reschedule(&secret);
+        }
+        self.deliverer = self.notifier.clone().map(|notifier| {
+            let (kick, clock) = (self.kick.clone(), self.clock.clone());
+            tokio::spawn(async move {
+                match notifier.catch_up(now - NOTICE_CATCH_UP_MS).await {
+                    Ok(0) => {}
+                    Ok(n) => info!(notices = n, "journaled notices a crash had left out"),
+                    Err(e) => warn!(error = %e, "cannot catch up on notices"),
+                }
+                deliver(&notifier, &kick, &*clock).await;
+            })
+        });
+    }
+
+    /// Leaves the singleton duties to the next leader: no delivery, no expiry poll.
+    fn stop_duties(&mut self) {
+        self.duties = false;
+        if let Some(d) = self.deliverer.take() {
+            d.abort();
+        }
+        self.polls.abort_all();
     }
 
     /// Journals notices about a rotation `drive` left; errors are logged, never fatal.
@@ -396,6 +464,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
     async fn next_input(&mut self) -> Input {
         let wake_in = self.wake_in();
         tokio::select! {
+            Some(leading) = changed(self.leading.as_mut()) => Input::Leadership { leading },
             changed = self.signals.changed() => match changed {
                 Ok(()) => Input::Signal { count: *self.signals.borrow_and_update() },
                 // Every handle is gone: nobody can signal or request any more.
@@ -460,6 +529,22 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                 self.wake();
                 self.run_schedules().await;
             }
+            Input::Leadership { leading } => {
+                let node = self.leadership.as_ref().map(|l| l.node().to_owned());
+                if leading {
+                    info!(
+                        node,
+                        "leading: schedules, expiry polls and notices run here"
+                    );
+                    self.start_duties(self.clock.now_ms());
+                } else {
+                    info!(
+                        node,
+                        "not leading: schedules, expiry polls and notices stop here"
+                    );
+                    self.stop_duties();
+                }
+            }
             Input::Signal { .. } => {}
         }
     }
@@ -479,6 +564,26 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
         };
         self.spawn_drive(id);
         Ok(requested)
+    }
+
+    /// Fires `secret`'s schedule once per slot: the slot is the rotation it counts from
+    /// (the last that ended), and a request for it already made (by a node that led
+    /// before) is found in the lock stream, not made again.
+    async fn request_scheduled(&mut self, secret: &str, trigger: Trigger) -> Result<(), Error> {
+        let plan = self.config.plan(secret)?.clone();
+        let after =
+            schedules::last_ended(&*self.journal, secret).map_err(crate::runner::Error::from)?;
+        let id = uuid::Uuid::now_v7().to_string();
+        let requested = self
+            .runner
+            .request_once(plan, trigger, SCHEDULE_ACTOR, id, after.as_deref())
+            .await?;
+        let id = match requested {
+            Requested::Started { rotation_id } => rotation_id,
+            Requested::Coalesced { into } => into,
+        };
+        self.spawn_drive(id);
+        Ok(())
     }
 
     /// Journals each event and starts what it asks for; `Err` makes Event Grid deliver
@@ -589,6 +694,9 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
 
     /// Starts the scheduled rotations that are due and the expiry polls that are.
     async fn run_schedules(&mut self) {
+        if !self.leads() {
+            return;
+        }
         let now = self.clock.now_ms();
         let mut due_now = Vec::new();
         for (secret, s) in &mut self.scheduled {
@@ -641,7 +749,10 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                 DueReason::Cadence => Trigger::Schedule,
                 DueReason::BeforeExpiry => Trigger::NearExpiry,
             };
-            if let Err(e) = self.request(&secret, trigger, "schedule").await {
+            if !self.leads() {
+                break;
+            }
+            if let Err(e) = self.request_scheduled(&secret, trigger).await {
                 error!(secret, error = %e, "cannot start the scheduled rotation; trying later");
                 if let Some(s) = self.scheduled.get_mut(&secret) {
                     s.poll_at_ms = now + DRIVE_ERROR_RETRY_MS;
@@ -724,9 +835,12 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
     fn wake_in(&self) -> Option<u64> {
         let rotations = self.waiting.first().map(|(at, _)| *at);
         let ahead = self.settings.notice_before_ms;
+        // A node that does not lead has no schedule to wake for (nor would it act).
+        let leads = self.duties && self.leads();
         let schedules = self
             .scheduled
             .values()
+            .filter(|_| leads)
             .flat_map(|s| {
                 let notice = s
                     .due
@@ -792,6 +906,17 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             .map(|o| o.len())
             .unwrap_or(0);
         self.summary
+    }
+}
+
+/// The next value of `leading` once it changes; pending forever without one.
+async fn changed(leading: Option<&mut watch::Receiver<bool>>) -> Option<bool> {
+    let Some(rx) = leading else {
+        return std::future::pending().await;
+    };
+    match rx.changed().await {
+        Ok(()) => Some(*rx.borrow_and_update()),
+        Err(_) => std::future::pending().await,
     }
 }
 

@@ -117,6 +117,27 @@ pub fn history<J: JournalScan>(journal: &J, secret: &str) -> Result<History, rek
     Ok(h)
 }
 
+/// The secret's rotation that ended last: a scheduled rotation counts from it, so it
+/// names the slot a schedule fires for (see [`crate::runner::Runner::request_once`]).
+///
+/// # Errors
+/// Journal errors.
+pub fn last_ended<J: JournalScan>(
+    journal: &J,
+    secret: &str,
+) -> Result<Option<String>, rekey_journal::Error> {
+    let streams = journal.streams(&StreamFilter {
+        subject: Some(secret.to_owned()),
+        ..StreamFilter::default()
+    })?;
+    Ok(streams
+        .into_iter()
+        .filter(|s| lock::is_rotation_stream(&s.stream_id))
+        .filter(|s| matches!(s.status.as_str(), "completed" | "compensated"))
+        .max_by_key(|s| s.updated_at_ms)
+        .map(|s| s.stream_id))
+}
+
 /// The next due time of `secret`: counted from its last ended rotation (or adoption),
 /// ahead of `expiry_ms`, and not sooner than [`AFTER_COMPENSATION_MS`] after a compensation.
 pub fn next_due(

@@ -69,3 +69,46 @@ pub fn open_rotation(events: &[LockEvent]) -> Option<&LockEvent> {
         LockEvent::Coalesced { .. } => open,
     })
 }
+
+/// The request of `secret` by `actor` made since the lock's `Closed` of rotation `after`
+/// (since the lock began when `None`): the rotation it opened or coalesced into. A
+/// request repeated by another process (a schedule fired again after a takeover) finds
+/// the first one here. `None` also when `after` closed in no event here (the secret
+/// changed lock keys): nothing since can be told apart.
+pub fn requested_since<'e>(
+    events: &'e [LockEvent],
+    after: Option<&str>,
+    secret: &str,
+    actor: &str,
+) -> Option<(&'e str, bool)> {
+    let from = match after {
+        None => 0,
+        Some(id) => {
+            events.iter().position(
+                |e| matches!(e, LockEvent::Closed { rotation_id, .. } if rotation_id == id),
+            )? + 1
+        }
+    };
+    let secret_of = |id: &str| {
+        events.iter().find_map(|e| match e {
+            LockEvent::Opened {
+                rotation_id, plan, ..
+            } if rotation_id == id => Some(plan.secret.as_str()),
+            _ => None,
+        })
+    };
+    events[from..].iter().find_map(|e| match e {
+        LockEvent::Opened {
+            rotation_id,
+            plan,
+            actor: a,
+            ..
+        } if a == actor && plan.secret == secret => Some((rotation_id.as_str(), true)),
+        LockEvent::Coalesced { into, actor: a, .. }
+            if a == actor && secret_of(into) == Some(secret) =>
+        {
+            Some((into.as_str(), false))
+        }
+        _ => None,
+    })
+}

@@ -231,9 +231,57 @@ impl<J: RunnerJournal> Runner<J> {
         actor: &str,
         rotation_id: String,
     ) -> Result<Requested, Error> {
+        self.request_unless(plan, trigger, actor, rotation_id, None)
+            .await
+    }
+
+    /// As [`Runner::request`], once per slot: when `actor` already requested `plan`'s
+    /// secret since the lock closed rotation `after` (or ever, for `None`), that request's
+    /// outcome, and nothing is journaled. The check and the append are one optimistic
+    /// step on the lock stream, so two processes firing the same slot open one rotation.
+    ///
+    /// # Errors
+    /// Journal errors.
+    pub async fn request_once(
+        &self,
+        plan: Plan,
+        trigger: Trigger,
+        actor: &str,
+        rotation_id: String,
+        after: Option<&str>,
+    ) -> Result<Requested, Error> {
+        self.request_unless(plan, trigger, actor, rotation_id, Some(after))
+            .await
+    }
+
+    async fn request_unless(
+        &self,
+        plan: Plan,
+        trigger: Trigger,
+        actor: &str,
+        rotation_id: String,
+        once_after: Option<Option<&str>>,
+    ) -> Result<Requested, Error> {
         let lock_stream = lock::stream_id(&plan.lock_key);
         loop {
             let (events, seq) = self.read_lock(&lock_stream)?;
+            if let Some(after) = once_after
+                && let Some((id, opened)) =
+                    lock::requested_since(&events, after, &plan.secret, actor)
+            {
+                info!(
+                    secret = plan.secret,
+                    actor,
+                    rotation_id = id,
+                    "already requested"
+                );
+                let id = id.to_owned();
+                return Ok(if opened {
+                    Requested::Started { rotation_id: id }
+                } else {
+                    Requested::Coalesced { into: id }
+                });
+            }
             let (event, outcome) = match lock::open_rotation(&events) {
                 Some(LockEvent::Opened {
                     rotation_id: open,
