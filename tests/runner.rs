@@ -442,3 +442,22 @@ async fn a_schedule_slot_fired_again_opens_no_second_rotation() {
         }
     );
 }
+
+/// The daemon scans for open rotations at start and periodically: a secret's schedule
+/// stream (whose status is `open` too) is none, and never driven as one.
+#[tokio::test]
+async fn open_rotations_are_rotations_only() {
+    let clock: Arc<dyn Clock> = Arc::new(ManualClock::new(1_700_000_000_000));
+    let journal = Arc::new(MemoryJournal::new(clock.clone()));
+    let now = clock.now_ms();
+    rekey::daemon::schedules::adopted_at(&*journal, "api", now)
+        .await
+        .unwrap();
+    let runner = Runner::new(
+        journal,
+        Arc::new(Registry::new()),
+        clock,
+        Options::new("node-a", 7),
+    );
+    assert_eq!(runner.open_rotations().await.unwrap(), Vec::<String>::new());
+}

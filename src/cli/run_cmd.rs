@@ -55,6 +55,8 @@ pub async fn run(config: &Path) -> Result<u8> {
         Settings {
             max_concurrent: settings.max_concurrent_rotations,
             notice_before_ms: i64::from(settings.notice_days_before) * 86_400_000,
+            // A rotation a dead runner left is free once its lease lapsed: look about as often.
+            rescan_ms: env.config.lease_ttl_ms.clamp(1_000, 30_000),
         },
     );
     let leadership = Arc::new(crate::daemon::leader::Leadership::new(

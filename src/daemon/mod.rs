@@ -33,6 +33,8 @@ use crate::saga::{Phase, Trigger};
 use crate::triggers::eventgrid::Delivery;
 use crate::triggers::schedule::{Alert, Due, DueReason};
 
+/// How often the journal is scanned for open rotations, by default.
+pub const RESCAN_MS_DEFAULT: i64 = 30_000;
 /// The actor of scheduled rotations.
 pub const SCHEDULE_ACTOR: &str = "schedule";
 /// Retry a rotation whose drive failed (journal busy, a bug) after this long.
@@ -142,6 +144,9 @@ pub struct Settings {
     pub max_concurrent: usize,
     /// An upcoming notice goes out this long before a scheduled rotation.
     pub notice_before_ms: i64,
+    /// The journal is scanned for open rotations this often (and at start): one another
+    /// node, or a killed `rekey rotate`, left is taken up here once its lease lapsed.
+    pub rescan_ms: i64,
 }
 
 impl Settings {
@@ -150,6 +155,7 @@ impl Settings {
         Self {
             max_concurrent,
             notice_before_ms: 3 * 86_400_000,
+            rescan_ms: RESCAN_MS_DEFAULT,
         }
     }
 }
@@ -206,6 +212,8 @@ pub struct Daemon<J: RunnerJournal + 'static> {
     leadership: Option<Arc<leader::Leadership>>,
     /// Tells the loop when this node starts or stops leading.
     leading: Option<watch::Receiver<bool>>,
+    /// When to scan the journal for open rotations next.
+    rescan_at_ms: i64,
     /// Delivers notices while this node leads.
     deliverer: Option<tokio::task::JoinHandle<()>>,
     /// The singleton duties run here now.
@@ -279,6 +287,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             leadership: None,
             leading: None,
             deliverer: None,
+            rescan_at_ms: 0,
             duties: false,
             summary: Summary::default(),
         };
@@ -341,6 +350,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             self.spawn_drive(rotation_id);
         }
         let now = self.clock.now_ms();
+        self.rescan_at_ms = now + self.settings.rescan_ms;
         let names: Vec<String> = self.config.schedules.keys().cloned().collect();
         for secret in names {
             let adopted_ms = schedules::adopted_at(&*self.journal, &secret, now)
@@ -527,6 +537,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             }
             Input::Wake => {
                 self.wake();
+                self.rescan().await;
                 self.run_schedules().await;
             }
             Input::Leadership { leading } => {
@@ -852,9 +863,35 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             .flatten()
             .filter(|at| *at != i64::MAX)
             .min();
-        let at = [rotations, schedules].into_iter().flatten().min()?;
+        let at = [rotations, schedules, Some(self.rescan_at_ms)]
+            .into_iter()
+            .flatten()
+            .min()?;
         let ms = at.saturating_sub(self.clock.now_ms()).max(0);
         Some(u64::try_from(ms).unwrap_or(0))
+    }
+
+    /// Takes up, when due, every open rotation this node neither drives nor waits for:
+    /// those another node or a killed command left (their lease decides who drives them).
+    async fn rescan(&mut self) {
+        let now = self.clock.now_ms();
+        if now < self.rescan_at_ms {
+            return;
+        }
+        self.rescan_at_ms = now + self.settings.rescan_ms;
+        match self.runner.open_rotations().await {
+            Ok(open) => {
+                for rotation_id in open {
+                    if !self.active.contains(&rotation_id)
+                        && !self.waiting_at.contains_key(&rotation_id)
+                    {
+                        info!(rotation_id, "open rotation found by the rescan");
+                        self.spawn_drive(rotation_id);
+                    }
+                }
+            }
+            Err(e) => warn!(error = %e, "cannot scan the journal for open rotations"),
+        }
     }
 
     fn wake(&mut self) {

@@ -454,7 +454,8 @@ impl<J: RunnerJournal> Runner<J> {
             ..StreamFilter::default()
         };
         for info in self.journal.streams(&still_open)? {
-            if !lock::is_lock_stream(&info.stream_id) && !open.contains(&info.stream_id) {
+            // Other streams (`schedule:`, …) start `open` too, and are no rotations.
+            if lock::is_rotation_stream(&info.stream_id) && !open.contains(&info.stream_id) {
                 open.push(info.stream_id);
             }
         }

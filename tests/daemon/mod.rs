@@ -73,6 +73,16 @@ async fn start_with(
     max_concurrent: usize,
     env: &dyn Fn(&str) -> Option<String>,
 ) -> Running {
+    start_settings(dir, text, Settings::new(max_concurrent), env).await
+}
+
+/// As [`start_with`], with the daemon's settings given.
+async fn start_settings(
+    dir: &Path,
+    text: &str,
+    settings: Settings,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Running {
     std::fs::write(dir.join("rekey.toml"), text).unwrap();
     let config = Config::load(&dir.join("rekey.toml")).unwrap();
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -90,13 +100,7 @@ async fn start_with(
             ..Options::new(format!("daemon-test-{}", uuid::Uuid::now_v7()), 7)
         },
     ));
-    let (daemon, handle) = Daemon::new(
-        runner,
-        journal.clone(),
-        Arc::new(config),
-        clock,
-        Settings::new(max_concurrent),
-    );
+    let (daemon, handle) = Daemon::new(runner, journal.clone(), Arc::new(config), clock, settings);
     let mut state = daemon.api_state(vec![SecretValue::new(TOKEN)]);
     state.metrics = Some(metrics.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -456,6 +460,50 @@ async fn a_trigger_after_a_rotation_ended_is_never_coalesced_into_it() {
         Requested::Started { rotation_id } => assert_ne!(rotation_id, first),
         other => panic!("coalesced into an ended rotation: {other:?}"),
     }
+    r.handle.signal();
+    r.done.await.unwrap();
+}
+
+/// A rotation opened after the daemon started, by a command killed before it drove it
+/// (its lease left behind), is found by the daemon's periodic rescan once the lease lapsed,
+/// and finished, without a restart.
+#[tokio::test]
+async fn a_rotation_a_killed_command_left_is_taken_up_without_a_restart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let settings = Settings {
+        rescan_ms: 200,
+        ..Settings::new(4)
+    };
+    let text = config_text(1, "0s", r#"["true"]"#);
+    let r = start_settings(tmp.path(), &text, settings, &|_| None).await;
+    // Let the daemon finish its start (its first scan found nothing).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let config = Config::load(&tmp.path().join("rekey.toml")).unwrap();
+    let killed = Runner::new(
+        r.journal.clone(),
+        Arc::new(rekey::resolve::Registry::new()),
+        Arc::new(SystemClock),
+        Options::new("killed-cli", 7),
+    );
+    let plan = config.plan("s0").unwrap().clone();
+    let Requested::Started { rotation_id } = killed
+        .request(
+            plan,
+            Trigger::Manual,
+            "cli",
+            uuid::Uuid::now_v7().to_string(),
+        )
+        .await
+        .unwrap()
+    else {
+        panic!("nothing was open");
+    };
+    use rekey::journal::Leases;
+    r.journal
+        .acquire(&rotation_id, "killed-cli", 500)
+        .await
+        .unwrap();
+    wait_phase(&r, &rotation_id, "completed").await;
     r.handle.signal();
     r.done.await.unwrap();
 }
