@@ -13,6 +13,7 @@ mod fake_azure_selftest;
 mod files;
 mod fleet;
 mod intercept;
+mod multinode;
 mod notify;
 mod old_journals;
 mod online;

@@ -21,6 +21,8 @@ pub struct Rekey {
     pub config: PathBuf,
     /// The client secret, handed over in the environment as the config says.
     pub secret_env: (String, String),
+    /// More variables for the children (an API token, a journal password).
+    pub env: Vec<(String, String)>,
     /// Everything every child printed, stdout and stderr.
     pub transcript: Vec<u8>,
 }
@@ -90,6 +92,7 @@ impl Rekey {
         ] {
             cmd.env_remove(var);
         }
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
         let mut child = cmd
             .env("RUST_LOG", "warn")
             .env(&self.secret_env.0, &self.secret_env.1)
@@ -133,6 +136,26 @@ impl Running {
             self.child.kill().expect("SIGKILL rekey");
         }
         self.finish(running, false)
+    }
+
+    /// SIGKILLs the child now, unless it has already exited.
+    pub fn kill(self) -> Ended {
+        self.kill_after(Duration::ZERO)
+    }
+
+    /// Whether the child has exited (by itself: nobody else signals it).
+    pub fn exited(&mut self) -> bool {
+        self.child.try_wait().expect("polling rekey").is_some()
+    }
+
+    /// Sends SIGTERM (a graceful stop) and waits up to `timeout` for the child to exit.
+    pub fn terminate(self, timeout: Duration) -> Ended {
+        // Our own child, not yet reaped: the pid is still its.
+        let pid = self.child.id() as i32;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status();
+        self.wait_for(timeout)
     }
 
     /// Waits up to `timeout` for the child to exit; kills it if it does not.

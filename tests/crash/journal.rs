@@ -144,6 +144,12 @@ impl JournalView {
             return Ok(JournalView::default());
         }
         let j = SqliteJournal::open_read_only(path).map_err(|e| format!("opening: {e}"))?;
+        Self::of(&j)
+    }
+
+    /// Reads every stream of `j` (any engine). Streams other than rotations and locks
+    /// (`schedule:`, `leader:`, …) are left out.
+    pub fn of<J: JournalRead + JournalScan>(j: &J) -> Result<Self, String> {
         let mut view = JournalView::default();
         let streams = j
             .streams(&StreamFilter::default())
@@ -164,7 +170,7 @@ impl JournalView {
                     })
                     .collect::<Result<_, _>>()?;
                 view.locks.insert(info.stream_id, (info.status, events));
-            } else {
+            } else if rekey::runner::lock::is_rotation_stream(&info.stream_id) {
                 let events = events
                     .iter()
                     .map(|e| {

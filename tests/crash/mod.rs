@@ -25,9 +25,9 @@
 //! round, as a failed round reports it.
 
 mod checks;
-mod child;
-mod journal;
-mod world;
+pub mod child;
+pub mod journal;
+pub mod world;
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, Hasher, RandomState};
@@ -67,7 +67,7 @@ const RETRY_FINISH_AFTER: Duration = Duration::from_millis(1_500);
 
 /// A small seeded PRNG (SplitMix64): every choice the test makes replays from the seed.
 #[derive(Debug, Clone)]
-pub struct SplitMix(u64);
+pub struct SplitMix(pub u64);
 
 impl SplitMix {
     pub fn next_u64(&mut self) -> u64 {
@@ -185,6 +185,7 @@ impl Crash {
         let rekey = Rekey {
             config: world.config.clone(),
             secret_env: (SECRET_ENV.to_owned(), world.client_secret.clone()),
+            env: Vec::new(),
             transcript: Vec::new(),
         };
         Crash {

@@ -294,12 +294,12 @@ fn seed_local_components(dir: &Path, first: &BTreeMap<&str, String>) -> (PathBuf
 }
 
 /// 32 random bytes, hex encoded, like the random rotator's values.
-fn random_value(rng: &mut SplitMix) -> String {
+pub fn random_value(rng: &mut SplitMix) -> String {
     (0..4).map(|_| format!("{:016x}", rng.next_u64())).collect()
 }
 
 /// Records, for every new effect, the time it was first seen.
-async fn stamp_effects(fake: Arc<FakeAzure>, stamps: Arc<Mutex<Vec<i64>>>) {
+pub async fn stamp_effects(fake: Arc<FakeAzure>, stamps: Arc<Mutex<Vec<i64>>>) {
     loop {
         let n = fake.effects().len();
         let now = SystemClock.now_ms();
