@@ -402,6 +402,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
     /// (another node may have fired or ended rotations meanwhile), expiry polls due now,
     /// notices caught up on and delivered.
     fn start_duties(&mut self, now: i64) {
+        self.stop_duties();
         self.duties = true;
         let names: Vec<String> = self.scheduled.keys().cloned().collect();
         for secret in names {

@@ -208,6 +208,18 @@ fn bad_daemon_settings_are_explained_and_create_nothing() {
     let (code, stderr) = run("\n[daemon]\nlisten = \"localhost\"\n");
     assert_eq!(code, Some(1), "{stderr}");
     assert!(stderr.contains("is not an address and port"), "{stderr}");
+    let (code, stderr) = run("\n[daemon]\nnode_id = \"a b\"\n");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("[daemon] node_id = \"a b\" must be 1 to 100 characters"),
+        "{stderr}"
+    );
+    let (code, stderr) = run("\n[daemon]\nleader_ttl = \"1s\"\n");
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("[daemon] leader_ttl = \"1s\" must be 3s to 10m"),
+        "{stderr}"
+    );
     let (code, stderr) =
         run("\n[notifications.ops]\nkind = \"teams\"\nurl_env = \"REKEY_UNSET_TOKEN\"\n");
     assert_eq!(code, Some(1), "{stderr}");
@@ -323,4 +335,49 @@ impl Drop for KillOnDrop {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// A node says which node it is and which leads since when: on `/readyz` (its own view)
+/// and, from the journal, in `rekey status`.
+#[tokio::test]
+async fn readyz_and_status_say_which_node_leads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut text = config_text(1, "0s", r#"["true"]"#);
+    text.push_str(&format!(
+        "\n[daemon]\nlisten = \"127.0.0.1:{port}\"\nnode_id = \"solo-1\"\nleader_ttl = \"3s\"\n"
+    ));
+    std::fs::write(tmp.path().join("rekey.toml"), text).unwrap();
+    let mut node = spawn(tmp.path(), "http://127.0.0.1:9/unused");
+    wait_healthy(&base).await;
+    let mut body = String::new();
+    for _ in 0..400 {
+        body = client()
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if body.contains("leader: solo-1 (this node) since ") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(body.starts_with("ready\nnode: solo-1\n"), "{body}");
+    assert!(
+        body.contains("leader: solo-1 (this node) since 20"),
+        "{body}"
+    );
+    let status = Command::new(env!("CARGO_BIN_EXE_rekey"))
+        .args(["status", "--config", "rekey.toml"])
+        .current_dir(tmp.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&status.stdout);
+    assert!(out.contains("daemon leader: node solo-1 since "), "{out}");
+    node.kill().unwrap();
+    node.wait().unwrap();
 }

@@ -71,8 +71,8 @@ pub fn secret(i: usize) -> (String, String) {
 
 /// The site whose setting holds secret `i`: one site per secret. Settings are written by
 /// replacing the site's whole list, with no condition Azure would check; one process
-/// serialises the writes to a site, but two nodes do not (see the report of this test's
-/// author): secrets sharing a site share a `lock_key` until they do.
+/// serializes the writes to a site, but two nodes do not (docs/config.md, `app_setting`),
+/// so secrets sharing a site could undo each other's write.
 pub fn site(i: usize) -> String {
     format!("multi-site-{i}")
 }
