@@ -44,7 +44,7 @@ const KILLS_DEFAULT: u64 = 100;
 const ROTATIONS_MIN: usize = 300;
 const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
 /// Secrets `s0..`; the first [`SCHEDULED`] are rotated by their schedule only.
-const SECRETS: usize = 12;
+const SECRETS: usize = 22;
 const SCHEDULED: usize = 2;
 pub const VAULT: &str = "multivault";
 pub const SUBSCRIPTION: &str = "00000000-c0de-4bad-8ccc-0000000e0de5";
