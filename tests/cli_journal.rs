@@ -435,11 +435,7 @@ fn resume_wait_finishes_when_its_lease_lapses_during_a_stall() {
     let lease_ms = 1_000;
     std::fs::write(
         dir.join("rekey.toml"),
-        config(
-            verifier,
-            // Calls are given 1 s, so the lease made to outlive one is short too.
-            "\n[runner]\nlease_ttl = \"1s\"\n\n[azure]\ntimeout = \"1s\"\n",
-        ),
+        config(verifier, "\n[runner]\nlease_ttl = \"1s\"\n"),
     )
     .unwrap();
     let crashed = rekey(&["rotate", "api"], dir);

@@ -71,7 +71,7 @@ impl Env {
             clock.clone(),
             Options {
                 lease_ttl_ms: config.lease_ttl_ms,
-                call_timeout_ms: Some(config.call_timeout_ms()),
+                call_timeout_ms: config.call_timeout_ms(),
                 sleep: Some(crate::runner::tokio_sleep()),
                 observer,
                 ..Options::new(owner, rand::random())

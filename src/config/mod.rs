@@ -965,10 +965,21 @@ impl Config {
         })
     }
 
-    /// The longest one provider request that may change something can take: the Azure
-    /// timeout (`[azure] timeout`). A runner's lease is made to outlive it before each call.
-    pub fn call_timeout_ms(&self) -> i64 {
-        i64::try_from(self.azure.timeout_ms).unwrap_or(i64::MAX)
+    /// The longest one provider request that may change something can take, when the
+    /// config names Azure providers: the Azure timeout (`[azure] timeout`). A runner's
+    /// lease is made to outlive it before each call. `None` without Azure providers.
+    pub fn call_timeout_ms(&self) -> Option<i64> {
+        let azure = self.providers.values().any(|p| {
+            matches!(
+                p,
+                ProviderConfig::KeyVault { .. }
+                    | ProviderConfig::AppSetting { .. }
+                    | ProviderConfig::EntraPassword { .. }
+                    | ProviderConfig::StorageKeys { .. }
+                    | ProviderConfig::OauthToken { .. }
+            )
+        });
+        azure.then(|| i64::try_from(self.azure.timeout_ms).unwrap_or(i64::MAX))
     }
 
     /// The configured secret a Key Vault event is about: named `secret` (names are
@@ -1754,6 +1765,20 @@ grace = "1h"
 
     /// A config of one secret `s` in one `key_vault` store `vault` at `url`, with `extra`
     /// lines at the end of the store's table (from line 15).
+    /// A runner's lease is made to outlive Azure calls only where there are some: with local
+    /// providers alone, no call timeout lengthens it.
+    #[test]
+    fn the_call_timeout_is_azures_when_azure_providers_are_configured() {
+        assert_eq!(parse(GOOD).unwrap().call_timeout_ms(), None);
+        let kv = key_vault_config("https://contoso.vault.azure.net", "");
+        assert_eq!(
+            parse(&kv).unwrap().call_timeout_ms(),
+            Some(crate::providers::azure::http::CALL_TIMEOUT_MS as i64)
+        );
+        let kv = format!("[azure]\ntimeout = \"5s\"\n\n{kv}");
+        assert_eq!(parse(&kv).unwrap().call_timeout_ms(), Some(5_000));
+    }
+
     fn key_vault_config(url: &str, extra: &str) -> String {
         format!(
             r#"[journal]
