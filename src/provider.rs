@@ -80,6 +80,13 @@ pub struct Step<'a> {
     pub secret: &'a str,
     pub id: StepId,
     pub key: &'a str,
+    /// The id of the credential this rotation created (its current generation's), once
+    /// there is one: a store tags the version it writes with it where the plan asks
+    /// (`rekey-key-id`), so the next discovery links the copy definitively.
+    pub credential: Option<&'a str>,
+    /// Where the step's target is, as the plan fixed it (`None` for targets found by
+    /// name): what a store writes to one item beyond the value (tags to keep or add).
+    pub address: Option<&'a crate::saga::Address>,
 }
 
 /// A credential a rotator made: its id (journaled) and its value (never journaled).

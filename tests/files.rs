@@ -187,6 +187,8 @@ fn update_step() -> Step<'static> {
         secret: "b",
         id: StepId::new(Action::Update, 0),
         key: "rot:update",
+        credential: None,
+        address: None,
     }
 }
 

@@ -577,6 +577,10 @@ impl Builder {
                 credential,
                 content_type,
                 verify_challenge_resource,
+                // Per item: the store reads them from each step's address.
+                tags: _,
+                credential_tags: _,
+                keep_metadata: _,
             } => {
                 let vault = url(vault_url)?;
                 let limit = self.vault_limits.get(&vault_key(&vault)).copied();
@@ -625,6 +629,7 @@ impl Builder {
                 validity_days,
                 verify_scope,
                 propagation,
+                retire,
             } => built!(AppPasswords {
                 api: self.authed(credential, GRAPH_SCOPE)?,
                 graph: endpoints.graph.clone(),
@@ -635,6 +640,7 @@ impl Builder {
                 validity_days: *validity_days,
                 verify_scope: verify_scope.clone(),
                 propagation_ms_max: parse_duration_ms(propagation).map_err(invalid)? as u64,
+                retire: retire.clone(),
             }),
             Address::StorageKeys {
                 credential,
@@ -775,6 +781,9 @@ pub fn address_of(p: &ProviderConfig, secret: &str) -> Address {
             credential,
             content_type,
             verify_challenge_resource,
+            tags: std::collections::BTreeMap::new(),
+            credential_tags: Vec::new(),
+            keep_metadata: false,
         },
         ProviderConfig::AppSetting {
             credential,
@@ -809,6 +818,7 @@ pub fn address_of(p: &ProviderConfig, secret: &str) -> Address {
             validity_days,
             verify_scope,
             propagation,
+            retire: None,
         },
         ProviderConfig::StorageKeys {
             credential,

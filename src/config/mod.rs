@@ -844,7 +844,20 @@ impl Config {
                     ),
                 ));
             }
-            let lock_key = s.lock_key.clone().unwrap_or_else(|| name.clone());
+            // Every rotation of one Entra application's passwords shares one lock, so a
+            // configured secret and a fleet rotation of the same app never run at once.
+            let lock_key = s.lock_key.clone().unwrap_or_else(|| {
+                match targets
+                    .iter()
+                    .find(|t| t.role == Role::Rotator)
+                    .and_then(|t| t.address.as_ref())
+                {
+                    Some(crate::saga::Address::EntraPassword { app_id, .. }) => {
+                        crate::fleet::plan::entra_app_lock_key(app_id)
+                    }
+                    _ => name.clone(),
+                }
+            });
             if !valid_name(&lock_key) {
                 return Err(invalid(
                     here,
@@ -1585,6 +1598,18 @@ pub const KEYS: &[(&str, &[&str])] = &[
             "name_templates",
             "tag_keys",
             "exclude",
+            "rotation",
+        ],
+    ),
+    (
+        "[fleet.rotation]",
+        &[
+            "grace",
+            "validity_days",
+            "max_concurrent",
+            "max_concurrent_per_tenant",
+            "attempts_max",
+            "propagation",
         ],
     ),
     (
@@ -2028,6 +2053,59 @@ role = "app"
             let allowed = kind_roles(kind);
             assert!(!allowed.is_empty(), "{name} plays no role");
             assert_eq!(built.roles(name).unwrap().roles(), allowed, "{name}");
+        }
+    }
+
+    /// A secret rotating an Entra application's passwords locks the application, as
+    /// every fleet rotation of it does; an explicit lock_key still wins.
+    #[test]
+    fn entra_password_secrets_lock_their_application() {
+        let secrets = "\n[secrets.api]\nrotator = \"entra\"\nstores = [\"kv\"]\nverifiers = [\"entra\"]\ngrace = \"1h\"\n\n[secrets.other]\nrotator = \"random\"\nstores = [\"kv\"]\nverifiers = [\"kv\"]\ngrace = \"1h\"\n\n[secrets.pinned]\nrotator = \"entra\"\nstores = [\"kv\"]\nverifiers = [\"entra\"]\nlock_key = \"mine\"\ngrace = \"1h\"\n";
+        let c = parse(&format!("{EVERY_KIND}{secrets}")).unwrap();
+        assert_eq!(c.secrets["api"].lock_key, "entra-app.app");
+        assert_eq!(
+            c.secrets["api"].lock_key,
+            crate::fleet::plan::entra_app_lock_key("APP")
+        );
+        assert_eq!(c.secrets["other"].lock_key, "other");
+        assert_eq!(c.secrets["pinned"].lock_key, "mine");
+    }
+
+    #[test]
+    fn fleet_rotation_settings_have_defaults_and_bounds() {
+        let fleet = "\n[credentials.reader]\nkind = \"static_token\"\ntoken_env = \"T\"\n\n[fleet.tenants.c]\ncredential = \"reader\"\n";
+        let base = format!("{GOOD}{fleet}");
+        let rotation = parse(&base).unwrap().fleet.unwrap().rotation;
+        assert_eq!(rotation, crate::fleet::config::RotationConfig::default());
+        assert_eq!(rotation.grace_ms, 24 * 3_600_000);
+        let set = "\n[fleet.rotation]\ngrace = \"1h\"\nmax_concurrent = 4\nmax_concurrent_per_tenant = 2\nvalidity_days = 30\n";
+        let rotation = parse(&format!("{base}{set}"))
+            .unwrap()
+            .fleet
+            .unwrap()
+            .rotation;
+        assert_eq!(
+            (
+                rotation.grace_ms,
+                rotation.max_concurrent,
+                rotation.max_concurrent_per_tenant,
+                rotation.validity_days
+            ),
+            (3_600_000, 4, 2, 30)
+        );
+        for (bad, why) in [
+            ("grace = \"soon\"", "[fleet.rotation] grace = \"soon\""),
+            ("max_concurrent = 0", "max_concurrent = 0 must be 1 to 1000"),
+            (
+                "validity_days = 99999",
+                "validity_days = 99999 must be 1 to 3650",
+            ),
+            ("parallel = 3", "unknown field `parallel`"),
+        ] {
+            let err = parse(&format!("{base}\n[fleet.rotation]\n{bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(why), "{bad}: {err}");
         }
     }
 

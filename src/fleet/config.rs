@@ -35,6 +35,107 @@ pub struct RawFleet {
     name_templates: Option<Spanned<Vec<String>>>,
     tag_keys: Option<Spanned<RawTagKeys>>,
     exclude: Option<Spanned<RawExclude>>,
+    rotation: Option<Spanned<RawRotation>>,
+}
+
+/// `[fleet.rotation]`: how `rekey rotate --fleet` rotates what discovery found.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRotation {
+    grace: Option<String>,
+    validity_days: Option<i64>,
+    max_concurrent: Option<i64>,
+    max_concurrent_per_tenant: Option<i64>,
+    attempts_max: Option<i64>,
+    propagation: Option<String>,
+}
+
+/// Grace before the old credential is removed, by default: App Service caches Key Vault
+/// references up to 24 h.
+pub const GRACE_DEFAULT_MS: i64 = 24 * 3_600_000;
+/// Days a new password is valid, by default.
+pub const VALIDITY_DAYS_DEFAULT: i64 = 180;
+/// Fleet rotations driven at once, by default, and per tenant.
+pub const MAX_CONCURRENT_DEFAULT: usize = 16;
+pub const MAX_CONCURRENT_PER_TENANT_DEFAULT: usize = 8;
+/// Most rotations at once that the config may ask for.
+pub const MAX_CONCURRENT_LIMIT: usize = 1_000;
+
+/// The validated `[fleet.rotation]` (defaults when absent).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RotationConfig {
+    /// How long the old credential stays valid after verification.
+    pub grace_ms: i64,
+    /// Days a new password is valid (Graph `endDateTime`); a tenant limit, when one is
+    /// known, may shorten it.
+    pub validity_days: i64,
+    pub max_concurrent: usize,
+    pub max_concurrent_per_tenant: usize,
+    pub attempts_max: u32,
+    /// How long verification keeps signing in while a new password propagates.
+    pub propagation: String,
+}
+
+impl Default for RotationConfig {
+    fn default() -> Self {
+        Self {
+            grace_ms: GRACE_DEFAULT_MS,
+            validity_days: VALIDITY_DAYS_DEFAULT,
+            max_concurrent: MAX_CONCURRENT_DEFAULT,
+            max_concurrent_per_tenant: MAX_CONCURRENT_PER_TENANT_DEFAULT,
+            attempts_max: 5,
+            propagation: "2m".into(),
+        }
+    }
+}
+
+fn rotation(raw: &Spanned<RawRotation>) -> Result<RotationConfig, Invalid> {
+    let at = Some(raw.span());
+    let r = raw.get_ref();
+    let mut out = RotationConfig::default();
+    let duration = |key: &str, text: &str| {
+        crate::config::parse_duration_ms(text).map_err(|why| {
+            (
+                at.clone(),
+                format!("[fleet.rotation] {key} = {text:?} {why}; write e.g. \"24h\" or \"7d\""),
+            )
+        })
+    };
+    if let Some(g) = &r.grace {
+        out.grace_ms = duration("grace", g)?;
+    }
+    if let Some(p) = &r.propagation {
+        duration("propagation", p)?;
+        out.propagation.clone_from(p);
+    }
+    let ranged = |key: &str, v: i64, max: i64| {
+        if (1..=max).contains(&v) {
+            Ok(v)
+        } else {
+            Err((
+                at.clone(),
+                format!("[fleet.rotation] {key} = {v} must be 1 to {max}"),
+            ))
+        }
+    };
+    if let Some(v) = r.validity_days {
+        out.validity_days = ranged("validity_days", v, 3650)?;
+    }
+    let limit = MAX_CONCURRENT_LIMIT as i64;
+    if let Some(v) = r.max_concurrent {
+        out.max_concurrent = ranged("max_concurrent", v, limit)? as usize;
+    }
+    if let Some(v) = r.max_concurrent_per_tenant {
+        out.max_concurrent_per_tenant = ranged("max_concurrent_per_tenant", v, limit)? as usize;
+    }
+    if let Some(v) = r.attempts_max {
+        out.attempts_max = ranged(
+            "attempts_max",
+            v,
+            i64::from(crate::config::ATTEMPTS_MAX_LIMIT),
+        )? as u32;
+    }
+    Ok(out)
 }
 
 fn yes() -> bool {
@@ -101,6 +202,8 @@ pub struct FleetConfig {
     /// Name templates, tag keys, minimum confidence.
     pub rules: Rules,
     pub exclusions: Exclusions,
+    /// How `rotate --fleet` rotates (`[fleet.rotation]`).
+    pub rotation: RotationConfig,
 }
 
 /// A validation failure: where (a byte range of the config text) and what.
@@ -217,6 +320,12 @@ pub fn validate(raw: &Spanned<RawFleet>, credentials: &[&str]) -> Result<FleetCo
         verify_challenge_resource: f.verify_challenge_resource,
         rules,
         exclusions,
+        rotation: f
+            .rotation
+            .as_ref()
+            .map(rotation)
+            .transpose()?
+            .unwrap_or_default(),
     })
 }
 

@@ -50,6 +50,11 @@ pub struct Discovery {
     pub matched: Matched,
     pub excluded_credentials: usize,
     pub excluded_items: usize,
+    /// The vault items left out by the exclusions: a rotation must not leave one of them
+    /// holding a retired credential.
+    pub excluded: Vec<super::model::VaultItem>,
+    /// Each vault read, by `(tenant, vault name)`: its URL (where a rotation writes).
+    pub vault_urls: std::collections::BTreeMap<(String, String), url::Url>,
     /// Values read for the hint check (0 unless opted in).
     pub hint_reads: usize,
     pub read_values_for_hint: bool,
@@ -137,6 +142,13 @@ pub async fn discover(
     };
     let (inventory, excluded_credentials, excluded_items) =
         fleet.exclusions.apply(scan.inventory.clone());
+    let excluded: Vec<_> = scan
+        .inventory
+        .items
+        .iter()
+        .filter(|i| fleet.exclusions.excludes_item(i))
+        .cloned()
+        .collect();
     let (hints, hint_reads) = if fleet.read_values_for_hint {
         let candidates = hint_candidates(&inventory, &rules);
         (
@@ -175,6 +187,8 @@ pub async fn discover(
         matched,
         excluded_credentials,
         excluded_items,
+        excluded,
+        vault_urls: scan.vault_urls(),
         hint_reads,
         read_values_for_hint: fleet.read_values_for_hint,
         days_before_expiry: fleet.days_before_expiry,

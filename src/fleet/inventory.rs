@@ -128,6 +128,16 @@ pub struct Scan {
     stores: BTreeMap<(String, String), Arc<KeyVaultStore>>,
 }
 
+impl Scan {
+    /// The URL of each vault read, by `(tenant, vault name)`.
+    pub fn vault_urls(&self) -> BTreeMap<(String, String), Url> {
+        self.stores
+            .iter()
+            .map(|(k, store)| (k.clone(), store.vault_url().clone()))
+            .collect()
+    }
+}
+
 /// One tenant's share of a scan.
 #[derive(Default)]
 struct Part {

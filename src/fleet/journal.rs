@@ -380,6 +380,8 @@ mod tests {
             matched,
             excluded_credentials: 0,
             excluded_items: 0,
+            excluded: Vec::new(),
+            vault_urls: std::collections::BTreeMap::new(),
             hint_reads: 0,
             read_values_for_hint: false,
             days_before_expiry: 30,

@@ -10,7 +10,8 @@
 //! - [`discover`]: one run, from config to matched inventory;
 //! - [`journal`]: the run's `discovery:<run id>` stream, in bounded chunks;
 //! - [`report`]: the `--json` document and the table's rows;
-//! - [`explain`]: the `--explain` text.
+//! - [`explain`]: the `--explain` text;
+//! - [`plan`]: fleet rotation plans (pure): eligibility, refusals, one plan per app.
 //!
 //! **Architecture invariant:** matching is pure (no I/O, no clock); the inventory is
 //! gathered elsewhere and hint checks reach it as booleans, never as values.
@@ -22,6 +23,7 @@ pub mod inventory;
 pub mod journal;
 pub mod matching;
 pub mod model;
+pub mod plan;
 pub mod report;
 pub mod rules;
 

@@ -657,6 +657,8 @@ impl<J: RunnerJournal> Runner<J> {
             secret: target.secret(&state.plan.secret),
             id: step,
             key,
+            credential: Self::created_id(state),
+            address: target.address.as_ref(),
         }
     }
 
@@ -672,6 +674,15 @@ impl<J: RunnerJournal> Runner<J> {
                 .then(|| state.outcome(&s).map(|v| (s, v.to_owned())))
                 .flatten()
         })
+    }
+
+    /// The credential id the current generation's create produced, borrowed.
+    fn created_id(state: &Rotation) -> Option<&str> {
+        state
+            .forward_steps()
+            .into_iter()
+            .find(|s| s.action == Action::Create)
+            .and_then(|s| state.outcome(&s))
     }
 
     /// The current generation's create step and the credential id it produced.

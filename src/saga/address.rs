@@ -10,6 +10,7 @@
 //! ([`CommandDigest`]), so the journal never decides what runs; the config does. It is
 //! part of the journal's format: change it only by adding optional fields.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -113,6 +114,18 @@ pub enum Address {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         content_type: Option<String>,
         verify_challenge_resource: bool,
+        /// Tags every new version gets besides rekey's own (a fleet rotation's
+        /// `rekey-app-id`). Empty for a configured store.
+        #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+        tags: BTreeMap<String, String>,
+        /// Tags set to the id of the credential the rotation created (`rekey-key-id`, and a
+        /// key-id tag the item already had, such as `CredentialId`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        credential_tags: Vec<String>,
+        /// Each new version keeps the current version's other tags and its content type
+        /// (a discovered item: rekey did not create it and must not strip it).
+        #[serde(default, skip_serializing_if = "is_false")]
+        keep_metadata: bool,
     },
     /// Setting `setting` of an App Service site (or slot), reached with `credential`.
     AppSetting {
@@ -135,6 +148,12 @@ pub enum Address {
         validity_days: i64,
         verify_scope: String,
         propagation: String,
+        /// The key ids to retire after the grace period, fixed when the rotation is
+        /// requested (a fleet rotation: the credentials discovery identified with HIGH
+        /// confidence; empty: none). `None`: the passwords rekey made for this secret
+        /// before (found by display name).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retire: Option<Vec<String>>,
     },
     /// The key pair of storage account `account`, reached with `credential`.
     StorageKeys {
@@ -169,6 +188,10 @@ pub enum Address {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         tls_ca_file: Option<PathBuf>,
     },
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Address {
@@ -217,10 +240,22 @@ impl Address {
         }
     }
 
-    /// What one provider instance serves: the address without its item, so every secret
-    /// of one vault shares one provider (and its lock, token scope and request budget).
+    /// What one provider instance serves: the address without its item (and what is
+    /// written to that item only), so every secret of one vault shares one provider (and
+    /// its lock, token scope and request budget).
     pub fn provider_key(&self) -> String {
-        let shared = self.clone().with_item("");
+        let mut shared = self.clone().with_item("");
+        if let Address::KeyVault {
+            tags,
+            credential_tags,
+            keep_metadata,
+            ..
+        } = &mut shared
+        {
+            tags.clear();
+            credential_tags.clear();
+            *keep_metadata = false;
+        }
         serde_json::to_string(&shared).unwrap_or_else(|_| format!("{shared:?}"))
     }
 }
@@ -277,6 +312,9 @@ mod tests {
             credential: "azure".into(),
             content_type: None,
             verify_challenge_resource: true,
+            tags: BTreeMap::new(),
+            credential_tags: Vec::new(),
+            keep_metadata: false,
         };
         assert_eq!(kv("a").provider_key(), kv("b").provider_key());
         assert_eq!(kv("a").item(), Some("a"));
@@ -300,5 +338,53 @@ mod tests {
         let json = serde_json::to_value(kv("api")).unwrap();
         assert_eq!(json["kind"], "key_vault");
         assert_eq!(serde_json::from_value::<Address>(json).unwrap(), kv("api"));
+    }
+
+    #[test]
+    fn fleet_fields_are_optional_and_per_item() {
+        // A journal written before these fields existed still reads.
+        let old = serde_json::json!({
+            "kind": "key_vault", "vault_url": "https://kv1.vault.azure.net", "secret": "a",
+            "credential": "azure", "verify_challenge_resource": true
+        });
+        let Address::KeyVault {
+            tags,
+            credential_tags,
+            keep_metadata,
+            ..
+        } = serde_json::from_value::<Address>(old.clone()).unwrap()
+        else {
+            panic!("not a key_vault address")
+        };
+        assert!(tags.is_empty() && credential_tags.is_empty() && !keep_metadata);
+        let old_entra = serde_json::json!({
+            "kind": "entra_password", "credential": "g", "tenant": "t", "object_id": "o",
+            "app_id": "a", "validity_days": 180, "verify_scope": "s", "propagation": "2m"
+        });
+        let Address::EntraPassword { retire, .. } =
+            serde_json::from_value::<Address>(old_entra).unwrap()
+        else {
+            panic!("not an entra_password address")
+        };
+        assert!(retire.is_none());
+        // What is written to one item does not split the vault's provider, and an
+        // address without fleet fields serializes as before.
+        let mut fleet = serde_json::from_value::<Address>(old.clone()).unwrap();
+        if let Address::KeyVault {
+            tags,
+            credential_tags,
+            keep_metadata,
+            secret,
+            ..
+        } = &mut fleet
+        {
+            tags.insert("rekey-app-id".into(), "app".into());
+            credential_tags.push("rekey-key-id".into());
+            *keep_metadata = true;
+            "b".clone_into(secret);
+        }
+        let plain = serde_json::from_value::<Address>(old.clone()).unwrap();
+        assert_eq!(fleet.provider_key(), plain.provider_key());
+        assert_eq!(serde_json::to_value(&plain).unwrap(), old);
     }
 }

@@ -161,6 +161,7 @@ impl Env {
             validity_days: 180,
             verify_scope: GRAPH_SCOPE.to_owned(),
             propagation_ms_max,
+            retire: None,
         }
     }
 
@@ -288,6 +289,8 @@ impl Step {
                 secret: &self.secret,
                 id: self.step,
                 key: &self.key,
+                credential: None,
+                address: None,
             },
             role: self.target.role,
             captured: self.captured.as_deref(),

@@ -105,6 +105,8 @@ pub async fn call(
         secret: "s",
         id,
         key: &key,
+        credential: None,
+        address: None,
     };
     let rotator = pg.rotator().expect("a rotator");
     match action {

@@ -4,7 +4,9 @@
 //! whose response was lost can never be used: reconcile finds it by its `displayName`
 //! (which carries the step's idempotency key) and reports it as an orphan, which the runner
 //! removes before creating another. Only passwords rekey created for this secret
-//! (`displayName` starting `rekey:<secret>:`) are ever retired: passwords made by hand stay.
+//! (`displayName` starting `rekey:<secret>:`) are ever retired: passwords made by hand stay,
+//! unless the plan names them (`retire`: a fleet rotation retires exactly the key ids
+//! discovery identified with HIGH confidence as the ones its vault items held).
 //! Verification is a client-credentials token request with the new password, retried for a
 //! bounded time while Entra propagates it.
 
@@ -38,6 +40,9 @@ pub struct AppPasswords {
     pub verify_scope: String,
     /// How long verification keeps trying while a new password propagates.
     pub propagation_ms_max: u64,
+    /// The key ids to retire, fixed in the plan (a fleet rotation; possibly none);
+    /// `None`: the passwords rekey made for the secret before.
+    pub retire: Option<Vec<String>>,
 }
 
 /// The `displayName` prefix of every password rekey creates for `secret`.
@@ -199,13 +204,20 @@ impl AppPasswords {
 /// ever found by reconciling. Entra never shows a password's text again, so nothing is
 /// ever revealed.
 impl Rotator for AppPasswords {
-    /// The passwords rekey made for this secret before; retired after the grace period.
+    /// The passwords rekey made for this secret before, or exactly the key ids the plan
+    /// names; retired after the grace period.
     fn capture<'a>(
         &'a self,
         step: Step<'a>,
         _: Option<&'a SecretValue>,
     ) -> Reply<'a, Option<String>> {
         Box::pin(async move {
+            if let Some(retire) = &self.retire {
+                let mut ids: Vec<String> = retire.iter().map(|k| k.to_ascii_lowercase()).collect();
+                ids.sort();
+                ids.dedup();
+                return Ok((!ids.is_empty()).then(|| ids.join(",")));
+            }
             let prefix = display_prefix(step.secret);
             let mut ids: Vec<String> = self
                 .passwords()

@@ -30,6 +30,15 @@ pub const ROTATION_TAG: &str = "rekey-rotation";
 pub const KEY_TAG: &str = "rekey-key";
 /// Most version pages followed when reconciling (25 versions a page).
 pub const VERSION_PAGES_MAX: usize = 400;
+/// Most tags Key Vault keeps on one version.
+pub const TAGS_MAX: usize = 15;
+
+/// What a new version carries beyond its value and rekey's own tags.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    pub tags: std::collections::BTreeMap<String, String>,
+    pub content_type: Option<String>,
+}
 
 /// One vault, holding each secret under its config name.
 #[derive(Debug)]
@@ -252,16 +261,42 @@ impl KeyVaultStore {
         rotation_id: &str,
         key: &str,
     ) -> Result<String, ProviderError> {
+        self.set_with(secret, value, rotation_id, key, Metadata::default())
+            .await
+    }
+
+    /// Writes `value` as the newest version with `meta`'s tags and content type, tagged
+    /// with the rotation and `key` as well (rekey's tags win over any of `meta`'s).
+    pub async fn set_with(
+        &self,
+        secret: &str,
+        value: &SecretValue,
+        rotation_id: &str,
+        key: &str,
+        meta: Metadata,
+    ) -> Result<String, ProviderError> {
         let name = Self::secret_name(secret)?;
         let url = self.url(&format!("/secrets/{name}"))?;
+        let mut tags = meta.tags;
+        tags.retain(|k, _| {
+            !k.eq_ignore_ascii_case(ROTATION_TAG) && !k.eq_ignore_ascii_case(KEY_TAG)
+        });
+        tags.insert(ROTATION_TAG.to_owned(), rotation_id.to_owned());
+        tags.insert(KEY_TAG.to_owned(), key.to_owned());
+        let resource = self.resource(secret);
+        if tags.len() > TAGS_MAX {
+            return Err(ProviderError::permanent(format!(
+                "{resource} would need {} tags on its new version (its own, kept from the current version, and rekey's), more than Key Vault's {TAGS_MAX}; remove some tags from the secret",
+                tags.len()
+            )));
+        }
         let mut body = json!({
             "value": value.expose(),
-            "tags": { ROTATION_TAG: rotation_id, KEY_TAG: key },
+            "tags": tags,
         });
-        if let Some(ct) = &self.content_type {
+        if let Some(ct) = self.content_type.as_ref().or(meta.content_type.as_ref()) {
             body["contentType"] = json!(ct);
         }
-        let resource = self.resource(secret);
         let resp = self
             .call(
                 reqwest::Method::PUT,
@@ -277,6 +312,60 @@ impl KeyVaultStore {
         resp.body["id"].as_str().map(str::to_owned).ok_or_else(|| {
             ProviderError::permanent(format!("Key Vault set on {resource} returned no id"))
         })
+    }
+
+    /// What a write to `step`'s item carries beyond the value, as its address asks: the
+    /// tags and content type of the version `from` (or, without one, of the newest
+    /// enabled version) when it keeps them, its fixed tags, and `credential` under each
+    /// credential tag. Listing shows tags and content types without values.
+    async fn metadata_for(
+        &self,
+        step: Step<'_>,
+        from: Option<&str>,
+        credential: Option<&str>,
+    ) -> Result<Metadata, ProviderError> {
+        let Some(crate::saga::Address::KeyVault {
+            tags,
+            credential_tags,
+            keep_metadata,
+            ..
+        }) = step.address
+        else {
+            return Ok(Metadata::default());
+        };
+        let mut meta = Metadata::default();
+        if *keep_metadata {
+            let source = match from {
+                Some(id) => self
+                    .versions(step.secret)
+                    .await?
+                    .into_iter()
+                    .find(|v| v["id"].as_str().is_some_and(|v| v.eq_ignore_ascii_case(id))),
+                None => self.newest_enabled_listed(step.secret).await?,
+            };
+            if let Some(v) = source {
+                meta.content_type = v["contentType"].as_str().map(str::to_owned);
+                meta.tags = v["tags"]
+                    .as_object()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned())))
+                    .collect();
+            }
+        }
+        let mut set = |name: &str, value: &str| {
+            meta.tags.retain(|k, _| !k.eq_ignore_ascii_case(name));
+            meta.tags.insert(name.to_owned(), value.to_owned());
+        };
+        for (k, v) in tags {
+            set(k, v);
+        }
+        if let Some(id) = credential {
+            for name in credential_tags {
+                set(name, id);
+            }
+        }
+        Ok(meta)
     }
 
     /// Checks that a version id belongs to this vault before a token is sent to it.
@@ -566,8 +655,14 @@ impl Store for KeyVaultStore {
         Box::pin(self.current(step.secret))
     }
 
+    /// A discovered item (its address keeps metadata) keeps its other tags and content
+    /// type, and is tagged with the new credential's id.
     fn write<'a>(&'a self, step: Step<'a>, new: &'a SecretValue) -> Reply<'a, String> {
-        Box::pin(self.set(step.secret, new, step.rotation_id, step.key))
+        Box::pin(async move {
+            let meta = self.metadata_for(step, None, step.credential).await?;
+            self.set_with(step.secret, new, step.rotation_id, step.key, meta)
+                .await
+        })
     }
 
     fn restore<'a>(
@@ -586,7 +681,9 @@ impl Store for KeyVaultStore {
                     let id = match self.find_tagged(step.secret, step.key).await? {
                         Some(id) => id,
                         None => {
-                            self.set(step.secret, old, step.rotation_id, step.key)
+                            // The old value goes back with the tags it had.
+                            let meta = self.metadata_for(step, captured, None).await?;
+                            self.set_with(step.secret, old, step.rotation_id, step.key, meta)
                                 .await?
                         }
                     };
