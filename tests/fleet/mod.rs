@@ -14,6 +14,7 @@ mod bad_input;
 mod e2e;
 mod hygiene;
 mod inventory;
+mod rotate;
 
 use std::sync::Arc;
 

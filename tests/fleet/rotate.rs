@@ -1,0 +1,268 @@
+//! Fleet rotations' effects over HTTP against the fakes: discovery, a plan, the runner.
+//! A discovered Entra password is replaced (`addPassword`), every vault copy gets one new
+//! version that keeps the item's other tags and content type and is tagged with the app,
+//! the new keyId and the rotation; the new password is verified by signing in with it;
+//! after the grace period the old password (hand-made, identified with HIGH confidence) is
+//! removed exactly once and the versions it superseded are disabled. A resumed rotation
+//! needs neither the discovery nor a config entry per secret.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use rekey::config::Config;
+use rekey::fleet::discover;
+use rekey::fleet::matching::Confidence;
+use rekey::fleet::plan::{FleetPlans, Selection, plan};
+use rekey::journal::{Clock, ManualClock, MemoryJournal};
+use rekey::runner::{Options, Progress, Requested, Runner};
+use rekey::saga::{Phase, Trigger};
+
+use super::{READER_ID, READER_SECRET, SECRET_VAR, T0_MS, config_text, fake};
+use crate::azure::drive;
+use crate::fake_azure::{App, Effect, FakeAzure, PasswordCred, SecretMeta};
+
+const DAY_S: i64 = 86_400;
+pub const ORDERS_OBJECT: &str = "0b000000-0000-4000-8000-000000000001";
+pub const ORDERS_APP: &str = "0a000000-0000-4000-8000-000000000001";
+pub const ORDERS_KEY: &str = "0c000000-0000-4000-8000-000000000001";
+pub const ORDERS_TEXT: &str = "Ord8Q~orders-old-value";
+
+fn at(s: i64) -> jiff::Timestamp {
+    jiff::Timestamp::from_second(s).unwrap()
+}
+
+fn tags(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+/// App `orders` with one hand-made password ending in 10 days, held by
+/// `kv-alpha/orders-client-secret` (Azure's sample tags, a team tag, a content type) and
+/// `kv-beta/orders-copy` (rekey's own tags from an earlier rotation).
+pub fn seed_orders(fake: &FakeAzure) {
+    let now_s = T0_MS / 1000;
+    fake.graph_insert_app(App {
+        object_id: ORDERS_OBJECT.into(),
+        app_id: ORDERS_APP.into(),
+        principal_id: "0f000000-0000-4000-8000-000000000001".into(),
+        display_name: "orders".into(),
+        tags: Vec::new(),
+        passwords: vec![PasswordCred::new(
+            ORDERS_KEY,
+            Some("made by hand"),
+            ORDERS_TEXT,
+            at(now_s - 300 * DAY_S),
+            at(now_s + 10 * DAY_S),
+        )],
+        keys: Vec::new(),
+    });
+    fake.kv_seed_item(
+        "kv-alpha",
+        "orders-client-secret",
+        ORDERS_TEXT,
+        SecretMeta {
+            tags: tags(&[
+                ("CredentialId", ORDERS_KEY),
+                ("ProviderAddress", ORDERS_OBJECT),
+                ("team", "shop"),
+            ]),
+            content_type: Some("text/plain".into()),
+            ..SecretMeta::default()
+        },
+    );
+    fake.kv_seed_item(
+        "kv-beta",
+        "orders-copy",
+        ORDERS_TEXT,
+        SecretMeta {
+            tags: tags(&[("rekey-app-id", ORDERS_APP), ("rekey-key-id", ORDERS_KEY)]),
+            ..SecretMeta::default()
+        },
+    );
+}
+
+fn env(var: &str) -> Option<String> {
+    (var == SECRET_VAR).then(|| READER_SECRET.to_owned())
+}
+
+/// The config over `fake`'s two vaults, with a one-hour grace.
+fn config(fake: &FakeAzure, dir: &std::path::Path) -> Config {
+    let text = config_text(
+        fake,
+        &["kv-alpha", "kv-beta"],
+        &[],
+        "[fleet.rotation]\ngrace = \"1h\"\n",
+    );
+    let path = dir.join("rekey.toml");
+    std::fs::write(&path, &text).unwrap();
+    Config::parse(&path, &text).expect("config")
+}
+
+/// Discovers and plans with the default selection (HIGH, due within 30 days).
+async fn discover_and_plan(config: &Config, clock: &ManualClock) -> FleetPlans {
+    let fleet = discover::fleet(config).unwrap();
+    let arc: Arc<dyn Clock> = Arc::new(clock.clone());
+    let scanner = discover::scanner(config, None, arc, &env).unwrap();
+    let d = discover::discover(&scanner, fleet, None, clock).await;
+    let sel = Selection {
+        now_ms: clock.now_ms(),
+        expiring_within_ms: None,
+        app: None,
+        key_id: None,
+        tenant: None,
+        min_confidence: Confidence::High,
+        approve_medium: false,
+        tenant_max_days: BTreeMap::new(),
+        tenant_ids: BTreeMap::from([("contoso".to_owned(), FakeAzure::TENANT.to_owned())]),
+    };
+    plan(&d, fleet, &sel).unwrap()
+}
+
+fn runner(
+    config: &Config,
+    clock: &ManualClock,
+    journal: Arc<MemoryJournal>,
+) -> Runner<MemoryJournal> {
+    let arc: Arc<dyn Clock> = Arc::new(clock.clone());
+    let resolver = config
+        .resolver(arc.clone(), Arc::new(|v: &str| env(v)))
+        .expect("resolver");
+    Runner::new(
+        journal,
+        Arc::new(resolver),
+        arc,
+        Options::new("fleet-test", 7),
+    )
+}
+
+#[tokio::test]
+async fn a_fleet_rotation_writes_every_copy_verifies_and_retires_the_old_password_once() {
+    let (fake, clock) = fake().await;
+    seed_orders(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&fake, dir.path());
+    let plans = discover_and_plan(&config, &clock).await;
+    assert_eq!(plans.rotations.len(), 1, "{:?}", plans.refused);
+    let rotation = &plans.rotations[0];
+    assert_eq!(rotation.plan.lock_key, format!("entra-app.{ORDERS_APP}"));
+    let before = fake.effects().len();
+    assert_eq!(before, 0, "discovery changed nothing");
+
+    // Requested by one runner, driven by another built from the config alone: the plan
+    // in the journal is all a resume needs.
+    let journal = Arc::new(MemoryJournal::new(Arc::new(clock.clone())));
+    let id = "0197a000-0000-7000-8000-00000000f1ee";
+    let first = runner(&config, &clock, journal.clone());
+    let requested = first
+        .request(rotation.plan.clone(), Trigger::Bulk, "test", id.to_owned())
+        .await
+        .unwrap();
+    assert_eq!(
+        requested,
+        Requested::Started {
+            rotation_id: id.into()
+        }
+    );
+    drop(first);
+    let resumed = runner(&config, &clock, journal.clone());
+    match drive(&resumed, &clock, id, true).await {
+        Progress::Waiting { until_ms, .. } => assert_eq!(until_ms, clock.now_ms() + 3_600_000),
+        other => panic!("expected the grace period, got {other:?}"),
+    }
+
+    // One new password, named for rekey and this rotation; the old one still there.
+    let passwords = fake.app_passwords(ORDERS_OBJECT);
+    assert_eq!(passwords.len(), 2);
+    let new = passwords.iter().find(|p| p.key_id != ORDERS_KEY).unwrap();
+    let name = new.display_name.clone().unwrap();
+    assert!(
+        name.starts_with(&format!("rekey:entra-app.{ORDERS_APP}:{id}:")),
+        "{name}"
+    );
+    let new_end = new.end.as_second();
+    assert_eq!(new_end, clock.now_ms() / 1000 + 180 * DAY_S);
+
+    // Every copy: exactly one new version, the item's tags and content type kept, the
+    // app, the NEW keyId and the rotation tagged.
+    for (vault, item, kept) in [
+        (
+            "kv-alpha",
+            "orders-client-secret",
+            &[("ProviderAddress", ORDERS_OBJECT), ("team", "shop")][..],
+        ),
+        ("kv-beta", "orders-copy", &[][..]),
+    ] {
+        let versions = fake.kv_versions(vault, item);
+        assert_eq!(versions.len(), 2, "{vault}/{item}: one new version");
+        let latest = &versions[1];
+        assert_eq!(
+            latest.value, new.secret_text,
+            "{vault}/{item} holds the new password"
+        );
+        let t = &latest.tags;
+        assert_eq!(t["rekey-app-id"], ORDERS_APP);
+        assert_eq!(t["rekey-key-id"], new.key_id);
+        assert_eq!(t["rekey-rotation"], id);
+        for (k, v) in kept {
+            assert_eq!(t[*k], *v, "{vault}/{item} keeps {k}");
+        }
+        assert_eq!(
+            latest.content_type, versions[0].content_type,
+            "{vault}/{item}"
+        );
+        if vault == "kv-alpha" {
+            // Azure's own key-id tag follows the credential it names.
+            assert_eq!(t["CredentialId"], new.key_id);
+            assert_eq!(latest.content_type.as_deref(), Some("text/plain"));
+        }
+    }
+
+    // After the grace period: the old password removed once, the old versions disabled.
+    assert_eq!(
+        drive(&resumed, &clock, id, false).await,
+        Progress::Finished(Phase::Completed)
+    );
+    let passwords = fake.app_passwords(ORDERS_OBJECT);
+    assert_eq!(
+        passwords
+            .iter()
+            .map(|p| p.key_id.as_str())
+            .collect::<Vec<_>>(),
+        [new.key_id.as_str()]
+    );
+    let effects = fake.effects();
+    let removed: Vec<&Effect> = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::GraphPasswordRemoved { .. }))
+        .collect();
+    assert_eq!(
+        removed,
+        [&Effect::GraphPasswordRemoved {
+            object_id: ORDERS_OBJECT.into(),
+            key_id: ORDERS_KEY.into()
+        }]
+    );
+    for (vault, item) in [
+        ("kv-alpha", "orders-client-secret"),
+        ("kv-beta", "orders-copy"),
+    ] {
+        let versions = fake.kv_versions(vault, item);
+        assert!(
+            !versions[0].enabled,
+            "{vault}/{item}: the old version is disabled"
+        );
+        assert!(versions[1].enabled, "{vault}/{item}: the new one is live");
+    }
+    let added = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::GraphPasswordAdded { .. }))
+        .count();
+    let written = effects
+        .iter()
+        .filter(|e| matches!(e, Effect::KvVersionCreated { .. }))
+        .count();
+    assert_eq!((added, written, effects.len()), (1, 2, 6), "{effects:#?}");
+    let _ = READER_ID;
+}
