@@ -237,13 +237,13 @@ fn row(group: &[LinkRow]) -> [String; 6] {
 
 /// A progress bar per phase on a terminal; nothing otherwise.
 #[derive(Debug)]
-struct Bars {
+pub(super) struct Bars {
     multi: Option<indicatif::MultiProgress>,
     bars: Mutex<Vec<(Phase, indicatif::ProgressBar)>>,
 }
 
 impl Bars {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         let multi = std::io::stderr()
             .is_terminal()
             .then(indicatif::MultiProgress::new);
@@ -260,7 +260,7 @@ impl Bars {
             .map(|(_, b)| b.clone())
     }
 
-    fn clear(&self) {
+    pub(super) fn clear(&self) {
         if let Some(m) = &self.multi {
             let _ = m.clear();
         }

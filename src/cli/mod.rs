@@ -3,6 +3,7 @@
 
 mod demo;
 mod discover_cmd;
+mod fleet_cmd;
 mod journal_cmd;
 mod plan_cmd;
 mod probe_cmd;
@@ -85,25 +86,29 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Start a rotation of SECRET now (or join the one already open) and drive it.
     #[command(
-        after_help = "Examples:\n  rekey rotate payments-api          # drive until it waits (grace period, backoff)\n  rekey rotate payments-api --wait   # drive to its end, old credential retired\n  rekey rotate payments-api --wait --wait-max 10m\n\nWith --wait, each failed attempt of a step is shown on stderr (the step, its error, the\nnext attempt). Exit code 4: the rotation cannot end within --wait-max and is left open\nfor `rekey resume` or the daemon; run `rekey status`."
+        after_help = "Examples:\n  rekey rotate payments-api          # drive until it waits (grace period, backoff)\n  rekey rotate payments-api --wait   # drive to its end, old credential retired\n  rekey rotate payments-api --wait --wait-max 10m\n\nWith --wait, each failed attempt of a step is shown on stderr (the step, its error, the\nnext attempt). Exit code 4: the rotation cannot end within --wait-max and is left open\nfor `rekey resume` or the daemon; run `rekey status`.\n\nFleet ([fleet] in the config): discover, then rotate the Entra app passwords whose every\nvault copy is linked with enough confidence, one rotation per application:\n  rekey rotate --fleet --expiring-within 30d --dry-run   # the review; nothing changes\n  rekey rotate --fleet --expiring-within 30d             # review, confirm on the terminal, rotate\n  rekey rotate --fleet --app 'orders-*' --yes --json     # unattended: --yes is required\n  rekey rotate --fleet --app orders --key-id <keyId> --min-confidence medium --approve-medium\nEach rotation adds a password (addPassword), writes it as a new version of every linked\nitem (keeping its tags and content type; tagged rekey-app-id, rekey-key-id, rekey-rotation),\nsigns in with it, and after [fleet.rotation] grace (24h) removes the old password and\ndisables the versions it superseded; `rekey resume` or the daemon finishes that part.\nOnly HIGH rotates by default; MEDIUM needs --approve-medium and keeps the old password;\nLOW, ambiguous, partially covered and unlinked credentials are refused with the reason.\nExit code 1 when any rotation was undone or failed."
     )]
     Rotate {
-        /// The secret's name in the config.
-        secret: String,
+        /// The secret's name in the config (or --fleet).
+        #[arg(required_unless_present = "fleet")]
+        secret: Option<String>,
         /// Keep going through backoffs and the grace period until the rotation ends.
         #[arg(long)]
         wait: bool,
         /// With --wait: stop waiting, exit 4 and leave the rotation open once it cannot end
         /// within this long, e.g. "2s", "10m", "1h" [default: until 5 minutes after the
         /// grace period ends]
-        #[arg(long, requires = "wait", value_parser = parse_wait_max)]
+        #[arg(long, requires = "wait", conflicts_with = "fleet", value_parser = parse_wait_max)]
         wait_max: Option<i64>,
         /// Print the outcome as JSON.
         #[arg(long)]
         json: bool,
-        /// Print the plan (steps, resources, undo) and change nothing.
+        /// Print the plan (steps, resources, undo) and change nothing; with --fleet, the
+        /// review.
         #[arg(long)]
         dry_run: bool,
+        #[command(flatten)]
+        fleet: fleet_cmd::FleetArgs,
     },
     /// Print the ordered steps of a rotation, what each touches and how it is undone;
     /// changes nothing.
@@ -203,13 +208,20 @@ pub fn main() -> ExitCode {
         Command::Journal(cmd) => journal_cmd::run(cmd, named_config.as_deref()),
         Command::Demo(args) => block_on(demo::run(args)),
         Command::Rotate {
-            secret,
+            fleet,
+            dry_run,
+            wait,
+            json,
+            ..
+        } if fleet.fleet => block_on(fleet_cmd::run(&config, fleet, dry_run, wait, json)),
+        Command::Rotate {
+            secret: Some(secret),
             dry_run: true,
             json,
             ..
         } => plan_cmd::run(&config, Some(&secret), json),
         Command::Rotate {
-            secret,
+            secret: Some(secret),
             wait,
             wait_max,
             json,
@@ -221,6 +233,8 @@ pub fn main() -> ExitCode {
             });
             block_on(rotation_cmd::rotate(&config, &secret, limit, json))
         }
+        // clap requires SECRET unless --fleet.
+        Command::Rotate { secret: None, .. } => Ok(exit::USAGE),
         Command::Plan { secret, json } => plan_cmd::run(&config, secret.as_deref(), json),
         Command::Completions { shell } => {
             use clap::CommandFactory;

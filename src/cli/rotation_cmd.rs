@@ -312,7 +312,7 @@ fn class_words(class: ErrorClass) -> &'static str {
 }
 
 /// The failed step holding `state` up, in words: the step, its target and the error.
-fn holding_failure(state: &Rotation) -> Option<String> {
+pub(super) fn holding_failure(state: &Rotation) -> Option<String> {
     state.steps.iter().find_map(|(step, status)| match status {
         StepStatus::InDoubt {
             failure: Some(f), ..

@@ -146,6 +146,9 @@ pub struct FleetPlans {
     pub not_due: usize,
 }
 
+/// A credential that may rotate: its index, the copies to write, its weakest copy.
+type Ready = (usize, Vec<PlannedItem>, Confidence);
+
 /// The plans for `d` under `fleet`'s rules and `sel`.
 ///
 /// # Errors
@@ -164,8 +167,7 @@ pub fn plan(
     let excluded_copies = excluded_copies(d);
     let mut out = FleetPlans::default();
     // Ready credentials by application (tenant, object id), in discovery order.
-    let mut ready: BTreeMap<(String, String), Vec<(usize, Vec<PlannedItem>, Confidence)>> =
-        BTreeMap::new();
+    let mut ready: BTreeMap<(String, String), Vec<Ready>> = BTreeMap::new();
     for ci in selected {
         let c = &m.credentials[ci];
         // A key named on the command line is considered whatever its expiry.
@@ -284,7 +286,6 @@ fn excluded_copies(d: &Discovery) -> BTreeMap<(String, String), Vec<String>> {
 
 /// The copies to write and the weakest confidence, or why the credential may not rotate
 /// (with the confidence to report).
-#[allow(clippy::type_complexity)]
 fn eligible(
     d: &Discovery,
     fleet: &FleetConfig,
@@ -420,7 +421,7 @@ fn app_rotation(
     d: &Discovery,
     fleet: &FleetConfig,
     sel: &Selection,
-    creds: &[(usize, Vec<PlannedItem>, Confidence)],
+    creds: &[Ready],
 ) -> AppRotation {
     let m = &d.matched;
     let c = &m.credentials[creds[0].0];

@@ -15,6 +15,7 @@ mod e2e;
 mod hygiene;
 mod inventory;
 mod rotate;
+mod rotate_cli;
 
 use std::sync::Arc;
 
