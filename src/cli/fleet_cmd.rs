@@ -238,6 +238,13 @@ pub async fn run(
     scanner.progress = bars.clone();
     let d = discover::discover(&scanner, fleet, Some(sel.min_confidence), clock.as_ref()).await;
     bars.clear();
+    // A new password lives no longer than its tenant allows.
+    let mut sel = sel;
+    for t in &scanner.tenants {
+        if let Some(days) = scanner.password_lifetime_days(t, sel.now_ms).await {
+            sel.tenant_max_days.insert(t.name.clone(), days);
+        }
+    }
     let plans = plan(&d, fleet, &sel)?;
     if dry_run || plans.rotations.is_empty() {
         let rows: Vec<RotationRow> = plans.rotations.iter().map(RotationRow::planned).collect();

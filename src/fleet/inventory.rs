@@ -519,6 +519,35 @@ impl Scanner {
 
     /// One GET through `api`, within `budget`, retried; non-2xx becomes an error
     /// classified for `op`.
+    /// The longest password lifetime, in whole days, that tenant `t`'s default app
+    /// management policy allows (`applicationRestrictions.passwordCredentials`,
+    /// `passwordLifetime`), reading `GET /policies/defaultAppManagementPolicy` (needs
+    /// Policy.Read.All). `None`: no limit, or the policy could not be read (a rotation that
+    /// asks too long a lifetime is then refused by Graph and undone).
+    pub async fn password_lifetime_days(&self, t: &Tenant, now_ms: i64) -> Option<i64> {
+        let graph = Authed {
+            http: self.http.clone(),
+            credential: t.credential.clone(),
+            scope: GRAPH_SCOPE.to_owned(),
+        };
+        let url = join(&self.graph, "/policies/defaultAppManagementPolicy", None).ok()?;
+        let resource = format!("the app management policy of tenant {}", t.name);
+        let op = Op {
+            service: "Microsoft Graph",
+            action: "read",
+            resource: &resource,
+            grant: "Policy.Read.All",
+        };
+        let policy = match self.get(&graph, None, &url, op).await {
+            Ok(resp) => resp.body,
+            Err(e) => {
+                tracing::info!(tenant = t.name, error = %e.message, "password lifetime policy not read; no tenant limit assumed");
+                return None;
+            }
+        };
+        password_lifetime_days(&policy, now_ms)
+    }
+
     async fn get(
         &self,
         api: &Authed,
@@ -697,11 +726,61 @@ pub fn item(t: &Tenant, vault: &str, kind: ItemKind, v: &Value) -> Option<VaultI
     })
 }
 
+/// The shortest `passwordLifetime` of an enabled default app management policy, in whole
+/// days from `now_ms` (ISO 8601 durations such as `P90D` or `P1Y`); `None` without one.
+pub fn password_lifetime_days(policy: &Value, now_ms: i64) -> Option<i64> {
+    if policy["isEnabled"].as_bool() != Some(true) {
+        return None;
+    }
+    let today = jiff::Timestamp::from_millisecond(now_ms)
+        .ok()?
+        .to_zoned(jiff::tz::TimeZone::UTC)
+        .date();
+    policy["applicationRestrictions"]["passwordCredentials"]
+        .as_array()?
+        .iter()
+        .filter(|r| r["restrictionType"] == "passwordLifetime")
+        .filter_map(|r| r["maxLifetime"].as_str()?.parse::<jiff::Span>().ok())
+        .filter_map(|span| span.total((jiff::Unit::Day, today)).ok())
+        .map(|days| days.floor() as i64)
+        .min()
+}
+
 #[cfg(test)]
 mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn the_tenant_password_lifetime_is_the_shortest_enabled_restriction() {
+        // 2025-06-15T14:40:00Z.
+        let now = 1_750_000_000_000;
+        let policy = |enabled: bool, lifetimes: &[&str]| {
+            let restrictions: Vec<Value> = lifetimes
+                .iter()
+                .map(|l| json!({"restrictionType": "passwordLifetime", "maxLifetime": l}))
+                .chain([json!({"restrictionType": "passwordAddition", "maxLifetime": null})])
+                .collect();
+            json!({"isEnabled": enabled, "applicationRestrictions": {"passwordCredentials": restrictions}})
+        };
+        assert_eq!(
+            password_lifetime_days(&policy(true, &["P90D"]), now),
+            Some(90)
+        );
+        assert_eq!(
+            password_lifetime_days(&policy(true, &["P1Y", "P6M"]), now),
+            Some(183),
+            "six months from mid-June"
+        );
+        assert_eq!(
+            password_lifetime_days(&policy(true, &["P4DT12H"]), now),
+            Some(4)
+        );
+        assert_eq!(password_lifetime_days(&policy(false, &["P90D"]), now), None);
+        assert_eq!(password_lifetime_days(&policy(true, &[]), now), None);
+        assert_eq!(password_lifetime_days(&json!({}), now), None);
+    }
 
     #[test]
     fn graph_objects_become_credentials_with_normalised_ids_and_thumbprints() {

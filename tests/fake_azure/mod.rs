@@ -524,6 +524,13 @@ impl FakeAzure {
         self.shared.lock().faults.allow(route);
     }
 
+    /// The tenant's app management policy: passwords live at most `days` (shown by
+    /// `GET /policies/defaultAppManagementPolicy`, enforced by `addPassword`); `None`: no
+    /// limit, the policy disabled.
+    pub fn set_password_lifetime_days(&self, days: Option<i64>) {
+        self.shared.lock().knobs.password_lifetime_days = days;
+    }
+
     /// A Graph password created through `addPassword` works at the token endpoint only `ms`
     /// after creation (by the fake's clock).
     pub fn set_propagation_delay_ms(&self, ms: u64) {

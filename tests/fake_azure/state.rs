@@ -59,6 +59,9 @@ pub(crate) struct Knobs {
     pub arm_page_size: usize,
     /// Vaults whose firewall refuses this client (403 `ForbiddenByFirewall`).
     pub kv_firewalled: std::collections::BTreeSet<String>,
+    /// The tenant's app management policy limits password lifetimes to this many days
+    /// (`maxLifetime` `P<n>D`): `addPassword` refuses a longer one. `None`: no limit.
+    pub password_lifetime_days: Option<i64>,
 }
 
 impl Default for Knobs {
@@ -71,6 +74,7 @@ impl Default for Knobs {
             graph_page_size: 999,
             arm_page_size: 1000,
             kv_firewalled: std::collections::BTreeSet::new(),
+            password_lifetime_days: None,
         }
     }
 }

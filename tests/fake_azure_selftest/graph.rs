@@ -187,3 +187,52 @@ async fn graph_refuses_denied_callers_unknown_apps_and_foreign_tokens() {
     assert!(env.fake.app_passwords(OBJECT_ID).is_empty());
     assert!(env.fake.effects().is_empty());
 }
+
+/// The tenant's default app management policy shows its password lifetime limit, and
+/// `addPassword` refuses a password that would outlive it (changing nothing).
+#[tokio::test]
+async fn the_password_lifetime_policy_is_shown_and_enforced() {
+    let env = env().await;
+    env.fake.app_seed(OBJECT_ID, APP_ID);
+    let token = env.token(GRAPH_SCOPE).await;
+    let policy = |token: String| {
+        let url = format!(
+            "{}/policies/defaultAppManagementPolicy",
+            env.fake.graph_url()
+        );
+        let http = env.http.clone();
+        async move { status_json(http.get(url).bearer_auth(token).send().await.unwrap()).await }
+    };
+    let (status, off) = policy(token.clone()).await;
+    assert_eq!(status, 200);
+    assert_eq!(off["isEnabled"], false);
+    assert_eq!(
+        off["applicationRestrictions"]["passwordCredentials"],
+        json!([])
+    );
+
+    env.fake.set_password_lifetime_days(Some(30));
+    let (_, on) = policy(token.clone()).await;
+    assert_eq!(on["isEnabled"], true);
+    assert_eq!(
+        on["applicationRestrictions"]["passwordCredentials"][0]["restrictionType"],
+        "passwordLifetime"
+    );
+    assert_eq!(
+        on["applicationRestrictions"]["passwordCredentials"][0]["maxLifetime"],
+        "P30D"
+    );
+    let path = format!("applications/{OBJECT_ID}");
+    // The default end (two years) is too long; 30 days is allowed.
+    let (status, refused) = add_password(&env, &token, &path, json!({})).await;
+    assert_eq!(status, 400);
+    assert_eq!(refused["error"]["code"], "Request_BadRequest");
+    assert!(env.fake.effects().is_empty());
+    let end = jiff::Timestamp::from_millisecond(super::support::T0_MS + 30 * 86_400_000).unwrap();
+    let body = json!({"passwordCredential": {"endDateTime": end.to_string()}});
+    let (status, _) = add_password(&env, &token, &path, body).await;
+    assert_eq!(status, 200);
+    // Without a token, nothing is shown.
+    let (status, _) = policy(String::new()).await;
+    assert_eq!(status, 401);
+}

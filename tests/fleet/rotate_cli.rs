@@ -465,3 +465,30 @@ async fn bad_fleet_input_explains_itself_and_changes_nothing() {
     assert_eq!(run.code, 2, "{}", run.stderr);
     assert!(fake.effects().is_empty());
 }
+
+/// A tenant whose policy allows passwords 30 days at most gets 30-day passwords (Graph
+/// would refuse the configured 180, and the rotation would be undone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_passwords_live_no_longer_than_the_tenant_allows() {
+    let (fake, t, dir) = tenant().await;
+    fake.set_password_lifetime_days(Some(30));
+    let before_s = SystemClock.now_ms() / 1000;
+    let run = rekey(
+        dir.path(),
+        &["rotate", "--fleet", "--app", "app-0001", "--yes", "--json"],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}\n{}", run.stdout, run.stderr);
+    let doc: Value = serde_json::from_str(&run.stdout).unwrap();
+    assert_eq!(doc["counts"]["rotated"], 1, "{}", run.stdout);
+    let object_id = id("0b", 1);
+    let (old, _) = &t.rotate[&object_id];
+    let passwords = fake.app_passwords(&object_id);
+    let new = passwords.iter().find(|p| &p.key_id != old).unwrap();
+    let lifetime_s = new.end.as_second() - new.start.as_second();
+    assert!(
+        lifetime_s <= 30 * DAY_S && lifetime_s > 29 * DAY_S,
+        "{lifetime_s}"
+    );
+    assert!(new.end.as_second() <= before_s + 31 * DAY_S);
+}

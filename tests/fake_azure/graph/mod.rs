@@ -1,7 +1,9 @@
 //! Fake Microsoft Graph (`http://127.0.0.1:P/v1.0`): applications' password credentials —
 //! `addPassword`, `removePassword` and reading `passwordCredentials` — by object id or by
-//! `applications(appId='…')`; and the listings of applications and service principals
-//! with their password and certificate credentials ([`listing`]).
+//! `applications(appId='…')`; the listings of applications and service principals
+//! with their password and certificate credentials ([`listing`]); and the tenant's
+//! `policies/defaultAppManagementPolicy`, whose password lifetime limit (a knob)
+//! `addPassword` enforces.
 //!
 //! Graph's error body differs from Key Vault's and ARM's: `innerError` (camelCase) with
 //! `date`, `request-id` and `client-request-id`. Order of checks: route (501), bearer (401),
@@ -114,7 +116,43 @@ fn listing(incoming: &Incoming) -> Option<listing::Collection> {
     }
 }
 
+/// `GET /v1.0/policies/defaultAppManagementPolicy`: the shape Graph documents
+/// (`applicationRestrictions.passwordCredentials[]` with `restrictionType` and an ISO 8601
+/// `maxLifetime`); disabled and empty unless a lifetime limit is set.
+fn default_policy(shared: &Shared) -> Response {
+    let days = shared.lock().knobs.password_lifetime_days;
+    let restrictions: Vec<Value> = days
+        .map(|d| {
+            json!({
+                "restrictionType": "passwordLifetime",
+                "maxLifetime": format!("P{d}D"),
+                "restrictForAppsCreatedAfterDateTime": "2019-01-01T00:00:00Z",
+            })
+        })
+        .into_iter()
+        .collect();
+    let body = json!({
+        "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#policies/defaultAppManagementPolicy/$entity",
+        "id": "00000000-0000-0000-0000-000000000000",
+        "displayName": "Default app management tenant policy",
+        "description": "Default tenant policy that enforces app management restrictions on applications and service principals.",
+        "isEnabled": days.is_some(),
+        "applicationRestrictions": {"passwordCredentials": restrictions, "keyCredentials": []},
+        "servicePrincipalRestrictions": {"passwordCredentials": [], "keyCredentials": []},
+    });
+    http::json(StatusCode::OK, &body)
+}
+
 async fn serve(shared: &Shared, incoming: &Incoming) -> Reply {
+    let is_policy = incoming.method == Method::GET
+        && matches!(incoming.segments.as_slice(), [v, p, d]
+            if v == "v1.0" && p == "policies" && d.eq_ignore_ascii_case("defaultAppManagementPolicy"));
+    if is_policy {
+        if let Err(why) = bearer::check(shared, incoming, AUDIENCES) {
+            return unauthorized(shared, incoming, &why).into();
+        }
+        return default_policy(shared).into();
+    }
     if let Some(collection) = listing(incoming) {
         if let Err(why) = bearer::check(shared, incoming, AUDIENCES) {
             return unauthorized(shared, incoming, &why).into();
@@ -218,7 +256,27 @@ fn execute(shared: &Shared, incoming: &Incoming, app: &AppRef, op: Op) -> Respon
         },
         Op::AddPassword => {
             let delay = state.knobs.propagation_delay_ms;
+            let limit = state.knobs.password_lifetime_days;
             let cred = match new_password(incoming, now_ms, delay) {
+                // The policy's limit (the exact service text is not documented; the code
+                // and the refusal are what clients rely on).
+                Ok(c)
+                    if limit.is_some_and(|days| {
+                        c.end.as_second() - c.start.as_second() > days * 86_400
+                    }) =>
+                {
+                    let message = format!(
+                        "Credential lifetime exceeds the max value allowed as per assigned policy ({} days).",
+                        limit.unwrap_or_default()
+                    );
+                    return error(
+                        shared,
+                        incoming,
+                        StatusCode::BAD_REQUEST,
+                        "Request_BadRequest",
+                        &message,
+                    );
+                }
                 Ok(c) => c,
                 Err(message) => {
                     return error(
