@@ -266,3 +266,66 @@ async fn a_fleet_rotation_writes_every_copy_verifies_and_retires_the_old_passwor
     assert_eq!((added, written, effects.len()), (1, 2, 6), "{effects:#?}");
     let _ = READER_ID;
 }
+
+/// A new password that never signs in: the rotation is undone. The new password is
+/// removed; each copy gets the old value back as a new version carrying the tags and
+/// content type it had (its key-id tags naming the old password again), and the failed
+/// rotation's version is disabled; the old password stays.
+#[tokio::test]
+async fn an_undone_fleet_rotation_puts_every_copy_back_with_its_tags() {
+    let (fake, clock) = fake().await;
+    seed_orders(&fake);
+    // Longer than verification keeps trying.
+    fake.set_propagation_delay_ms(3_600_000);
+    let dir = tempfile::tempdir().unwrap();
+    let text = config_text(
+        &fake,
+        &["kv-alpha", "kv-beta"],
+        &[],
+        "[fleet.rotation]\ngrace = \"1h\"\nattempts_max = 1\npropagation = \"1s\"\n",
+    );
+    let path = dir.path().join("rekey.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = Config::parse(&path, &text).unwrap();
+    let plans = discover_and_plan(&config, &clock).await;
+    let journal = Arc::new(MemoryJournal::new(Arc::new(clock.clone())));
+    let runner = runner(&config, &clock, journal);
+    let id = "0197a000-0000-7000-8000-00000000c0de";
+    runner
+        .request(
+            plans.rotations[0].plan.clone(),
+            Trigger::Bulk,
+            "test",
+            id.to_owned(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        drive(&runner, &clock, id, false).await,
+        Progress::Finished(Phase::Compensated)
+    );
+    let passwords = fake.app_passwords(ORDERS_OBJECT);
+    assert_eq!(
+        passwords
+            .iter()
+            .map(|p| p.key_id.as_str())
+            .collect::<Vec<_>>(),
+        [ORDERS_KEY],
+        "only the old password is left"
+    );
+    for (vault, item) in [
+        ("kv-alpha", "orders-client-secret"),
+        ("kv-beta", "orders-copy"),
+    ] {
+        let versions = fake.kv_versions(vault, item);
+        assert_eq!(versions.len(), 3, "{vault}/{item}: written, then restored");
+        let (old, failed, restored) = (&versions[0], &versions[1], &versions[2]);
+        assert_eq!(restored.value, ORDERS_TEXT);
+        assert!(restored.enabled && !failed.enabled && !old.enabled);
+        assert_eq!(restored.content_type, old.content_type);
+        for (k, v) in &old.tags {
+            assert_eq!(&restored.tags[k], v, "{vault}/{item}: {k} as it was");
+        }
+        assert_eq!(restored.tags["rekey-rotation"], id);
+    }
+}
