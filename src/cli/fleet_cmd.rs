@@ -20,11 +20,11 @@ use serde::Serialize;
 use super::exit;
 use super::journal_cmd::format_ms;
 use super::rotation_cmd::Env;
-use crate::config::{Config, CredentialConfig};
+use crate::config::Config;
 use crate::fleet::config::parse_min_confidence;
 use crate::fleet::discover;
 use crate::fleet::matching::Confidence;
-use crate::fleet::plan::{AppRotation, FleetPlans, Refusal, Selection, plan};
+use crate::fleet::plan::{AppRotation, FleetPlans, Refusal, Selection};
 use crate::runner::{Progress, Requested};
 use crate::saga::{Phase, Rotation, RotationEvent, Trigger, Wait};
 
@@ -185,19 +185,7 @@ fn selection(args: &FleetArgs, config: &Config, now_ms: i64) -> Result<Selection
             fleet.tenants.keys().cloned().collect::<Vec<_>>().join(", ")
         );
     }
-    let tenant_ids = fleet
-        .tenants
-        .iter()
-        .filter_map(|(name, t)| {
-            let id = match config.credentials.get(&t.credential)? {
-                CredentialConfig::ClientSecret { tenant, .. }
-                | CredentialConfig::ClientCertificate { tenant, .. } => Some(tenant.clone()),
-                CredentialConfig::AzureCli { tenant, .. } => tenant.clone(),
-                _ => None,
-            }?;
-            Some((name.clone(), id))
-        })
-        .collect();
+    let tenant_ids = crate::fleet::rotate::tenant_ids(config);
     Ok(Selection {
         now_ms,
         expiring_within_ms,
@@ -236,16 +224,10 @@ pub async fn run(
     })?;
     let bars = Arc::new(super::discover_cmd::Bars::new());
     scanner.progress = bars.clone();
-    let d = discover::discover(&scanner, fleet, Some(sel.min_confidence), clock.as_ref()).await;
+    let planned =
+        crate::fleet::rotate::discover_and_plan(&scanner, fleet, sel, clock.as_ref()).await;
     bars.clear();
-    // A new password lives no longer than its tenant allows.
-    let mut sel = sel;
-    for t in &scanner.tenants {
-        if let Some(days) = scanner.password_lifetime_days(t, sel.now_ms).await {
-            sel.tenant_max_days.insert(t.name.clone(), days);
-        }
-    }
-    let plans = plan(&d, fleet, &sel)?;
+    let (d, plans) = planned?;
     if dry_run || plans.rotations.is_empty() {
         let rows: Vec<RotationRow> = plans.rotations.iter().map(RotationRow::planned).collect();
         print(&d.run_id, dry_run, rows, &plans, json)?;

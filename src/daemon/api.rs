@@ -94,6 +94,7 @@ pub fn router<J: RunnerJournal + 'static>(state: State<J>) -> Router {
         .route("/v1/secrets", get(list_secrets::<J>))
         .route("/v1/secrets/{secret}/rotate", post(rotate::<J>))
         .route("/v1/rotations/{id}", get(rotation::<J>))
+        .merge(super::fleet_api::routes::<J>())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             authenticate::<J>,

@@ -10,6 +10,7 @@
 
 pub mod api;
 pub mod events;
+pub mod fleet_api;
 pub mod leader;
 pub mod metrics;
 pub mod schedules;
@@ -76,6 +77,13 @@ pub enum Input {
         actor: String,
         reply: oneshot::Sender<Result<Requested, Error>>,
     },
+    /// Open (or coalesce into) a rotation of a plan made elsewhere (a fleet rotation).
+    RequestPlan {
+        plan: Box<crate::saga::Plan>,
+        trigger: Trigger,
+        actor: String,
+        reply: oneshot::Sender<Result<Requested, Error>>,
+    },
     /// A drive task returned.
     Drove {
         rotation_id: String,
@@ -122,6 +130,30 @@ impl Handle {
         self.inbox
             .send(Input::Request {
                 secret: secret.to_owned(),
+                trigger,
+                actor: actor.to_owned(),
+                reply,
+            })
+            .await
+            .map_err(|_| Error::ShuttingDown)?;
+        answer.await.map_err(|_| Error::ShuttingDown)?
+    }
+
+    /// Requests a rotation of `plan` (a fleet rotation: its targets by address), driven
+    /// like every other.
+    ///
+    /// # Errors
+    /// Journal errors, or [`Error::ShuttingDown`].
+    pub async fn request_plan(
+        &self,
+        plan: crate::saga::Plan,
+        trigger: Trigger,
+        actor: &str,
+    ) -> Result<Requested, Error> {
+        let (reply, answer) = oneshot::channel();
+        self.inbox
+            .send(Input::RequestPlan {
+                plan: Box::new(plan),
                 trigger,
                 actor: actor.to_owned(),
                 reply,
@@ -509,6 +541,15 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                 let result = self.request(&secret, trigger, &actor).await;
                 let _ = reply.send(result);
             }
+            Input::RequestPlan {
+                plan,
+                trigger,
+                actor,
+                reply,
+            } => {
+                let result = self.request_planned(*plan, trigger, &actor).await;
+                let _ = reply.send(result);
+            }
             Input::Drove {
                 rotation_id,
                 result,
@@ -568,6 +609,15 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
         actor: &str,
     ) -> Result<Requested, Error> {
         let plan = self.config.plan(secret)?.clone();
+        self.request_planned(plan, trigger, actor).await
+    }
+
+    async fn request_planned(
+        &mut self,
+        plan: crate::saga::Plan,
+        trigger: Trigger,
+        actor: &str,
+    ) -> Result<Requested, Error> {
         let id = uuid::Uuid::now_v7().to_string();
         let requested = self.runner.request(plan, trigger, actor, id).await?;
         let id = match &requested {

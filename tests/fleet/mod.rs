@@ -10,6 +10,7 @@
 //! This file holds what they share: a fake with a registered reader, a scanner over it, a
 //! config and a run of the binary.
 
+mod api;
 mod bad_input;
 mod e2e;
 mod hygiene;

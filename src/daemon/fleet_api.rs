@@ -1,0 +1,263 @@
+//! The fleet's routes of the daemon's API (bearer auth as every `/v1` route):
+//!
+//! - `POST /v1/discovery`: run a discovery now, journal it (`discovery:<run id>`), answer
+//!   with its report (`rekey discover --json`'s document) when it ends;
+//! - `GET /v1/discovery/latest`: the last journaled discovery's credentials, links and
+//!   what could not be read, read from the journal;
+//! - `POST /v1/fleet/rotate`: discover, plan, and request every eligible application's
+//!   rotation (`{app_id, key_id, expiry_days, tenant, dry_run}`, each optional); answers
+//!   with the rotation ids, or with the plans when `dry_run`, and the refusals with their
+//!   reasons. MEDIUM is never approved here: approval is a command-line act.
+//!
+//! Credentials are read from the daemon's environment, as the providers' are.
+
+use axum::extract::State as Extract;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use rekey_journal::StreamFilter;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::api::State;
+use crate::fleet::journal::{DiscoveryEvent, is_discovery_stream};
+use crate::fleet::plan::Selection;
+use crate::runner::{Requested, RunnerJournal};
+use crate::saga::Trigger;
+
+const DAY_MS: i64 = 86_400_000;
+
+/// The fleet routes, to merge into `/v1` before its authentication layer.
+pub fn routes<J: RunnerJournal + 'static>() -> Router<State<J>> {
+    Router::new()
+        .route("/v1/discovery", post(discover::<J>))
+        .route("/v1/discovery/latest", get(latest::<J>))
+        .route("/v1/fleet/rotate", post(rotate::<J>))
+}
+
+fn error(status: StatusCode, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": message.into() }))).into_response()
+}
+
+/// Runs the future `make` builds on a blocking thread of this runtime: a discovery's
+/// future holds borrows across awaits that a handler's future may not.
+async fn off_thread<T, F>(make: impl FnOnce() -> F + Send + 'static) -> Result<T, Response>
+where
+    T: Send + 'static,
+    F: std::future::Future<Output = T>,
+{
+    let runtime = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || runtime.block_on(make()))
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// A scanner of the config's fleet, or why there is none (the daemon's config or
+/// environment is wrong for it).
+fn scanner(
+    config: &crate::config::Config,
+    clock: std::sync::Arc<dyn rekey_journal::Clock>,
+    tenant: Option<&str>,
+) -> Result<crate::fleet::inventory::Scanner, String> {
+    crate::fleet::discover::scanner(config, tenant, clock, &|v| std::env::var(v).ok())
+        .map_err(|e| e.to_string())
+}
+
+async fn discover<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>) -> Response {
+    let (config, clock) = (state.config.clone(), state.clock.clone());
+    let found = off_thread(move || async move {
+        let fleet = crate::fleet::discover::fleet(&config).map_err(|e| e.to_string())?;
+        let scanner = scanner(&config, clock.clone(), None)?;
+        Ok::<_, String>(
+            crate::fleet::discover::discover(&scanner, fleet, None, clock.as_ref()).await,
+        )
+    })
+    .await;
+    let d = match found {
+        Ok(Ok(d)) => d,
+        Ok(Err(why)) => return error(StatusCode::BAD_REQUEST, why),
+        Err(r) => return r,
+    };
+    if let Err(e) = crate::fleet::journal::record(state.journal.as_ref(), &d).await {
+        return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    }
+    let report = crate::fleet::report::report(&d, state.clock.now_ms(), None);
+    Json(report).into_response()
+}
+
+async fn latest<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>) -> Response {
+    let streams = match state.journal.streams(&StreamFilter::default()) {
+        Ok(s) => s,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let Some(last) = streams
+        .into_iter()
+        .filter(|s| is_discovery_stream(&s.stream_id) && s.status != "running")
+        .max_by(|a, b| (a.created_at_ms, &a.stream_id).cmp(&(b.created_at_ms, &b.stream_id)))
+    else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "no discovery has been journaled yet; POST /v1/discovery or run `rekey discover`",
+        );
+    };
+    let events = match state.journal.read_stream(&last.stream_id) {
+        Ok(e) => e,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
+    };
+    let mut doc = json!({
+        "stream": last.stream_id,
+        "status": last.status,
+        "credentials": [],
+        "links": [],
+        "unreachable": [],
+    });
+    for e in events {
+        let Ok(event) = serde_json::from_str::<DiscoveryEvent>(&e.payload) else {
+            continue;
+        };
+        let push = |doc: &mut Value, key: &str, items: Value| {
+            if let (Some(all), Value::Array(items)) = (doc[key].as_array_mut(), items) {
+                all.extend(items);
+            }
+        };
+        match event {
+            DiscoveryEvent::DiscoveryStarted {
+                run_id, started_ms, ..
+            } => {
+                doc["run_id"] = json!(run_id);
+                doc["started_ms"] = json!(started_ms);
+            }
+            DiscoveryEvent::CredentialsFound { credentials, .. } => {
+                push(&mut doc, "credentials", json!(credentials));
+            }
+            DiscoveryEvent::LinksFound { links, .. } => push(&mut doc, "links", json!(links)),
+            DiscoveryEvent::UnreachableFound { unreachable, .. } => {
+                push(&mut doc, "unreachable", json!(unreachable));
+            }
+            DiscoveryEvent::DiscoveryFinished {
+                finished_ms,
+                partial,
+                ..
+            } => {
+                doc["finished_ms"] = json!(finished_ms);
+                doc["partial"] = json!(partial);
+            }
+            DiscoveryEvent::VaultsRead { .. } => {}
+        }
+    }
+    Json(doc).into_response()
+}
+
+/// `POST /v1/fleet/rotate`'s body.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RotateBody {
+    /// A glob on client id, object id or display name.
+    app_id: Option<String>,
+    key_id: Option<String>,
+    /// Due within this many days [default: `[fleet] days_before_expiry`].
+    expiry_days: Option<u32>,
+    tenant: Option<String>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn rotate<J: RunnerJournal + 'static>(
+    Extract(state): Extract<State<J>>,
+    body: Option<Json<Value>>,
+) -> Response {
+    let body: RotateBody = match body.map(|Json(v)| serde_json::from_value(v)) {
+        None => RotateBody::default(),
+        Some(Ok(b)) => b,
+        Some(Err(e)) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "bad body: {e}; send {{\"app_id\", \"key_id\", \"expiry_days\", \"tenant\", \"dry_run\"}}, each optional"
+                ),
+            );
+        }
+    };
+    if body.expiry_days.is_some_and(|d| !(1..=365).contains(&d)) {
+        return error(StatusCode::BAD_REQUEST, "expiry_days must be 1 to 365");
+    }
+    let dry_run = body.dry_run;
+    let (config, clock) = (state.config.clone(), state.clock.clone());
+    let planned = off_thread(move || async move {
+        let fleet = crate::fleet::discover::fleet(&config)
+            .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+        let scanner = scanner(&config, clock.clone(), body.tenant.as_deref())
+            .map_err(|why| (StatusCode::BAD_REQUEST, why))?;
+        let sel = Selection {
+            now_ms: clock.now_ms(),
+            expiring_within_ms: body.expiry_days.map(|d| i64::from(d) * DAY_MS),
+            app: body.app_id.clone(),
+            key_id: body.key_id.clone(),
+            tenant: body.tenant.clone(),
+            min_confidence: fleet.rules.min_confidence,
+            // Unattended: MEDIUM is never approved here.
+            approve_medium: false,
+            tenant_max_days: std::collections::BTreeMap::new(),
+            tenant_ids: crate::fleet::rotate::tenant_ids(&config),
+        };
+        crate::fleet::rotate::discover_and_plan(&scanner, fleet, sel, clock.as_ref())
+            .await
+            .map_err(|e| (StatusCode::NOT_FOUND, e.to_string()))
+    })
+    .await;
+    let (d, plans) = match planned {
+        Ok(Ok(planned)) => planned,
+        Ok(Err((status, why))) => return error(status, why),
+        Err(r) => return r,
+    };
+    if let Err(e) = crate::fleet::journal::record(state.journal.as_ref(), &d).await {
+        return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+    }
+    let mut rotations = Vec::new();
+    for r in &plans.rotations {
+        let mut row = json!({
+            "tenant": r.tenant,
+            "app_id": r.app_id,
+            "app_name": r.app_name,
+            "object_id": r.object_id,
+            "credentials": r.credentials,
+            "items": r.items,
+            "validity_days": r.validity_days,
+        });
+        if !dry_run {
+            match state
+                .handle
+                .request_plan(r.plan.clone(), Trigger::Bulk, "api:fleet")
+                .await
+            {
+                Ok(Requested::Started { rotation_id }) => {
+                    row["rotation_id"] = json!(rotation_id);
+                    row["coalesced"] = json!(false);
+                }
+                Ok(Requested::Coalesced { into }) => {
+                    row["rotation_id"] = json!(into);
+                    row["coalesced"] = json!(true);
+                }
+                Err(e) => row["error"] = json!(e.to_string()),
+            }
+        }
+        rotations.push(row);
+    }
+    let status = if dry_run {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    (
+        status,
+        Json(json!({
+            "dry_run": dry_run,
+            "discovery": d.run_id,
+            "rotations": rotations,
+            "refused": plans.refused,
+            "not_due": plans.not_due,
+        })),
+    )
+        .into_response()
+}
