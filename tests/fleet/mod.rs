@@ -12,6 +12,7 @@
 
 mod api;
 mod bad_input;
+mod crash;
 mod e2e;
 mod hygiene;
 mod inventory;
