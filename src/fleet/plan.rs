@@ -164,7 +164,7 @@ pub fn plan(
         .expiring_within_ms
         .unwrap_or(i64::from(fleet.days_before_expiry) * DAY_MS);
     let due_by = sel.now_ms.saturating_add(window_ms);
-    let excluded_copies = excluded_copies(d);
+    let excluded_copies = excluded_copies(d, &fleet.rules);
     let mut out = FleetPlans::default();
     // Ready credentials by application (tenant, object id), in discovery order.
     let mut ready: BTreeMap<(String, String), Vec<Ready>> = BTreeMap::new();
@@ -256,7 +256,10 @@ fn select(d: &Discovery, sel: &Selection) -> Result<Vec<usize>, SelectError> {
 
 /// `(credential, "vault/item (confidence)")` of every excluded item that would be a copy
 /// of a credential: matched against every discovered credential, as if not excluded.
-fn excluded_copies(d: &Discovery) -> BTreeMap<(String, String), Vec<String>> {
+fn excluded_copies(
+    d: &Discovery,
+    rules: &super::rules::Rules,
+) -> BTreeMap<(String, String), Vec<String>> {
     let mut out: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
     if d.excluded.is_empty() {
         return out;
@@ -267,8 +270,7 @@ fn excluded_copies(d: &Discovery) -> BTreeMap<(String, String), Vec<String>> {
         unreachable: Vec::new(),
         vaults: Vec::new(),
     };
-    let rules = super::rules::Rules::default();
-    let matched = match_inventory(&inventory, &rules, &Hints::new());
+    let matched = match_inventory(&inventory, rules, &Hints::new());
     for p in matched.pairs.iter().filter(|p| p.is_copy()) {
         let c = &matched.credentials[p.credential];
         let i = &matched.items[p.item];
