@@ -7,6 +7,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod fleet;
+pub mod history;
 pub mod journal_open;
 pub mod notify;
 pub mod probe;
