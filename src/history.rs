@@ -93,6 +93,8 @@ pub struct Item {
     /// Where it is (kind and place, e.g. `key_vault https://kv1.vault.azure.net secret
     /// api`), or the provider's name for targets journaled without an address.
     pub address: String,
+    /// The item's name inside a store that holds many (a vault's secret name).
+    pub item: Option<String>,
     /// The old value was put back by the rotation's compensation.
     pub undone: bool,
 }
@@ -455,6 +457,11 @@ pub fn fold_row(rotation_id: &str, events: &[Event]) -> Result<Row, Error> {
                 .address
                 .as_ref()
                 .map_or_else(|| t.name.clone(), ToString::to_string),
+            item: t
+                .address
+                .as_ref()
+                .and_then(Address::item)
+                .map(str::to_owned),
             undone: succeeded(Action::Restore, i) || succeeded(Action::Revert, i),
         })
         .collect();

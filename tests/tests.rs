@@ -12,6 +12,7 @@ mod fake_azure;
 mod fake_azure_selftest;
 mod files;
 mod fleet;
+mod history;
 mod intercept;
 mod multinode;
 mod notify;

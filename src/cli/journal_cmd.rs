@@ -159,7 +159,7 @@ fn journal_of(arg: &JournalArg, config: Option<&Path>) -> Result<(JournalConfig,
 }
 
 /// Opens the journal `arg` and `config` name, read-only; also says where it is.
-fn open(arg: &JournalArg, config: Option<&Path>) -> Result<(AnyJournal, String)> {
+pub(super) fn open(arg: &JournalArg, config: Option<&Path>) -> Result<(AnyJournal, String)> {
     let (journal, from) = journal_of(arg, config)?;
     let env = |var: &str| std::env::var(var).ok();
     let key = match journal {

@@ -4,6 +4,7 @@
 mod demo;
 mod discover_cmd;
 mod fleet_cmd;
+mod history_cmd;
 mod journal_cmd;
 mod plan_cmd;
 mod probe_cmd;
@@ -51,6 +52,7 @@ Examples:
   rekey rotate payments-api --wait --wait-max 10m   # ... but give up waiting after 10 minutes
   rekey resume                                 # after a crash: finish every open rotation
   rekey status --json
+  rekey history --since 30d --status compensated,failed   # what went wrong lately
   rekey discover --expiring-within 30d         # fleet credentials and the vault items holding them
   rekey journal verify                         # the journal the config's [journal] names
   rekey journal verify --journal /var/lib/rekey/journal.db
@@ -162,6 +164,12 @@ enum Command {
     /// Validate the config file and change nothing.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// One line per rotation, hand-configured and fleet alike: when, what, trigger and
+    /// actor, items updated, new expiry, outcome, last error. Read from the journal only.
+    #[command(
+        after_help = "Examples:\n  rekey history --since 7d\n  rekey history --app '1b2c*' --status compensated,failed --json\n  rekey history --secret 'payments-*' --trigger schedule --until 2026-01-01T00:00:00Z"
+    )]
+    History(history_cmd::HistoryArgs),
     /// Read, export and verify the journal (auditors start here).
     #[command(subcommand)]
     Journal(journal_cmd::JournalCommand),
@@ -206,6 +214,7 @@ pub fn main() -> ExitCode {
     let config = cli.config.unwrap_or_else(|| PathBuf::from(CONFIG_DEFAULT));
     let outcome = match cli.command {
         Command::Journal(cmd) => journal_cmd::run(cmd, named_config.as_deref()),
+        Command::History(args) => history_cmd::run(args, named_config.as_deref()),
         Command::Demo(args) => block_on(demo::run(args)),
         Command::Rotate {
             fleet,
