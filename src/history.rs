@@ -138,6 +138,12 @@ pub struct Row {
     pub last_error: Option<LastError>,
 }
 
+/// `rekey history --json` and `GET /v1/history`: `{"rotations": [...]}`.
+#[derive(Debug, Serialize)]
+pub struct Document<'a> {
+    pub rotations: &'a [Row],
+}
+
 /// What to list; every field narrows, empty means any.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Filter {
@@ -159,6 +165,7 @@ pub struct Filter {
 
 /// The filters as given on the command line or in a query string, not yet checked.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct RawFilter {
     pub since: Option<String>,
     pub until: Option<String>,

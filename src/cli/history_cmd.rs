@@ -47,12 +47,6 @@ pub struct HistoryArgs {
     pub json: bool,
 }
 
-/// The `--json` document (and `GET /v1/history`'s body).
-#[derive(Debug, serde::Serialize)]
-pub struct Document<'a> {
-    pub rotations: &'a [Row],
-}
-
 /// `rekey history`.
 pub fn run(args: HistoryArgs, config: Option<&Path>) -> Result<u8> {
     let raw = RawFilter {
@@ -71,7 +65,7 @@ pub fn run(args: HistoryArgs, config: Option<&Path>) -> Result<u8> {
     let rows = crate::history::rows(&journal, &filter)?;
     let mut out = std::io::stdout().lock();
     if args.json {
-        serde_json::to_writer(&mut out, &Document { rotations: &rows })?;
+        serde_json::to_writer(&mut out, &crate::history::Document { rotations: &rows })?;
         writeln!(out)?;
     } else {
         write!(out, "{}", table(&rows))?;

@@ -18,6 +18,7 @@ use serde_json::{Value, json};
 use subtle::ConstantTimeEq;
 
 use super::Handle;
+use super::history_api;
 use super::metrics::Metrics;
 use crate::config::Config;
 use crate::provider::SecretValue;
@@ -90,15 +91,26 @@ impl<J: RunnerJournal + 'static> Clone for State<J> {
 
 /// The routes, ready to serve.
 pub fn router<J: RunnerJournal + 'static>(state: State<J>) -> Router {
+    router_with(state, history_api::StreamLimits::default())
+}
+
+/// The routes, with progress streams bounded by `limits`.
+pub fn router_with<J: RunnerJournal + 'static>(
+    state: State<J>,
+    limits: history_api::StreamLimits,
+) -> Router {
     let v1 = Router::new()
         .route("/v1/secrets", get(list_secrets::<J>))
         .route("/v1/secrets/{secret}/rotate", post(rotate::<J>))
         .route("/v1/rotations/{id}", get(rotation::<J>))
+        .route("/v1/rotations/{id}/events", get(history_api::events::<J>))
+        .route("/v1/history", get(history_api::history::<J>))
         .merge(super::fleet_api::routes::<J>())
         .route_layer(middleware::from_fn_with_state(
             state.clone(),
             authenticate::<J>,
-        ));
+        ))
+        .layer(axum::Extension(history_api::Streams::new(limits)));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<J>))

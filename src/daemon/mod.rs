@@ -11,6 +11,7 @@
 pub mod api;
 pub mod events;
 pub mod fleet_api;
+pub mod history_api;
 pub mod leader;
 pub mod metrics;
 pub mod schedules;
@@ -166,6 +167,15 @@ impl Handle {
     /// Delivers a stop signal (what SIGTERM and SIGINT do).
     pub fn signal(&self) {
         self.signals.send_modify(|n| *n += 1);
+    }
+
+    /// Resolves once the daemon has been asked to stop (at once if it has been), so that
+    /// long-lived responses (progress streams) end and let the server stop.
+    pub fn stopping(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut signals = self.signals.subscribe();
+        async move {
+            let _ = signals.wait_for(|n| *n >= 1).await;
+        }
     }
 }
 
