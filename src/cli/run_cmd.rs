@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use super::exit;
 use super::rotation_cmd::Env;
 use crate::daemon::metrics::Metrics;
-use crate::daemon::{Daemon, Settings, api, serve};
+use crate::daemon::{Daemon, Settings, api, history_api, serve};
 use crate::provider::SecretValue;
 use crate::triggers::eventgrid::{self, WebhookConfig};
 
@@ -35,7 +35,10 @@ pub async fn run(config: &Path) -> Result<u8> {
         "export the bearer token Event Grid sends",
     )?;
     let metrics = Arc::new(Metrics::new());
-    let env = Env::open_observed(config, Some(metrics.clone()))?;
+    // Progress streams look for new events as soon as the runner journals one.
+    let appends = history_api::Appends::default();
+    let observers = crate::runner::Observers(vec![metrics.clone(), Arc::new(appends.clone())]);
+    let env = Env::open_observed(config, Some(Arc::new(observers)))?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| {
@@ -81,7 +84,8 @@ pub async fn run(config: &Path) -> Result<u8> {
     };
     let mut state = daemon.api_state(tokens.into_iter().collect());
     state.metrics = Some(metrics);
-    let mut app = api::router(state);
+    let streams = history_api::Streams::new(history_api::StreamLimits::default());
+    let mut app = api::router_with(state, streams.waking_on(&appends));
     if webhook_secret.is_some() || webhook_tokens.is_some() {
         let config = WebhookConfig {
             secret: webhook_secret,

@@ -91,13 +91,16 @@ impl<J: RunnerJournal + 'static> Clone for State<J> {
 
 /// The routes, ready to serve.
 pub fn router<J: RunnerJournal + 'static>(state: State<J>) -> Router {
-    router_with(state, history_api::StreamLimits::default())
+    router_with(
+        state,
+        history_api::Streams::new(history_api::StreamLimits::default()),
+    )
 }
 
-/// The routes, with progress streams bounded by `limits`.
+/// The routes, with progress streams served as `streams` says.
 pub fn router_with<J: RunnerJournal + 'static>(
     state: State<J>,
-    limits: history_api::StreamLimits,
+    streams: history_api::Streams,
 ) -> Router {
     let v1 = Router::new()
         .route("/v1/secrets", get(list_secrets::<J>))
@@ -110,7 +113,7 @@ pub fn router_with<J: RunnerJournal + 'static>(
             state.clone(),
             authenticate::<J>,
         ))
-        .layer(axum::Extension(history_api::Streams::new(limits)));
+        .layer(axum::Extension(streams));
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<J>))

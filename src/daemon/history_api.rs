@@ -5,9 +5,9 @@
 //! An event is sent as the journal has it: `id:` its stream sequence, `event:` its type,
 //! `data:` its payload (ids, tags, times and error classes: never a value). A client that
 //! reconnects with `Last-Event-ID` gets only the events after it. New events are found by
-//! reading the stream's head every [`StreamLimits::poll`] (a rotation may be driven by
-//! another process sharing the journal, so there is nothing to wake on that sees them
-//! all). A stream holds its connection busy, so it is bounded: a keep-alive comment every
+//! reading the stream's head when the daemon's runner journals an event ([`Appends`], an
+//! observer of the runner), and every [`StreamLimits::poll`] besides (another process
+//! sharing the journal, `rekey resume`, may drive the rotation). A stream holds its connection busy, so it is bounded: a keep-alive comment every
 //! [`StreamLimits::keep_alive`] while nothing happens, at most
 //! [`StreamLimits::duration_max`] (then a comment says to reconnect with `Last-Event-ID`
 //! and it ends), at most [`StreamLimits::streams_max`] at once (then 503), and it ends
@@ -29,11 +29,12 @@ use axum::{Extension, Json};
 use futures::Stream;
 use rekey_journal::{Event, JournalRead};
 use serde_json::json;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 
 use super::api::State;
 use crate::history::{Document, RawFilter};
-use crate::runner::{RunnerJournal, lock};
+use crate::runner::{Observer, RunnerJournal, lock};
+use crate::saga::{Rotation, RotationEvent};
 use crate::text::quoted;
 
 /// How long and how many progress streams may run.
@@ -61,20 +62,45 @@ impl Default for StreamLimits {
     }
 }
 
-/// The progress streams of one server: their limits and the slots left.
+/// Counts the events the daemon's runner journals, so progress streams look at once.
+#[derive(Debug, Clone)]
+pub struct Appends(Arc<watch::Sender<u64>>);
+
+impl Default for Appends {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl Observer for Appends {
+    fn journaled(&self, _: &Rotation, _: &RotationEvent, _: f64) {
+        self.0.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// The progress streams of one server: their limits, the slots left, and what wakes them.
 #[derive(Debug, Clone)]
 pub struct Streams {
     limits: StreamLimits,
     slots: Arc<Semaphore>,
+    appends: Option<watch::Receiver<u64>>,
 }
 
 impl Streams {
-    /// Streams within `limits`.
+    /// Streams within `limits`, finding new events by polling.
     pub fn new(limits: StreamLimits) -> Self {
         Self {
             limits,
             slots: Arc::new(Semaphore::new(limits.streams_max.max(1))),
+            appends: None,
         }
+    }
+
+    /// The same streams, also looking as soon as `appends` counts an event.
+    #[must_use]
+    pub fn waking_on(mut self, appends: &Appends) -> Self {
+        self.appends = Some(appends.0.subscribe());
+        self
     }
 }
 
@@ -169,6 +195,7 @@ pub async fn events<J: RunnerJournal + 'static>(
         after,
         streams.limits,
         Box::pin(state.handle.stopping()),
+        streams.appends.clone(),
         slot,
     );
     axum::response::Sse::new(body)
@@ -193,6 +220,8 @@ struct Progress<J> {
     ended: bool,
     deadline: Pin<Box<tokio::time::Sleep>>,
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    /// Changes when the daemon's runner journals an event.
+    appends: Option<watch::Receiver<u64>>,
     limits: StreamLimits,
     _slot: OwnedSemaphorePermit,
 }
@@ -205,6 +234,7 @@ pub fn progress<J: JournalRead + Send + Sync + 'static>(
     after: u64,
     limits: StreamLimits,
     stop: Pin<Box<dyn Future<Output = ()> + Send>>,
+    appends: Option<watch::Receiver<u64>>,
     slot: OwnedSemaphorePermit,
 ) -> impl Stream<Item = Result<Sse, Infallible>> + Send + 'static {
     let start = Progress {
@@ -215,6 +245,7 @@ pub fn progress<J: JournalRead + Send + Sync + 'static>(
         ended: false,
         deadline: Box::pin(tokio::time::sleep(limits.duration_max)),
         stop,
+        appends,
         limits,
         _slot: slot,
     };
@@ -253,6 +284,10 @@ async fn next<J: JournalRead>(p: &mut Progress<J>) -> Option<Out> {
         if p.ended {
             return None;
         }
+        // Seen before reading, so an event journaled after the read wakes the wait below.
+        if let Some(appends) = &mut p.appends {
+            appends.borrow_and_update();
+        }
         match p.journal.stream_info(&p.rotation_id) {
             Ok(Some(info)) if info.head_seq > p.sent => match p.journal.read_stream(&p.rotation_id)
             {
@@ -272,6 +307,7 @@ async fn next<J: JournalRead>(p: &mut Progress<J>) -> Option<Out> {
         }
         tokio::select! {
             () = tokio::time::sleep(p.limits.poll) => {}
+            () = appended(&mut p.appends) => {}
             () = p.deadline.as_mut() => {
                 let message = format!(
                     "this stream has run {} s, the most it may; reconnect with Last-Event-ID: {} to go on",
@@ -284,6 +320,17 @@ async fn next<J: JournalRead>(p: &mut Progress<J>) -> Option<Out> {
                 return Some(ended(p, "the daemon is stopping; reconnect with Last-Event-ID after it restarts"));
             }
         }
+    }
+}
+
+/// Resolves when the daemon's runner journals an event; never without a runner to watch.
+async fn appended(appends: &mut Option<watch::Receiver<u64>>) {
+    let woken = match appends {
+        Some(rx) => rx.changed().await.is_ok(),
+        None => false,
+    };
+    if !woken {
+        std::future::pending::<()>().await;
     }
 }
 

@@ -106,6 +106,23 @@ pub trait Observer: Send + Sync {
     fn journaled(&self, state: &Rotation, event: &RotationEvent, append_seconds: f64);
 }
 
+/// Several observers, each told of every event in turn (metrics and progress streams).
+pub struct Observers(pub Vec<Arc<dyn Observer>>);
+
+impl std::fmt::Debug for Observers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Observers({})", self.0.len())
+    }
+}
+
+impl Observer for Observers {
+    fn journaled(&self, state: &Rotation, event: &RotationEvent, append_seconds: f64) {
+        for observer in &self.0 {
+            observer.journaled(state, event, append_seconds);
+        }
+    }
+}
+
 /// Waits the given milliseconds.
 pub type Sleep = Arc<dyn Fn(u64) -> crate::provider::BoxFuture<'static, ()> + Send + Sync>;
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use rekey::config::Config;
-use rekey::daemon::history_api::StreamLimits;
+use rekey::daemon::history_api::{Appends, StreamLimits, Streams};
 use rekey::daemon::{Daemon, Handle, Settings, Summary, api, serve};
 use rekey::journal::{Clock, JournalRead, SqliteJournal, SystemClock};
 use rekey::provider::SecretValue;
@@ -54,8 +54,14 @@ struct Running {
 }
 
 /// A daemon over `dir`'s `rekey.toml` (written from `text` unless `None`), served by
-/// `serve::serve` with request timeouts far shorter than a rotation takes.
+/// `serve::serve` with request timeouts far shorter than a rotation takes. Progress
+/// streams poll only once a minute: they see the runner's events because it wakes them.
 async fn start(dir: &Path, text: Option<&str>) -> Running {
+    start_with(dir, text, 8).await
+}
+
+/// As [`start`], with at most `streams_max` progress streams at once.
+async fn start_with(dir: &Path, text: Option<&str>, streams_max: usize) -> Running {
     if let Some(text) = text {
         std::fs::write(dir.join("rekey.toml"), text).unwrap();
     }
@@ -64,12 +70,14 @@ async fn start(dir: &Path, text: Option<&str>) -> Running {
     let providers = config.build_providers(clock.clone(), &|_| None).unwrap();
     let journal =
         Arc::new(SqliteJournal::open_with_clock(&config.journal_path, clock.clone()).unwrap());
+    let appends = Appends::default();
     let runner = Arc::new(Runner::new(
         journal.clone(),
         Arc::new(providers),
         clock.clone(),
         Options {
             sleep: Some(rekey::runner::tokio_sleep()),
+            observer: Some(Arc::new(appends.clone())),
             ..Options::new(format!("history-api-{}", uuid::Uuid::now_v7()), 5)
         },
     ));
@@ -83,14 +91,13 @@ async fn start(dir: &Path, text: Option<&str>) -> Running {
     let state = daemon.api_state(vec![SecretValue::new(TOKEN)]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let base = format!("http://{}", listener.local_addr().unwrap());
-    let app = api::router_with(
-        state,
-        StreamLimits {
-            poll: Duration::from_millis(20),
-            keep_alive: Duration::from_millis(200),
-            ..StreamLimits::default()
-        },
-    );
+    let streams = Streams::new(StreamLimits {
+        poll: Duration::from_secs(60),
+        keep_alive: Duration::from_millis(200),
+        streams_max,
+        ..StreamLimits::default()
+    });
+    let app = api::router_with(state, streams.waking_on(&appends));
     let limits = serve::Limits {
         header_read_timeout: Duration::from_millis(300),
         body_timeout: Duration::from_millis(300),
@@ -325,6 +332,52 @@ async fn progress_refuses_without_the_token_unknown_rotations_and_bad_event_ids(
             .starts_with("Last-Event-ID \"three\""),
         "{body}"
     );
+    r.stop().await;
+}
+
+/// Streams beyond the limit are refused with 503 and Retry-After, not queued on a
+/// connection; a slot frees when its client goes away.
+#[tokio::test]
+async fn progress_streams_beyond_the_limit_are_refused_until_one_closes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let long = DAEMON_CONFIG.replace("grace = \"1500ms\"", "grace = \"1h\"");
+    let r = start_with(tmp.path(), Some(&long), 1).await;
+    let id = rotate(&r, "s0").await;
+    let first = subscribe(&r, &id, None).await;
+    let events = format!("{}/v1/rotations/{id}/events", r.base);
+    let refused = client()
+        .get(&events)
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "5");
+    let body: Value = refused.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("1 progress streams are open"),
+        "{body}"
+    );
+    // The server finds the first client gone at its next keep-alive and frees its slot.
+    drop(first);
+    let mut accepted = false;
+    for _ in 0..100 {
+        let again = client()
+            .get(&events)
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        if again.status() == 200 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(accepted, "the slot of a closed stream is freed");
     r.stop().await;
 }
 

@@ -53,6 +53,7 @@ fn start(
         ended: false,
         deadline: Box::pin(tokio::time::sleep(limits.duration_max)),
         stop,
+        appends: None,
         limits,
         _slot: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
     }
@@ -141,4 +142,45 @@ async fn a_quiet_stream_ends_at_its_time_limit_or_when_the_daemon_stops() {
         other => panic!("{other:?}"),
     }
     assert_eq!(next(&mut p).await, None);
+}
+
+/// With a runner to watch, a new event is sent as soon as it is journaled, not at the
+/// next poll (an hour away here; real time, so nothing skips the wait).
+#[tokio::test]
+async fn an_event_the_runner_journals_wakes_the_stream_at_once() {
+    let j = journal(1).await;
+    let appends = Appends::default();
+    let mut p = start(
+        j.clone(),
+        1,
+        limits(Duration::from_secs(7_200)),
+        Box::pin(std::future::pending()),
+    );
+    p.limits.poll = Duration::from_secs(3_600);
+    p.appends = Some(appends.0.subscribe());
+    let waiting = tokio::spawn(async move { (next(&mut p).await, p) });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    append(&j, 2, "StepSucceeded").await;
+    let state = crate::saga::apply(
+        None,
+        &RotationEvent::Requested {
+            rotation_id: "r1".into(),
+            plan: crate::saga::Plan {
+                secret: "s".into(),
+                lock_key: "s".into(),
+                targets: vec![],
+                grace_ms: 0,
+                attempts_max: 1,
+            },
+            trigger: crate::saga::Trigger::Manual,
+            actor: "test".into(),
+        },
+    )
+    .unwrap();
+    appends.journaled(&state, &RotationEvent::Completed, 0.0);
+    let (out, _) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("woken by the runner's event, not the hourly poll")
+        .unwrap();
+    assert_eq!(seq(out), (2, "StepSucceeded".into()));
 }
