@@ -8,8 +8,10 @@
 //! classes only, like the journal it is read from: never a value.
 //!
 //! Filters that the streams' summary rows answer (time, secret, status) are applied
-//! before a stream is read; each remaining rotation stream is read once, and no other
-//! stream (locks, schedules, notices, discoveries) is read at all.
+//! before a stream is read; each remaining rotation stream is read once, then the lock
+//! stream of each credential listed (requests that joined a rotation already open are
+//! journaled there), once however many rows share it. No other stream (schedules,
+//! notices, discoveries) is read.
 
 use std::collections::BTreeSet;
 
@@ -110,6 +112,15 @@ pub struct LastError {
     pub at_ms: i64,
 }
 
+/// A request that arrived while a rotation was open and was served by it (journaled in
+/// the credential's lock stream).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Joined {
+    pub trigger: &'static str,
+    pub actor: String,
+    pub at_ms: i64,
+}
+
 /// One rotation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Row {
@@ -119,6 +130,8 @@ pub struct Row {
     pub finished_at_ms: Option<i64>,
     /// The plan's secret (a configured secret's name, or the name a fleet plan gives).
     pub secret: String,
+    /// The credential underneath (one open rotation per key).
+    pub lock_key: String,
     /// The Entra application's client id, when the rotator is an application's password.
     pub app_id: Option<String>,
     /// Its tenant.
@@ -127,6 +140,8 @@ pub struct Row {
     pub trigger: &'static str,
     /// Who asked: `cli`, `api`, `schedule`, `eventgrid:<event>`…
     pub actor: String,
+    /// Later requests that found this rotation open and were served by it.
+    pub joined: Vec<Joined>,
     pub items_updated: Vec<Item>,
     /// When the new credential expires, when the plan fixes its lifetime (an Entra
     /// password's validity) and it was created and kept: its creation plus that
@@ -369,13 +384,55 @@ pub fn rows<J: JournalRead + JournalScan + ?Sized>(
             rows.push(row);
         }
     }
+    add_joined(journal, &mut rows)?;
     rows.sort_by(|a, b| {
         (a.requested_at_ms, &a.rotation_id).cmp(&(b.requested_at_ms, &b.rotation_id))
     });
     Ok(rows)
 }
 
-/// The row of one rotation stream's events (in stream order).
+/// Adds to each row the requests its lock stream says it served; each lock stream is read
+/// once, whatever number of rows share it.
+fn add_joined<J: JournalRead + ?Sized>(journal: &J, rows: &mut [Row]) -> Result<(), Error> {
+    let keys: BTreeSet<String> = rows.iter().map(|r| r.lock_key.clone()).collect();
+    let mut joined: std::collections::HashMap<String, Vec<Joined>> =
+        std::collections::HashMap::new();
+    for key in keys {
+        let stream = lock::stream_id(&key);
+        for e in journal.read_stream(&stream)? {
+            if e.kind != "TriggerCoalesced" {
+                continue;
+            }
+            let event: lock::LockEvent =
+                serde_json::from_str(&e.payload).map_err(|err| Error::Decode {
+                    rotation: stream.clone(),
+                    seq: e.stream_seq,
+                    detail: err.to_string(),
+                })?;
+            if let lock::LockEvent::Coalesced {
+                into,
+                trigger,
+                actor,
+            } = event
+            {
+                joined.entry(into).or_default().push(Joined {
+                    trigger: trigger_name(&trigger),
+                    actor,
+                    at_ms: e.recorded_at_ms,
+                });
+            }
+        }
+    }
+    for row in rows {
+        if let Some(j) = joined.remove(&row.rotation_id) {
+            row.joined = j;
+        }
+    }
+    Ok(())
+}
+
+/// The row of one rotation stream's events (in stream order); `joined` is left empty
+/// (it is in the lock stream).
 ///
 /// # Errors
 /// [`Error::Decode`] for an event that is not a rotation event or does not fit the ones
@@ -514,10 +571,12 @@ pub fn fold_row(rotation_id: &str, events: &[Event]) -> Result<Row, Error> {
         requested_at_ms,
         finished_at_ms,
         secret: state.plan.secret.clone(),
+        lock_key: state.plan.lock_key.clone(),
         app_id,
         tenant,
         trigger: trigger_name(&state.trigger),
         actor,
+        joined: Vec::new(),
         items_updated,
         new_expiry_ms,
         outcome,

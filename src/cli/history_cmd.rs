@@ -98,7 +98,10 @@ pub fn table(rows: &[Row]) -> String {
                     (Some(app), Some(tenant)) => format!("{app} ({tenant})"),
                     _ => "-".into(),
                 },
-                format!("{} by {}", r.trigger, excerpt(&r.actor, 40)),
+                match r.joined.len() {
+                    0 => format!("{} by {}", r.trigger, excerpt(&r.actor, 40)),
+                    n => format!("{} by {} (+{n} joined)", r.trigger, excerpt(&r.actor, 40)),
+                },
                 if r.items_updated.is_empty() {
                     "-".into()
                 } else {

@@ -4,6 +4,7 @@
 use rekey_journal::Digest32;
 
 use super::*;
+use crate::runner::lock;
 use crate::saga::{Command, Plan, TargetRef, decide};
 
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
@@ -480,11 +481,13 @@ impl JournalScan for Counting {
 }
 
 /// Appends `events` (as [`journaled`] made them) as their stream, at their times, with
-/// the status labels the runner gives; and a lock stream beside it.
+/// the status labels the runner gives; and its credential's lock stream, where, if
+/// `joined_by` names an actor, a later request joined the rotation.
 async fn append_all(
     journal: &rekey_journal::MemoryJournal,
     clock: &rekey_journal::ManualClock,
     events: &[Event],
+    joined_by: Option<&str>,
 ) {
     use rekey_journal::{Append, JournalAppend, NewEvent};
     for e in events {
@@ -507,16 +510,30 @@ async fn append_all(
         };
         journal.append(append).await.unwrap();
     }
-    let lock = format!("lock:{}", events[0].stream_id);
+    let RotationEvent::Requested { plan, .. } = serde_json::from_str(&events[0].payload).unwrap()
+    else {
+        panic!("a rotation begins with Requested");
+    };
+    let id = events[0].stream_id.clone();
+    let mut lock = vec![lock::LockEvent::Opened {
+        rotation_id: id.clone(),
+        plan: plan.clone(),
+        trigger: Trigger::Manual,
+        actor: "cli".into(),
+    }];
+    if let Some(actor) = joined_by {
+        lock.push(lock::LockEvent::Coalesced {
+            into: id.clone(),
+            trigger: Trigger::NearExpiry,
+            actor: actor.into(),
+        });
+    }
+    let lock: Vec<NewEvent> = lock
+        .iter()
+        .map(|e| NewEvent::new(e.kind(), serde_json::to_value(e).unwrap()))
+        .collect();
     journal
-        .append(
-            Append::new(
-                &lock,
-                0,
-                vec![NewEvent::new("RotationOpened", serde_json::json!({}))],
-            )
-            .status("busy"),
-        )
+        .append(Append::new(lock::stream_id(&plan.lock_key), 0, lock).status("idle"))
         .await
         .unwrap();
 }
@@ -538,7 +555,8 @@ async fn rows_read_each_matching_rotation_once_and_no_other_stream() {
             local_plan(&format!("s{i}"))
         };
         let events = journaled(&id, plan, Trigger::Manual, "cli", T0 + i * DAY, script);
-        append_all(&inner, &clock, &events).await;
+        let joined_by = format!("eventgrid:{i}");
+        append_all(&inner, &clock, &events, (i % 4 == 0).then_some(&joined_by)).await;
         all.push(id);
     }
     let journal = Counting {
@@ -548,11 +566,32 @@ async fn rows_read_each_matching_rotation_once_and_no_other_stream() {
     let every = rows(&journal, &Filter::default()).unwrap();
     let ids: Vec<&str> = every.iter().map(|r| r.rotation_id.as_str()).collect();
     assert_eq!(ids, all, "sorted by request time");
+    let locks = |rows: &[Row]| -> Vec<String> {
+        rows.iter()
+            .map(|r| lock::stream_id(&r.lock_key))
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect()
+    };
+    let mut expected = all.clone();
+    expected.extend(locks(&every));
     assert_eq!(
         *journal.reads.lock().unwrap(),
-        all,
-        "each rotation read once, nothing else"
+        expected,
+        "each rotation read once, then each lock stream once, nothing else"
     );
+    for (i, row) in every.iter().enumerate() {
+        let joined: Vec<(&str, &str)> = row
+            .joined
+            .iter()
+            .map(|j| (j.trigger, j.actor.as_str()))
+            .collect();
+        if i % 4 == 0 {
+            assert_eq!(joined, [("near_expiry", format!("eventgrid:{i}").as_str())]);
+        } else {
+            assert_eq!(joined, []);
+        }
+    }
 
     // Time, secret and status narrow before any stream is read.
     journal.reads.lock().unwrap().clear();
@@ -568,9 +607,11 @@ async fn rows_read_each_matching_rotation_once_and_no_other_stream() {
     let ids: Vec<&str> = some.iter().map(|r| r.rotation_id.as_str()).collect();
     // r19 was requested at the until time, which is not included.
     assert_eq!(ids, ["r10", "r13", "r16"]);
+    let mut expected: Vec<String> = ids.iter().map(|id| (*id).to_owned()).collect();
+    expected.extend(locks(&some));
     assert_eq!(
         *journal.reads.lock().unwrap(),
-        ids,
+        expected,
         "only the matching streams read"
     );
     assert!(some.iter().all(|r| r.outcome == Outcome::Compensated));
@@ -589,5 +630,5 @@ async fn rows_read_each_matching_rotation_once_and_no_other_stream() {
         .map(|r| r.rotation_id)
         .collect();
     assert_eq!(ids, ["r20", "r22", "r24", "r26", "r28"]);
-    assert_eq!(journal.reads.lock().unwrap().len(), 30);
+    assert_eq!(journal.reads.lock().unwrap().len(), 30 + 5);
 }

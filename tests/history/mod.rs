@@ -212,6 +212,22 @@ pub fn mixed_journal(dir: &Path, with_open: bool) -> Vec<String> {
                 )
                 .await,
             );
+            // A near-expiry event for the same credential joins the open rotation.
+            let joined = runner
+                .request(
+                    fleet_plan("22222222-bbbb", "fabrikam"),
+                    Trigger::NearExpiry,
+                    "eventgrid:evt-1",
+                    uuid::Uuid::now_v7().to_string(),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                joined,
+                Requested::Coalesced {
+                    into: ids[3].clone()
+                }
+            );
         }
     });
     ids
@@ -310,6 +326,10 @@ fn history_lists_hand_configured_and_fleet_rotations_and_each_filter_narrows() {
     assert_eq!(row["phase"], "forward");
     assert!(row["finished_at_ms"].is_null() && row["new_expiry_ms"].is_null());
     assert_eq!(row["items_updated"], serde_json::json!([]));
+    assert_eq!(row["lock_key"], "entra:22222222-bbbb");
+    assert_eq!(row["joined"][0]["trigger"], "near_expiry");
+    assert_eq!(row["joined"][0]["actor"], "eventgrid:evt-1");
+    assert_eq!(by_id(api)["joined"], serde_json::json!([]));
 
     // Each filter.
     let only = |args: &[&str]| history(dir, args).0;
@@ -364,6 +384,7 @@ fn history_lists_hand_configured_and_fleet_rotations_and_each_filter_narrows() {
     assert!(lines[2].contains("vault/db (undone)"), "{table}");
     assert!(lines[2].contains("verify#2 Permanent"), "{table}");
     assert!(lines[4].contains("open (forward)"), "{table}");
+    assert!(lines[4].contains("manual by api (+1 joined)"), "{table}");
 
     // No value in anything it printed.
     for file in ["vault.json", "kv1.json", "kv2.json"] {
