@@ -129,7 +129,22 @@ pub async fn history<J: RunnerJournal + 'static>(
         Ok(filter) => filter,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    match crate::history::rows(&*state.journal, &filter) {
+    // Thousands of streams may be read: off the threads that serve requests and drive
+    // rotations.
+    let journal = state.journal.clone();
+    let listed =
+        tokio::task::spawn_blocking(move || crate::history::rows(&*journal, &filter)).await;
+    let listed = match listed {
+        Ok(listed) => listed,
+        Err(e) => {
+            tracing::error!(error = %e, "the history listing failed");
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the history listing failed; see the daemon's log",
+            );
+        }
+    };
+    match listed {
         Ok(rows) => Json(Document { rotations: &rows }).into_response(),
         Err(e @ crate::history::Error::Journal(_)) => {
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
