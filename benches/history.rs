@@ -1,0 +1,199 @@
+//! Criterion benchmark of `rekey history` over a large journal.
+//!
+//! A SQLite journal of 5,000 completed or compensated rotations (half of them fleet-shaped:
+//! an Entra application's password and two Key Vault copies; half hand-configured), each
+//! with its lock stream beside it, requested a minute apart:
+//!
+//! * `all`: every row (each rotation stream read once, no lock stream read);
+//! * `app_glob`: `--app` (known only after reading each rotation stream);
+//! * `since_last_tenth`: `--since` the last 500, narrowed by the journal's stream index
+//!   before any stream is read.
+//!
+//! Run: `cargo bench --bench history`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use rekey::history::{Filter, RawFilter, rows};
+use rekey::journal::{Append, JournalAppend, ManualClock, NewEvent, SqliteJournal};
+use rekey::saga::{
+    Action, Address, Command, ErrorClass, Plan, Role, RotationEvent, TargetRef, Trigger, apply,
+    decide,
+};
+
+const ROTATIONS: i64 = 5_000;
+const T0: i64 = 1_767_225_600_000;
+const MINUTE: i64 = 60_000;
+
+fn plan(i: i64) -> Plan {
+    let kv = |vault: &str| Address::KeyVault {
+        vault_url: format!("https://{vault}.vault.azure.net"),
+        secret: format!("app-{i}-secret"),
+        credential: "azure".into(),
+        content_type: None,
+        verify_challenge_resource: true,
+    };
+    let targets = if i % 2 == 0 {
+        vec![
+            TargetRef::at(
+                Role::Rotator,
+                "entra",
+                Address::EntraPassword {
+                    credential: "azure".into(),
+                    tenant: format!("tenant-{}", i % 7),
+                    object_id: format!("obj-{i}"),
+                    app_id: format!("{i:08}-app"),
+                    validity_days: 180,
+                    verify_scope: "https://graph.microsoft.com/.default".into(),
+                    propagation: "30s".into(),
+                },
+            ),
+            TargetRef::at(Role::Store, "kv1", kv("kv1")),
+            TargetRef::at(Role::Store, "kv2", kv("kv2")),
+            TargetRef::new(Role::Verifier, "entra"),
+        ]
+    } else {
+        vec![
+            TargetRef::new(Role::Rotator, "random"),
+            TargetRef::at(Role::Store, "vault", kv("kv1")),
+            TargetRef::new(Role::Dependent, "app"),
+            TargetRef::new(Role::Verifier, "check"),
+        ]
+    };
+    Plan {
+        secret: format!("secret-{i}"),
+        lock_key: format!("key-{i}"),
+        targets,
+        grace_ms: 0,
+        attempts_max: 1,
+    }
+}
+
+/// Rotation `i`'s events, driven by the saga; every fifth fails verification and
+/// compensates.
+fn events(id: &str, i: i64) -> Vec<RotationEvent> {
+    let mut events = vec![RotationEvent::Requested {
+        rotation_id: id.into(),
+        plan: plan(i),
+        trigger: if i % 2 == 0 {
+            Trigger::Bulk
+        } else {
+            Trigger::Schedule
+        },
+        actor: "bench".into(),
+    }];
+    let mut state = apply(None, &events[0]).unwrap();
+    let mut now = 0;
+    loop {
+        let next = match decide(&state, now) {
+            Command::Run { step, attempt, key } => {
+                let started = RotationEvent::StepStarted { step, attempt, key };
+                state = apply(Some(state), &started).unwrap();
+                events.push(started);
+                if i % 5 == 0 && step.action == Action::Verify {
+                    RotationEvent::StepFailed {
+                        step,
+                        attempt,
+                        class: ErrorClass::Permanent,
+                        message: "401 invalid_client".into(),
+                        retry_at_ms: None,
+                    }
+                } else {
+                    RotationEvent::StepSucceeded {
+                        step,
+                        id: Some(format!("v-{step}")),
+                        reconciled: false,
+                    }
+                }
+            }
+            Command::Reconcile { step, .. } => RotationEvent::StepNotApplied {
+                step,
+                orphan_discarded: None,
+            },
+            Command::WaitUntil { at_ms, .. } => {
+                now = at_ms;
+                continue;
+            }
+            Command::StartCompensation { reason } => RotationEvent::CompensationStarted { reason },
+            Command::ScheduleGrace { due_at_ms } => RotationEvent::GraceScheduled { due_at_ms },
+            Command::Complete => RotationEvent::Completed,
+            Command::FinishCompensation => RotationEvent::Compensated,
+            Command::Done { .. } => return events,
+        };
+        state = apply(Some(state), &next).unwrap();
+        events.push(next);
+    }
+}
+
+fn journal(dir: &std::path::Path) -> SqliteJournal {
+    let clock = ManualClock::new(T0);
+    let journal =
+        SqliteJournal::open_with_clock(dir.join("journal.db"), Arc::new(clock.clone())).unwrap();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        for i in 0..ROTATIONS {
+            clock.set(T0 + i * MINUTE);
+            let id = format!("0190{i:08}-0000-7000-8000-000000000000");
+            let rotation = events(&id, i);
+            let status = match rotation.last() {
+                Some(RotationEvent::Completed) => "completed",
+                _ => "compensated",
+            };
+            let new = rotation
+                .iter()
+                .map(|e| NewEvent::new(e.kind(), serde_json::to_value(e).unwrap()))
+                .collect();
+            let lock = Append::new(
+                format!("lock:key-{i}"),
+                0,
+                vec![NewEvent::new(
+                    "RotationOpened",
+                    serde_json::json!({ "rotation_id": id }),
+                )],
+            )
+            .status("idle");
+            journal.append(lock).await.unwrap();
+            let append = Append::new(&id, 0, new)
+                .subject(format!("secret-{i}"))
+                .status(status);
+            journal.append(append).await.unwrap();
+        }
+    });
+    journal
+}
+
+fn bench(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let journal = journal(dir.path());
+    let now = T0 + ROTATIONS * MINUTE;
+    let parse = |raw: RawFilter| raw.parse(now).unwrap();
+    let mut group = c.benchmark_group("history");
+    group.sample_size(10);
+    group.throughput(Throughput::Elements(ROTATIONS as u64));
+    group.bench_function("all", |b| {
+        b.iter(|| black_box(rows(&journal, &Filter::default()).unwrap().len()));
+    });
+    let app = parse(RawFilter {
+        app: Some("00001*".into()),
+        ..RawFilter::default()
+    });
+    group.bench_function("app_glob", |b| {
+        b.iter(|| black_box(rows(&journal, &app).unwrap().len()));
+    });
+    let since = parse(RawFilter {
+        since: Some(format!("{}m", ROTATIONS / 10)),
+        ..RawFilter::default()
+    });
+    assert_eq!(
+        rows(&journal, &since).unwrap().len(),
+        (ROTATIONS / 10) as usize
+    );
+    group.bench_function("since_last_tenth", |b| {
+        b.iter(|| black_box(rows(&journal, &since).unwrap().len()));
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
