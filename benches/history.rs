@@ -27,27 +27,33 @@ const T0: i64 = 1_767_225_600_000;
 const MINUTE: i64 = 60_000;
 
 fn plan(i: i64) -> Plan {
-    let kv = |vault: &str| Address::KeyVault {
-        vault_url: format!("https://{vault}.vault.azure.net"),
-        secret: format!("app-{i}-secret"),
-        credential: "azure".into(),
-        content_type: None,
-        verify_challenge_resource: true,
+    // Addresses from their journal form: optional fields added later change nothing here.
+    let kv = |vault: &str| -> Address {
+        serde_json::from_value(serde_json::json!({
+            "kind": "key_vault",
+            "vault_url": format!("https://{vault}.vault.azure.net"),
+            "secret": format!("app-{i}-secret"),
+            "credential": "azure",
+            "verify_challenge_resource": true,
+        }))
+        .unwrap()
     };
     let targets = if i % 2 == 0 {
         vec![
             TargetRef::at(
                 Role::Rotator,
                 "entra",
-                Address::EntraPassword {
-                    credential: "azure".into(),
-                    tenant: format!("tenant-{}", i % 7),
-                    object_id: format!("obj-{i}"),
-                    app_id: format!("{i:08}-app"),
-                    validity_days: 180,
-                    verify_scope: "https://graph.microsoft.com/.default".into(),
-                    propagation: "30s".into(),
-                },
+                serde_json::from_value(serde_json::json!({
+                    "kind": "entra_password",
+                    "credential": "azure",
+                    "tenant": format!("tenant-{}", i % 7),
+                    "object_id": format!("obj-{i}"),
+                    "app_id": format!("{i:08}-app"),
+                    "validity_days": 180,
+                    "verify_scope": "https://graph.microsoft.com/.default",
+                    "propagation": "30s",
+                }))
+                .unwrap(),
             ),
             TargetRef::at(Role::Store, "kv1", kv("kv1")),
             TargetRef::at(Role::Store, "kv2", kv("kv2")),

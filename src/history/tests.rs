@@ -10,14 +10,17 @@ use crate::saga::{Command, Plan, TargetRef, decide};
 const T0: i64 = 1_767_225_600_000; // 2026-01-01T00:00:00Z
 const DAY: i64 = 86_400_000;
 
+/// Built from its journal form, so optional fields added to addresses later change nothing
+/// here.
 fn kv(vault: &str, secret: &str) -> Address {
-    Address::KeyVault {
-        vault_url: format!("https://{vault}.vault.azure.net"),
-        secret: secret.into(),
-        credential: "azure".into(),
-        content_type: None,
-        verify_challenge_resource: true,
-    }
+    serde_json::from_value(serde_json::json!({
+        "kind": "key_vault",
+        "vault_url": format!("https://{vault}.vault.azure.net"),
+        "secret": secret,
+        "credential": "azure",
+        "verify_challenge_resource": true,
+    }))
+    .unwrap()
 }
 
 /// A fleet-shaped plan: an Entra application's password, two vault copies, a verifier.
@@ -29,15 +32,17 @@ fn fleet_plan(app_id: &str, tenant: &str) -> Plan {
             TargetRef::at(
                 Role::Rotator,
                 "entra",
-                Address::EntraPassword {
-                    credential: "azure".into(),
-                    tenant: tenant.into(),
-                    object_id: format!("obj-{app_id}"),
-                    app_id: app_id.into(),
-                    validity_days: 90,
-                    verify_scope: "https://graph.microsoft.com/.default".into(),
-                    propagation: "30s".into(),
-                },
+                serde_json::from_value(serde_json::json!({
+                    "kind": "entra_password",
+                    "credential": "azure",
+                    "tenant": tenant,
+                    "object_id": format!("obj-{app_id}"),
+                    "app_id": app_id,
+                    "validity_days": 90,
+                    "verify_scope": "https://graph.microsoft.com/.default",
+                    "propagation": "30s",
+                }))
+                .unwrap(),
             ),
             TargetRef::at(Role::Store, "kv1", kv("kv1", "orders-client-secret")),
             TargetRef::at(Role::Store, "kv2", kv("kv2", "orders-secret")),

@@ -56,14 +56,17 @@ grace = "0s"
 /// Validity of the fleet plans' new passwords.
 const VALIDITY_DAYS: i64 = 90;
 
+/// Built from its journal form, so optional fields added to addresses later change nothing
+/// here.
 fn key_vault(vault: &str, secret: &str) -> Address {
-    Address::KeyVault {
-        vault_url: format!("https://{vault}.vault.azure.net"),
-        secret: secret.into(),
-        credential: "azure".into(),
-        content_type: None,
-        verify_challenge_resource: true,
-    }
+    serde_json::from_value(serde_json::json!({
+        "kind": "key_vault",
+        "vault_url": format!("https://{vault}.vault.azure.net"),
+        "secret": secret,
+        "credential": "azure",
+        "verify_challenge_resource": true,
+    }))
+    .unwrap()
 }
 
 /// A fleet rotation's plan: the password of application `app_id` in `tenant`, and its
@@ -76,15 +79,17 @@ pub fn fleet_plan(app_id: &str, tenant: &str) -> Plan {
             TargetRef::at(
                 Role::Rotator,
                 "entra",
-                Address::EntraPassword {
-                    credential: "azure".into(),
-                    tenant: tenant.into(),
-                    object_id: format!("obj-{app_id}"),
-                    app_id: app_id.into(),
-                    validity_days: VALIDITY_DAYS,
-                    verify_scope: "https://graph.microsoft.com/.default".into(),
-                    propagation: "0s".into(),
-                },
+                serde_json::from_value(serde_json::json!({
+                    "kind": "entra_password",
+                    "credential": "azure",
+                    "tenant": tenant,
+                    "object_id": format!("obj-{app_id}"),
+                    "app_id": app_id,
+                    "validity_days": VALIDITY_DAYS,
+                    "verify_scope": "https://graph.microsoft.com/.default",
+                    "propagation": "0s",
+                }))
+                .unwrap(),
             ),
             TargetRef::at(
                 Role::Store,
