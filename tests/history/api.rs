@@ -3,6 +3,7 @@
 //! limit in force).
 
 use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -181,9 +182,9 @@ async fn read_events_unbounded(
     (events, comments)
 }
 
-async fn subscribe(r: &Running, id: &str, last: Option<u64>) -> reqwest::Response {
+async fn subscribe(base: &str, id: &str, last: Option<u64>) -> reqwest::Response {
     let mut req = client()
-        .get(format!("{}/v1/rotations/{id}/events", r.base))
+        .get(format!("{base}/v1/rotations/{id}/events"))
         .bearer_auth(TOKEN);
     if let Some(last) = last {
         req = req.header("Last-Event-ID", last.to_string());
@@ -194,9 +195,9 @@ async fn subscribe(r: &Running, id: &str, last: Option<u64>) -> reqwest::Respons
     response
 }
 
-async fn rotate(r: &Running, secret: &str) -> String {
+async fn rotate(base: &str, secret: &str) -> String {
     let started: Value = client()
-        .post(format!("{}/v1/secrets/{secret}/rotate", r.base))
+        .post(format!("{base}/v1/secrets/{secret}/rotate"))
         .bearer_auth(TOKEN)
         .send()
         .await
@@ -228,8 +229,8 @@ async fn progress_streams_every_event_in_order_to_the_end_and_resumes_after_last
 
     // From the start: every event, in order, through the grace period (longer than the
     // server's request timeouts) to the terminal event; then the stream closes.
-    let id = rotate(&r, "s0").await;
-    let mut response = subscribe(&r, &id, None).await;
+    let id = rotate(&r.base, "s0").await;
+    let mut response = subscribe(&r.base, &id, None).await;
     let (seen, keep_alives) = read_events(&mut response, usize::MAX).await;
     let journal = journaled(&r.journal, &id);
     assert_eq!(
@@ -246,8 +247,8 @@ async fn progress_streams_every_event_in_order_to_the_end_and_resumes_after_last
 
     // Mid-way: three events, then the connection drops; the client reconnects with the
     // last id it saw and gets the rest, without a gap or a repeat.
-    let id = rotate(&r, "s1").await;
-    let mut first = subscribe(&r, &id, None).await;
+    let id = rotate(&r.base, "s1").await;
+    let mut first = subscribe(&r.base, &id, None).await;
     let (head, _) = read_events(&mut first, 3).await;
     drop(first);
     assert_eq!(head.iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2, 3]);
@@ -261,7 +262,7 @@ async fn progress_streams_every_event_in_order_to_the_end_and_resumes_after_last
         .await
         .unwrap();
     assert_ne!(open["phase"], "completed", "reconnected while it still ran");
-    let mut second = subscribe(&r, &id, Some(head.last().unwrap().id)).await;
+    let mut second = subscribe(&r.base, &id, Some(head.last().unwrap().id)).await;
     let (tail, _) = read_events(&mut second, usize::MAX).await;
     let mut all = head;
     all.extend(tail);
@@ -269,7 +270,7 @@ async fn progress_streams_every_event_in_order_to_the_end_and_resumes_after_last
     assert_eq!(all.last().unwrap().event, "Completed");
 
     // After the end, a resumed stream has nothing to send and closes.
-    let mut after = subscribe(&r, &id, Some(all.last().unwrap().id)).await;
+    let mut after = subscribe(&r.base, &id, Some(all.last().unwrap().id)).await;
     assert_eq!(read_events(&mut after, usize::MAX).await.0, []);
 
     // No value in what was streamed.
@@ -289,7 +290,7 @@ async fn progress_streams_every_event_in_order_to_the_end_and_resumes_after_last
 async fn progress_refuses_without_the_token_unknown_rotations_and_bad_event_ids() {
     let tmp = tempfile::tempdir().unwrap();
     let r = start(tmp.path(), Some(DAEMON_CONFIG)).await;
-    let id = rotate(&r, "s0").await;
+    let id = rotate(&r.base, "s0").await;
     let c = client();
     let events = format!("{}/v1/rotations/{id}/events", r.base);
     let none = c.get(&events).send().await.unwrap();
@@ -342,8 +343,8 @@ async fn progress_streams_beyond_the_limit_are_refused_until_one_closes() {
     let tmp = tempfile::tempdir().unwrap();
     let long = DAEMON_CONFIG.replace("grace = \"1500ms\"", "grace = \"1h\"");
     let r = start_with(tmp.path(), Some(&long), 1).await;
-    let id = rotate(&r, "s0").await;
-    let first = subscribe(&r, &id, None).await;
+    let id = rotate(&r.base, "s0").await;
+    let first = subscribe(&r.base, &id, None).await;
     let events = format!("{}/v1/rotations/{id}/events", r.base);
     let refused = client()
         .get(&events)
@@ -387,8 +388,8 @@ async fn a_live_progress_stream_ends_when_the_daemon_stops() {
     let tmp = tempfile::tempdir().unwrap();
     let long = DAEMON_CONFIG.replace("grace = \"1500ms\"", "grace = \"1h\"");
     let r = start(tmp.path(), Some(&long)).await;
-    let id = rotate(&r, "s0").await;
-    let mut response = subscribe(&r, &id, None).await;
+    let id = rotate(&r.base, "s0").await;
+    let mut response = subscribe(&r.base, &id, None).await;
     let (seen, _) = read_events(&mut response, 1).await;
     assert_eq!(seen[0].event, "Requested");
     let reader = tokio::spawn(async move { read_events(&mut response, usize::MAX).await });
@@ -512,4 +513,88 @@ fn openapi_documents_history_and_progress() {
             "HistoryRow.{field} is not documented"
         );
     }
+}
+
+/// A child process killed when the test ends, however it ends.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The `rekey run` binary: a client follows a rotation to its end; SIGTERM with a stream
+/// still open ends the stream and the daemon exits cleanly, without waiting out the
+/// stream's time limit.
+#[tokio::test]
+async fn rekey_run_streams_progress_and_stops_with_a_stream_open() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let base = format!("http://127.0.0.1:{port}");
+    let text = DAEMON_CONFIG.replace(
+        "verifiers = [\"pass\"]\ngrace = \"1500ms\"\n\n[secrets.s1]\nrotator = \"random\"\nstores = [\"vault\"]\nverifiers = [\"pass\"]\ngrace = \"1500ms\"",
+        "verifiers = [\"pass\"]\ngrace = \"1500ms\"\n\n[secrets.s1]\nrotator = \"random\"\nstores = [\"vault\"]\nverifiers = [\"pass\"]\ngrace = \"1h\"",
+    );
+    assert!(text.contains("grace = \"1h\""));
+    let text = format!(
+        "{text}\n[daemon]\nlisten = \"127.0.0.1:{port}\"\napi_token_env = \"REKEY_TEST_API_TOKEN\"\n"
+    );
+    std::fs::write(tmp.path().join("rekey.toml"), text).unwrap();
+    let mut daemon = KillOnDrop(
+        Command::new(env!("CARGO_BIN_EXE_rekey"))
+            .args(["run", "--config", "rekey.toml"])
+            .current_dir(tmp.path())
+            .env("REKEY_TEST_API_TOKEN", TOKEN)
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start rekey run"),
+    );
+    let mut ready = false;
+    for _ in 0..400 {
+        if let Ok(r) = client().get(format!("{base}/readyz")).send().await
+            && r.status() == 200
+        {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready, "rekey run never became ready");
+
+    let id = rotate(&base, "s0").await;
+    let mut response = subscribe(&base, &id, None).await;
+    let (seen, _) = read_events(&mut response, usize::MAX).await;
+    let journal = SqliteJournal::open_read_only(tmp.path().join("journal.db")).unwrap();
+    assert_eq!(seen, journaled(&journal, &id));
+    assert_eq!(seen.last().unwrap().event, "Completed");
+
+    let open = rotate(&base, "s1").await;
+    let mut response = subscribe(&base, &open, None).await;
+    assert_eq!(read_events(&mut response, 1).await.0[0].event, "Requested");
+    let term = Command::new("kill")
+        .args(["-TERM", &daemon.0.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let rest = tokio::spawn(async move { read_events(&mut response, usize::MAX).await });
+    let mut exited = None;
+    for _ in 0..400 {
+        if let Some(status) = daemon.0.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let status = exited.expect("rekey run exits within 10 s of SIGTERM with a stream open");
+    assert!(status.success(), "rekey run exited with {status}");
+    let (rest, _) = rest.await.unwrap();
+    assert!(rest.iter().all(|e| e.event != "Completed"));
 }
