@@ -17,6 +17,8 @@ mod consistency;
 mod copy;
 #[path = "journal/crash.rs"]
 mod crash;
+#[path = "journal/feed.rs"]
+mod feed;
 #[path = "journal/format.rs"]
 mod format;
 #[path = "journal/group_commit.rs"]
