@@ -4,7 +4,10 @@
 //!   event (the pure core's cost on replay).
 //! * `rotations`: whole rotations end to end (request, every step, grace of 0, retirement)
 //!   through the runner over a durable SQLite journal, with providers that answer at once,
-//!   at 1, 64 and 256 rotations in flight. Goal: 2,000 rotations/s.
+//!   at 1, 64 and 256 rotations in flight (goal: 2,000 rotations/s), and side by side the
+//!   same rotations over a PostgreSQL journal at 64 and 256 in flight (`postgres_in_flight`;
+//!   a server with `fsync=on` started by the bench on 127.0.0.1, skipped with a notice when
+//!   PostgreSQL is not installed).
 //!
 //! Run: `cargo bench --bench saga`.
 
@@ -13,17 +16,23 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use rekey::journal::{Clock, SqliteJournal, SystemClock};
+use criterion::measurement::WallTime;
+use criterion::{
+    BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
+};
+use rekey::journal::{Clock, PostgresJournal, SqliteJournal, SystemClock};
 use rekey::provider::{
     Created, Dependent, Found, Reconciled, Reply, Rotator, SecretValue, Step, Store, Verifier,
 };
 use rekey::resolve::Registry;
 use rekey::roles;
-use rekey::runner::{Options, Progress, Requested, Runner};
+use rekey::runner::{Options, Progress, Requested, Runner, RunnerJournal};
 use rekey::saga::{Command, Phase, Plan, Role, RotationEvent, TargetRef, Trigger, apply, decide};
 use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
+
+#[path = "support/pg.rs"]
+mod pg;
 
 /// A provider that answers every call at once, in every role (the runner and journal are
 /// what is measured).
@@ -224,12 +233,16 @@ fn scratch() -> tempfile::TempDir {
     tempfile::tempdir_in(base).unwrap()
 }
 
-fn rotations(c: &mut Criterion) {
-    let rt = Runtime::new().unwrap();
-    let dir = scratch();
+/// Whole no-op rotations through the runner over `journal`, `in_flight` at a time, as
+/// criterion function `name`.
+fn rotations_on<J: RunnerJournal + 'static>(
+    g: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    name: &str,
+    journal: Arc<J>,
+    in_flights: &[u64],
+) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let journal =
-        Arc::new(SqliteJournal::open_with_clock(dir.path().join("j.db"), clock.clone()).unwrap());
     let providers = Registry::new().with_roles("p", roles!(Arc::new(Instant::default())));
     let runner = Arc::new(Runner::new(
         journal,
@@ -238,45 +251,50 @@ fn rotations(c: &mut Criterion) {
         Options::new("bench", 1),
     ));
     let next = Arc::new(AtomicU64::new(0));
+    for &in_flight in in_flights {
+        g.throughput(Throughput::Elements(in_flight));
+        g.bench_with_input(BenchmarkId::new(name, in_flight), &in_flight, |b, &n| {
+            b.iter(|| {
+                rt.block_on(async {
+                    let mut tasks = JoinSet::new();
+                    for _ in 0..n {
+                        let (runner, id) = (runner.clone(), next.fetch_add(1, Ordering::Relaxed));
+                        tasks.spawn(async move {
+                            let secret = format!("s{id}");
+                            let Requested::Started { rotation_id } = runner
+                                .request(plan(&secret), Trigger::Bulk, "bench", format!("r{id}"))
+                                .await
+                                .unwrap()
+                            else {
+                                panic!("each secret is rotated once");
+                            };
+                            let done = runner.drive(&rotation_id).await.unwrap();
+                            assert_eq!(done, Progress::Finished(Phase::Completed));
+                        });
+                    }
+                    while let Some(r) = tasks.join_next().await {
+                        r.unwrap();
+                    }
+                })
+            })
+        });
+    }
+}
+
+/// The same no-op rotations on a SQLite journal and, side by side, on a PostgreSQL journal
+/// (a server started by the bench; skipped with a notice when PostgreSQL is not installed).
+fn rotations(c: &mut Criterion) {
+    let rt = Runtime::new().unwrap();
+    let dir = scratch();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let sqlite = Arc::new(SqliteJournal::open_with_clock(dir.path().join("j.db"), clock).unwrap());
     let mut g = c.benchmark_group("rotations");
     g.sample_size(10);
-    for in_flight in [1u64, 64, 256] {
-        g.throughput(Throughput::Elements(in_flight));
-        g.bench_with_input(
-            BenchmarkId::new("in_flight", in_flight),
-            &in_flight,
-            |b, &n| {
-                b.iter(|| {
-                    rt.block_on(async {
-                        let mut tasks = JoinSet::new();
-                        for _ in 0..n {
-                            let (runner, id) =
-                                (runner.clone(), next.fetch_add(1, Ordering::Relaxed));
-                            tasks.spawn(async move {
-                                let secret = format!("s{id}");
-                                let Requested::Started { rotation_id } = runner
-                                    .request(
-                                        plan(&secret),
-                                        Trigger::Bulk,
-                                        "bench",
-                                        format!("r{id}"),
-                                    )
-                                    .await
-                                    .unwrap()
-                                else {
-                                    panic!("each secret is rotated once");
-                                };
-                                let done = runner.drive(&rotation_id).await.unwrap();
-                                assert_eq!(done, Progress::Finished(Phase::Completed));
-                            });
-                        }
-                        while let Some(r) = tasks.join_next().await {
-                            r.unwrap();
-                        }
-                    })
-                })
-            },
-        );
+    rotations_on(&mut g, &rt, "in_flight", sqlite, &[1, 64, 256]);
+    if let Some(config) = pg::config() {
+        let postgres = Arc::new(PostgresJournal::open(config, "bench_rotations").unwrap());
+        g.measurement_time(std::time::Duration::from_secs(5));
+        rotations_on(&mut g, &rt, "postgres_in_flight", postgres, &[64, 256]);
     }
     g.finish();
 }
