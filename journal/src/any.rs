@@ -8,6 +8,7 @@ use crate::api::{
 };
 use crate::error::Result;
 use crate::event::Event;
+use crate::feed::{FeedCursor, FeedPage};
 use crate::postgres::PostgresJournal;
 use crate::sqlite::SqliteJournal;
 use crate::verify::VerifyReport;
@@ -94,6 +95,10 @@ impl JournalRead for AnyJournal {
 impl JournalScan for AnyJournal {
     fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
         each!(self, j => j.read_after(after, limit))
+    }
+
+    fn read_feed(&self, cursor: &FeedCursor, limit: usize) -> Result<FeedPage> {
+        each!(self, j => j.read_feed(cursor, limit))
     }
 
     fn streams(&self, filter: &StreamFilter) -> Result<Vec<StreamInfo>> {

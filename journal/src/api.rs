@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 use crate::event::{Digest32, Event, NewEvent};
+use crate::feed::{FeedCursor, FeedPage};
 
 /// A writer's proof that it holds a stream's lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -167,10 +168,28 @@ pub trait JournalAppend {
 /// Scans across streams: followers, exporters, status views, the timer wheel.
 pub trait JournalScan {
     /// Up to `limit` events with a global sequence above `after`, in global order.
+    /// Followers of the feed use [`JournalScan::read_feed`], whose cursor does not tie them
+    /// to this numbering.
     ///
     /// # Errors
     /// Storage errors only.
     fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
+
+    /// The global feed: up to `limit` events after `cursor`, in feed order, and the cursor to
+    /// read on from. A follower that reads page after page from the returned cursors gets
+    /// every event exactly once, each stream's in sequence order, even when a write commits
+    /// late (never skip a gap on a timer: there are none to skip). An empty page means
+    /// nothing more has committed yet.
+    ///
+    /// # Errors
+    /// Storage errors only.
+    fn read_feed(&self, cursor: &FeedCursor, limit: usize) -> Result<FeedPage> {
+        let events = self.read_after(cursor.global_seq(), limit)?;
+        Ok(FeedPage {
+            next: cursor.past(&events),
+            events,
+        })
+    }
 
     /// Streams matching `filter`, oldest first.
     ///

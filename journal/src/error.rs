@@ -158,6 +158,12 @@ pub enum Error {
     )]
     CopySourceChanged { stream: String },
 
+    /// A feed cursor that no feed read of this rekey returned.
+    #[error(
+        "feed cursor {cursor:?} is not one this rekey wrote ({reason}); resume from a cursor a feed read returned, or from the start"
+    )]
+    BadFeedCursor { cursor: String, reason: String },
+
     /// A read-only open found no journal in the PostgreSQL schema.
     #[error(
         "{target}: no rekey journal here yet (nothing has been written to it); check [journal] url, or run `rekey rotate` or `rekey run` to create it"

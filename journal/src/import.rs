@@ -12,6 +12,7 @@ use crate::any::AnyJournal;
 use crate::api::{JournalRead, JournalScan, StreamFilter, StreamInfo, Timer};
 use crate::error::{Error, Result};
 use crate::event::{Digest32, Event, check_links};
+use crate::feed::{FeedCursor, FeedPage};
 
 /// Events read from the source per page (and written per statement).
 pub(crate) const IMPORT_PAGE_EVENTS: usize = 2_000;
@@ -54,11 +55,13 @@ impl AnyJournal {
             AnyJournal::Postgres(j) => Box::new(j.begin_import()?),
         };
         let mut heads: HashMap<String, (u64, Digest32)> = HashMap::new();
-        let (mut after, mut copied) = (0, 0u64);
+        let (mut cursor, mut copied) = (FeedCursor::start(), 0u64);
         loop {
-            let page = source.read_after(after, IMPORT_PAGE_EVENTS)?;
-            let Some(last) = page.last() else { break };
-            after = last.global_seq;
+            let FeedPage { events: page, next } = source.read_feed(&cursor, IMPORT_PAGE_EVENTS)?;
+            if page.is_empty() {
+                break;
+            }
+            cursor = next;
             for e in &page {
                 let head = heads
                     .entry(e.stream_id.clone())

@@ -13,6 +13,7 @@ mod api;
 mod clock;
 mod error;
 mod event;
+mod feed;
 mod import;
 mod memory;
 mod ops;
@@ -33,6 +34,7 @@ pub use event::{
     APPEND_EVENTS_MAX, Digest32, EVENT_BYTES_MAX, Event, KIND_BYTES_MAX, NewEvent,
     STREAM_ID_BYTES_MAX, TimerOp, chain_hash,
 };
+pub use feed::{FeedCursor, FeedPage};
 pub use import::CopyCounts;
 pub use memory::MemoryJournal;
 pub use ops::DEFAULT_STATUS;

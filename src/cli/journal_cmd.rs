@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
-use rekey_journal::{AnyJournal, Event, Head, JournalRead, JournalScan, StreamFilter};
+use rekey_journal::{AnyJournal, Event, FeedCursor, Head, JournalRead, JournalScan, StreamFilter};
 
 use super::{CONFIG_DEFAULT, JournalArg, exit};
 use crate::config::{Config, JournalConfig};
@@ -292,12 +292,15 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
             } else {
                 None
             };
-            let mut after = 0;
+            let mut cursor = FeedCursor::start();
             loop {
-                let page = j.read_after(after, EXPORT_PAGE_EVENTS)?;
-                let Some(last) = page.last() else { break };
-                after = last.global_seq;
+                let page = j.read_feed(&cursor, EXPORT_PAGE_EVENTS)?;
+                if page.events.is_empty() {
+                    break;
+                }
+                cursor = page.next;
                 for e in page
+                    .events
                     .iter()
                     .filter(|e| wanted.as_ref().is_none_or(|w| w.contains(&e.stream_id)))
                 {

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rekey_journal::{
-    Append, Appended, Digest32, Event, Head, JournalAppend, JournalRead, JournalScan, Lease,
-    Leases, ManualClock, MemoryJournal, NewEvent, PostgresJournal, Result, SqliteJournal,
-    StreamFilter, StreamInfo, Timer, VerifyReport,
+    Append, Appended, Digest32, Event, FeedCursor, FeedPage, Head, JournalAppend, JournalRead,
+    JournalScan, Lease, Leases, ManualClock, MemoryJournal, NewEvent, PostgresJournal, Result,
+    SqliteJournal, StreamFilter, StreamInfo, Timer, VerifyReport,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -179,6 +179,10 @@ impl JournalRead for Journal {
 impl JournalScan for Journal {
     fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
         each!(self, j => j.read_after(after, limit))
+    }
+
+    fn read_feed(&self, cursor: &FeedCursor, limit: usize) -> Result<FeedPage> {
+        each!(self, j => j.read_feed(cursor, limit))
     }
 
     fn streams(&self, filter: &StreamFilter) -> Result<Vec<StreamInfo>> {

@@ -1,7 +1,8 @@
 //! The global feed never skips: while many appenders write many streams (on PostgreSQL from
 //! several nodes at once), and some writes are held mid-transaction on purpose, a follower
 //! paging through `read_after` from its last position ends with every event exactly once, in
-//! an order consistent with each stream's sequence.
+//! an order consistent with each stream's sequence. The follower reads as followers do:
+//! `read_feed`, resuming from the opaque cursor each page returns, kept as text.
 //!
 //! How a write is held:
 //! - PostgreSQL: another session locks one stream's row (`FOR UPDATE`), then a node appends
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use rekey_journal::{Append, Event, JournalScan};
+use rekey_journal::{Append, Event, FeedCursor, JournalScan};
 use tokio::time::Instant;
 
 use crate::common::{Journal, Kind, Place, append_ok, manual_clock, numbered, on_both_engines};
@@ -157,23 +158,32 @@ async fn follower_never_skips_a_late_commit(kind: Kind) {
     let follower = {
         let (j, finished, reads) = (feed_journal.clone(), finished.clone(), reads.clone());
         std::thread::spawn(move || {
-            let (mut after, mut seen) = (0u64, Vec::<Event>::new());
+            let (mut cursor, mut seen) = (FeedCursor::start(), Vec::<Event>::new());
             loop {
                 // Read the flag first: once it is set, every write has been answered, so an
                 // empty page read after it means the feed is drained.
                 let last_round = finished.load(Ordering::SeqCst);
-                let page = j.read_after(after, PAGE).expect("reading the feed");
+                let page = j.read_feed(&cursor, PAGE).expect("reading the feed");
                 reads.fetch_add(1, Ordering::SeqCst);
-                if page.is_empty() {
+                if page.events.is_empty() {
+                    assert_eq!(page.next, cursor, "an empty page leaves the cursor");
                     if last_round {
                         return seen;
                     }
                     std::thread::yield_now();
                     continue;
                 }
-                assert!(page.len() <= PAGE, "a page holds at most {PAGE} events");
-                after = page.last().expect("a page").global_seq;
-                seen.extend(page);
+                assert!(
+                    page.events.len() <= PAGE,
+                    "a page holds at most {PAGE} events"
+                );
+                // A follower stores its cursor as text and resumes from it.
+                cursor = page
+                    .next
+                    .to_string()
+                    .parse()
+                    .expect("a cursor the feed returned");
+                seen.extend(page.events);
             }
         })
     };
