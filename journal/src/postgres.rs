@@ -39,9 +39,11 @@
 //! The read traits are synchronous (the runner and the CLI call them from sync code), while
 //! `tokio-postgres` is async. The journal owns a small runtime of its own on which all its
 //! database I/O runs; a sync read sends its query there and waits on a plain channel. This
-//! neither needs nor disturbs the caller's runtime (a caller inside a runtime blocks its
-//! thread for the read, as a SQLite read does), and it cannot deadlock, since the journal's
-//! own tasks never wait for a caller.
+//! neither needs nor disturbs the caller's runtime, and it cannot deadlock, since the
+//! journal's own tasks never wait for a caller. A caller on a worker of a multi-threaded
+//! runtime (the daemon) waits inside `block_in_place`, so the worker's other tasks move to
+//! another thread meanwhile; a caller on a current-thread runtime blocks it for the read, as
+//! a SQLite read does. The read traits themselves are not async yet.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -870,7 +872,9 @@ impl PostgresJournal {
 }
 
 /// Runs `fut` on the journal's runtime and blocks this thread until it is done. Unlike
-/// `Runtime::block_on`, this may be called from inside another runtime.
+/// `Runtime::block_on`, this may be called from inside another runtime. On a worker of a
+/// multi-threaded runtime (the daemon's), the wait hands the worker's other tasks to another
+/// thread first (`block_in_place`), so a slow read does not stall them.
 fn wait_on<T: Send + 'static>(
     runtime: &tokio::runtime::Runtime,
     fut: impl Future<Output = Result<T>> + Send + 'static,
@@ -879,7 +883,13 @@ fn wait_on<T: Send + 'static>(
     runtime.spawn(async move {
         let _ = tx.send(fut.await);
     });
-    rx.recv().map_err(|_| Error::WriterStopped)?
+    let wait = || rx.recv().map_err(|_| Error::WriterStopped)?;
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(wait)
+        }
+        _ => wait(),
+    }
 }
 
 impl Drop for PostgresJournal {

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::task::{Context, Waker};
 
-use rekey_journal::{Append, Error, JournalAppend, JournalScan, Leases, PostgresJournal, TimerOp};
+use rekey_journal::{
+    Append, Error, JournalAppend, JournalRead, JournalScan, Leases, PostgresJournal, TimerOp,
+};
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -507,4 +509,78 @@ fn an_unreachable_server_is_reported_naming_it() {
             && message.contains("connecting"),
         "{message}"
     );
+}
+
+/// A read made from a worker of a multi-threaded runtime (the daemon's) hands the worker's
+/// other tasks to another thread while it waits for the server: here the only worker is in a
+/// read that another session's table lock holds up, and a task spawned meanwhile still runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn a_read_waiting_on_the_server_does_not_stall_the_runtime() {
+    let place = Place::new(Kind::Postgres);
+    let j = Arc::new(place.open(&manual_clock()));
+    append_ok(&*j, Append::new("slow", 0, vec![numbered(1)])).await;
+
+    // Another session, on a thread and runtime of its own, locks the events table, says when
+    // a read waits on it, and holds it until told to let go.
+    let (locked_tx, locked) = tokio::sync::oneshot::channel::<()>();
+    let (blocked_tx, blocked) = tokio::sync::oneshot::channel::<()>();
+    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let schema = place.schema.clone();
+    let locker = std::thread::spawn(move || {
+        crate::common::block_on(async move {
+            let client = pg_server::client().await;
+            client
+                .batch_execute(&format!(
+                    "BEGIN; LOCK TABLE {schema}.events IN ACCESS EXCLUSIVE MODE"
+                ))
+                .await
+                .expect("locking the events table");
+            let _ = locked_tx.send(());
+            loop {
+                let waiting: i64 = client
+                    .query_one(
+                        "SELECT count(*) FROM pg_stat_activity
+                         WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))",
+                        &[],
+                    )
+                    .await
+                    .expect("asking who waits on the lock")
+                    .get(0);
+                if waiting > 0 {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+            }
+            let _ = blocked_tx.send(());
+            let _ = release_rx.recv();
+            client.batch_execute("ROLLBACK").await.expect("unlocking");
+        })
+    });
+
+    locked.await.expect("the events table is locked");
+    let reader = {
+        let j = j.clone();
+        tokio::spawn(async move { j.read_stream("slow") })
+    };
+    blocked
+        .await
+        .expect("the read reached the server and waits on the lock");
+    // The deadline is a plain thread: the runtime's timers would need the stalled worker.
+    let (deadline_tx, deadline) = tokio::sync::oneshot::channel::<()>();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_secs(5));
+        let _ = deadline_tx.send(());
+    });
+    let other = tokio::select! {
+        ran = tokio::spawn(async { "ran" }) => Some(ran),
+        _ = deadline => None,
+    };
+    release.send(()).expect("releasing the lock");
+    locker.join().expect("the locking thread");
+    assert!(
+        matches!(other, Some(Ok("ran"))),
+        "a task spawned while the only worker waited on a read must run, got {other:?}"
+    );
+    let events = reader.await.expect("the reader task").expect("the read");
+    assert_eq!(events.len(), 1, "the read completes once the lock is gone");
 }
