@@ -129,6 +129,10 @@ pub enum NoticeKind {
     Compensated,
     Stuck,
     Upcoming,
+    /// What the daemon's unattended fleet run did or will do about a discovered
+    /// credential: rotating it, refusing it (and why), an expiry with no vault link, a
+    /// rotation coming up.
+    Fleet,
 }
 
 impl NoticeKind {
@@ -139,6 +143,7 @@ impl NoticeKind {
             NoticeKind::Compensated,
             NoticeKind::Stuck,
             NoticeKind::Upcoming,
+            NoticeKind::Fleet,
         ]
     }
 
@@ -149,6 +154,7 @@ impl NoticeKind {
             NoticeKind::Compensated => "compensated",
             NoticeKind::Stuck => "stuck",
             NoticeKind::Upcoming => "upcoming",
+            NoticeKind::Fleet => "fleet",
         }
     }
 }
@@ -399,6 +405,7 @@ fn headline(n: &Notice) -> String {
                 .map_or_else(|_| format!("{} ms", n.at_ms), |t| t.to_string());
             format!("rekey: {what} of {} due at {at}", n.secret)
         }
+        NoticeKind::Fleet => format!("rekey fleet: {}: {what}", n.secret),
     }
 }
 
@@ -608,6 +615,33 @@ impl<J: RunnerJournal> Notifier<J> {
         };
         self.announce(&format!("{secret}:upcoming:{what}:{due_ms}"), notice)
             .await
+    }
+
+    /// Journals a fleet notice about `credential` (its app and key id): `outcome` (what
+    /// happened or will), `reason`, `at_ms` (when it is due or expires). One notice per
+    /// `dedup` key, however many discovery runs find the same thing.
+    ///
+    /// # Errors
+    /// Journal errors.
+    pub async fn fleet(
+        &self,
+        dedup: &str,
+        credential: &str,
+        outcome: &str,
+        reason: Option<&str>,
+        rotation_id: Option<&str>,
+        at_ms: i64,
+    ) -> Result<usize, Error> {
+        let notice = Notice {
+            kind: NoticeKind::Fleet,
+            channel: String::new(),
+            secret: credential.to_owned(),
+            rotation_id: rotation_id.map(str::to_owned),
+            outcome: Some(outcome.to_owned()),
+            reason: reason.map(|r| cut(r, REASON_CHARS_MAX)),
+            at_ms,
+        };
+        self.announce(&format!("fleet:{dedup}"), notice).await
     }
 
     /// Makes sure every rotation that ended (completed or compensated) at or after

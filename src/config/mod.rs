@@ -1599,6 +1599,8 @@ pub const KEYS: &[(&str, &[&str])] = &[
             "tag_keys",
             "exclude",
             "rotation",
+            "discover_every",
+            "notice_days_before",
         ],
     ),
     (
@@ -1661,7 +1663,7 @@ pub const KEY_WORDS: &[(&str, &str, &[&str])] = &[
     (
         "[notifications.NAME]",
         "on",
-        &["completed", "compensated", "stuck", "upcoming"],
+        &["completed", "compensated", "stuck", "upcoming", "fleet"],
     ),
 ];
 

@@ -16,6 +16,13 @@ use super::rules::{Exclusions, Rules, TagKeys, check_glob};
 
 /// Days before `endDateTime` that a credential is due, by default.
 pub const DAYS_BEFORE_EXPIRY_DEFAULT: u32 = 30;
+/// Days before a credential is due that its first notice goes out, by default.
+pub const NOTICE_DAYS_BEFORE_DEFAULT: u32 = 7;
+/// Most days of `notice_days_before`.
+pub const NOTICE_DAYS_BEFORE_MAX: u32 = 365;
+/// Bounds of `discover_every`: a second (tests, demos) to 30 days.
+pub const DISCOVER_EVERY_MIN_MS: i64 = 1_000;
+pub const DISCOVER_EVERY_MAX_MS: i64 = 30 * 86_400_000;
 /// Most tenants, subscriptions, vaults, templates or patterns in one list.
 pub const LIST_MAX: usize = 1_000;
 
@@ -36,6 +43,9 @@ pub struct RawFleet {
     tag_keys: Option<Spanned<RawTagKeys>>,
     exclude: Option<Spanned<RawExclude>>,
     rotation: Option<Spanned<RawRotation>>,
+    /// `rekey run` discovers and rotates on this schedule (absent: never unattended).
+    discover_every: Option<Spanned<String>>,
+    notice_days_before: Option<Spanned<i64>>,
 }
 
 /// `[fleet.rotation]`: how `rekey rotate --fleet` rotates what discovery found.
@@ -204,6 +214,10 @@ pub struct FleetConfig {
     pub exclusions: Exclusions,
     /// How `rotate --fleet` rotates (`[fleet.rotation]`).
     pub rotation: RotationConfig,
+    /// How often `rekey run`'s leader discovers and rotates what is due; `None`: never.
+    pub discover_every_ms: Option<i64>,
+    /// The first notice about a credential goes out this many days before it is due.
+    pub notice_days_before: u32,
 }
 
 /// A validation failure: where (a byte range of the config text) and what.
@@ -235,6 +249,42 @@ pub fn validate(raw: &Spanned<RawFleet>, credentials: &[&str]) -> Result<FleetCo
                     Some(d.span()),
                     format!(
                         "[fleet] days_before_expiry = {} must be 1 to 365 ({DAYS_BEFORE_EXPIRY_DEFAULT} is the default)",
+                        d.get_ref()
+                    ),
+                ));
+            }
+        },
+    };
+    let discover_every_ms = match &f.discover_every {
+        None => None,
+        Some(d) => {
+            let text = d.get_ref();
+            let ms = crate::config::parse_duration_ms(text).map_err(|why| {
+                (
+                    Some(d.span()),
+                    format!("[fleet] discover_every = {text:?} {why}; write e.g. \"6h\""),
+                )
+            })?;
+            if !(DISCOVER_EVERY_MIN_MS..=DISCOVER_EVERY_MAX_MS).contains(&ms) {
+                return Err((
+                    Some(d.span()),
+                    format!(
+                        "[fleet] discover_every = {text:?} must be 1s to 30d; write e.g. \"6h\", or leave it out to discover only on request"
+                    ),
+                ));
+            }
+            Some(ms)
+        }
+    };
+    let notice_days_before = match &f.notice_days_before {
+        None => NOTICE_DAYS_BEFORE_DEFAULT,
+        Some(d) => match u32::try_from(*d.get_ref()) {
+            Ok(n) if n <= NOTICE_DAYS_BEFORE_MAX => n,
+            _ => {
+                return Err((
+                    Some(d.span()),
+                    format!(
+                        "[fleet] notice_days_before = {} must be 0 to {NOTICE_DAYS_BEFORE_MAX} ({NOTICE_DAYS_BEFORE_DEFAULT} is the default)",
                         d.get_ref()
                     ),
                 ));
@@ -326,6 +376,8 @@ pub fn validate(raw: &Spanned<RawFleet>, credentials: &[&str]) -> Result<FleetCo
             .map(rotation)
             .transpose()?
             .unwrap_or_default(),
+        discover_every_ms,
+        notice_days_before,
     })
 }
 
@@ -504,6 +556,15 @@ app_names = ["test-*"]
         assert_eq!(t.vaults[0].as_str(), "https://kv-prod.vault.azure.net/");
         assert!(t.service_principals);
         assert_eq!(fleet.exclusions.app_names, ["test-*"]);
+        assert_eq!(fleet.discover_every_ms, None, "unattended only when asked");
+        assert_eq!(fleet.notice_days_before, NOTICE_DAYS_BEFORE_DEFAULT);
+        let every = GOOD.replace(
+            "read_values_for_hint = true",
+            "discover_every = \"6h\"\nnotice_days_before = 0",
+        );
+        let fleet = parse(&every).unwrap().fleet.unwrap();
+        assert_eq!(fleet.discover_every_ms, Some(6 * 3_600_000));
+        assert_eq!(fleet.notice_days_before, 0);
         assert!(
             parse("[journal]\npath = \"j.db\"\n")
                 .unwrap()
@@ -528,6 +589,42 @@ app_names = ["test-*"]
                 "days_before_expiry = 366",
                 9,
                 "must be 1 to 365",
+            ),
+            (
+                "read_values_for_hint = true",
+                "discover_every = \"often\"",
+                9,
+                "[fleet] discover_every = \"often\" is not a duration",
+            ),
+            (
+                "read_values_for_hint = true",
+                "discover_every = \"500ms\"",
+                9,
+                "[fleet] discover_every = \"500ms\" must be 1s to 30d; write e.g. \"6h\", or leave it out to discover only on request",
+            ),
+            (
+                "read_values_for_hint = true",
+                "discover_every = \"31d\"",
+                9,
+                "must be 1s to 30d",
+            ),
+            (
+                "read_values_for_hint = true",
+                "discover_every = \"-6h\"",
+                9,
+                "[fleet] discover_every = \"-6h\"",
+            ),
+            (
+                "read_values_for_hint = true",
+                "notice_days_before = 366",
+                9,
+                "[fleet] notice_days_before = 366 must be 0 to 365 (7 is the default)",
+            ),
+            (
+                "read_values_for_hint = true",
+                "notice_days_before = -1",
+                9,
+                "must be 0 to 365",
             ),
             (
                 "read_values_for_hint = true",
