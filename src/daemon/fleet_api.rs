@@ -55,7 +55,7 @@ where
 
 /// A scanner of the config's fleet, or why there is none (the daemon's config or
 /// environment is wrong for it).
-fn scanner(
+pub(super) fn scanner(
     config: &crate::config::Config,
     clock: std::sync::Arc<dyn rekey_journal::Clock>,
     tenant: Option<&str>,

@@ -11,6 +11,7 @@
 pub mod api;
 pub mod events;
 pub mod fleet_api;
+pub mod fleet_run;
 pub mod history_api;
 pub mod leader;
 pub mod metrics;
@@ -104,6 +105,8 @@ pub enum Input {
     Wake,
     /// This node began or ceased to hold the leader lease.
     Leadership { leading: bool },
+    /// An unattended fleet run discovered and planned (or could not).
+    FleetPlanned(Box<Result<crate::fleet::rotate::Unattended, String>>),
     /// SIGTERM/SIGINT: the first asks for a graceful stop, the second for an immediate one.
     Signal { count: u32 },
 }
@@ -260,6 +263,11 @@ pub struct Daemon<J: RunnerJournal + 'static> {
     deliverer: Option<tokio::task::JoinHandle<()>>,
     /// The singleton duties run here now.
     duties: bool,
+    /// When the next unattended fleet run is due, while this node leads and
+    /// `[fleet] discover_every` is set.
+    fleet_at_ms: Option<i64>,
+    /// The unattended fleet run in progress (at most one).
+    fleet_runs: JoinSet<Result<crate::fleet::rotate::Unattended, String>>,
     summary: Summary,
 }
 
@@ -331,6 +339,8 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             deliverer: None,
             rescan_at_ms: 0,
             duties: false,
+            fleet_at_ms: None,
+            fleet_runs: JoinSet::new(),
             summary: Summary::default(),
         };
         (daemon, handle)
@@ -454,6 +464,19 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             }
             self.reschedule(&secret);
         }
+        self.fleet_at_ms = self.config.fleet.as_ref().and_then(|f| {
+            let every = f.discover_every_ms?;
+            match fleet_run::last_discovery_ms(&*self.journal) {
+                Ok(last) => Some(fleet_run::next_run_ms(now, every, last)),
+                Err(e) => {
+                    warn!(error = %e, "cannot read the last discovery's time; discovering later");
+                    Some(now + every)
+                }
+            }
+        });
+        if let Some(at_ms) = self.fleet_at_ms {
+            info!(at_ms, "next unattended fleet run");
+        }
         self.deliverer = self.notifier.clone().map(|notifier| {
             let (kick, clock) = (self.kick.clone(), self.clock.clone());
             tokio::spawn(async move {
@@ -470,10 +493,148 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
     /// Leaves the singleton duties to the next leader: no delivery, no expiry poll.
     fn stop_duties(&mut self) {
         self.duties = false;
+        self.fleet_at_ms = None;
+        self.fleet_runs.abort_all();
         if let Some(d) = self.deliverer.take() {
             d.abort();
         }
         self.polls.abort_all();
+    }
+
+    /// Starts the unattended fleet run when it is due and this node leads.
+    fn start_fleet_run(&mut self) {
+        let now = self.clock.now_ms();
+        if !self.duties
+            || !self.fleet_runs.is_empty()
+            || self.fleet_at_ms.is_none_or(|at| at > now)
+            || !self.leads()
+        {
+            return;
+        }
+        info!("unattended fleet run: discovering");
+        let (config, clock) = (self.config.clone(), self.clock.clone());
+        self.fleet_runs.spawn(fleet_run::plan(config, clock));
+    }
+
+    /// Journals the run's discovery, requests the due rotations within the fleet's
+    /// limits, journals its notices, and sets the next run.
+    async fn fleet_planned(&mut self, result: Result<crate::fleet::rotate::Unattended, String>) {
+        let now = self.clock.now_ms();
+        let Some(fleet) = self.config.fleet.clone() else {
+            return;
+        };
+        let every = fleet.discover_every_ms.unwrap_or(i64::MAX);
+        if !self.duties || !self.leads() {
+            info!(
+                "unattended fleet run ended after this node stopped leading; its result is dropped"
+            );
+            return;
+        }
+        self.fleet_at_ms = Some(now.saturating_add(every));
+        let run = match result {
+            Ok(run) => run,
+            Err(why) => {
+                error!(
+                    error = why,
+                    "unattended fleet run failed; trying again at the next run"
+                );
+                return;
+            }
+        };
+        if let Err(e) = crate::fleet::journal::record(&*self.journal, &run.discovery).await {
+            error!(error = %e, "cannot journal the unattended discovery; trying again at the next run");
+            return;
+        }
+        let mut notices = Vec::new();
+        let (taken, deferred) = fleet_run::within_limits(
+            &run.due.rotations,
+            fleet.rotation.max_concurrent,
+            fleet.rotation.max_concurrent_per_tenant,
+        );
+        if deferred > 0 {
+            info!(
+                deferred,
+                "fleet rotations past [fleet.rotation] max_concurrent wait for the next run"
+            );
+        }
+        let (mut started, mut coalesced) = (0, 0);
+        for r in taken {
+            // Rotating already (the lock coalesces it), or a rotation of it ended while
+            // discovery read the tenant (the plan may name a password already retired):
+            // the next run decides anew.
+            if self.lock_busy(&r.plan.lock_key, run.discovery.started_ms) {
+                coalesced += 1;
+                continue;
+            }
+            match self
+                .request_planned(r.plan.clone(), Trigger::NearExpiry, fleet_run::FLEET_ACTOR)
+                .await
+            {
+                Ok(Requested::Started { rotation_id }) => {
+                    started += 1;
+                    notices.push(fleet_run::started_notice(r, &rotation_id, now));
+                }
+                // Already rotating (its lock is held): nothing new to say.
+                Ok(Requested::Coalesced { .. }) => coalesced += 1,
+                Err(e) => {
+                    error!(app_id = r.app_id, error = %e, "cannot request the fleet rotation; trying again at the next run");
+                }
+            }
+        }
+        let since = run.discovery.started_ms;
+        let mut busy =
+            |app_id: &str| self.lock_busy(&crate::fleet::plan::entra_app_lock_key(app_id), since);
+        notices.extend(fleet_run::notices(
+            &run,
+            fleet.days_before_expiry,
+            &mut busy,
+        ));
+        info!(
+            discovery = run.discovery.run_id,
+            started,
+            coalesced,
+            refused = run.due.refused.len(),
+            "unattended fleet run done"
+        );
+        let Some(notifier) = &self.notifier else {
+            return;
+        };
+        let mut created = 0;
+        for n in notices {
+            match notifier
+                .fleet(
+                    &n.dedup,
+                    &n.credential,
+                    n.outcome,
+                    n.reason.as_deref(),
+                    n.rotation_id.as_deref(),
+                    n.at_ms,
+                )
+                .await
+            {
+                Ok(k) => created += k,
+                Err(e) => warn!(error = %e, "cannot journal a fleet notice"),
+            }
+        }
+        if created > 0 {
+            self.kick.notify_one();
+        }
+    }
+
+    /// Whether a rotation holds `lock_key` now or held it at or after `since_ms` (an
+    /// unreadable lock counts as busy: nothing is requested or said on a guess).
+    fn lock_busy(&self, lock_key: &str, since_ms: i64) -> bool {
+        let lock = crate::runner::lock::stream_id(lock_key);
+        match self.journal.stream_info(&lock) {
+            Ok(Some(info)) => {
+                info.status == crate::runner::lock::BUSY || info.updated_at_ms >= since_ms
+            }
+            Ok(None) => false,
+            Err(e) => {
+                error!(lock_key, error = %e, "cannot read a lock; trying again at the next run");
+                true
+            }
+        }
     }
 
     /// Journals notices about a rotation `drive` left; errors are logged, never fatal.
@@ -532,6 +693,13 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                 }
             },
             Some(input) = self.inbox.recv() => input,
+            Some(joined) = self.fleet_runs.join_next(), if !self.fleet_runs.is_empty() => {
+                match joined {
+                    Ok(result) => Input::FleetPlanned(Box::new(result)),
+                    // Aborted when this node stopped leading.
+                    Err(_) => Input::Wake,
+                }
+            }
             Some(delivery) = self.webhook.recv() => Input::Webhook(delivery),
             Some(Ok((secret, generation, result))) = self.polls.join_next(), if !self.polls.is_empty() => {
                 Input::Expiry { secret, generation, result }
@@ -591,7 +759,9 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                 self.wake();
                 self.rescan().await;
                 self.run_schedules().await;
+                self.start_fleet_run();
             }
+            Input::FleetPlanned(result) => self.fleet_planned(*result).await,
             Input::Leadership { leading } => {
                 let node = self.leadership.as_ref().map(|l| l.node().to_owned());
                 if leading {
@@ -924,7 +1094,10 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             .flatten()
             .filter(|at| *at != i64::MAX)
             .min();
-        let at = [rotations, schedules, Some(self.rescan_at_ms)]
+        let fleet = self
+            .fleet_at_ms
+            .filter(|_| leads && self.fleet_runs.is_empty());
+        let at = [rotations, schedules, fleet, Some(self.rescan_at_ms)]
             .into_iter()
             .flatten()
             .min()?;

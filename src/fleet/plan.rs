@@ -32,6 +32,9 @@ use crate::saga::{Address, Plan, Role, TargetRef};
 
 const DAY_MS: i64 = 86_400_000;
 
+/// The refusal reason of a credential no scanned vault holds a copy of.
+pub const UNLINKED: &str = "not in any scanned vault: never rotated or removed";
+
 /// The lock key of every rotation of application `app_id`'s passwords, configured or
 /// fleet: one open rotation per application.
 pub fn entra_app_lock_key(app_id: &str) -> String {
@@ -319,7 +322,7 @@ fn eligible(
         return refuse("a certificate: reported, not rotated by rotate --fleet".into());
     }
     if copies.is_empty() {
-        return refuse("not in any scanned vault: never rotated or removed".into());
+        return refuse(UNLINKED.into());
     }
     if let Some(p) = copies.iter().find(|p| p.outcome == Outcome::Ambiguous) {
         return refuse(format!(
@@ -587,6 +590,8 @@ mod tests {
             rules: Rules::default(),
             exclusions,
             rotation: RotationConfig::default(),
+            discover_every_ms: None,
+            notice_days_before: 7,
         }
     }
 

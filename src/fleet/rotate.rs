@@ -44,15 +44,63 @@ pub fn tenant_ids(config: &Config) -> BTreeMap<String, String> {
 pub async fn discover_and_plan(
     scanner: &Scanner,
     fleet: &FleetConfig,
-    mut sel: Selection,
+    sel: Selection,
     clock: &dyn Clock,
 ) -> Result<(Discovery, FleetPlans), SelectError> {
+    let (d, sel) = discover_with_limits(scanner, fleet, sel, clock).await?;
+    let plans = plan(&d, fleet, &sel)?;
+    Ok((d, plans))
+}
+
+/// One unattended run's discovery and plans (`rekey run` with `[fleet] discover_every`).
+#[derive(Debug)]
+pub struct Unattended {
+    pub discovery: Discovery,
+    /// Due now (within `days_before_expiry`): rotate these, notice these refusals.
+    pub due: FleetPlans,
+    /// Due within `days_before_expiry + notice_days_before`: the advance notices.
+    pub ahead: FleetPlans,
+}
+
+/// Discovers and plans twice with the same plan builder: what is due now under `sel`'s
+/// window (`[fleet] days_before_expiry` when it has none), and what will be due within
+/// `ahead_ms` more.
+///
+/// # Errors
+/// [`SelectError`] when the selection names an app or key discovery did not find.
+pub async fn discover_and_plan_ahead(
+    scanner: &Scanner,
+    fleet: &FleetConfig,
+    sel: Selection,
+    ahead_ms: i64,
+    clock: &dyn Clock,
+) -> Result<Unattended, SelectError> {
+    let (discovery, mut sel) = discover_with_limits(scanner, fleet, sel, clock).await?;
+    let due = plan(&discovery, fleet, &sel)?;
+    let window = sel
+        .expiring_within_ms
+        .unwrap_or(i64::from(fleet.days_before_expiry) * 86_400_000);
+    sel.expiring_within_ms = Some(window.saturating_add(ahead_ms));
+    let ahead = plan(&discovery, fleet, &sel)?;
+    Ok(Unattended {
+        discovery,
+        due,
+        ahead,
+    })
+}
+
+/// Discovers, then learns each tenant's password lifetime limit into `sel`.
+async fn discover_with_limits(
+    scanner: &Scanner,
+    fleet: &FleetConfig,
+    mut sel: Selection,
+    clock: &dyn Clock,
+) -> Result<(Discovery, Selection), SelectError> {
     let d = discover::discover(scanner, fleet, Some(sel.min_confidence), clock).await;
     for t in &scanner.tenants {
         if let Some(days) = scanner.password_lifetime_days(t, sel.now_ms).await {
             sel.tenant_max_days.insert(t.name.clone(), days);
         }
     }
-    let plans = plan(&d, fleet, &sel)?;
-    Ok((d, plans))
+    Ok((d, sel))
 }

@@ -5,7 +5,9 @@
 //! - `e2e`: a generated tenant of 600 apps and three vaults (one unreachable) discovered
 //!   through `rekey discover`, links asserted;
 //! - `bad_input`: every bad-input path explains itself and changes nothing;
-//! - `hygiene`: values read for the hint check reach no journal, log or output.
+//! - `hygiene`: values read for the hint check reach no journal, log or output;
+//! - `unattended`: `rekey run` with `[fleet] discover_every`: scheduled discovery, rotation
+//!   and notices on the leader only.
 //!
 //! This file holds what they share: a fake with a registered reader, a scanner over it, a
 //! config and a run of the binary.
@@ -18,6 +20,7 @@ mod hygiene;
 mod inventory;
 mod rotate;
 mod rotate_cli;
+mod unattended;
 
 use std::sync::Arc;
 
