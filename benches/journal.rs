@@ -17,24 +17,29 @@
 //! Run: `cargo bench --bench journal` (add `-- p1` to run one group).
 
 use std::cell::OnceCell;
-use std::fs::File;
 use std::hint::black_box;
-use std::io::Write;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
 use rekey_journal::{
-    APPEND_EVENTS_MAX, Append, JournalAppend, JournalRead, JournalScan, NewEvent, SqliteJournal,
+    APPEND_EVENTS_MAX, Append, JournalAppend, JournalRead, JournalScan, SqliteJournal,
 };
-use serde_json::{Value, json};
 use tempfile::TempDir;
-use tokio::runtime::Runtime;
 use tokio::task::JoinSet;
 use uuid::Uuid;
+
+#[allow(
+    dead_code,
+    reason = "shared with the ceiling bench, which uses more of it"
+)]
+mod common;
+use common::{
+    Stream, concurrent_streams, current_thread_runtime, event, multi_thread_runtime, scratch_dir,
+    stopwatch,
+};
 
 /// Events in each replay stream.
 const REPLAY_STREAM_EVENTS: u64 = 100;
@@ -47,153 +52,15 @@ const REPLAY_BUILD_IN_FLIGHT: usize = 2048;
 /// Page size of the `read_after` scan.
 const REPLAY_PAGE: usize = 10_000;
 
-/// Starts a wall-clock timer. Real elapsed time is what a benchmark measures, so this is
-/// the one place here that reads the real clock rather than an injected `Clock`.
-#[allow(
-    clippy::disallowed_methods,
-    reason = "benchmarks measure real elapsed time"
-)]
-fn stopwatch() -> Instant {
-    Instant::now()
-}
-
-/// A scratch directory on the workspace's file system.
-fn scratch_dir() -> TempDir {
-    let base = std::env::var_os("REKEY_BENCH_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"));
-    std::fs::create_dir_all(&base).expect("creating the bench scratch base");
-    tempfile::Builder::new()
-        .prefix("rekey-bench-")
-        .tempdir_in(&base)
-        .expect("creating the bench scratch dir")
-}
-
-/// A saga step's event payload, about 150 bytes of canonical JSON.
-fn payload(key: &str, attempt: u64) -> Value {
-    json!({
-        "step": "write_store",
-        "attempt": attempt,
-        "key": key,
-        "provider": "aws_secrets_manager",
-        "secret": "prod/payments/postgres",
-    })
-}
-
-fn event(key: &str, attempt: u64) -> NewEvent {
-    NewEvent::new("StepStarted", payload(key, attempt))
-}
-
-/// One stream a benchmark appends to, with the sequence its next append expects.
-#[derive(Debug, Clone)]
-struct Stream {
-    id: String,
-    key: String,
-    seq: u64,
-}
-
-impl Stream {
-    fn new(id: String) -> Self {
-        Self {
-            id,
-            key: Uuid::now_v7().to_string(),
-            seq: 0,
-        }
-    }
-
-    /// Appends one event and waits until it is durable.
-    async fn append_one(&mut self, journal: &SqliteJournal) {
-        let append = Append::new(
-            self.id.clone(),
-            self.seq,
-            vec![event(&self.key, self.seq + 1)],
-        );
-        let done = journal.append(append).await.expect("durable append");
-        self.seq = done.last_seq;
-    }
-}
-
-fn current_thread_runtime() -> Runtime {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .expect("building a tokio runtime")
-}
-
 fn p1_single_writer(c: &mut Criterion) {
-    let dir = scratch_dir();
-    let journal = SqliteJournal::open(dir.path().join("p1.journal")).expect("opening the journal");
-    let rt = current_thread_runtime();
-    let mut stream = Stream::new("p1-rotation".into());
-
-    let mut record = payload(&stream.key, 1).to_string().into_bytes();
-    record.push(b'\n');
-    let mut raw = File::options()
-        .create(true)
-        .append(true)
-        .open(dir.path().join("p1.raw"))
-        .expect("opening the raw file");
-
-    let mut group = c.benchmark_group("p1_single_writer");
-    group
-        .throughput(Throughput::Elements(1))
-        .sample_size(20)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(5));
-    group.bench_function("journal_append_durable", |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(async {
-                let start = stopwatch();
-                for _ in 0..iters {
-                    stream.append_one(&journal).await;
-                }
-                start.elapsed()
-            })
-        });
-    });
-    group.bench_function("raw_write_fdatasync", |b| {
-        b.iter(|| {
-            raw.write_all(black_box(&record)).expect("raw write");
-            raw.sync_data().expect("raw fdatasync");
-        });
-    });
-    group.finish();
-}
-
-/// Each stream appends `rounds` events, one at a time, all streams concurrently.
-async fn concurrent_streams(
-    journal: &Arc<SqliteJournal>,
-    streams: Vec<Stream>,
-    rounds: u64,
-) -> (Duration, Vec<Stream>) {
-    let start = stopwatch();
-    let tasks: Vec<_> = streams
-        .into_iter()
-        .map(|mut stream| {
-            let journal = Arc::clone(journal);
-            tokio::spawn(async move {
-                for _ in 0..rounds {
-                    stream.append_one(&journal).await;
-                }
-                stream
-            })
-        })
-        .collect();
-    let mut back = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        back.push(task.await.expect("append task"));
-    }
-    (start.elapsed(), back)
+    common::p1_single_writer(c, "p1_single_writer", Duration::from_secs(5));
 }
 
 fn p2_group_commit(c: &mut Criterion) {
     let dir = scratch_dir();
     let journal =
         Arc::new(SqliteJournal::open(dir.path().join("p2.journal")).expect("opening the journal"));
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("building a tokio runtime");
+    let rt = multi_thread_runtime();
 
     let mut group = c.benchmark_group("p2_group_commit");
     group
