@@ -41,8 +41,9 @@ pub(crate) struct HeadUpdate<'a> {
 /// The status label a stream gets when its first append names none.
 pub const DEFAULT_STATUS: &str = "open";
 
-/// Appends under the journal's rules (see [`crate::JournalAppend::append`]).
-pub(crate) fn append(store: &mut impl WriteStore, a: &Append, now_ms: i64) -> Result<Appended> {
+/// Checks what an append carries on its own and encodes its payloads as canonical JSON:
+/// the part of an append that needs no store, done by the caller before a writer queue.
+pub(crate) fn prepare(a: &Append) -> Result<Vec<String>> {
     validate_stream_id(&a.stream_id)?;
     if a.events.is_empty() || a.events.len() > APPEND_EVENTS_MAX {
         return Err(Error::InvalidEvent {
@@ -53,12 +54,25 @@ pub(crate) fn append(store: &mut impl WriteStore, a: &Append, now_ms: i64) -> Re
             ),
         });
     }
-    let payloads = a
-        .events
+    a.events
         .iter()
         .map(|e| canonical_payload(&a.stream_id, e))
-        .collect::<Result<Vec<_>>>()?;
+        .collect()
+}
 
+/// Appends under the journal's rules (see [`crate::JournalAppend::append`]).
+pub(crate) fn append(store: &mut impl WriteStore, a: &Append, now_ms: i64) -> Result<Appended> {
+    let payloads = prepare(a)?;
+    append_prepared(store, a, payloads, now_ms)
+}
+
+/// [`append`] with the payloads [`prepare`] made of `a`.
+pub(crate) fn append_prepared(
+    store: &mut impl WriteStore,
+    a: &Append,
+    payloads: Vec<String>,
+    now_ms: i64,
+) -> Result<Appended> {
     check_fence(store, &a.stream_id, a.fence.as_ref(), now_ms)?;
     let head = store.head(&a.stream_id)?;
     let (mut seq, mut hash) = head.unwrap_or((0, Digest32::GENESIS));

@@ -2,10 +2,15 @@
 //!
 //! All writes go through one writer thread that owns the write connection. It takes
 //! every request waiting in its queue, runs each in its own savepoint inside one
-//! transaction, commits once (one fsync), and only then answers each request: group
-//! commit, with per-request results. Reads use a separate connection and never wait
-//! for the writer.
+//! transaction (a lone request needs none), commits once (one fsync), and only then
+//! answers each request: group commit, with per-request results. Callers check and
+//! encode their events before the queue; the writer keeps stream heads and leases in
+//! memory, dropped whenever `PRAGMA data_version` shows another connection committed.
+//! Its automatic checkpoint is off: a checkpointer thread on its own connection copies
+//! the WAL into the main file (passively) after enough commits, so no commit waits for
+//! a checkpoint. Reads use a separate connection and never wait for the writer.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
@@ -34,7 +39,8 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 
 /// A write request for the writer thread.
 enum Request {
-    Append(Append, Reply<Appended>),
+    /// An append with the payloads [`ops::prepare`] made of it.
+    Append(Append, Vec<String>, Reply<Appended>),
     Acquire {
         stream_id: String,
         owner: String,
@@ -69,7 +75,7 @@ impl Request {
     /// Answers the request with `error` without doing it.
     fn refuse(self, error: Error) {
         match self {
-            Request::Append(_, reply) => drop(reply.send(Err(error))),
+            Request::Append(_, _, reply) => drop(reply.send(Err(error))),
             Request::Acquire { reply, .. } | Request::Renew(_, _, reply) => {
                 drop(reply.send(Err(error)));
             }
@@ -139,12 +145,13 @@ impl SqliteJournal {
         };
         schema::migrate(&mut write, &path, from)?;
         let reader = open_reader(&path, &path, false)?;
+        let side = WriteSide::new(write, Checkpointer::start(&path)?)?;
 
         let (queue, requests) = mpsc::channel();
         let writer_clock = clock.clone();
         let thread = std::thread::Builder::new()
             .name("rekey-journal-writer".into())
-            .spawn(move || write_loop(write, requests, writer_clock))
+            .spawn(move || write_loop(side, requests, writer_clock))
             .map_err(|e| Error::WriteFailed {
                 reason: format!("cannot start the writer thread: {e}"),
             })?;
@@ -595,7 +602,93 @@ fn open_reader(path: &Path, target: &Path, uri: bool) -> Result<Connection> {
     Ok(conn)
 }
 
-fn write_loop(mut conn: Connection, requests: mpsc::Receiver<Request>, clock: Arc<dyn Clock>) {
+/// Streams whose head and lease the writer keeps in memory before it starts afresh.
+const CACHE_STREAMS_MAX: usize = 65_536;
+/// Commits, and events, after which the checkpointer copies the WAL into the main file.
+/// (The writer's own automatic checkpoint is off, so no commit waits for one.)
+const CHECKPOINT_AFTER_COMMITS: u32 = 256;
+const CHECKPOINT_AFTER_EVENTS: u64 = 4_096;
+
+/// The writer thread's state: its connection, its cache of heads and leases, and the
+/// checkpointer it wakes.
+struct WriteSide {
+    conn: Connection,
+    cache: Cache,
+    /// `PRAGMA data_version` when the cache was last known current: it changes when
+    /// another connection (another process, an import) commits to the file.
+    data_version: Option<i64>,
+    checkpointer: Option<Checkpointer>,
+    commits: u32,
+    events: u64,
+}
+
+/// Heads and leases as this writer last read or wrote them (`None`: no row).
+#[derive(Default)]
+struct Cache {
+    heads: HashMap<String, Option<(u64, Digest32)>>,
+    leases: HashMap<String, Option<Lease>>,
+}
+
+impl Cache {
+    fn clear(&mut self) {
+        self.heads.clear();
+        self.leases.clear();
+    }
+
+    /// Forgets what a rolled-back request wrote.
+    fn forget(&mut self, streams: &[String]) {
+        for s in streams {
+            self.heads.remove(s);
+            self.leases.remove(s);
+        }
+    }
+}
+
+/// A thread with its own connection that checkpoints the WAL (passively: it never
+/// blocks the writer) when woken.
+struct Checkpointer {
+    wake: mpsc::SyncSender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> Result<Self> {
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(|e| schema::readonly_or(e, path, "opening the checkpointer"))?;
+        schema::make_durable(&conn, path)?;
+        let (wake, woken) = mpsc::sync_channel(1);
+        let thread = std::thread::Builder::new()
+            .name("rekey-journal-checkpointer".into())
+            .spawn(move || {
+                while woken.recv().is_ok() {
+                    // A checkpoint that cannot finish now (a reader on an old snapshot)
+                    // is finished by a later one; nothing waits for it.
+                    let _ = conn
+                        .prepare_cached("PRAGMA wal_checkpoint(PASSIVE)")
+                        .and_then(|mut s| s.query_row([], |_| Ok(())));
+                }
+            })
+            .map_err(|e| Error::WriteFailed {
+                reason: format!("cannot start the checkpointer thread: {e}"),
+            })?;
+        Ok(Self { wake, thread })
+    }
+
+    fn stop(self) {
+        drop(self.wake);
+        let _ = self.thread.join();
+    }
+}
+
+/// Runs one transaction-control statement, prepared once per connection.
+fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(sql)?.execute([]).map(drop)
+}
+
+fn write_loop(mut side: WriteSide, requests: mpsc::Receiver<Request>, clock: Arc<dyn Clock>) {
     while let Ok(first) = requests.recv() {
         let mut batch = vec![first];
         while batch.len() < BATCH_REQUESTS_MAX {
@@ -604,11 +697,14 @@ fn write_loop(mut conn: Connection, requests: mpsc::Receiver<Request>, clock: Ar
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, batch, clock.now_ms());
+        side.commit_batch(batch, clock.now_ms());
+    }
+    if let Some(checkpointer) = side.checkpointer.take() {
+        checkpointer.stop();
     }
     // Closing: move everything from the WAL into the main file, so the `.db` alone (a
     // backup, an auditor's copy) holds every event. The reader is idle, so this completes.
-    let _ = conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
+    let _ = side.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
 }
 
 /// A finished request waiting for its commit before its answer is sent.
@@ -618,86 +714,179 @@ enum Done {
     Released(Reply<()>, Result<()>),
 }
 
-fn commit_batch(conn: &mut Connection, batch: Vec<Request>, now_ms: i64) {
-    let mut tx = match conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        // Nothing was done: every request hears why (usually another process's lock).
-        Err(e) => {
+impl WriteSide {
+    fn new(conn: Connection, checkpointer: Checkpointer) -> Result<Self> {
+        // Checkpoints run on the checkpointer's connection, never inside a commit.
+        conn.execute_batch("PRAGMA wal_autocheckpoint=0")
+            .map_err(Error::sqlite(
+                "turning off the writer's automatic checkpoint",
+            ))?;
+        Ok(Self {
+            conn,
+            cache: Cache::default(),
+            data_version: None,
+            checkpointer: Some(checkpointer),
+            commits: 0,
+            events: 0,
+        })
+    }
+
+    /// Drops the cache when another connection committed since it was last current.
+    /// Called inside the write transaction, whose lock keeps everyone else out until
+    /// its commit.
+    fn check_cache(&mut self) -> Result<()> {
+        let version: i64 = self
+            .conn
+            .prepare_cached("PRAGMA data_version")
+            .and_then(|mut s| s.query_row([], |r| r.get(0)))
+            .map_err(Error::sqlite("reading the journal's data version"))?;
+        if self.data_version != Some(version)
+            || self.cache.heads.len() + self.cache.leases.len() > CACHE_STREAMS_MAX
+        {
+            self.cache.clear();
+            self.data_version = Some(version);
+        }
+        Ok(())
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Request>, now_ms: i64) {
+        if let Err(e) = exec_cached(&self.conn, "BEGIN IMMEDIATE") {
+            // Nothing was done: every request hears why (usually another process's lock).
             for request in batch {
                 request.refuse(write_refusal(&e));
             }
             return;
         }
-    };
-    let mut done = Vec::with_capacity(batch.len());
-    let outcome = (|| -> Result<()> {
-        for request in batch {
-            let mut sp = tx
-                .savepoint()
-                .map_err(Error::sqlite("starting a savepoint"))?;
-            let mut store = SqlStore(&sp);
-            let (finished, ok) = match request {
-                Request::Append(a, reply) => {
-                    let r = ops::append(&mut store, &a, now_ms);
-                    let ok = r.is_ok();
-                    (Done::Appended(reply, r), ok)
+        // A lone request needs no savepoint: if it fails, the transaction is rolled back.
+        let alone = batch.len() == 1;
+        let mut done = Vec::with_capacity(batch.len());
+        let mut events = 0u64;
+        let outcome = (|| -> Result<bool> {
+            self.check_cache()?;
+            let mut any_ok = false;
+            for request in batch {
+                if !alone {
+                    exec_cached(&self.conn, "SAVEPOINT request")
+                        .map_err(Error::sqlite("starting a savepoint"))?;
                 }
-                Request::Acquire {
-                    stream_id,
-                    owner,
-                    ttl_ms,
-                    reply,
-                } => {
-                    let r = ops::acquire(&mut store, &stream_id, &owner, ttl_ms, now_ms);
-                    let ok = r.is_ok();
-                    (Done::Lease(reply, r), ok)
+                let mut store = SqlStore {
+                    conn: &self.conn,
+                    cache: &mut self.cache,
+                    touched: Vec::new(),
+                };
+                let (finished, ok) = match request {
+                    Request::Append(a, payloads, reply) => {
+                        let n = a.events.len() as u64;
+                        let r = ops::append_prepared(&mut store, &a, payloads, now_ms);
+                        let ok = r.is_ok();
+                        if ok {
+                            events += n;
+                        }
+                        (Done::Appended(reply, r), ok)
+                    }
+                    Request::Acquire {
+                        stream_id,
+                        owner,
+                        ttl_ms,
+                        reply,
+                    } => {
+                        let r = ops::acquire(&mut store, &stream_id, &owner, ttl_ms, now_ms);
+                        let ok = r.is_ok();
+                        (Done::Lease(reply, r), ok)
+                    }
+                    Request::Renew(lease, ttl_ms, reply) => {
+                        let r = ops::renew(&mut store, &lease, ttl_ms, now_ms);
+                        let ok = r.is_ok();
+                        (Done::Lease(reply, r), ok)
+                    }
+                    Request::Release(lease, reply) => {
+                        let r = ops::release(&mut store, &lease, now_ms);
+                        let ok = r.is_ok();
+                        (Done::Released(reply, r), ok)
+                    }
+                };
+                let touched = store.touched;
+                if ok {
+                    any_ok = true;
+                    if !alone {
+                        exec_cached(&self.conn, "RELEASE request")
+                            .map_err(Error::sqlite("releasing a savepoint"))?;
+                    }
+                } else {
+                    // What the request wrote is undone below; so is its trace in the cache.
+                    self.cache.forget(&touched);
+                    if !alone {
+                        exec_cached(&self.conn, "ROLLBACK TO request")
+                            .and_then(|()| exec_cached(&self.conn, "RELEASE request"))
+                            .map_err(Error::sqlite("rolling back a savepoint"))?;
+                    }
                 }
-                Request::Renew(lease, ttl_ms, reply) => {
-                    let r = ops::renew(&mut store, &lease, ttl_ms, now_ms);
-                    let ok = r.is_ok();
-                    (Done::Lease(reply, r), ok)
-                }
-                Request::Release(lease, reply) => {
-                    let r = ops::release(&mut store, &lease, now_ms);
-                    let ok = r.is_ok();
-                    (Done::Released(reply, r), ok)
-                }
-            };
-            if ok {
-                sp.commit()
-                    .map_err(Error::sqlite("releasing a savepoint"))?;
-            } else {
-                sp.rollback()
-                    .map_err(Error::sqlite("rolling back a savepoint"))?;
-                drop(sp);
+                done.push(finished);
             }
-            done.push(finished);
+            if any_ok {
+                // Commit is the fsync (WAL + synchronous=FULL): nobody hears "ok" before it.
+                exec_cached(&self.conn, "COMMIT").map_err(Error::sqlite("committing"))?;
+            } else {
+                exec_cached(&self.conn, "ROLLBACK")
+                    .map_err(Error::sqlite("rolling back a batch that wrote nothing"))?;
+            }
+            Ok(any_ok)
+        })();
+        if outcome.is_err() {
+            // Whatever the batch wrote is rolled back, and the cache may hold some of it.
+            self.cache.clear();
+            if !self.conn.is_autocommit() {
+                let _ = exec_cached(&self.conn, "ROLLBACK");
+            }
         }
-        // Commit is the fsync (WAL + synchronous=FULL): nobody hears "ok" before it.
-        tx.commit().map_err(Error::sqlite("committing"))
-    })();
-    for d in done {
-        let failed = |e: &Error| Error::WriteFailed {
-            reason: format!("the batch commit failed, nothing was written: {e}"),
-        };
-        match (d, &outcome) {
-            (Done::Appended(reply, r), Ok(())) => drop(reply.send(r)),
-            (Done::Appended(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
-            (Done::Lease(reply, r), Ok(())) => drop(reply.send(r)),
-            (Done::Lease(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
-            (Done::Released(reply, r), Ok(())) => drop(reply.send(r)),
-            (Done::Released(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
+        for d in done {
+            let failed = |e: &Error| Error::WriteFailed {
+                reason: format!("the batch commit failed, nothing was written: {e}"),
+            };
+            match (d, &outcome) {
+                (Done::Appended(reply, r), Ok(_)) => drop(reply.send(r)),
+                (Done::Appended(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
+                (Done::Lease(reply, r), Ok(_)) => drop(reply.send(r)),
+                (Done::Lease(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
+                (Done::Released(reply, r), Ok(_)) => drop(reply.send(r)),
+                (Done::Released(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
+            }
+        }
+        if let Ok(true) = outcome {
+            self.after_commit(events);
+        }
+    }
+
+    /// Wakes the checkpointer once enough has been committed since it last ran.
+    fn after_commit(&mut self, events: u64) {
+        self.commits += 1;
+        self.events += events;
+        if self.commits >= CHECKPOINT_AFTER_COMMITS || self.events >= CHECKPOINT_AFTER_EVENTS {
+            self.commits = 0;
+            self.events = 0;
+            if let Some(c) = &self.checkpointer {
+                // A full slot means a wake-up is already pending.
+                let _ = c.wake.try_send(());
+            }
         }
     }
 }
 
-/// [`WriteStore`] over a SQLite transaction or savepoint.
-struct SqlStore<'c>(&'c Connection);
+/// [`WriteStore`] over the writer's transaction, reading heads and leases through its
+/// cache and noting which streams it wrote.
+struct SqlStore<'c> {
+    conn: &'c Connection,
+    cache: &'c mut Cache,
+    touched: Vec<String>,
+}
 
 impl WriteStore for SqlStore<'_> {
     fn head(&mut self, stream_id: &str) -> Result<Option<(u64, Digest32)>> {
+        if let Some(head) = self.cache.heads.get(stream_id) {
+            return Ok(*head);
+        }
         let row: Option<(i64, Vec<u8>)> = self
-            .0
+            .conn
             .prepare_cached("SELECT head_seq, head_hash FROM streams WHERE stream_id = ?1")
             .and_then(|mut s| {
                 s.query_row([stream_id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -706,12 +895,19 @@ impl WriteStore for SqlStore<'_> {
             .map_err(Error::sqlite_with(|| {
                 format!("reading the head of {stream_id}")
             }))?;
-        row.map(|(seq, hash)| Ok((seq as u64, digest(stream_id, seq as u64, &hash)?)))
-            .transpose()
+        let head = row
+            .map(|(seq, hash)| Ok((seq as u64, digest(stream_id, seq as u64, &hash)?)))
+            .transpose()?;
+        self.cache.heads.insert(stream_id.to_owned(), head);
+        Ok(head)
     }
 
     fn lease(&mut self, stream_id: &str) -> Result<Option<Lease>> {
-        self.0
+        if let Some(lease) = self.cache.leases.get(stream_id) {
+            return Ok(lease.clone());
+        }
+        let lease = self
+            .conn
             .prepare_cached("SELECT owner, token, expires_at_ms FROM leases WHERE stream_id = ?1")
             .and_then(|mut s| {
                 s.query_row([stream_id], |r| {
@@ -726,11 +922,17 @@ impl WriteStore for SqlStore<'_> {
             })
             .map_err(Error::sqlite_with(|| {
                 format!("reading the lease of {stream_id}")
-            }))
+            }))?;
+        self.cache
+            .leases
+            .insert(stream_id.to_owned(), lease.clone());
+        Ok(lease)
     }
 
     fn put_lease(&mut self, l: &Lease) -> Result<()> {
-        self.0
+        self.touched.push(l.stream_id.clone());
+        self.cache.leases.remove(&l.stream_id);
+        self.conn
             .prepare_cached(
                 "INSERT INTO leases (stream_id, owner, token, expires_at_ms) VALUES (?1, ?2, ?3, ?4)
                  ON CONFLICT (stream_id) DO UPDATE SET owner = ?2, token = ?3, expires_at_ms = ?4",
@@ -738,12 +940,15 @@ impl WriteStore for SqlStore<'_> {
             .and_then(|mut s| {
                 s.execute(params![l.stream_id, l.owner, l.token as i64, l.expires_at_ms])
             })
-            .map(drop)
-            .map_err(Error::sqlite_with(|| format!("writing the lease of {}", l.stream_id)))
+            .map_err(Error::sqlite_with(|| format!("writing the lease of {}", l.stream_id)))?;
+        self.cache
+            .leases
+            .insert(l.stream_id.clone(), Some(l.clone()));
+        Ok(())
     }
 
     fn insert_event(&mut self, e: &Event) -> Result<u64> {
-        self.0
+        self.conn
             .prepare_cached(
                 "INSERT INTO events (stream_id, stream_seq, kind, schema_version, recorded_at_ms,
                                      payload, prev_hash, hash)
@@ -764,12 +969,14 @@ impl WriteStore for SqlStore<'_> {
             .map_err(Error::sqlite_with(|| {
                 format!("appending to {}", e.stream_id)
             }))?;
-        Ok(self.0.last_insert_rowid() as u64)
+        Ok(self.conn.last_insert_rowid() as u64)
     }
 
     fn put_head(&mut self, h: &HeadUpdate<'_>) -> Result<()> {
+        self.touched.push(h.stream_id.to_owned());
+        self.cache.heads.remove(h.stream_id);
         let result = if h.created {
-            self.0
+            self.conn
                 .prepare_cached(
                     "INSERT INTO streams (stream_id, subject, status, created_at_ms, updated_at_ms,
                                           head_seq, head_hash)
@@ -786,7 +993,7 @@ impl WriteStore for SqlStore<'_> {
                     ])
                 })
         } else if let Some(status) = h.status {
-            self.0
+            self.conn
                 .prepare_cached(
                     "UPDATE streams SET status = ?2, updated_at_ms = ?3, head_seq = ?4, head_hash = ?5
                      WHERE stream_id = ?1",
@@ -802,7 +1009,7 @@ impl WriteStore for SqlStore<'_> {
                 })
         } else {
             // Most appends keep the status: leaving it out spares the status index a write.
-            self.0
+            self.conn
                 .prepare_cached(
                     "UPDATE streams SET updated_at_ms = ?2, head_seq = ?3, head_hash = ?4
                      WHERE stream_id = ?1",
@@ -816,13 +1023,17 @@ impl WriteStore for SqlStore<'_> {
                     ])
                 })
         };
-        result.map(drop).map_err(Error::sqlite_with(|| {
+        result.map_err(Error::sqlite_with(|| {
             format!("advancing the head of {}", h.stream_id)
-        }))
+        }))?;
+        self.cache
+            .heads
+            .insert(h.stream_id.to_owned(), Some((h.head_seq, h.head_hash)));
+        Ok(())
     }
 
     fn put_timer(&mut self, t: &Timer) -> Result<()> {
-        self.0
+        self.conn
             .prepare_cached(
                 "INSERT INTO timers (stream_id, name, due_at_ms) VALUES (?1, ?2, ?3)
                  ON CONFLICT (stream_id, name) DO UPDATE SET due_at_ms = ?3",
@@ -835,7 +1046,7 @@ impl WriteStore for SqlStore<'_> {
     }
 
     fn clear_timer(&mut self, stream_id: &str, name: &str) -> Result<()> {
-        self.0
+        self.conn
             .prepare_cached("DELETE FROM timers WHERE stream_id = ?1 AND name = ?2")
             .and_then(|mut s| s.execute([stream_id, name]))
             .map(drop)
@@ -1016,7 +1227,11 @@ fn row_to_timer(r: &rusqlite::Row<'_>) -> rusqlite::Result<Timer> {
 
 impl JournalAppend for SqliteJournal {
     async fn append(&self, append: Append) -> Result<Appended> {
-        self.request(|reply| Request::Append(append, reply)).await
+        self.writer.as_ref().ok_or(Error::OpenedReadOnly)?;
+        // Checked and encoded here, so the writer thread spends its time on writing.
+        let payloads = ops::prepare(&append)?;
+        self.request(|reply| Request::Append(append, payloads, reply))
+            .await
     }
 }
 

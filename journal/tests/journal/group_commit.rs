@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
-use rekey_journal::{Append, Error, JournalAppend, JournalScan, SqliteJournal, TimerOp};
+use rekey_journal::{Append, Error, JournalAppend, JournalScan, Leases, SqliteJournal, TimerOp};
 use serde_json::json;
 
 use crate::common::{
@@ -219,4 +219,43 @@ async fn the_writer_keeps_serving_after_refusals() {
         2,
         "exactly the two good events"
     );
+}
+
+/// The writer keeps heads and leases in memory, yet another connection writing the same
+/// file (another process, or a second handle as here) is never missed: a head or lease
+/// it changed is read afresh, never served from the first writer's memory.
+#[tokio::test]
+async fn a_second_writer_on_the_file_is_never_hidden_by_the_cache() {
+    let (_dir, path) = scratch();
+    let clock = manual_clock();
+    let a = open_sqlite(&path, &clock);
+    let b = open_sqlite(&path, &clock);
+    // `a` reads and writes the head of "s", so it knows it as sequence 1.
+    append_ok(&a, Append::new("s", 0, vec![numbered(1)])).await;
+    append_ok(&b, Append::new("s", 1, vec![numbered(2)])).await;
+
+    let stale = a.append(Append::new("s", 1, vec![numbered(3)])).await;
+    assert!(
+        matches!(
+            stale,
+            Err(Error::Conflict {
+                expected: 1,
+                actual: 2,
+                ..
+            })
+        ),
+        "the head `b` moved is seen by `a`: {stale:?}"
+    );
+    let next = append_ok(&a, Append::new("s", 2, vec![numbered(3)])).await;
+    assert_eq!(next.last_seq, 3, "`a` appends after `b`'s event");
+    assert_chain("s", &read(&a, "s"));
+
+    // A lease `b` takes fences `a`'s unfenced appends, though `a` saw "s" with none.
+    b.acquire("s", "runner-b", 60_000).await.expect("acquire");
+    let fenced = a.append(Append::new("s", 3, vec![numbered(4)])).await;
+    assert!(
+        matches!(fenced, Err(Error::LeaseHeld { ref holder, .. }) if holder == "runner-b"),
+        "`b`'s lease holds for `a`: {fenced:?}"
+    );
+    assert_intact(&a.verify(None).expect("verify"), "after two writers");
 }
