@@ -602,6 +602,8 @@ fn open_reader(path: &Path, target: &Path, uri: bool) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Statements the writer keeps prepared.
+const WRITER_STATEMENTS_MAX: usize = 32;
 /// Streams whose head and lease the writer keeps in memory before it starts afresh.
 const CACHE_STREAMS_MAX: usize = 65_536;
 /// Commits, and events, after which the checkpointer copies the WAL into the main file.
@@ -721,6 +723,8 @@ impl WriteSide {
             .map_err(Error::sqlite(
                 "turning off the writer's automatic checkpoint",
             ))?;
+        // Every statement the writer runs stays prepared (16 of them today).
+        conn.set_prepared_statement_cache_capacity(WRITER_STATEMENTS_MAX);
         Ok(Self {
             conn,
             cache: Cache::default(),
