@@ -98,7 +98,7 @@ fn p2_group_commit(c: &mut Criterion) {
             rt.block_on(async {
                 let start = stopwatch();
                 for _ in 0..iters {
-                    streams[next].append_one(&journal).await;
+                    streams[next].append_one(&*journal).await;
                     next = (next + 1) % streams.len();
                 }
                 start.elapsed()

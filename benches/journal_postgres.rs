@@ -17,72 +17,22 @@
 //! Run: `cargo bench --bench journal_postgres`.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use rekey::journal::{Append, JournalAppend, NewEvent, PostgresConfig, PostgresJournal};
-use serde_json::json;
+use rekey::journal::{PostgresConfig, PostgresJournal};
 use tokio::runtime::Runtime;
 use uuid::Uuid;
 
 #[path = "support/pg.rs"]
 mod pg;
 
-/// Starts a wall-clock timer. Real elapsed time is what a benchmark measures, so this is
-/// the one place here that reads the real clock rather than an injected `Clock`.
 #[allow(
-    clippy::disallowed_methods,
-    reason = "benchmarks measure real elapsed time"
+    dead_code,
+    reason = "shared with the SQLite journal benches, which use more of it"
 )]
-fn stopwatch() -> Instant {
-    Instant::now()
-}
-
-/// A saga step's event, about 150 bytes of canonical JSON (as in `benches/journal.rs`).
-fn event(key: &str, attempt: u64) -> NewEvent {
-    NewEvent::new(
-        "StepStarted",
-        json!({
-            "step": "write_store",
-            "attempt": attempt,
-            "key": key,
-            "provider": "aws_secrets_manager",
-            "secret": "prod/payments/postgres",
-        }),
-    )
-}
-
-/// One stream a benchmark appends to, with the sequence its next append expects.
-#[derive(Debug, Clone)]
-struct Stream {
-    id: String,
-    key: String,
-    seq: u64,
-}
-
-impl Stream {
-    fn new(id: String) -> Self {
-        Self {
-            id,
-            key: Uuid::now_v7().to_string(),
-            seq: 0,
-        }
-    }
-
-    /// Appends one event and waits until it is durable.
-    async fn append_one(&mut self, journal: &PostgresJournal) {
-        let append = Append::new(
-            self.id.clone(),
-            self.seq,
-            vec![event(&self.key, self.seq + 1)],
-        );
-        self.seq = journal
-            .append(append)
-            .await
-            .expect("durable append")
-            .last_seq;
-    }
-}
+mod common;
+use common::{Stream, concurrent_streams, event, stopwatch};
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -228,7 +178,7 @@ fn pg_single_append(c: &mut Criterion) {
             rt.block_on(async {
                 let start = stopwatch();
                 for _ in 0..iters {
-                    stream.append_one(&journal).await;
+                    stream.append_one(&*journal).await;
                 }
                 start.elapsed()
             })
@@ -250,32 +200,6 @@ fn pg_single_append(c: &mut Criterion) {
         });
     });
     group.finish();
-}
-
-/// Each stream appends `rounds` events, one at a time, all streams concurrently.
-async fn concurrent_streams(
-    journal: &Arc<PostgresJournal>,
-    streams: Vec<Stream>,
-    rounds: u64,
-) -> (Duration, Vec<Stream>) {
-    let start = stopwatch();
-    let tasks: Vec<_> = streams
-        .into_iter()
-        .map(|mut stream| {
-            let journal = Arc::clone(journal);
-            tokio::spawn(async move {
-                for _ in 0..rounds {
-                    stream.append_one(&journal).await;
-                }
-                stream
-            })
-        })
-        .collect();
-    let mut back = Vec::with_capacity(tasks.len());
-    for task in tasks {
-        back.push(task.await.expect("append task"));
-    }
-    (start.elapsed(), back)
 }
 
 /// Concurrent writers (nodes) in the multi-writer ceilings.

@@ -1,4 +1,4 @@
-//! Helpers shared by the journal benchmarks (`journal`, `ceiling`): scratch files on the
+//! Helpers shared by the journal benchmarks (`journal`, `ceiling`, `journal_postgres`): scratch files on the
 //! workspace's file system, a saga step's event, streams appended one event at a time,
 //! and the P1 single-writer group.
 
@@ -72,7 +72,7 @@ impl Stream {
     }
 
     /// Appends one event and waits until it is durable.
-    pub async fn append_one(&mut self, journal: &SqliteJournal) {
+    pub async fn append_one<J: JournalAppend>(&mut self, journal: &J) {
         let append = Append::new(
             self.id.clone(),
             self.seq,
@@ -140,8 +140,8 @@ pub fn p1_single_writer(c: &mut Criterion, group: &str, measurement: Duration) {
 }
 
 /// Each stream appends `rounds` events, one at a time, all streams concurrently.
-pub async fn concurrent_streams(
-    journal: &Arc<SqliteJournal>,
+pub async fn concurrent_streams<J: JournalAppend + Send + Sync + 'static>(
+    journal: &Arc<J>,
     streams: Vec<Stream>,
     rounds: u64,
 ) -> (Duration, Vec<Stream>) {
@@ -152,7 +152,7 @@ pub async fn concurrent_streams(
             let journal = Arc::clone(journal);
             tokio::spawn(async move {
                 for _ in 0..rounds {
-                    stream.append_one(&journal).await;
+                    stream.append_one(&*journal).await;
                 }
                 stream
             })
