@@ -7,9 +7,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use rekey_journal::{
-    Append, Appended, Digest32, Event, FeedCursor, FeedPage, Head, JournalAppend, JournalRead,
-    JournalScan, Lease, Leases, ManualClock, MemoryJournal, NewEvent, PostgresJournal, Result,
-    SqliteJournal, StreamFilter, StreamInfo, Timer, VerifyReport,
+    Append, Appended, Digest32, Event, JournalAppend, JournalRead, JournalScan, Leases,
+    ManualClock, MemoryJournal, NewEvent, PostgresJournal, SqliteJournal, VerifyReport,
 };
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -131,92 +130,8 @@ impl Place {
     }
 }
 
-/// A durable journal of either engine.
-#[derive(Debug)]
-pub enum Journal {
-    Sqlite(SqliteJournal),
-    Postgres(PostgresJournal),
-}
-
-/// Calls `$method` on whichever engine `$j` is.
-macro_rules! each {
-    ($j:expr, $inner:ident => $call:expr) => {
-        match $j {
-            Journal::Sqlite($inner) => $call,
-            Journal::Postgres($inner) => $call,
-        }
-    };
-}
-
-impl Journal {
-    /// The same journal as the library's [`rekey_journal::AnyJournal`].
-    pub fn any(self) -> rekey_journal::AnyJournal {
-        match self {
-            Journal::Sqlite(j) => j.into(),
-            Journal::Postgres(j) => j.into(),
-        }
-    }
-
-    pub fn verify(&self, exported: Option<&[Head]>) -> Result<VerifyReport> {
-        each!(self, j => j.verify(exported))
-    }
-
-    pub fn heads(&self) -> Result<Vec<Head>> {
-        each!(self, j => j.heads())
-    }
-}
-
-impl JournalRead for Journal {
-    fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
-        each!(self, j => j.read_stream(stream_id))
-    }
-
-    fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
-        each!(self, j => j.stream_info(stream_id))
-    }
-}
-
-impl JournalScan for Journal {
-    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
-        each!(self, j => j.read_after(after, limit))
-    }
-
-    fn read_feed(&self, cursor: &FeedCursor, limit: usize) -> Result<FeedPage> {
-        each!(self, j => j.read_feed(cursor, limit))
-    }
-
-    fn streams(&self, filter: &StreamFilter) -> Result<Vec<StreamInfo>> {
-        each!(self, j => j.streams(filter))
-    }
-
-    fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
-        each!(self, j => j.due_timers(now_ms, limit))
-    }
-
-    fn next_timer(&self) -> Result<Option<Timer>> {
-        each!(self, j => j.next_timer())
-    }
-}
-
-impl JournalAppend for Journal {
-    async fn append(&self, append: Append) -> Result<Appended> {
-        each!(self, j => j.append(append).await)
-    }
-}
-
-impl Leases for Journal {
-    async fn acquire(&self, stream_id: &str, owner: &str, ttl_ms: i64) -> Result<Lease> {
-        each!(self, j => j.acquire(stream_id, owner, ttl_ms).await)
-    }
-
-    async fn renew(&self, lease: &Lease, ttl_ms: i64) -> Result<Lease> {
-        each!(self, j => j.renew(lease, ttl_ms).await)
-    }
-
-    async fn release(&self, lease: &Lease) -> Result<()> {
-        each!(self, j => j.release(lease).await)
-    }
-}
+/// A durable journal of either engine: the library's own, as every rekey command opens it.
+pub type Journal = rekey_journal::AnyJournal;
 
 /// Makes `mod $body { fn sqlite; fn postgres }`, two tests running the async test body
 /// `$body(kind)` on each durable engine.

@@ -42,7 +42,7 @@ async fn source(kind: Kind) -> (Place, AnyJournal) {
     rekey_journal::Leases::acquire(&j, "alpha", "runner-1", 30_000)
         .await
         .unwrap();
-    (place, j.any())
+    (place, j)
 }
 
 fn all_events(j: &AnyJournal) -> Vec<rekey_journal::Event> {
@@ -62,7 +62,7 @@ async fn a_copy_holds_every_event_record_and_timer_and_carries_on() {
     for (from, to) in PAIRS {
         let (_source_place, src) = source(from).await;
         let place = Place::new(to);
-        let dst = place.open_real_time().any();
+        let dst = place.open_real_time();
         let mut calls = 0;
         let counts = dst.copy_from(&src, &mut |_, _| calls += 1).unwrap();
         let events = all_events(&src);
@@ -112,7 +112,7 @@ async fn a_source_that_grows_during_the_copy_copies_nothing() {
     for (from, to) in PAIRS {
         let (_source_place, src) = source(from).await;
         let place = Place::new(to);
-        let dst = place.open_real_time().any();
+        let dst = place.open_real_time();
         let mut grew = false;
         let e = dst
             .copy_from(&src, &mut |_, _| {
