@@ -4,13 +4,12 @@
 //! grace period, exactly once); `POST /v1/discovery` and `GET /v1/discovery/latest`
 //! report what was found; every route needs the bearer token; bad input changes nothing.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rekey::journal::{Clock as _, SystemClock};
 use serde_json::{Value, json};
 
-use super::{READER_ID, READER_SECRET, SECRET_VAR, config_text};
+use super::{Daemon, READER_ID, READER_SECRET, client, config_text, free_port, start_daemon};
 use crate::fake_azure::{App, Effect, FakeAzure, PasswordCred, SecretMeta};
 
 const TOKEN: &str = "fleet-api-token-5c1d-77e0";
@@ -71,24 +70,8 @@ fn seed(fake: &FakeAzure) {
     );
 }
 
-struct Daemon {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 async fn start(fake: &FakeAzure, dir: &std::path::Path) -> Daemon {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let text = format!(
         "{}\n[daemon]\nlisten = \"127.0.0.1:{port}\"\napi_token_env = \"REKEY_TEST_API_TOKEN\"\n",
         config_text(
@@ -99,36 +82,7 @@ async fn start(fake: &FakeAzure, dir: &std::path::Path) -> Daemon {
         )
     );
     std::fs::write(dir.join("rekey.toml"), text).unwrap();
-    let mut daemon = Daemon {
-        child: Command::new(env!("CARGO_BIN_EXE_rekey"))
-            .args(["run", "--config", "rekey.toml"])
-            .current_dir(dir)
-            .env("REKEY_TEST_API_TOKEN", TOKEN)
-            .env(SECRET_VAR, READER_SECRET)
-            .env("RUST_LOG", "info")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start rekey run"),
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    for _ in 0..400 {
-        if let Ok(r) = client().get(format!("{}/readyz", daemon.base)).send().await
-            && r.status() == 200
-        {
-            return daemon;
-        }
-        if let Ok(Some(status)) = daemon.child.try_wait() {
-            panic!("rekey run exited early: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("rekey run never became ready");
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    start_daemon(dir, "rekey.toml", port, &[("REKEY_TEST_API_TOKEN", TOKEN)]).await
 }
 
 async fn call(d: &Daemon, post: bool, path: &str, body: Option<Value>) -> (u16, Value) {

@@ -183,3 +183,68 @@ pub fn journal_bytes(dir: &std::path::Path) -> Vec<u8> {
         .flatten()
         .collect()
 }
+
+/// A `rekey run` process started by a test; killed when dropped.
+pub struct Daemon {
+    pub child: std::process::Child,
+    pub base: String,
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A free TCP port on 127.0.0.1 for a daemon to listen on.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// An HTTP client that never goes through a proxy (the tests speak to 127.0.0.1 only).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// Starts `rekey run --config <config>` in `dir`, listening on `port`, with the fleet
+/// reader's secret and `envs` in its environment, and waits until `/readyz` answers 200.
+pub async fn start_daemon(
+    dir: &std::path::Path,
+    config: &str,
+    port: u16,
+    envs: &[(&str, &str)],
+) -> Daemon {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_rekey"));
+    command
+        .args(["run", "--config", config])
+        .current_dir(dir)
+        .env(SECRET_VAR, READER_SECRET)
+        .env("RUST_LOG", "info")
+        .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    for (name, value) in envs {
+        command.env(name, value);
+    }
+    let mut daemon = Daemon {
+        child: command.spawn().expect("start rekey run"),
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    for _ in 0..400 {
+        if let Ok(r) = client().get(format!("{}/readyz", daemon.base)).send().await
+            && r.status() == 200
+        {
+            return daemon;
+        }
+        if let Ok(Some(status)) = daemon.child.try_wait() {
+            panic!("rekey run exited early: {status}");
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    panic!("rekey run never became ready");
+}

@@ -7,14 +7,13 @@
 //! and a new leader does not discover again before the period is up.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use rekey::journal::{Clock as _, SystemClock};
 use serde_json::Value;
 
-use super::{READER_ID, READER_SECRET, SECRET_VAR, config_text};
+use super::{Daemon, READER_ID, READER_SECRET, client, config_text, free_port, start_daemon};
 use crate::fake_azure::{App, Effect, FakeAzure, PasswordCred, SecretMeta};
 
 const TOKEN: &str = "fleet-unattended-token-3f9a-11c2";
@@ -152,18 +151,6 @@ impl Receiver {
     }
 }
 
-struct Daemon {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn write_config(fake: &FakeAzure, dir: &std::path::Path, every: &str, grace: &str) {
     let text = format!(
         "{}\n[notifications.ops]\nkind = \"webhook\"\nurl_env = \"{NOTICE_VAR}\"\n",
@@ -179,11 +166,7 @@ fn write_config(fake: &FakeAzure, dir: &std::path::Path, every: &str, grace: &st
 
 /// Starts `rekey run` in `dir` as node `node` (leader lease of `ttl`).
 async fn start(dir: &std::path::Path, notice_url: &str, node: &str, ttl: &str) -> Daemon {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let config = std::fs::read_to_string(dir.join("rekey.toml")).unwrap();
     let file = format!("rekey-{node}.toml");
     std::fs::write(
@@ -193,37 +176,13 @@ async fn start(dir: &std::path::Path, notice_url: &str, node: &str, ttl: &str) -
         ),
     )
     .unwrap();
-    let mut daemon = Daemon {
-        child: Command::new(env!("CARGO_BIN_EXE_rekey"))
-            .args(["run", "--config", &file])
-            .current_dir(dir)
-            .env("REKEY_TEST_API_TOKEN", TOKEN)
-            .env(SECRET_VAR, READER_SECRET)
-            .env(NOTICE_VAR, notice_url)
-            .env("RUST_LOG", "info")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start rekey run"),
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    for _ in 0..400 {
-        if let Ok(r) = client().get(format!("{}/readyz", daemon.base)).send().await
-            && r.status() == 200
-        {
-            return daemon;
-        }
-        if let Ok(Some(status)) = daemon.child.try_wait() {
-            panic!("rekey run exited early: {status}");
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    panic!("rekey run never became ready");
-}
-
-fn client() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().unwrap()
+    start_daemon(
+        dir,
+        &file,
+        port,
+        &[("REKEY_TEST_API_TOKEN", TOKEN), (NOTICE_VAR, notice_url)],
+    )
+    .await
 }
 
 /// The run id of the newest journaled discovery, if any.
