@@ -14,6 +14,8 @@
 
 #[path = "../tests/fake_azure/mod.rs"]
 mod fake_azure;
+#[path = "support/fake_requests.rs"]
+mod fake_requests;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -30,7 +32,8 @@ use rekey::providers::azure::budget::{
 };
 use tokio::runtime::Runtime;
 
-use fake_azure::{App, FakeAzure, KeyCred, PasswordCred, SecretMeta, Service};
+use fake_azure::{App, FakeAzure, KeyCred, PasswordCred, SecretMeta};
+use fake_requests::per_service as requests;
 
 const APPS: u32 = 1_000;
 const SECRETS: u32 = 3_000;
@@ -133,27 +136,6 @@ subscriptions = ["{SUB}"]
         vault = fake.keyvault_url("kv-one"),
     );
     Config::parse(Path::new("/tmp/bench-rekey.toml"), &text).expect("bench config")
-}
-
-/// Requests sent per service since `from` (index into the request log).
-fn requests(fake: &FakeAzure, from: usize) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for r in &fake.requests()[from..] {
-        let key = match r.service {
-            Service::KeyVault => {
-                let vault = r
-                    .path
-                    .trim_start_matches('/')
-                    .split('/')
-                    .next()
-                    .unwrap_or("");
-                format!("keyvault {vault}")
-            }
-            other => format!("{other:?}").to_lowercase(),
-        };
-        *out.entry(key).or_default() += 1;
-    }
-    out
 }
 
 /// The least time rekey's budgets allow for `sent`: per budget, (n − 1) spacings.

@@ -16,6 +16,8 @@
 
 #[path = "../tests/fake_azure/mod.rs"]
 mod fake_azure;
+#[path = "support/fake_requests.rs"]
+mod fake_requests;
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -34,7 +36,8 @@ use rekey::runner::{Options, Progress, Runner};
 use rekey::saga::{Phase, Trigger};
 use tokio::runtime::Runtime;
 
-use fake_azure::{App, FakeAzure, PasswordCred, SecretMeta, Service};
+use fake_azure::{App, FakeAzure, PasswordCred, SecretMeta};
+use fake_requests::per_service as requests;
 
 const APPS: u32 = 1_000;
 const IN_FLIGHT: usize = 64;
@@ -122,27 +125,6 @@ vaults = [{vaults}]
         vaults = vaults.join(", "),
     );
     Config::parse(&dir.join("rekey.toml"), &text).expect("bench config")
-}
-
-/// Requests sent per service (Key Vault per vault) since `from`.
-fn requests(fake: &FakeAzure, from: usize) -> BTreeMap<String, usize> {
-    let mut out = BTreeMap::new();
-    for r in &fake.requests()[from..] {
-        let key = match r.service {
-            Service::KeyVault => {
-                let vault = r
-                    .path
-                    .trim_start_matches('/')
-                    .split('/')
-                    .next()
-                    .unwrap_or("");
-                format!("keyvault {vault}")
-            }
-            other => format!("{other:?}").to_lowercase(),
-        };
-        *out.entry(key).or_default() += 1;
-    }
-    out
 }
 
 /// The least time rekey's vault budgets allow for `sent`: per vault, (n − 1) spacings.
