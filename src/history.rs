@@ -21,7 +21,7 @@ use serde::Serialize;
 use crate::fleet::rules::{check_glob, glob_match};
 use crate::runner::lock;
 use crate::saga::{
-    Action, Address, ErrorClass, Phase, Role, RotationEvent, StepStatus, Trigger, apply,
+    Action, Address, ErrorClass, Phase, Role, RotationEvent, StepId, StepStatus, Trigger, apply,
 };
 use crate::text::excerpt;
 
@@ -393,7 +393,7 @@ pub fn rows<J: JournalRead + JournalScan + ?Sized>(
 
 /// Adds to each row the requests its lock stream says it served; each lock stream is read
 /// once, whatever number of rows share it.
-fn add_joined<J: JournalRead + ?Sized>(journal: &J, rows: &mut [Row]) -> Result<(), Error> {
+pub fn add_joined<J: JournalRead + ?Sized>(journal: &J, rows: &mut [Row]) -> Result<(), Error> {
     let keys: BTreeSet<String> = rows.iter().map(|r| r.lock_key.clone()).collect();
     let mut joined: std::collections::HashMap<String, Vec<Joined>> =
         std::collections::HashMap::new();
@@ -438,6 +438,159 @@ fn add_joined<J: JournalRead + ?Sized>(journal: &J, rows: &mut [Row]) -> Result<
 /// [`Error::Decode`] for an event that is not a rotation event or does not fit the ones
 /// before it.
 pub fn fold_row(rotation_id: &str, events: &[Event]) -> Result<Row, Error> {
+    fold(rotation_id, events, None).map(|(row, _)| row)
+}
+
+/// One step of a rotation as its events tell it: when it first started, its attempts and
+/// their failures, and where it stands now (the saga's own fold says).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepRecord {
+    pub step: StepId,
+    /// The target's role and name in the plan.
+    pub role: Role,
+    pub target: String,
+    /// When its first attempt started.
+    pub started_at_ms: i64,
+    /// When its last event was journaled.
+    pub last_at_ms: i64,
+    /// Attempts started.
+    pub attempts: u32,
+    /// Where it stands after the last event.
+    pub status: StepStatus,
+    /// Its success was found by reconciling, not from a response.
+    pub reconciled: bool,
+    /// Every failure journaled against it, oldest first.
+    pub errors: Vec<StepError>,
+}
+
+impl StepRecord {
+    /// How long it took, from its first start to its outcome; `None` while it is still
+    /// in doubt.
+    pub fn duration_ms(&self) -> Option<i64> {
+        (!matches!(self.status, StepStatus::InDoubt { .. }))
+            .then(|| self.last_at_ms.saturating_sub(self.started_at_ms))
+    }
+
+    /// An undo step (compensation).
+    pub fn is_undo(&self) -> bool {
+        matches!(
+            self.step.action,
+            Action::Discard | Action::Restore | Action::Revert
+        )
+    }
+}
+
+/// One journaled failure of a step.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct StepError {
+    pub attempt: u32,
+    pub class: ErrorClass,
+    /// An excerpt of the journaled message (at most [`STEP_ERROR_CHARS_MAX`] characters).
+    pub message: String,
+    pub at_ms: i64,
+    pub retry_at_ms: Option<i64>,
+}
+
+/// Characters of a failure message a step's timeline quotes.
+pub const STEP_ERROR_CHARS_MAX: usize = 2_000;
+
+/// One rotation in full: its row, each step it started in the order first started, its
+/// grace deadline and why it compensated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Timeline {
+    pub row: Row,
+    pub steps: Vec<StepRecord>,
+    /// When the old credential is (or was) retired, once every forward step succeeded.
+    pub grace_due_ms: Option<i64>,
+    pub compensation_reason: Option<String>,
+}
+
+/// The timeline of one rotation stream's events (in stream order), folded by the same code
+/// as [`fold_row`]; the row's `joined` is left empty (it is in the lock stream).
+///
+/// # Errors
+/// As [`fold_row`].
+pub fn fold_timeline(rotation_id: &str, events: &[Event]) -> Result<Timeline, Error> {
+    let mut steps = Vec::new();
+    let (row, state) = fold(rotation_id, events, Some(&mut steps))?;
+    for record in &mut steps {
+        if let Some(status) = state.steps.get(&record.step) {
+            record.status = status.clone();
+        }
+        if let Some(t) = state.plan.targets.get(usize::from(record.step.target)) {
+            record.role = t.role;
+            record.target.clone_from(&t.name);
+        }
+    }
+    Ok(Timeline {
+        row,
+        steps,
+        grace_due_ms: state.grace_due_ms,
+        compensation_reason: state.compensation_reason,
+    })
+}
+
+/// Records what `event` (journaled at `at_ms`) says of its step into `steps`.
+fn record_step(steps: &mut Vec<StepRecord>, event: &RotationEvent, at_ms: i64) {
+    let step = match event {
+        RotationEvent::StepStarted { step, .. }
+        | RotationEvent::StepSucceeded { step, .. }
+        | RotationEvent::StepFailed { step, .. }
+        | RotationEvent::StepNotApplied { step, .. } => *step,
+        _ => return,
+    };
+    // Found from the newest: a rotation's steps are few, and the one an event is about is
+    // almost always the last started.
+    let index = match steps.iter().rposition(|r| r.step == step) {
+        Some(i) => i,
+        None => {
+            steps.push(StepRecord {
+                step,
+                role: Role::Rotator,
+                target: String::new(),
+                started_at_ms: at_ms,
+                last_at_ms: at_ms,
+                attempts: 0,
+                status: StepStatus::InDoubt {
+                    attempt: 0,
+                    failure: None,
+                },
+                reconciled: false,
+                errors: Vec::new(),
+            });
+            steps.len() - 1
+        }
+    };
+    let record = &mut steps[index];
+    record.last_at_ms = at_ms;
+    match event {
+        RotationEvent::StepStarted { attempt, .. } => record.attempts = *attempt,
+        RotationEvent::StepSucceeded { reconciled, .. } => record.reconciled = *reconciled,
+        RotationEvent::StepFailed {
+            attempt,
+            class,
+            message,
+            retry_at_ms,
+            ..
+        } => record.errors.push(StepError {
+            attempt: *attempt,
+            class: *class,
+            message: excerpt(message, STEP_ERROR_CHARS_MAX),
+            at_ms,
+            retry_at_ms: *retry_at_ms,
+        }),
+        _ => {}
+    }
+}
+
+/// Folds a rotation stream through the saga's `apply` into its row and final state; when
+/// `steps` is given, also records each step's timeline there (status, role and target
+/// are filled in by the caller from the final state).
+fn fold(
+    rotation_id: &str,
+    events: &[Event],
+    mut steps: Option<&mut Vec<StepRecord>>,
+) -> Result<(Row, crate::saga::Rotation), Error> {
     let decode = |e: &Event, detail: String| Error::Decode {
         rotation: rotation_id.to_owned(),
         seq: e.stream_seq,
@@ -478,6 +631,9 @@ pub fn fold_row(rotation_id: &str, events: &[Event]) -> Result<Row, Error> {
                 finished_at_ms = Some(e.recorded_at_ms);
             }
             _ => {}
+        }
+        if let Some(steps) = steps.as_deref_mut() {
+            record_step(steps, &event, e.recorded_at_ms);
         }
         state = Some(apply(state, &event).map_err(|n| decode(e, n.why))?);
     }
@@ -566,7 +722,7 @@ pub fn fold_row(rotation_id: &str, events: &[Event]) -> Result<Row, Error> {
         _ => Outcome::Open,
     };
     let (tenant, app_id) = entra.map_or((None, None), |(t, a, _)| (Some(t), Some(a)));
-    Ok(Row {
+    let row = Row {
         rotation_id: rotation_id.to_owned(),
         requested_at_ms,
         finished_at_ms,
@@ -582,7 +738,8 @@ pub fn fold_row(rotation_id: &str, events: &[Event]) -> Result<Row, Error> {
         outcome,
         phase: state.phase,
         last_error,
-    })
+    };
+    Ok((row, state))
 }
 
 #[cfg(test)]

@@ -267,6 +267,92 @@ fn a_compensated_rotation_has_its_items_undone_its_error_and_no_new_expiry() {
     assert!(error.message.ends_with('…'));
 }
 
+/// A timeline is the row plus each step in the order first started, with its attempts,
+/// failures, outcome and duration, folded in the same pass as the row.
+#[test]
+fn a_timeline_lists_each_step_with_attempts_errors_outcome_and_duration() {
+    let events = journaled(
+        "r-steps",
+        fleet_plan("33333333-cccc", "fabrikam"),
+        Trigger::Manual,
+        "api",
+        T0,
+        Script {
+            fail: Some(Action::Verify),
+            stop_after: None,
+        },
+    );
+    let timeline = fold_timeline("r-steps", &events).unwrap();
+    assert_eq!(timeline.row, fold_row("r-steps", &events).unwrap());
+    let steps: Vec<String> = timeline.steps.iter().map(|s| s.step.to_string()).collect();
+    assert_eq!(
+        steps,
+        [
+            "capture#1",
+            "capture#2",
+            "capture#0",
+            "create#0",
+            "write#1",
+            "write#2",
+            "verify#3",
+            "restore#2",
+            "restore#1",
+            "discard#0",
+            "disable_old#2",
+            "disable_old#1",
+        ]
+    );
+    let verify = &timeline.steps[6];
+    assert_eq!(
+        (verify.role, verify.target.as_str()),
+        (Role::Verifier, "entra")
+    );
+    assert_eq!(verify.attempts, 1, "a permanent failure is not tried again");
+    assert_eq!(verify.errors.len(), 1);
+    assert_eq!(verify.errors[0].attempt, 1);
+    assert_eq!(verify.errors[0].class, ErrorClass::Permanent);
+    assert!(
+        verify.errors[0]
+            .message
+            .starts_with("403 Forbidden on attempt 1")
+    );
+    assert!(matches!(verify.status, StepStatus::Abandoned { .. }));
+    assert!(!verify.is_undo() && timeline.steps[7].is_undo());
+    // Events are a second apart: started, failed, found not applied (so abandoned).
+    assert_eq!(verify.duration_ms(), Some(2_000));
+    let write = &timeline.steps[4];
+    assert_eq!((write.attempts, write.duration_ms()), (1, Some(1_000)));
+    assert!(matches!(write.status, StepStatus::Succeeded { .. }) && write.errors.is_empty());
+    assert_eq!(timeline.grace_due_ms, None);
+    assert!(
+        timeline
+            .compensation_reason
+            .as_deref()
+            .is_some_and(|r| r.contains("verify#3")),
+        "{timeline:?}"
+    );
+
+    let completed = journaled(
+        "r-done",
+        local_plan("api"),
+        Trigger::Schedule,
+        "schedule",
+        T0,
+        RUNS_THROUGH,
+    );
+    let timeline = fold_timeline("r-done", &completed).unwrap();
+    assert!(timeline.grace_due_ms.is_some());
+    assert_eq!(
+        timeline.steps.last().map(|s| s.step.to_string()).as_deref(),
+        Some("retire_old#0")
+    );
+    // An open rotation's running step has no duration yet.
+    let open = fold_timeline("r-done", &completed[..4]).unwrap();
+    let running = open.steps.last().unwrap();
+    assert!(matches!(running.status, StepStatus::InDoubt { .. }));
+    assert_eq!(running.duration_ms(), None);
+}
+
 #[test]
 fn hand_configured_rotations_have_no_app_and_show_open_and_failing_states() {
     let done = journaled(
