@@ -13,6 +13,7 @@ pub mod notify;
 pub mod probe;
 pub mod provider;
 pub mod providers;
+pub mod report;
 pub mod resolve;
 pub mod retry;
 pub mod runner;

@@ -476,3 +476,423 @@ fn resume_wait_finishes_when_its_lease_lapses_during_a_stall() {
         text(&out.stderr)
     );
 }
+
+/// The `<section>` of the HTML report `html` that shows stream `id`.
+fn report_section<'a>(html: &'a str, id: &str) -> &'a str {
+    html.split("<section id=\"stream-")
+        .skip(1)
+        .find(|s| s.contains(&format!("Stream <code>{id}</code>")))
+        .unwrap_or_else(|| panic!("no section shows stream {id}"))
+        .split("</section>")
+        .next()
+        .unwrap()
+}
+
+/// The steps of rotation `id` in the order first started, from `journal show --json`.
+fn steps_started(dir: &Path, id: &str) -> Vec<String> {
+    let out = rekey(&["journal", "show", id, "--json"], dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let events: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let mut steps = Vec::new();
+    for e in events.iter().filter(|e| e["kind"] == "StepStarted") {
+        let payload: serde_json::Value =
+            serde_json::from_str(e["payload"].as_str().unwrap()).unwrap();
+        let step: rekey::saga::StepId = serde_json::from_value(payload["step"].clone()).unwrap();
+        if !steps.contains(&step.to_string()) {
+            steps.push(step.to_string());
+        }
+    }
+    steps
+}
+
+/// Whether `needles` occur in `haystack` in this order.
+fn in_order(haystack: &str, needles: &[String]) -> bool {
+    let mut from = 0;
+    needles
+        .iter()
+        .all(|n| match haystack[from..].find(n.as_str()) {
+            Some(at) => {
+                from += at + n.len();
+                true
+            }
+            None => false,
+        })
+}
+
+/// The HTML report of a journal holding a completed and a compensated rotation: each
+/// rotation's steps in the order they started (undo steps marked), the chain verified
+/// intact at the top, every head as `journal heads` writes it, written atomically with
+/// `--output` and to stdout without; no secret value anywhere in it.
+#[test]
+fn an_html_report_shows_each_rotation_step_by_step_with_verification_and_heads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    std::fs::write(dir.join("rekey.toml"), config(r#"["true"]"#, "")).unwrap();
+    let out = rekey(&["rotate", "api"], dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let completed = text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+    std::fs::write(dir.join("rekey.toml"), config(r#"["false"]"#, "")).unwrap();
+    let out = rekey(&["rotate", "api"], dir);
+    assert!(
+        text(&out.stdout).contains("compensated"),
+        "{}",
+        text(&out.stdout)
+    );
+    let compensated = text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
+
+    let out = rekey(
+        &["journal", "export", "--format", "html", "-o", "report.html"],
+        dir,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(out.stdout.is_empty(), "the report went to the file only");
+    let html = std::fs::read_to_string(dir.join("report.html")).unwrap();
+    let mode = std::fs::metadata(dir.join("report.html"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "a new report is private, as every file rekey writes"
+    );
+    assert!(
+        !names(dir)
+            .iter()
+            .any(|n| n.contains(".tmp") || n.starts_with('.')),
+        "no temporary file left: {:?}",
+        names(dir)
+    );
+
+    // Verification first, then the index, then the rotations.
+    let verify = rekey(&["journal", "verify", "--json"], dir);
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    let intact = format!(
+        "intact: {} streams, {} events, every chain verified",
+        report["streams"], report["events"]
+    );
+    let at = |needle: &str| html.find(needle).unwrap_or_else(|| panic!("no {needle}"));
+    assert!(at("Chain verification: intact") < at("<section id=\"index\""));
+    assert!(at(&intact) < at("<section id=\"stream-1\""), "{html}");
+    assert!(!html.contains("BROKEN"));
+    assert!(
+        at(&completed) < at("<section id=\"stream-1\""),
+        "the index lists it"
+    );
+    assert!(at(&compensated) < at("<section id=\"stream-1\""));
+
+    let done = report_section(&html, &completed);
+    let steps = steps_started(dir, &completed);
+    assert!(
+        steps.first().is_some_and(|s| s.starts_with("capture#")),
+        "{steps:?}"
+    );
+    assert_eq!(steps.last().map(String::as_str), Some("retire_old#0"));
+    let cells: Vec<String> = steps
+        .iter()
+        .map(|s| format!("<td class=\"step\"><code>{s}</code>"))
+        .collect();
+    assert!(in_order(done, &cells), "steps {steps:?} in order:\n{done}");
+    assert!(
+        done.contains("<span class=\"badge ok\">completed</span>"),
+        "{done}"
+    );
+    assert!(done.contains("Grace deadline") && !done.contains("<tr class=\"undo\">"));
+
+    let undone = report_section(&html, &compensated);
+    let steps = steps_started(dir, &compensated);
+    assert!(
+        in_order(&steps.join(" "), &["verify#3".into(), "restore#1".into()]),
+        "{steps:?}"
+    );
+    let cells: Vec<String> = steps
+        .iter()
+        .map(|s| format!("<td class=\"step\"><code>{s}</code>"))
+        .collect();
+    assert!(
+        in_order(undone, &cells),
+        "steps {steps:?} in order:\n{undone}"
+    );
+    assert!(undone.contains("<span class=\"badge warn\">compensated</span>"));
+    assert!(
+        undone.contains("<tr class=\"undo\"><td class=\"step\"><code>restore#1</code>"),
+        "{undone}"
+    );
+    assert!(
+        undone.contains("Compensated because")
+            && undone.contains("verification: false failed (exit status: 1)"),
+        "the failure is quoted: {undone}"
+    );
+
+    // Every head, as `journal heads` writes it.
+    let heads = text(&rekey(&["journal", "heads"], dir).stdout);
+    assert_eq!(heads.lines().count(), 3);
+    for line in heads.lines() {
+        let head: serde_json::Value = serde_json::from_str(line).unwrap();
+        let row = format!(
+            "<td><code>{}</code></td><td class=\"num\">{}</td><td><code class=\"hash\">{}</code></td>",
+            head["stream_id"].as_str().unwrap(),
+            head["seq"],
+            head["hash"].as_str().unwrap()
+        );
+        assert!(html.contains(&row), "head {line} not in the report");
+    }
+
+    // A report never lands on the evidence.
+    let before = std::fs::read(dir.join("journal.db")).unwrap();
+    for target in ["journal.db", "./journal.db"] {
+        let out = rekey(
+            &["journal", "export", "--format", "html", "-o", target],
+            dir,
+        );
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("is the journal being read"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
+    assert_eq!(std::fs::read(dir.join("journal.db")).unwrap(), before);
+
+    // One rotation, to stdout: its own head only.
+    let out = rekey(&["journal", "show", &compensated, "--format", "html"], dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown = text(&out.stdout);
+    assert!(shown.starts_with("<!DOCTYPE html>") && shown.contains(&intact));
+    assert!(in_order(report_section(&shown, &compensated), &cells));
+    assert!(!shown.contains(&completed), "show covers its one stream");
+    assert_eq!(
+        shown.matches("<code class=\"hash\">").count(),
+        1,
+        "one head"
+    );
+
+    // Self-contained: nothing to fetch, nothing to run.
+    for page in [&html, &shown] {
+        assert!(!page.contains("<script") && !page.contains("src=") && !page.contains("http"));
+    }
+    // No value the rotations made or replaced is anywhere in the reports.
+    let vault: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("vault.json")).unwrap()).unwrap();
+    let values: Vec<&str> = vault["secrets"]["api"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["value"].as_str().unwrap())
+        .collect();
+    assert_eq!(values.len(), 3, "{vault}");
+    for value in values {
+        assert!(value.len() >= 16);
+        assert!(
+            !html.contains(value) && !shown.contains(value),
+            "a value is in a report"
+        );
+    }
+}
+
+/// A tampered journal's report says BROKEN at its top, naming the stream, the sequence and
+/// the expected and found hashes as `verify` does; it still shows the broken rotation's
+/// events (the broken one marked), and the command exits as `verify` does (3), with
+/// the report written all the same.
+#[test]
+fn a_tampered_journals_html_report_names_the_broken_link_and_exits_like_verify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (journal, rotation) = demo_journal(tmp.path());
+    {
+        let conn = rusqlite::Connection::open(&journal).unwrap();
+        conn.execute_batch(
+            "DROP TRIGGER events_append_only_update;
+             UPDATE events SET payload = replace(payload, '\"attempt\":1', '\"attempt\":7')
+             WHERE stream_seq = 2 AND stream_id NOT LIKE 'lock:%';",
+        )
+        .unwrap();
+    }
+    let j = ["--journal", "d/journal.db"];
+    let verify = rekey(
+        &[&["journal", "verify", "--json"][..], &j].concat(),
+        tmp.path(),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&verify.stdout).unwrap();
+    assert_eq!(report["broken"]["stream_id"], rotation.as_str());
+    assert_eq!(report["broken"]["seq"], 2);
+
+    let export = rekey(
+        &[&["journal", "export", "--format", "html"][..], &j].concat(),
+        tmp.path(),
+    );
+    assert_eq!(
+        export.status.code(),
+        verify.status.code(),
+        "exits as verify does"
+    );
+    assert_eq!(export.status.code(), Some(3));
+    let html = text(&export.stdout);
+    let top = html.split("<section id=\"index\"").next().unwrap();
+    assert!(top.contains("Chain verification: BROKEN"), "{top}");
+    for (label, value) in [
+        ("Stream", format!("<code>{rotation}</code>")),
+        ("Sequence", "2".to_owned()),
+        (
+            "Expected",
+            report["broken"]["expected"].as_str().unwrap().to_owned(),
+        ),
+        (
+            "Found",
+            report["broken"]["found"].as_str().unwrap().to_owned(),
+        ),
+    ] {
+        assert!(
+            top.contains(&format!("<th scope=\"row\">{label}</th><td>"))
+                && top
+                    .split(&format!("<th scope=\"row\">{label}</th>"))
+                    .nth(1)
+                    .unwrap()
+                    .split("</tr>")
+                    .next()
+                    .unwrap()
+                    .contains(&value),
+            "{label} {value} at the top:\n{top}"
+        );
+    }
+    // What can be shown is shown: the broken rotation's events, the break marked.
+    let section = report_section(&html, &rotation);
+    assert!(section.contains("breaks at sequence 2"), "{section}");
+    assert!(
+        section.contains("<tr class=\"broken-row\"><td class=\"num\">2</td>"),
+        "{section}"
+    );
+    assert!(
+        section.contains("<td class=\"num\">21</td>"),
+        "every event is listed"
+    );
+    assert!(
+        html.contains("lock:demo-api-key"),
+        "the other stream is listed"
+    );
+
+    // `show` of the broken stream, to a file: written, and exit 3.
+    let out = rekey(
+        &[
+            &[
+                "journal", "show", &rotation, "--format", "html", "-o", "r.html",
+            ][..],
+            &j,
+        ]
+        .concat(),
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("BROKEN"),
+        "{}",
+        text(&out.stderr)
+    );
+    let shown = std::fs::read_to_string(tmp.path().join("r.html")).unwrap();
+    assert!(shown.contains("Chain verification: BROKEN") && shown.contains("breaks at sequence 2"));
+}
+
+/// Names and error texts are data, not markup: a secret, an application and an error text
+/// holding `<script>`, quotes and `&` render as text in the report.
+#[tokio::test]
+async fn an_html_report_renders_markup_in_names_and_errors_as_text() {
+    use rekey::journal::{Append, JournalAppend, NewEvent, SqliteJournal};
+    use rekey::saga::{Command as Next, Plan, Role, RotationEvent, TargetRef, Trigger};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = r#"<script>alert("secret")</script> & co"#;
+    let app = r#"<img src=x onerror="alert('app')">"#;
+    let message = r#"</td><b onmouseover="x()">denied</b> & "quoted""#;
+    let plan = Plan {
+        secret: secret.to_owned(),
+        lock_key: secret.to_owned(),
+        targets: vec![
+            TargetRef::new(Role::Rotator, app),
+            TargetRef::new(Role::Store, "vault"),
+            TargetRef::new(Role::Verifier, "check"),
+        ],
+        grace_ms: 0,
+        attempts_max: 3,
+    };
+    let id = "0193a5b2-7c1e-7d3a-9f10-2b7c9e0f1a44";
+    let requested = RotationEvent::Requested {
+        rotation_id: id.to_owned(),
+        plan,
+        trigger: Trigger::Bulk,
+        actor: "api".to_owned(),
+    };
+    let state = rekey::saga::apply(None, &requested).unwrap();
+    let Next::Run { step, attempt, key } = rekey::saga::decide(&state, 0) else {
+        panic!("a new rotation runs its first step");
+    };
+    let events = [
+        requested,
+        RotationEvent::StepStarted { step, attempt, key },
+        RotationEvent::StepFailed {
+            step,
+            attempt,
+            class: rekey::saga::ErrorClass::Transient,
+            message: message.to_owned(),
+            retry_at_ms: Some(SystemClock.now_ms() + 60_000),
+        },
+    ];
+    {
+        let j = SqliteJournal::open(tmp.path().join("journal.db")).unwrap();
+        let events = events
+            .iter()
+            .map(|e| NewEvent::new(e.kind(), serde_json::to_value(e).unwrap()))
+            .collect();
+        j.append(Append::new(id, 0, events).subject(secret).status("open"))
+            .await
+            .unwrap();
+    }
+    let out = rekey(
+        &[
+            "journal",
+            "export",
+            "--format",
+            "html",
+            "--journal",
+            "journal.db",
+        ],
+        tmp.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let html = text(&out.stdout);
+    let section = report_section(&html, id);
+    assert!(
+        section.contains("<td class=\"num\">3</td>"),
+        "all three events: {section}"
+    );
+    for raw in [secret, app, message, "<script", "<img", "<b ", "</td><b"] {
+        assert!(
+            !html.contains(raw),
+            "{raw} is markup in the report:\n{html}"
+        );
+    }
+    // Each as text: its markup characters as character references.
+    let as_text = |raw: &str| {
+        raw.replace('&', "&#38;")
+            .replace('<', "&#60;")
+            .replace('>', "&#62;")
+            .replace('"', "&#34;")
+            .replace('\'', "&#39;")
+    };
+    assert!(
+        section.contains(&format!("<dt>Secret</dt><dd>{}</dd>", as_text(secret))),
+        "{section}"
+    );
+    assert!(
+        section.contains(&format!("rotator {}, store vault", as_text(app))),
+        "{section}"
+    );
+    assert!(section.contains(&as_text(message)), "{section}");
+    assert!(html.contains(&format!("<a href=\"#stream-1\">{}</a>", as_text(secret))));
+}

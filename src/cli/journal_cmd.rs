@@ -7,10 +7,12 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use clap::{Subcommand, ValueEnum};
-use rekey_journal::{AnyJournal, Event, FeedCursor, Head, JournalRead, JournalScan, StreamFilter};
+use rekey_journal::{AnyJournal, FeedCursor, Head, JournalRead, JournalScan, StreamFilter};
 
 use super::{CONFIG_DEFAULT, JournalArg, exit};
 use crate::config::{Config, JournalConfig};
+pub use crate::report::describe::{format_ms, timeline_line};
+use crate::report::{Report, Scope, Source};
 
 /// The journal read when neither `--journal` nor a config names one: where `rekey demo`
 /// and the examples put it.
@@ -36,27 +38,41 @@ pub enum JournalCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Print one stream (one rotation) as a timeline.
-    #[command(after_help = "Example:\n  rekey journal show 0193a5b2-7c1e-7d3a-9f10-2b7c9e0f1a44")]
+    /// Print one stream (one rotation) as a timeline, as JSON, or as an HTML report.
+    #[command(after_help = HTML_HELP_SHOW)]
     Show {
         /// The stream id (a rotation id).
         stream: String,
         #[command(flatten)]
         journal: JournalArg,
-        /// Print the events as a JSON array.
-        #[arg(long)]
+        /// Output format: text (a line per event), json (the events as an array) or
+        /// html (a self-contained report: the rotation's timeline, the journal's chain
+        /// verification and the stream's head).
+        #[arg(long, value_enum, default_value_t = ShowFormat::Text)]
+        format: ShowFormat,
+        /// Print the events as a JSON array (same as --format json).
+        #[arg(long, conflicts_with = "format")]
         json: bool,
+        /// Write to this file (atomically: the whole file or, on failure, none) instead
+        /// of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
     },
-    /// Write every event to stdout, in global order, one JSON object per line.
-    #[command(
-        after_help = "Example:\n  rekey journal export --format jsonl --subject payments-api > payments.jsonl"
-    )]
+    /// Write every event, in global order, one JSON object per line; or an HTML report of
+    /// every rotation.
+    #[command(after_help = HTML_HELP_EXPORT)]
     Export {
         #[command(flatten)]
         journal: JournalArg,
-        /// Output format.
+        /// Output format: jsonl (every event of the streams the filters admit) or html (a
+        /// self-contained report: an index, each rotation's timeline, the journal's chain
+        /// verification and every head).
         #[arg(long, value_enum, default_value_t = Format::Jsonl)]
         format: Format,
+        /// Write to this file (atomically: the whole file or, on failure, none) instead
+        /// of stdout.
+        #[arg(long, short, value_name = "FILE")]
+        output: Option<PathBuf>,
         /// Only streams about this subject (a secret's name).
         #[arg(long)]
         subject: Option<String>,
@@ -112,11 +128,29 @@ pub enum TlsArg {
     Disable,
 }
 
-#[derive(Debug, Clone, Copy, ValueEnum)]
+/// `journal export --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Format {
     /// One JSON object per line.
     Jsonl,
+    /// A self-contained HTML report for auditors.
+    Html,
 }
+
+/// `journal show --format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ShowFormat {
+    /// One line per event.
+    Text,
+    /// The events as a JSON array.
+    Json,
+    /// A self-contained HTML report for auditors.
+    Html,
+}
+
+const HTML_HELP_SHOW: &str = "Examples:\n  rekey journal show 0193a5b2-7c1e-7d3a-9f10-2b7c9e0f1a44\n  rekey journal show 0193a5b2-7c1e-7d3a-9f10-2b7c9e0f1a44 --format html -o rotation.html\n\nThe HTML report opens from the file with no network (no script, nothing fetched). It is\nwritten even when the journal is broken, with the first broken link at the top (stream,\nsequence, expected and found hash), and the command then exits 3, as `journal verify` does.";
+
+const HTML_HELP_EXPORT: &str = "Examples:\n  rekey journal export --format jsonl --subject payments-api > payments.jsonl\n  rekey journal export --format html --since 2026-01-01T00:00:00Z -o audit.html\n\nThe HTML report opens from the file with no network (no script, nothing fetched). It is\nwritten even when the journal is broken, with the first broken link at the top (stream,\nsequence, expected and found hash), and the command then exits 3, as `journal verify` does.";
 
 /// `verify --json`: the report, and whether a `-wal` was beside a SQLite journal and read
 /// (absent for PostgreSQL).
@@ -238,17 +272,30 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
         JournalCommand::Show {
             stream,
             journal,
+            format,
             json,
+            output,
         } => {
+            let format = if json { ShowFormat::Json } else { format };
             let (j, path) = open(&journal, config)?;
+            check_output(output.as_deref(), &j)?;
+            if format == ShowFormat::Html {
+                return html_report(&j, &path, &Scope::Stream(stream), output.as_deref());
+            }
+            let mut buffer = Vec::new();
+            let out: &mut dyn Write = if output.is_some() {
+                &mut buffer
+            } else {
+                &mut out
+            };
             let events = j.read_stream(&stream)?;
             if events.is_empty() {
                 anyhow::bail!(
                     "no stream {stream} in {path}; list streams with `rekey journal export`"
                 );
             }
-            if json {
-                serde_json::to_writer_pretty(&mut out, &events)?;
+            if format == ShowFormat::Json {
+                serde_json::to_writer_pretty(&mut *out, &events)?;
                 writeln!(out)?;
             } else {
                 let info = j.stream_info(&stream)?;
@@ -265,22 +312,34 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
                     writeln!(out, "{}", timeline_line(e))?;
                 }
             }
+            write_output(output.as_deref(), &buffer)?;
             Ok(exit::OK)
         }
         JournalCommand::Export {
             journal,
-            format: Format::Jsonl,
+            format,
+            output,
             subject,
             status,
             since,
             until,
         } => {
-            let (j, _) = open(&journal, config)?;
+            let (j, path) = open(&journal, config)?;
+            check_output(output.as_deref(), &j)?;
             let filter = StreamFilter {
                 subject,
                 status,
                 created_from_ms: since,
                 created_until_ms: until,
+            };
+            if format == Format::Html {
+                return html_report(&j, &path, &Scope::Export(filter), output.as_deref());
+            }
+            let mut buffer = Vec::new();
+            let out: &mut dyn Write = if output.is_some() {
+                &mut buffer
+            } else {
+                &mut out
             };
             let wanted = if filter != StreamFilter::default() {
                 Some(
@@ -304,10 +363,11 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
                     .iter()
                     .filter(|e| wanted.as_ref().is_none_or(|w| w.contains(&e.stream_id)))
                 {
-                    serde_json::to_writer(&mut out, e)?;
+                    serde_json::to_writer(&mut *out, e)?;
                     writeln!(out)?;
                 }
             }
+            write_output(output.as_deref(), &buffer)?;
             Ok(exit::OK)
         }
         JournalCommand::Copy {
@@ -336,6 +396,75 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
             Ok(exit::OK)
         }
     }
+}
+
+/// Writes the HTML report of `scope` to `output`, or to stdout; exit 3 when the journal is
+/// broken (the report is written all the same, the break at its top), as `verify` does.
+fn html_report(j: &AnyJournal, location: &str, scope: &Scope, output: Option<&Path>) -> Result<u8> {
+    use rekey_journal::Clock;
+    let verify = j.verify(None)?;
+    let heads = j.heads()?;
+    let source = Source {
+        location,
+        verify: &verify,
+        heads: &heads,
+        generated_at_ms: rekey_journal::SystemClock.now_ms(),
+    };
+    let report = Report::build(j, scope, &source)?;
+    let html = report.to_html()?;
+    match output {
+        Some(_) => write_output(output, html.as_bytes())?,
+        None => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(html.as_bytes())?;
+            out.flush()?;
+        }
+    }
+    if let (Some(path), false) = (output, report.is_intact()) {
+        eprintln!(
+            "rekey: BROKEN: the journal does not verify; the report in {} shows the first broken link at its top",
+            path.display()
+        );
+    }
+    Ok(if report.is_intact() {
+        exit::OK
+    } else {
+        exit::JOURNAL_BROKEN
+    })
+}
+
+/// Refuses an `--output` that is the journal being read, or a file beside it that is part
+/// of it (`-wal`, `-shm`): writing there would destroy the evidence.
+fn check_output(output: Option<&Path>, j: &AnyJournal) -> Result<()> {
+    let (Some(output), AnyJournal::Sqlite(_)) = (output, j) else {
+        return Ok(());
+    };
+    let Ok(target) = std::fs::canonicalize(output) else {
+        return Ok(());
+    };
+    let journal = std::fs::canonicalize(j.location()).ok();
+    let parts = journal.iter().flat_map(|p| {
+        ["", "-wal", "-shm"].map(|suffix| PathBuf::from(format!("{}{suffix}", p.display())))
+    });
+    for part in parts {
+        if part == target {
+            anyhow::bail!(
+                "--output {} is the journal being read ({}); name another file for the report",
+                output.display(),
+                part.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes `bytes` atomically to `output` (a new file gets mode 0600), when one is given.
+fn write_output(output: Option<&Path>, bytes: &[u8]) -> Result<()> {
+    if let Some(path) = output {
+        crate::atomic_file::write(path, bytes, false)
+            .with_context(|| format!("--output {}: nothing was written", path.display()))?;
+    }
+    Ok(())
 }
 
 /// `journal copy`'s flags for a postgres:// side.
@@ -495,115 +624,11 @@ fn copy_bar() -> indicatif::ProgressBar {
     bar
 }
 
-/// One event as a human-readable line: sequence, time, type, and what it says.
-pub fn timeline_line(e: &Event) -> String {
-    format!(
-        "{:>4}  {}  {:<20} {}",
-        e.stream_seq,
-        format_ms(e.recorded_at_ms),
-        e.kind,
-        describe(e)
-    )
-}
-
-/// What an event says, in words for rotation and lock events, raw JSON otherwise.
-fn describe(e: &Event) -> String {
-    use crate::runner::lock::LockEvent;
-    use crate::saga::RotationEvent as R;
-    let id = |id: &Option<String>| id.as_deref().map_or(String::new(), |i| format!(" -> {i}"));
-    if let Ok(r) = serde_json::from_str::<R>(&e.payload) {
-        return match r {
-            R::Requested {
-                plan,
-                trigger,
-                actor,
-                ..
-            } => {
-                let targets: Vec<String> = plan
-                    .targets
-                    .iter()
-                    .map(|t| format!("{:?} {}", t.role, t.name).to_lowercase())
-                    .collect();
-                format!(
-                    "{} by {actor} ({trigger:?}); {}; grace {} s",
-                    plan.secret,
-                    targets.join(", "),
-                    plan.grace_ms / 1000
-                )
-            }
-            R::StepStarted { step, attempt, .. } => format!("{step} attempt {attempt}"),
-            R::StepSucceeded {
-                step,
-                id: i,
-                reconciled,
-            } => format!(
-                "{step}{}{}",
-                id(&i),
-                if reconciled {
-                    " (found by reconciling)"
-                } else {
-                    ""
-                }
-            ),
-            R::StepFailed {
-                step,
-                attempt,
-                class,
-                message,
-                retry_at_ms,
-            } => format!(
-                "{step} attempt {attempt}: {class:?}: {message}{}",
-                retry_at_ms.map_or(String::new(), |t| format!("; retry at {}", format_ms(t)))
-            ),
-            R::StepNotApplied {
-                step,
-                orphan_discarded,
-            } => format!(
-                "{step} did not happen{}",
-                orphan_discarded.map_or(String::new(), |o| format!(" (orphan {o} removed)"))
-            ),
-            R::ValueLost { credential_id } => format!(
-                "new value lost in a crash before any store held it{}",
-                id(&credential_id)
-            ),
-            R::CompensationStarted { reason } => reason,
-            R::GraceScheduled { due_at_ms } => {
-                format!("old credential retired at {}", format_ms(due_at_ms))
-            }
-            R::Completed | R::Compensated => String::new(),
-        };
-    }
-    if let Ok(l) = serde_json::from_str::<LockEvent>(&e.payload) {
-        return match l {
-            LockEvent::Opened { rotation_id, .. } => format!("rotation {rotation_id} opened"),
-            LockEvent::Coalesced {
-                into,
-                trigger,
-                actor,
-            } => {
-                format!("{trigger:?} trigger by {actor} joined open rotation {into}")
-            }
-            LockEvent::Closed { rotation_id, phase } => {
-                format!("rotation {rotation_id} ended {phase:?}")
-            }
-        };
-    }
-    e.payload.clone()
-}
-
 /// An RFC 3339 time as Unix milliseconds.
 fn parse_time(text: &str) -> Result<i64, String> {
     text.parse::<jiff::Timestamp>()
         .map(|t| t.as_millisecond())
         .map_err(|e| format!("{text:?} is not an RFC 3339 time such as 2026-01-01T00:00:00Z ({e})"))
-}
-
-/// Unix milliseconds as an RFC 3339 UTC timestamp.
-pub fn format_ms(ms: i64) -> String {
-    jiff::Timestamp::from_millisecond(ms).map_or_else(
-        |_| format!("{ms}ms"),
-        |t| t.strftime("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
-    )
 }
 
 fn read_heads(path: &PathBuf) -> Result<Vec<Head>> {
