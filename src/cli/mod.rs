@@ -24,7 +24,8 @@ pub mod exit {
     pub const FAILED: u8 = 1;
     /// Usage error: unknown flag or missing argument (clap's own code).
     pub const USAGE: u8 = 2;
-    /// `journal verify` found a broken link: the journal was tampered with or damaged.
+    /// `journal verify` found a broken link: the journal was tampered with or damaged (also
+    /// the HTML report's exit code, once written).
     pub const JOURNAL_BROKEN: u8 = 3;
     /// `discover` finished but could not read some tenants, subscriptions or vaults.
     pub const PARTIAL: u8 = 4;
