@@ -646,6 +646,24 @@ fn an_html_report_shows_each_rotation_step_by_step_with_verification_and_heads()
         assert!(html.contains(&row), "head {line} not in the report");
     }
 
+    // -o takes the other formats too: the same bytes as stdout.
+    let events = rekey(&["journal", "export"], dir);
+    let out = rekey(&["journal", "export", "-o", "events.jsonl"], dir);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        std::fs::read(dir.join("events.jsonl")).unwrap(),
+        events.stdout
+    );
+    let shown = rekey(&["journal", "show", &completed, "--json"], dir);
+    let out = rekey(
+        &[
+            "journal", "show", &completed, "--format", "json", "-o", "s.json",
+        ],
+        dir,
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(std::fs::read(dir.join("s.json")).unwrap(), shown.stdout);
+
     // A report never lands on the evidence.
     let before = std::fs::read(dir.join("journal.db")).unwrap();
     for target in ["journal.db", "./journal.db"] {
