@@ -588,6 +588,7 @@ fn an_html_report_shows_each_rotation_step_by_step_with_verification_and_heads()
         "the index lists it"
     );
     assert!(at(&compensated) < at("<section id=\"stream-1\""));
+    assert!(at("<p>1 compensated, 1 completed</p>") < at("<section id=\"stream-1\""));
 
     let done = report_section(&html, &completed);
     let steps = steps_started(dir, &completed);

@@ -73,6 +73,8 @@ pub struct Report {
     verification: Verification,
     /// For an export: every section, in the order shown.
     index: Vec<IndexRow>,
+    /// The index's outcomes counted, e.g. `998 completed, 2 compensated`.
+    totals: String,
     sections: Vec<Section>,
     /// Streams in scope that are not rotations (export only).
     others: Vec<OtherStream>,
@@ -343,6 +345,7 @@ impl Report {
             generated_at: format_ms(source.generated_at_ms),
             scope: scope_text(scope),
             verification,
+            totals: totals(&index),
             index: match scope {
                 Scope::Stream(_) => Vec::new(),
                 Scope::Export(_) => index,
@@ -585,6 +588,21 @@ fn fill_rotation(section: &mut Section, t: &Timeline, joined_known: bool) {
             }
         })
         .collect();
+}
+
+/// The rows' outcomes counted, most frequent first.
+fn totals(index: &[IndexRow]) -> String {
+    let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    for row in index {
+        *counts.entry(row.outcome.as_str()).or_default() += 1;
+    }
+    let mut counts: Vec<(&str, usize)> = counts.into_iter().collect();
+    counts.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    counts
+        .iter()
+        .map(|(outcome, n)| format!("{n} {outcome}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn outcome_class(outcome: Outcome) -> &'static str {
