@@ -65,6 +65,12 @@ impl Env {
             &|var| std::env::var(var).ok(),
         )?);
         let owner = format!("{}-{}", std::process::id(), uuid::Uuid::now_v7().simple());
+        providers.share_site_leases(Arc::new(
+            crate::providers::azure::appservice::JournalSiteLeases::new(
+                journal.clone(),
+                owner.clone(),
+            ),
+        ));
         let runner = Arc::new(Runner::new(
             journal.clone(),
             Arc::new(providers),

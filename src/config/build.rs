@@ -400,6 +400,16 @@ impl std::fmt::Debug for Resolver {
 }
 
 impl Resolver {
+    /// Makes every App Service setting this resolver builds (or built) hold the journal
+    /// lease of its site around each write, from `leases`, so rekey processes sharing the
+    /// journal never overwrite each other's settings. Call it once the journal is open.
+    pub fn share_site_leases(
+        &self,
+        leases: Arc<dyn crate::providers::azure::appservice::SiteLeases>,
+    ) {
+        self.builder.site_locks.share_leases(leases);
+    }
+
     /// The provider for `address`, built and kept the first time it is asked for.
     fn provider(&self, target: &TargetRef, address: &Address) -> Result<Roles, ResolveError> {
         let key = address.provider_key();

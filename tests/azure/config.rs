@@ -417,3 +417,76 @@ async fn a_rotation_needs_the_credential_its_targets_name_not_its_entries() {
         enabled[0]
     );
 }
+
+/// Two rekey processes on one journal (two resolvers, two journal handles, two lease
+/// owners) update two different settings of one site at the same moment. Each reads the
+/// whole map and PUTs it back; the fake answers each read late, after it was made, so
+/// without a lock both would read the map before either wrote it and the second PUT
+/// would undo the first. The journal lease on the site's stream serializes them across
+/// processes: both new values survive, and the settings nobody rotated are untouched.
+#[tokio::test]
+async fn two_processes_on_one_journal_keep_each_others_settings_of_one_site() {
+    use rekey::provider::Cast;
+    use rekey::providers::azure::appservice::JournalSiteLeases;
+    use rekey::resolve::Resolve;
+    use rekey::saga::{Role, TargetRef};
+
+    let env = Env::start().await;
+    let tmp = tempfile::tempdir().unwrap();
+    env.fake.site_seed(
+        SUB,
+        RG,
+        SITE,
+        None,
+        &[
+            ("PAYMENTS_API_KEY", "old-api-key"),
+            ("DB_PASSWORD", "old-db-password"),
+            ("DB_HOST", "db"),
+        ],
+    );
+    let text = format!(
+        "{}\n[providers.web-db]\nkind = \"app_setting\"\ncredential = \"x\"\nsubscription = \"{SUB}\"\nresource_group = \"{RG}\"\nsite = \"{SITE}\"\nsetting = \"DB_PASSWORD\"\n",
+        config_text(&env)
+    );
+    let config = Config::parse(&tmp.path().join("rekey.toml"), &text).expect("valid config");
+    let journal_path = tmp.path().join("journal.db");
+    let lookup = |var: &str| (var == SECRET_VAR).then(|| CLIENT_SECRET.to_owned());
+    let node = |owner: &str, provider: &str| {
+        let resolver = config
+            .resolver(env.clock.clone(), Arc::new(lookup))
+            .expect("providers");
+        let journal =
+            SqliteJournal::open_with_clock(&journal_path, env.clock.clone()).expect("journal");
+        resolver.share_site_leases(Arc::new(JournalSiteLeases::new(Arc::new(journal), owner)));
+        match resolver.resolve(&TargetRef::new(Role::Dependent, provider)) {
+            Ok(Cast::Dependent(d)) => d,
+            _ => panic!("{provider} is no dependent"),
+        }
+    };
+    let (a, b) = (node("node-a", "web"), node("node-b", "web-db"));
+    env.fake.hold_response(Route::AppSettingsList, 300, 2);
+
+    let step_a = Step::new("payments-api", Action::Update).value("new-api-key");
+    let step_b = Step::new("db", Action::Update).value("new-db-password");
+    let (call_a, call_b) = (step_a.call(), step_b.call());
+    let (ra, rb) = tokio::join!(
+        a.update(call_a.step, call_a.value.unwrap()),
+        b.update(call_b.step, call_b.value.unwrap()),
+    );
+    ra.expect("node a's update");
+    rb.expect("node b's update");
+
+    let settings = env.fake.app_settings(SITE, None);
+    assert_eq!(
+        settings.get("PAYMENTS_API_KEY").map(String::as_str),
+        Some("new-api-key"),
+        "{:?}",
+        settings.keys().collect::<Vec<_>>()
+    );
+    assert_eq!(
+        settings.get("DB_PASSWORD").map(String::as_str),
+        Some("new-db-password"),
+        "node b's setting was lost"
+    );
+    assert_eq!(settings.get("DB_HOST").map(String::as_str), Some("db"));
+}

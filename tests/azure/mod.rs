@@ -29,7 +29,7 @@ use rekey::journal::{Clock, JournalRead, JournalScan, ManualClock, MemoryJournal
 use rekey::provider::{
     Cast, Dependent, ProviderError, Reconciled, Reply, Roles, Rotator, SecretValue, Store, Verifier,
 };
-use rekey::providers::azure::appservice::{AppSetting, Mode};
+use rekey::providers::azure::appservice::{AppSetting, Mode, SiteLocks};
 use rekey::providers::azure::credential::{Source, TokenCache};
 use rekey::providers::azure::graph::AppPasswords;
 use rekey::providers::azure::http::{Authed, Http};
@@ -145,7 +145,7 @@ impl Env {
             slot: slot.map(str::to_owned),
             setting: setting.to_owned(),
             mode,
-            lock: Default::default(),
+            lock: SiteLocks::default().lock(SUB, RG, SITE, slot),
         }
     }
 

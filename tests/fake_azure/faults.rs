@@ -63,12 +63,24 @@ pub enum Fault {
 pub(crate) struct FaultBook {
     queued: HashMap<Route, VecDeque<Fault>>,
     denied: HashSet<Route>,
+    /// Answers held back after the operation was done, in ms, per route (ARM routes).
+    held: HashMap<Route, VecDeque<u64>>,
 }
 
 impl FaultBook {
     pub(crate) fn inject(&mut self, route: Route, fault: Fault, times: u32) {
         let queue = self.queued.entry(route).or_default();
         queue.extend(std::iter::repeat_n(fault, times as usize));
+    }
+
+    pub(crate) fn hold(&mut self, route: Route, ms: u64, times: u32) {
+        let queue = self.held.entry(route).or_default();
+        queue.extend(std::iter::repeat_n(ms, times as usize));
+    }
+
+    /// How long to hold back the answer to this request, once done.
+    pub(crate) fn take_hold(&mut self, route: Route) -> Option<u64> {
+        self.held.get_mut(&route).and_then(VecDeque::pop_front)
     }
 
     pub(crate) fn deny(&mut self, route: Route) {

@@ -512,6 +512,13 @@ impl FakeAzure {
         self.shared.lock().faults.inject(route, fault, times);
     }
 
+    /// The next `times` requests to ARM route `route` are done at once and answered `ms`
+    /// (real time) later, as a slow way back would: what they read is stale by then if
+    /// another request changed it meanwhile.
+    pub fn hold_response(&self, route: Route, ms: u64, times: u32) {
+        self.shared.lock().faults.hold(route, ms, times);
+    }
+
     /// Refuses every request to `route` with the service's 403 for that operation (the
     /// token endpoint: `unauthorized_client`, app disabled; managed identity: identity not
     /// found) until [`Self::allow`].

@@ -3,9 +3,18 @@
 //! writes to one site are serialized. A setting is either the literal value, or a Key Vault
 //! reference (`@Microsoft.KeyVault(...)`), whose refresh is forced by re-writing the map.
 //! The setting is compared before writing, so repeating an update changes nothing.
+//!
+//! Writes to one site (or slot) are serialized twice over: by an in-process mutex, the fast
+//! path, and by a journal lease on the site's stream ([`site_stream`]), so several rekey
+//! nodes sharing one journal never read-merge-write the same site at once. The lease is
+//! made to outlive each call before the call starts.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use rekey_journal::{Lease, Leases};
+use sha2::Digest;
 
 use serde_json::{Value, json};
 use tracing::warn;
@@ -44,13 +53,156 @@ pub struct AppSetting {
     pub mode: Mode,
     /// Serializes read-merge-write cycles on this site and slot, shared by every setting
     /// of it (there is no ETag to catch races). Get it from [`SiteLocks::lock`].
-    pub lock: Arc<tokio::sync::Mutex<()>>,
+    pub lock: Arc<SiteLock>,
+}
+
+/// The journal's leases, as the App Service settings of every node take them: held on a
+/// site's stream around each read-merge-write, so two nodes never interleave theirs.
+pub trait SiteLeases: Send + Sync {
+    /// Takes the lease on `stream` for `ttl_ms` (see [`Leases::acquire`]).
+    fn acquire<'a>(
+        &'a self,
+        stream: &'a str,
+        ttl_ms: i64,
+    ) -> BoxFuture<'a, Result<Lease, rekey_journal::Error>>;
+    /// Extends it (see [`Leases::renew`]).
+    fn renew<'a>(
+        &'a self,
+        lease: &'a Lease,
+        ttl_ms: i64,
+    ) -> BoxFuture<'a, Result<Lease, rekey_journal::Error>>;
+    /// Gives it up (see [`Leases::release`]).
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), rekey_journal::Error>>;
+}
+
+/// [`SiteLeases`] in a journal, as lease owner `owner` (unique per process).
+pub struct JournalSiteLeases<J> {
+    journal: Arc<J>,
+    owner: String,
+}
+
+impl<J> std::fmt::Debug for JournalSiteLeases<J> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JournalSiteLeases")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<J> JournalSiteLeases<J> {
+    pub fn new(journal: Arc<J>, owner: impl Into<String>) -> Self {
+        Self {
+            journal,
+            owner: owner.into(),
+        }
+    }
+}
+
+impl<J: Leases + Send + Sync> SiteLeases for JournalSiteLeases<J> {
+    fn acquire<'a>(
+        &'a self,
+        stream: &'a str,
+        ttl_ms: i64,
+    ) -> BoxFuture<'a, Result<Lease, rekey_journal::Error>> {
+        Box::pin(self.journal.acquire(stream, &self.owner, ttl_ms))
+    }
+
+    fn renew<'a>(
+        &'a self,
+        lease: &'a Lease,
+        ttl_ms: i64,
+    ) -> BoxFuture<'a, Result<Lease, rekey_journal::Error>> {
+        Box::pin(self.journal.renew(lease, ttl_ms))
+    }
+
+    fn release<'a>(&'a self, lease: &'a Lease) -> BoxFuture<'a, Result<(), rekey_journal::Error>> {
+        Box::pin(self.journal.release(lease))
+    }
+}
+
+/// Where the journal's leases come from once the journal is open (the providers are built
+/// before it is, so bad config is found first).
+type SharedLeases = Arc<OnceLock<Arc<dyn SiteLeases>>>;
+
+/// The stream whose lease serializes writes to a site (or slot) across nodes:
+/// `appservice-site:<subscription>/<group>/<site>[/<slot>]`, case-folded as ARM names are;
+/// a name a stream id cannot carry (or one too long) is replaced by its SHA-256.
+pub fn site_stream(
+    subscription: &str,
+    resource_group: &str,
+    site: &str,
+    slot: Option<&str>,
+) -> String {
+    let mut key = format!("{subscription}/{resource_group}/{site}").to_ascii_lowercase();
+    if let Some(slot) = slot {
+        key.push('/');
+        key.push_str(&slot.to_ascii_lowercase());
+    }
+    let readable = format!("{SITE_STREAM_PREFIX}{key}");
+    let fits = readable.len() <= 128
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+    if fits {
+        readable
+    } else {
+        format!(
+            "{SITE_STREAM_PREFIX}sha256/{}",
+            hex::encode(sha2::Sha256::digest(key.as_bytes()))
+        )
+    }
+}
+
+/// The kind prefix of [`site_stream`]s.
+pub const SITE_STREAM_PREFIX: &str = "appservice-site:";
+
+/// Beyond a call's own timeout, how long a site lease lasts: room for the journal write
+/// that renews it and for clocks that disagree a little.
+const LEASE_MARGIN_MS: i64 = 5_000;
+/// First wait before asking again for a site lease another node holds; doubled up to
+/// [`LEASE_POLL_MAX_MS`].
+const LEASE_POLL_MS: u64 = 50;
+const LEASE_POLL_MAX_MS: u64 = 1_000;
+
+/// One site's (or slot's) lock: an in-process mutex, and the journal lease on its stream
+/// once the journal's leases are shared ([`SiteLocks::share_leases`]).
+pub struct SiteLock {
+    stream: String,
+    local: tokio::sync::Mutex<()>,
+    leases: SharedLeases,
+}
+
+impl std::fmt::Debug for SiteLock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteLock")
+            .field("stream", &self.stream)
+            .field("journal_leases", &self.leases.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SiteLock {
+    /// The lock's journal stream.
+    pub fn stream(&self) -> &str {
+        &self.stream
+    }
 }
 
 /// One lock per site and slot, so two settings of one site never write at once: each PUT
 /// replaces the whole map, and a write built from a stale read would undo the other.
-#[derive(Debug, Default)]
-pub struct SiteLocks(std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
+#[derive(Default)]
+pub struct SiteLocks {
+    locks: std::sync::Mutex<HashMap<String, Arc<SiteLock>>>,
+    leases: SharedLeases,
+}
+
+impl std::fmt::Debug for SiteLocks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SiteLocks")
+            .field("journal_leases", &self.leases.get().is_some())
+            .finish_non_exhaustive()
+    }
+}
 
 impl SiteLocks {
     /// The lock of a site (or slot); ARM names are case-insensitive.
@@ -60,19 +212,33 @@ impl SiteLocks {
         resource_group: &str,
         site: &str,
         slot: Option<&str>,
-    ) -> Arc<tokio::sync::Mutex<()>> {
-        let key = format!(
-            "{subscription}/{resource_group}/{site}/{}",
-            slot.unwrap_or("")
-        )
-        .to_ascii_lowercase();
-        self.0
+    ) -> Arc<SiteLock> {
+        let stream = site_stream(subscription, resource_group, site, slot);
+        self.locks
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .entry(key)
-            .or_default()
+            .entry(stream.clone())
+            .or_insert_with(|| {
+                Arc::new(SiteLock {
+                    stream,
+                    local: tokio::sync::Mutex::new(()),
+                    leases: self.leases.clone(),
+                })
+            })
             .clone()
     }
+
+    /// From now on, every lock (made before or after) also holds the journal lease on its
+    /// site's stream, taken from `leases`. The first call wins; false for a later one.
+    pub fn share_leases(&self, leases: Arc<dyn SiteLeases>) -> bool {
+        self.leases.set(leases).is_ok()
+    }
+}
+
+/// A site lease held around one read-merge-write.
+struct Held {
+    leases: Arc<dyn SiteLeases>,
+    lease: Lease,
 }
 
 impl AppSetting {
@@ -92,6 +258,67 @@ impl AppSetting {
             Some(slot) => format!("setting {} of site {} slot {slot}", self.setting, self.site),
             None => format!("setting {} of site {}", self.setting, self.site),
         }
+    }
+
+    /// The longest one call can take: a token fetch and the request, each within the
+    /// HTTP client's timeout.
+    fn call_ms(&self) -> i64 {
+        i64::try_from(self.api.http.timeout_ms())
+            .unwrap_or(i64::MAX / 4)
+            .saturating_mul(2)
+    }
+
+    /// Takes the site's journal lease (when the journal's leases are shared), lasting
+    /// beyond the next call. Another node's lease is waited out for as long as a
+    /// read-merge-write of its can last; past that the step is retried later.
+    async fn hold(&self) -> Result<Option<Held>, ProviderError> {
+        let Some(leases) = self.lock.leases.get().cloned() else {
+            return Ok(None);
+        };
+        let ttl = self.call_ms().saturating_add(LEASE_MARGIN_MS);
+        // A holder's lease lasts at most two calls and its renewal; a dead one's lapses.
+        let patience =
+            Duration::from_millis(u64::try_from(ttl.saturating_mul(2)).unwrap_or(u64::MAX / 4));
+        let started = tokio::time::Instant::now();
+        let mut poll = LEASE_POLL_MS;
+        loop {
+            match leases.acquire(&self.lock.stream, ttl).await {
+                Ok(lease) => return Ok(Some(Held { leases, lease })),
+                Err(rekey_journal::Error::LeaseHeld { holder, .. }) => {
+                    if started.elapsed() >= patience {
+                        return Err(ProviderError::transient(format!(
+                            "{}: another rekey process ({holder}) has been writing this site's settings for {} ms (journal lease {}); nothing was written, retrying later",
+                            self.resource(),
+                            patience.as_millis(),
+                            self.lock.stream
+                        )));
+                    }
+                    tokio::time::sleep(Duration::from_millis(poll)).await;
+                    poll = (poll * 2).min(LEASE_POLL_MAX_MS);
+                }
+                Err(e) => {
+                    return Err(ProviderError::transient(format!(
+                        "{}: cannot take the journal lease {} that serializes writes to this site: {e}; nothing was written, retrying",
+                        self.resource(),
+                        self.lock.stream
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Makes a held lease outlive the call about to start; a lease lost meanwhile (this
+    /// process stalled past it) stops the write before the call.
+    async fn outlive_call(&self, held: &mut Held) -> Result<(), ProviderError> {
+        let ttl = self.call_ms().saturating_add(LEASE_MARGIN_MS);
+        held.lease = held.leases.renew(&held.lease, ttl).await.map_err(|e| {
+            ProviderError::transient(format!(
+                "{}: lost the journal lease {} before writing the settings ({e}); nothing was written, retrying",
+                self.resource(),
+                self.lock.stream
+            ))
+        })?;
+        Ok(())
     }
 
     /// Every setting of the site.
@@ -122,7 +349,25 @@ impl AppSetting {
     /// Sets (or, with `None`, removes) our setting, leaving every other one as it was.
     /// Writes nothing when the setting already holds `desired`, unless `force`.
     async fn put(&self, desired: Option<&str>, force: bool) -> Result<(), ProviderError> {
-        let _guard = self.lock.lock().await;
+        let _local = self.lock.local.lock().await;
+        let mut held = self.hold().await?;
+        let result = self.merge_and_put(desired, force, held.as_mut()).await;
+        if let Some(held) = held {
+            // Best effort: an unreleased lease lapses by itself.
+            if let Err(e) = held.leases.release(&held.lease).await {
+                warn!(stream = %self.lock.stream, error = %e, "cannot release the site lease");
+            }
+        }
+        result
+    }
+
+    /// [`AppSetting::put`] under the site's locks.
+    async fn merge_and_put(
+        &self,
+        desired: Option<&str>,
+        force: bool,
+        held: Option<&mut Held>,
+    ) -> Result<(), ProviderError> {
         let mut settings = self.list().await?;
         if !force && settings.get(&self.setting).map(String::as_str) == desired {
             return Ok(());
@@ -138,6 +383,9 @@ impl AppSetting {
         )?;
         let body: Value = json!({ "properties": settings });
         let resource = self.resource();
+        if let Some(held) = held {
+            self.outlive_call(held).await?;
+        }
         self.api
             .call(
                 reqwest::Method::PUT,

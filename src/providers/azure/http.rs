@@ -52,6 +52,7 @@ impl Response {
 pub struct Http {
     client: reqwest::Client,
     clock: Arc<dyn Clock>,
+    timeout_ms: u64,
 }
 
 impl Http {
@@ -66,7 +67,16 @@ impl Http {
             .user_agent(concat!("rekey/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| ProviderError::permanent(format!("cannot build the HTTP client: {e}")))?;
-        Ok(Self { client, clock })
+        Ok(Self {
+            client,
+            clock,
+            timeout_ms,
+        })
+    }
+
+    /// How long one call may take before it times out.
+    pub fn timeout_ms(&self) -> u64 {
+        self.timeout_ms
     }
 
     /// The injected clock.

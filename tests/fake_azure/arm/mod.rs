@@ -288,10 +288,14 @@ async fn serve(shared: &Shared, incoming: &Incoming) -> Reply {
         Gate::Status(401) => unauthorized(shared, &Rejected::NotIssued).into(),
         Gate::Status(code) => status(code).into(),
         Gate::Throttle(secs) => throttled(&claims, op.sub(), secs).into(),
-        Gate::Proceed { sever } => Reply {
-            response: execute(shared, incoming, &op),
-            sever,
-        },
+        Gate::Proceed { sever } => {
+            let response = execute(shared, incoming, &op);
+            let hold = shared.lock().faults.take_hold(op.route());
+            if let Some(ms) = hold {
+                tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+            }
+            Reply { response, sever }
+        }
     }
 }
 
