@@ -26,7 +26,7 @@ use crate::fleet::discover;
 use crate::fleet::matching::Confidence;
 use crate::fleet::plan::{AppRotation, FleetPlans, Refusal, Selection};
 use crate::runner::{Progress, Requested};
-use crate::saga::{Phase, Rotation, RotationEvent, Trigger, Wait};
+use crate::saga::{Phase, Trigger, Wait};
 
 /// The arguments `rotate --fleet` adds to `rotate`.
 #[derive(Debug, Clone, Default, clap::Args)]
@@ -241,7 +241,8 @@ pub async fn run(
         return Ok(exit::FAILED);
     }
     let progress = Arc::new(Progressing::new(plans.rotations.len(), json));
-    let env = Arc::new(Env::with_config(config, Some(progress.clone()))?);
+    let observer = crate::fleet::progress::FleetProgress::new(progress.clone());
+    let env = Arc::new(Env::with_config(config, Some(Arc::new(observer)))?);
     crate::fleet::journal::record(env.journal.as_ref(), &d)
         .await
         .with_context(|| format!("cannot journal discovery {}", d.run_id))?;
@@ -491,42 +492,94 @@ fn print(
     Ok(())
 }
 
-/// A progress bar of rotations on a terminal, advanced as each reaches its grace period
-/// or its end; the step in flight shown beside it.
+/// The bars of `rotate --fleet` on a terminal: one line per rotation in flight (the
+/// application, its step and attempt), gone when the rotation reaches its grace period or
+/// its end, above an overall bar of rotations done. Hidden when stdout or stderr is not a
+/// terminal, and with `--json`.
 struct Progressing {
-    bar: indicatif::ProgressBar,
+    multi: indicatif::MultiProgress,
+    overall: indicatif::ProgressBar,
+    /// Lines by rotation id; `None` once the rotation ended (it is counted once).
+    lines: std::sync::Mutex<BTreeMap<String, Option<indicatif::ProgressBar>>>,
 }
 
 impl Progressing {
     fn new(len: usize, json: bool) -> Self {
-        let bar = if json || !std::io::stderr().is_terminal() {
-            indicatif::ProgressBar::hidden()
+        let shown = !json && std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
+        let multi = if shown {
+            indicatif::MultiProgress::new()
         } else {
-            let bar = indicatif::ProgressBar::new(len as u64);
-            bar.set_style(
-                indicatif::ProgressStyle::with_template(
-                    "{bar:40} {pos}/{len} rotations ({elapsed}) {msg}",
-                )
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-            );
-            bar
+            indicatif::MultiProgress::with_draw_target(indicatif::ProgressDrawTarget::hidden())
         };
-        Self { bar }
+        let overall = multi.add(indicatif::ProgressBar::new(len as u64));
+        overall.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} rotations ({elapsed}) {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        Self {
+            multi,
+            overall,
+            lines: std::sync::Mutex::default(),
+        }
     }
 
     fn finish(&self) {
-        self.bar.finish_and_clear();
+        let lines = std::mem::take(&mut *self.lines.lock().unwrap_or_else(|p| p.into_inner()));
+        for line in lines.into_values().flatten() {
+            line.finish_and_clear();
+        }
+        self.overall.finish_and_clear();
+        let _ = self.multi.clear();
     }
 }
 
-impl crate::runner::Observer for Progressing {
-    fn journaled(&self, state: &Rotation, event: &RotationEvent, _append_seconds: f64) {
-        match event {
-            RotationEvent::GraceScheduled { .. } | RotationEvent::Compensated => self.bar.inc(1),
-            RotationEvent::StepStarted { step, .. } => self
-                .bar
-                .set_message(format!("{}: {}", state.plan.secret, step)),
-            _ => {}
+impl crate::fleet::progress::ProgressSink for Progressing {
+    fn show(&self, update: crate::fleet::progress::RotationProgress) {
+        use crate::fleet::progress::RotationProgress;
+        let mut lines = self.lines.lock().unwrap_or_else(|p| p.into_inner());
+        match update {
+            RotationProgress::Step {
+                rotation_id,
+                app,
+                step,
+                attempt,
+            } => {
+                let Some(line) = lines
+                    .entry(rotation_id)
+                    .or_insert_with(|| {
+                        let line = self
+                            .multi
+                            .insert_before(&self.overall, indicatif::ProgressBar::new_spinner());
+                        line.set_style(
+                            indicatif::ProgressStyle::with_template("  {spinner} {msg}")
+                                .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+                        );
+                        line.enable_steady_tick(std::time::Duration::from_millis(200));
+                        Some(line)
+                    })
+                    .as_ref()
+                else {
+                    return;
+                };
+                line.set_message(format!("{app}: {step} (attempt {attempt})"));
+            }
+            RotationProgress::Ended {
+                rotation_id,
+                app,
+                outcome,
+            } => {
+                let line = lines.insert(rotation_id, None);
+                if let Some(Some(line)) = &line {
+                    line.finish_and_clear();
+                    self.multi.remove(line);
+                }
+                if !matches!(line, Some(None)) {
+                    self.overall.inc(1);
+                    self.overall.set_message(format!("{app}: {outcome}"));
+                }
+            }
         }
     }
 }

@@ -12,7 +12,8 @@
 //! - [`report`]: the `--json` document and the table's rows;
 //! - [`explain`]: the `--explain` text;
 //! - [`plan`]: fleet rotation plans (pure): eligibility, refusals, one plan per app;
-//! - [`rotate`]: one fleet rotation run's discovery and plans (CLI and API).
+//! - [`rotate`]: one fleet rotation run's discovery and plans (CLI and API);
+//! - [`progress`]: each rotation's step and end, as `rotate --fleet` shows them.
 //!
 //! **Architecture invariant:** matching is pure (no I/O, no clock); the inventory is
 //! gathered elsewhere and hint checks reach it as booleans, never as values.
@@ -25,6 +26,7 @@ pub mod journal;
 pub mod matching;
 pub mod model;
 pub mod plan;
+pub mod progress;
 pub mod report;
 pub mod rotate;
 pub mod rules;

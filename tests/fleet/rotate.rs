@@ -13,13 +13,14 @@ use rekey::config::Config;
 use rekey::fleet::discover;
 use rekey::fleet::matching::Confidence;
 use rekey::fleet::plan::{FleetPlans, Selection, plan};
+use rekey::fleet::progress::{FleetProgress, ProgressSink, RotationProgress};
 use rekey::journal::{Clock, ManualClock, MemoryJournal};
 use rekey::runner::{Options, Progress, Requested, Runner};
-use rekey::saga::{Phase, Trigger};
+use rekey::saga::{Phase, RotationEvent, Trigger};
 
 use super::{READER_ID, READER_SECRET, SECRET_VAR, T0_MS, config_text, fake};
-use crate::azure::drive;
-use crate::fake_azure::{App, Effect, FakeAzure, PasswordCred, SecretMeta};
+use crate::azure::{drive, drive_to_end, events};
+use crate::fake_azure::{App, Effect, FakeAzure, Fault, PasswordCred, Route, SecretMeta};
 
 const DAY_S: i64 = 86_400;
 pub const ORDERS_OBJECT: &str = "0b000000-0000-4000-8000-000000000001";
@@ -328,4 +329,99 @@ async fn an_undone_fleet_rotation_puts_every_copy_back_with_its_tags() {
         }
         assert_eq!(restored.tags["rekey-rotation"], id);
     }
+}
+
+/// Every fleet progress update, in the order the observer sent them.
+#[derive(Default)]
+struct Recorded(std::sync::Mutex<Vec<RotationProgress>>);
+
+impl ProgressSink for Recorded {
+    fn show(&self, update: RotationProgress) {
+        self.0.lock().unwrap().push(update);
+    }
+}
+
+/// The progress hook of `rotate --fleet`: for a rotation whose first vault write is
+/// throttled once, a sink sees every step the journal records as started, in the same
+/// order and with its attempt (the retried write twice), named by the application and the
+/// step's target; then the rotation's end at its grace period and at completion.
+#[tokio::test]
+async fn fleet_progress_shows_each_step_and_attempt_in_journal_order_then_the_end() {
+    let (fake, clock) = fake().await;
+    seed_orders(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&fake, dir.path());
+    let plans = discover_and_plan(&config, &clock).await;
+    fake.inject(Route::KvSet, Fault::Status { code: 503 }, 1);
+    let journal = Arc::new(MemoryJournal::new(Arc::new(clock.clone())));
+    let arc: Arc<dyn Clock> = Arc::new(clock.clone());
+    let resolver = config
+        .resolver(arc.clone(), Arc::new(|v: &str| env(v)))
+        .expect("resolver");
+    let sink = Arc::new(Recorded::default());
+    let runner = Runner::new(
+        journal.clone(),
+        Arc::new(resolver),
+        arc,
+        Options {
+            observer: Some(Arc::new(FleetProgress::new(sink.clone()))),
+            ..Options::new("fleet-progress", 7)
+        },
+    );
+    let id = "0197a000-0000-7000-8000-00000000face";
+    runner
+        .request(
+            plans.rotations[0].plan.clone(),
+            Trigger::Bulk,
+            "test",
+            id.to_owned(),
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        drive(&runner, &clock, id, true).await,
+        Progress::Waiting { .. }
+    ));
+    let app = format!("app orders ({ORDERS_APP})");
+    let plan = &plans.rotations[0].plan;
+    let started = |events: &[RotationEvent]| -> Vec<RotationProgress> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                RotationEvent::StepStarted { step, attempt, .. } => Some(RotationProgress::Step {
+                    rotation_id: id.to_owned(),
+                    app: app.clone(),
+                    step: format!(
+                        "{} {}",
+                        step.action.as_str(),
+                        plan.targets[usize::from(step.target)].name
+                    ),
+                    attempt: *attempt,
+                }),
+                _ => None,
+            })
+            .collect()
+    };
+    let ended = |outcome| RotationProgress::Ended {
+        rotation_id: id.to_owned(),
+        app: app.clone(),
+        outcome,
+    };
+    let mut want = started(&events(journal.as_ref(), id));
+    assert!(
+        want.iter().any(|u| matches!(
+            u,
+            RotationProgress::Step { step, attempt: 2, .. } if step.starts_with("write ")
+        )),
+        "the throttled write is retried: {want:?}"
+    );
+    want.push(ended("rotated"));
+    assert_eq!(*sink.0.lock().unwrap(), want);
+
+    assert_eq!(drive_to_end(&runner, &clock, id).await, Phase::Completed);
+    let all = started(&events(journal.as_ref(), id));
+    let mut want_all = want.clone();
+    want_all.extend(all[want.len() - 1..].iter().cloned());
+    want_all.push(ended("completed"));
+    assert_eq!(*sink.0.lock().unwrap(), want_all);
 }
