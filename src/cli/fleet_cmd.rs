@@ -96,6 +96,8 @@ struct RotationRow {
     /// The credentials replaced, and whether each is removed after the grace period.
     credentials: Vec<CredentialRow>,
     items: Vec<String>,
+    /// App Service settings refreshed after the vault writes: `site setting (vault/item)`.
+    settings: Vec<String>,
     new_expiry: String,
     confidence: Confidence,
     rotation_id: Option<String>,
@@ -137,6 +139,11 @@ impl RotationRow {
                 .items
                 .iter()
                 .map(|i| format!("{}/{} ({})", i.vault, i.item, i.confidence.as_str()))
+                .collect(),
+            settings: r
+                .settings
+                .iter()
+                .map(|s| format!("{} {} ({}/{})", s.site, s.setting, s.vault, s.item))
                 .collect(),
             new_expiry: format_ms(r.new_end_ms),
             confidence: r
@@ -387,6 +394,9 @@ fn print_review(plans: &FleetPlans) {
         for item in &row.items {
             out += &format!("  writes {item}\n");
         }
+        for setting in &row.settings {
+            out += &format!("  refreshes App Service setting {setting}\n");
+        }
     }
     for f in &plans.refused {
         out += &format!(
@@ -449,7 +459,17 @@ fn print(
         out += "dry run: nothing changed\n";
     }
     for r in &rows {
-        let what = format!("{} ({}): {} item(s)", r.app_name, r.app_id, r.items.len());
+        let what = if r.settings.is_empty() {
+            format!("{} ({}): {} item(s)", r.app_name, r.app_id, r.items.len())
+        } else {
+            format!(
+                "{} ({}): {} item(s), {} App Service setting(s)",
+                r.app_name,
+                r.app_id,
+                r.items.len(),
+                r.settings.len()
+            )
+        };
         let line = match r.outcome {
             "planned" => format!(
                 "would rotate {what}, new password until {}",
@@ -470,6 +490,11 @@ fn print(
             out += &format!(" [rotation {id}]");
         }
         out += "\n";
+        if r.outcome == "planned" {
+            for setting in &r.settings {
+                out += &format!("  refreshes App Service setting {setting}\n");
+            }
+        }
     }
     for f in &plans.refused {
         out += &format!(

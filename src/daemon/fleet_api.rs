@@ -223,6 +223,7 @@ async fn rotate<J: RunnerJournal + 'static>(
             "object_id": r.object_id,
             "credentials": r.credentials,
             "items": r.items,
+            "settings": r.settings,
             "validity_days": r.validity_days,
         });
         if !dry_run {

@@ -163,6 +163,9 @@ struct RawTenant {
     /// Also list service principals' credentials (reported, never rotated by default).
     #[serde(default = "yes")]
     service_principals: bool,
+    /// App Service sites (and slots), by ARM id, whose Key Vault references to the items a
+    /// fleet rotation writes it refreshes.
+    app_service_sites: Option<Spanned<Vec<String>>>,
 }
 
 /// `[fleet.tag_keys]`: each list replaces its default.
@@ -200,6 +203,80 @@ pub struct TenantConfig {
     /// Vaults scanned by URL.
     pub vaults: Vec<Url>,
     pub service_principals: bool,
+    /// Sites (and slots) whose settings a rotation of this tenant reads, and whose Key
+    /// Vault references to the items it writes it refreshes; no other site is touched.
+    pub app_service_sites: Vec<SiteId>,
+}
+
+/// An App Service site or one of its slots, from its ARM id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+pub struct SiteId {
+    pub subscription: String,
+    pub resource_group: String,
+    pub site: String,
+    pub slot: Option<String>,
+}
+
+impl SiteId {
+    /// `/subscriptions/{sub}/resourceGroups/{rg}/providers/Microsoft.Web/sites/{site}`,
+    /// optionally followed by `/slots/{slot}` (segment names case-insensitive, as ARM's).
+    ///
+    /// # Errors
+    /// What is wrong with the id, and what one looks like.
+    pub fn parse(id: &str) -> Result<Self, String> {
+        let example = "write e.g. \"/subscriptions/<guid>/resourceGroups/<group>/providers/Microsoft.Web/sites/<site>\" (add \"/slots/<slot>\" for a slot)";
+        let parts: Vec<&str> = id.trim_end_matches('/').split('/').collect();
+        let shape =
+            |i: usize, want: &str| parts.get(i).is_some_and(|p| p.eq_ignore_ascii_case(want));
+        let named = |i: usize| parts.get(i).filter(|p| !p.is_empty() && p.len() <= 90);
+        let base_ok = parts.first() == Some(&"")
+            && shape(1, "subscriptions")
+            && shape(3, "resourceGroups")
+            && shape(5, "providers")
+            && shape(6, "Microsoft.Web")
+            && shape(7, "sites")
+            && (parts.len() == 9 || (parts.len() == 11 && shape(9, "slots")));
+        let (Some(sub), Some(rg), Some(site)) = (named(2), named(4), named(8)) else {
+            return Err(format!("{id:?} is not an App Service site id; {example}"));
+        };
+        if !base_ok {
+            return Err(format!("{id:?} is not an App Service site id; {example}"));
+        }
+        if !super::model::looks_like_guid(sub) {
+            return Err(format!(
+                "{id:?}: {sub:?} is not a subscription id (a GUID); {example}"
+            ));
+        }
+        let slot = if parts.len() == 11 {
+            Some(
+                named(10)
+                    .ok_or_else(|| format!("{id:?} names no slot; {example}"))?
+                    .to_string(),
+            )
+        } else {
+            None
+        };
+        Ok(Self {
+            subscription: sub.to_ascii_lowercase(),
+            resource_group: (*rg).to_owned(),
+            site: (*site).to_owned(),
+            slot,
+        })
+    }
+}
+
+impl std::fmt::Display for SiteId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "/subscriptions/{}/resourceGroups/{}/providers/Microsoft.Web/sites/{}",
+            self.subscription, self.resource_group, self.site
+        )?;
+        if let Some(slot) = &self.slot {
+            write!(f, "/slots/{slot}")?;
+        }
+        Ok(())
+    }
 }
 
 /// The validated `[fleet]` section.
@@ -472,11 +549,24 @@ fn tenant(
             vaults.push(url);
         }
     }
+    let (sites_at, raw_sites) = list(&t.app_service_sites);
+    check_list(&format!("tenants.{name}.app_service_sites"), &raw_sites)
+        .map_err(|m| (sites_at.clone(), m))?;
+    let mut app_service_sites: Vec<SiteId> = Vec::new();
+    for id in &raw_sites {
+        let site = SiteId::parse(id)
+            .map_err(|why| (sites_at.clone(), format!("{at} app_service_sites: {why}")))?;
+        let same = |s: &SiteId| s.to_string().eq_ignore_ascii_case(&site.to_string());
+        if !app_service_sites.iter().any(same) {
+            app_service_sites.push(site);
+        }
+    }
     Ok(TenantConfig {
         credential: credential.clone(),
         subscriptions: subs.iter().map(|s| s.to_ascii_lowercase()).collect(),
         vaults,
         service_principals: t.service_principals,
+        app_service_sites,
     })
 }
 
@@ -575,6 +665,60 @@ app_names = ["test-*"]
     }
 
     /// Each bad `[fleet]` is refused with its file, line, column and what to write.
+    #[test]
+    fn app_service_sites_are_site_or_slot_ids() {
+        let sub = "00000000-aaaa-4bbb-8ccc-000000000002";
+        let site = format!(
+            "/subscriptions/{sub}/resourceGroups/rg-Web/providers/Microsoft.Web/sites/orders"
+        );
+        let text = GOOD.replace(
+            "vaults = [\"https://kv-prod.vault.azure.net\"]",
+            &format!(
+                "vaults = [\"https://kv-prod.vault.azure.net\"]\napp_service_sites = [\"{site}\", \"{}/slots/staging\", \"{}\"]",
+                site.replace("/providers/Microsoft.Web/sites/", "/PROVIDERS/microsoft.web/Sites/"),
+                site.to_ascii_uppercase().replace(&sub.to_ascii_uppercase(), sub),
+            ),
+        );
+        let fleet = parse(&text).unwrap().fleet.unwrap();
+        let sites = &fleet.tenants["contoso"].app_service_sites;
+        assert_eq!(
+            sites.len(),
+            2,
+            "the same site twice is listed once: {sites:?}"
+        );
+        assert_eq!(sites[0].to_string(), site);
+        assert_eq!(sites[1].slot.as_deref(), Some("staging"));
+        for (bad, why) in [
+            (
+                "/subscriptions/x/resourceGroups/rg/providers/Microsoft.Web/sites/a",
+                "\"x\" is not a subscription id",
+            ),
+            ("orders-web", "is not an App Service site id; write e.g."),
+            (
+                &format!(
+                    "/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.KeyVault/vaults/kv"
+                ),
+                "is not an App Service site id",
+            ),
+            (
+                &format!(
+                    "/subscriptions/{sub}/resourceGroups/rg/providers/Microsoft.Web/sites/a/config/x"
+                ),
+                "is not an App Service site id",
+            ),
+        ] {
+            let text = GOOD.replace(
+                "vaults = [\"https://kv-prod.vault.azure.net\"]",
+                &format!("app_service_sites = [\"{bad}\"]"),
+            );
+            let err = parse(&text).unwrap_err().to_string();
+            assert!(
+                err.contains("[fleet.tenants.contoso] app_service_sites: ") && err.contains(why),
+                "{bad}: {err}"
+            );
+        }
+    }
+
     #[test]
     fn bad_fleet_sections_name_the_line_and_the_fix() {
         let cases: &[(&str, &str, usize, &str)] = &[

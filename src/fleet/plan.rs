@@ -16,6 +16,13 @@
 //! credentials of one app are one rotation (one new password written to every copy of
 //! either, both old ones removed after the grace period), not two that would coalesce.
 //!
+//! - App Service settings of the tenant's configured sites (`app_service_sites`) whose Key
+//!   Vault reference names an item the rotation writes are refreshed by it (one dependent
+//!   each, re-writing the reference unchanged after the vault writes, so the site fetches
+//!   the new version now instead of within 24 h); [`refresh_app_settings`]. A reference
+//!   that pins a version of such an item, or a configured site that could not be read,
+//!   refuses the rotation: the site would keep the old password past the grace period.
+//!
 //! Owns: selection, eligibility, the plan's targets (addresses). Never touches: I/O, clocks
 //! (`now_ms` is an argument), values.
 
@@ -23,11 +30,12 @@ use std::collections::BTreeMap;
 
 use serde::Serialize;
 
-use super::config::FleetConfig;
+use super::config::{FleetConfig, SiteId};
 use super::discover::Discovery;
 use super::matching::{Confidence, Hints, Outcome, match_inventory};
 use super::model::{AppCredential, CredentialKind, Inventory, ItemKind, Origin, UnreachableKind};
 use super::rules::{REKEY_APP_ID_TAG, REKEY_KEY_ID_TAG, glob_match};
+use crate::providers::azure::appservice::KeyVaultReference;
 use crate::saga::{Address, Plan, Role, TargetRef};
 
 const DAY_MS: i64 = 86_400_000;
@@ -124,8 +132,114 @@ pub struct AppRotation {
     pub validity_days: i64,
     /// When the new password ends, if created at `now_ms`.
     pub new_end_ms: i64,
+    /// App Service settings refreshed after the vault writes.
+    pub settings: Vec<PlannedSetting>,
     #[serde(skip)]
     pub plan: Plan,
+}
+
+/// An App Service setting a rotation refreshes: where it is, and the item it references.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedSetting {
+    /// The site's (or slot's) ARM id.
+    pub site: String,
+    pub setting: String,
+    pub vault: String,
+    pub item: String,
+}
+
+/// What a fleet run read of one configured site: its settings, or why they are unknown.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SiteSettings {
+    pub tenant: String,
+    pub site: SiteId,
+    pub settings: Result<BTreeMap<String, String>, String>,
+}
+
+/// Adds to each rotation one dependent per setting of its tenant's configured sites whose
+/// Key Vault reference names an item the rotation writes (versionless: re-written as it
+/// is). A rotation is refused, each of its credentials with the reason, when such a
+/// reference pins a version, or when one of its tenant's sites could not be read.
+pub fn refresh_app_settings(plans: &mut FleetPlans, sites: &[SiteSettings], fleet: &FleetConfig) {
+    let rotations = std::mem::take(&mut plans.rotations);
+    for mut r in rotations {
+        match settings_of(&r, sites, fleet) {
+            Ok(found) => {
+                let verifier = r.plan.targets.len().saturating_sub(1);
+                for (planned, target) in found.into_iter().rev() {
+                    r.settings.insert(0, planned);
+                    r.plan.targets.insert(verifier, target);
+                }
+                plans.rotations.push(r);
+            }
+            Err(reason) => plans.refused.extend(r.credentials.iter().map(|c| Refusal {
+                tenant: r.tenant.clone(),
+                app_id: r.app_id.clone(),
+                app_name: r.app_name.clone(),
+                key_id: c.key_id.clone(),
+                end_ms: c.end_ms,
+                confidence: c.confidence,
+                reason: reason.clone(),
+            })),
+        }
+    }
+}
+
+/// The settings `r` refreshes, with their targets, or why it must not rotate.
+fn settings_of(
+    r: &AppRotation,
+    sites: &[SiteSettings],
+    fleet: &FleetConfig,
+) -> Result<Vec<(PlannedSetting, TargetRef)>, String> {
+    let mut out = Vec::new();
+    let credential = &fleet.tenants[&r.tenant].credential;
+    for s in sites.iter().filter(|s| s.tenant == r.tenant) {
+        let settings = s.settings.as_ref().map_err(|why| {
+            format!(
+                "App Service site {} could not be read ({why}), so whether it references a copy is unknown; grant the tenant's credential Website Contributor on it, or remove it from app_service_sites",
+                s.site
+            )
+        })?;
+        for (name, value) in settings {
+            let Some(reference) = KeyVaultReference::parse(value) else {
+                continue;
+            };
+            let Some(item) = r
+                .items
+                .iter()
+                .find(|i| reference.points_at(&i.vault, &i.vault_url, &i.item))
+            else {
+                continue;
+            };
+            if let Some(version) = &reference.version {
+                return Err(format!(
+                    "setting {name} of App Service site {} pins version {version} of {}/{}: it would keep the old password, which is removed after the grace period; make the reference versionless, then rotate",
+                    s.site, item.vault, item.item
+                ));
+            }
+            let planned = PlannedSetting {
+                site: s.site.to_string(),
+                setting: name.clone(),
+                vault: item.vault.clone(),
+                item: item.item.clone(),
+            };
+            let target = TargetRef::at(
+                Role::Dependent,
+                format!("setting {name} of {}", s.site),
+                Address::AppSetting {
+                    credential: credential.clone(),
+                    subscription: s.site.subscription.clone(),
+                    resource_group: s.site.resource_group.clone(),
+                    site: s.site.site.clone(),
+                    slot: s.site.slot.clone(),
+                    setting: name.clone(),
+                    key_vault_reference: Some(value.clone()),
+                },
+            );
+            out.push((planned, target));
+        }
+    }
+    Ok(out)
 }
 
 /// A credential that will not rotate, and why.
@@ -507,6 +621,7 @@ fn app_rotation(
         items,
         validity_days,
         new_end_ms: sel.now_ms.saturating_add(validity_days * DAY_MS),
+        settings: Vec::new(),
         plan: Plan {
             secret: secret.clone(),
             lock_key: secret,
@@ -582,6 +697,7 @@ mod tests {
                     subscriptions: Vec::new(),
                     vaults: Vec::new(),
                     service_principals: true,
+                    app_service_sites: Vec::new(),
                 },
             )]),
             days_before_expiry: 30,

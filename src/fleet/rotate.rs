@@ -11,7 +11,7 @@ use rekey_journal::Clock;
 use super::config::FleetConfig;
 use super::discover::{self, Discovery};
 use super::inventory::Scanner;
-use super::plan::{FleetPlans, SelectError, Selection, plan};
+use super::plan::{FleetPlans, SelectError, Selection, SiteSettings, plan, refresh_app_settings};
 use crate::config::{Config, CredentialConfig};
 
 /// Each configured tenant's directory id, from the credential it is read with (the
@@ -48,8 +48,52 @@ pub async fn discover_and_plan(
     clock: &dyn Clock,
 ) -> Result<(Discovery, FleetPlans), SelectError> {
     let (d, sel) = discover_with_limits(scanner, fleet, sel, clock).await?;
-    let plans = plan(&d, fleet, &sel)?;
+    let mut plans = plan(&d, fleet, &sel)?;
+    let sites = read_sites(scanner, fleet, &plans).await;
+    refresh_app_settings(&mut plans, &sites, fleet);
     Ok((d, plans))
+}
+
+/// Reads the settings of the App Service sites configured for the tenants `plans` rotates
+/// in (`[fleet.tenants.<name>] app_service_sites`), each with its tenant's credential; no
+/// other site is read. A site that cannot be read is reported with the reason.
+pub async fn read_sites(
+    scanner: &Scanner,
+    fleet: &FleetConfig,
+    plans: &FleetPlans,
+) -> Vec<SiteSettings> {
+    let mut out = Vec::new();
+    for t in &scanner.tenants {
+        let Some(config) = fleet.tenants.get(&t.name) else {
+            continue;
+        };
+        if !plans.rotations.iter().any(|r| r.tenant == t.name) {
+            continue;
+        }
+        let api = crate::providers::azure::http::Authed {
+            http: scanner.http.clone(),
+            credential: t.credential.clone(),
+            scope: crate::config::ARM_SCOPE.to_owned(),
+        };
+        for site in &config.app_service_sites {
+            let settings = crate::providers::azure::appservice::list_settings(
+                &api,
+                &scanner.arm,
+                &site.subscription,
+                &site.resource_group,
+                &site.site,
+                site.slot.as_deref(),
+            )
+            .await
+            .map_err(|e| e.message);
+            out.push(SiteSettings {
+                tenant: t.name.clone(),
+                site: site.clone(),
+                settings,
+            });
+        }
+    }
+    out
 }
 
 /// One unattended run's discovery and plans (`rekey run` with `[fleet] discover_every`).
@@ -76,12 +120,16 @@ pub async fn discover_and_plan_ahead(
     clock: &dyn Clock,
 ) -> Result<Unattended, SelectError> {
     let (discovery, mut sel) = discover_with_limits(scanner, fleet, sel, clock).await?;
-    let due = plan(&discovery, fleet, &sel)?;
+    let mut due = plan(&discovery, fleet, &sel)?;
     let window = sel
         .expiring_within_ms
         .unwrap_or(i64::from(fleet.days_before_expiry) * 86_400_000);
     sel.expiring_within_ms = Some(window.saturating_add(ahead_ms));
-    let ahead = plan(&discovery, fleet, &sel)?;
+    let mut ahead = plan(&discovery, fleet, &sel)?;
+    // What is due is within what is ahead: one read of the sites serves both.
+    let sites = read_sites(scanner, fleet, &ahead).await;
+    refresh_app_settings(&mut due, &sites, fleet);
+    refresh_app_settings(&mut ahead, &sites, fleet);
     Ok(Unattended {
         discovery,
         due,

@@ -425,3 +425,260 @@ async fn fleet_progress_shows_each_step_and_attempt_in_journal_order_then_the_en
     want_all.push(ended("completed"));
     assert_eq!(*sink.0.lock().unwrap(), want_all);
 }
+
+const SITE_SUB: &str = "5a000000-0000-4000-8000-000000000001";
+const SITE_RG: &str = "rg-web";
+
+/// `orders-web` (production only) in `[fleet.tenants.contoso] app_service_sites`, seeded
+/// with a versionless reference to each copy of the orders password (both syntaxes), a
+/// reference to an item no rotation writes, and a literal; its `staging` slot and the site
+/// `unlisted-web` hold the same references but are not configured. Returns the config and
+/// the production settings as seeded.
+pub fn with_sites(
+    fake: &FakeAzure,
+    dir: &std::path::Path,
+    rotation: &str,
+    pin: Option<&str>,
+) -> (Config, BTreeMap<String, String>) {
+    let alpha = fake.keyvault_url("kv-alpha");
+    let versionless =
+        format!("@Microsoft.KeyVault(SecretUri={alpha}/secrets/orders-client-secret/)");
+    let by_name = match pin {
+        Some(v) => format!(
+            "@Microsoft.KeyVault(VaultName=kv-beta;SecretName=orders-copy;SecretVersion={v})"
+        ),
+        None => "@Microsoft.KeyVault(VaultName=KV-Beta;SecretName=orders-copy)".to_owned(),
+    };
+    let other = format!("@Microsoft.KeyVault(SecretUri={alpha}/secrets/billing-secret/)");
+    let production = [
+        ("ORDERS_SECRET", versionless.as_str()),
+        ("ORDERS_COPY", by_name.as_str()),
+        ("BILLING_SECRET", other.as_str()),
+        ("DB_HOST", "db.internal"),
+    ];
+    fake.site_seed(SITE_SUB, SITE_RG, "orders-web", None, &production);
+    fake.site_seed(
+        SITE_SUB,
+        SITE_RG,
+        "orders-web",
+        Some("staging"),
+        &[("ORDERS_SECRET", versionless.as_str())],
+    );
+    fake.site_seed(
+        SITE_SUB,
+        SITE_RG,
+        "unlisted-web",
+        None,
+        &[("ORDERS_SECRET", versionless.as_str())],
+    );
+    let text = format!(
+        "{}app_service_sites = [\"/subscriptions/{SITE_SUB}/resourceGroups/{SITE_RG}/providers/Microsoft.Web/sites/orders-web\"]\n",
+        config_text(fake, &["kv-alpha", "kv-beta"], &[], rotation)
+    );
+    let path = dir.join("rekey.toml");
+    std::fs::write(&path, &text).unwrap();
+    let config = Config::parse(&path, &text).expect("config");
+    let seeded = production
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    (config, seeded)
+}
+
+/// Discovers and plans as `rotate --fleet` does (site settings read and matched).
+async fn plan_with_sites(config: &Config, clock: &ManualClock) -> FleetPlans {
+    let fleet = discover::fleet(config).unwrap();
+    let arc: Arc<dyn Clock> = Arc::new(clock.clone());
+    let scanner = discover::scanner(config, None, arc, &env).unwrap();
+    let sel = Selection {
+        now_ms: clock.now_ms(),
+        expiring_within_ms: None,
+        app: None,
+        key_id: None,
+        tenant: None,
+        min_confidence: Confidence::High,
+        approve_medium: false,
+        tenant_max_days: BTreeMap::new(),
+        tenant_ids: BTreeMap::from([("contoso".to_owned(), FakeAzure::TENANT.to_owned())]),
+    };
+    rekey::fleet::rotate::discover_and_plan(&scanner, fleet, sel, clock)
+        .await
+        .unwrap()
+        .1
+}
+
+/// The settings PUTs of `site` (`None`: production), as the fake logged them.
+fn settings_puts(fake: &FakeAzure, site: &str, slot: Option<&str>) -> Vec<Vec<String>> {
+    fake.effects()
+        .into_iter()
+        .filter_map(|e| match e {
+            Effect::AppSettingsReplaced {
+                site: s,
+                slot: sl,
+                keys_changed,
+            } if s == site && sl.as_deref() == slot => Some(keys_changed),
+            _ => None,
+        })
+        .collect()
+}
+
+/// No request at all reached a site or slot that is not configured.
+fn untouched_unconfigured(fake: &FakeAzure) {
+    let stray: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|p| {
+            let p = p.to_ascii_lowercase();
+            p.contains("/sites/unlisted-web") || p.contains("/slots/staging")
+        })
+        .collect();
+    assert!(
+        stray.is_empty(),
+        "unconfigured sites were read or written: {stray:?}"
+    );
+}
+
+/// A configured site's settings that reference an item the rotation writes are shown in
+/// the plan and refreshed exactly once each, after the vault writes, by re-writing the
+/// versionless reference as it is (both `SecretUri=` and `VaultName=` forms); a reference to
+/// another item and a literal are never changed; the site's slot and a site not in
+/// `app_service_sites` are never read nor written; completion after the grace refreshes
+/// nothing again.
+#[tokio::test]
+async fn a_fleet_rotation_refreshes_references_to_its_items_on_configured_sites_once() {
+    let (fake, clock) = fake().await;
+    seed_orders(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, seeded) = with_sites(
+        &fake,
+        dir.path(),
+        "[fleet.rotation]\ngrace = \"1h\"\n",
+        None,
+    );
+    let plans = plan_with_sites(&config, &clock).await;
+    assert_eq!(plans.rotations.len(), 1, "{:?}", plans.refused);
+    let r = &plans.rotations[0];
+    let shown: Vec<(String, String, String)> = r
+        .settings
+        .iter()
+        .map(|s| (s.setting.clone(), s.vault.clone(), s.item.clone()))
+        .collect();
+    assert_eq!(
+        shown,
+        [
+            ("ORDERS_COPY".into(), "kv-beta".into(), "orders-copy".into()),
+            (
+                "ORDERS_SECRET".into(),
+                "kv-alpha".into(),
+                "orders-client-secret".into()
+            ),
+        ]
+    );
+    let site_id = format!(
+        "/subscriptions/{SITE_SUB}/resourceGroups/{SITE_RG}/providers/Microsoft.Web/sites/orders-web"
+    );
+    assert!(r.settings.iter().all(|s| s.site == site_id));
+    assert!(fake.effects().is_empty(), "planning changed something");
+
+    let journal = Arc::new(MemoryJournal::new(Arc::new(clock.clone())));
+    let runner = runner(&config, &clock, journal.clone());
+    let id = "0197a000-0000-7000-8000-00000000a55e";
+    runner
+        .request(r.plan.clone(), Trigger::Bulk, "test", id.to_owned())
+        .await
+        .unwrap();
+    assert!(matches!(
+        drive(&runner, &clock, id, true).await,
+        Progress::Waiting { .. }
+    ));
+    // One PUT per referencing setting, each changing no value: the references stand as
+    // they were, and App Service fetches their new version on the write.
+    assert_eq!(
+        settings_puts(&fake, "orders-web", None),
+        [vec![], vec![]] as [Vec<String>; 2]
+    );
+    assert_eq!(fake.app_settings("orders-web", None), seeded);
+    let effects = fake.effects();
+    let last_vault_write = effects
+        .iter()
+        .rposition(|e| matches!(e, Effect::KvVersionCreated { .. }))
+        .unwrap();
+    let first_put = effects
+        .iter()
+        .position(|e| matches!(e, Effect::AppSettingsReplaced { .. }))
+        .unwrap();
+    assert!(
+        first_put > last_vault_write,
+        "refreshed before the vault writes"
+    );
+
+    assert_eq!(drive_to_end(&runner, &clock, id).await, Phase::Completed);
+    assert_eq!(
+        settings_puts(&fake, "orders-web", None).len(),
+        2,
+        "refreshed again"
+    );
+    assert_eq!(fake.app_settings("orders-web", None), seeded);
+    untouched_unconfigured(&fake);
+}
+
+/// An undone fleet rotation writes each refreshed setting back as it was captured.
+#[tokio::test]
+async fn an_undone_fleet_rotation_restores_the_settings_it_refreshed() {
+    let (fake, clock) = fake().await;
+    seed_orders(&fake);
+    fake.set_propagation_delay_ms(3_600_000);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, seeded) = with_sites(
+        &fake,
+        dir.path(),
+        "[fleet.rotation]\ngrace = \"1h\"\nattempts_max = 1\npropagation = \"1s\"\n",
+        None,
+    );
+    let plans = plan_with_sites(&config, &clock).await;
+    assert_eq!(plans.rotations[0].settings.len(), 2);
+    let journal = Arc::new(MemoryJournal::new(Arc::new(clock.clone())));
+    let runner = runner(&config, &clock, journal);
+    let id = "0197a000-0000-7000-8000-00000000b00b";
+    runner
+        .request(
+            plans.rotations[0].plan.clone(),
+            Trigger::Bulk,
+            "test",
+            id.to_owned(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(drive_to_end(&runner, &clock, id).await, Phase::Compensated);
+    // Two refreshes, then two restores of the captured references.
+    assert_eq!(settings_puts(&fake, "orders-web", None).len(), 4);
+    assert_eq!(fake.app_settings("orders-web", None), seeded);
+    untouched_unconfigured(&fake);
+}
+
+/// A reference that pins a version of a copy refuses the rotation, naming the setting,
+/// the site and what to do; nothing changes.
+#[tokio::test]
+async fn a_pinned_reference_to_a_copy_refuses_the_rotation() {
+    let (fake, clock) = fake().await;
+    seed_orders(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let (config, _) = with_sites(
+        &fake,
+        dir.path(),
+        "[fleet.rotation]\ngrace = \"1h\"\n",
+        Some("0123456789abcdef0123456789abcdef"),
+    );
+    let plans = plan_with_sites(&config, &clock).await;
+    assert!(plans.rotations.is_empty());
+    let reason = &plans.refused[0].reason;
+    assert!(
+        reason.contains("setting ORDERS_COPY of App Service site")
+            && reason
+                .contains("pins version 0123456789abcdef0123456789abcdef of kv-beta/orders-copy")
+            && reason.contains("make the reference versionless"),
+        "{reason}"
+    );
+    assert!(fake.effects().is_empty());
+}

@@ -492,3 +492,42 @@ async fn new_passwords_live_no_longer_than_the_tenant_allows() {
     );
     assert!(new.end.as_second() <= before_s + 31 * DAY_S);
 }
+
+/// The dry run lists the App Service settings a rotation would refresh, by site and
+/// setting and the item each references (the JSON rows too), and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_review_lists_the_app_service_settings_a_rotation_refreshes() {
+    let fake = FakeAzure::start().await;
+    fake.register_client(FakeAzure::TENANT, READER_ID, READER_SECRET);
+    super::rotate::seed_orders(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    super::rotate::with_sites(&fake, dir.path(), "", None);
+    let review = rekey(dir.path(), &["rotate", "--fleet", "--dry-run"]).await;
+    assert_eq!(review.code, 0, "{}", review.stderr);
+    let site = "/subscriptions/5a000000-0000-4000-8000-000000000001/resourceGroups/rg-web/providers/Microsoft.Web/sites/orders-web";
+    let listed: Vec<&str> = review
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("  refreshes App Service setting "))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            format!("  refreshes App Service setting {site} ORDERS_COPY (kv-beta/orders-copy)"),
+            format!(
+                "  refreshes App Service setting {site} ORDERS_SECRET (kv-alpha/orders-client-secret)"
+            ),
+        ],
+        "{}",
+        review.stdout
+    );
+    let json = rekey(dir.path(), &["rotate", "--fleet", "--dry-run", "--json"]).await;
+    let doc: Value = serde_json::from_str(&json.stdout).expect("one JSON document");
+    assert_eq!(
+        doc["rotations"][0]["settings"].as_array().map(Vec::len),
+        Some(2),
+        "{doc}"
+    );
+    assert!(fake.effects().is_empty());
+    assert!(journal_bytes(dir.path()).is_empty());
+}

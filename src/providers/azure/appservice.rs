@@ -40,6 +40,130 @@ pub enum Mode {
     Reference(String),
 }
 
+/// Where a Key Vault reference in a setting points (contract: `@Microsoft.KeyVault(...)`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VaultRef {
+    /// `SecretUri=`: the vault's URL, up to `/secrets/`.
+    Url(String),
+    /// `VaultName=`: the vault's name.
+    Name(String),
+}
+
+/// A Key Vault reference: the vault, the secret and the version it pins, if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyVaultReference {
+    pub vault: VaultRef,
+    pub secret: String,
+    pub version: Option<String>,
+}
+
+impl KeyVaultReference {
+    /// Parses a setting's value: `@Microsoft.KeyVault(SecretUri=https://v.vault.azure.net/secrets/s/[version])`
+    /// or `@Microsoft.KeyVault(VaultName=v;SecretName=s[;SecretVersion=version])`. `None`
+    /// for anything else (a literal, or a reference to something other than a secret).
+    pub fn parse(value: &str) -> Option<Self> {
+        let v = value.trim();
+        let prefix = "@microsoft.keyvault(";
+        if v.len() <= prefix.len()
+            || !v.is_char_boundary(prefix.len())
+            || !v[..prefix.len()].eq_ignore_ascii_case(prefix)
+            || !v.ends_with(')')
+        {
+            return None;
+        }
+        let inner = v[prefix.len()..v.len() - 1].trim();
+        let mut pairs = inner.split(';').filter(|p| !p.trim().is_empty()).map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (k.trim().to_ascii_lowercase(), v.trim())
+        });
+        let version = |v: &str| (!v.is_empty()).then(|| v.to_owned());
+        let first = pairs.next()?;
+        if first.0 == "secreturi" {
+            let uri = first.1;
+            let at = uri.to_ascii_lowercase().find("/secrets/")?;
+            let base = uri[..at].trim_end_matches('/').to_owned();
+            let mut rest = uri[at + "/secrets/".len()..].trim_matches('/').split('/');
+            let secret = rest.next().filter(|s| !s.is_empty())?.to_owned();
+            let pinned = rest.next().and_then(version);
+            if rest.next().is_some() || base.is_empty() {
+                return None;
+            }
+            return Some(Self {
+                vault: VaultRef::Url(base),
+                secret,
+                version: pinned,
+            });
+        }
+        let mut fields: BTreeMap<String, &str> = BTreeMap::new();
+        for (k, v) in std::iter::once(first).chain(pairs) {
+            fields.insert(k, v);
+        }
+        let vault = fields.get("vaultname").filter(|v| !v.is_empty())?;
+        let secret = fields.get("secretname").filter(|v| !v.is_empty())?;
+        Some(Self {
+            vault: VaultRef::Name((*vault).to_owned()),
+            secret: (*secret).to_owned(),
+            version: fields.get("secretversion").and_then(|v| version(v)),
+        })
+    }
+
+    /// Whether this points at item `secret` of the vault named `vault_name` at
+    /// `vault_url` (names and URLs compared case-insensitively, as Key Vault's).
+    pub fn points_at(&self, vault_name: &str, vault_url: &str, secret: &str) -> bool {
+        let vault = match &self.vault {
+            VaultRef::Url(u) => u
+                .trim_end_matches('/')
+                .eq_ignore_ascii_case(vault_url.trim_end_matches('/')),
+            VaultRef::Name(n) => n.eq_ignore_ascii_case(vault_name),
+        };
+        vault && self.secret.eq_ignore_ascii_case(secret)
+    }
+}
+
+/// Every setting of a site or slot (`POST …/config/appsettings/list`), as an update reads
+/// it first: fleet rotations read the sites they may refresh with it.
+///
+/// # Errors
+/// Token, transport and classified HTTP errors.
+pub async fn list_settings(
+    api: &Authed,
+    arm: &Url,
+    subscription: &str,
+    resource_group: &str,
+    site: &str,
+    slot: Option<&str>,
+) -> Result<BTreeMap<String, String>, ProviderError> {
+    let mut path = format!(
+        "/subscriptions/{subscription}/resourceGroups/{resource_group}/providers/Microsoft.Web/sites/{site}"
+    );
+    let resource = match slot {
+        Some(slot) => {
+            path.push_str(&format!("/slots/{slot}"));
+            format!("the settings of site {site} slot {slot}")
+        }
+        None => format!("the settings of site {site}"),
+    };
+    let url = join(
+        arm,
+        &format!("{path}/config/appsettings/list"),
+        Some(API_VERSION),
+    )?;
+    let resp = api
+        .call(
+            reqwest::Method::POST,
+            &url,
+            Body::Empty,
+            op("list settings", &resource),
+        )
+        .await?;
+    Ok(resp.body["properties"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
+        .collect())
+}
+
 /// One setting of one site (or slot).
 #[derive(Debug)]
 pub struct AppSetting {
@@ -508,5 +632,54 @@ impl crate::probe::Probe for AppSetting {
             };
             probed.await.into()
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_vault_references_in_both_syntaxes() {
+        let r = |v: &str| KeyVaultReference::parse(v);
+        let uri = r("@Microsoft.KeyVault(SecretUri=https://KV1.vault.azure.net/secrets/api-key/)")
+            .unwrap();
+        assert_eq!(uri.version, None);
+        assert!(uri.points_at("kv1", "https://kv1.vault.azure.net", "API-KEY"));
+        assert!(!uri.points_at("kv1", "https://kv2.vault.azure.net", "api-key"));
+        let pinned = r("@Microsoft.KeyVault(SecretUri=https://kv1.vault.azure.net/secrets/api-key/ec96f02080254f109c51a1f14cdb1931)").unwrap();
+        assert_eq!(
+            pinned.version.as_deref(),
+            Some("ec96f02080254f109c51a1f14cdb1931")
+        );
+        let named = r(" @microsoft.keyvault(VaultName=kv1; SecretName=api-key) ").unwrap();
+        assert_eq!(named.vault, VaultRef::Name("kv1".into()));
+        assert!(named.points_at("KV1", "https://elsewhere", "api-key"));
+        assert!(!named.points_at("kv1", "", "other"));
+        let named_pinned =
+            r("@Microsoft.KeyVault(VaultName=kv1;SecretName=api-key;SecretVersion=abc)").unwrap();
+        assert_eq!(named_pinned.version.as_deref(), Some("abc"));
+        for not in [
+            "plain value",
+            "@Microsoft.KeyVault(",
+            "@Microsoft.KeyVault(VaultName=kv1)",
+            "@Microsoft.KeyVault(SecretUri=https://kv1.vault.azure.net/keys/k/)",
+            "@Microsoft.AppConfiguration(Endpoint=https://x.azconfig.io; Key=k)",
+            "@Microsoft.KeyVault(SecretUri=https://kv1.vault.azure.net/secrets/a/b/c)",
+        ] {
+            assert_eq!(r(not), None, "{not}");
+        }
+    }
+
+    #[test]
+    fn site_streams_are_case_folded_and_always_valid_ids() {
+        let a = site_stream("SUB", "RG", "Web", Some("Staging"));
+        assert_eq!(a, "appservice-site:sub/rg/web/staging");
+        assert_eq!(a, site_stream("sub", "rg", "web", Some("staging")));
+        assert_ne!(a, site_stream("sub", "rg", "web", None));
+        let odd = site_stream("sub", "rg (prod)", "web", None);
+        assert!(odd.starts_with("appservice-site:sha256/"), "{odd}");
+        let long = site_stream(&"s".repeat(100), "rg", "web", None);
+        assert!(long.len() <= 128, "{long}");
     }
 }
