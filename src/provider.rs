@@ -117,6 +117,13 @@ pub trait Rotator: Send + Sync + std::fmt::Debug {
         stored: Option<&'a SecretValue>,
     ) -> Reply<'a, Option<String>>;
 
+    /// Whether [`Rotator::capture`] and [`Rotator::discard`] use the value the first store
+    /// holds. When not, the runner does not read it for them: one vault read less per
+    /// rotation (the store's capture still journals the version it held).
+    fn uses_stored_value(&self) -> bool {
+        true
+    }
+
     /// Makes the new credential. `captured` is what [`Rotator::capture`] found.
     ///
     /// # Errors

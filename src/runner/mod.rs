@@ -825,13 +825,12 @@ impl<J: RunnerJournal> Runner<J> {
                 }
                 Err(e) => Err(e),
             }
-        } else if matches!(
-            step.action,
-            Action::Restore | Action::Revert | Action::Discard
-        ) || (step.action == Action::Capture && cast.role() == Role::Rotator)
+        } else if matches!(step.action, Action::Restore | Action::Revert)
+            || (matches!(step.action, Action::Capture | Action::Discard)
+                && matches!(&cast, Cast::Rotator(r) if r.uses_stored_value()))
         {
             // Undo needs the old value; a rotator's capture uses it to find the credential
-            // in use.
+            // in use (unless the rotator can tell without it).
             self.heartbeat(&mut d.lease, self.old_value(&d.state))
                 .await
                 .map(Given::Old)

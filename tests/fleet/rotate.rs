@@ -20,7 +20,7 @@ use rekey::saga::{Phase, RotationEvent, Trigger};
 
 use super::{READER_ID, READER_SECRET, SECRET_VAR, T0_MS, config_text, fake};
 use crate::azure::{drive, drive_to_end, events};
-use crate::fake_azure::{App, Effect, FakeAzure, Fault, PasswordCred, Route, SecretMeta};
+use crate::fake_azure::{App, Effect, FakeAzure, Fault, PasswordCred, Route, SecretMeta, Service};
 
 const DAY_S: i64 = 86_400;
 pub const ORDERS_OBJECT: &str = "0b000000-0000-4000-8000-000000000001";
@@ -681,4 +681,67 @@ async fn a_pinned_reference_to_a_copy_refuses_the_rotation() {
         "{reason}"
     );
     assert!(fake.effects().is_empty());
+}
+
+/// A fleet rotation never fetches the value a vault copy held: Graph (and the plan) name
+/// the password in use, so the rotator's capture needs no value, and the copies' captures
+/// journal the versions they held without reading them. Undoing a fleet rotation needs no
+/// old value either (a new version is written, the old ones stay).
+#[tokio::test]
+async fn a_fleet_rotation_fetches_no_old_value_from_the_vaults() {
+    let (fake, clock) = fake().await;
+    seed_orders(&fake);
+    let old: Vec<(String, String)> = [
+        ("kv-alpha", "orders-client-secret"),
+        ("kv-beta", "orders-copy"),
+    ]
+    .iter()
+    .map(|(v, i)| ((*i).to_owned(), fake.kv_versions(v, i)[0].version.clone()))
+    .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let config = config(&fake, dir.path());
+    let plans = discover_and_plan(&config, &clock).await;
+    let journal = Arc::new(MemoryJournal::new(Arc::new(clock.clone())));
+    let runner = runner(&config, &clock, journal.clone());
+    let id = "0197a000-0000-7000-8000-0000000001d1";
+    runner
+        .request(
+            plans.rotations[0].plan.clone(),
+            Trigger::Bulk,
+            "test",
+            id.to_owned(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(drive_to_end(&runner, &clock, id).await, Phase::Completed);
+    let value_reads: Vec<String> = fake
+        .requests()
+        .into_iter()
+        .filter(|r| r.service == Service::KeyVault && r.method == "GET")
+        .map(|r| r.path)
+        .filter(|p| {
+            old.iter()
+                .any(|(item, version)| p.contains(&format!("/secrets/{item}/{version}")))
+        })
+        .collect();
+    assert!(
+        value_reads.is_empty(),
+        "old values fetched: {value_reads:?}"
+    );
+    // The captures still journal the versions the copies held.
+    let captured: Vec<String> = events(journal.as_ref(), id)
+        .into_iter()
+        .filter_map(|e| match e {
+            RotationEvent::StepSucceeded {
+                step, id: Some(v), ..
+            } if step.action == rekey::saga::Action::Capture => Some(v),
+            _ => None,
+        })
+        .collect();
+    for (_, version) in &old {
+        assert!(
+            captured.iter().any(|c| c.contains(version.as_str())),
+            "{captured:?}"
+        );
+    }
 }

@@ -206,6 +206,11 @@ impl AppPasswords {
 impl Rotator for AppPasswords {
     /// The passwords rekey made for this secret before, or exactly the key ids the plan
     /// names; retired after the grace period.
+    /// The passwords in use are named by Graph (or by the plan), never by a value.
+    fn uses_stored_value(&self) -> bool {
+        false
+    }
+
     fn capture<'a>(
         &'a self,
         step: Step<'a>,
