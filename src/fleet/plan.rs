@@ -148,7 +148,8 @@ pub struct PlannedSetting {
     pub item: String,
 }
 
-/// What a fleet run read of one configured site: its settings, or why they are unknown.
+/// What a fleet run read of one configured site: its settings that hold a Key Vault
+/// reference (never a literal value), or why they are unknown.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SiteSettings {
     pub tenant: String,

@@ -13,6 +13,7 @@ use super::discover::{self, Discovery};
 use super::inventory::Scanner;
 use super::plan::{FleetPlans, SelectError, Selection, SiteSettings, plan, refresh_app_settings};
 use crate::config::{Config, CredentialConfig};
+use crate::providers::azure::appservice::KeyVaultReference;
 
 /// Each configured tenant's directory id, from the credential it is read with (the
 /// kinds that name one); a tenant without one cannot verify a new password, and its
@@ -56,7 +57,8 @@ pub async fn discover_and_plan(
 
 /// Reads the settings of the App Service sites configured for the tenants `plans` rotates
 /// in (`[fleet.tenants.<name>] app_service_sites`), each with its tenant's credential; no
-/// other site is read. A site that cannot be read is reported with the reason.
+/// other site is read. A site that cannot be read is reported with the reason. Only the
+/// settings holding a Key Vault reference are kept.
 pub async fn read_sites(
     scanner: &Scanner,
     fleet: &FleetConfig,
@@ -85,6 +87,13 @@ pub async fn read_sites(
                 site.slot.as_deref(),
             )
             .await
+            // Only Key Vault references (addresses) are kept: a literal setting may be a
+            // secret, and is dropped as soon as it is read.
+            .map(|all| {
+                all.into_iter()
+                    .filter(|(_, v)| KeyVaultReference::parse(v).is_some())
+                    .collect()
+            })
             .map_err(|e| e.message);
             out.push(SiteSettings {
                 tenant: t.name.clone(),
