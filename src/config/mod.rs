@@ -1621,6 +1621,7 @@ pub const KEYS: &[(&str, &[&str])] = &[
             "subscriptions",
             "vaults",
             "service_principals",
+            "app_service_sites",
         ],
     ),
     ("[fleet.tag_keys]", &["app_id", "key_id", "app_name"]),
