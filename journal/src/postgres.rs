@@ -5,9 +5,9 @@
 //!
 //! - an append is a guarded `UPDATE` of the stream's head row (its sequence, head hash and
 //!   lease columns as the rules saw them) feeding the `INSERT` of its events, so the fence
-//!   is inside the write and holds at READ COMMITTED. Zero rows means the row changed since
-//!   it was read: the row is read again and the rules decide again (a conflict, a stale or
-//!   expired fence, or the same append on the new head);
+//!   is inside the write and holds at READ COMMITTED. A row that changed since it was read
+//!   is not updated and its events are not inserted: the row is read again and the rules
+//!   decide again (a conflict, a stale or expired fence, or the same append on the new head);
 //! - a lease change is the same guarded `UPDATE` of the lease columns;
 //! - every event carries a client-generated id (unique), so when the connection is lost
 //!   after COMMIT was sent the retried append finds its events and is reported done, once.
@@ -17,6 +17,20 @@
 //! journal's global counter row from its first statement to its commit, so global sequences
 //! are given in commit order and a reader of [`JournalScan::read_after`] never skips an event
 //! that commits late.
+//!
+//! A batch costs a constant number of round trips, whatever its size:
+//!
+//! 1. `BEGIN`, the counter row's lock and the read of the row of every stream the batch
+//!    touches, in one round trip (the read is pipelined behind `BEGIN`);
+//! 2. the rules decide every request in batch order, in memory, each over its stream's row
+//!    as the earlier requests of the batch left it, and each stream's changes fold into one
+//!    change guarded by the row as read;
+//! 3. one statement writes them all (`write_round_sql`): every stream's guarded change, the
+//!    events of only the streams whose change landed, numbered after the counter in batch
+//!    order in SQL (so a guard that fails leaves no gap), their timers, and the counter row.
+//!    A stream whose guard failed is read again and its requests are decided again in a next
+//!    round of the same transaction;
+//! 4. `COMMIT`.
 //!
 //! The global feed: why a counter row, not the transaction horizon. DESIGN §8 sketches a
 //! feed read below the transaction horizon (`xid < pg_snapshot_xmin(pg_current_snapshot())`,
@@ -196,15 +210,8 @@ struct Sql {
     /// The journal's schema (a checked bare identifier).
     schema: String,
     begin: String,
-    end_batch: String,
     read_rows: String,
-    read_row: String,
-    append_update: String,
-    append_insert: String,
-    lease_update: String,
-    lease_insert: String,
-    put_timer: String,
-    clear_timer: String,
+    write_round: String,
     find_events: String,
     select_events_of: String,
     select_events_after: String,
@@ -223,18 +230,81 @@ const STREAM_COLUMNS: &str =
 const ROW_COLUMNS: &str =
     "stream_id, head_seq, head_hash, lease_owner, lease_epoch, lease_expires_at_ms";
 
-/// The INSERT of an append's events, fed by the guarded head change `head`: `$1` is the
-/// stream, `$4` the time, and the events' columns are the 8 arrays from `$first`.
-fn insert_events(first: usize) -> String {
-    let p: Vec<String> = (first..first + 8).map(|i| format!("${i}")).collect();
+/// The one statement that writes a round of a batch (see [`write_round`]); `{s}` is the
+/// schema. Parameters: one element per changed stream in `$1..$15` (stream, no row yet,
+/// appended, the guard's head sequence, head hash, lease owner, epoch and expiry, then the
+/// new head sequence, head hash, status, subject, lease owner, epoch and expiry); `$16` the
+/// time; one element per event in `$17..$25` (the batch position of its append, stream,
+/// client id, stream sequence, kind, schema version, payload, previous hash, hash); `$26`
+/// the last global sequence given; one element per timer change in `$27..$29` (stream, name,
+/// due time or null to clear).
+///
+/// Each stream's change is guarded by the row the rules read: its lease columns always, its
+/// head too when it appends; a stream with no row is inserted unless another writer inserted
+/// it first. Only the events, timers of the streams whose change landed are written, and the
+/// events are numbered after `$26` in batch order among those alone, so the global sequence
+/// has no gap. It returns the streams that landed, then each append's last global sequence.
+fn write_round_sql() -> String {
     format!(
-        "INSERT INTO {{s}}.events (global_seq, event_id, stream_id, stream_seq, kind,
-            schema_version, recorded_at_ms, payload, prev_hash, hash)
-         SELECT e.g, e.id, $1, e.seq, e.kind, e.ver, $4, e.payload, e.prev, e.hash
-         FROM head, unnest({}::int8[], {}::bytea[], {}::int8[], {}::text[], {}::int8[],
-                           {}::bytea[], {}::bytea[], {}::bytea[])
-              AS e(g, id, seq, kind, ver, payload, prev, hash)",
-        p[0], p[1], p[2], p[3], p[4], p[5], p[6], p[7]
+        r#"WITH h AS (
+    SELECT * FROM unnest($1::text[], $2::bool[], $3::bool[], $4::int8[], $5::bytea[],
+                         $6::text[], $7::int8[], $8::int8[], $9::int8[], $10::bytea[],
+                         $11::text[], $12::text[], $13::text[], $14::int8[], $15::int8[])
+        AS h(stream_id, is_new, appended, g_seq, g_hash, g_owner, g_epoch, g_expiry,
+             seq, hash, status, subject, owner, epoch, expiry)),
+ changed AS (
+    UPDATE {{s}}.streams st SET
+        head_seq = CASE WHEN h.appended THEN h.seq ELSE st.head_seq END,
+        head_hash = CASE WHEN h.appended THEN h.hash ELSE st.head_hash END,
+        updated_at_ms = CASE WHEN h.appended THEN $16 ELSE st.updated_at_ms END,
+        status = CASE WHEN NOT h.appended THEN st.status
+            ELSE COALESCE(h.status, CASE WHEN st.head_seq = 0 THEN '{DEFAULT_STATUS}' ELSE st.status END) END,
+        subject = CASE WHEN h.appended AND st.head_seq = 0 THEN h.subject ELSE st.subject END,
+        created_at_ms = CASE WHEN h.appended AND st.head_seq = 0 THEN $16 ELSE st.created_at_ms END,
+        lease_owner = h.owner, lease_epoch = h.epoch, lease_expires_at_ms = h.expiry
+    FROM h
+    WHERE NOT h.is_new AND st.stream_id = h.stream_id COLLATE "C"
+      AND (NOT h.appended OR (st.head_seq = h.g_seq AND st.head_hash = h.g_hash))
+      AND st.lease_owner IS NOT DISTINCT FROM h.g_owner AND st.lease_epoch = h.g_epoch
+      AND st.lease_expires_at_ms IS NOT DISTINCT FROM h.g_expiry
+    RETURNING st.stream_id),
+ created AS (
+    INSERT INTO {{s}}.streams (stream_id, subject, status, created_at_ms, updated_at_ms,
+        head_seq, head_hash, lease_owner, lease_epoch, lease_expires_at_ms)
+    SELECT h.stream_id, h.subject, COALESCE(h.status, '{DEFAULT_STATUS}'), $16, $16, h.seq,
+        h.hash, h.owner, h.epoch, h.expiry
+    FROM h WHERE h.is_new
+    ON CONFLICT (stream_id) DO NOTHING
+    RETURNING stream_id),
+ landed AS (SELECT stream_id FROM changed UNION ALL SELECT stream_id FROM created),
+ ev AS MATERIALIZED (
+    SELECT e.*, $26 + row_number() OVER (ORDER BY e.pos, e.seq) AS g
+    FROM unnest($17::int8[], $18::text[], $19::bytea[], $20::int8[], $21::text[],
+                $22::int8[], $23::bytea[], $24::bytea[], $25::bytea[])
+        AS e(pos, stream_id, id, seq, kind, ver, payload, prev, hash)
+    WHERE e.stream_id COLLATE "C" IN (SELECT stream_id FROM landed)),
+ added AS (
+    INSERT INTO {{s}}.events (global_seq, event_id, stream_id, stream_seq, kind,
+        schema_version, recorded_at_ms, payload, prev_hash, hash)
+    SELECT ev.g, ev.id, ev.stream_id, ev.seq, ev.kind, ev.ver, $16, ev.payload, ev.prev, ev.hash
+    FROM ev),
+ counted AS (
+    UPDATE {{s}}.meta SET last_global_seq = $26 + (SELECT count(*) FROM ev) WHERE id = 1),
+ armed AS (
+    INSERT INTO {{s}}.timers (stream_id, name, due_at_ms)
+    SELECT t.stream_id, t.name, t.due
+    FROM unnest($27::text[], $28::text[], $29::int8[]) AS t(stream_id, name, due)
+    WHERE t.due IS NOT NULL AND t.stream_id COLLATE "C" IN (SELECT stream_id FROM landed)
+    ON CONFLICT (stream_id, name) DO UPDATE
+    SET due_at_ms = EXCLUDED.due_at_ms, claimed_by = NULL, claimed_until_ms = NULL),
+ cleared AS (
+    DELETE FROM {{s}}.timers d
+    USING unnest($27::text[], $28::text[], $29::int8[]) AS t(stream_id, name, due)
+    WHERE t.due IS NULL AND d.stream_id = t.stream_id COLLATE "C" AND d.name = t.name
+      AND t.stream_id COLLATE "C" IN (SELECT stream_id FROM landed))
+SELECT stream_id, NULL::int8, NULL::int8 FROM landed
+UNION ALL
+SELECT NULL, ev.pos, max(ev.g) FROM ev GROUP BY ev.pos"#
     )
 }
 
@@ -247,63 +317,12 @@ impl Sql {
                 "BEGIN ISOLATION LEVEL READ COMMITTED; SET LOCAL synchronous_commit = on;
                  SELECT last_global_seq, {DB_NOW} FROM {{s}}.meta WHERE id = 1 FOR UPDATE"
             )),
-            end_batch: s("UPDATE {s}.meta SET last_global_seq = $1 WHERE id = 1"),
             read_rows: s(&format!(
                 "SELECT {ROW_COLUMNS} FROM {{s}}.streams WHERE stream_id = ANY($1)"
             )),
-            read_row: s(&format!(
-                "SELECT {ROW_COLUMNS} FROM {{s}}.streams WHERE stream_id = $1"
-            )),
-            // $1 stream, $2 new head seq, $3 new head hash, $4 now, $5 new status (or null),
-            // $6 subject (kept only when the stream is created), $7..$11 the guard, then
-            // the events.
-            append_update: s(&format!(
-                "WITH head AS (
-                    UPDATE {{s}}.streams SET head_seq = $2, head_hash = $3, updated_at_ms = $4,
-                        status = COALESCE($5, CASE WHEN head_seq = 0 THEN '{DEFAULT_STATUS}' ELSE status END),
-                        subject = CASE WHEN head_seq = 0 THEN $6 ELSE subject END,
-                        created_at_ms = CASE WHEN head_seq = 0 THEN $4 ELSE created_at_ms END
-                    WHERE stream_id = $1 AND head_seq = $7 AND head_hash = $8
-                      AND lease_owner IS NOT DISTINCT FROM $9 AND lease_epoch = $10
-                      AND lease_expires_at_ms IS NOT DISTINCT FROM $11
-                    RETURNING 1)
-                 {}",
-                insert_events(12)
-            )),
-            // A stream with no row yet: $1..$6 as above, then the events.
-            append_insert: s(&format!(
-                "WITH head AS (
-                    INSERT INTO {{s}}.streams (stream_id, subject, status, created_at_ms,
-                        updated_at_ms, head_seq, head_hash)
-                    VALUES ($1, $6, COALESCE($5, '{DEFAULT_STATUS}'), $4, $4, $2, $3)
-                    ON CONFLICT (stream_id) DO NOTHING
-                    RETURNING 1)
-                 {}",
-                insert_events(7)
-            )),
-            // $1 stream, $2 owner, $3 token, $4 expiry, $5.. the guard.
-            lease_update: s(
-                "UPDATE {s}.streams SET lease_owner = $2, lease_epoch = $3, lease_expires_at_ms = $4
-                 WHERE stream_id = $1 AND lease_owner IS NOT DISTINCT FROM $5
-                   AND lease_epoch = $6 AND lease_expires_at_ms IS NOT DISTINCT FROM $7",
-            ),
-            // $5 is the time (the row's creation).
-            lease_insert: s(&format!(
-                "INSERT INTO {{s}}.streams (stream_id, status, created_at_ms, updated_at_ms,
-                    head_seq, head_hash, lease_owner, lease_epoch, lease_expires_at_ms)
-                 VALUES ($1, '{DEFAULT_STATUS}', $5, $5, 0, $6, $2, $3, $4)
-                 ON CONFLICT (stream_id) DO NOTHING"
-            )),
-            put_timer: s(
-                "INSERT INTO {s}.timers (stream_id, name, due_at_ms) VALUES ($1, $2, $3)
-                 ON CONFLICT (stream_id, name) DO UPDATE
-                 SET due_at_ms = $3, claimed_by = NULL, claimed_until_ms = NULL",
-            ),
-            clear_timer: s("DELETE FROM {s}.timers WHERE stream_id = $1 AND name = $2"),
-            find_events: s(
-                "SELECT stream_seq, global_seq, hash FROM {s}.events
-                 WHERE event_id = ANY($1) ORDER BY stream_seq",
-            ),
+            write_round: s(&write_round_sql()),
+            find_events: s("SELECT stream_seq, global_seq, hash FROM {s}.events
+                 WHERE event_id = ANY($1) ORDER BY stream_seq"),
             select_events_of: s(&format!(
                 "SELECT {EVENT_COLUMNS} FROM {{s}}.events WHERE stream_id = $1 ORDER BY stream_seq"
             )),
@@ -332,10 +351,8 @@ impl Sql {
                 "SELECT stream_id, name, due_at_ms FROM {s}.timers WHERE due_at_ms <= $1
                  ORDER BY due_at_ms, stream_id LIMIT $2",
             ),
-            next_timer: s(
-                "SELECT stream_id, name, due_at_ms FROM {s}.timers
-                 ORDER BY due_at_ms, stream_id LIMIT 1",
-            ),
+            next_timer: s("SELECT stream_id, name, due_at_ms FROM {s}.timers
+                 ORDER BY due_at_ms, stream_id LIMIT 1"),
             // $1 owner, $2 now (or null for the database clock), $3 claim length, $4 limit.
             claim_timers: s(&format!(
                 "WITH now AS (SELECT COALESCE($2::int8, {DB_NOW}) AS ms),
@@ -375,11 +392,12 @@ impl StreamRow {
     }
 }
 
-/// A timer change an append makes, in order.
+/// A timer change an append makes to its own stream, in order.
 #[derive(Debug, Clone)]
 enum TimerChange {
     Put(Timer),
-    Clear(String, String),
+    /// Clears the timer of this name.
+    Clear(String),
 }
 
 /// A [`WriteStore`] that reads one stream's row as it was read from the database and records
@@ -443,9 +461,8 @@ impl WriteStore for Plan<'_> {
         Ok(())
     }
 
-    fn clear_timer(&mut self, stream_id: &str, name: &str) -> Result<()> {
-        self.timers
-            .push(TimerChange::Clear(stream_id.to_owned(), name.to_owned()));
+    fn clear_timer(&mut self, _stream_id: &str, name: &str) -> Result<()> {
+        self.timers.push(TimerChange::Clear(name.to_owned()));
         Ok(())
     }
 }
@@ -453,8 +470,9 @@ impl WriteStore for Plan<'_> {
 /// A write for the writer task.
 #[derive(Debug)]
 enum Op {
-    /// An append, with its events' client-generated ids.
-    Append(Append, Vec<[u8; 16]>),
+    /// An append, with its events' client-generated ids and canonical payloads (encoded by
+    /// the caller, so the writer does not).
+    Append(Append, Vec<[u8; 16]>, Vec<String>),
     Acquire {
         stream_id: String,
         owner: String,
@@ -467,7 +485,7 @@ enum Op {
 impl Op {
     fn stream_id(&self) -> &str {
         match self {
-            Op::Append(a, _) => &a.stream_id,
+            Op::Append(a, ..) => &a.stream_id,
             Op::Acquire { stream_id, .. } => stream_id,
             Op::Renew(l, _) | Op::Release(l) => &l.stream_id,
         }
@@ -1178,10 +1196,23 @@ async fn run_batch_on(
     retried: bool,
 ) -> std::result::Result<Vec<Result<Done>>, BatchFailure> {
     let fail = |context: &'static str| move |e| classify(s, context, e);
-    let begun = c
-        .simple_query(&s.sql.begin)
+    // A malformed stream id is refused by the rules, before it reaches the database.
+    let ids: Vec<&str> = ops
+        .iter()
+        .map(Op::stream_id)
+        .filter(|id| validate_stream_id(id).is_ok())
+        .collect();
+    let read = c
+        .prepare_cached(&s.sql.read_rows)
         .await
-        .map_err(fail("starting a write transaction"))?;
+        .map_err(fail("preparing a read"))?;
+    // One round trip: the read is sent behind BEGIN without waiting for its answer, and the
+    // server runs it once the counter row is locked, inside the transaction.
+    let read_params: [&(dyn ToSql + Sync); 1] = [&ids];
+    let (begun, read_rows) =
+        tokio::join!(c.simple_query(&s.sql.begin), c.query(&read, &read_params));
+    let begun = begun.map_err(fail("starting a write transaction"))?;
+    let read_rows = read_rows.map_err(fail("reading stream heads"))?;
     let (mut last_global, db_now) = begun
         .iter()
         .find_map(|m| match m {
@@ -1199,63 +1230,207 @@ async fn run_batch_on(
             })
         })?;
     let now_ms = s.clock.as_ref().map_or(db_now, |clock| clock.now_ms());
-
-    // A malformed stream id is refused by the rules, before it reaches the database.
-    let ids: Vec<&str> = ops
-        .iter()
-        .map(Op::stream_id)
-        .filter(|id| validate_stream_id(id).is_ok())
-        .collect();
-    let read = c
-        .prepare_cached(&s.sql.read_rows)
-        .await
-        .map_err(fail("preparing a read"))?;
     let mut rows: HashMap<String, StreamRow> = HashMap::new();
-    for r in c
-        .query(&read, &[&ids])
-        .await
-        .map_err(fail("reading stream heads"))?
-    {
-        let (id, row) = decode_stream_row(&r).map_err(BatchFailure::Refused)?;
+    for r in &read_rows {
+        let (id, row) = decode_stream_row(r).map_err(BatchFailure::Refused)?;
         rows.insert(id, row);
     }
 
-    let mut outcomes = Vec::with_capacity(ops.len());
-    for op in ops {
-        let outcome = run_op(s, c, op, &mut rows, &mut last_global, now_ms, retried).await?;
-        outcomes.push(outcome);
+    let mut outcomes: Vec<Option<Result<Done>>> = ops.iter().map(|_| None).collect();
+    let mut pending: Vec<usize> = (0..ops.len()).collect();
+    for round in 0..PLAN_ATTEMPTS_MAX {
+        if round > 0 {
+            reread_rows(s, c, ops, &pending, &mut rows).await?;
+        }
+        let planned = plan_round(ops, &pending, &mut rows, now_ms);
+        let written = write_round(s, c, ops, &planned, last_global, now_ms).await?;
+        let mut again = Vec::new();
+        for (i, decided) in planned.decided {
+            let stream_id = ops[i].stream_id();
+            if planned.folds.contains_key(stream_id) && !written.landed.contains(stream_id) {
+                // Another writer changed the row since it was read: read it again, decide
+                // again, in the next round.
+                again.push(i);
+                continue;
+            }
+            outcomes[i] = Some(match (decided, &ops[i]) {
+                (Ok(Done::Appended(mut appended)), _) => match written.last_globals.get(&i) {
+                    Some(g) => {
+                        appended.last_global_seq = *g as u64;
+                        Ok(Done::Appended(appended))
+                    }
+                    None => Err(Error::WriteFailed {
+                        reason: format!(
+                            "the events of an append to {stream_id} were not given global sequences"
+                        ),
+                    }),
+                },
+                // A retried append that committed before its acknowledgement was lost is
+                // refused now (its own events moved the head): find them, and report done.
+                (Err(refusal), Op::Append(a, event_ids, _)) if retried => {
+                    match find_appended(s, c, a, event_ids).await? {
+                        Some(appended) => Ok(Done::Appended(appended)),
+                        None => Err(refusal),
+                    }
+                }
+                (other, _) => other,
+            });
+        }
+        last_global = written.last_global.max(last_global);
+        pending = again;
+        if pending.is_empty() {
+            break;
+        }
     }
-    let end = c
-        .prepare_cached(&s.sql.end_batch)
-        .await
-        .map_err(fail("preparing the commit"))?;
-    c.execute(&end, &[&last_global])
-        .await
-        .map_err(fail("advancing the global sequence"))?;
     // The durable commit: nobody hears "ok" before it.
     c.batch_execute("COMMIT")
         .await
         .map_err(fail("committing"))?;
-    Ok(outcomes)
+    Ok(outcomes
+        .into_iter()
+        .zip(ops)
+        .map(|(outcome, op)| {
+            outcome.unwrap_or_else(|| {
+                Err(Error::WriteFailed {
+                    reason: format!(
+                        "stream {} changed under this write {PLAN_ATTEMPTS_MAX} times in a row; retry",
+                        op.stream_id()
+                    ),
+                })
+            })
+        })
+        .collect())
 }
 
-/// Plans `op` with the rules over the stream's row, writes the plan with a statement guarded
-/// by that row, and when the row changed meanwhile reads it again and plans again.
-async fn run_op(
+/// Reads again the rows of the streams of `pending`, whose guarded writes found them changed.
+async fn reread_rows(
     s: &Shared,
     c: &Object,
-    op: &Op,
+    ops: &[Op],
+    pending: &[usize],
     rows: &mut HashMap<String, StreamRow>,
-    last_global: &mut i64,
+) -> std::result::Result<(), BatchFailure> {
+    let mut ids: Vec<&str> = pending.iter().map(|&i| ops[i].stream_id()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let read = c
+        .prepare_cached(&s.sql.read_rows)
+        .await
+        .map_err(|e| classify(s, "preparing a read", e))?;
+    let found = c
+        .query(&read, &[&ids])
+        .await
+        .map_err(|e| classify(s, "re-reading stream heads", e))?;
+    for id in &ids {
+        rows.remove(*id);
+    }
+    for r in &found {
+        let (id, row) = decode_stream_row(r).map_err(BatchFailure::Refused)?;
+        rows.insert(id, row);
+    }
+    Ok(())
+}
+
+/// One stream's change in a round: the row the rules read first (the guard) and the row their
+/// decisions leave, with what the stream's appends carry for its summary row.
+#[derive(Debug)]
+struct Fold {
+    /// The row as read, `None` when the stream had no row (it is then inserted).
+    base: Option<StreamRow>,
+    /// The row after every op of the round on this stream.
+    row: StreamRow,
+    /// Some op appended: the head columns change, and the guard covers them.
+    appended: bool,
+    /// The subject of the append that created the stream, when one did.
+    subject: Option<String>,
+    /// The last status an append set.
+    status: Option<String>,
+    /// Each timer's last change: its due time, or `None` to clear it.
+    timers: Vec<(String, Option<i64>)>,
+}
+
+impl Fold {
+    fn new(base: Option<StreamRow>) -> Self {
+        let row = base.clone().unwrap_or(StreamRow {
+            head_seq: 0,
+            head_hash: Digest32::GENESIS,
+            lease_owner: None,
+            lease_epoch: 0,
+            lease_expires_at_ms: None,
+        });
+        Self {
+            base,
+            row,
+            appended: false,
+            subject: None,
+            status: None,
+            timers: Vec::new(),
+        }
+    }
+
+    /// Adds what the rules decided for one op (in batch order) to the stream's change.
+    fn absorb(&mut self, plan: &Plan<'_>) {
+        if let Some((subject, status, head_seq, head_hash)) = &plan.head {
+            if !self.appended && self.row.head_seq == 0 {
+                // The append that creates the stream records its subject.
+                self.subject.clone_from(subject);
+            }
+            if status.is_some() {
+                self.status.clone_from(status);
+            }
+            self.appended = true;
+            self.row.head_seq = *head_seq;
+            self.row.head_hash = *head_hash;
+        }
+        if let Some(lease) = &plan.lease {
+            self.row.lease_owner = Some(lease.owner.clone());
+            self.row.lease_epoch = lease.token as i64;
+            self.row.lease_expires_at_ms = Some(lease.expires_at_ms);
+        }
+        for change in &plan.timers {
+            let (name, due) = match change {
+                TimerChange::Put(t) => (&t.name, Some(t.due_at_ms)),
+                TimerChange::Clear(name) => (name, None),
+            };
+            match self.timers.iter_mut().find(|(n, _)| n == name) {
+                Some(last) => last.1 = due,
+                None => self.timers.push((name.clone(), due)),
+            }
+        }
+    }
+}
+
+/// A round's decisions, before they are written.
+#[derive(Debug, Default)]
+struct Round {
+    /// Each op of the round (by batch position) and what the rules decided for it.
+    decided: Vec<(usize, Result<Done>)>,
+    /// The change of each stream some op of the round changes.
+    folds: HashMap<String, Fold>,
+    /// The streams of `folds` in the order the batch first changed them.
+    order: Vec<String>,
+    /// The events to insert: the batch position of their append, and the event with its id.
+    events: Vec<(usize, Event, [u8; 16])>,
+}
+
+/// Decides every op of `pending` in batch order with the rules, each over its stream's row
+/// as the earlier ops of the batch left it (`rows` is updated as it goes).
+fn plan_round(
+    ops: &[Op],
+    pending: &[usize],
+    rows: &mut HashMap<String, StreamRow>,
     now_ms: i64,
-    retried: bool,
-) -> std::result::Result<Result<Done>, BatchFailure> {
-    let stream_id = op.stream_id();
-    for _ in 0..PLAN_ATTEMPTS_MAX {
+) -> Round {
+    let mut round = Round::default();
+    for &i in pending {
+        let op = &ops[i];
+        let stream_id = op.stream_id();
         let row = rows.get(stream_id).cloned();
         let mut plan = Plan::new(row.as_ref());
         let decided = match op {
-            Op::Append(a, _) => ops::append(&mut plan, a, now_ms).map(Done::Appended),
+            Op::Append(a, _, payloads) => {
+                ops::append_prepared(&mut plan, a, payloads.clone(), now_ms).map(Done::Appended)
+            }
             Op::Acquire {
                 stream_id,
                 owner,
@@ -1266,256 +1441,185 @@ async fn run_op(
             }
             Op::Release(lease) => ops::release(&mut plan, lease, now_ms).map(|()| Done::Released),
         };
-        let done = match decided {
-            Ok(done) => done,
-            Err(refusal) => {
-                // A retried append that committed before its acknowledgement was lost is
-                // refused now (its own events moved the head): find them, and report done.
-                if let (true, Op::Append(a, event_ids)) = (retried, op)
-                    && let Some(appended) = find_appended(s, c, a, event_ids).await?
-                {
-                    return Ok(Ok(Done::Appended(appended)));
-                }
-                return Ok(Err(refusal));
-            }
-        };
-        let landed = match (&done, op) {
-            (Done::Appended(_), Op::Append(a, event_ids)) => {
-                write_append(
-                    s,
-                    c,
-                    a,
-                    event_ids,
-                    row.as_ref(),
-                    &plan,
-                    *last_global,
-                    now_ms,
-                )
-                .await?
-            }
-            _ => match &plan.lease {
-                Some(lease) => write_lease(s, c, lease, row.as_ref(), now_ms).await?,
-                None => true,
-            },
-        };
-        if landed {
-            let done = match done {
-                Done::Appended(mut appended) => {
-                    *last_global += plan.events.len() as i64;
-                    appended.last_global_seq = *last_global as u64;
-                    write_timers(s, c, &plan.timers).await?;
-                    let head = plan.head.as_ref().map(|h| (h.2, h.3));
-                    let entry = rows.entry(stream_id.to_owned()).or_insert(StreamRow {
-                        head_seq: 0,
-                        head_hash: Digest32::GENESIS,
-                        lease_owner: None,
-                        lease_epoch: 0,
-                        lease_expires_at_ms: None,
-                    });
-                    if let Some((seq, hash)) = head {
-                        entry.head_seq = seq;
-                        entry.head_hash = hash;
-                    }
-                    Done::Appended(appended)
-                }
-                other => {
-                    if let Some(lease) = &plan.lease {
-                        let entry = rows.entry(stream_id.to_owned()).or_insert(StreamRow {
-                            head_seq: 0,
-                            head_hash: Digest32::GENESIS,
-                            lease_owner: None,
-                            lease_epoch: 0,
-                            lease_expires_at_ms: None,
-                        });
-                        entry.lease_owner = Some(lease.owner.clone());
-                        entry.lease_epoch = lease.token as i64;
-                        entry.lease_expires_at_ms = Some(lease.expires_at_ms);
-                    }
-                    other
-                }
-            };
-            return Ok(Ok(done));
-        }
-        // Another writer changed the row since it was read: read it again, decide again.
-        let read = c
-            .prepare_cached(&s.sql.read_row)
-            .await
-            .map_err(|e| classify(s, "preparing a read", e))?;
-        match c
-            .query_opt(&read, &[&stream_id])
-            .await
-            .map_err(|e| classify(s, "re-reading a stream head", e))?
-        {
-            Some(r) => {
-                let (_, row) = decode_stream_row(&r).map_err(BatchFailure::Refused)?;
-                rows.insert(stream_id.to_owned(), row);
-            }
-            None => {
-                rows.remove(stream_id);
+        // A refused op changes nothing; an accepted one that writes joins its stream's change.
+        if decided.is_ok() && (plan.head.is_some() || plan.lease.is_some()) {
+            let fold = round.folds.entry(stream_id.to_owned()).or_insert_with(|| {
+                round.order.push(stream_id.to_owned());
+                Fold::new(row.clone())
+            });
+            fold.absorb(&plan);
+            rows.insert(stream_id.to_owned(), fold.row.clone());
+            if let Op::Append(_, event_ids, _) = op {
+                round.events.extend(
+                    plan.events
+                        .into_iter()
+                        .zip(event_ids.iter().copied())
+                        .map(|(event, id)| (i, event, id)),
+                );
             }
         }
+        round.decided.push((i, decided));
     }
-    Ok(Err(Error::WriteFailed {
-        reason: format!(
-            "stream {stream_id} changed under this write {PLAN_ATTEMPTS_MAX} times in a row; retry"
-        ),
-    }))
+    round
 }
 
-/// Writes an append's plan: the guarded head change feeding the insert of its events.
-/// Returns false when the guard found the row changed (nothing was written).
-#[allow(clippy::too_many_arguments)]
-async fn write_append(
+/// What a round's statement wrote.
+#[derive(Debug, Default)]
+struct Written {
+    /// The streams whose guarded change landed.
+    landed: std::collections::HashSet<String>,
+    /// The global sequence of the last event of each append that landed, by batch position.
+    last_globals: HashMap<usize, i64>,
+    /// The last global sequence given (unchanged when no event landed).
+    last_global: i64,
+}
+
+/// Writes a round's changes with one statement: every stream's guarded head and lease change,
+/// the events of the streams whose change landed (numbered after `last_global` in batch order,
+/// so a change that did not land leaves no gap), their timers, and the counter row.
+async fn write_round(
     s: &Shared,
     c: &Object,
-    a: &Append,
-    event_ids: &[[u8; 16]],
-    row: Option<&StreamRow>,
-    plan: &Plan<'_>,
+    ops: &[Op],
+    round: &Round,
     last_global: i64,
     now_ms: i64,
-) -> std::result::Result<bool, BatchFailure> {
-    let Some((subject, status, head_seq, head_hash)) = &plan.head else {
-        return Ok(true);
+) -> std::result::Result<Written, BatchFailure> {
+    let mut written = Written {
+        last_global,
+        ..Written::default()
     };
-    let n = plan.events.len();
-    let globals: Vec<i64> = (1..=n as i64).map(|i| last_global + i).collect();
-    let ids: Vec<&[u8]> = event_ids.iter().map(|id| &id[..]).collect();
-    let seqs: Vec<i64> = plan.events.iter().map(|e| e.stream_seq as i64).collect();
-    let kinds: Vec<&str> = plan.events.iter().map(|e| e.kind.as_str()).collect();
-    let versions: Vec<i64> = plan
-        .events
+    if round.order.is_empty() {
+        return Ok(written);
+    }
+    let folds: Vec<(&str, &Fold)> = round
+        .order
         .iter()
-        .map(|e| i64::from(e.schema_version))
+        .map(|id| (id.as_str(), &round.folds[id]))
         .collect();
-    let payloads: Vec<&[u8]> = plan.events.iter().map(|e| e.payload.as_bytes()).collect();
-    let prevs: Vec<&[u8]> = plan.events.iter().map(|e| &e.prev_hash.0[..]).collect();
-    let hashes: Vec<&[u8]> = plan.events.iter().map(|e| &e.hash.0[..]).collect();
-    let (guard_seq, guard_hash, guard_owner, guard_epoch, guard_expiry) = match row {
-        Some(r) => (
-            r.head_seq as i64,
-            r.head_hash.0.to_vec(),
-            r.lease_owner.clone(),
-            r.lease_epoch,
-            r.lease_expires_at_ms,
-        ),
-        None => (0, Digest32::GENESIS.0.to_vec(), None, 0, None),
-    };
-    let new_hash = &head_hash.0[..];
-    let head_seq = *head_seq as i64;
-    let head: [&(dyn ToSql + Sync); 6] =
-        [&a.stream_id, &head_seq, &new_hash, &now_ms, status, subject];
-    let guard: [&(dyn ToSql + Sync); 5] = [
-        &guard_seq,
-        &guard_hash,
-        &guard_owner,
-        &guard_epoch,
-        &guard_expiry,
+    let genesis = Digest32::GENESIS;
+    let streams: Vec<&str> = folds.iter().map(|(id, _)| *id).collect();
+    let is_new: Vec<bool> = folds.iter().map(|(_, f)| f.base.is_none()).collect();
+    let appended: Vec<bool> = folds.iter().map(|(_, f)| f.appended).collect();
+    let g_seq: Vec<i64> = folds
+        .iter()
+        .map(|(_, f)| f.base.as_ref().map_or(0, |r| r.head_seq as i64))
+        .collect();
+    let g_hash: Vec<&[u8]> = folds
+        .iter()
+        .map(|(_, f)| &f.base.as_ref().map_or(&genesis, |r| &r.head_hash).0[..])
+        .collect();
+    let g_owner: Vec<Option<&str>> = folds
+        .iter()
+        .map(|(_, f)| f.base.as_ref().and_then(|r| r.lease_owner.as_deref()))
+        .collect();
+    let g_epoch: Vec<i64> = folds
+        .iter()
+        .map(|(_, f)| f.base.as_ref().map_or(0, |r| r.lease_epoch))
+        .collect();
+    let g_expiry: Vec<Option<i64>> = folds
+        .iter()
+        .map(|(_, f)| f.base.as_ref().and_then(|r| r.lease_expires_at_ms))
+        .collect();
+    let seq: Vec<i64> = folds.iter().map(|(_, f)| f.row.head_seq as i64).collect();
+    let hash: Vec<&[u8]> = folds.iter().map(|(_, f)| &f.row.head_hash.0[..]).collect();
+    let status: Vec<Option<&str>> = folds.iter().map(|(_, f)| f.status.as_deref()).collect();
+    let subject: Vec<Option<&str>> = folds.iter().map(|(_, f)| f.subject.as_deref()).collect();
+    let owner: Vec<Option<&str>> = folds
+        .iter()
+        .map(|(_, f)| f.row.lease_owner.as_deref())
+        .collect();
+    let epoch: Vec<i64> = folds.iter().map(|(_, f)| f.row.lease_epoch).collect();
+    let expiry: Vec<Option<i64>> = folds
+        .iter()
+        .map(|(_, f)| f.row.lease_expires_at_ms)
+        .collect();
+
+    let events = &round.events;
+    let e_pos: Vec<i64> = events.iter().map(|(i, _, _)| *i as i64).collect();
+    let e_stream: Vec<&str> = events
+        .iter()
+        .map(|(_, e, _)| e.stream_id.as_str())
+        .collect();
+    let e_id: Vec<&[u8]> = events.iter().map(|(_, _, id)| &id[..]).collect();
+    let e_seq: Vec<i64> = events.iter().map(|(_, e, _)| e.stream_seq as i64).collect();
+    let e_kind: Vec<&str> = events.iter().map(|(_, e, _)| e.kind.as_str()).collect();
+    let e_version: Vec<i64> = events
+        .iter()
+        .map(|(_, e, _)| i64::from(e.schema_version))
+        .collect();
+    let e_payload: Vec<&[u8]> = events
+        .iter()
+        .map(|(_, e, _)| e.payload.as_bytes())
+        .collect();
+    let e_prev: Vec<&[u8]> = events.iter().map(|(_, e, _)| &e.prev_hash.0[..]).collect();
+    let e_hash: Vec<&[u8]> = events.iter().map(|(_, e, _)| &e.hash.0[..]).collect();
+
+    let timers: Vec<(&str, &str, Option<i64>)> = folds
+        .iter()
+        .flat_map(|(id, f)| {
+            f.timers
+                .iter()
+                .map(|(name, due)| (*id, name.as_str(), *due))
+        })
+        .collect();
+    let t_stream: Vec<&str> = timers.iter().map(|t| t.0).collect();
+    let t_name: Vec<&str> = timers.iter().map(|t| t.1).collect();
+    let t_due: Vec<Option<i64>> = timers.iter().map(|t| t.2).collect();
+
+    let params: [&(dyn ToSql + Sync); 29] = [
+        &streams,
+        &is_new,
+        &appended,
+        &g_seq,
+        &g_hash,
+        &g_owner,
+        &g_epoch,
+        &g_expiry,
+        &seq,
+        &hash,
+        &status,
+        &subject,
+        &owner,
+        &epoch,
+        &expiry,
+        &now_ms,
+        &e_pos,
+        &e_stream,
+        &e_id,
+        &e_seq,
+        &e_kind,
+        &e_version,
+        &e_payload,
+        &e_prev,
+        &e_hash,
+        &last_global,
+        &t_stream,
+        &t_name,
+        &t_due,
     ];
-    let events: [&(dyn ToSql + Sync); 8] = [
-        &globals, &ids, &seqs, &kinds, &versions, &payloads, &prevs, &hashes,
-    ];
-    let (sql, params) = if row.is_some() {
-        (
-            &s.sql.append_update,
-            [&head[..], &guard[..], &events[..]].concat(),
-        )
-    } else {
-        (&s.sql.append_insert, [&head[..], &events[..]].concat())
-    };
     let st = c
-        .prepare_cached(sql)
+        .prepare_cached(&s.sql.write_round)
         .await
-        .map_err(|e| classify(s, "preparing an append", e))?;
-    let written = c
-        .execute(&st, &params)
-        .await
-        .map_err(|e| classify(s, &format!("appending to {}", a.stream_id), e))?;
-    Ok(written as usize == n)
-}
-
-/// Writes a lease change guarded by the lease columns the rules read.
-async fn write_lease(
-    s: &Shared,
-    c: &Object,
-    lease: &Lease,
-    row: Option<&StreamRow>,
-    now_ms: i64,
-) -> std::result::Result<bool, BatchFailure> {
-    let token = lease.token as i64;
-    let written = match row {
-        Some(r) => {
-            let st = c
-                .prepare_cached(&s.sql.lease_update)
-                .await
-                .map_err(|e| classify(s, "preparing a lease change", e))?;
-            c.execute(
-                &st,
-                &[
-                    &lease.stream_id,
-                    &lease.owner,
-                    &token,
-                    &lease.expires_at_ms,
-                    &r.lease_owner,
-                    &r.lease_epoch,
-                    &r.lease_expires_at_ms,
-                ],
-            )
-            .await
-        }
-        None => {
-            let st = c
-                .prepare_cached(&s.sql.lease_insert)
-                .await
-                .map_err(|e| classify(s, "preparing a lease change", e))?;
-            c.execute(
-                &st,
-                &[
-                    &lease.stream_id,
-                    &lease.owner,
-                    &token,
-                    &lease.expires_at_ms,
-                    &now_ms,
-                    &&Digest32::GENESIS.0[..],
-                ],
-            )
-            .await
+        .map_err(|e| classify(s, "preparing a batch write", e))?;
+    let result = c.query(&st, &params).await.map_err(|e| {
+        let context = match ops.len() {
+            1 => format!("writing to {}", ops[0].stream_id()),
+            n => format!("writing a batch of {n} requests"),
+        };
+        classify(s, &context, e)
+    })?;
+    for r in &result {
+        if let Some(stream_id) = r.get::<_, Option<String>>(0) {
+            written.landed.insert(stream_id);
+        } else if let (Some(pos), Some(g)) =
+            (r.get::<_, Option<i64>>(1), r.get::<_, Option<i64>>(2))
+        {
+            written.last_globals.insert(pos as usize, g);
+            written.last_global = written.last_global.max(g);
         }
     }
-    .map_err(|e| classify(s, &format!("writing the lease of {}", lease.stream_id), e))?;
-    Ok(written == 1)
-}
-
-async fn write_timers(
-    s: &Shared,
-    c: &Object,
-    timers: &[TimerChange],
-) -> std::result::Result<(), BatchFailure> {
-    for change in timers {
-        match change {
-            TimerChange::Put(t) => {
-                let st = c
-                    .prepare_cached(&s.sql.put_timer)
-                    .await
-                    .map_err(|e| classify(s, "preparing a timer change", e))?;
-                c.execute(&st, &[&t.stream_id, &t.name, &t.due_at_ms])
-                    .await
-                    .map_err(|e| {
-                        classify(s, &format!("arming timer {} of {}", t.name, t.stream_id), e)
-                    })?;
-            }
-            TimerChange::Clear(stream_id, name) => {
-                let st = c
-                    .prepare_cached(&s.sql.clear_timer)
-                    .await
-                    .map_err(|e| classify(s, "preparing a timer change", e))?;
-                c.execute(&st, &[stream_id, name]).await.map_err(|e| {
-                    classify(s, &format!("clearing timer {name} of {stream_id}"), e)
-                })?;
-            }
-        }
-    }
-    Ok(())
+    Ok(written)
 }
 
 /// The append whose events carry `event_ids`, when they are already stored.
@@ -1766,9 +1870,15 @@ impl JournalScan for PostgresJournal {
 
 impl JournalAppend for PostgresJournal {
     async fn append(&self, append: Append) -> Result<Appended> {
+        if self.read_only {
+            return Err(Error::OpenedReadOnly);
+        }
+        // What needs no row is checked, and the payloads encoded, here rather than in the
+        // writer, which every request waits on.
+        let payloads = ops::prepare(&append)?;
         // The ids are made here, once: every retry of this append carries the same ones.
         let ids = self.ids.take(append.events.len());
-        match self.request(Op::Append(append, ids)).await? {
+        match self.request(Op::Append(append, ids, payloads)).await? {
             Done::Appended(a) => Ok(a),
             other => Err(unexpected(&other)),
         }

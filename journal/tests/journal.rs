@@ -27,6 +27,8 @@ mod group_commit;
 mod leases;
 #[path = "journal/modes.rs"]
 mod modes;
+#[path = "journal/pg_batch.rs"]
+mod pg_batch;
 #[path = "journal/postgres.rs"]
 mod postgres;
 #[path = "journal/properties.rs"]
