@@ -5,6 +5,7 @@
 pub mod atomic_file;
 pub mod cli;
 pub mod config;
+pub mod console;
 pub mod daemon;
 pub mod fleet;
 pub mod history;

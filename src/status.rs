@@ -10,7 +10,7 @@ use crate::daemon::schedules;
 use crate::triggers::schedule::{DueReason, Schedule};
 
 use crate::runner::{Runner, RunnerJournal};
-use crate::saga::{Command, Phase, decide};
+use crate::saga::{Command, Phase, Wait, decide};
 
 /// One secret's status row.
 #[derive(Debug, Serialize)]
@@ -123,4 +123,20 @@ pub fn secrets<J: RunnerJournal>(
         rows.push(row);
     }
     Ok(rows)
+}
+
+/// What an open rotation does next, in words, with times written by `at`.
+pub fn describe(cmd: &Command, at: &dyn Fn(i64) -> String) -> String {
+    match cmd {
+        Command::Run { step, attempt, .. } => format!("run {step} (attempt {attempt})"),
+        Command::Reconcile { step, .. } => format!("reconcile in-doubt {step}"),
+        Command::WaitUntil { at_ms, reason } => {
+            let why = match reason {
+                Wait::Backoff => "retry backoff",
+                Wait::Grace => "grace period",
+            };
+            format!("{why} until {}", at(*at_ms))
+        }
+        other => format!("{other:?}"),
+    }
 }

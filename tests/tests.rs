@@ -6,6 +6,7 @@ mod cli;
 mod cli_journal;
 mod cli_readonly;
 mod cli_wait;
+mod console;
 mod crash;
 mod daemon;
 mod fake_azure;

@@ -15,9 +15,7 @@ use super::exit;
 use super::journal_cmd::format_ms;
 use crate::config::Config;
 use crate::runner::{Options, Progress, Requested, Runner, RunnerJournal};
-use crate::saga::{
-    Command, ErrorClass, Phase, Rotation, RotationEvent, StepId, StepStatus, Trigger, Wait,
-};
+use crate::saga::{ErrorClass, Phase, Rotation, RotationEvent, StepId, StepStatus, Trigger, Wait};
 
 /// A runner over the config's journal and providers, stamped by the system clock.
 pub struct Env {
@@ -558,7 +556,7 @@ pub fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
                         "open {} ({:?}), next: {}{}",
                         o.rotation_id,
                         o.phase,
-                        describe(&o.next),
+                        crate::status::describe(&o.next, &format_ms),
                         o.last_failure
                             .as_ref()
                             .map(|f| format!(" after {f}"))
@@ -622,21 +620,6 @@ fn status_rows<J: RunnerJournal>(
         names,
         now,
     )?)
-}
-
-fn describe(cmd: &Command) -> String {
-    match cmd {
-        Command::Run { step, attempt, .. } => format!("run {step} (attempt {attempt})"),
-        Command::Reconcile { step, .. } => format!("reconcile in-doubt {step}"),
-        Command::WaitUntil { at_ms, reason } => {
-            let why = match reason {
-                Wait::Backoff => "retry backoff",
-                Wait::Grace => "grace period",
-            };
-            format!("{why} until {}", format_ms(*at_ms))
-        }
-        other => format!("{other:?}"),
-    }
 }
 
 /// `rekey policy check`.

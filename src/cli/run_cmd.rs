@@ -24,6 +24,11 @@ pub async fn run(config: &Path) -> Result<u8> {
         settings.api_token_env.as_deref(),
         "export a long random token in it",
     )?;
+    let viewer_tokens = from_env(
+        "viewer_token_env",
+        settings.viewer_token_env.as_deref(),
+        "export a long random token in it for read-only console and API access",
+    )?;
     let webhook_secret = from_env(
         "webhook_secret_env",
         settings.webhook_secret_env.as_deref(),
@@ -84,6 +89,7 @@ pub async fn run(config: &Path) -> Result<u8> {
     };
     let mut state = daemon.api_state(tokens.into_iter().collect());
     state.metrics = Some(metrics);
+    state.viewer_tokens = Arc::new(viewer_tokens.into_iter().collect());
     let streams = history_api::Streams::new(history_api::StreamLimits::default());
     let mut app = api::router_with(state, streams.waking_on(&appends));
     if webhook_secret.is_some() || webhook_tokens.is_some() {

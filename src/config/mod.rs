@@ -86,6 +86,8 @@ struct RawConfig {
 struct RawDaemon {
     listen: Option<String>,
     api_token_env: Option<String>,
+    viewer_token_env: Option<String>,
+    console_secure_cookie: Option<bool>,
     max_concurrent_rotations: Option<usize>,
     webhook_secret_env: Option<String>,
     webhook_token_env: Option<String>,
@@ -110,8 +112,16 @@ pub const MAX_CONCURRENT_DEFAULT: usize = 64;
 pub struct DaemonConfig {
     /// The HTTP API, probes, metrics and webhook.
     pub listen: std::net::SocketAddr,
-    /// The variable holding the API's bearer token; without it `/v1` is off.
+    /// The variable holding the operator role's bearer token (the API and the console:
+    /// read and act); without it and `viewer_token_env`, `/v1` and `/ui` are off.
     pub api_token_env: Option<String>,
+    /// The variable holding the viewer role's bearer token (read only: `GET /v1/*` and
+    /// the console's pages, no rotation or discovery).
+    pub viewer_token_env: Option<String>,
+    /// Whether the console's session cookie is marked `Secure` (sent over HTTPS only).
+    /// Default: on when `listen` is beyond loopback (a TLS proxy is expected in front),
+    /// off on loopback; a request forwarded with `X-Forwarded-Proto: https` always gets it.
+    pub console_secure_cookie: bool,
     pub max_concurrent_rotations: usize,
     /// The variable holding the Event Grid webhook's shared secret; without it the
     /// webhook is off.
@@ -945,6 +955,10 @@ impl Config {
             leader_ttl_ms,
             listen,
             api_token_env: d.and_then(|d| d.api_token_env.clone()),
+            viewer_token_env: d.and_then(|d| d.viewer_token_env.clone()),
+            console_secure_cookie: d
+                .and_then(|d| d.console_secure_cookie)
+                .unwrap_or(!listen.ip().is_loopback()),
             max_concurrent_rotations: max,
             webhook_secret_env: d.and_then(|d| d.webhook_secret_env.clone()),
             webhook_token_env: d.and_then(|d| d.webhook_token_env.clone()),
@@ -1575,6 +1589,8 @@ pub const KEYS: &[(&str, &[&str])] = &[
         &[
             "listen",
             "api_token_env",
+            "viewer_token_env",
+            "console_secure_cookie",
             "max_concurrent_rotations",
             "webhook_secret_env",
             "webhook_token_env",

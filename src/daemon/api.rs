@@ -1,6 +1,8 @@
 //! The daemon's HTTP API (axum). Reads (`GET`) fold the journal directly; the one write,
 //! starting a rotation, goes through the daemon loop's [`Handle`] like every other trigger.
-//! `/v1/*` needs a bearer token, compared in constant time; `/healthz`, `/readyz` and
+//! `/v1/*` needs a bearer token, compared in constant time: an operator's
+//! (`[daemon] api_token_env`) may do anything, a viewer's (`[daemon] viewer_token_env`)
+//! may only read (`GET`; any other method is answered 403). `/healthz`, `/readyz` and
 //! `/metrics` expose no secret and no secret name and are open, as probes expect.
 //! `docs/openapi.json` describes it and is served at `/openapi.json`.
 
@@ -8,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::extract::{Path, Request, State as Extract};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -57,8 +59,11 @@ pub struct State<J: RunnerJournal + 'static> {
     pub journal: Arc<J>,
     pub config: Arc<Config>,
     pub clock: Arc<dyn Clock>,
-    /// Accepted bearer tokens; empty turns `/v1/*` off (every call is refused).
+    /// The operator role's bearer tokens: read and act. With `viewer_tokens` empty too,
+    /// `/v1/*` and the console are off (every call is refused).
     pub tokens: Arc<Vec<SecretValue>>,
+    /// The viewer role's bearer tokens: read only.
+    pub viewer_tokens: Arc<Vec<SecretValue>>,
     pub ready: Arc<AtomicBool>,
     pub metrics: Option<Arc<Metrics>>,
     /// This node's leader lease, when nodes may share the journal (`/readyz` says who leads).
@@ -69,6 +74,7 @@ impl<J: RunnerJournal + 'static> std::fmt::Debug for State<J> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
             .field("tokens", &self.tokens.len())
+            .field("viewer_tokens", &self.viewer_tokens.len())
             .finish_non_exhaustive()
     }
 }
@@ -82,6 +88,7 @@ impl<J: RunnerJournal + 'static> Clone for State<J> {
             config: self.config.clone(),
             clock: self.clock.clone(),
             tokens: self.tokens.clone(),
+            viewer_tokens: self.viewer_tokens.clone(),
             ready: self.ready.clone(),
             metrics: self.metrics.clone(),
             leadership: self.leadership.clone(),
@@ -113,7 +120,8 @@ pub fn router_with<J: RunnerJournal + 'static>(
             state.clone(),
             authenticate::<J>,
         ))
-        .layer(axum::Extension(streams));
+        .layer(axum::Extension(streams.clone()));
+    let console = crate::console::router(state.clone(), streams);
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz::<J>))
@@ -124,24 +132,74 @@ pub fn router_with<J: RunnerJournal + 'static>(
         )
         .merge(v1)
         .with_state(state)
+        .nest("/ui", console)
 }
 
 fn error(status: StatusCode, message: impl Into<String>) -> Response {
     (status, Json(json!({ "error": message.into() }))).into_response()
 }
 
-/// Bearer-token check for `/v1/*`.
+/// What a caller may do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// Read only: `GET /v1/*`, the console's pages.
+    Viewer,
+    /// Read, rotate, discover.
+    Operator,
+}
+
+impl Role {
+    /// Its name in messages and actors.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Viewer => "viewer",
+            Role::Operator => "operator",
+        }
+    }
+}
+
+impl<J: RunnerJournal + 'static> State<J> {
+    /// The role `token` has, if it is one of the configured tokens (constant time).
+    pub fn role_of(&self, token: &str) -> Option<Role> {
+        // Both lists are compared in full, so the time taken does not say which matched.
+        let operator = matches(&self.tokens, token);
+        let viewer = matches(&self.viewer_tokens, token);
+        if operator {
+            Some(Role::Operator)
+        } else if viewer {
+            Some(Role::Viewer)
+        } else {
+            None
+        }
+    }
+
+    /// Whether no token is configured: the API and the console are off.
+    pub fn access_off(&self) -> bool {
+        self.tokens.is_empty() && self.viewer_tokens.is_empty()
+    }
+}
+
+/// Why a viewer may not do what it asked.
+pub const VIEWER_REFUSED: &str = "this token has the viewer role, which may only read (GET); rotating and discovery need an operator token ([daemon] api_token_env)";
+
+/// Bearer-token and role check for `/v1/*`: reads need a viewer or operator token,
+/// everything else an operator token.
 async fn authenticate<J: RunnerJournal + 'static>(
     Extract(state): Extract<State<J>>,
     request: Request,
     next: Next,
 ) -> Response {
-    if token_accepted(request.headers(), &state.tokens) {
-        return next.run(request).await;
+    let role = bearer(request.headers()).and_then(|t| state.role_of(t));
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    match role {
+        Some(Role::Operator) => return next.run(request).await,
+        Some(Role::Viewer) if reads => return next.run(request).await,
+        Some(Role::Viewer) => return error(StatusCode::FORBIDDEN, VIEWER_REFUSED),
+        None => {}
     }
     let mut response = error(
         StatusCode::UNAUTHORIZED,
-        if state.tokens.is_empty() {
+        if state.access_off() {
             "the API is off: no token is configured (set [daemon] api_token_env)"
         } else {
             "missing or wrong bearer token (send Authorization: Bearer <token>)"
@@ -153,21 +211,31 @@ async fn authenticate<J: RunnerJournal + 'static>(
     response
 }
 
-/// Whether `headers` carry one of `tokens`, compared in constant time. The scheme is
-/// case-insensitive (`Bearer`, `bearer`; RFC 7235).
-pub fn token_accepted(headers: &HeaderMap, tokens: &[SecretValue]) -> bool {
-    let Some(given) = headers
+/// The bearer token `headers` carry. The scheme is case-insensitive (`Bearer`, `bearer`;
+/// RFC 7235).
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split_once(' '))
-        .and_then(|(scheme, token)| scheme.eq_ignore_ascii_case("bearer").then_some(token))
-    else {
-        return false;
-    };
+        .and_then(|(scheme, token)| {
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+        })
+}
+
+/// Whether `given` is one of `tokens`, compared in constant time.
+fn matches(tokens: &[SecretValue], given: &str) -> bool {
     // Every token is compared, so the time taken does not say which one matched.
     tokens.iter().fold(false, |ok, t| {
-        ok | bool::from(t.expose().as_bytes().ct_eq(given.trim().as_bytes()))
+        ok | bool::from(t.expose().as_bytes().ct_eq(given.as_bytes()))
     })
+}
+
+/// Whether `headers` carry one of `tokens`, compared in constant time.
+pub fn token_accepted(headers: &HeaderMap, tokens: &[SecretValue]) -> bool {
+    bearer(headers).is_some_and(|given| matches(tokens, given))
 }
 
 async fn readyz<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>) -> Response {

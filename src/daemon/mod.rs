@@ -387,6 +387,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             config: self.config.clone(),
             clock: self.clock.clone(),
             tokens: Arc::new(api_tokens),
+            viewer_tokens: Arc::new(Vec::new()),
             ready: self.ready.clone(),
             metrics: None,
             leadership: self.leadership.clone(),

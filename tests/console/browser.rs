@@ -1,0 +1,216 @@
+//! The console in headless Chromium: what an operator and a viewer see and do.
+
+use std::time::Duration;
+
+use fantoccini::Locator;
+
+use super::{OPERATOR_TOKEN, VIEWER_TOKEN, browser, daemon};
+
+/// An operator signs in, sees `s0` never rotated, rotates it from the console, and its
+/// timeline fills in live (through the page's progress stream) to `Completed`; the
+/// Secrets page then shows the completed rotation and the History page finds it by its
+/// filters, journaled with the console's actor.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operator_rotates_from_the_console_and_follows_it_live() {
+    let tmp = tempfile::tempdir().unwrap();
+    // The grace period keeps the rotation open while the page loads, so its end arrives
+    // over the stream.
+    let d = daemon(tmp.path(), "3s").await;
+    let b = browser().await;
+    b.sign_in(&d.base, OPERATOR_TOKEN).await;
+    assert_eq!(b.text("#role").await, "Signed in as operator");
+    let row = b.text("#secrets tr[data-secret='s0']").await;
+    assert!(row.contains("never rotated"), "{row}");
+    assert!(row.contains("none"), "no open rotation: {row}");
+    b.screenshot("secrets-operator").await;
+
+    b.client
+        .find(Locator::Css("tr[data-secret='s0'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("events"))
+        .await
+        .unwrap();
+    let path = b.client.current_url().await.unwrap().path().to_owned();
+    assert!(path.starts_with("/ui/rotations/"), "{path}");
+    // As rendered by the server: open, not yet ended.
+    let first = b.text("#status").await;
+    assert!(
+        ["forward", "grace"].contains(&first.as_str()),
+        "the rotation should still be open when its page loads: {first}"
+    );
+    let rendered: usize = b
+        .client
+        .find(Locator::Id("events"))
+        .await
+        .unwrap()
+        .attr("data-last-seq")
+        .await
+        .unwrap()
+        .unwrap()
+        .parse()
+        .unwrap();
+    b.client
+        .wait()
+        .at_most(Duration::from_secs(20))
+        .for_element(Locator::Css("body[data-ended='true']"))
+        .await
+        .expect("the timeline should reach the terminal event live");
+    assert_eq!(b.text("#status").await, "completed");
+    let timeline = b.text("#events").await;
+    assert!(timeline.contains("GraceScheduled"), "{timeline}");
+    assert!(
+        timeline
+            .trim_end()
+            .lines()
+            .last()
+            .unwrap()
+            .starts_with("Completed"),
+        "{timeline}"
+    );
+    let items = b
+        .client
+        .find_all(Locator::Css("#events li"))
+        .await
+        .unwrap()
+        .len();
+    assert!(
+        items > rendered,
+        "events were appended live ({rendered} rendered, {items} now)"
+    );
+    assert_eq!(b.text("#live").await, "This rotation has ended.");
+    // The steps after the grace period arrived live too, each with its outcome.
+    let steps = b.text("#steps").await;
+    assert!(
+        steps.contains("retire_old#0") && !steps.contains("running"),
+        "{steps}"
+    );
+    assert!(b.text("#grace").await.contains("UTC"));
+    b.screenshot("rotation-live").await;
+    // Reloaded, the server renders the whole timeline with each step's outcome.
+    b.client.refresh().await.unwrap();
+    assert_eq!(b.text("#status").await, "completed");
+    let steps = b.text("#steps").await;
+    assert!(
+        steps.contains("succeeded") && !steps.contains("running"),
+        "{steps}"
+    );
+    assert!(b.text("#grace").await.contains("UTC"));
+    b.screenshot("rotation").await;
+
+    b.client
+        .goto(&format!("{}/ui/secrets", d.base))
+        .await
+        .unwrap();
+    let row = b.text("#secrets tr[data-secret='s0']").await;
+    assert!(row.contains("completed"), "{row}");
+
+    // History, filtered through its form.
+    b.client
+        .goto(&format!("{}/ui/history", d.base))
+        .await
+        .unwrap();
+    let form = b.client.form(Locator::Id("filters")).await.unwrap();
+    form.set_by_name("secret", "s*").await.unwrap();
+    b.client
+        .find(Locator::Id("f-status"))
+        .await
+        .unwrap()
+        .select_by_value("completed")
+        .await
+        .unwrap();
+    b.client
+        .find(Locator::Id("apply"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_url(
+            &url::Url::parse(&format!(
+                "{}/ui/history?since=&until=&secret=s*&app=&tenant=&status=completed&trigger=",
+                d.base
+            ))
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(b.text("#count").await, "Rotations 1–1 of 1.");
+    let rows = b.text("#history tbody").await;
+    assert!(
+        rows.contains("s0") && rows.contains("console:operator") && rows.contains("manual"),
+        "{rows}"
+    );
+    b.screenshot("history").await;
+    b.client
+        .goto(&format!("{}/ui/history?status=compensated", d.base))
+        .await
+        .unwrap();
+    assert_eq!(b.text("#count").await, "No rotation matches.");
+    b.client
+        .goto(&format!("{}/ui/history?since=yesterday", d.base))
+        .await
+        .unwrap();
+    let message = b.text("#message").await;
+    assert!(
+        message.contains("since \"yesterday\": not an RFC 3339 time"),
+        "{message}"
+    );
+    b.close().await;
+}
+
+/// A viewer sees the status but no Rotate button.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_viewer_sees_status_without_rotate_buttons() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon(tmp.path(), "0s").await;
+    let b = browser().await;
+    b.sign_in(&d.base, VIEWER_TOKEN).await;
+    assert_eq!(b.text("#role").await, "Signed in as viewer");
+    let row = b.text("#secrets tr[data-secret='s1']").await;
+    assert!(row.contains("never rotated"), "{row}");
+    let buttons = b
+        .client
+        .find_all(Locator::Css("#secrets button"))
+        .await
+        .unwrap();
+    assert!(buttons.is_empty(), "a viewer has no Rotate button");
+    b.screenshot("secrets-viewer").await;
+    // Signing out ends the session: the pages send to the sign-in form again.
+    b.client
+        .find(Locator::Css("form[action='/ui/logout'] button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    b.client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("token"))
+        .await
+        .unwrap();
+    b.screenshot("login").await;
+    b.client
+        .goto(&format!("{}/ui/history", d.base))
+        .await
+        .unwrap();
+    assert!(
+        b.client
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/ui/login")
+    );
+    b.close().await;
+}
