@@ -115,10 +115,6 @@ struct CredentialRow {
     remove_after_grace: bool,
 }
 
-fn day(ms: i64) -> String {
-    format_ms(ms).get(..10).unwrap_or_default().to_owned()
-}
-
 impl RotationRow {
     fn planned(r: &AppRotation) -> Self {
         Self {
@@ -365,46 +361,9 @@ fn whoami() -> String {
         .unwrap_or_else(|_| "unknown".into())
 }
 
-/// The review: each application, the credentials it replaces (expiry, what becomes of
-/// the old one), the new expiry and every item to write; then the refusals.
+/// The review (`fleet::plan::review`), on stderr.
 fn print_review(plans: &FleetPlans) {
-    let mut out = String::new();
-    for r in &plans.rotations {
-        let row = RotationRow::planned(r);
-        out += &format!(
-            "rotate {} ({}) in {}: new password until {}\n",
-            r.app_name,
-            r.app_id,
-            r.tenant,
-            day(r.new_end_ms)
-        );
-        for c in &r.credentials {
-            out += &format!(
-                "  replaces {} (expires {}, {}; {})\n",
-                c.key_id,
-                c.end_ms.map_or_else(|| "never".into(), day),
-                c.confidence.as_str().to_ascii_uppercase(),
-                if c.retire {
-                    "removed after the grace period"
-                } else {
-                    "kept: remove it yourself once nothing uses it"
-                }
-            );
-        }
-        for item in &row.items {
-            out += &format!("  writes {item}\n");
-        }
-        for setting in &row.settings {
-            out += &format!("  refreshes App Service setting {setting}\n");
-        }
-    }
-    for f in &plans.refused {
-        out += &format!(
-            "refused {} ({}) {}: {}\n",
-            f.app_name, f.app_id, f.key_id, f.reason
-        );
-    }
-    eprint!("{out}");
+    eprint!("{}", crate::fleet::plan::review(plans));
 }
 
 /// Asks on the terminal.

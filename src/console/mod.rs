@@ -6,7 +6,8 @@
 //! - `csrf`: the token every state-changing form carries;
 //! - `auth`: sign-in and sign-out, and the guard that sends a browser without a session
 //!   to `/ui/login` and refuses a `POST` without the session's CSRF token;
-//! - `pages`: the pages and the one action (rotate);
+//! - `pages`: the Secrets, Rotation and History pages and the Rotate action;
+//! - `fleet`: the Fleet page, Discover now, and a bulk rotation's Review and Confirm;
 //! - `assets`: the stylesheet and the script, embedded in the binary.
 //!
 //! Every response carries a strict `Content-Security-Policy` (no inline script or style,
@@ -16,6 +17,7 @@
 pub mod assets;
 pub mod auth;
 pub mod csrf;
+pub mod fleet;
 pub mod pages;
 pub mod session;
 
@@ -71,6 +73,10 @@ pub fn router<J: RunnerJournal + 'static>(api: State<J>, streams: Streams) -> Ro
         .route("/rotations/{id}", get(pages::rotation::<J>))
         .route("/rotations/{id}/events", get(pages::events::<J>))
         .route("/history", get(pages::history::<J>))
+        .route("/fleet", get(fleet::page::<J>))
+        .route("/fleet/discover", post(fleet::discover::<J>))
+        .route("/fleet/review", post(fleet::review::<J>))
+        .route("/fleet/rotate", post(fleet::rotate::<J>))
         .route("/logout", post(auth::logout::<J>))
         .route_layer(middleware::from_fn_with_state(
             console.clone(),

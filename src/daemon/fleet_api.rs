@@ -16,12 +16,10 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use rekey_journal::StreamFilter;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::api::State;
-use crate::fleet::journal::{DiscoveryEvent, is_discovery_stream};
 use crate::fleet::plan::Selection;
 use crate::runner::{Requested, RunnerJournal};
 use crate::saga::Trigger;
@@ -64,7 +62,14 @@ pub(super) fn scanner(
         .map_err(|e| e.to_string())
 }
 
-async fn discover<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>) -> Response {
+/// Runs a discovery now and journals it; or the status and message to answer with.
+///
+/// # Errors
+/// 400 when the config or environment is wrong for it, 503 when the journal cannot
+/// record it.
+pub async fn discover_now<J: RunnerJournal + 'static>(
+    state: &State<J>,
+) -> Result<crate::fleet::discover::Discovery, (StatusCode, String)> {
     let (config, clock) = (state.config.clone(), state.clock.clone());
     let found = off_thread(move || async move {
         let fleet = crate::fleet::discover::fleet(&config).map_err(|e| e.to_string())?;
@@ -76,77 +81,120 @@ async fn discover<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>)
     .await;
     let d = match found {
         Ok(Ok(d)) => d,
-        Ok(Err(why)) => return error(StatusCode::BAD_REQUEST, why),
-        Err(r) => return r,
+        Ok(Err(why)) => return Err((StatusCode::BAD_REQUEST, why)),
+        Err(_) => {
+            return Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the discovery failed; see the daemon's log".to_owned(),
+            ));
+        }
     };
     if let Err(e) = crate::fleet::journal::record(state.journal.as_ref(), &d).await {
-        return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
+        return Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string()));
     }
-    let report = crate::fleet::report::report(&d, state.clock.now_ms(), None);
-    Json(report).into_response()
+    Ok(d)
+}
+
+async fn discover<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>) -> Response {
+    match discover_now(&state).await {
+        Ok(d) => Json(crate::fleet::report::report(&d, state.clock.now_ms(), None)).into_response(),
+        Err((status, why)) => error(status, why),
+    }
 }
 
 async fn latest<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>) -> Response {
-    let streams = match state.journal.streams(&StreamFilter::default()) {
-        Ok(s) => s,
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
-    };
-    let Some(last) = streams
-        .into_iter()
-        .filter(|s| is_discovery_stream(&s.stream_id) && s.status != "running")
-        .max_by(|a, b| (a.created_at_ms, &a.stream_id).cmp(&(b.created_at_ms, &b.stream_id)))
-    else {
-        return error(
-            StatusCode::NOT_FOUND,
-            "no discovery has been journaled yet; POST /v1/discovery or run `rekey discover`",
-        );
-    };
-    let events = match state.journal.read_stream(&last.stream_id) {
-        Ok(e) => e,
+    let last = match crate::fleet::journal::latest(state.journal.as_ref()) {
+        Ok(Some(last)) => last,
+        Ok(None) => {
+            return error(
+                StatusCode::NOT_FOUND,
+                "no discovery has been journaled yet; POST /v1/discovery or run `rekey discover`",
+            );
+        }
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
     let mut doc = json!({
-        "stream": last.stream_id,
+        "stream": last.stream,
         "status": last.status,
-        "credentials": [],
-        "links": [],
-        "unreachable": [],
+        "credentials": last.credentials,
+        "links": last.links,
+        "unreachable": last.unreachable,
     });
-    for e in events {
-        let Ok(event) = serde_json::from_str::<DiscoveryEvent>(&e.payload) else {
-            continue;
-        };
-        let push = |doc: &mut Value, key: &str, items: Value| {
-            if let (Some(all), Value::Array(items)) = (doc[key].as_array_mut(), items) {
-                all.extend(items);
-            }
-        };
-        match event {
-            DiscoveryEvent::DiscoveryStarted {
-                run_id, started_ms, ..
-            } => {
-                doc["run_id"] = json!(run_id);
-                doc["started_ms"] = json!(started_ms);
-            }
-            DiscoveryEvent::CredentialsFound { credentials, .. } => {
-                push(&mut doc, "credentials", json!(credentials));
-            }
-            DiscoveryEvent::LinksFound { links, .. } => push(&mut doc, "links", json!(links)),
-            DiscoveryEvent::UnreachableFound { unreachable, .. } => {
-                push(&mut doc, "unreachable", json!(unreachable));
-            }
-            DiscoveryEvent::DiscoveryFinished {
-                finished_ms,
-                partial,
-                ..
-            } => {
-                doc["finished_ms"] = json!(finished_ms);
-                doc["partial"] = json!(partial);
-            }
-            DiscoveryEvent::VaultsRead { .. } => {}
-        }
+    if let (Some(run_id), Some(started_ms)) = (last.run_id, last.started_ms) {
+        doc["run_id"] = json!(run_id);
+        doc["started_ms"] = json!(started_ms);
+    }
+    if let (Some(finished_ms), Some(partial)) = (last.finished_ms, last.partial) {
+        doc["finished_ms"] = json!(finished_ms);
+        doc["partial"] = json!(partial);
     }
     Json(doc).into_response()
+}
+
+/// What a fleet rotation run selects (`POST /v1/fleet/rotate`, the console's Fleet page).
+#[derive(Debug, Default)]
+pub struct Wanted {
+    /// A glob on client id, object id or display name.
+    pub app_id: Option<String>,
+    pub key_id: Option<String>,
+    /// Due within this many days [default: `[fleet] days_before_expiry`].
+    pub expiry_days: Option<u32>,
+    pub tenant: Option<String>,
+}
+
+/// Discovers and plans as `wanted` says, unattended (MEDIUM is never approved), and
+/// journals the discovery; or the status and message to answer with.
+///
+/// # Errors
+/// 400 when the config or environment is wrong for it, 404 when the selection names
+/// nothing discovered, 503 when the journal cannot record the discovery.
+pub async fn plan<J: RunnerJournal + 'static>(
+    state: &State<J>,
+    wanted: Wanted,
+) -> Result<
+    (
+        crate::fleet::discover::Discovery,
+        crate::fleet::plan::FleetPlans,
+    ),
+    (StatusCode, String),
+> {
+    let (config, clock) = (state.config.clone(), state.clock.clone());
+    let planned = off_thread(move || async move {
+        let fleet = crate::fleet::discover::fleet(&config)
+            .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
+        let scanner = scanner(&config, clock.clone(), wanted.tenant.as_deref())
+            .map_err(|why| (StatusCode::BAD_REQUEST, why))?;
+        let sel = Selection {
+            now_ms: clock.now_ms(),
+            expiring_within_ms: wanted.expiry_days.map(|d| i64::from(d) * DAY_MS),
+            app: wanted.app_id.clone(),
+            key_id: wanted.key_id.clone(),
+            tenant: wanted.tenant.clone(),
+            min_confidence: fleet.rules.min_confidence,
+            // Unattended: MEDIUM is never approved here.
+            approve_medium: false,
+            tenant_max_days: std::collections::BTreeMap::new(),
+            tenant_ids: crate::fleet::rotate::tenant_ids(&config),
+        };
+        crate::fleet::rotate::discover_and_plan(&scanner, fleet, sel, clock.as_ref())
+            .await
+            .map_err(|e| (StatusCode::NOT_FOUND, e.to_string()))
+    })
+    .await;
+    let (d, plans) = match planned {
+        Ok(Ok(planned)) => planned,
+        Ok(Err(why)) => return Err(why),
+        Err(_) => {
+            return Err((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the fleet run failed; see the daemon's log".to_owned(),
+            ));
+        }
+    };
+    if let Err(e) = crate::fleet::journal::record(state.journal.as_ref(), &d).await {
+        return Err((StatusCode::SERVICE_UNAVAILABLE, e.to_string()));
+    }
+    Ok((d, plans))
 }
 
 /// `POST /v1/fleet/rotate`'s body.
@@ -183,37 +231,20 @@ async fn rotate<J: RunnerJournal + 'static>(
         return error(StatusCode::BAD_REQUEST, "expiry_days must be 1 to 365");
     }
     let dry_run = body.dry_run;
-    let (config, clock) = (state.config.clone(), state.clock.clone());
-    let planned = off_thread(move || async move {
-        let fleet = crate::fleet::discover::fleet(&config)
-            .map_err(|e| (StatusCode::BAD_REQUEST, e.to_string()))?;
-        let scanner = scanner(&config, clock.clone(), body.tenant.as_deref())
-            .map_err(|why| (StatusCode::BAD_REQUEST, why))?;
-        let sel = Selection {
-            now_ms: clock.now_ms(),
-            expiring_within_ms: body.expiry_days.map(|d| i64::from(d) * DAY_MS),
-            app: body.app_id.clone(),
-            key_id: body.key_id.clone(),
-            tenant: body.tenant.clone(),
-            min_confidence: fleet.rules.min_confidence,
-            // Unattended: MEDIUM is never approved here.
-            approve_medium: false,
-            tenant_max_days: std::collections::BTreeMap::new(),
-            tenant_ids: crate::fleet::rotate::tenant_ids(&config),
-        };
-        crate::fleet::rotate::discover_and_plan(&scanner, fleet, sel, clock.as_ref())
-            .await
-            .map_err(|e| (StatusCode::NOT_FOUND, e.to_string()))
-    })
+    let planned = plan(
+        &state,
+        Wanted {
+            app_id: body.app_id,
+            key_id: body.key_id,
+            expiry_days: body.expiry_days,
+            tenant: body.tenant,
+        },
+    )
     .await;
     let (d, plans) = match planned {
-        Ok(Ok(planned)) => planned,
-        Ok(Err((status, why))) => return error(status, why),
-        Err(r) => return r,
+        Ok(planned) => planned,
+        Err((status, why)) => return error(status, why),
     };
-    if let Err(e) = crate::fleet::journal::record(state.journal.as_ref(), &d).await {
-        return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string());
-    }
     let mut rotations = Vec::new();
     for r in &plans.rotations {
         let mut row = json!({

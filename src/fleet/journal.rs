@@ -36,6 +36,81 @@ pub fn is_discovery_stream(stream_id: &str) -> bool {
     stream_id.starts_with(STREAM_PREFIX)
 }
 
+/// The last journaled discovery that ended, as read back from its stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Latest {
+    pub stream: String,
+    /// The stream's status (`completed`, `partial`…).
+    pub status: String,
+    pub run_id: Option<String>,
+    pub started_ms: Option<i64>,
+    pub finished_ms: Option<i64>,
+    /// Some tenant, vault or listing could not be read.
+    pub partial: Option<bool>,
+    pub credentials: Vec<CredentialRecord>,
+    pub links: Vec<LinkRecord>,
+    pub unreachable: Vec<UnreachableRecord>,
+    pub excluded_credentials: usize,
+    pub excluded_items: usize,
+}
+
+/// The last discovery that is no longer running, read from `journal`; `None` when none
+/// was journaled. Events this version cannot read are skipped.
+///
+/// # Errors
+/// Journal errors.
+pub fn latest<J: rekey_journal::JournalRead + rekey_journal::JournalScan + ?Sized>(
+    journal: &J,
+) -> Result<Option<Latest>, rekey_journal::Error> {
+    let streams = journal.streams(&rekey_journal::StreamFilter::default())?;
+    let Some(last) = streams
+        .into_iter()
+        .filter(|s| is_discovery_stream(&s.stream_id) && s.status != "running")
+        .max_by(|a, b| (a.created_at_ms, &a.stream_id).cmp(&(b.created_at_ms, &b.stream_id)))
+    else {
+        return Ok(None);
+    };
+    let mut out = Latest {
+        stream: last.stream_id.clone(),
+        status: last.status.clone(),
+        ..Latest::default()
+    };
+    for e in journal.read_stream(&last.stream_id)? {
+        let Ok(event) = serde_json::from_str::<DiscoveryEvent>(&e.payload) else {
+            continue;
+        };
+        match event {
+            DiscoveryEvent::DiscoveryStarted {
+                run_id, started_ms, ..
+            } => {
+                out.run_id = Some(run_id);
+                out.started_ms = Some(started_ms);
+            }
+            DiscoveryEvent::CredentialsFound { credentials, .. } => {
+                out.credentials.extend(credentials);
+            }
+            DiscoveryEvent::LinksFound { links, .. } => out.links.extend(links),
+            DiscoveryEvent::UnreachableFound { unreachable, .. } => {
+                out.unreachable.extend(unreachable);
+            }
+            DiscoveryEvent::DiscoveryFinished {
+                finished_ms,
+                partial,
+                excluded_credentials,
+                excluded_items,
+                ..
+            } => {
+                out.finished_ms = Some(finished_ms);
+                out.partial = Some(partial);
+                out.excluded_credentials = excluded_credentials;
+                out.excluded_items = excluded_items;
+            }
+            DiscoveryEvent::VaultsRead { .. } => {}
+        }
+    }
+    Ok(Some(out))
+}
+
 fn cap(text: &str) -> String {
     text.chars().take(TEXT_CHARS_MAX).collect()
 }

@@ -633,6 +633,57 @@ fn app_rotation(
     }
 }
 
+/// The review `rotate --fleet` prints before it asks, and the console shows before its
+/// Confirm: each application, the credentials it replaces (expiry, confidence, what
+/// becomes of the old one), the new expiry and every item to write; then the refusals.
+pub fn review(plans: &FleetPlans) -> String {
+    use super::explain::day;
+    let mut out = String::new();
+    for r in &plans.rotations {
+        out += &format!(
+            "rotate {} ({}) in {}: new password until {}\n",
+            r.app_name,
+            r.app_id,
+            r.tenant,
+            day(Some(r.new_end_ms))
+        );
+        for c in &r.credentials {
+            out += &format!(
+                "  replaces {} (expires {}, {}; {})\n",
+                c.key_id,
+                c.end_ms.map_or_else(|| "never".into(), |ms| day(Some(ms))),
+                c.confidence.as_str().to_ascii_uppercase(),
+                if c.retire {
+                    "removed after the grace period"
+                } else {
+                    "kept: remove it yourself once nothing uses it"
+                }
+            );
+        }
+        for i in &r.items {
+            out += &format!(
+                "  writes {}/{} ({})\n",
+                i.vault,
+                i.item,
+                i.confidence.as_str()
+            );
+        }
+        for s in &r.settings {
+            out += &format!(
+                "  refreshes App Service setting {} {} ({}/{})\n",
+                s.site, s.setting, s.vault, s.item
+            );
+        }
+    }
+    for f in &plans.refused {
+        out += &format!(
+            "refused {} ({}) {}: {}\n",
+            f.app_name, f.app_id, f.key_id, f.reason
+        );
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;

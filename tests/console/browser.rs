@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use fantoccini::Locator;
 
-use super::{OPERATOR_TOKEN, VIEWER_TOKEN, browser, daemon};
+use super::{OPERATOR_TOKEN, VIEWER_TOKEN, browser, daemon, daemon_verified_by};
 
 /// An operator signs in, sees `s0` never rotated, rotates it from the console, and its
 /// timeline fills in live (through the page's progress stream) to `Completed`; the
@@ -13,9 +13,9 @@ use super::{OPERATOR_TOKEN, VIEWER_TOKEN, browser, daemon};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_operator_rotates_from_the_console_and_follows_it_live() {
     let tmp = tempfile::tempdir().unwrap();
-    // The grace period keeps the rotation open while the page loads, so its end arrives
-    // over the stream.
-    let d = daemon(tmp.path(), "3s").await;
+    // A slow verifier and the grace period keep the rotation open while the page loads,
+    // so its end arrives over the stream.
+    let d = daemon_verified_by(tmp.path(), "2s", r#"["sh", "-c", "sleep 2"]"#).await;
     let b = browser().await;
     b.sign_in(&d.base, OPERATOR_TOKEN).await;
     assert_eq!(b.text("#role").await, "Signed in as operator");
@@ -39,7 +39,22 @@ async fn an_operator_rotates_from_the_console_and_follows_it_live() {
         .unwrap();
     let path = b.client.current_url().await.unwrap().path().to_owned();
     assert!(path.starts_with("/ui/rotations/"), "{path}");
-    // As rendered by the server: open, not yet ended.
+    // As rendered by the server: open, not yet ended, a step attempt still running (the
+    // verifier's; reloaded until it is seen, within the verifier's two seconds).
+    let mut running = Vec::new();
+    for _ in 0..40 {
+        running = b
+            .client
+            .find_all(Locator::Css("#steps tr[data-running]"))
+            .await
+            .unwrap();
+        if !running.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        b.client.refresh().await.unwrap();
+    }
+    assert_eq!(running.len(), 1, "the page should load while a step runs");
     let first = b.text("#status").await;
     assert!(
         ["forward", "grace"].contains(&first.as_str()),

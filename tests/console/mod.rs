@@ -15,6 +15,7 @@
 
 mod access;
 mod browser;
+mod fleet;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -32,8 +33,13 @@ const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// `rekey run` over local providers: secrets `s0` and `s1`, each rotated into a local
 /// vault with a grace period of `grace`; operator and viewer tokens set.
 pub async fn daemon(dir: &Path, grace: &str) -> Daemon {
+    daemon_verified_by(dir, grace, r#"["true"]"#).await
+}
+
+/// As [`daemon`], the new values checked by the command `verifier` (a TOML array).
+pub async fn daemon_verified_by(dir: &Path, grace: &str, verifier: &str) -> Daemon {
     let port = free_port();
-    let mut text = crate::daemon::config_text(2, grace, r#"["true"]"#);
+    let mut text = crate::daemon::config_text(2, grace, verifier);
     text.push_str(&format!(
         "\n[daemon]\nlisten = \"127.0.0.1:{port}\"\napi_token_env = \"REKEY_TEST_OPERATOR\"\nviewer_token_env = \"REKEY_TEST_VIEWER\"\n"
     ));

@@ -25,7 +25,7 @@ fn at(s: i64) -> jiff::Timestamp {
 
 /// `orders` (HIGH: its item carries its key id) and `search` (LOW: its name only), both
 /// due in 10 days.
-fn seed(fake: &FakeAzure) {
+pub fn seed(fake: &FakeAzure) {
     let now_s = SystemClock.now_ms() / 1000;
     for (n, name, object, app, key) in [
         (1, "orders", OBJECT, APP, KEY),

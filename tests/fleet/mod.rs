@@ -12,7 +12,7 @@
 //! This file holds what they share: a fake with a registered reader, a scanner over it, a
 //! config and a run of the binary.
 
-mod api;
+pub mod api;
 mod bad_input;
 mod crash;
 mod e2e;

@@ -8,7 +8,11 @@
   const live = document.getElementById("live");
   const grace = document.getElementById("grace");
   const steps = document.querySelector("#steps tbody");
+  // Attempts the page was rendered with, still running: their outcomes come live.
   const started = {};
+  document.querySelectorAll("#steps tr[data-running]").forEach(function (row) {
+    started[row.dataset.step] = { row: row, at: Number(row.dataset.running) };
+  });
   let last = Number(list.dataset.lastSeq || "0");
   const phases = {
     GraceScheduled: "grace",
