@@ -7,6 +7,7 @@
 //! - `auth`: sign-in and sign-out, and the guard that sends a browser without a session
 //!   to `/ui/login` and refuses a `POST` without the session's CSRF token;
 //! - `pages`: the Secrets, Rotation and History pages and the Rotate action;
+//! - `journal`: the Journal page (chain verification) and the heads download;
 //! - `fleet`: the Fleet page, Discover now, and a bulk rotation's Review and Confirm;
 //! - `assets`: the stylesheet and the script, embedded in the binary.
 //!
@@ -18,6 +19,7 @@ pub mod assets;
 pub mod auth;
 pub mod csrf;
 pub mod fleet;
+pub mod journal;
 pub mod pages;
 pub mod session;
 
@@ -73,6 +75,8 @@ pub fn router<J: RunnerJournal + 'static>(api: State<J>, streams: Streams) -> Ro
         .route("/rotations/{id}", get(pages::rotation::<J>))
         .route("/rotations/{id}/events", get(pages::events::<J>))
         .route("/history", get(pages::history::<J>))
+        .route("/journal", get(journal::page::<J>))
+        .route("/journal/heads", get(journal::heads::<J>))
         .route("/fleet", get(fleet::page::<J>))
         .route("/fleet/discover", post(fleet::discover::<J>))
         .route("/fleet/review", post(fleet::review::<J>))

@@ -256,3 +256,45 @@ async fn console_responses_carry_a_strict_policy_and_embedded_assets() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_heads_download_is_the_journal_heads_lines() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon(tmp.path(), "0s").await;
+    let r = http()
+        .post(format!("{}/v1/secrets/s1/rotate", d.base))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::ACCEPTED);
+    let (cookie, _) = session(&d, VIEWER_TOKEN).await;
+    let r = http()
+        .get(format!("{}/ui/journal/heads", d.base))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(
+        r.headers()["content-disposition"],
+        "attachment; filename=\"rekey-heads.jsonl\""
+    );
+    let body = r.text().await.unwrap();
+    let lines: Vec<serde_json::Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(!lines.is_empty());
+    for head in &lines {
+        assert!(
+            head["stream_id"].is_string() && head["seq"].is_u64() && head["hash"].is_string(),
+            "{head}"
+        );
+    }
+    assert!(
+        lines
+            .iter()
+            .any(|h| h["stream_id"].as_str().unwrap().starts_with("lock:"))
+    );
+}

@@ -229,3 +229,82 @@ async fn a_viewer_sees_status_without_rotate_buttons() {
     );
     b.close().await;
 }
+
+/// The Journal page says the chains hold, offers the heads, and names the broken link
+/// once an event was edited behind rekey's back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_journal_page_verifies_the_chains_and_names_a_broken_link() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon(tmp.path(), "0s").await;
+    let http = crate::fleet::client();
+    let r = http
+        .post(format!("{}/v1/secrets/s0/rotate", d.base))
+        .bearer_auth(OPERATOR_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202);
+    let mut ended = false;
+    for _ in 0..200 {
+        let doc: serde_json::Value = http
+            .get(format!("{}/v1/history?status=completed", d.base))
+            .bearer_auth(VIEWER_TOKEN)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if doc["rotations"].as_array().is_some_and(|r| r.len() == 1) {
+            ended = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ended, "the rotation should complete");
+
+    let b = browser().await;
+    b.sign_in(&d.base, VIEWER_TOKEN).await;
+    b.client
+        .goto(&format!("{}/ui/journal", d.base))
+        .await
+        .unwrap();
+    let verdict = b.text("#verdict").await;
+    assert!(verdict.starts_with("intact"), "{verdict}");
+    b.screenshot("journal").await;
+    let href = b
+        .client
+        .find(Locator::Id("heads"))
+        .await
+        .unwrap()
+        .attr("href")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(href, "/ui/journal/heads");
+
+    let db = tmp.path().join("journal.db");
+    let stream: String = {
+        let conn = rusqlite::Connection::open(&db).unwrap();
+        conn.execute_batch(
+            "DROP TRIGGER events_append_only_update;
+             UPDATE events SET payload = replace(payload, '\"attempt\":1', '\"attempt\":7')
+             WHERE stream_seq = 2 AND stream_id NOT LIKE 'lock:%' AND stream_id NOT LIKE 'schedule:%';",
+        )
+        .unwrap();
+        conn.query_row(
+            "SELECT stream_id FROM events WHERE stream_seq = 2 AND payload LIKE '%\"attempt\":7%'",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap()
+    };
+    b.client.refresh().await.unwrap();
+    let verdict = b.text("#verdict").await;
+    assert!(
+        verdict.starts_with("broken") && verdict.contains(&format!("stream {stream} sequence 2")),
+        "{verdict}"
+    );
+    b.screenshot("journal-broken").await;
+    b.close().await;
+}
