@@ -18,7 +18,7 @@ fn http() -> reqwest::Client {
 }
 
 /// Signs in with `token`: the session cookie (`name=value`) and its CSRF token.
-async fn session(d: &Daemon, token: &str) -> (String, String) {
+pub async fn session(d: &Daemon, token: &str) -> (String, String) {
     let r = http()
         .post(format!("{}/ui/login", d.base))
         .form(&[("token", token)])

@@ -13,8 +13,9 @@
 //! ChromeDriver the tests fail saying how to install them: they are never skipped.
 //! Screenshots of each page are saved under `target/console-screenshots/`.
 
-mod access;
+pub mod access;
 mod browser;
+mod figures;
 mod fleet;
 
 use std::path::{Path, PathBuf};
