@@ -35,7 +35,7 @@ impl std::fmt::Debug for Signed {
 }
 
 #[derive(Debug, askama::Template)]
-#[template(path = "login.html")]
+#[template(path = "console/login.html")]
 struct Login {
     chrome: Chrome,
     message: Option<&'static str>,
@@ -145,7 +145,7 @@ pub async fn logout<J: RunnerJournal + 'static>(
 
 /// A page saying why a request was refused.
 #[derive(Debug, askama::Template)]
-#[template(path = "refused.html")]
+#[template(path = "console/refused.html")]
 pub struct Refused {
     pub chrome: Chrome,
     pub message: String,

@@ -66,7 +66,7 @@ pub struct Dot {
 }
 
 #[derive(Debug, Template)]
-#[template(path = "fleet.html")]
+#[template(path = "console/fleet.html")]
 pub struct FleetPage {
     pub chrome: Chrome,
     pub discovery: Option<String>,
@@ -259,7 +259,7 @@ pub async fn discover<J: RunnerJournal + 'static>(
 }
 
 #[derive(Debug, Template)]
-#[template(path = "fleet_review.html")]
+#[template(path = "console/fleet_review.html")]
 pub struct ReviewPage {
     pub chrome: Chrome,
     pub review: String,
@@ -329,7 +329,7 @@ pub struct Started {
 }
 
 #[derive(Debug, Template)]
-#[template(path = "fleet_started.html")]
+#[template(path = "console/fleet_started.html")]
 pub struct StartedPage {
     pub chrome: Chrome,
     pub started: Vec<Started>,

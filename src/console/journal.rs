@@ -15,7 +15,7 @@ use super::pages::{Chrome, render};
 use crate::runner::RunnerJournal;
 
 #[derive(Debug, Template)]
-#[template(path = "journal.html")]
+#[template(path = "console/journal.html")]
 pub struct JournalPage {
     pub chrome: Chrome,
     pub location: String,

@@ -1,4 +1,4 @@
-//! The console's pages, rendered from askama templates (`templates/`; values are
+//! The console's pages, rendered from askama templates (`templates/console/`; values are
 //! HTML-escaped), over the same folds as the command line and the API: `status` for
 //! Secrets, the journal's rotation stream for Rotation, `history` for History. The one
 //! action, Rotate, goes through the daemon loop's [`crate::daemon::Handle`] like an API
@@ -18,7 +18,7 @@ use super::session::Session;
 use crate::daemon::api::Role;
 use crate::history::{Outcome, RawFilter, TRIGGERS};
 use crate::runner::{Requested, RunnerJournal, lock};
-use crate::saga::{Phase, RotationEvent, Trigger};
+use crate::saga::{Phase, RotationEvent, StepStatus, Trigger};
 use crate::text::excerpt;
 
 /// The actor journaled for rotations started from the console.
@@ -121,7 +121,7 @@ pub struct SecretRow {
 }
 
 #[derive(Debug, Template)]
-#[template(path = "secrets.html")]
+#[template(path = "console/secrets.html")]
 pub struct SecretsPage {
     pub chrome: Chrome,
     pub rows: Vec<SecretRow>,
@@ -219,15 +219,18 @@ pub async fn rotate<J: RunnerJournal + 'static>(
     }
 }
 
-/// One attempt of one step on the Rotation page.
+/// One step on the Rotation page (`history::StepRecord`, as the audit report shows it).
 #[derive(Debug)]
 pub struct StepRow {
     pub step: String,
-    pub attempt: u32,
+    /// The target's role and name.
+    pub target: String,
+    pub attempts: u32,
     pub started: String,
     pub started_ms: i64,
     pub outcome: &'static str,
     pub took: String,
+    /// The last failure, if any.
     pub error: String,
 }
 
@@ -241,7 +244,7 @@ pub struct EventRow {
 }
 
 #[derive(Debug, Template)]
-#[template(path = "rotation.html")]
+#[template(path = "console/rotation.html")]
 pub struct RotationPage {
     pub chrome: Chrome,
     pub id: String,
@@ -315,8 +318,8 @@ pub async fn rotation<J: RunnerJournal + 'static>(
             );
         }
     };
-    let (rotation, _) = match state.runner.load(&id) {
-        Ok(loaded) => loaded,
+    let timeline = match crate::history::fold_timeline(&id, &events) {
+        Ok(timeline) => timeline,
         Err(e) => {
             return refused(
                 &signed.session,
@@ -325,73 +328,63 @@ pub async fn rotation<J: RunnerJournal + 'static>(
             );
         }
     };
+    let row = &timeline.row;
     let mut page = RotationPage {
         chrome: Chrome::of(&signed.session, "Rotation"),
         id: id.clone(),
-        secret: rotation.plan.secret.clone(),
-        trigger: crate::history::trigger_name(&rotation.trigger),
-        actor: String::new(),
-        phase: phase_name(rotation.phase),
-        ended: rotation.phase.is_terminal(),
-        grace_until: None,
-        steps: Vec::new(),
+        secret: row.secret.clone(),
+        trigger: row.trigger,
+        actor: row.actor.clone(),
+        phase: phase_name(row.phase),
+        ended: row.phase.is_terminal(),
+        grace_until: timeline.grace_due_ms.map(at),
+        steps: timeline
+            .steps
+            .iter()
+            .map(|s| StepRow {
+                step: s.step.to_string(),
+                target: format!("{} {}", s.role.as_str(), s.target),
+                attempts: s.attempts,
+                started: at(s.started_at_ms),
+                started_ms: s.started_at_ms,
+                outcome: match &s.status {
+                    StepStatus::Succeeded { .. } => "succeeded",
+                    StepStatus::InDoubt { failure: None, .. } => "running",
+                    StepStatus::InDoubt {
+                        failure: Some(_), ..
+                    } => "failed",
+                    StepStatus::Pending { .. } => "retrying",
+                    StepStatus::Abandoned { .. } => "abandoned",
+                },
+                took: s.duration_ms().map(took).unwrap_or_default(),
+                error: s
+                    .errors
+                    .last()
+                    .map(|e| {
+                        format!(
+                            "attempt {}: {:?}: {}",
+                            e.attempt,
+                            e.class,
+                            excerpt(&e.message, crate::history::ERROR_CHARS_MAX)
+                        )
+                    })
+                    .unwrap_or_default(),
+            })
+            .collect(),
         events: Vec::new(),
         last_seq: 0,
     };
     for e in &events {
         page.last_seq = e.stream_seq;
-        let Ok(event) = serde_json::from_str::<RotationEvent>(&e.payload) else {
-            page.events.push(EventRow {
-                seq: e.stream_seq,
-                at: at(e.recorded_at_ms),
-                kind: e.kind.clone(),
-                detail: "(cannot be read by this version of rekey)".into(),
-            });
-            continue;
-        };
-        match &event {
-            RotationEvent::Requested { actor, .. } => page.actor.clone_from(actor),
-            RotationEvent::StepStarted { step, attempt, .. } => page.steps.push(StepRow {
-                step: step.to_string(),
-                attempt: *attempt,
-                started: at(e.recorded_at_ms),
-                started_ms: e.recorded_at_ms,
-                outcome: "running",
-                took: String::new(),
-                error: String::new(),
-            }),
-            RotationEvent::StepSucceeded { step, .. }
-            | RotationEvent::StepFailed { step, .. }
-            | RotationEvent::StepNotApplied { step, .. } => {
-                let name = step.to_string();
-                if let Some(row) = page
-                    .steps
-                    .iter_mut()
-                    .rev()
-                    .find(|r| r.step == name && r.outcome == "running")
-                {
-                    row.took = took(e.recorded_at_ms - row.started_ms);
-                    match &event {
-                        RotationEvent::StepSucceeded { .. } => row.outcome = "succeeded",
-                        RotationEvent::StepFailed { class, message, .. } => {
-                            row.outcome = "failed";
-                            row.error = format!(
-                                "{class:?}: {}",
-                                excerpt(message, crate::history::ERROR_CHARS_MAX)
-                            );
-                        }
-                        _ => row.outcome = "not applied",
-                    }
-                }
-            }
-            RotationEvent::GraceScheduled { due_at_ms } => page.grace_until = Some(at(*due_at_ms)),
-            _ => {}
-        }
+        let detail = serde_json::from_str::<RotationEvent>(&e.payload).map_or_else(
+            |_| "(cannot be read by this version of rekey)".to_owned(),
+            |event| detail(&event),
+        );
         page.events.push(EventRow {
             seq: e.stream_seq,
             at: at(e.recorded_at_ms),
             kind: e.kind.clone(),
-            detail: detail(&event),
+            detail,
         });
     }
     render(StatusCode::OK, &page)
@@ -442,7 +435,7 @@ pub struct HistoryRow {
 }
 
 #[derive(Debug, Template)]
-#[template(path = "history.html")]
+#[template(path = "console/history.html")]
 pub struct HistoryPage {
     pub chrome: Chrome,
     /// The filters as given, to fill the form again.

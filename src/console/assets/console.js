@@ -8,24 +8,13 @@
   const live = document.getElementById("live");
   const grace = document.getElementById("grace");
   const steps = document.querySelector("#steps tbody");
-  // Attempts the page was rendered with, still running: their outcomes come live.
-  const started = {};
-  document.querySelectorAll("#steps tr[data-running]").forEach(function (row) {
-    started[row.dataset.step] = { row: row, at: Number(row.dataset.running) };
+  // One row per step, as the server renders them (history::fold_timeline): a new step
+  // gets a row, a retried one its attempts counted, each its outcome and time taken from
+  // its first start.
+  const rows = {};
+  document.querySelectorAll("#steps tr[data-step]").forEach(function (row) {
+    rows[row.dataset.step] = row;
   });
-  let last = Number(list.dataset.lastSeq || "0");
-  const phases = {
-    GraceScheduled: "grace",
-    CompensationStarted: "compensating",
-    Completed: "completed",
-    Compensated: "compensated",
-  };
-  const kinds = ["Requested", "StepStarted", "StepSucceeded", "StepFailed", "StepNotApplied",
-    "ValueLost", "CompensationStarted", "GraceScheduled", "Completed", "Compensated"];
-  const source = new EventSource(list.dataset.stream);
-  function step(s) {
-    return s ? s.action + "#" + s.target + (s.generation ? "/g" + s.generation : "") : "";
-  }
   function at(ms) {
     return new Date(ms).toISOString().replace("T", " ").slice(0, 19) + " UTC";
   }
@@ -45,33 +34,55 @@
     row.append(td);
     return td;
   }
-  // The steps table follows too: a row per attempt, its outcome when it comes.
+  function outcome(row, text) {
+    const badge = row.children[4].firstChild;
+    badge.textContent = text;
+    badge.className = "badge " + text;
+  }
   function stepRow(kind, e) {
     const name = step(e.step);
+    let row = rows[name];
     if (kind === "StepStarted") {
-      const row = document.createElement("tr");
-      const th = document.createElement("th");
-      th.scope = "row";
-      th.textContent = name;
-      row.append(th);
-      cell(row, String(e.attempt));
-      cell(row, at(Date.now()));
-      cell(row, "running", "running");
-      cell(row, "");
-      cell(row, "").className = "error-text";
-      started[name] = { row: row, at: Date.now() };
-      steps.append(row);
+      if (!row) {
+        row = document.createElement("tr");
+        row.dataset.step = name;
+        row.dataset.started = String(Date.now());
+        const th = document.createElement("th");
+        th.scope = "row";
+        th.textContent = name;
+        row.append(th);
+        cell(row, "");
+        cell(row, "0");
+        cell(row, at(Date.now()));
+        cell(row, "running", "running");
+        cell(row, "");
+        cell(row, "").className = "error-text";
+        rows[name] = row;
+        steps.append(row);
+      }
+      row.children[2].textContent = String(e.attempt);
+      outcome(row, "running");
       return;
     }
-    const open = started[name];
-    if (!open) { return; }
-    const outcome = kind === "StepSucceeded" ? "succeeded" : kind === "StepFailed" ? "failed" : "not applied";
-    const cells = open.row.children;
-    cells[3].firstChild.textContent = outcome;
-    cells[3].firstChild.className = "badge " + outcome;
-    cells[4].textContent = took(Date.now() - open.at);
-    if (kind === "StepFailed") { cells[5].textContent = e.class + ": " + (e.message || ""); }
-    delete started[name];
+    if (!row) { return; }
+    outcome(row, kind === "StepSucceeded" ? "succeeded" : kind === "StepFailed" ? "failed" : "retrying");
+    row.children[5].textContent = took(Date.now() - Number(row.dataset.started));
+    if (kind === "StepFailed") {
+      row.children[6].textContent = "attempt " + e.attempt + ": " + e.class + ": " + (e.message || "");
+    }
+  }
+  let last = Number(list.dataset.lastSeq || "0");
+  const phases = {
+    GraceScheduled: "grace",
+    CompensationStarted: "compensating",
+    Completed: "completed",
+    Compensated: "compensated",
+  };
+  const kinds = ["Requested", "StepStarted", "StepSucceeded", "StepFailed", "StepNotApplied",
+    "ValueLost", "CompensationStarted", "GraceScheduled", "Completed", "Compensated"];
+  const source = new EventSource(list.dataset.stream);
+  function step(s) {
+    return s ? s.action + "#" + s.target + (s.generation ? "/g" + s.generation : "") : "";
   }
   function detail(kind, e) {
     switch (kind) {
