@@ -1763,6 +1763,24 @@ grace = "7d"
     }
 
     #[test]
+    fn the_console_cookie_is_secure_by_default_beyond_loopback() {
+        let with = |daemon: &str| {
+            parse(&format!("{GOOD}\n[daemon]\n{daemon}\n"))
+                .unwrap()
+                .daemon
+        };
+        assert!(!with("listen = \"127.0.0.1:8787\"").console_secure_cookie);
+        assert!(!with("listen = \"[::1]:8787\"").console_secure_cookie);
+        assert!(with("listen = \"0.0.0.0:8787\"").console_secure_cookie);
+        assert!(
+            !with("listen = \"0.0.0.0:8787\"\nconsole_secure_cookie = false").console_secure_cookie
+        );
+        assert!(with("console_secure_cookie = true").console_secure_cookie);
+        let d = with("viewer_token_env = \"REKEY_VIEWER\"");
+        assert_eq!(d.viewer_token_env.as_deref(), Some("REKEY_VIEWER"));
+    }
+
+    #[test]
     fn a_key_vault_request_budget_must_fit_the_service_limit() {
         let text = |n: u32| {
             format!(

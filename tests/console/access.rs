@@ -107,6 +107,22 @@ async fn state_changes_need_an_operator_session_and_its_csrf_token() {
             .unwrap()
             .contains("That token is not an operator")
     );
+    // Behind a proxy that says the browser spoke HTTPS, the cookie is Secure.
+    let r = http()
+        .post(format!("{}/ui/login", d.base))
+        .header("x-forwarded-proto", "https")
+        .form(&[("token", VIEWER_TOKEN)])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.headers()["set-cookie"]
+            .to_str()
+            .unwrap()
+            .ends_with("; Secure"),
+        "{:?}",
+        r.headers()["set-cookie"]
+    );
     let status = rotate(&d, "rekey_session=forged", &[]).await.0;
     assert_eq!(status, StatusCode::SEE_OTHER, "no session, no action");
 

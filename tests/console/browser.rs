@@ -308,3 +308,51 @@ async fn the_journal_page_verifies_the_chains_and_names_a_broken_link() {
     b.screenshot("journal-broken").await;
     b.close().await;
 }
+
+/// Keyboard only: the token field has the focus, Enter signs in, Tab reaches the first
+/// Rotate button past the skip link and the navigation, Enter presses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_is_usable_from_the_keyboard() {
+    const TAB: &str = "\u{E004}";
+    const ENTER: &str = "\u{E007}";
+    let tmp = tempfile::tempdir().unwrap();
+    let d = daemon(tmp.path(), "0s").await;
+    let b = browser().await;
+    b.client
+        .goto(&format!("{}/ui/login", d.base))
+        .await
+        .unwrap();
+    let focused = b.client.active_element().await.unwrap();
+    assert_eq!(focused.attr("id").await.unwrap().as_deref(), Some("token"));
+    focused
+        .send_keys(&format!("{OPERATOR_TOKEN}{ENTER}"))
+        .await
+        .unwrap();
+    b.client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("secrets"))
+        .await
+        .unwrap();
+    // Skip link, five pages, Sign out, then the first Rotate button.
+    let mut reached = None;
+    for _ in 0..12 {
+        let active = b.client.active_element().await.unwrap();
+        active.send_keys(TAB).await.unwrap();
+        let now = b.client.active_element().await.unwrap();
+        if now.attr("aria-label").await.unwrap().as_deref() == Some("Rotate s0") {
+            reached = Some(now);
+            break;
+        }
+    }
+    let button = reached.expect("Tab should reach the Rotate button");
+    button.send_keys(ENTER).await.unwrap();
+    b.client
+        .wait()
+        .at_most(Duration::from_secs(10))
+        .for_element(Locator::Id("events"))
+        .await
+        .unwrap();
+    assert!(b.text("h1").await.contains("Rotation of s0"));
+    b.close().await;
+}
