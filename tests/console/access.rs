@@ -148,6 +148,36 @@ async fn state_changes_need_an_operator_session_and_its_csrf_token() {
     assert!(body.contains("signed in as a viewer"), "{body}");
     assert_eq!(rotations(&d).await, 0);
 
+    // Bad input is named, and starts nothing.
+    let r = http()
+        .post(format!("{}/ui/secrets/nope/rotate", d.base))
+        .header("cookie", &other_cookie)
+        .form(&[("csrf", &other_csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("No secret named &#34;nope&#34; is configured, so nothing was started; configured: s0, s1."),
+        "{body}"
+    );
+    let r = http()
+        .post(format!("{}/ui/fleet/review", d.base))
+        .header("cookie", &other_cookie)
+        .form(&[("csrf", &other_csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("No application was selected")
+    );
+    assert_eq!(rotations(&d).await, 0);
+
     // With it: started, and the browser is sent to the rotation's page.
     let r = http()
         .post(format!("{}/ui/secrets/s0/rotate", d.base))
