@@ -118,6 +118,8 @@ pub struct SecretRow {
     /// Rotation id, phase, next step, last failure.
     pub open: Option<(String, &'static str, String, Option<String>)>,
     pub next_scheduled: Option<String>,
+    /// When the stores say the current version expires.
+    pub expires: Option<String>,
 }
 
 #[derive(Debug, Template)]
@@ -154,7 +156,6 @@ pub async fn secrets<J: RunnerJournal + 'static>(
     let rows = rows
         .into_iter()
         .map(|r| SecretRow {
-            name: r.secret,
             last: r
                 .last_ended
                 .map(|e| (e.rotation_id, e.status, at(e.ended_at_ms))),
@@ -169,6 +170,8 @@ pub async fn secrets<J: RunnerJournal + 'static>(
             next_scheduled: r
                 .next_scheduled
                 .map(|n| format!("{} ({})", at(n.at_ms), n.reason.replace('_', " "))),
+            expires: state.expiries.get(&r.secret).map(at),
+            name: r.secret,
         })
         .collect();
     render(
@@ -595,6 +598,7 @@ mod tests {
                 last: Some(("r".into(), "completed".into(), "t".into())),
                 open: Some(("o".into(), "forward", MARKUP.into(), Some(MARKUP.into()))),
                 next_scheduled: None,
+                expires: None,
             }],
             error: Some(MARKUP.into()),
         }

@@ -64,6 +64,8 @@ pub struct State<J: RunnerJournal + 'static> {
     pub tokens: Arc<Vec<SecretValue>>,
     /// The viewer role's bearer tokens: read only.
     pub viewer_tokens: Arc<Vec<SecretValue>>,
+    /// What the stores last said about each scheduled secret's expiry.
+    pub expiries: super::Expiries,
     pub ready: Arc<AtomicBool>,
     pub metrics: Option<Arc<Metrics>>,
     /// This node's leader lease, when nodes may share the journal (`/readyz` says who leads).
@@ -89,6 +91,7 @@ impl<J: RunnerJournal + 'static> Clone for State<J> {
             clock: self.clock.clone(),
             tokens: self.tokens.clone(),
             viewer_tokens: self.viewer_tokens.clone(),
+            expiries: self.expiries.clone(),
             ready: self.ready.clone(),
             metrics: self.metrics.clone(),
             leadership: self.leadership.clone(),

@@ -223,6 +223,26 @@ pub struct Summary {
     pub immediate: bool,
 }
 
+/// When each scheduled secret's current version expires, as its stores last reported it
+/// (polled for schedules with `before_expiry_days`); known only while the daemon runs.
+#[derive(Debug, Clone, Default)]
+pub struct Expiries(Arc<std::sync::Mutex<std::collections::BTreeMap<String, i64>>>);
+
+impl Expiries {
+    /// The expiry last reported for `secret`.
+    pub fn get(&self, secret: &str) -> Option<i64> {
+        self.0.lock().expect("expiries").get(secret).copied()
+    }
+
+    fn set(&self, secret: &str, expiry_ms: Option<i64>) {
+        let mut map = self.0.lock().expect("expiries");
+        match expiry_ms {
+            Some(at) => map.insert(secret.to_owned(), at),
+            None => map.remove(secret),
+        };
+    }
+}
+
 /// The daemon: its loop state. Build with [`Daemon::new`], then [`Daemon::run`].
 pub struct Daemon<J: RunnerJournal + 'static> {
     runner: Arc<Runner<J>>,
@@ -244,6 +264,8 @@ pub struct Daemon<J: RunnerJournal + 'static> {
     waiting_at: HashMap<String, i64>,
     /// Each scheduled secret's state; its due time is re-derived from the journal.
     scheduled: HashMap<String, Scheduled>,
+    /// The expiry each scheduled secret's stores last reported, for the API's readers.
+    expiries: Expiries,
     polls: JoinSet<(String, u64, Result<Option<i64>, ProviderError>)>,
     webhook_tx: mpsc::Sender<Delivery>,
     webhook: mpsc::Receiver<Delivery>,
@@ -322,6 +344,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             handle: handle.clone(),
             signals,
             ready: Arc::new(AtomicBool::new(false)),
+            expiries: Expiries::default(),
             permits,
             tasks: JoinSet::new(),
             active: HashSet::new(),
@@ -388,6 +411,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             clock: self.clock.clone(),
             tokens: Arc::new(api_tokens),
             viewer_tokens: Arc::new(Vec::new()),
+            expiries: self.expiries.clone(),
             ready: self.ready.clone(),
             metrics: None,
             leadership: self.leadership.clone(),
@@ -750,7 +774,10 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                     return;
                 }
                 match result {
-                    Ok(expiry) => s.expiry_ms = expiry,
+                    Ok(expiry) => {
+                        s.expiry_ms = expiry;
+                        self.expiries.set(&secret, expiry);
+                    }
                     Err(e) => warn!(secret, error = %e, "cannot read the current version's expiry"),
                 }
                 s.poll_at_ms = now + schedules::EXPIRY_POLL_MS;
@@ -1043,6 +1070,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                     // before scheduling by it.
                     if let Some(s) = self.scheduled.get_mut(&secret) {
                         s.expiry_ms = None;
+                        self.expiries.set(&secret, None);
                         s.poll_at_ms = now;
                         s.generation += 1;
                     }

@@ -65,6 +65,8 @@ struct Paused {
     clock: Arc<dyn Clock>,
     handle: Handle,
     done: tokio::task::JoinHandle<Summary>,
+    /// What the API and the console read of the stores' expiries.
+    expiries: rekey::daemon::Expiries,
 }
 
 async fn start(dir: &Path, text: &str, base_ms: i64, expiry_ms: Option<i64>) -> Paused {
@@ -127,8 +129,10 @@ async fn start_notifying(
     } else {
         daemon
     };
+    let expiries = daemon.api_state(Vec::new()).expiries;
     let done = tokio::spawn(async move { daemon.run().await.unwrap() });
     Paused {
+        expiries,
         journal,
         runner,
         config,
@@ -276,6 +280,31 @@ async fn a_rotation_due_outside_its_window_waits_for_the_window() {
         (saturday..saturday + 60 * 60_000).contains(&done[0].2),
         "{done:?}"
     );
+    d.handle.signal();
+    d.done.await.unwrap();
+}
+
+/// The expiry the stores report is what the API's readers (the console's Secrets page)
+/// see, until a rotation replaces the version it was of.
+#[tokio::test(start_paused = true)]
+async fn the_reported_expiry_is_shared_with_the_api_until_a_rotation_replaces_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = ms("2026-03-01T00:00:00Z");
+    let expiry = base + 5 * DAY_MS;
+    let start_at = tokio::time::Instant::now();
+    let d = start(
+        tmp.path(),
+        &config(1, "every_days = 30\nbefore_expiry_days = 2\n"),
+        base,
+        Some(expiry),
+    )
+    .await;
+    sleep_until(base, start_at, base + 60_000).await;
+    assert_eq!(d.expiries.get("s0"), Some(expiry));
+    // Rotated two days ahead; the new version does not expire.
+    sleep_until(base, start_at, expiry - 2 * DAY_MS + 120_000).await;
+    assert_eq!(rotations(&d.journal).len(), 1);
+    assert_eq!(d.expiries.get("s0"), None);
     d.handle.signal();
     d.done.await.unwrap();
 }
