@@ -208,7 +208,9 @@ struct StopAfterUpdate(std::sync::OnceLock<std::sync::Weak<Runner<SqliteJournal>
 
 impl Observer for StopAfterUpdate {
     fn journaled(&self, _: &Rotation, event: &RotationEvent, _: f64) {
-        if let RotationEvent::StepSucceeded { step, .. } = event
+        // Heard once the update's start is durable: the update runs to its outcome,
+        // and no step starts after it.
+        if let RotationEvent::StepStarted { step, .. } = event
             && step.action == Action::Update
             && let Some(runner) = self.0.get().and_then(std::sync::Weak::upgrade)
         {

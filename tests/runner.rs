@@ -3,13 +3,16 @@
 
 use std::sync::Arc;
 
-use rekey::journal::{Clock, ManualClock, MemoryJournal};
+use rekey::journal::{
+    Append, Appended, Clock, Event, JournalAppend, JournalRead, JournalScan, Lease, Leases,
+    ManualClock, MemoryJournal, Result as JournalResult, StreamFilter, StreamInfo, Timer,
+};
 use rekey::provider::{Cast, ProviderError, Reply, Roles, SecretValue, Store};
 use rekey::providers::local::{CommandVerifier, EnvFile, LocalVault, RandomRotator};
 use rekey::resolve::Registry;
 use rekey::roles;
-use rekey::runner::{Observer, Options, Progress, Requested, Runner, tokio_sleep};
-use rekey::saga::{Action, Phase, Plan, Role, Rotation, RotationEvent, StepId, TargetRef, Trigger};
+use rekey::runner::{Options, Progress, Requested, Runner, tokio_sleep};
+use rekey::saga::{Action, Phase, Plan, Role, RotationEvent, StepId, TargetRef, Trigger};
 
 use crate::intercept::{Hook, Seen, intercept};
 
@@ -125,16 +128,56 @@ async fn the_lease_outlives_a_slow_call_only_with_a_heartbeat() {
     );
 }
 
-/// Models appends that take `append_ms` each (a journal under load): the clock moves on
-/// once an event is durable.
+/// A journal whose appends take `append_ms` each (a journal under load): the clock moves
+/// on once an append is durable, before the runner hears of it.
+#[derive(Debug)]
 struct SlowAppends {
+    memory: MemoryJournal,
     clock: ManualClock,
     append_ms: i64,
 }
 
-impl Observer for SlowAppends {
-    fn journaled(&self, _: &Rotation, _: &RotationEvent, _: f64) {
+impl JournalRead for SlowAppends {
+    fn read_stream(&self, stream_id: &str) -> JournalResult<Vec<Event>> {
+        self.memory.read_stream(stream_id)
+    }
+    fn stream_info(&self, stream_id: &str) -> JournalResult<Option<StreamInfo>> {
+        self.memory.stream_info(stream_id)
+    }
+}
+
+impl JournalScan for SlowAppends {
+    fn read_after(&self, after: u64, limit: usize) -> JournalResult<Vec<Event>> {
+        self.memory.read_after(after, limit)
+    }
+    fn streams(&self, filter: &StreamFilter) -> JournalResult<Vec<StreamInfo>> {
+        self.memory.streams(filter)
+    }
+    fn due_timers(&self, now_ms: i64, limit: usize) -> JournalResult<Vec<Timer>> {
+        self.memory.due_timers(now_ms, limit)
+    }
+    fn next_timer(&self) -> JournalResult<Option<Timer>> {
+        self.memory.next_timer()
+    }
+}
+
+impl JournalAppend for SlowAppends {
+    async fn append(&self, append: Append) -> JournalResult<Appended> {
+        let appended = self.memory.append(append).await;
         self.clock.advance(self.append_ms);
+        appended
+    }
+}
+
+impl Leases for SlowAppends {
+    async fn acquire(&self, stream_id: &str, owner: &str, ttl_ms: i64) -> JournalResult<Lease> {
+        self.memory.acquire(stream_id, owner, ttl_ms).await
+    }
+    async fn renew(&self, lease: &Lease, ttl_ms: i64) -> JournalResult<Lease> {
+        self.memory.renew(lease, ttl_ms).await
+    }
+    async fn release(&self, lease: &Lease) -> JournalResult<()> {
+        self.memory.release(lease).await
     }
 }
 
@@ -147,7 +190,11 @@ async fn appends_slower_than_half_the_lease_do_not_lose_it() {
     let lease_ms = 1_000;
     let manual = ManualClock::new(1_700_000_000_000);
     let clock: Arc<dyn Clock> = Arc::new(manual.clone());
-    let journal = Arc::new(MemoryJournal::new(clock.clone()));
+    let journal = Arc::new(SlowAppends {
+        memory: MemoryJournal::new(clock.clone()),
+        clock: manual,
+        append_ms: lease_ms * 55 / 100,
+    });
     let providers = local(
         roles!(Arc::new(LocalVault::new(dir.path().join("vault.json")))),
         dir.path(),
@@ -167,10 +214,6 @@ async fn appends_slower_than_half_the_lease_do_not_lose_it() {
     };
     let options = Options {
         lease_ttl_ms: lease_ms,
-        observer: Some(Arc::new(SlowAppends {
-            clock: manual,
-            append_ms: lease_ms * 55 / 100,
-        })),
         ..Options::new("runner-1", 7)
     };
     let runner = Runner::new(journal, Arc::new(providers), clock, options);

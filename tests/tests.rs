@@ -6,6 +6,7 @@ mod cli;
 mod cli_journal;
 mod cli_readonly;
 mod cli_wait;
+mod commits;
 mod console;
 mod crash;
 mod daemon;
@@ -19,6 +20,8 @@ mod multinode;
 mod notify;
 mod old_journals;
 mod online;
+#[path = "../benches/support/open_rotations.rs"]
+mod open_rotations;
 mod policy;
 mod postgres;
 mod runner;

@@ -205,9 +205,19 @@ impl Drop for DrivingGuard<'_> {
 /// A rotation being driven under a lease.
 struct Driving {
     state: Rotation,
+    /// The stream's sequence as journaled (events in `pending` not counted).
     seq: u64,
     lease: Lease,
+    /// Events folded into `state` but not journaled yet, each with the state before it
+    /// (for the observer). They are journaled together, in one append, before the next
+    /// provider call and before the drive returns: a step's outcome, the pure events the
+    /// saga decides after it, and the next step's `StepStarted` are one durable commit,
+    /// and that commit precedes the call it starts.
+    pending: Vec<(Rotation, RotationEvent)>,
 }
+
+/// Events a drive holds back at most before journaling them (well under an append's limit).
+const PENDING_EVENTS_MAX: usize = 32;
 
 impl<J: RunnerJournal> Runner<J> {
     /// A runner over `journal`, calling the providers `resolver` finds for each target.
@@ -525,10 +535,19 @@ impl<J: RunnerJournal> Runner<J> {
             rotation_id: rotation_id.to_owned(),
         };
         // No lease is taken on a stream that does not exist: it would block its creation.
-        if self.journal.stream_info(rotation_id)?.is_none() {
+        let Some(info) = self.journal.stream_info(rotation_id)? else {
             return Err(Error::UnknownRotation {
                 rotation: rotation_id.to_owned(),
             });
+        };
+        // Nor on one that has ended: nothing is left to call or to append to it, only its
+        // lock to close (an optimistic append to the lock stream), so any runner may.
+        if info.status != "open" {
+            let (state, _) = self.load(rotation_id)?;
+            if let Command::Done { phase } = decide(&state, self.clock.now_ms()) {
+                self.close_lock(&state, phase).await?;
+                return Ok(Progress::Finished(phase));
+            }
         }
         let lease = match self
             .journal
@@ -549,14 +568,32 @@ impl<J: RunnerJournal> Runner<J> {
             }
         };
         let span = crate::telemetry::rotation_span(rotation_id, &state.plan.secret);
-        let mut d = Driving { state, seq, lease };
+        let mut d = Driving {
+            state,
+            seq,
+            lease,
+            pending: Vec::new(),
+        };
         let result = self.drive_leased(&mut d).instrument(span).await;
-        // Best effort: an unreleased lease simply expires.
-        let _ = self.journal.release(&d.lease).await;
+        // Best effort: an unreleased lease simply expires. An ended rotation's is kept
+        // (one commit saved): no runner needs it again (see above).
+        if !matches!(result, Ok(Progress::Finished(_))) {
+            let _ = self.journal.release(&d.lease).await;
+        }
         result
     }
 
+    /// Drives under the lease, then journals what the drive decided and has not journaled
+    /// yet, on every way out (a wait, the end, a stop, an error of a provider's resolution).
     async fn drive_leased(&self, d: &mut Driving) -> Result<Progress, Error> {
+        let result = self.drive_steps(d).await;
+        let flushed = self.flush(d).await;
+        let progress = result?;
+        flushed?;
+        Ok(progress)
+    }
+
+    async fn drive_steps(&self, d: &mut Driving) -> Result<Progress, Error> {
         loop {
             let now = self.clock.now_ms();
             if d.lease.expires_at_ms - now < self.options.lease_ttl_ms / 2 {
@@ -575,6 +612,8 @@ impl<J: RunnerJournal> Runner<J> {
             }
             match command {
                 Command::Done { phase } => {
+                    // The terminal event is durable before the lock says so.
+                    self.flush(d).await?;
                     self.close_lock(&d.state, phase).await?;
                     return Ok(Progress::Finished(phase));
                 }
@@ -611,8 +650,26 @@ impl<J: RunnerJournal> Runner<J> {
         }
     }
 
-    /// Appends one event under the lease and folds it into the state.
+    /// Folds one event into the state and holds it for the next [`Runner::flush`], which
+    /// journals it under the lease. Folding first means an event the rotation logic
+    /// refuses never reaches the journal.
     async fn emit(&self, d: &mut Driving, event: RotationEvent) -> Result<(), Error> {
+        if d.pending.len() >= PENDING_EVENTS_MAX {
+            self.flush(d).await?;
+        }
+        let next = apply(Some(d.state.clone()), &event)?;
+        let before = std::mem::replace(&mut d.state, next);
+        d.pending.push((before, event));
+        Ok(())
+    }
+
+    /// Journals the held events in one append under the lease, and waits until it is
+    /// durable. Called before every provider call, so a `StepStarted` is durable before
+    /// the call it announces (DESIGN §4), together with the previous step's outcome.
+    async fn flush(&self, d: &mut Driving) -> Result<(), Error> {
+        if d.pending.is_empty() {
+            return Ok(());
+        }
         // The renewal at the top of the step may be long past (a slow append or a call
         // between them): renew here too while the lease has less than half left, before
         // it can lapse under this append.
@@ -622,21 +679,24 @@ impl<J: RunnerJournal> Runner<J> {
                 .renew(&d.lease, self.options.lease_ttl_ms)
                 .await?;
         }
-        let mut append = Append::new(d.state.id.clone(), d.seq, vec![rotation_event(&event)])
-            .fenced(d.lease.fence());
-        match &event {
-            RotationEvent::Completed => append = append.status("completed"),
-            RotationEvent::Compensated => append = append.status("compensated"),
+        let events = d.pending.iter().map(|(_, e)| rotation_event(e)).collect();
+        let mut append = Append::new(d.state.id.clone(), d.seq, events).fenced(d.lease.fence());
+        match d.pending.last().map(|(_, e)| e) {
+            Some(RotationEvent::Completed) => append = append.status("completed"),
+            Some(RotationEvent::Compensated) => append = append.status("compensated"),
             _ => {}
         }
+        let pending = std::mem::take(&mut d.pending);
         // Wall time for the latency metric only; no decision depends on it.
         let started = tokio::time::Instant::now();
         let appended = self.journal.append(append).await?;
-        if let Some(observer) = &self.options.observer {
-            observer.journaled(&d.state, &event, started.elapsed().as_secs_f64());
-        }
-        d.state = apply(Some(d.state.clone()), &event)?;
         d.seq = appended.last_seq;
+        if let Some(observer) = &self.options.observer {
+            let seconds = started.elapsed().as_secs_f64();
+            for (before, event) in &pending {
+                observer.journaled(before, event, seconds);
+            }
+        }
         Ok(())
     }
 
@@ -854,6 +914,7 @@ impl<J: RunnerJournal> Runner<J> {
         let result = match given {
             Err(e) => Err(e),
             Ok(given) => {
+                self.flush(d).await?;
                 self.lease_for_call(&mut d.lease).await?;
                 let ids = Ids {
                     captured: captured.as_deref(),
@@ -1043,6 +1104,7 @@ impl<J: RunnerJournal> Runner<J> {
             produced: produced.as_deref(),
         };
         let had_old = Self::old_version(&d.state).is_some();
+        self.flush(d).await?;
         self.lease_for_call(&mut d.lease).await?;
         let inspect = inspect(&cast, Self::step(&d.state, step, key), ids, had_old);
         let found = self.heartbeat(&mut d.lease, inspect).await;

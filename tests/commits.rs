@@ -1,0 +1,196 @@
+//! Durable commits per rotation: a no-op rotation journals each step's outcome with the
+//! next step's `StepStarted` in one append, and spends no lease round trip it does not
+//! need (no release once the rotation has ended), while every append to the rotation
+//! stream stays fenced.
+
+use std::sync::{Arc, Mutex};
+
+use rekey::journal::{
+    Append, Appended, Clock, Event, JournalAppend, JournalRead, JournalScan, Lease, Leases,
+    MemoryJournal, Result, StreamFilter, StreamInfo, SystemClock, Timer,
+};
+use rekey::resolve::Registry;
+use rekey::roles;
+use rekey::runner::{Options, Progress, Requested, Runner};
+use rekey::saga::{Phase, RotationEvent, Trigger};
+
+use crate::open_rotations::{Local, PROVIDER, plan};
+
+/// One durable write the runner asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Write {
+    /// An append: its stream, event kinds, and whether it was fenced.
+    Append {
+        stream: String,
+        kinds: Vec<String>,
+        fenced: bool,
+    },
+    Lease(&'static str),
+}
+
+/// A memory journal that records every write (each one durable commit on disk).
+#[derive(Debug)]
+struct Counting {
+    memory: MemoryJournal,
+    writes: Mutex<Vec<Write>>,
+}
+
+impl JournalRead for Counting {
+    fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
+        self.memory.read_stream(stream_id)
+    }
+    fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
+        self.memory.stream_info(stream_id)
+    }
+}
+
+impl JournalScan for Counting {
+    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.memory.read_after(after, limit)
+    }
+    fn streams(&self, filter: &StreamFilter) -> Result<Vec<StreamInfo>> {
+        self.memory.streams(filter)
+    }
+    fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
+        self.memory.due_timers(now_ms, limit)
+    }
+    fn next_timer(&self) -> Result<Option<Timer>> {
+        self.memory.next_timer()
+    }
+}
+
+impl JournalAppend for Counting {
+    async fn append(&self, append: Append) -> Result<Appended> {
+        self.writes.lock().unwrap().push(Write::Append {
+            stream: append.stream_id.clone(),
+            kinds: append.events.iter().map(|e| e.kind.clone()).collect(),
+            fenced: append.fence.is_some(),
+        });
+        self.memory.append(append).await
+    }
+}
+
+impl Leases for Counting {
+    async fn acquire(&self, stream_id: &str, owner: &str, ttl_ms: i64) -> Result<Lease> {
+        self.writes.lock().unwrap().push(Write::Lease("acquire"));
+        self.memory.acquire(stream_id, owner, ttl_ms).await
+    }
+    async fn renew(&self, lease: &Lease, ttl_ms: i64) -> Result<Lease> {
+        self.writes.lock().unwrap().push(Write::Lease("renew"));
+        self.memory.renew(lease, ttl_ms).await
+    }
+    async fn release(&self, lease: &Lease) -> Result<()> {
+        self.writes.lock().unwrap().push(Write::Lease("release"));
+        self.memory.release(lease).await
+    }
+}
+
+async fn no_op_rotation() -> (Vec<Write>, Arc<Counting>) {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let journal = Arc::new(Counting {
+        memory: MemoryJournal::new(clock.clone()),
+        writes: Mutex::default(),
+    });
+    let providers = Registry::new().with_roles(PROVIDER, roles!(Arc::new(Local::default())));
+    let runner = Arc::new(Runner::new(
+        journal.clone(),
+        Arc::new(providers),
+        clock,
+        Options::new("commits", 1),
+    ));
+    let Requested::Started { rotation_id } = runner
+        .request(plan("s"), Trigger::Manual, "test", "r1".into())
+        .await
+        .unwrap()
+    else {
+        panic!("a first request opens a rotation");
+    };
+    let done = runner.drive(&rotation_id).await.unwrap();
+    assert_eq!(done, Progress::Finished(Phase::Completed));
+    let writes = journal.writes.lock().unwrap().clone();
+    (writes, journal)
+}
+
+#[tokio::test]
+async fn a_no_op_rotation_takes_one_commit_per_step_and_no_release() {
+    let (writes, _) = no_op_rotation().await;
+    let rotation: Vec<(&Vec<String>, bool)> = writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Append {
+                stream,
+                kinds,
+                fenced,
+            } if stream == "r1" => Some((kinds, *fenced)),
+            _ => None,
+        })
+        .collect();
+    let started = |k: &Vec<String>| k.iter().filter(|k| *k == "StepStarted").count();
+    let steps: usize = rotation.iter().map(|(k, _)| started(k)).sum();
+    // The request, then one append per step (carrying the previous step's outcome with
+    // it), then the last outcome with the terminal event.
+    assert_eq!(rotation.len(), 1 + steps + 1, "{writes:#?}");
+    for (i, (kinds, fenced)) in rotation.iter().enumerate().skip(1) {
+        assert!(*fenced, "append {i} to the rotation stream was not fenced");
+        if i < rotation.len() - 1 {
+            assert_eq!(kinds.last().map(String::as_str), Some("StepStarted"));
+            assert_eq!(started(kinds), 1, "{kinds:?}");
+        }
+        if i > 1 {
+            assert_eq!(kinds.first().map(String::as_str), Some("StepSucceeded"));
+        }
+    }
+    assert_eq!(
+        rotation.last().unwrap().0.last().map(String::as_str),
+        Some("Completed")
+    );
+    // One lease round trip: the acquire. The lease of an ended rotation is not released.
+    let leases: Vec<_> = writes
+        .iter()
+        .filter(|w| matches!(w, Write::Lease(_)))
+        .collect();
+    assert_eq!(leases, vec![&Write::Lease("acquire")]);
+    // Lock opened, lock closed, the rotation's appends, the acquire.
+    assert_eq!(writes.len(), 2 + rotation.len() + 1, "{writes:#?}");
+    assert_eq!(writes.len(), 2 + 1 + steps + 1 + 1);
+    // For this plan of four targets: 9 steps, 23 events (21 in the rotation's stream, 2 in
+    // its lock's) in 14 durable commits, where one event per commit (and a release) took 25.
+    let events: usize = writes
+        .iter()
+        .map(|w| match w {
+            Write::Append { kinds, .. } => kinds.len(),
+            Write::Lease(_) => 0,
+        })
+        .sum();
+    assert_eq!((steps, events, writes.len()), (9, 23, 14));
+}
+
+/// Driving an ended rotation again, from another runner while the first runner's lease
+/// is still live, finds it ended (it needs no lease: nothing is left to call).
+#[tokio::test]
+async fn an_ended_rotation_is_finished_for_any_runner_without_its_lease() {
+    let (_, journal) = no_op_rotation().await;
+    let other = Runner::new(
+        journal.clone(),
+        Arc::new(Registry::new()),
+        Arc::new(SystemClock),
+        Options::new("other", 2),
+    );
+    assert_eq!(
+        other.drive("r1").await.unwrap(),
+        Progress::Finished(Phase::Completed)
+    );
+    let events: Vec<RotationEvent> = journal
+        .read_stream("r1")
+        .unwrap()
+        .iter()
+        .map(|e| serde_json::from_str(&e.payload).unwrap())
+        .collect();
+    assert_eq!(
+        events
+            .iter()
+            .filter(|e| matches!(e, RotationEvent::Completed))
+            .count(),
+        1
+    );
+}
