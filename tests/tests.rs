@@ -24,6 +24,7 @@ mod online;
 mod open_rotations;
 mod policy;
 mod postgres;
+mod resume;
 mod runner;
 mod simulation;
 mod telemetry;

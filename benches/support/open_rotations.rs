@@ -218,9 +218,61 @@ pub struct Local {
     /// When set, every call parks for good after counting itself (a bench that measures
     /// only the time to the first call stops the rest this way).
     pub hold: AtomicBool,
+    /// When set, every verify waits at this gate until it opens.
+    pub verify_gate: Option<Arc<Gate>>,
+}
+
+/// Holds calls until as many as expected have arrived and the gate is opened.
+#[derive(Debug)]
+pub struct Gate {
+    arrived: AtomicU64,
+    arrival: Notify,
+    open: Semaphore,
+}
+
+impl Default for Gate {
+    fn default() -> Self {
+        Self {
+            arrived: AtomicU64::new(0),
+            arrival: Notify::new(),
+            open: Semaphore::new(0),
+        }
+    }
+}
+
+impl Gate {
+    /// Waits until `n` calls have arrived in all.
+    pub async fn arrivals(&self, n: u64) {
+        while self.arrived.load(Ordering::SeqCst) < n {
+            self.arrival.notified().await;
+        }
+    }
+
+    /// Lets `n` waiting calls (and later ones, up to `n`) through.
+    pub fn open(&self, n: usize) {
+        self.open.add_permits(n);
+    }
+
+    async fn pass(&self) {
+        self.arrived.fetch_add(1, Ordering::SeqCst);
+        self.arrival.notify_one();
+        self.open
+            .acquire()
+            .await
+            .expect("the gate is never closed")
+            .forget();
+    }
 }
 
 impl Local {
+    /// Providers whose verify waits at `gate`.
+    pub fn gated(gate: Arc<Gate>) -> Self {
+        Self {
+            verify_gate: Some(gate),
+            ..Self::default()
+        }
+    }
+
     /// Calls made so far, in any role.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
@@ -401,6 +453,13 @@ impl Dependent for Local {
 
 impl Verifier for Local {
     fn verify<'a>(&'a self, _: Step<'a>, _: &'a SecretValue) -> Reply<'a, ()> {
-        self.reply(None, ())
+        let reply = self.reply(None, ());
+        match &self.verify_gate {
+            None => reply,
+            Some(gate) => Box::pin(async move {
+                gate.pass().await;
+                reply.await
+            }),
+        }
     }
 }

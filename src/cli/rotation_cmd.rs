@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Result;
-use rekey_journal::{AnyJournal, Clock, JournalRead, MemoryJournal, SystemClock};
+use rekey_journal::{AnyJournal, Clock, MemoryJournal, SystemClock};
 use serde::Serialize;
 
 use super::exit;
@@ -436,37 +436,29 @@ pub async fn resume(config: &Path, wait: bool, json: bool) -> Result<u8> {
         return Ok(exit::OK);
     }
     let env = Arc::new(Env::with_config(config, None)?);
-    let open = env.runner.open_rotations().await?;
-    let bar = progress_bar(open.len() as u64, json);
+    let bar = progress_bar(json);
     // Rotations are independent: drive several at once, so one waiting out its grace
-    // period does not hold up the rest.
-    let limit = Arc::new(tokio::sync::Semaphore::new(RESUME_PARALLEL_MAX));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (i, id) in open.into_iter().enumerate() {
-        let (env, limit, bar) = (env.clone(), limit.clone(), bar.clone());
-        tasks.spawn(async move {
-            let _permit = limit.acquire_owned().await?;
-            let secret = env
-                .journal
-                .stream_info(&id)?
-                .and_then(|info| info.subject)
-                .unwrap_or_default();
-            let progress = env.drive(&id, wait).await?;
-            bar.inc(1);
-            anyhow::Ok((i, Outcome::new(&id, &secret, &progress)))
-        });
-    }
+    // period does not hold up the rest; each starts as soon as it is found.
+    let progress = Arc::new(BarProgress(bar.clone()));
+    let driven =
+        crate::runner::resume::drive_open(&env.runner, RESUME_PARALLEL_MAX, progress, |open| {
+            let (env, id) = (env.clone(), open.rotation_id.clone());
+            async move { env.drive(&id, wait).await }
+        })
+        .await;
+    bar.finish_and_clear();
     let mut outcomes = Vec::new();
     let mut failures = Vec::new();
-    while let Some(joined) = tasks.join_next().await {
-        match joined? {
-            Ok(outcome) => outcomes.push(outcome),
+    for (open, driven) in driven? {
+        match driven {
+            Ok(progress) => outcomes.push(Outcome::new(
+                &open.rotation_id,
+                open.secret.as_deref().unwrap_or_default(),
+                &progress,
+            )),
             Err(e) => failures.push(format!("{e:#}")),
         }
     }
-    bar.finish_and_clear();
-    outcomes.sort_by_key(|(i, _)| *i);
-    let outcomes: Vec<Outcome> = outcomes.into_iter().map(|(_, o)| o).collect();
     print_outcomes(&outcomes, json)?;
     if failures.is_empty() {
         Ok(exit::OK)
@@ -493,14 +485,14 @@ fn journal_exists(config: &Config) -> Result<bool> {
 /// Rotations `resume` drives at once.
 const RESUME_PARALLEL_MAX: usize = 16;
 
-/// A progress bar on stderr when a person is watching and there is much to do; hidden
-/// otherwise (pipes, `--json`, a handful of rotations).
-fn progress_bar(len: u64, json: bool) -> indicatif::ProgressBar {
+/// A progress bar on stderr when a person is watching; hidden otherwise (pipes,
+/// `--json`). Its length grows as open rotations are found.
+fn progress_bar(json: bool) -> indicatif::ProgressBar {
     use std::io::IsTerminal;
-    if json || len < 10 || !std::io::stderr().is_terminal() {
+    if json || !std::io::stderr().is_terminal() {
         return indicatif::ProgressBar::hidden();
     }
-    let bar = indicatif::ProgressBar::new(len);
+    let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template(
             "{bar:40} {pos}/{len} rotations resumed ({elapsed})",
@@ -508,6 +500,19 @@ fn progress_bar(len: u64, json: bool) -> indicatif::ProgressBar {
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
     bar
+}
+
+/// Resume progress on a bar: each rotation found lengthens it, each drive that returns
+/// advances it.
+struct BarProgress(indicatif::ProgressBar);
+
+impl crate::runner::resume::ResumeProgress for BarProgress {
+    fn found(&self) {
+        self.0.inc_length(1);
+    }
+    fn driven(&self) {
+        self.0.inc(1);
+    }
 }
 
 /// `rekey status [SECRET]`: reads the journal read-only, and never creates one.

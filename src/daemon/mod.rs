@@ -423,9 +423,13 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
     /// # Errors
     /// Journal errors while finding open rotations at start.
     pub async fn run(mut self) -> Result<Summary, Error> {
-        for rotation_id in self.runner.open_rotations().await? {
-            self.spawn_drive(rotation_id);
-        }
+        // Each open rotation's drive starts as soon as it is found (summary rows first,
+        // then what only a busy lock names), not after the whole set is listed.
+        let runner = self.runner.clone();
+        let found = runner
+            .each_open_rotation(|open| self.spawn_drive(open.rotation_id))
+            .await?;
+        info!(found, "open rotations taken up");
         let now = self.clock.now_ms();
         self.rescan_at_ms = now + self.settings.rescan_ms;
         let names: Vec<String> = self.config.schedules.keys().cloned().collect();

@@ -7,14 +7,14 @@
 //! in memory between steps (read back from a store by version id after a restart).
 
 pub mod lock;
+pub mod resume;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use rekey_journal::{
-    Append, Clock, JournalAppend, JournalRead, JournalScan, Lease, Leases, NewEvent, StreamFilter,
-    TimerOp,
+    Append, Clock, JournalAppend, JournalRead, JournalScan, Lease, Leases, NewEvent, TimerOp,
 };
 use tracing::{Instrument, info, info_span, warn};
 
@@ -450,42 +450,15 @@ impl<J: RunnerJournal> Runner<J> {
     }
 
     /// Every rotation not yet ended, repairing what a crash between two appends left:
-    /// an opened lock without its rotation stream, or an ended rotation whose lock is open.
+    /// an opened lock without its rotation stream, or an ended rotation whose lock is open
+    /// (see [`Runner::each_open_rotation`], which hands each over as it is found).
     ///
     /// # Errors
     /// Journal errors.
     pub async fn open_rotations(&self) -> Result<Vec<String>, Error> {
         let mut open = Vec::new();
-        let busy = StreamFilter {
-            status: Some(lock::BUSY.to_owned()),
-            ..StreamFilter::default()
-        };
-        for info in self.journal.streams(&busy)? {
-            let (events, _) = self.read_lock(&info.stream_id)?;
-            if let Some(LockEvent::Opened {
-                rotation_id,
-                plan,
-                trigger,
-                actor,
-            }) = lock::open_rotation(&events)
-            {
-                if self.journal.stream_info(rotation_id)?.is_none() {
-                    self.create_rotation_stream(rotation_id, plan, trigger, actor)
-                        .await?;
-                }
-                open.push(rotation_id.clone());
-            }
-        }
-        let still_open = StreamFilter {
-            status: Some("open".to_owned()),
-            ..StreamFilter::default()
-        };
-        for info in self.journal.streams(&still_open)? {
-            // Other streams (`schedule:`, …) start `open` too, and are no rotations.
-            if lock::is_rotation_stream(&info.stream_id) && !open.contains(&info.stream_id) {
-                open.push(info.stream_id);
-            }
-        }
+        self.each_open_rotation(|o| open.push(o.rotation_id))
+            .await?;
         Ok(open)
     }
 

@@ -1,0 +1,258 @@
+//! Resume at scale, over a generated SQLite journal of 10,000 open rotations in varied
+//! phases (`support/open_rotations.rs`):
+//!
+//! * `resume/first_call`: from opening the journal to the first provider call of the
+//!   resume (`runner::resume::drive_open`, 16 at once, as `rekey resume`) (goal: 0.5 s);
+//!   beside it `first_call_after_listing`, the same drives started only once the whole
+//!   open set is listed (`Runner::open_rotations`, as before).
+//! * `fold`: every rotation folded into its state, in events per second, over the global
+//!   feed (`read_after`, pages of 10,000) and over per-stream reads (`Runner::load`)
+//!   (goal: 1M events/s each), beside the ceiling measured in the same run: a raw SQLite
+//!   scan of the same table's rows, every column read, nothing decoded.
+//!
+//! Run: `cargo bench --bench resume`.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use rekey::journal::{Clock, JournalScan, SqliteJournal, SystemClock};
+use rekey::resolve::Registry;
+use rekey::roles;
+use rekey::runner::lock::is_rotation_stream;
+use rekey::runner::resume::{Quiet, drive_open};
+use rekey::runner::{Options, Runner};
+use rekey::saga::{Rotation, RotationEvent, apply};
+
+#[allow(dead_code, reason = "this bench uses a few of the shared helpers")]
+mod common;
+use common::{multi_thread_runtime, scratch_dir, stopwatch};
+
+#[path = "support/open_rotations.rs"]
+mod open_rotations;
+use open_rotations::{Local, PROVIDER, generate};
+
+/// Open rotations in the generated journal.
+const ROTATIONS: usize = 10_000;
+/// Drives at once, as `rekey resume`.
+const RESUME_LIMIT: usize = 16;
+
+/// The generated journal's files, copied afresh for each resume.
+struct Template {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+    events: u64,
+}
+
+fn template() -> Template {
+    let dir = scratch_dir();
+    let path = dir.path().join("open.journal");
+    let rt = multi_thread_runtime();
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let journal = Arc::new(SqliteJournal::open_with_clock(&path, clock).unwrap());
+    let generated = rt.block_on(generate(journal.clone(), ROTATIONS, 256));
+    drop(journal);
+    println!(
+        "generated {} open rotations, {} events",
+        generated.rotations, generated.events
+    );
+    Template {
+        _dir: dir,
+        path,
+        events: generated.events,
+    }
+}
+
+/// Copies the template journal (with its WAL, if one is left) to `to`.
+fn copy_journal(from: &Path, to: &Path) {
+    for suffix in ["", "-wal"] {
+        let src = PathBuf::from(format!("{}{suffix}", from.display()));
+        if src.exists() {
+            std::fs::copy(&src, format!("{}{suffix}", to.display())).unwrap();
+        }
+    }
+}
+
+fn runner(journal: Arc<SqliteJournal>, local: Arc<Local>) -> Arc<Runner<SqliteJournal>> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let providers = Registry::new().with_roles(PROVIDER, roles!(local));
+    Arc::new(Runner::new(
+        journal,
+        Arc::new(providers),
+        clock,
+        Options::new("resume-bench", 1),
+    ))
+}
+
+/// How a resume starts its drives.
+#[derive(Clone, Copy)]
+enum Start {
+    /// Each as soon as it is found (`drive_open`, as `rekey resume` and `rekey run`).
+    AsFound,
+    /// After the whole open set is listed (`Runner::open_rotations`), for comparison.
+    AfterListing,
+}
+
+fn first_call(c: &mut Criterion, t: &Template) {
+    let rt = multi_thread_runtime();
+    let scratch = scratch_dir();
+    let mut g = c.benchmark_group("resume");
+    g.sample_size(10).measurement_time(Duration::from_secs(10));
+    for (name, start) in [
+        ("first_call", Start::AsFound),
+        ("first_call_after_listing", Start::AfterListing),
+    ] {
+        first_call_by(&mut g, &rt, &scratch, t, name, start);
+    }
+    g.finish();
+}
+
+fn first_call_by(
+    g: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    rt: &tokio::runtime::Runtime,
+    scratch: &tempfile::TempDir,
+    t: &Template,
+    name: &str,
+    start: Start,
+) {
+    g.bench_function(name, |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for i in 0..iters {
+                let path = scratch.path().join(format!("resume-{i}.journal"));
+                copy_journal(&t.path, &path);
+                let local = Arc::new(Local::default());
+                local.hold.store(true, std::sync::atomic::Ordering::Relaxed);
+                total += rt.block_on(async {
+                    let started = stopwatch();
+                    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+                    let journal = Arc::new(SqliteJournal::open_with_clock(&path, clock).unwrap());
+                    let runner = runner(journal, local.clone());
+                    let resume = tokio::spawn(async move {
+                        match start {
+                            Start::AsFound => {
+                                drive_open(&runner, RESUME_LIMIT, Arc::new(Quiet), |open| {
+                                    let (runner, id) = (runner.clone(), open.rotation_id.clone());
+                                    async move { runner.drive(&id).await }
+                                })
+                                .await
+                                .map(|_| ())
+                            }
+                            Start::AfterListing => {
+                                let limit = Arc::new(tokio::sync::Semaphore::new(RESUME_LIMIT));
+                                let mut tasks = tokio::task::JoinSet::new();
+                                for id in runner.open_rotations().await? {
+                                    let (runner, limit) = (runner.clone(), limit.clone());
+                                    tasks.spawn(async move {
+                                        let _permit = limit.acquire_owned().await;
+                                        runner.drive(&id).await
+                                    });
+                                }
+                                tasks.join_all().await;
+                                Ok(())
+                            }
+                        }
+                    });
+                    local.first_call.notified().await;
+                    let elapsed = started.elapsed();
+                    resume.abort();
+                    let _ = resume.await;
+                    elapsed
+                });
+                for suffix in ["", "-wal", "-shm"] {
+                    let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
+                }
+            }
+            total
+        })
+    });
+}
+
+/// Folds rotation events into per-rotation states; returns how many it folded.
+fn fold_page(states: &mut HashMap<String, Rotation>, page: &[rekey::journal::Event]) -> u64 {
+    let mut folded = 0;
+    for e in page {
+        if !is_rotation_stream(&e.stream_id) {
+            continue;
+        }
+        let event: RotationEvent = serde_json::from_str(&e.payload).unwrap();
+        let before = states.remove(&e.stream_id);
+        states.insert(e.stream_id.clone(), apply(before, &event).unwrap());
+        folded += 1;
+    }
+    folded
+}
+
+fn fold(c: &mut Criterion, t: &Template) {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let journal = Arc::new(SqliteJournal::open_with_clock(&t.path, clock).unwrap());
+    let ids: Vec<String> = (0..ROTATIONS)
+        .map(|i| open_rotations::rotation(i).0)
+        .collect();
+    let runner = runner(journal.clone(), Arc::new(Local::default()));
+    let mut g = c.benchmark_group("fold");
+    g.sample_size(10).throughput(Throughput::Elements(t.events));
+    g.bench_function("ceiling_raw_scan", |b| {
+        let conn = rusqlite::Connection::open_with_flags(
+            &t.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        b.iter(|| {
+            let mut stmt = conn
+                .prepare_cached(
+                    "SELECT global_seq, stream_id, stream_seq, kind, schema_version, \
+                     recorded_at_ms, payload, prev_hash, hash FROM events ORDER BY global_seq",
+                )
+                .unwrap();
+            let mut rows = stmt.query([]).unwrap();
+            let mut n = 0u64;
+            while let Some(row) = rows.next().unwrap() {
+                let _: (i64, String, i64, String, i64, i64, String, Vec<u8>, Vec<u8>) = (
+                    row.get(0).unwrap(),
+                    row.get(1).unwrap(),
+                    row.get(2).unwrap(),
+                    row.get(3).unwrap(),
+                    row.get(4).unwrap(),
+                    row.get(5).unwrap(),
+                    row.get(6).unwrap(),
+                    row.get(7).unwrap(),
+                    row.get(8).unwrap(),
+                );
+                n += 1;
+            }
+            assert_eq!(n, t.events);
+        })
+    });
+    g.bench_function("read_after", |b| {
+        b.iter(|| {
+            let mut states = HashMap::with_capacity(ROTATIONS);
+            let (mut after, mut folded) = (0, 0);
+            loop {
+                let page = journal.read_after(after, 10_000).unwrap();
+                let Some(last) = page.last() else { break };
+                after = last.global_seq;
+                folded += fold_page(&mut states, &page);
+            }
+            assert_eq!(states.len(), ROTATIONS);
+            folded
+        })
+    });
+    // Per-stream reads fold the rotation streams only (one lock event per rotation less).
+    g.throughput(Throughput::Elements(t.events - ROTATIONS as u64));
+    g.bench_function("per_stream", |b| {
+        b.iter(|| ids.iter().map(|id| runner.load(id).unwrap().1).sum::<u64>())
+    });
+    g.finish();
+}
+
+fn resume(c: &mut Criterion) {
+    let t = template();
+    fold(c, &t);
+    first_call(c, &t);
+}
+
+criterion_group!(benches, resume);
+criterion_main!(benches);
