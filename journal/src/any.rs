@@ -83,34 +83,34 @@ impl From<PostgresJournal> for AnyJournal {
 }
 
 impl JournalRead for AnyJournal {
-    fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
-        each!(self, j => j.read_stream(stream_id))
+    async fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
+        each!(self, j => j.read_stream(stream_id).await)
     }
 
-    fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
-        each!(self, j => j.stream_info(stream_id))
+    async fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
+        each!(self, j => j.stream_info(stream_id).await)
     }
 }
 
 impl JournalScan for AnyJournal {
-    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
-        each!(self, j => j.read_after(after, limit))
+    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        each!(self, j => j.read_after(after, limit).await)
     }
 
-    fn read_feed(&self, cursor: &FeedCursor, limit: usize) -> Result<FeedPage> {
-        each!(self, j => j.read_feed(cursor, limit))
+    async fn read_feed(&self, cursor: &FeedCursor, limit: usize) -> Result<FeedPage> {
+        each!(self, j => j.read_feed(cursor, limit).await)
     }
 
-    fn streams(&self, filter: &StreamFilter) -> Result<Vec<StreamInfo>> {
-        each!(self, j => j.streams(filter))
+    async fn streams(&self, filter: &StreamFilter) -> Result<Vec<StreamInfo>> {
+        each!(self, j => j.streams(filter).await)
     }
 
-    fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
-        each!(self, j => j.due_timers(now_ms, limit))
+    async fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
+        each!(self, j => j.due_timers(now_ms, limit).await)
     }
 
-    fn next_timer(&self) -> Result<Option<Timer>> {
-        each!(self, j => j.next_timer())
+    async fn next_timer(&self) -> Result<Option<Timer>> {
+        each!(self, j => j.next_timer().await)
     }
 }
 

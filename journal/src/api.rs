@@ -1,6 +1,7 @@
 //! The narrow interfaces the rest of rekey sees. Code asks only for what it uses:
 //! a runner appends and reads one stream; a follower or an exporter scans; a daemon
-//! looks up due timers; leases fence writers.
+//! looks up due timers; leases fence writers. Every method is async, reads as well as
+//! writes, so no engine blocks the caller's runtime while it waits on storage.
 
 use std::future::Future;
 
@@ -145,13 +146,16 @@ pub trait JournalRead {
     ///
     /// # Errors
     /// [`crate::Error::Corrupt`] when the stored events do not chain.
-    fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>>;
+    fn read_stream(&self, stream_id: &str) -> impl Future<Output = Result<Vec<Event>>> + Send;
 
     /// The stream's summary, if it exists.
     ///
     /// # Errors
     /// Storage errors only.
-    fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>>;
+    fn stream_info(
+        &self,
+        stream_id: &str,
+    ) -> impl Future<Output = Result<Option<StreamInfo>>> + Send;
 }
 
 /// Appends, durably and conditionally.
@@ -173,7 +177,11 @@ pub trait JournalScan {
     ///
     /// # Errors
     /// Storage errors only.
-    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>>;
+    fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Event>>> + Send;
 
     /// The global feed: up to `limit` events after `cursor`, in feed order, and the cursor to
     /// read on from. A follower that reads page after page from the returned cursors gets
@@ -183,31 +191,46 @@ pub trait JournalScan {
     ///
     /// # Errors
     /// Storage errors only.
-    fn read_feed(&self, cursor: &FeedCursor, limit: usize) -> Result<FeedPage> {
-        let events = self.read_after(cursor.global_seq(), limit)?;
-        Ok(FeedPage {
-            next: cursor.past(&events),
-            events,
-        })
+    fn read_feed(
+        &self,
+        cursor: &FeedCursor,
+        limit: usize,
+    ) -> impl Future<Output = Result<FeedPage>> + Send {
+        let read = self.read_after(cursor.global_seq(), limit);
+        let cursor = cursor.clone();
+        async move {
+            let events = read.await?;
+            Ok(FeedPage {
+                next: cursor.past(&events),
+                events,
+            })
+        }
     }
 
     /// Streams matching `filter`, oldest first.
     ///
     /// # Errors
     /// Storage errors only.
-    fn streams(&self, filter: &StreamFilter) -> Result<Vec<StreamInfo>>;
+    fn streams(
+        &self,
+        filter: &StreamFilter,
+    ) -> impl Future<Output = Result<Vec<StreamInfo>>> + Send;
 
     /// Timers due at or before `now_ms`, earliest first, at most `limit`.
     ///
     /// # Errors
     /// Storage errors only.
-    fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>>;
+    fn due_timers(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Timer>>> + Send;
 
     /// The earliest armed timer, if any (the daemon sleeps until then).
     ///
     /// # Errors
     /// Storage errors only.
-    fn next_timer(&self) -> Result<Option<Timer>>;
+    fn next_timer(&self) -> impl Future<Output = Result<Option<Timer>>> + Send;
 }
 
 /// Per-stream leases with fencing tokens.

@@ -42,13 +42,13 @@ impl AnyJournal {
     /// [`Error::Corrupt`] naming the first broken stream of the source (nothing is written),
     /// [`Error::CopyTargetNotEmpty`], storage errors; in every case this journal is left as
     /// it was.
-    pub fn copy_from(
+    pub async fn copy_from(
         &self,
         source: &AnyJournal,
         progress: &mut dyn FnMut(u64, u64),
     ) -> Result<CopyCounts> {
-        let streams = source.streams(&StreamFilter::default())?;
-        let timers = source.due_timers(i64::MAX, i64::MAX as usize)?;
+        let streams = source.streams(&StreamFilter::default()).await?;
+        let timers = source.due_timers(i64::MAX, i64::MAX as usize).await?;
         let total: u64 = streams.iter().map(|s| s.head_seq).sum();
         let mut sink: Box<dyn ImportSink + '_> = match self {
             AnyJournal::Sqlite(j) => Box::new(j.begin_import()?),
@@ -57,7 +57,8 @@ impl AnyJournal {
         let mut heads: HashMap<String, (u64, Digest32)> = HashMap::new();
         let (mut cursor, mut copied) = (FeedCursor::start(), 0u64);
         loop {
-            let FeedPage { events: page, next } = source.read_feed(&cursor, IMPORT_PAGE_EVENTS)?;
+            let FeedPage { events: page, next } =
+                source.read_feed(&cursor, IMPORT_PAGE_EVENTS).await?;
             if page.is_empty() {
                 break;
             }
@@ -78,16 +79,11 @@ impl AnyJournal {
                 .remove(&info.stream_id)
                 .unwrap_or((0, Digest32::GENESIS));
             if seen != (info.head_seq, info.head_hash) {
-                return Err(mismatch(
-                    source,
-                    &info.stream_id,
-                    seen,
-                    Some(info.head_seq),
-                )?);
+                return Err(mismatch(source, &info.stream_id, seen, Some(info.head_seq)).await?);
             }
         }
         if let Some((stream, seen)) = heads.into_iter().next() {
-            return Err(mismatch(source, &stream, seen, None)?);
+            return Err(mismatch(source, &stream, seen, None).await?);
         }
         sink.finish(&streams, &timers)?;
         Ok(CopyCounts {
@@ -102,13 +98,13 @@ impl AnyJournal {
 /// stream's head record as first listed (`listed`, or `None` when it was not listed): the
 /// source changed meanwhile (a rekey is writing to it) when its head record now matches what
 /// was read; else the stream is broken.
-fn mismatch(
+async fn mismatch(
     source: &AnyJournal,
     stream: &str,
     seen: (u64, Digest32),
     listed: Option<u64>,
 ) -> Result<Error> {
-    let now = source.stream_info(stream)?;
+    let now = source.stream_info(stream).await?;
     if now
         .as_ref()
         .is_some_and(|i| (i.head_seq, i.head_hash) == seen && Some(i.head_seq) != listed)

@@ -3,6 +3,7 @@
 //! successor sees every event the crashed one appended.
 
 use std::collections::BTreeMap;
+use std::future::{Future, ready};
 use std::sync::{Arc, Mutex};
 
 use crate::api::{
@@ -142,8 +143,9 @@ impl WriteStore for State {
     }
 }
 
-impl JournalRead for MemoryJournal {
-    fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
+/// The reads, done at once: the memory journal never waits, so its futures are ready.
+impl MemoryJournal {
+    fn read_stream_now(&self, stream_id: &str) -> Result<Vec<Event>> {
         Ok(self
             .state()
             .events
@@ -153,13 +155,11 @@ impl JournalRead for MemoryJournal {
             .collect())
     }
 
-    fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
+    fn stream_info_now(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
         Ok(self.state().streams.get(stream_id).cloned())
     }
-}
 
-impl JournalScan for MemoryJournal {
-    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+    fn read_after_now(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
         Ok(self
             .state()
             .events
@@ -170,7 +170,7 @@ impl JournalScan for MemoryJournal {
             .collect())
     }
 
-    fn streams(&self, f: &StreamFilter) -> Result<Vec<StreamInfo>> {
+    fn streams_now(&self, f: &StreamFilter) -> Result<Vec<StreamInfo>> {
         let mut out: Vec<StreamInfo> = self
             .state()
             .streams
@@ -185,7 +185,7 @@ impl JournalScan for MemoryJournal {
         Ok(out)
     }
 
-    fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
+    fn due_timers_now(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
         let mut due: Vec<Timer> = self
             .state()
             .timers
@@ -202,8 +202,47 @@ impl JournalScan for MemoryJournal {
         Ok(due)
     }
 
-    fn next_timer(&self) -> Result<Option<Timer>> {
-        Ok(self.due_timers(i64::MAX, 1)?.into_iter().next())
+    fn next_timer_now(&self) -> Result<Option<Timer>> {
+        Ok(self.due_timers_now(i64::MAX, 1)?.into_iter().next())
+    }
+}
+
+impl JournalRead for MemoryJournal {
+    fn read_stream(&self, stream_id: &str) -> impl Future<Output = Result<Vec<Event>>> + Send {
+        ready(self.read_stream_now(stream_id))
+    }
+
+    fn stream_info(
+        &self,
+        stream_id: &str,
+    ) -> impl Future<Output = Result<Option<StreamInfo>>> + Send {
+        ready(self.stream_info_now(stream_id))
+    }
+}
+
+impl JournalScan for MemoryJournal {
+    fn read_after(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Event>>> + Send {
+        ready(self.read_after_now(after, limit))
+    }
+
+    fn streams(&self, f: &StreamFilter) -> impl Future<Output = Result<Vec<StreamInfo>>> + Send {
+        ready(self.streams_now(f))
+    }
+
+    fn due_timers(
+        &self,
+        now_ms: i64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<Timer>>> + Send {
+        ready(self.due_timers_now(now_ms, limit))
+    }
+
+    fn next_timer(&self) -> impl Future<Output = Result<Option<Timer>>> + Send {
+        ready(self.next_timer_now())
     }
 }
 

@@ -63,14 +63,18 @@
 //! Time: lease expiry and event timestamps come from the database clock, one reading per
 //! batch, so nodes with skewed clocks agree on who holds a lease. Tests inject a [`Clock`].
 //!
-//! The read traits are synchronous (the runner and the CLI call them from sync code), while
-//! `tokio-postgres` is async. The journal owns a small runtime of its own on which all its
-//! database I/O runs; a sync read sends its query there and waits on a plain channel. This
-//! neither needs nor disturbs the caller's runtime, and it cannot deadlock, since the
-//! journal's own tasks never wait for a caller. A caller on a worker of a multi-threaded
-//! runtime (the daemon) waits inside `block_in_place`, so the worker's other tasks move to
-//! another thread meanwhile; a caller on a current-thread runtime blocks it for the read, as
-//! a SQLite read does. The read traits themselves are not async yet.
+//! Runtimes: the journal owns a small runtime of its own on which all its database I/O
+//! runs (the writer task, the pool's connections, every query), so it neither needs nor
+//! disturbs the caller's runtime, whatever its flavour, and cannot deadlock with it, since
+//! the journal's own tasks never wait for a caller. The read traits are async: a read spawns
+//! its query on the journal's runtime and awaits the join handle, so the caller's runtime
+//! goes on with its other tasks while the server answers, even a current-thread one.
+//! Appends and lease changes await the writer's answer the same way. Only the synchronous
+//! calls block the calling thread until the journal's runtime is done (`wait_on`, or the
+//! import's own channel): opening
+//! (a constructor), [`PostgresJournal::heads`] and [`PostgresJournal::verify`] (which the
+//! CLI calls off any runtime and the console on the blocking pool), and the steps of an
+//! import (the sink of [`crate::AnyJournal::copy_from`]).
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -771,7 +775,8 @@ impl PostgresJournal {
         &self.shared.target
     }
 
-    /// Runs `f` on the journal's runtime and waits for it (see the module doc).
+    /// Runs `f` on the journal's runtime and blocks this thread until it is done: only for
+    /// the synchronous inherent calls ([`PostgresJournal::heads`], [`PostgresJournal::verify`]).
     fn run<T, F>(&self, f: impl FnOnce(Arc<Shared>) -> F) -> Result<T>
     where
         T: Send + 'static,
@@ -779,6 +784,22 @@ impl PostgresJournal {
     {
         let runtime = self.runtime.as_ref().ok_or(Error::WriterStopped)?;
         wait_on(runtime, f(self.shared.clone()))
+    }
+
+    /// Runs `f` on the journal's runtime and awaits it from the caller's. The query runs
+    /// where the pool's connections live (their I/O tasks were spawned on the journal's
+    /// runtime), and the caller's runtime only waits on a join handle, so it goes on with
+    /// its other tasks meanwhile, whatever its flavour.
+    async fn read<T, F>(&self, f: impl FnOnce(Arc<Shared>) -> F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = Result<T>> + Send + 'static,
+    {
+        let runtime = self.runtime.as_ref().ok_or(Error::WriterStopped)?;
+        runtime
+            .spawn(f(self.shared.clone()))
+            .await
+            .map_err(|_| Error::WriterStopped)?
     }
 
     async fn request(&self, op: Op) -> Result<Done> {
@@ -905,10 +926,11 @@ impl PostgresJournal {
     }
 }
 
-/// Runs `fut` on the journal's runtime and blocks this thread until it is done. Unlike
+/// Runs `fut` on the journal's runtime and blocks this thread until it is done, for the
+/// synchronous calls only (opening, `heads`, `verify`); reads are async. Unlike
 /// `Runtime::block_on`, this may be called from inside another runtime. On a worker of a
-/// multi-threaded runtime (the daemon's), the wait hands the worker's other tasks to another
-/// thread first (`block_in_place`), so a slow read does not stall them.
+/// multi-threaded runtime, the wait hands the worker's other tasks to another thread first
+/// (`block_in_place`); on a current-thread runtime it blocks that runtime for the call.
 fn wait_on<T: Send + 'static>(
     runtime: &tokio::runtime::Runtime,
     fut: impl Future<Output = Result<T>> + Send + 'static,
@@ -1822,9 +1844,9 @@ async fn stream_info_in(
 }
 
 impl JournalRead for PostgresJournal {
-    fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
+    async fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
         let stream_id = stream_id.to_owned();
-        self.run(|s| async move {
+        self.read(|s| async move {
             let mut c = s.client().await?;
             let tx = c
                 .build_transaction()
@@ -1845,20 +1867,22 @@ impl JournalRead for PostgresJournal {
             check_stream(&stream_id, info.as_ref(), &events)?;
             Ok(events)
         })
+        .await
     }
 
-    fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
+    async fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
         let stream_id = stream_id.to_owned();
-        self.run(|s| async move {
+        self.read(|s| async move {
             let c = s.client().await?;
             stream_info_in(&s, &c, &stream_id).await
         })
+        .await
     }
 }
 
 impl JournalScan for PostgresJournal {
-    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
-        self.run(move |s| async move {
+    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.read(move |s| async move {
             let c = s.client().await?;
             let (after, limit) = (after as i64, limit.min(i64::MAX as usize) as i64);
             let rows = c
@@ -1867,11 +1891,12 @@ impl JournalScan for PostgresJournal {
                 .map_err(s.failed("reading events"))?;
             rows.iter().map(row_to_event).collect()
         })
+        .await
     }
 
-    fn streams(&self, f: &StreamFilter) -> Result<Vec<StreamInfo>> {
+    async fn streams(&self, f: &StreamFilter) -> Result<Vec<StreamInfo>> {
         let f = f.clone();
-        self.run(move |s| async move {
+        self.read(move |s| async move {
             let c = s.client().await?;
             let rows = c
                 .query(
@@ -1887,10 +1912,11 @@ impl JournalScan for PostgresJournal {
                 .map_err(s.failed("listing streams"))?;
             rows.iter().map(row_to_info).collect()
         })
+        .await
     }
 
-    fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
-        self.run(move |s| async move {
+    async fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
+        self.read(move |s| async move {
             let c = s.client().await?;
             let limit = limit.min(i64::MAX as usize) as i64;
             let rows = c
@@ -1899,10 +1925,11 @@ impl JournalScan for PostgresJournal {
                 .map_err(s.failed("reading due timers"))?;
             rows.iter().map(row_to_timer).collect()
         })
+        .await
     }
 
-    fn next_timer(&self) -> Result<Option<Timer>> {
-        self.run(|s| async move {
+    async fn next_timer(&self) -> Result<Option<Timer>> {
+        self.read(|s| async move {
             let c = s.client().await?;
             c.query_opt(s.sql.next_timer.as_str(), &[])
                 .await
@@ -1911,6 +1938,7 @@ impl JournalScan for PostgresJournal {
                 .map(row_to_timer)
                 .transpose()
         })
+        .await
     }
 }
 

@@ -8,7 +8,14 @@
 //! memory, dropped whenever `PRAGMA data_version` shows another connection committed.
 //! Its automatic checkpoint is off: a checkpointer thread on its own connection copies
 //! the WAL into the main file (passively) after enough commits, so no commit waits for
-//! a checkpoint. Reads use a separate connection and never wait for the writer.
+//! a checkpoint. Reads use separate read-only connections and never wait for the writer.
+//!
+//! Reads are async but SQLite is not: each read runs on tokio's blocking pool
+//! (`spawn_blocking`) with a connection taken from a small pool of read-only connections
+//! ([`READERS_MAX`] at most, opened as the first one was), so a read never holds a runtime
+//! worker, and a current-thread runtime goes on with its other tasks while it reads. Each
+//! read opens and ends its own read transaction, so under WAL it sees every commit made
+//! before it started.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -55,14 +62,71 @@ enum Request {
 #[derive(Debug)]
 pub struct SqliteJournal {
     path: PathBuf,
-    reader: Mutex<Connection>,
+    /// Shared with the blocking threads that read through them.
+    readers: Arc<Readers>,
     writer: Option<Writer>,
     clock: Arc<dyn Clock>,
     /// Whether what is read includes a `-wal` (see [`SqliteJournal::reads_wal`]).
     reads_wal: bool,
-    /// The private copy a read-only open reads instead of the journal, removed on drop
-    /// (after `reader`, which is declared first).
+}
+
+/// Most read-only connections a journal holds, and so most reads at once.
+const READERS_MAX: usize = 4;
+
+/// The journal's read-only connections: idle ones are reused, and another is opened, the
+/// way the first was, when a read finds none idle.
+#[derive(Debug)]
+struct Readers {
+    idle: Mutex<Vec<Connection>>,
+    /// One per connection that may exist, so a burst of reads waits (without blocking a
+    /// thread) rather than opening connections without limit.
+    permits: Arc<tokio::sync::Semaphore>,
+    /// The journal, for messages.
+    path: PathBuf,
+    /// What a connection opens: the journal, a private copy, or an immutable URI.
+    target: PathBuf,
+    uri: bool,
+    /// The private copy a read-only open reads instead of the journal, removed once the
+    /// last reader is gone (`idle` is declared first, so its connections close before).
     _aside: Option<tempfile::TempDir>,
+}
+
+impl Readers {
+    fn new(first: Connection, path: &Path, target: ReaderTarget) -> Arc<Self> {
+        Arc::new(Self {
+            idle: Mutex::new(vec![first]),
+            permits: Arc::new(tokio::sync::Semaphore::new(READERS_MAX)),
+            path: path.to_owned(),
+            target: target.target,
+            uri: target.uri,
+            _aside: target.aside,
+        })
+    }
+
+    /// Runs `f` on an idle connection, or a new one, on this thread; the connection is kept
+    /// for the next read unless `f` failed (it may have left the connection in a bad state).
+    fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match idle {
+            Some(c) => c,
+            None => open_reader(&self.path, &self.target, self.uri)?,
+        };
+        let out = f(&conn);
+        if out.is_ok() {
+            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if idle.len() < READERS_MAX {
+                idle.push(conn);
+            }
+        }
+        out
+    }
+}
+
+/// How [`Readers`] opens a connection, and the private copy it reads, if any.
+struct ReaderTarget {
+    target: PathBuf,
+    uri: bool,
+    aside: Option<tempfile::TempDir>,
 }
 
 #[derive(Debug)]
@@ -145,6 +209,15 @@ impl SqliteJournal {
         };
         schema::migrate(&mut write, &path, from)?;
         let reader = open_reader(&path, &path, false)?;
+        let readers = Readers::new(
+            reader,
+            &path,
+            ReaderTarget {
+                target: path.clone(),
+                uri: false,
+                aside: None,
+            },
+        );
         let side = WriteSide::new(write, Checkpointer::start(&path)?)?;
 
         let (queue, requests) = mpsc::channel();
@@ -157,14 +230,13 @@ impl SqliteJournal {
             })?;
         Ok(Self {
             path,
-            reader: Mutex::new(reader),
+            readers,
             writer: Some(Writer {
                 queue,
                 thread: Some(thread),
             }),
             clock,
             reads_wal: true,
-            _aside: None,
         })
     }
 
@@ -188,8 +260,7 @@ impl SqliteJournal {
         }
         refuse_empty_file(&path)?;
         let view = ReadView::open(&path)?;
-        let reader = view.conn;
-        match schema::inspect(&reader, &path)? {
+        match schema::inspect(&view.conn, &path)? {
             Found::Journal(v) if v == schema::SCHEMA_VERSION => {}
             Found::Journal(v) => {
                 return Err(Error::NotAJournal {
@@ -212,13 +283,21 @@ impl SqliteJournal {
                 return Err(Error::NotAJournal { path, reason });
             }
         }
+        let readers = Readers::new(
+            view.conn,
+            &path,
+            ReaderTarget {
+                target: view.target,
+                uri: view.uri,
+                aside: view.aside,
+            },
+        );
         Ok(Self {
             path,
-            reader: Mutex::new(reader),
+            readers,
             writer: None,
             clock: Arc::new(SystemClock),
             reads_wal: view.wal,
-            _aside: view.aside,
         })
     }
 
@@ -249,23 +328,38 @@ impl SqliteJournal {
         rx.await.map_err(|_| Error::WriterStopped)?
     }
 
+    /// Runs `f` with a read connection on this thread: for the synchronous inherent calls
+    /// ([`SqliteJournal::heads`], [`SqliteJournal::verify`]).
     fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let conn = self.reader.lock().unwrap_or_else(|p| p.into_inner());
-        f(&conn)
+        self.readers.with(f)
     }
 
-    /// Runs several reads in one read transaction, so they see one consistent snapshot
-    /// even while the writer commits.
-    fn with_snapshot<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        self.with_reader(|c| {
-            let tx = c
-                .unchecked_transaction()
-                .map_err(Error::sqlite("starting a read snapshot"))?;
-            let out = f(&tx)?;
-            tx.finish()
-                .map_err(Error::sqlite("ending a read snapshot"))?;
-            Ok(out)
-        })
+    /// Runs `f` with a read connection on tokio's blocking pool and awaits it, so the
+    /// caller's runtime thread is free while SQLite reads.
+    async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let readers = self.readers.clone();
+        // The semaphore is never closed, so acquiring fails only if it were.
+        let permit = readers
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| Error::WriterStopped)?;
+        let task = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            readers.with(f)
+        });
+        match task.await {
+            Ok(out) => out,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                // Cancelled: the runtime is shutting down.
+                Err(_) => Err(Error::WriterStopped),
+            },
+        }
     }
 
     /// The head of every stream, for export and later truncation checks.
@@ -283,18 +377,32 @@ impl SqliteJournal {
     /// # Errors
     /// Storage errors only; a damaged file or a broken chain is a report, not an error.
     pub fn verify(&self, exported: Option<&[Head]>) -> Result<VerifyReport> {
-        self.with_snapshot(|c| {
-            if let Some(damage) = damage(c)? {
-                return Ok(VerifyReport::damaged(damage));
-            }
-            match verify_chains(c, exported) {
-                Err(Error::Sqlite { cause, .. }) if is_corrupt(&cause) => {
-                    Ok(VerifyReport::damaged(cause.to_string()))
+        self.with_reader(|c| {
+            snapshot(c, |c| {
+                if let Some(damage) = damage(c)? {
+                    return Ok(VerifyReport::damaged(damage));
                 }
-                other => other,
-            }
+                match verify_chains(c, exported) {
+                    Err(Error::Sqlite { cause, .. }) if is_corrupt(&cause) => {
+                        Ok(VerifyReport::damaged(cause.to_string()))
+                    }
+                    other => other,
+                }
+            })
         })
     }
+}
+
+/// Runs several reads through `c` in one read transaction, so they see one consistent
+/// snapshot even while the writer commits.
+fn snapshot<T>(c: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    let tx = c
+        .unchecked_transaction()
+        .map_err(Error::sqlite("starting a read snapshot"))?;
+    let out = f(&tx)?;
+    tx.finish()
+        .map_err(Error::sqlite("ending a read snapshot"))?;
+    Ok(out)
 }
 
 /// Most problems of a damaged file a verify report lists.
@@ -491,6 +599,9 @@ fn side_file(path: &Path, suffix: &str) -> PathBuf {
 /// A read-only connection that writes nothing beside the journal, and what it reads.
 struct ReadView {
     conn: Connection,
+    /// What `conn` opened, so that more connections like it can be opened.
+    target: PathBuf,
+    uri: bool,
     /// Whether a `-wal` was beside the journal, and so is read.
     wal: bool,
     /// The private copy read instead of the journal.
@@ -505,8 +616,11 @@ impl ReadView {
         if !wal.exists() {
             // All of it is in the main file: SQLite reads a file marked immutable without
             // locks and without creating a -wal or -shm beside it.
+            let target = immutable_uri(path);
             return Ok(Self {
-                conn: open_reader(path, &immutable_uri(path), true)?,
+                conn: open_reader(path, &target, true)?,
+                target,
+                uri: true,
                 wal: false,
                 aside: None,
             });
@@ -518,6 +632,8 @@ impl ReadView {
         }
         Ok(Self {
             conn: open_reader(path, path, false)?,
+            target: path.to_owned(),
+            uri: false,
             wal: true,
             aside: None,
         })
@@ -547,6 +663,8 @@ impl ReadView {
         let conn = open_reader(path, &copy, false)?;
         Ok(Some(Self {
             conn,
+            target: copy,
+            uri: false,
             wal: true,
             aside: Some(dir),
         }))
@@ -1143,28 +1261,33 @@ const SELECT_STREAM: &str = "SELECT stream_id, subject, status, created_at_ms, u
     head_seq, head_hash FROM streams";
 
 impl JournalRead for SqliteJournal {
-    fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
-        self.with_snapshot(|c| {
-            let info = stream_info_in(c, stream_id)?;
-            let mut stmt = c
-                .prepare_cached(&format!(
-                    "{SELECT_EVENT} WHERE stream_id = ?1 ORDER BY stream_seq"
-                ))
-                .map_err(Error::sqlite("reading a stream"))?;
-            let events = collect_events(&mut stmt, [stream_id])?;
-            check_stream(stream_id, info.as_ref(), &events)?;
-            Ok(events)
+    async fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
+        let stream_id = stream_id.to_owned();
+        self.read(move |c| {
+            snapshot(c, |c| {
+                let info = stream_info_in(c, &stream_id)?;
+                let mut stmt = c
+                    .prepare_cached(&format!(
+                        "{SELECT_EVENT} WHERE stream_id = ?1 ORDER BY stream_seq"
+                    ))
+                    .map_err(Error::sqlite("reading a stream"))?;
+                let events = collect_events(&mut stmt, [&stream_id])?;
+                check_stream(&stream_id, info.as_ref(), &events)?;
+                Ok(events)
+            })
         })
+        .await
     }
 
-    fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
-        self.with_reader(|c| stream_info_in(c, stream_id))
+    async fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
+        let stream_id = stream_id.to_owned();
+        self.read(move |c| stream_info_in(c, &stream_id)).await
     }
 }
 
 impl JournalScan for SqliteJournal {
-    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
-        self.with_reader(|c| {
+    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(&format!(
                     "{SELECT_EVENT} WHERE global_seq > ?1 ORDER BY global_seq LIMIT ?2"
@@ -1172,10 +1295,12 @@ impl JournalScan for SqliteJournal {
                 .map_err(Error::sqlite("reading events"))?;
             collect_events(&mut stmt, params![after as i64, limit as i64])
         })
+        .await
     }
 
-    fn streams(&self, f: &StreamFilter) -> Result<Vec<StreamInfo>> {
-        self.with_reader(|c| {
+    async fn streams(&self, f: &StreamFilter) -> Result<Vec<StreamInfo>> {
+        let f = f.clone();
+        self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(&format!(
                     "{SELECT_STREAM} WHERE (?1 IS NULL OR subject = ?1) AND (?2 IS NULL OR status = ?2)
@@ -1192,10 +1317,11 @@ impl JournalScan for SqliteJournal {
             rows.map(|r| r.map_err(Error::sqlite("listing streams")).and_then(finish_info))
                 .collect()
         })
+        .await
     }
 
-    fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
-        self.with_reader(|c| {
+    async fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
+        self.read(move |c| {
             let mut stmt = c
                 .prepare_cached(
                     "SELECT stream_id, name, due_at_ms FROM timers WHERE due_at_ms <= ?1
@@ -1208,16 +1334,18 @@ impl JournalScan for SqliteJournal {
             rows.collect::<rusqlite::Result<_>>()
                 .map_err(Error::sqlite("reading due timers"))
         })
+        .await
     }
 
-    fn next_timer(&self) -> Result<Option<Timer>> {
-        self.with_reader(|c| {
+    async fn next_timer(&self) -> Result<Option<Timer>> {
+        self.read(|c| {
             c.prepare_cached(
                 "SELECT stream_id, name, due_at_ms FROM timers ORDER BY due_at_ms, stream_id LIMIT 1",
             )
             .and_then(|mut s| s.query_row([], row_to_timer).optional())
             .map_err(Error::sqlite("reading the next timer"))
         })
+        .await
     }
 }
 

@@ -130,7 +130,11 @@ async fn a_read_only_journal_is_refused_for_writing_but_can_be_audited() {
         &j.verify(Some(&j.heads().expect("heads"))).expect("verify"),
         "read-only",
     );
-    assert_eq!(read(&j, "one").len(), 3, "the audit reads every event");
+    assert_eq!(
+        read(&j, "one").await.len(),
+        3,
+        "the audit reads every event"
+    );
     drop(j);
     assert_eq!(
         std::fs::read(&path).expect("reading the journal"),
@@ -154,10 +158,10 @@ async fn open_read_only_reads_and_verifies_without_writing() {
             (2, 5),
             "verify reads everything"
         );
-        let events = read(&j, "one");
+        let events = read(&j, "one").await;
         assert_chain("one", &events);
         assert_eq!(
-            j.read_after(0, 100).expect("read_after").len(),
+            j.read_after(0, 100).await.expect("read_after").len(),
             5,
             "read_after"
         );
@@ -306,12 +310,12 @@ async fn refuse_malformed<J: Engine>(j: &J, engine: &str) {
         }
     }
     assert_eq!(
-        j.read_after(0, 100).expect("read_after"),
+        j.read_after(0, 100).await.expect("read_after"),
         vec![],
         "{engine}: no refused append may write anything"
     );
     assert_eq!(
-        j.stream_info("s").expect("stream_info"),
+        j.stream_info("s").await.expect("stream_info"),
         None,
         "{engine}: no stream created"
     );
@@ -342,7 +346,7 @@ async fn malformed_appends_are_refused_and_the_file_is_unchanged() {
             assert!(ok(&err), "{what} got the wrong error: {err:?}");
         }
         assert_eq!(
-            j.read_after(0, 100).expect("read_after").len(),
+            j.read_after(0, 100).await.expect("read_after").len(),
             5,
             "nothing appended"
         );
@@ -528,5 +532,5 @@ async fn a_journal_locked_by_another_process_is_reported_as_busy() {
     other.execute_batch("ROLLBACK").unwrap();
 
     append_ok(&j, Append::new("s", 1, vec![numbered(2)])).await;
-    assert_eq!(head_seq(&j, "s"), 2);
+    assert_eq!(head_seq(&j, "s").await, 2);
 }

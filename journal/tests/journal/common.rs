@@ -192,7 +192,7 @@ pub async fn append_ok<J: JournalAppend>(j: &J, append: Append) -> Appended {
 /// the last append's outcome.
 pub async fn fill<J: JournalAppend + JournalRead>(j: &J, stream: &str, n: u64) -> Appended {
     assert!(n > 0, "fill needs at least one event");
-    let mut head = head_seq(j, stream);
+    let mut head = head_seq(j, stream).await;
     let mut last = None;
     for _ in 0..n {
         let appended = append_ok(j, Append::new(stream, head, vec![numbered(head + 1)])).await;
@@ -203,15 +203,17 @@ pub async fn fill<J: JournalAppend + JournalRead>(j: &J, stream: &str, n: u64) -
 }
 
 /// The stream's head sequence (0 when it does not exist).
-pub fn head_seq<J: JournalRead>(j: &J, stream: &str) -> u64 {
+pub async fn head_seq<J: JournalRead>(j: &J, stream: &str) -> u64 {
     j.stream_info(stream)
+        .await
         .unwrap_or_else(|e| panic!("reading the head of {stream}: {e}"))
         .map_or(0, |info| info.head_seq)
 }
 
 /// Reads a stream and panics with the error when the read fails.
-pub fn read<J: JournalRead>(j: &J, stream: &str) -> Vec<Event> {
+pub async fn read<J: JournalRead>(j: &J, stream: &str) -> Vec<Event> {
     j.read_stream(stream)
+        .await
         .unwrap_or_else(|e| panic!("reading {stream}: {e}"))
 }
 

@@ -10,10 +10,11 @@ use crate::common::{append_ok, assert_chain, block_on, numbered, scratch};
 
 const APPENDS: u64 = 400;
 
-/// Appends `APPENDS` events to `grow` while `read` runs in a loop on another thread; returns
-/// how many reads ran, or the first error a read reported.
+/// Appends `APPENDS` events to `grow` while `read` runs in a loop on another thread (with a
+/// runtime of its own, to await async reads on); returns how many reads ran, or the first
+/// error a read reported.
 fn while_appending(
-    read: impl Fn(&SqliteJournal) -> Result<(), String> + Send + 'static,
+    read: impl Fn(&SqliteJournal, &tokio::runtime::Runtime) -> Result<(), String> + Send + 'static,
 ) -> Result<u64, String> {
     let (_dir, path) = scratch();
     let j = Arc::new(SqliteJournal::open(&path).expect("opening the journal"));
@@ -21,9 +22,12 @@ fn while_appending(
     let reader = {
         let (j, done) = (j.clone(), done.clone());
         std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("building the reader's runtime");
             let mut reads = 0;
             while !done.load(Ordering::SeqCst) {
-                read(&j)?;
+                read(&j, &runtime)?;
                 reads += 1;
             }
             Ok(reads)
@@ -42,8 +46,10 @@ fn while_appending(
 /// prefix of it, never `Corrupt`.
 #[test]
 fn read_stream_never_reports_corruption_while_the_stream_grows() {
-    let outcome = while_appending(|j| {
-        let events = j.read_stream("grow").map_err(|e| e.to_string())?;
+    let outcome = while_appending(|j, runtime| {
+        let events = runtime
+            .block_on(j.read_stream("grow"))
+            .map_err(|e| e.to_string())?;
         assert_chain("grow", &events);
         Ok(())
     });
@@ -57,7 +63,7 @@ fn read_stream_never_reports_corruption_while_the_stream_grows() {
 /// append landing between two of its reads.
 #[test]
 fn verify_is_intact_while_the_journal_grows() {
-    let outcome = while_appending(|j| {
+    let outcome = while_appending(|j, _| {
         let report = j.verify(None).map_err(|e| e.to_string())?;
         match report.broken {
             None => Ok(()),

@@ -45,8 +45,8 @@ async fn source(kind: Kind) -> (Place, AnyJournal) {
     (place, j)
 }
 
-fn all_events(j: &AnyJournal) -> Vec<rekey_journal::Event> {
-    j.read_after(0, usize::MAX >> 1).unwrap()
+async fn all_events(j: &AnyJournal) -> Vec<rekey_journal::Event> {
+    j.read_after(0, usize::MAX >> 1).await.unwrap()
 }
 
 /// Every pair of durable engines.
@@ -64,8 +64,8 @@ async fn a_copy_holds_every_event_record_and_timer_and_carries_on() {
         let place = Place::new(to);
         let dst = place.open_real_time();
         let mut calls = 0;
-        let counts = dst.copy_from(&src, &mut |_, _| calls += 1).unwrap();
-        let events = all_events(&src);
+        let counts = dst.copy_from(&src, &mut |_, _| calls += 1).await.unwrap();
+        let events = all_events(&src).await;
         assert_eq!(
             (counts.streams, counts.events, counts.timers),
             (3, events.len() as u64, 1),
@@ -73,15 +73,18 @@ async fn a_copy_holds_every_event_record_and_timer_and_carries_on() {
         );
         assert!(calls >= 1, "progress is told");
         assert_eq!(
-            all_events(&dst),
+            all_events(&dst).await,
             events,
             "{from:?} -> {to:?}: byte for byte"
         );
         let every = StreamFilter::default();
-        assert_eq!(dst.streams(&every).unwrap(), src.streams(&every).unwrap());
         assert_eq!(
-            dst.due_timers(i64::MAX, 10).unwrap(),
-            src.due_timers(i64::MAX, 10).unwrap()
+            dst.streams(&every).await.unwrap(),
+            src.streams(&every).await.unwrap()
+        );
+        assert_eq!(
+            dst.due_timers(i64::MAX, 10).await.unwrap(),
+            src.due_timers(i64::MAX, 10).await.unwrap()
         );
         let heads = src.heads().unwrap();
         assert_eq!(dst.heads().unwrap(), heads);
@@ -97,13 +100,13 @@ async fn a_copy_holds_every_event_record_and_timer_and_carries_on() {
         assert_intact(&dst.verify(None).unwrap(), "the copy after an append");
 
         // Now it holds something: a second copy into it is refused, and changes nothing.
-        let before = all_events(&dst);
-        let e = dst.copy_from(&src, &mut |_, _| {}).unwrap_err();
+        let before = all_events(&dst).await;
+        let e = dst.copy_from(&src, &mut |_, _| {}).await.unwrap_err();
         assert!(
             matches!(e, Error::CopyTargetNotEmpty { streams: 3, .. }),
             "{e}"
         );
-        assert_eq!(all_events(&dst), before);
+        assert_eq!(all_events(&dst).await, before);
     }
 }
 
@@ -125,15 +128,21 @@ async fn a_source_that_grows_during_the_copy_copies_nothing() {
                     .unwrap();
                 }
             })
+            .await
             .unwrap_err();
         assert!(
             matches!(&e, Error::CopySourceChanged { stream } if stream == "bravo"),
             "{from:?} -> {to:?}: {e}"
         );
-        assert!(all_events(&dst).is_empty(), "nothing half-copied");
-        assert!(dst.streams(&StreamFilter::default()).unwrap().is_empty());
+        assert!(all_events(&dst).await.is_empty(), "nothing half-copied");
+        assert!(
+            dst.streams(&StreamFilter::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
         // Once the source is still, the same destination takes the copy.
-        dst.copy_from(&src, &mut |_, _| {}).unwrap();
-        assert_eq!(all_events(&dst), all_events(&src));
+        dst.copy_from(&src, &mut |_, _| {}).await.unwrap();
+        assert_eq!(all_events(&dst).await, all_events(&src).await);
     }
 }

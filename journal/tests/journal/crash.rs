@@ -97,6 +97,7 @@ async fn child_writer(j: Arc<Journal>, round: u64, writer: usize) {
     for n in 0..CHILD_APPENDS_MAX {
         let head = j
             .stream_info(stream)
+            .await
             .expect("child: stream_info")
             .map_or(0, |i| i.head_seq);
         let nonce = format!("{round}.{writer}.{n}");
@@ -233,8 +234,7 @@ fn check_recovered(
     let j = place.open_real_time();
     let mut streams = BTreeMap::new();
     for stream in STREAMS {
-        let events = j
-            .read_stream(stream)
+        let events = crate::common::block_on(j.read_stream(stream))
             .unwrap_or_else(|e| panic!("{context}: reading {stream}: {e}"));
         assert_chain(stream, &events);
         streams.insert(stream.to_owned(), events);

@@ -157,34 +157,37 @@ async fn follower_never_skips_a_late_commit(kind: Kind) {
     let reads = Arc::new(AtomicU64::new(0));
     let follower = {
         let (j, finished, reads) = (feed_journal.clone(), finished.clone(), reads.clone());
+        // On a thread and runtime of its own, so it polls however busy the appenders are.
         std::thread::spawn(move || {
-            let (mut cursor, mut seen) = (FeedCursor::start(), Vec::<Event>::new());
-            loop {
-                // Read the flag first: once it is set, every write has been answered, so an
-                // empty page read after it means the feed is drained.
-                let last_round = finished.load(Ordering::SeqCst);
-                let page = j.read_feed(&cursor, PAGE).expect("reading the feed");
-                reads.fetch_add(1, Ordering::SeqCst);
-                if page.events.is_empty() {
-                    assert_eq!(page.next, cursor, "an empty page leaves the cursor");
-                    if last_round {
-                        return seen;
+            crate::common::block_on(async move {
+                let (mut cursor, mut seen) = (FeedCursor::start(), Vec::<Event>::new());
+                loop {
+                    // Read the flag first: once it is set, every write has been answered, so an
+                    // empty page read after it means the feed is drained.
+                    let last_round = finished.load(Ordering::SeqCst);
+                    let page = j.read_feed(&cursor, PAGE).await.expect("reading the feed");
+                    reads.fetch_add(1, Ordering::SeqCst);
+                    if page.events.is_empty() {
+                        assert_eq!(page.next, cursor, "an empty page leaves the cursor");
+                        if last_round {
+                            return seen;
+                        }
+                        std::thread::yield_now();
+                        continue;
                     }
-                    std::thread::yield_now();
-                    continue;
+                    assert!(
+                        page.events.len() <= PAGE,
+                        "a page holds at most {PAGE} events"
+                    );
+                    // A follower stores its cursor as text and resumes from it.
+                    cursor = page
+                        .next
+                        .to_string()
+                        .parse()
+                        .expect("a cursor the feed returned");
+                    seen.extend(page.events);
                 }
-                assert!(
-                    page.events.len() <= PAGE,
-                    "a page holds at most {PAGE} events"
-                );
-                // A follower stores its cursor as text and resumes from it.
-                cursor = page
-                    .next
-                    .to_string()
-                    .parse()
-                    .expect("a cursor the feed returned");
-                seen.extend(page.events);
-            }
+            })
         })
     };
 
@@ -293,6 +296,7 @@ async fn follower_never_skips_a_late_commit(kind: Kind) {
     assert_eq!(
         feed_journal
             .read_after(0, usize::MAX >> 1)
+            .await
             .expect("reading the whole feed"),
         seen,
         "the follower's events are the journal's, in the same order"

@@ -25,7 +25,7 @@ async fn payloads_are_stored_as_canonical_json() {
     outer.insert("b".into(), serde_json::Value::Object(inner));
     outer.insert("a".into(), json!(-5));
     append_ok(&j, Append::new("s", 0, vec![event("Sorted", outer.into())])).await;
-    let events = read(&j, "s");
+    let events = read(&j, "s").await;
     assert_eq!(
         events[0].payload, r#"{"a":-5,"b":{"alpha":[true,null,"é\n\"q\""],"zeta":1}}"#,
         "the stored text must be compact JSON with keys sorted at every level"
@@ -86,7 +86,7 @@ async fn a_closed_journal_file_holds_every_event() {
     let j = SqliteJournal::open_read_only(&copy)
         .unwrap_or_else(|e| panic!("the copied journal file must open on its own: {e}"));
     assert_eq!(
-        j.read_after(0, 100).expect("read_after").len(),
+        j.read_after(0, 100).await.expect("read_after").len(),
         50,
         "every event in the copy"
     );
@@ -135,7 +135,11 @@ async fn a_copy_with_its_wal_is_read_whole_and_nothing_is_created_beside_it() {
     copy_journal(dir.path(), &[""], &alone);
     let j = SqliteJournal::open_read_only(with_wal.join("journal.db")).expect("opening the copy");
     assert!(j.reads_wal());
-    assert_eq!(read(&j, "one").len(), 4, "the events in the -wal are read");
+    assert_eq!(
+        read(&j, "one").await.len(),
+        4,
+        "the events in the -wal are read"
+    );
     assert_intact(&j.verify(None).expect("verify"), "the copy with its -wal");
     drop(j);
     assert_eq!(names(&with_wal), ["journal.db", "journal.db-wal"]);
@@ -146,7 +150,7 @@ async fn a_copy_with_its_wal_is_read_whole_and_nothing_is_created_beside_it() {
     let j = SqliteJournal::open_read_only(stale.join("journal.db")).expect("opening the copy");
     assert!(!j.reads_wal());
     assert_eq!(
-        read(&j, "one").len(),
+        read(&j, "one").await.len(),
         0,
         "the events were in the -wal left behind"
     );
@@ -185,6 +189,7 @@ async fn summaries<J: Engine>(j: &J, clock: &ManualClock) {
     .await;
     let r1 = j
         .stream_info("r1")
+        .await
         .expect("stream_info")
         .expect("r1 exists");
     assert_eq!(
@@ -202,37 +207,46 @@ async fn summaries<J: Engine>(j: &J, clock: &ManualClock) {
         "timestamps"
     );
     assert_eq!((r1.head_seq, r1.head_hash), (2, a.head_hash), "head");
-    let names = |f: StreamFilter| -> Vec<String> {
+    let names = async |f: StreamFilter| -> Vec<String> {
         j.streams(&f)
+            .await
             .expect("streams")
             .into_iter()
             .map(|s| s.stream_id)
             .collect()
     };
-    assert_eq!(names(StreamFilter::default()), ["r1", "r2"], "oldest first");
+    assert_eq!(
+        names(StreamFilter::default()).await,
+        ["r1", "r2"],
+        "oldest first"
+    );
     let by_subject = StreamFilter {
         subject: Some("api-key".into()),
         ..StreamFilter::default()
     };
-    assert_eq!(names(by_subject), ["r2"], "by subject");
+    assert_eq!(names(by_subject).await, ["r2"], "by subject");
     let by_status = StreamFilter {
         status: Some("completed".into()),
         ..StreamFilter::default()
     };
-    assert_eq!(names(by_status), ["r1"], "by status");
+    assert_eq!(names(by_status).await, ["r1"], "by status");
     let window = StreamFilter {
         created_from_ms: Some(T0 + 1),
         created_until_ms: Some(T0 + 11),
         ..StreamFilter::default()
     };
-    assert_eq!(names(window), ["r2"], "by creation window [from, until)");
     assert_eq!(
-        j.stream_info("nope").expect("stream_info"),
+        names(window).await,
+        ["r2"],
+        "by creation window [from, until)"
+    );
+    assert_eq!(
+        j.stream_info("nope").await.expect("stream_info"),
         None,
         "unknown stream"
     );
     assert_eq!(
-        j.read_stream("nope").expect("read_stream"),
+        j.read_stream("nope").await.expect("read_stream"),
         vec![],
         "unknown stream reads empty"
     );

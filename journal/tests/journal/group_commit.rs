@@ -43,7 +43,7 @@ async fn concurrent_appenders_to_different_streams_all_land() {
     for handle in handles {
         let answers = handle.await.expect("appender task panicked");
         let (stream, last) = answers.last().cloned().expect("answers");
-        let events = read(&*j, &stream);
+        let events = read(&*j, &stream).await;
         assert_chain(&stream, &events);
         assert_eq!(
             events.len() as u64,
@@ -154,7 +154,7 @@ async fn a_conflicting_append_fails_alone_inside_its_batch() {
             let got = r
                 .as_ref()
                 .unwrap_or_else(|e| panic!("request {i} must land: {e}"));
-            let events = read(&j, &a.stream_id);
+            let events = read(&j, &a.stream_id).await;
             assert_chain(&a.stream_id, &events);
             assert_eq!(
                 got.last_seq,
@@ -169,17 +169,17 @@ async fn a_conflicting_append_fails_alone_inside_its_batch() {
         }
     }
     assert_eq!(
-        read(&j, "taken").len(),
+        read(&j, "taken").await.len(),
         1,
         "the conflicting append wrote nothing"
     );
     assert_eq!(
-        read(&j, "twice")[0].payload_json().expect("payload"),
+        read(&j, "twice").await[0].payload_json().expect("payload"),
         json!({ "i": conflicting + 1 }),
         "the first of the two appends to 'twice' is the one that landed"
     );
     assert_eq!(
-        j.next_timer().expect("next_timer"),
+        j.next_timer().await.expect("next_timer"),
         None,
         "the refused append's timer"
     );
@@ -215,7 +215,7 @@ async fn the_writer_keeps_serving_after_refusals() {
         "the next good append lands after the refusals"
     );
     assert_eq!(
-        j.read_after(0, 10).expect("read_after").len(),
+        j.read_after(0, 10).await.expect("read_after").len(),
         2,
         "exactly the two good events"
     );
@@ -248,7 +248,7 @@ async fn a_second_writer_on_the_file_is_never_hidden_by_the_cache() {
     );
     let next = append_ok(&a, Append::new("s", 2, vec![numbered(3)])).await;
     assert_eq!(next.last_seq, 3, "`a` appends after `b`'s event");
-    assert_chain("s", &read(&a, "s"));
+    assert_chain("s", &read(&a, "s").await);
 
     // A lease `b` takes fences `a`'s unfenced appends, though `a` saw "s" with none.
     b.acquire("s", "runner-b", 60_000).await.expect("acquire");

@@ -12,12 +12,12 @@ use crate::common::{
 const S: &str = "rotation-1";
 
 /// Asserts the stream still holds exactly `n` events: a refused append wrote nothing.
-fn assert_len<J: Engine>(j: &J, n: u64, context: &str) {
-    assert_eq!(head_seq(j, S), n, "{context}: the head must not move");
-    let events = read(j, S);
+async fn assert_len<J: Engine>(j: &J, n: u64, context: &str) {
+    assert_eq!(head_seq(j, S).await, n, "{context}: the head must not move");
+    let events = read(j, S).await;
     assert_eq!(events.len() as u64, n, "{context}: no event may be written");
     assert_chain(S, &events);
-    let all = j.read_after(0, 1_000).expect("read_after");
+    let all = j.read_after(0, 1_000).await.expect("read_after");
     assert_eq!(all.len() as u64, n, "{context}: nothing written anywhere");
 }
 
@@ -56,7 +56,7 @@ async fn lease_rules<J: Engine>(j: &J, clock: &ManualClock) {
         Error::LeaseHeld { holder, .. } if holder == "runner-a",
         "an unfenced append while a lease is live"
     );
-    assert_len(j, 1, "unfenced append under a live lease");
+    assert_len(j, 1, "unfenced append under a live lease").await;
 
     clock.advance(1_500);
     let a = j.renew(&a, 1_000).await.expect("renewing a live lease");
@@ -71,7 +71,7 @@ async fn lease_rules<J: Engine>(j: &J, clock: &ManualClock) {
         Error::LeaseExpired { token: 1, expired_at_ms, .. } if *expired_at_ms == T0 + 2_500,
         "an append under an expired lease"
     );
-    assert_len(j, 1, "append under an expired lease");
+    assert_len(j, 1, "append under an expired lease").await;
     expect_err!(
         j.renew(&a, 1_000).await,
         Error::LeaseExpired { .. },
@@ -92,7 +92,7 @@ async fn lease_rules<J: Engine>(j: &J, clock: &ManualClock) {
             if *current == b.token && holder == "runner-b",
         "the old runner's append after a takeover"
     );
-    assert_len(j, 1, "append with a stale fence");
+    assert_len(j, 1, "append with a stale fence").await;
     expect_err!(
         j.renew(&a, 1_000).await,
         Error::StaleFence { .. },
@@ -108,7 +108,7 @@ async fn lease_rules<J: Engine>(j: &J, clock: &ManualClock) {
         Error::LeaseHeld { holder, .. } if holder == "runner-b",
         "an unfenced append under the new lease"
     );
-    assert_len(j, 1, "unfenced append under the new lease");
+    assert_len(j, 1, "unfenced append under the new lease").await;
 
     append_ok(j, Append::new(S, 1, vec![numbered(2)]).fenced(b.fence())).await;
     j.release(&b).await.expect("releasing a held lease");
@@ -154,7 +154,7 @@ async fn lease_rules<J: Engine>(j: &J, clock: &ManualClock) {
         Error::InvalidEvent { .. },
         "a bad stream id"
     );
-    assert_len(j, 3, "after the whole life cycle");
+    assert_len(j, 3, "after the whole life cycle").await;
 }
 
 on_both_engines!(lease_life_cycle_and_fencing);

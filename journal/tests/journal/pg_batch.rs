@@ -189,7 +189,7 @@ async fn a_mixed_batch_lands_what_it_should_without_gaps_and_refuses_exactly_the
         results.push(f.await);
     }
 
-    let all = j.read_after(0, 10_000).expect("read_after");
+    let all = j.read_after(0, 10_000).await.expect("read_after");
     let globals: Vec<u64> = all.iter().map(|e| e.global_seq).collect();
     assert_eq!(
         globals,
@@ -242,7 +242,7 @@ async fn a_mixed_batch_lands_what_it_should_without_gaps_and_refuses_exactly_the
             "request {i}: its own sequences"
         );
         *before = got.last_seq;
-        let stored = &read(&j, &a.stream_id)[got.last_seq as usize - 1];
+        let stored = &read(&j, &a.stream_id).await[got.last_seq as usize - 1];
         assert_eq!(
             (got.last_global_seq, got.head_hash),
             (stored.global_seq, stored.hash),
@@ -252,15 +252,20 @@ async fn a_mixed_batch_lands_what_it_should_without_gaps_and_refuses_exactly_the
     assert!(results[replanned].is_ok(), "the renewed lease's append");
 
     for stream in expected_seq.keys() {
-        assert_chain(stream, &read(&j, stream));
+        assert_chain(stream, &read(&j, stream).await);
     }
     assert!(
-        read(&j, "taken").is_empty(),
+        read(&j, "taken").await.is_empty(),
         "the stale append wrote nothing"
     );
-    assert_eq!(read(&j, "twice").len(), 4, "1 before, 1 + 2 in the batch");
+    assert_eq!(
+        read(&j, "twice").await.len(),
+        4,
+        "1 before, 1 + 2 in the batch"
+    );
     let timers: Vec<(String, String)> = j
         .due_timers(i64::MAX, 100)
+        .await
         .expect("due_timers")
         .into_iter()
         .map(|t| (t.stream_id, t.name))
@@ -270,7 +275,11 @@ async fn a_mixed_batch_lands_what_it_should_without_gaps_and_refuses_exactly_the
         [("many-00".to_owned(), "t".to_owned())],
         "the landed timer only: not the stale append's, not the one armed then cleared"
     );
-    let fresh = j.stream_info("fresh").expect("info").expect("fresh exists");
+    let fresh = j
+        .stream_info("fresh")
+        .await
+        .expect("info")
+        .expect("fresh exists");
     assert_eq!(
         (
             fresh.subject.as_deref(),
@@ -280,7 +289,11 @@ async fn a_mixed_batch_lands_what_it_should_without_gaps_and_refuses_exactly_the
         (Some("fresh-subject"), "done", 2),
         "the creating append's subject and the later append's status"
     );
-    let many = j.stream_info("many-05").expect("info").expect("many-05");
+    let many = j
+        .stream_info("many-05")
+        .await
+        .expect("info")
+        .expect("many-05");
     assert_eq!(many.status, "open", "a new stream's default status");
 
     let (observer, _) = session().await;
@@ -467,7 +480,7 @@ async fn a_batch_costs_a_constant_number_of_requests_whatever_its_size() {
          the cost of a batch must not grow with its size"
     );
     assert_eq!(
-        j.read_after(0, 1_000).expect("read_after").len(),
+        j.read_after(0, 1_000).await.expect("read_after").len(),
         1 + 2 + 4 + 64,
         "every append landed"
     );

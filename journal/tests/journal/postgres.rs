@@ -133,7 +133,7 @@ async fn an_append_whose_commit_acknowledgement_is_lost_is_reported_done_and_sto
     );
     assert_eq!((appended.first_seq, appended.last_seq), (3, 4));
 
-    let stored = read(&j, "s");
+    let stored = read(&j, "s").await;
     assert_chain("s", &stored);
     assert_eq!(stored.len(), 4, "the append is stored once: {stored:#?}");
     assert_eq!(appended.head_hash, stored[3].hash, "the head it reported");
@@ -181,10 +181,14 @@ async fn two_nodes_racing_on_one_stream_never_both_win() {
             }
         }
     }
-    let events = read(&*a, "raced");
+    let events = read(&*a, "raced").await;
     assert_chain("raced", &events);
     assert_eq!(events.len(), 40);
-    assert_eq!(read(&*b, "raced"), events, "both nodes read one history");
+    assert_eq!(
+        read(&*b, "raced").await,
+        events,
+        "both nodes read one history"
+    );
 }
 
 /// Fencing across nodes: node B takes over the lease once node A's lapses, and A, still
@@ -225,7 +229,7 @@ async fn a_takeover_by_another_node_fences_the_old_one() {
         Append::new("r", 1, vec![numbered(2)]).fenced(lb.fence()),
     )
     .await;
-    assert_eq!(head_seq(&a, "r"), 2);
+    assert_eq!(head_seq(&a, "r").await, 2);
 }
 
 /// Nodes claiming due timers at once each get their own: none is claimed twice, none is
@@ -283,7 +287,7 @@ async fn due_timers_are_claimed_by_one_node_each() {
     );
     assert_eq!(all.len() + not_yet.len(), TIMERS, "every due timer claimed");
     assert_eq!(
-        a.due_timers(i64::MAX, 1_000).expect("due").len(),
+        a.due_timers(i64::MAX, 1_000).await.expect("due").len(),
         TIMERS,
         "a claim does not disarm a timer"
     );
@@ -346,7 +350,7 @@ async fn leases_and_events_take_the_database_clock() {
         "the lease expires 60 s after the database's now: {before}..{after} + 60000, got {}",
         lease.expires_at_ms
     );
-    let at = read(&j, "clocked")[0].recorded_at_ms;
+    let at = read(&j, "clocked").await[0].recorded_at_ms;
     assert!(
         (before..=after).contains(&at),
         "{before} <= {at} <= {after}"
@@ -374,7 +378,14 @@ async fn nodes_starting_together_create_one_journal() {
     for (i, j) in journals.iter().enumerate() {
         append_ok(j, Append::new(format!("n{i}"), 0, vec![numbered(1)])).await;
     }
-    assert_eq!(journals[0].read_after(0, 100).expect("read_after").len(), 4);
+    assert_eq!(
+        journals[0]
+            .read_after(0, 100)
+            .await
+            .expect("read_after")
+            .len(),
+        4
+    );
 }
 
 /// Group commit: requests queued while the writer waits are written in one transaction (all
@@ -460,16 +471,16 @@ async fn queued_appends_commit_in_one_transaction_and_a_conflict_fails_alone() {
                 a.events.len() as u64,
                 "request {i}: its own answer"
             );
-            assert_eq!(read(&j, &a.stream_id).len(), a.events.len());
+            assert_eq!(read(&j, &a.stream_id).await.len(), a.events.len());
         }
     }
     assert_eq!(
-        read(&j, "taken").len(),
+        read(&j, "taken").await.len(),
         1,
         "the conflicting append wrote nothing"
     );
     assert_eq!(
-        j.next_timer().expect("next_timer"),
+        j.next_timer().await.expect("next_timer"),
         None,
         "its timer was not armed"
     );
@@ -511,20 +522,22 @@ fn an_unreachable_server_is_reported_naming_it() {
     );
 }
 
-/// A read made from a worker of a multi-threaded runtime (the daemon's) hands the worker's
-/// other tasks to another thread while it waits for the server: here the only worker is in a
-/// read that another session's table lock holds up, and a task spawned meanwhile still runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
-async fn a_read_waiting_on_the_server_does_not_stall_the_runtime() {
+/// A read that waits on the server leaves the runtime it was awaited on free: here a read is
+/// held up by another session's table lock, and that session lets go only once a task on the
+/// reader's runtime has answered it, or after a deadline, which fails the test. Run on a
+/// current-thread runtime (whose only thread a blocking read would hold) and on a one-worker
+/// multi-threaded one (the daemon's kind).
+fn a_read_waiting_on_the_server_does_not_stall_the_runtime(runtime: tokio::runtime::Runtime) {
     let place = Place::new(Kind::Postgres);
     let j = Arc::new(place.open(&manual_clock()));
-    append_ok(&*j, Append::new("slow", 0, vec![numbered(1)])).await;
+    crate::common::block_on(append_ok(&*j, Append::new("slow", 0, vec![numbered(1)])));
 
     // Another session, on a thread and runtime of its own, locks the events table, says when
-    // a read waits on it, and holds it until told to let go.
+    // a read waits on it, then waits for a task on the reader's runtime to answer (or for
+    // the deadline) before it lets go. It returns whether the answer came in time.
     let (locked_tx, locked) = tokio::sync::oneshot::channel::<()>();
     let (blocked_tx, blocked) = tokio::sync::oneshot::channel::<()>();
-    let (release, release_rx) = std::sync::mpsc::channel::<()>();
+    let (answer, answered) = std::sync::mpsc::channel::<()>();
     let schema = place.schema.clone();
     let locker = std::thread::spawn(move || {
         crate::common::block_on(async move {
@@ -552,35 +565,61 @@ async fn a_read_waiting_on_the_server_does_not_stall_the_runtime() {
                 tokio::time::sleep(std::time::Duration::from_millis(5)).await;
             }
             let _ = blocked_tx.send(());
-            let _ = release_rx.recv();
+            // A plain blocking wait: this thread's runtime has nothing else to do.
+            let in_time = answered
+                .recv_timeout(std::time::Duration::from_secs(10))
+                .is_ok();
             client.batch_execute("ROLLBACK").await.expect("unlocking");
+            in_time
         })
     });
 
-    locked.await.expect("the events table is locked");
-    let reader = {
-        let j = j.clone();
-        tokio::spawn(async move { j.read_stream("slow") })
-    };
-    blocked
-        .await
-        .expect("the read reached the server and waits on the lock");
-    // The deadline is a plain thread: the runtime's timers would need the stalled worker.
-    let (deadline_tx, deadline) = tokio::sync::oneshot::channel::<()>();
-    std::thread::spawn(move || {
-        std::thread::sleep(std::time::Duration::from_secs(5));
-        let _ = deadline_tx.send(());
+    let events = runtime.block_on(async move {
+        locked.await.expect("the events table is locked");
+        // The answering task runs only if the runtime is free while the read waits.
+        let answering = tokio::spawn(async move {
+            blocked
+                .await
+                .expect("the read reached the server and waits on the lock");
+            let _ = answer.send(());
+        });
+        // The read runs in a task of its own, so on the multi-threaded runtime it waits on
+        // the worker, as the daemon's reads do.
+        let events = tokio::spawn(async move { j.read_stream("slow").await })
+            .await
+            .expect("the reading task");
+        answering.await.expect("the answering task");
+        events
     });
-    let other = tokio::select! {
-        ran = tokio::spawn(async { "ran" }) => Some(ran),
-        _ = deadline => None,
-    };
-    release.send(()).expect("releasing the lock");
-    locker.join().expect("the locking thread");
+    let answered_in_time = locker.join().expect("the locking thread");
     assert!(
-        matches!(other, Some(Ok("ran"))),
-        "a task spawned while the only worker waited on a read must run, got {other:?}"
+        answered_in_time,
+        "a task on the reader's runtime must run while the read waits on the server; \
+         the runtime stalled until the lock's deadline"
     );
-    let events = reader.await.expect("the reader task").expect("the read");
+    let events = events.expect("the read");
     assert_eq!(events.len(), 1, "the read completes once the lock is gone");
+}
+
+mod a_read_waiting_on_the_server_does_not_stall_the_runtime {
+    #[test]
+    fn on_a_current_thread_runtime() {
+        super::a_read_waiting_on_the_server_does_not_stall_the_runtime(
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("building a runtime"),
+        );
+    }
+
+    #[test]
+    fn on_a_worker_of_a_multi_threaded_runtime() {
+        super::a_read_waiting_on_the_server_does_not_stall_the_runtime(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .enable_all()
+                .build()
+                .expect("building a runtime"),
+        );
+    }
 }

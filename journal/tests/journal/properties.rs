@@ -145,10 +145,10 @@ async fn round_trip(kind: Kind, ops: Vec<Op>) {
 
     let mut total = 0;
     for stream in STREAMS {
-        let from_sql = read(&sql, stream);
+        let from_sql = read(&sql, stream).await;
         assert_eq!(
             from_sql,
-            read(&mem, stream),
+            read(&mem, stream).await,
             "{stream}: the engines store different events"
         );
         assert_chain(stream, &from_sql);
@@ -160,10 +160,10 @@ async fn round_trip(kind: Kind, ops: Vec<Op>) {
         total += written.len();
     }
 
-    let all = sql.read_after(0, 100_000).expect("read_after");
+    let all = sql.read_after(0, 100_000).await.expect("read_after");
     assert_eq!(
         all,
-        mem.read_after(0, 100_000).expect("read_after"),
+        mem.read_after(0, 100_000).await.expect("read_after"),
         "global order differs"
     );
     assert_eq!(all.len(), total, "read_after must return every event");
@@ -172,7 +172,10 @@ async fn round_trip(kind: Kind, ops: Vec<Op>) {
         "global sequence must be strictly increasing"
     );
     if let Some(mid) = all.get(all.len() / 2) {
-        let rest = sql.read_after(mid.global_seq, 100_000).expect("read_after");
+        let rest = sql
+            .read_after(mid.global_seq, 100_000)
+            .await
+            .expect("read_after");
         assert_eq!(
             rest,
             all[all.len() / 2 + 1..],
@@ -182,8 +185,8 @@ async fn round_trip(kind: Kind, ops: Vec<Op>) {
 
     let filter = StreamFilter::default();
     assert_eq!(
-        sql.streams(&filter).expect("streams"),
-        mem.streams(&filter).expect("streams")
+        sql.streams(&filter).await.expect("streams"),
+        mem.streams(&filter).await.expect("streams")
     );
     let report = sql
         .verify(Some(&sql.heads().expect("heads")))
@@ -200,7 +203,7 @@ async fn round_trip(kind: Kind, ops: Vec<Op>) {
     drop(sql);
     let reopened = place.open(&clock);
     assert_eq!(
-        reopened.read_after(0, 100_000).expect("read_after"),
+        reopened.read_after(0, 100_000).await.expect("read_after"),
         all,
         "after reopening"
     );
@@ -302,13 +305,13 @@ async fn race<J: Engine>(j: Arc<J>, tasks: usize, rounds: u64, len: u64) {
         winners.push(won[0]);
         head += len;
         assert_eq!(
-            head_seq(&*j, RACED),
+            head_seq(&*j, RACED).await,
             head,
             "round {round}: head after the race"
         );
     }
 
-    let events = read(&*j, RACED);
+    let events = read(&*j, RACED).await;
     assert_chain(RACED, &events);
     assert_eq!(
         events.len() as u64,
@@ -338,7 +341,7 @@ fn retrying_writers_land_every_event_exactly_once() {
         let mut conflicts = 0;
         let mut n = 0;
         while n < EACH {
-            let head = head_seq(&*j, RACED);
+            let head = head_seq(&*j, RACED).await;
             let e = event("Retried", json!({"writer": w, "n": n}));
             match j.append(Append::new(RACED, head, vec![e])).await {
                 Ok(_) => n += 1,
@@ -355,7 +358,7 @@ fn retrying_writers_land_every_event_exactly_once() {
         for h in handles {
             h.await.expect("writer task panicked");
         }
-        let events = read(&*j, RACED);
+        let events = read(&*j, RACED).await;
         assert_chain(RACED, &events);
         assert_eq!(
             events.len() as u64,

@@ -203,15 +203,15 @@ fn assert_broken_at(place: &Place, exported: Option<&[Head]>, stream: &str, seq:
 }
 
 /// Asserts reading `stream` fails with `Corrupt` at `seq`, while the untouched streams read.
-fn assert_read_corrupt_at(place: &Place, stream: &str, seq: u64) {
+async fn assert_read_corrupt_at(place: &Place, stream: &str, seq: u64) {
     let j = place.open_audit();
     expect_err!(
-        j.read_stream(stream),
+        j.read_stream(stream).await,
         Error::Corrupt { stream: s, seq: q, .. } if s == stream && *q == seq,
         "reading {stream} must refuse the broken chain at sequence {seq}"
     );
     for (other, len) in VICTIM.into_iter().filter(|(s, _)| *s != stream) {
-        let events = read(&j, other);
+        let events = read(&j, other).await;
         assert_chain(other, &events);
         assert_eq!(events.len() as u64, len, "{other} was not attacked");
     }
@@ -238,7 +238,7 @@ async fn tamper_edited_payload_is_found_at_its_sequence(kind: Kind) {
         .exec(r#"UPDATE events SET payload = '{"i":999}' WHERE stream_id = 'bravo' AND stream_seq = 3"#)
         .await;
     assert_broken_at(&place, None, "bravo", 3, "edited");
-    assert_read_corrupt_at(&place, "bravo", 3);
+    assert_read_corrupt_at(&place, "bravo", 3).await;
 }
 
 /// (a') A smarter attacker re-hashes the edited event; the next event's link then breaks.
@@ -263,7 +263,7 @@ async fn tamper_edited_and_rehashed_event_breaks_the_next_link(kind: Kind) {
     c.put_row("bravo", 3, &row).await;
     drop(c);
     assert_broken_at(&place, None, "bravo", 4, "prev_hash");
-    assert_read_corrupt_at(&place, "bravo", 4);
+    assert_read_corrupt_at(&place, "bravo", 4).await;
 }
 
 /// (b) A deleted middle event leaves a sequence gap. `verify` names the missing sequence;
@@ -276,7 +276,7 @@ async fn tamper_deleted_middle_event_is_found_as_a_gap(kind: Kind) {
         .exec("DELETE FROM events WHERE stream_id = 'bravo' AND stream_seq = 3")
         .await;
     assert_broken_at(&place, None, "bravo", 3, "gap");
-    assert_read_corrupt_at(&place, "bravo", 4);
+    assert_read_corrupt_at(&place, "bravo", 4).await;
 }
 
 /// (c) Two events of a stream swapped in place: the first swapped position no longer links.
@@ -289,7 +289,7 @@ async fn tamper_swapped_events_break_the_chain_at_the_first_swapped_position(kin
     c.put_row("bravo", 3, &second).await;
     drop(c);
     assert_broken_at(&place, None, "bravo", 2, "prev_hash");
-    assert_read_corrupt_at(&place, "bravo", 2);
+    assert_read_corrupt_at(&place, "bravo", 2).await;
 }
 
 /// (c') Whole rows swapped in global order (each keeps its content and stream position):
@@ -330,7 +330,7 @@ async fn tamper_truncation_with_a_rewritten_head_is_found_by_exported_heads(kind
         &j.verify(None).expect("verify"),
         "without exported heads a consistent truncation is invisible (this is why heads are exported)",
     );
-    let events = read(&j, "bravo");
+    let events = read(&j, "bravo").await;
     assert_chain("bravo", &events);
     assert_eq!(
         events.len(),
@@ -349,7 +349,7 @@ async fn tamper_truncation_without_head_rewrite_is_found(kind: Kind) {
         .exec("DELETE FROM events WHERE stream_id = 'bravo' AND stream_seq > 4")
         .await;
     assert_broken_at(&place, None, "bravo", 5, "truncated");
-    assert_read_corrupt_at(&place, "bravo", 5);
+    assert_read_corrupt_at(&place, "bravo", 5).await;
 }
 
 /// (e) A whole stream deleted, head row included: exported heads name it.
@@ -381,7 +381,7 @@ async fn tamper_retyped_column_is_reported_as_a_broken_link() {
         )
         .await;
     assert_broken_at(&place, None, "bravo", 3, "");
-    assert_read_corrupt_at(&place, "bravo", 3);
+    assert_read_corrupt_at(&place, "bravo", 3).await;
 }
 
 /// With its triggers in place, the journal's storage itself refuses rewrites of history.

@@ -30,11 +30,11 @@ fn clear(name: &str) -> NewEvent {
 
 /// Appends one event to `stream` at its current head.
 async fn on<J: Engine>(j: &J, stream: &str, e: NewEvent) {
-    append_ok(j, Append::new(stream, head_seq(j, stream), vec![e])).await;
+    append_ok(j, Append::new(stream, head_seq(j, stream).await, vec![e])).await;
 }
 
-fn all_timers<J: Engine>(j: &J) -> Vec<Timer> {
-    j.due_timers(i64::MAX, 100).expect("due_timers")
+async fn all_timers<J: Engine>(j: &J) -> Vec<Timer> {
+    j.due_timers(i64::MAX, 100).await.expect("due_timers")
 }
 
 /// Arms three timers and checks visibility, order and re-arming.
@@ -44,22 +44,22 @@ async fn arm<J: Engine>(j: &J) {
     on(j, "r3", schedule("expiry", T0 + 9_000)).await;
 
     assert_eq!(
-        j.due_timers(T0, 10).expect("due_timers"),
+        j.due_timers(T0, 10).await.expect("due_timers"),
         vec![],
         "nothing is due yet"
     );
     assert_eq!(
-        j.due_timers(T0 + 2_999, 10).expect("due_timers"),
+        j.due_timers(T0 + 2_999, 10).await.expect("due_timers"),
         vec![],
         "1 ms early"
     );
     assert_eq!(
-        j.due_timers(T0 + 3_000, 10).expect("due_timers"),
+        j.due_timers(T0 + 3_000, 10).await.expect("due_timers"),
         vec![timer("r2", "deadline", T0 + 3_000)],
         "a timer is due exactly at its time"
     );
     assert_eq!(
-        j.due_timers(T0 + 5_000, 10).expect("due_timers"),
+        j.due_timers(T0 + 5_000, 10).await.expect("due_timers"),
         vec![
             timer("r2", "deadline", T0 + 3_000),
             timer("r1", "retry", T0 + 5_000)
@@ -67,23 +67,23 @@ async fn arm<J: Engine>(j: &J) {
         "due timers come earliest first"
     );
     assert_eq!(
-        j.due_timers(T0 + 10_000, 1).expect("due_timers"),
+        j.due_timers(T0 + 10_000, 1).await.expect("due_timers"),
         vec![timer("r2", "deadline", T0 + 3_000)],
         "limit keeps the earliest"
     );
     assert_eq!(
-        j.next_timer().expect("next_timer"),
+        j.next_timer().await.expect("next_timer"),
         Some(timer("r2", "deadline", T0 + 3_000))
     );
 
     // Re-arming replaces the due time rather than adding a second timer.
     on(j, "r1", schedule("retry", T0 + 1_000)).await;
     assert_eq!(
-        j.next_timer().expect("next_timer"),
+        j.next_timer().await.expect("next_timer"),
         Some(timer("r1", "retry", T0 + 1_000))
     );
     assert_eq!(
-        all_timers(j).len(),
+        all_timers(j).await.len(),
         3,
         "re-arming must not duplicate a timer"
     );
@@ -96,7 +96,7 @@ async fn arm<J: Engine>(j: &J) {
         "a stale append with a timer"
     );
     assert_eq!(
-        all_timers(j)[2],
+        all_timers(j).await[2],
         timer("r3", "expiry", T0 + 9_000),
         "the refused append must not have re-armed r3"
     );
@@ -106,7 +106,7 @@ async fn arm<J: Engine>(j: &J) {
 async fn disarm<J: Engine>(j: &J) {
     on(j, "r1", clear("retry")).await;
     assert_eq!(
-        all_timers(j),
+        all_timers(j).await,
         vec![
             timer("r2", "deadline", T0 + 3_000),
             timer("r3", "expiry", T0 + 9_000)
@@ -114,14 +114,14 @@ async fn disarm<J: Engine>(j: &J) {
         "the cleared timer is gone, the others stay"
     );
     assert_eq!(
-        j.next_timer().expect("next_timer"),
+        j.next_timer().await.expect("next_timer"),
         Some(timer("r2", "deadline", T0 + 3_000))
     );
     on(j, "r1", clear("never-armed")).await;
     on(j, "r2", clear("deadline")).await;
     on(j, "r3", clear("expiry")).await;
     assert_eq!(
-        j.next_timer().expect("next_timer"),
+        j.next_timer().await.expect("next_timer"),
         None,
         "every timer was cleared"
     );
@@ -138,7 +138,7 @@ async fn timers_fire_in_order_clear_and_survive_reopen(kind: Kind) {
     }
     let j = place.open(&clock);
     assert_eq!(
-        all_timers(&j),
+        all_timers(&j).await,
         vec![
             timer("r1", "retry", T0 + 1_000),
             timer("r2", "deadline", T0 + 3_000),
@@ -150,7 +150,7 @@ async fn timers_fire_in_order_clear_and_survive_reopen(kind: Kind) {
     drop(j);
     let j = place.open(&clock);
     assert_eq!(
-        j.next_timer().expect("next_timer"),
+        j.next_timer().await.expect("next_timer"),
         None,
         "cleared timers stay cleared"
     );
@@ -173,5 +173,9 @@ async fn an_empty_timer_name_is_refused() {
         Error::InvalidEvent { .. },
         "an unnamed timer"
     );
-    assert_eq!(j.next_timer().expect("next_timer"), None, "nothing armed");
+    assert_eq!(
+        j.next_timer().await.expect("next_timer"),
+        None,
+        "nothing armed"
+    );
 }
