@@ -366,16 +366,16 @@ impl Filter {
 ///
 /// # Errors
 /// Journal errors, and a rotation whose events cannot be read.
-pub fn rows<J: JournalRead + JournalScan + ?Sized>(
+pub async fn rows<J: JournalRead + JournalScan + ?Sized>(
     journal: &J,
     filter: &Filter,
 ) -> Result<Vec<Row>, Error> {
     let mut rows = Vec::new();
-    for info in journal.streams(&filter.stream_filter())? {
+    for info in journal.streams(&filter.stream_filter()).await? {
         if !filter.admits_stream(&info) {
             continue;
         }
-        let events = journal.read_stream(&info.stream_id)?;
+        let events = journal.read_stream(&info.stream_id).await?;
         if events.is_empty() {
             continue;
         }
@@ -384,7 +384,7 @@ pub fn rows<J: JournalRead + JournalScan + ?Sized>(
             rows.push(row);
         }
     }
-    add_joined(journal, &mut rows)?;
+    add_joined(journal, &mut rows).await?;
     rows.sort_by(|a, b| {
         (a.requested_at_ms, &a.rotation_id).cmp(&(b.requested_at_ms, &b.rotation_id))
     });
@@ -393,13 +393,16 @@ pub fn rows<J: JournalRead + JournalScan + ?Sized>(
 
 /// Adds to each row the requests its lock stream says it served; each lock stream is read
 /// once, whatever number of rows share it.
-pub fn add_joined<J: JournalRead + ?Sized>(journal: &J, rows: &mut [Row]) -> Result<(), Error> {
+pub async fn add_joined<J: JournalRead + ?Sized>(
+    journal: &J,
+    rows: &mut [Row],
+) -> Result<(), Error> {
     let keys: BTreeSet<String> = rows.iter().map(|r| r.lock_key.clone()).collect();
     let mut joined: std::collections::HashMap<String, Vec<Joined>> =
         std::collections::HashMap::new();
     for key in keys {
         let stream = lock::stream_id(&key);
-        for e in journal.read_stream(&stream)? {
+        for e in journal.read_stream(&stream).await? {
             if e.kind != "TriggerCoalesced" {
                 continue;
             }

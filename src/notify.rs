@@ -663,7 +663,7 @@ impl<J: RunnerJournal> Notifier<J> {
                 status: Some(status.to_owned()),
                 ..StreamFilter::default()
             };
-            for info in self.journal.streams(&filter)? {
+            for info in self.journal.streams(&filter).await? {
                 let rotation_id = &info.stream_id;
                 if info.updated_at_ms < since_ms
                     || lock::is_lock_stream(rotation_id)
@@ -676,13 +676,16 @@ impl<J: RunnerJournal> Notifier<J> {
                 for c in &hearing {
                     missing |= self
                         .journal
-                        .stream_info(&notice_id(&c.name, &key))?
+                        .stream_info(&notice_id(&c.name, &key))
+                        .await?
                         .is_none();
                 }
                 if !missing {
                     continue;
                 }
-                let (secret, reason) = self.ended_rotation(rotation_id, info.subject.as_deref())?;
+                let (secret, reason) = self
+                    .ended_rotation(rotation_id, info.subject.as_deref())
+                    .await?;
                 created += self
                     .ended(
                         rotation_id,
@@ -717,11 +720,11 @@ impl<J: RunnerJournal> Notifier<J> {
         let mut next: Option<i64> = None;
         let mut earliest = |at: i64| next = Some(next.map_or(at, |n| n.min(at)));
         let mut posted = 0;
-        for info in self.journal.streams(&filter)? {
+        for info in self.journal.streams(&filter).await? {
             if !is_notice_stream(&info.stream_id) {
                 continue;
             }
-            let Some(outbox) = fold(&self.journal.read_stream(&info.stream_id)?)? else {
+            let Some(outbox) = fold(&self.journal.read_stream(&info.stream_id).await?)? else {
                 continue;
             };
             if outbox.delivered {
@@ -783,7 +786,7 @@ impl<J: RunnerJournal> Notifier<J> {
         let mut created = 0;
         for channel in self.channels.iter().filter(|c| c.wants(notice.kind)) {
             let id = notice_id(&channel.name, dedup_key);
-            if self.journal.stream_info(&id)?.is_some() {
+            if self.journal.stream_info(&id).await?.is_some() {
                 continue;
             }
             notice.channel.clone_from(&channel.name);
@@ -804,14 +807,14 @@ impl<J: RunnerJournal> Notifier<J> {
     }
 
     /// The secret and compensation reason of an ended rotation, from its stream.
-    fn ended_rotation(
+    async fn ended_rotation(
         &self,
         rotation_id: &str,
         subject: Option<&str>,
     ) -> Result<(String, Option<String>), Error> {
         let mut secret = subject.map(str::to_owned);
         let mut reason = None;
-        for e in self.journal.read_stream(rotation_id)? {
+        for e in self.journal.read_stream(rotation_id).await? {
             match decode(&e)? {
                 RotationEvent::Requested { plan, .. } if secret.is_none() => {
                     secret = Some(plan.secret);

@@ -50,7 +50,7 @@ pub struct Ended {
 ///
 /// # Errors
 /// Journal, decode and nondeterminism errors.
-pub fn secrets<J: RunnerJournal>(
+pub async fn secrets<J: RunnerJournal>(
     journal: &J,
     runner: &Runner<J>,
     schedules: &BTreeMap<String, Schedule>,
@@ -60,10 +60,12 @@ pub fn secrets<J: RunnerJournal>(
     let mut rows = Vec::new();
     for name in names {
         let name = name.clone();
-        let streams = journal.streams(&StreamFilter {
-            subject: Some(name.clone()),
-            ..StreamFilter::default()
-        })?;
+        let streams = journal
+            .streams(&StreamFilter {
+                subject: Some(name.clone()),
+                ..StreamFilter::default()
+            })
+            .await?;
         let mut row = SecretStatus {
             secret: name.clone(),
             open_rotation: None,
@@ -75,7 +77,7 @@ pub fn secrets<J: RunnerJournal>(
             .filter(|s| crate::runner::lock::is_rotation_stream(&s.stream_id))
         {
             if s.status == "open" {
-                let (state, _) = runner.load(&s.stream_id)?;
+                let (state, _) = runner.load(&s.stream_id).await?;
                 let last_failure = state.steps.values().find_map(|st| match st {
                     crate::saga::StepStatus::InDoubt {
                         failure: Some(f), ..
@@ -101,7 +103,7 @@ pub fn secrets<J: RunnerJournal>(
             }
         }
         if let (Some(schedule), None) = (schedules.get(&name), &row.open_rotation)
-            && let Some(adopted) = schedules::adopted(journal, &name)?
+            && let Some(adopted) = schedules::adopted(journal, &name).await?
         {
             // The streams read above already say it: no second scan.
             let history = schedules::History {

@@ -107,7 +107,7 @@ pub async fn run(args: DemoArgs) -> Result<u8> {
     );
     let progress = env.drive(&rotation_id, true).await?;
     println!("rotation {rotation_id} ended: {progress:?}\n");
-    for e in env.journal.read_stream(&rotation_id)? {
+    for e in env.journal.read_stream(&rotation_id).await? {
         println!("{}", timeline_line(&e));
     }
     let report = env.journal.verify(None)?;

@@ -325,7 +325,7 @@ async fn rotate_one(env: &Env, r: &AppRotation, wait: bool) -> RotationRow {
         Ok(Progress::Finished(Phase::Completed)) => row.outcome = "completed",
         Ok(Progress::Finished(_)) => {
             row.outcome = "compensated";
-            row.error = last_failure(env, &id);
+            row.error = last_failure(env, &id).await;
         }
         Ok(Progress::Waiting {
             reason: Wait::Grace,
@@ -336,7 +336,7 @@ async fn rotate_one(env: &Env, r: &AppRotation, wait: bool) -> RotationRow {
         }
         Ok(_) => {
             row.outcome = "open";
-            row.error = last_failure(env, &id);
+            row.error = last_failure(env, &id).await;
         }
         Err(e) => {
             row.outcome = "failed";
@@ -347,8 +347,8 @@ async fn rotate_one(env: &Env, r: &AppRotation, wait: bool) -> RotationRow {
 }
 
 /// Why a rotation is undone or held up, from its journal.
-fn last_failure(env: &Env, id: &str) -> Option<String> {
-    let (state, _) = env.runner.load(id).ok()?;
+async fn last_failure(env: &Env, id: &str) -> Option<String> {
+    let (state, _) = env.runner.load(id).await.ok()?;
     state
         .compensation_reason
         .clone()

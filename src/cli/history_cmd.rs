@@ -48,7 +48,7 @@ pub struct HistoryArgs {
 }
 
 /// `rekey history`.
-pub fn run(args: HistoryArgs, config: Option<&Path>) -> Result<u8> {
+pub async fn run(args: HistoryArgs, config: Option<&Path>) -> Result<u8> {
     let raw = RawFilter {
         since: args.since,
         until: args.until,
@@ -62,7 +62,7 @@ pub fn run(args: HistoryArgs, config: Option<&Path>) -> Result<u8> {
     let now = rekey_journal::Clock::now_ms(&rekey_journal::SystemClock);
     let filter = raw.parse(now)?;
     let (journal, _) = super::journal_cmd::open(&args.journal, config)?;
-    let rows = crate::history::rows(&journal, &filter)?;
+    let rows = crate::history::rows(&journal, &filter).await?;
     let mut out = std::io::stdout().lock();
     if args.json {
         serde_json::to_writer(&mut out, &crate::history::Document { rotations: &rows })?;

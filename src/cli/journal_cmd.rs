@@ -212,7 +212,7 @@ pub(super) fn open(arg: &JournalArg, config: Option<&Path>) -> Result<(AnyJourna
 }
 
 /// `rekey journal …`; `config` is the config named by `--config` or `REKEY_CONFIG`.
-pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
+pub async fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
     let mut out = std::io::stdout().lock();
     match cmd {
         JournalCommand::Verify {
@@ -280,7 +280,7 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
             let (j, path) = open(&journal, config)?;
             check_output(output.as_deref(), &j)?;
             if format == ShowFormat::Html {
-                return html_report(&j, &path, &Scope::Stream(stream), output.as_deref());
+                return html_report(&j, &path, &Scope::Stream(stream), output.as_deref()).await;
             }
             let mut buffer = Vec::new();
             let out: &mut dyn Write = if output.is_some() {
@@ -288,7 +288,7 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
             } else {
                 &mut out
             };
-            let events = j.read_stream(&stream)?;
+            let events = j.read_stream(&stream).await?;
             if events.is_empty() {
                 anyhow::bail!(
                     "no stream {stream} in {path}; list streams with `rekey journal export`"
@@ -298,7 +298,7 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
                 serde_json::to_writer_pretty(&mut *out, &events)?;
                 writeln!(out)?;
             } else {
-                let info = j.stream_info(&stream)?;
+                let info = j.stream_info(&stream).await?;
                 if let Some(info) = info {
                     writeln!(
                         out,
@@ -333,7 +333,7 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
                 created_until_ms: until,
             };
             if format == Format::Html {
-                return html_report(&j, &path, &Scope::Export(filter), output.as_deref());
+                return html_report(&j, &path, &Scope::Export(filter), output.as_deref()).await;
             }
             let mut buffer = Vec::new();
             let out: &mut dyn Write = if output.is_some() {
@@ -343,7 +343,8 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
             };
             let wanted = if filter != StreamFilter::default() {
                 Some(
-                    j.streams(&filter)?
+                    j.streams(&filter)
+                        .await?
                         .into_iter()
                         .map(|s| s.stream_id)
                         .collect::<std::collections::HashSet<_>>(),
@@ -353,7 +354,7 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
             };
             let mut cursor = FeedCursor::start();
             loop {
-                let page = j.read_feed(&cursor, EXPORT_PAGE_EVENTS)?;
+                let page = j.read_feed(&cursor, EXPORT_PAGE_EVENTS).await?;
                 if page.events.is_empty() {
                     break;
                 }
@@ -386,7 +387,7 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
                 tls,
                 tls_ca_file: tls_ca_file.as_deref(),
             };
-            copy(&from, &to, &pg, &mut out)
+            copy(&from, &to, &pg, &mut out).await
         }
         JournalCommand::Heads { journal } => {
             for head in open(&journal, config)?.0.heads()? {
@@ -400,7 +401,12 @@ pub fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
 
 /// Writes the HTML report of `scope` to `output`, or to stdout; exit 3 when the journal is
 /// broken (the report is written all the same, the break at its top), as `verify` does.
-fn html_report(j: &AnyJournal, location: &str, scope: &Scope, output: Option<&Path>) -> Result<u8> {
+async fn html_report(
+    j: &AnyJournal,
+    location: &str,
+    scope: &Scope,
+    output: Option<&Path>,
+) -> Result<u8> {
     use rekey_journal::Clock;
     let verify = j.verify(None)?;
     let heads = j.heads()?;
@@ -410,7 +416,7 @@ fn html_report(j: &AnyJournal, location: &str, scope: &Scope, output: Option<&Pa
         heads: &heads,
         generated_at_ms: rekey_journal::SystemClock.now_ms(),
     };
-    let report = Report::build(j, scope, &source)?;
+    let report = Report::build(j, scope, &source).await?;
     let html = report.to_html()?;
     match output {
         Some(_) => write_output(output, html.as_bytes())?,
@@ -529,7 +535,7 @@ fn same_journal(a: &JournalConfig, b: &JournalConfig) -> bool {
 }
 
 /// `rekey journal copy`.
-fn copy(from: &str, to: &str, pg: &PgFlags<'_>, out: &mut impl Write) -> Result<u8> {
+async fn copy(from: &str, to: &str, pg: &PgFlags<'_>, out: &mut impl Write) -> Result<u8> {
     if pg.given() && !is_url(from) && !is_url(to) {
         anyhow::bail!(
             "--password-env, --tls and --tls-ca-file apply to a postgres:// journal, and neither --from nor --to is one"
@@ -556,10 +562,12 @@ fn copy(from: &str, to: &str, pg: &PgFlags<'_>, out: &mut impl Write) -> Result<
     let target_journal = crate::journal_open::open(&target, clock, &env)
         .with_context(|| format!("--to {}", target.describe()))?;
     let bar = copy_bar();
-    let copied = target_journal.copy_from(&source_journal, &mut |done, total| {
-        bar.set_length(total.max(done));
-        bar.set_position(done);
-    });
+    let copied = target_journal
+        .copy_from(&source_journal, &mut |done, total| {
+            bar.set_length(total.max(done));
+            bar.set_position(done);
+        })
+        .await;
     bar.finish_and_clear();
     let counts = match copied {
         Ok(counts) => counts,

@@ -214,8 +214,8 @@ pub fn main() -> ExitCode {
     let named_config = cli.config.clone();
     let config = cli.config.unwrap_or_else(|| PathBuf::from(CONFIG_DEFAULT));
     let outcome = match cli.command {
-        Command::Journal(cmd) => journal_cmd::run(cmd, named_config.as_deref()),
-        Command::History(args) => history_cmd::run(args, named_config.as_deref()),
+        Command::Journal(cmd) => block_on(journal_cmd::run(cmd, named_config.as_deref())),
+        Command::History(args) => block_on(history_cmd::run(args, named_config.as_deref())),
         Command::Demo(args) => block_on(demo::run(args)),
         Command::Rotate {
             fleet,
@@ -254,7 +254,9 @@ pub fn main() -> ExitCode {
         Command::Run => block_on(run_cmd::run(&config)),
         Command::Discover(args) => block_on(discover_cmd::run(&config, args)),
         Command::Resume { wait, json } => block_on(rotation_cmd::resume(&config, wait, json)),
-        Command::Status { secret, json } => rotation_cmd::status(&config, secret.as_deref(), json),
+        Command::Status { secret, json } => {
+            block_on(rotation_cmd::status(&config, secret.as_deref(), json))
+        }
         Command::Policy(PolicyCommand::Check {
             json,
             online: true,

@@ -126,7 +126,7 @@ impl Env {
                 WaitLimit::AfterGrace => {
                     // The grace period ends when it was scheduled to; before verification,
                     // no sooner than a grace period after this wait began.
-                    let (state, _) = self.runner.load(rotation_id)?;
+                    let (state, _) = self.runner.load(rotation_id).await?;
                     state
                         .grace_due_ms
                         .unwrap_or_else(|| started_ms.saturating_add(state.plan.grace_ms))
@@ -405,7 +405,7 @@ pub async fn rotate(
         Some(limit) => match env.drive_within(&rotation_id, limit).await? {
             Watched::Ended(progress) => progress,
             Watched::StillOpen(progress) => {
-                let (state, _) = env.runner.load(&rotation_id)?;
+                let (state, _) = env.runner.load(&rotation_id).await?;
                 let failure = holding_failure(&state);
                 let outcome = Outcome::still_open(&rotation_id, secret, &progress, failure);
                 print_outcomes(&[outcome], json)?;
@@ -516,7 +516,7 @@ impl crate::runner::resume::ResumeProgress for BarProgress {
 }
 
 /// `rekey status [SECRET]`: reads the journal read-only, and never creates one.
-pub fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
+pub async fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
     let config = Config::load(config)?;
     let names: Vec<String> = match secret {
         Some(s) => vec![config.plan(s)?.secret.clone()],
@@ -527,8 +527,8 @@ pub fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
     let mut leader = None;
     let rows = match crate::journal_open::open_read_only(&config.journal, &env) {
         Ok(journal) => {
-            leader = crate::daemon::leader::recorded(&journal)?;
-            status_rows(Arc::new(journal), &config, &names, clock)?
+            leader = crate::daemon::leader::recorded(&journal).await?;
+            status_rows(Arc::new(journal), &config, &names, clock).await?
         }
         Err(e) if e.is_missing() => {
             let note = format!(
@@ -545,7 +545,8 @@ pub fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
                 &config,
                 &names,
                 clock,
-            )?
+            )
+            .await?
         }
         Err(e) => return Err(e.into()),
     };
@@ -604,7 +605,7 @@ pub fn status(config: &Path, secret: Option<&str>, json: bool) -> Result<u8> {
 }
 
 /// The status of each secret in `names`, read from `journal`.
-fn status_rows<J: RunnerJournal>(
+async fn status_rows<J: RunnerJournal>(
     journal: Arc<J>,
     config: &Config,
     names: &[String],
@@ -618,13 +619,7 @@ fn status_rows<J: RunnerJournal>(
         clock,
         Options::new("status", 0),
     );
-    Ok(crate::status::secrets(
-        &*journal,
-        &runner,
-        &config.schedules,
-        names,
-        now,
-    )?)
+    Ok(crate::status::secrets(&*journal, &runner, &config.schedules, names, now).await?)
 }
 
 /// `rekey policy check`.

@@ -118,7 +118,7 @@ pub async fn page<J: RunnerJournal + 'static>(
         error: None,
         width: WIDTH,
     };
-    let latest = match crate::fleet::journal::latest(state.journal.as_ref()) {
+    let latest = match crate::fleet::journal::latest(state.journal.as_ref()).await {
         Ok(latest) => latest,
         Err(e) => {
             page.error = Some(format!("The journal cannot be read now: {e}"));

@@ -144,7 +144,8 @@ pub async fn secrets<J: RunnerJournal + 'static>(
         &state.config.schedules,
         &names,
         now,
-    );
+    )
+    .await;
     let (rows, error, status) = match folded {
         Ok(rows) => (rows, None, StatusCode::OK),
         Err(e) => (
@@ -310,7 +311,7 @@ pub async fn rotation<J: RunnerJournal + 'static>(
     if !lock::is_rotation_stream(&id) {
         return not_found();
     }
-    let events = match state.journal.read_stream(&id) {
+    let events = match state.journal.read_stream(&id).await {
         Ok(events) if events.is_empty() => return not_found(),
         Ok(events) => events,
         Err(e) => {
@@ -489,20 +490,10 @@ pub async fn history<J: RunnerJournal + 'static>(
     if error.is_none() {
         match raw.parse(state.clock.now_ms()) {
             Err(e) => error = Some(e.to_string()),
-            Ok(filter) => {
-                let journal = state.journal.clone();
-                let listed =
-                    tokio::task::spawn_blocking(move || crate::history::rows(&*journal, &filter))
-                        .await;
-                match listed {
-                    Ok(Ok(listed)) => rows = listed,
-                    Ok(Err(e)) => error = Some(format!("The history cannot be listed: {e}")),
-                    Err(e) => {
-                        tracing::error!(error = %e, "the history listing failed");
-                        error = Some("The history listing failed; see the daemon's log.".into());
-                    }
-                }
-            }
+            Ok(filter) => match crate::history::rows(&*state.journal, &filter).await {
+                Ok(listed) => rows = listed,
+                Err(e) => error = Some(format!("The history cannot be listed: {e}")),
+            },
         }
     }
     let total = rows.len();

@@ -252,7 +252,7 @@ async fn readyz<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>) -
         };
         let leader = match l.since_ms(now) {
             Some(since) => format!("leader: {} (this node) since {}", l.node(), at(since)),
-            None => match crate::daemon::leader::recorded(&*state.journal) {
+            None => match crate::daemon::leader::recorded(&*state.journal).await {
                 Ok(Some(r)) => format!(
                     "leader: {} since {} (as last journaled)",
                     r.node,
@@ -278,6 +278,7 @@ async fn metrics<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>) 
             status: Some("open".into()),
             ..StreamFilter::default()
         })
+        .await
         .map(|s| {
             s.iter()
                 .filter(|i| !lock::is_lock_stream(&i.stream_id))
@@ -301,7 +302,7 @@ async fn list_secrets<J: RunnerJournal + 'static>(Extract(state): Extract<State<
     let names: Vec<String> = state.config.secrets.keys().cloned().collect();
     let now = state.clock.now_ms();
     let schedules = &state.config.schedules;
-    match crate::status::secrets(&*state.journal, &state.runner, schedules, &names, now) {
+    match crate::status::secrets(&*state.journal, &state.runner, schedules, &names, now).await {
         Ok(rows) => Json(rows).into_response(),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     }
@@ -355,7 +356,7 @@ async fn rotation<J: RunnerJournal + 'static>(
             format!("no rotation {}", quoted(&id)),
         );
     }
-    let events = match state.journal.read_stream(&id) {
+    let events = match state.journal.read_stream(&id).await {
         Ok(events) if events.is_empty() => {
             return error(
                 StatusCode::NOT_FOUND,
@@ -365,7 +366,7 @@ async fn rotation<J: RunnerJournal + 'static>(
         Ok(events) => events,
         Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
     };
-    let (rotation, _) = match state.runner.load(&id) {
+    let (rotation, _) = match state.runner.load(&id).await {
         Ok(loaded) => loaded,
         Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
     };

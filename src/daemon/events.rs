@@ -136,12 +136,12 @@ pub fn stream_id(event_id: &str) -> String {
 ///
 /// # Errors
 /// Journal errors.
-pub fn requested_before<J: JournalRead>(
+pub async fn requested_before<J: JournalRead>(
     journal: &J,
     lock_key: &str,
     actor: &str,
 ) -> Result<Option<Requested>, rekey_journal::Error> {
-    let events = journal.read_stream(&lock::stream_id(lock_key))?;
+    let events = journal.read_stream(&lock::stream_id(lock_key)).await?;
     Ok(events.iter().find_map(|e| {
         match serde_json::from_str::<lock::LockEvent>(&e.payload).ok()? {
             lock::LockEvent::Opened {
@@ -161,15 +161,18 @@ pub fn requested_before<J: JournalRead>(
 ///
 /// # Errors
 /// Journal errors.
-pub fn seen<J: JournalRead>(journal: &J, event_id: &str) -> Result<bool, rekey_journal::Error> {
-    Ok(journal.stream_info(&stream_id(event_id))?.is_some())
+pub async fn seen<J: JournalRead>(
+    journal: &J,
+    event_id: &str,
+) -> Result<bool, rekey_journal::Error> {
+    Ok(journal.stream_info(&stream_id(event_id)).await?.is_some())
 }
 
 /// Decides what `event` asks for.
 ///
 /// # Errors
 /// Journal errors (looking for rekey's own versions).
-pub fn decide<J: JournalRead + JournalScan>(
+pub async fn decide<J: JournalRead + JournalScan>(
     config: &Config,
     journal: &J,
     event: &KeyVaultEvent,
@@ -199,7 +202,7 @@ pub fn decide<J: JournalRead + JournalScan>(
             secret: secret.to_owned(),
         },
         EventKind::NewVersionCreated => {
-            let why = if written_by_rekey(journal, secret, event)? {
+            let why = if written_by_rekey(journal, secret, event).await? {
                 "a version rekey wrote itself".to_owned()
             } else {
                 "a new version written outside rekey".to_owned()
@@ -214,7 +217,7 @@ pub fn decide<J: JournalRead + JournalScan>(
 
 /// Whether the event's version is one a rotation of `secret` wrote (its id is journaled
 /// as the outcome of a write or restore step).
-fn written_by_rekey<J: JournalRead + JournalScan>(
+async fn written_by_rekey<J: JournalRead + JournalScan>(
     journal: &J,
     secret: &str,
     event: &KeyVaultEvent,
@@ -234,15 +237,17 @@ fn written_by_rekey<J: JournalRead + JournalScan>(
     if version.is_empty() {
         return Ok(false);
     }
-    let streams = journal.streams(&StreamFilter {
-        subject: Some(secret.to_owned()),
-        ..StreamFilter::default()
-    })?;
+    let streams = journal
+        .streams(&StreamFilter {
+            subject: Some(secret.to_owned()),
+            ..StreamFilter::default()
+        })
+        .await?;
     for s in streams
         .iter()
         .filter(|s| lock::is_rotation_stream(&s.stream_id))
     {
-        for e in journal.read_stream(&s.stream_id)? {
+        for e in journal.read_stream(&s.stream_id).await? {
             if e.kind != "StepSucceeded" {
                 continue;
             }

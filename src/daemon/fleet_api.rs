@@ -103,7 +103,7 @@ async fn discover<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>)
 }
 
 async fn latest<J: RunnerJournal + 'static>(Extract(state): Extract<State<J>>) -> Response {
-    let last = match crate::fleet::journal::latest(state.journal.as_ref()) {
+    let last = match crate::fleet::journal::latest(state.journal.as_ref()).await {
         Ok(Some(last)) => last,
         Ok(None) => {
             return error(

@@ -33,9 +33,12 @@ const DAY_MS: i64 = 86_400_000;
 ///
 /// # Errors
 /// Journal errors.
-pub fn last_discovery_ms<J: RunnerJournal>(journal: &J) -> rekey_journal::Result<Option<i64>> {
+pub async fn last_discovery_ms<J: RunnerJournal>(
+    journal: &J,
+) -> rekey_journal::Result<Option<i64>> {
     Ok(journal
-        .streams(&StreamFilter::default())?
+        .streams(&StreamFilter::default())
+        .await?
         .into_iter()
         .filter(|s| is_discovery_stream(&s.stream_id))
         .map(|s| s.created_at_ms)

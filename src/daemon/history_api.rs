@@ -129,22 +129,9 @@ pub async fn history<J: RunnerJournal + 'static>(
         Ok(filter) => filter,
         Err(e) => return error(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    // Thousands of streams may be read: off the threads that serve requests and drive
-    // rotations.
-    let journal = state.journal.clone();
-    let listed =
-        tokio::task::spawn_blocking(move || crate::history::rows(&*journal, &filter)).await;
-    let listed = match listed {
-        Ok(listed) => listed,
-        Err(e) => {
-            tracing::error!(error = %e, "the history listing failed");
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "the history listing failed; see the daemon's log",
-            );
-        }
-    };
-    match listed {
+    // Thousands of streams may be read: every read is awaited, so the threads that serve
+    // requests and drive rotations go on meanwhile.
+    match crate::history::rows(&*state.journal, &filter).await {
         Ok(rows) => Json(Document { rotations: &rows }).into_response(),
         Err(e @ crate::history::Error::Journal(_)) => {
             error(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
@@ -182,7 +169,7 @@ pub async fn events<J: RunnerJournal + 'static>(
         }
     };
     let exists = lock::is_rotation_stream(&id)
-        && match state.journal.stream_info(&id) {
+        && match state.journal.stream_info(&id).await {
             Ok(info) => info.is_some(),
             Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e.to_string()),
         };
@@ -303,18 +290,19 @@ async fn next<J: JournalRead>(p: &mut Progress<J>) -> Option<Out> {
         if let Some(appends) = &mut p.appends {
             appends.borrow_and_update();
         }
-        match p.journal.stream_info(&p.rotation_id) {
-            Ok(Some(info)) if info.head_seq > p.sent => match p.journal.read_stream(&p.rotation_id)
-            {
-                Ok(events) => {
-                    p.pending = events
-                        .into_iter()
-                        .filter(|e| e.stream_seq > p.sent)
-                        .collect();
-                    continue;
+        match p.journal.stream_info(&p.rotation_id).await {
+            Ok(Some(info)) if info.head_seq > p.sent => {
+                match p.journal.read_stream(&p.rotation_id).await {
+                    Ok(events) => {
+                        p.pending = events
+                            .into_iter()
+                            .filter(|e| e.stream_seq > p.sent)
+                            .collect();
+                        continue;
+                    }
+                    Err(e) => return Some(ended(p, &format!("cannot read the journal: {e}"))),
                 }
-                Err(e) => return Some(ended(p, &format!("cannot read the journal: {e}"))),
-            },
+            }
             // Nothing new, and the rotation has ended: everything was sent.
             Ok(Some(info)) if info.status != "open" => return None,
             Ok(_) => {}

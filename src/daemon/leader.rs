@@ -67,17 +67,22 @@ pub struct Recorded {
 ///
 /// # Errors
 /// Journal errors.
-pub fn recorded<J: rekey_journal::JournalRead>(
+pub async fn recorded<J: rekey_journal::JournalRead>(
     journal: &J,
 ) -> Result<Option<Recorded>, rekey_journal::Error> {
-    Ok(journal.read_stream(STREAM)?.iter().rev().find_map(|e| {
-        match serde_json::from_str::<LeaderEvent>(&e.payload).ok()? {
-            LeaderEvent::LeaderTaken { node, at_ms, .. } => Some(Recorded {
-                node,
-                since_ms: at_ms,
-            }),
-        }
-    }))
+    Ok(journal
+        .read_stream(STREAM)
+        .await?
+        .iter()
+        .rev()
+        .find_map(
+            |e| match serde_json::from_str::<LeaderEvent>(&e.payload).ok()? {
+                LeaderEvent::LeaderTaken { node, at_ms, .. } => Some(Recorded {
+                    node,
+                    since_ms: at_ms,
+                }),
+            },
+        ))
 }
 
 /// What this node holds.
@@ -202,7 +207,7 @@ impl Leadership {
         };
         let payload = serde_json::to_value(&event).unwrap_or_default();
         for _ in 0..3 {
-            let seq = match journal.stream_info(STREAM) {
+            let seq = match journal.stream_info(STREAM).await {
                 Ok(info) => info.map_or(0, |i| i.head_seq),
                 Err(e) => {
                     warn!(error = %e, "cannot read the leader stream");
@@ -318,11 +323,12 @@ mod tests {
         assert!(b.leads(clock.now_ms()));
         a.tick(&journal, &clock).await;
         assert!(!a.leads(clock.now_ms()));
-        let recorded = recorded(&journal).unwrap().unwrap();
+        let recorded = recorded(&journal).await.unwrap().unwrap();
         assert_eq!(recorded.node, "b");
         assert_eq!(recorded.since_ms, clock.now_ms());
         let tokens: Vec<u64> = journal
             .read_stream(STREAM)
+            .await
             .unwrap()
             .iter()
             .map(|e| match serde_json::from_str(&e.payload).unwrap() {

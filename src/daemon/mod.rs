@@ -445,7 +445,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                     ..Scheduled::default()
                 },
             );
-            self.reschedule(&secret);
+            self.reschedule(&secret).await;
         }
         let campaign = self.leadership.clone().map(|l| {
             self.leading = Some(l.watch());
@@ -453,7 +453,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             tokio::spawn(async move { l.campaign(&*journal, &*clock).await })
         });
         if self.leadership.is_none() {
-            self.start_duties(now);
+            self.start_duties(now).await;
         }
         self.ready.store(true, Ordering::Release);
         info!(
@@ -482,7 +482,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
     /// Takes up the singleton duties: every schedule derived again from the journal
     /// (another node may have fired or ended rotations meanwhile), expiry polls due now,
     /// notices caught up on and delivered.
-    fn start_duties(&mut self, now: i64) {
+    async fn start_duties(&mut self, now: i64) {
         self.stop_duties();
         self.duties = true;
         let names: Vec<String> = self.scheduled.keys().cloned().collect();
@@ -491,18 +491,19 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                 s.poll_at_ms = now;
                 s.noticed_at_ms = None;
             }
-            self.reschedule(&secret);
+            self.reschedule(&secret).await;
         }
-        self.fleet_at_ms = self.config.fleet.as_ref().and_then(|f| {
-            let every = f.discover_every_ms?;
-            match fleet_run::last_discovery_ms(&*self.journal) {
+        let every = self.config.fleet.as_ref().and_then(|f| f.discover_every_ms);
+        self.fleet_at_ms = match every {
+            None => None,
+            Some(every) => match fleet_run::last_discovery_ms(&*self.journal).await {
                 Ok(last) => Some(fleet_run::next_run_ms(now, every, last)),
                 Err(e) => {
                     warn!(error = %e, "cannot read the last discovery's time; discovering later");
                     Some(now + every)
                 }
-            }
-        });
+            },
+        };
         if let Some(at_ms) = self.fleet_at_ms {
             info!(at_ms, "next unattended fleet run");
         }
@@ -591,7 +592,10 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             // Rotating already (the lock coalesces it), or a rotation of it ended while
             // discovery read the tenant (the plan may name a password already retired):
             // the next run decides anew.
-            if self.lock_busy(&r.plan.lock_key, run.discovery.started_ms) {
+            if self
+                .lock_busy(&r.plan.lock_key, run.discovery.started_ms)
+                .await
+            {
                 coalesced += 1;
                 continue;
             }
@@ -611,8 +615,18 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             }
         }
         let since = run.discovery.started_ms;
-        let mut busy =
-            |app_id: &str| self.lock_busy(&crate::fleet::plan::entra_app_lock_key(app_id), since);
+        // Read up front: the notices are decided by a plain function.
+        let mut busy_apps: HashMap<String, bool> = HashMap::new();
+        let apps = (run.ahead.refused.iter().map(|r| &r.app_id))
+            .chain(run.ahead.rotations.iter().map(|r| &r.app_id));
+        for app_id in apps {
+            if !busy_apps.contains_key(app_id) {
+                let lock = crate::fleet::plan::entra_app_lock_key(app_id);
+                let busy = self.lock_busy(&lock, since).await;
+                busy_apps.insert(app_id.clone(), busy);
+            }
+        }
+        let mut busy = |app_id: &str| busy_apps.get(app_id).copied().unwrap_or(true);
         notices.extend(fleet_run::notices(
             &run,
             fleet.days_before_expiry,
@@ -652,9 +666,9 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
 
     /// Whether a rotation holds `lock_key` now or held it at or after `since_ms` (an
     /// unreadable lock counts as busy: nothing is requested or said on a guess).
-    fn lock_busy(&self, lock_key: &str, since_ms: i64) -> bool {
+    async fn lock_busy(&self, lock_key: &str, since_ms: i64) -> bool {
         let lock = crate::runner::lock::stream_id(lock_key);
-        match self.journal.stream_info(&lock) {
+        match self.journal.stream_info(&lock).await {
             Ok(Some(info)) => {
                 info.status == crate::runner::lock::BUSY || info.updated_at_ms >= since_ms
             }
@@ -671,7 +685,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
         let Some(notifier) = &self.notifier else {
             return;
         };
-        let Ok((state, _)) = self.runner.load(rotation_id) else {
+        let Ok((state, _)) = self.runner.load(rotation_id).await else {
             return;
         };
         let created = if ended {
@@ -785,7 +799,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                     Err(e) => warn!(secret, error = %e, "cannot read the current version's expiry"),
                 }
                 s.poll_at_ms = now + schedules::EXPIRY_POLL_MS;
-                self.reschedule(&secret);
+                self.reschedule(&secret).await;
             }
             Input::Wake => {
                 self.wake();
@@ -801,7 +815,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                         node,
                         "leading: schedules, expiry polls and notices run here"
                     );
-                    self.start_duties(self.clock.now_ms());
+                    self.start_duties(self.clock.now_ms()).await;
                 } else {
                     info!(
                         node,
@@ -845,8 +859,9 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
     /// before) is found in the lock stream, not made again.
     async fn request_scheduled(&mut self, secret: &str, trigger: Trigger) -> Result<(), Error> {
         let plan = self.config.plan(secret)?.clone();
-        let after =
-            schedules::last_ended(&*self.journal, secret).map_err(crate::runner::Error::from)?;
+        let after = schedules::last_ended(&*self.journal, secret)
+            .await
+            .map_err(crate::runner::Error::from)?;
         let id = uuid::Uuid::now_v7().to_string();
         let requested = self
             .runner
@@ -869,18 +884,22 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
     ) -> Result<(), String> {
         for event in events {
             let event_id = events::short(&event.id);
-            let duplicate = events::seen(&*self.journal, &event.id).map_err(|e| e.to_string())?;
+            let duplicate = events::seen(&*self.journal, &event.id)
+                .await
+                .map_err(|e| e.to_string())?;
             if duplicate {
                 info!(event_id, "event delivered again; already handled");
                 continue;
             }
-            let decision =
-                events::decide(&self.config, &*self.journal, event).map_err(|e| e.to_string())?;
+            let decision = events::decide(&self.config, &*self.journal, event)
+                .await
+                .map_err(|e| e.to_string())?;
             let outcome = match decision {
                 events::Decision::Rotate { secret } => {
                     let actor = events::stream_id(&event.id);
                     let plan = self.config.plan(&secret).map_err(|e| e.to_string())?;
                     let before = events::requested_before(&*self.journal, &plan.lock_key, &actor)
+                        .await
                         .map_err(|e| e.to_string())?;
                     let requested = match before {
                         Some(requested) => {
@@ -935,7 +954,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
     }
 
     /// Re-derives `secret`'s due time from the journal.
-    fn reschedule(&mut self, secret: &str) {
+    async fn reschedule(&mut self, secret: &str) {
         let now = self.clock.now_ms();
         let (Some(schedule), Some(state)) = (
             self.config.schedules.get(secret),
@@ -943,7 +962,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
         ) else {
             return;
         };
-        let due = match schedules::history(&*self.journal, secret) {
+        let due = match schedules::history(&*self.journal, secret).await {
             Ok(h) if h.open => None,
             Ok(h) => Some(schedules::next_due(
                 schedule,
@@ -1066,6 +1085,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                 let secret = self
                     .journal
                     .stream_info(&rotation_id)
+                    .await
                     .ok()
                     .flatten()
                     .and_then(|i| i.subject);
@@ -1078,7 +1098,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
                         s.poll_at_ms = now;
                         s.generation += 1;
                     }
-                    self.reschedule(&secret);
+                    self.reschedule(&secret).await;
                 }
             }
             Ok(Progress::Waiting { until_ms, reason }) => {

@@ -32,19 +32,16 @@ pub enum ScheduleEvent {
 ///
 /// # Errors
 /// Journal errors.
-pub fn adopted<J: JournalRead>(
+pub async fn adopted<J: JournalRead>(
     journal: &J,
     secret: &str,
 ) -> Result<Option<i64>, rekey_journal::Error> {
-    Ok(journal
-        .read_stream(&stream_id(secret))?
-        .first()
-        .map(
-            |first| match serde_json::from_str::<ScheduleEvent>(&first.payload) {
-                Ok(ScheduleEvent::ScheduleAdopted { at_ms, .. }) => at_ms,
-                Err(_) => first.recorded_at_ms,
-            },
-        ))
+    Ok(journal.read_stream(&stream_id(secret)).await?.first().map(
+        |first| match serde_json::from_str::<ScheduleEvent>(&first.payload) {
+            Ok(ScheduleEvent::ScheduleAdopted { at_ms, .. }) => at_ms,
+            Err(_) => first.recorded_at_ms,
+        },
+    ))
 }
 
 /// When the schedule of `secret` was adopted, journaling `now_ms` if this is the first
@@ -59,7 +56,7 @@ pub async fn adopted_at<J: JournalRead + JournalAppend>(
 ) -> Result<i64, rekey_journal::Error> {
     let stream = stream_id(secret);
     loop {
-        if let Some(at_ms) = adopted(journal, secret)? {
+        if let Some(at_ms) = adopted(journal, secret).await? {
             return Ok(at_ms);
         }
         let event = ScheduleEvent::ScheduleAdopted {
@@ -91,11 +88,16 @@ pub struct History {
 ///
 /// # Errors
 /// Journal errors.
-pub fn history<J: JournalScan>(journal: &J, secret: &str) -> Result<History, rekey_journal::Error> {
-    let streams = journal.streams(&StreamFilter {
-        subject: Some(secret.to_owned()),
-        ..StreamFilter::default()
-    })?;
+pub async fn history<J: JournalScan>(
+    journal: &J,
+    secret: &str,
+) -> Result<History, rekey_journal::Error> {
+    let streams = journal
+        .streams(&StreamFilter {
+            subject: Some(secret.to_owned()),
+            ..StreamFilter::default()
+        })
+        .await?;
     let mut h = History {
         last_ended: None,
         open: false,
@@ -122,14 +124,16 @@ pub fn history<J: JournalScan>(journal: &J, secret: &str) -> Result<History, rek
 ///
 /// # Errors
 /// Journal errors.
-pub fn last_ended<J: JournalScan>(
+pub async fn last_ended<J: JournalScan>(
     journal: &J,
     secret: &str,
 ) -> Result<Option<String>, rekey_journal::Error> {
-    let streams = journal.streams(&StreamFilter {
-        subject: Some(secret.to_owned()),
-        ..StreamFilter::default()
-    })?;
+    let streams = journal
+        .streams(&StreamFilter {
+            subject: Some(secret.to_owned()),
+            ..StreamFilter::default()
+        })
+        .await?;
     Ok(streams
         .into_iter()
         .filter(|s| lock::is_rotation_stream(&s.stream_id))

@@ -59,10 +59,12 @@ pub struct Latest {
 ///
 /// # Errors
 /// Journal errors.
-pub fn latest<J: rekey_journal::JournalRead + rekey_journal::JournalScan + ?Sized>(
+pub async fn latest<J: rekey_journal::JournalRead + rekey_journal::JournalScan + ?Sized>(
     journal: &J,
 ) -> Result<Option<Latest>, rekey_journal::Error> {
-    let streams = journal.streams(&rekey_journal::StreamFilter::default())?;
+    let streams = journal
+        .streams(&rekey_journal::StreamFilter::default())
+        .await?;
     let Some(last) = streams
         .into_iter()
         .filter(|s| is_discovery_stream(&s.stream_id) && s.status != "running")
@@ -75,7 +77,7 @@ pub fn latest<J: rekey_journal::JournalRead + rekey_journal::JournalScan + ?Size
         status: last.status.clone(),
         ..Latest::default()
     };
-    for e in journal.read_stream(&last.stream_id)? {
+    for e in journal.read_stream(&last.stream_id).await? {
         let Ok(event) = serde_json::from_str::<DiscoveryEvent>(&e.payload) else {
             continue;
         };
@@ -471,7 +473,7 @@ mod tests {
         let d = big(8_000);
         let journal = MemoryJournal::new(Arc::new(ManualClock::new(0)));
         let n = record(&journal, &d).await.unwrap();
-        let events = journal.read_stream(&stream_id(&d.run_id)).unwrap();
+        let events = journal.read_stream(&stream_id(&d.run_id)).await.unwrap();
         assert_eq!(events.len(), n);
         assert!(n > APPEND_EVENTS_MAX, "several appends: {n} events");
         let mut credentials = 0;
@@ -493,7 +495,11 @@ mod tests {
         assert_eq!((credentials, links), (8_000, 8_000));
         assert_eq!(events[0].kind, "DiscoveryStarted");
         assert_eq!(events[n - 1].kind, "DiscoveryFinished");
-        let info = journal.stream_info(&stream_id(&d.run_id)).unwrap().unwrap();
+        let info = journal
+            .stream_info(&stream_id(&d.run_id))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(info.status, "partial");
         assert!(
             events.iter().all(|e| !e.payload.contains("h!~")),

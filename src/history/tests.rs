@@ -543,31 +543,31 @@ struct Counting {
 }
 
 impl JournalRead for Counting {
-    fn read_stream(&self, stream_id: &str) -> rekey_journal::Result<Vec<Event>> {
+    async fn read_stream(&self, stream_id: &str) -> rekey_journal::Result<Vec<Event>> {
         self.reads.lock().unwrap().push(stream_id.to_owned());
-        self.inner.read_stream(stream_id)
+        self.inner.read_stream(stream_id).await
     }
-    fn stream_info(&self, stream_id: &str) -> rekey_journal::Result<Option<StreamInfo>> {
-        self.inner.stream_info(stream_id)
+    async fn stream_info(&self, stream_id: &str) -> rekey_journal::Result<Option<StreamInfo>> {
+        self.inner.stream_info(stream_id).await
     }
 }
 
 impl JournalScan for Counting {
-    fn read_after(&self, after: u64, limit: usize) -> rekey_journal::Result<Vec<Event>> {
-        self.inner.read_after(after, limit)
+    async fn read_after(&self, after: u64, limit: usize) -> rekey_journal::Result<Vec<Event>> {
+        self.inner.read_after(after, limit).await
     }
-    fn streams(&self, filter: &StreamFilter) -> rekey_journal::Result<Vec<StreamInfo>> {
-        self.inner.streams(filter)
+    async fn streams(&self, filter: &StreamFilter) -> rekey_journal::Result<Vec<StreamInfo>> {
+        self.inner.streams(filter).await
     }
-    fn due_timers(
+    async fn due_timers(
         &self,
         now_ms: i64,
         limit: usize,
     ) -> rekey_journal::Result<Vec<rekey_journal::Timer>> {
-        self.inner.due_timers(now_ms, limit)
+        self.inner.due_timers(now_ms, limit).await
     }
-    fn next_timer(&self) -> rekey_journal::Result<Option<rekey_journal::Timer>> {
-        self.inner.next_timer()
+    async fn next_timer(&self) -> rekey_journal::Result<Option<rekey_journal::Timer>> {
+        self.inner.next_timer().await
     }
 }
 
@@ -654,7 +654,7 @@ async fn rows_read_each_matching_rotation_once_and_no_other_stream() {
         inner,
         reads: std::sync::Mutex::default(),
     };
-    let every = rows(&journal, &Filter::default()).unwrap();
+    let every = rows(&journal, &Filter::default()).await.unwrap();
     let ids: Vec<&str> = every.iter().map(|r| r.rotation_id.as_str()).collect();
     assert_eq!(ids, all, "sorted by request time");
     let locks = |rows: &[Row]| -> Vec<String> {
@@ -694,7 +694,7 @@ async fn rows_read_each_matching_rotation_once_and_no_other_stream() {
     }
     .parse(T0)
     .unwrap();
-    let some = rows(&journal, &filter).unwrap();
+    let some = rows(&journal, &filter).await.unwrap();
     let ids: Vec<&str> = some.iter().map(|r| r.rotation_id.as_str()).collect();
     // r19 was requested at the until time, which is not included.
     assert_eq!(ids, ["r10", "r13", "r16"]);
@@ -716,6 +716,7 @@ async fn rows_read_each_matching_rotation_once_and_no_other_stream() {
     .parse(T0)
     .unwrap();
     let ids: Vec<String> = rows(&journal, &filter)
+        .await
         .unwrap()
         .into_iter()
         .map(|r| r.rotation_id)

@@ -173,7 +173,7 @@ impl Report {
     ///
     /// # Errors
     /// Journal errors; [`Error::NoStream`] for a stream the journal does not have.
-    pub fn build<J: JournalRead + JournalScan + ?Sized>(
+    pub async fn build<J: JournalRead + JournalScan + ?Sized>(
         journal: &J,
         scope: &Scope,
         source: &Source<'_>,
@@ -181,12 +181,13 @@ impl Report {
         let broken = source.verify.broken.as_ref();
         let (infos, mut events) = match scope {
             Scope::Stream(id) => {
-                let events = match journal.read_stream(id) {
+                let events = match journal.read_stream(id).await {
                     Ok(events) => events,
                     // A chain that does not hold: what the feed has of it, marked.
                     Err(rekey_journal::Error::Corrupt { .. }) => {
                         let wanted = HashSet::from([id.clone()]);
-                        feed_events(journal, Some(&wanted))?
+                        feed_events(journal, Some(&wanted))
+                            .await?
                             .remove(id)
                             .unwrap_or_default()
                     }
@@ -198,17 +199,17 @@ impl Report {
                         location: source.location.to_owned(),
                     });
                 }
-                let info = journal.stream_info(id)?;
+                let info = journal.stream_info(id).await?;
                 (
                     info.into_iter().collect::<Vec<_>>(),
                     BTreeMap::from([(id.clone(), events)]),
                 )
             }
             Scope::Export(filter) => {
-                let infos = journal.streams(filter)?;
+                let infos = journal.streams(filter).await?;
                 let wanted = (filter != &StreamFilter::default())
                     .then(|| infos.iter().map(|s| s.stream_id.clone()).collect());
-                (infos, feed_events(journal, wanted.as_ref())?)
+                (infos, feed_events(journal, wanted.as_ref()).await?)
             }
         };
         let mut sections = Vec::new();
@@ -249,7 +250,7 @@ impl Report {
             .iter()
             .filter_map(|(_, _, _, t)| t.as_ref()?.as_ref().ok().map(|t| t.row.clone()))
             .collect();
-        let joined_known = history::add_joined(journal, &mut rows).is_ok();
+        let joined_known = history::add_joined(journal, &mut rows).await.is_ok();
         let mut joined: BTreeMap<String, Vec<history::Joined>> = rows
             .into_iter()
             .map(|r| (r.rotation_id, r.joined))
@@ -381,14 +382,14 @@ impl Report {
 
 /// The events of the `wanted` streams (every stream when `None`), each stream's in
 /// sequence order, from the global feed, which does not stop at a broken link.
-fn feed_events<J: JournalScan + ?Sized>(
+async fn feed_events<J: JournalScan + ?Sized>(
     journal: &J,
     wanted: Option<&HashSet<String>>,
 ) -> Result<BTreeMap<String, Vec<Event>>, Error> {
     let mut by_stream: BTreeMap<String, Vec<Event>> = BTreeMap::new();
     let mut cursor = FeedCursor::start();
     loop {
-        let page = journal.read_feed(&cursor, FEED_PAGE_EVENTS)?;
+        let page = journal.read_feed(&cursor, FEED_PAGE_EVENTS).await?;
         if page.events.is_empty() {
             break;
         }

@@ -291,7 +291,7 @@ impl<J: RunnerJournal> Runner<J> {
     ) -> Result<Requested, Error> {
         let lock_stream = lock::stream_id(&plan.lock_key);
         loop {
-            let (events, seq) = self.read_lock(&lock_stream)?;
+            let (events, seq) = self.read_lock(&lock_stream).await?;
             if let Some(after) = once_after
                 && let Some((id, opened)) =
                     lock::requested_since(&events, after, &plan.secret, actor)
@@ -318,7 +318,7 @@ impl<J: RunnerJournal> Runner<J> {
                 }) => {
                     // A crash between the two appends left the lock without its rotation
                     // stream: create it, so the trigger coalesces into a real rotation.
-                    match self.journal.stream_info(open)? {
+                    match self.journal.stream_info(open).await? {
                         None => {
                             self.create_rotation_stream(open, open_plan, open_trigger, open_actor)
                                 .await?;
@@ -327,7 +327,7 @@ impl<J: RunnerJournal> Runner<J> {
                         // before it could): close it for it, so this trigger is not lost
                         // in a rotation that will never run again.
                         Some(info) if info.status != "open" => {
-                            let (state, _) = self.load(open)?;
+                            let (state, _) = self.load(open).await?;
                             self.close_lock(&state, state.phase).await?;
                             continue;
                         }
@@ -409,7 +409,7 @@ impl<J: RunnerJournal> Runner<J> {
             Ok(_) | Err(rekey_journal::Error::Conflict { .. }) => Ok(()),
             // A runner holding its lease has created it meanwhile.
             Err(rekey_journal::Error::LeaseHeld { .. })
-                if self.journal.stream_info(rotation_id)?.is_some() =>
+                if self.journal.stream_info(rotation_id).await?.is_some() =>
             {
                 Ok(())
             }
@@ -417,8 +417,8 @@ impl<J: RunnerJournal> Runner<J> {
         }
     }
 
-    fn read_lock(&self, lock_stream: &str) -> Result<(Vec<LockEvent>, u64), Error> {
-        let events = self.journal.read_stream(lock_stream)?;
+    async fn read_lock(&self, lock_stream: &str) -> Result<(Vec<LockEvent>, u64), Error> {
+        let events = self.journal.read_stream(lock_stream).await?;
         let seq = events.last().map_or(0, |e| e.stream_seq);
         let decoded = events
             .iter()
@@ -466,8 +466,8 @@ impl<J: RunnerJournal> Runner<J> {
     ///
     /// # Errors
     /// [`Error::UnknownRotation`], decode and nondeterminism errors.
-    pub fn load(&self, rotation_id: &str) -> Result<(Rotation, u64), Error> {
-        let events = self.journal.read_stream(rotation_id)?;
+    pub async fn load(&self, rotation_id: &str) -> Result<(Rotation, u64), Error> {
+        let events = self.journal.read_stream(rotation_id).await?;
         let mut state = None;
         for e in &events {
             let event: RotationEvent =
@@ -508,7 +508,7 @@ impl<J: RunnerJournal> Runner<J> {
             rotation_id: rotation_id.to_owned(),
         };
         // No lease is taken on a stream that does not exist: it would block its creation.
-        let Some(info) = self.journal.stream_info(rotation_id)? else {
+        let Some(info) = self.journal.stream_info(rotation_id).await? else {
             return Err(Error::UnknownRotation {
                 rotation: rotation_id.to_owned(),
             });
@@ -516,7 +516,7 @@ impl<J: RunnerJournal> Runner<J> {
         // Nor on one that has ended: nothing is left to call or to append to it, only its
         // lock to close (an optimistic append to the lock stream), so any runner may.
         if info.status != "open" {
-            let (state, _) = self.load(rotation_id)?;
+            let (state, _) = self.load(rotation_id).await?;
             if let Command::Done { phase } = decide(&state, self.clock.now_ms()) {
                 self.close_lock(&state, phase).await?;
                 return Ok(Progress::Finished(phase));
@@ -533,7 +533,7 @@ impl<J: RunnerJournal> Runner<J> {
             }
             Err(e) => return Err(e.into()),
         };
-        let (state, seq) = match self.load(rotation_id) {
+        let (state, seq) = match self.load(rotation_id).await {
             Ok(loaded) => loaded,
             Err(e) => {
                 let _ = self.journal.release(&lease).await;
@@ -1121,7 +1121,7 @@ impl<J: RunnerJournal> Runner<J> {
     async fn close_lock(&self, state: &Rotation, phase: Phase) -> Result<(), Error> {
         let lock_stream = lock::stream_id(&state.plan.lock_key);
         loop {
-            let (events, seq) = self.read_lock(&lock_stream)?;
+            let (events, seq) = self.read_lock(&lock_stream).await?;
             match lock::open_rotation(&events) {
                 Some(LockEvent::Opened { rotation_id, .. }) if *rotation_id == state.id => {}
                 _ => return Ok(()),

@@ -58,7 +58,7 @@ impl<J: RunnerJournal> Runner<J> {
             status: Some("open".to_owned()),
             ..StreamFilter::default()
         };
-        for info in self.journal.streams(&open)? {
+        for info in self.journal.streams(&open).await? {
             // Other streams (`schedule:`, …) start `open` too, and are no rotations.
             if lock::is_rotation_stream(&info.stream_id) && seen.insert(info.stream_id.clone()) {
                 found(OpenRotation {
@@ -71,8 +71,8 @@ impl<J: RunnerJournal> Runner<J> {
             status: Some(lock::BUSY.to_owned()),
             ..StreamFilter::default()
         };
-        for info in self.journal.streams(&busy)? {
-            let (events, _) = self.read_lock(&info.stream_id)?;
+        for info in self.journal.streams(&busy).await? {
+            let (events, _) = self.read_lock(&info.stream_id).await?;
             if let Some(LockEvent::Opened {
                 rotation_id,
                 plan,
@@ -83,7 +83,7 @@ impl<J: RunnerJournal> Runner<J> {
                 if seen.contains(rotation_id) {
                     continue;
                 }
-                if self.journal.stream_info(rotation_id)?.is_none() {
+                if self.journal.stream_info(rotation_id).await?.is_none() {
                     self.create_rotation_stream(rotation_id, plan, trigger, actor)
                         .await?;
                 }
