@@ -192,33 +192,43 @@ fn replay(c: &mut Criterion) {
         .sample_size(10)
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(10));
+    // Reads are async: each pass is awaited on a runtime made once, outside the measured loop.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
     group.bench_function(format!("read_after_pages_{REPLAY_PAGE}"), |b| {
         let r = get();
         b.iter(|| {
-            let (mut after, mut seen) = (0, 0u64);
-            loop {
-                let page = r
-                    .journal
-                    .read_after(after, REPLAY_PAGE)
-                    .expect("read_after");
-                let Some(last) = page.last() else { break };
-                after = last.global_seq;
-                seen += page.len() as u64;
-                black_box(&page);
-            }
-            assert_eq!(seen, r.events, "read_after saw every event");
+            rt.block_on(async {
+                let (mut after, mut seen) = (0, 0u64);
+                loop {
+                    let page = r
+                        .journal
+                        .read_after(after, REPLAY_PAGE)
+                        .await
+                        .expect("read_after");
+                    let Some(last) = page.last() else { break };
+                    after = last.global_seq;
+                    seen += page.len() as u64;
+                    black_box(&page);
+                }
+                assert_eq!(seen, r.events, "read_after saw every event");
+            })
         });
     });
     group.bench_function("read_stream_every_stream", |b| {
         let r = get();
         b.iter(|| {
-            let mut seen = 0u64;
-            for id in &r.stream_ids {
-                let stream = r.journal.read_stream(id).expect("read_stream");
-                seen += stream.len() as u64;
-                black_box(&stream);
-            }
-            assert_eq!(seen, r.events, "read_stream saw every event");
+            rt.block_on(async {
+                let mut seen = 0u64;
+                for id in &r.stream_ids {
+                    let stream = r.journal.read_stream(id).await.expect("read_stream");
+                    seen += stream.len() as u64;
+                    black_box(&stream);
+                }
+                assert_eq!(seen, r.events, "read_stream saw every event");
+            })
         });
     });
     group.finish();

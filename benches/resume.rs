@@ -226,24 +226,35 @@ fn fold(c: &mut Criterion, t: &Template) {
             assert_eq!(n, t.events);
         })
     });
+    // Reads are async: each pass is awaited on a runtime made once, outside the measured loop.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     g.bench_function("read_after", |b| {
         b.iter(|| {
-            let mut states = HashMap::with_capacity(ROTATIONS);
-            let (mut after, mut folded) = (0, 0);
-            loop {
-                let page = journal.read_after(after, 10_000).unwrap();
-                let Some(last) = page.last() else { break };
-                after = last.global_seq;
-                folded += fold_page(&mut states, &page);
-            }
-            assert_eq!(states.len(), ROTATIONS);
-            folded
+            rt.block_on(async {
+                let mut states = HashMap::with_capacity(ROTATIONS);
+                let (mut after, mut folded) = (0, 0);
+                loop {
+                    let page = journal.read_after(after, 10_000).await.unwrap();
+                    let Some(last) = page.last() else { break };
+                    after = last.global_seq;
+                    folded += fold_page(&mut states, &page);
+                }
+                assert_eq!(states.len(), ROTATIONS);
+                folded
+            })
         })
     });
     // Per-stream reads fold the rotation streams only (one lock event per rotation less).
     g.throughput(Throughput::Elements(t.events - ROTATIONS as u64));
     g.bench_function("per_stream", |b| {
-        b.iter(|| ids.iter().map(|id| runner.load(id).unwrap().1).sum::<u64>())
+        b.iter(|| {
+            ids.iter()
+                .map(|id| rt.block_on(runner.load(id)).unwrap().1)
+                .sum::<u64>()
+        })
     });
     g.finish();
 }

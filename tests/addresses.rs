@@ -156,7 +156,7 @@ async fn a_rotation_resumes_after_its_config_entries_were_renamed() {
         SqliteJournal::open_with_clock(dir.path().join("journal.db"), Arc::new(clock.clone()))
             .unwrap();
     let first: RotationEvent =
-        serde_json::from_str(&journal.read_stream(id).unwrap()[0].payload).unwrap();
+        serde_json::from_str(&journal.read_stream(id).await.unwrap()[0].payload).unwrap();
     let RotationEvent::Requested { plan, .. } = first else {
         panic!("a rotation starts with Requested");
     };
@@ -267,6 +267,7 @@ async fn commands_are_named_by_digest_and_run_only_as_configured() {
         SqliteJournal::open_with_clock(dir.path().join("journal.db"), shared.clone()).unwrap();
     let payloads: String = journal
         .read_stream(id)
+        .await
         .unwrap()
         .iter()
         .map(|e| e.payload.clone())
@@ -280,14 +281,15 @@ async fn commands_are_named_by_digest_and_run_only_as_configured() {
     drop(journal);
 
     // The verifier's command changed: the rotation stops before the verifier runs.
-    let events = |dir: &Path| {
+    let events = async |dir: &Path| {
         SqliteJournal::open_with_clock(dir.join("journal.db"), Arc::new(ManualClock::new(T0_MS)))
             .unwrap()
             .read_stream(id)
+            .await
             .unwrap()
             .len()
     };
-    let before = events(dir.path());
+    let before = events(dir.path()).await;
     std::fs::write(
         &path,
         with_commands(dir.path(), ["random", "vault", "app", "check"], "changed"),
@@ -302,7 +304,7 @@ async fn commands_are_named_by_digest_and_run_only_as_configured() {
     ] {
         assert!(err.contains(says), "{says:?} missing from: {err}");
     }
-    assert_eq!(events(dir.path()), before, "nothing journaled");
+    assert_eq!(events(dir.path()).await, before, "nothing journaled");
     drop(runner);
 
     // The same commands under other names: the rotation verifies and completes.

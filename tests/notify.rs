@@ -100,21 +100,23 @@ impl World {
     }
 
     /// The decoded events of a notice stream.
-    fn notice_events(&self, id: &str) -> Vec<NoticeEvent> {
+    async fn notice_events(&self, id: &str) -> Vec<NoticeEvent> {
         self.journal
             .read_stream(id)
+            .await
             .unwrap()
             .iter()
             .map(|e| serde_json::from_str(&e.payload).unwrap())
             .collect()
     }
 
-    fn streams_with_status(&self, status: &str) -> Vec<String> {
+    async fn streams_with_status(&self, status: &str) -> Vec<String> {
         self.journal
             .streams(&StreamFilter {
                 status: Some(status.into()),
                 ..StreamFilter::default()
             })
+            .await
             .unwrap()
             .into_iter()
             .map(|s| s.stream_id)
@@ -231,7 +233,7 @@ async fn each_channel_gets_its_documented_body() {
         ),
     ];
     assert_eq!(posts, expected);
-    assert_eq!(w.streams_with_status(notify::DELIVERED).len(), 3);
+    assert_eq!(w.streams_with_status(notify::DELIVERED).await.len(), 3);
 }
 
 #[tokio::test]
@@ -270,7 +272,7 @@ async fn a_failing_receiver_is_retried_with_backoff_then_delivered_once() {
         posts.iter().all(|p| p == &posts[0]),
         "every attempt sends the same notice"
     );
-    let events = w.notice_events(id);
+    let events = w.notice_events(id).await;
     assert!(matches!(
         events[0],
         NoticeEvent::Due(Notice {
@@ -296,7 +298,7 @@ async fn a_failing_receiver_is_retried_with_backoff_then_delivered_once() {
         ]
     );
     assert_eq!(
-        w.streams_with_status(notify::DELIVERED),
+        w.streams_with_status(notify::DELIVERED).await,
         vec![id.to_owned()]
     );
 }
@@ -401,6 +403,7 @@ async fn a_due_notice_survives_a_crash_and_the_next_process_posts_it() {
     assert_eq!(
         journal
             .stream_info("notice:siem:rot-1:completed")
+            .await
             .unwrap()
             .unwrap()
             .status,
@@ -538,7 +541,7 @@ async fn a_step_waiting_for_a_retry_is_reported_stuck_with_its_error() {
     let (runner, rotation_id) = open_rotation(&w, files.path(), "api", Behaviour::VaultDown).await;
     let progress = runner.drive(&rotation_id).await.unwrap();
     assert!(matches!(progress, Progress::Waiting { .. }), "{progress:?}");
-    let (state, _) = runner.load(&rotation_id).unwrap();
+    let (state, _) = runner.load(&rotation_id).await.unwrap();
     let n = w.notifier(&[("siem", ChannelKind::Webhook, &format!("{base}/hook"), &[])]);
     assert_eq!(
         n.steps_stuck(&state, 2).await.unwrap(),
@@ -649,7 +652,7 @@ async fn urls_are_refused_over_plain_http_and_never_shown() {
         .await
         .unwrap();
     assert_eq!(n.deliver_due().await.unwrap(), Some(START_MS + 1_000));
-    let events = w.notice_events("notice:ops:rot-1:completed");
+    let events = w.notice_events("notice:ops:rot-1:completed").await;
     let NoticeEvent::Failed { message, .. } = &events[1] else {
         panic!("expected a failure, got {events:?}");
     };

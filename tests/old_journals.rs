@@ -69,9 +69,10 @@ fn env_line(path: &Path, key: &str) -> String {
         .to_owned()
 }
 
-fn events(journal: &SqliteJournal, rotation: &str) -> Vec<RotationEvent> {
+async fn events(journal: &SqliteJournal, rotation: &str) -> Vec<RotationEvent> {
     journal
         .read_stream(rotation)
+        .await
         .unwrap()
         .iter()
         .map(|e| serde_json::from_str(&e.payload).unwrap())
@@ -117,15 +118,17 @@ async fn a_journal_of_name_only_targets_resumes_to_completion() {
 
     let write = StepId::new(Action::Write, 1);
     assert!(
-        events(&journal, BETA).contains(&RotationEvent::StepSucceeded {
-            step: write,
-            id: Some(
-                versions(&dir.path().join("vault.json"), "beta")[1]
-                    .0
-                    .clone()
-            ),
-            reconciled: true,
-        }),
+        events(&journal, BETA)
+            .await
+            .contains(&RotationEvent::StepSucceeded {
+                step: write,
+                id: Some(
+                    versions(&dir.path().join("vault.json"), "beta")[1]
+                        .0
+                        .clone()
+                ),
+                reconciled: true,
+            }),
         "beta's in-doubt write is found by its tag"
     );
 
@@ -192,7 +195,7 @@ async fn a_journal_of_name_only_targets_needs_the_names_it_was_written_with() {
         clock,
         Options::new("today", 1),
     );
-    let before = journal.read_stream(ALPHA).unwrap().len();
+    let before = journal.read_stream(ALPHA).await.unwrap().len();
     let err = runner.drive(ALPHA).await.unwrap_err().to_string();
     assert_eq!(
         err,
@@ -200,5 +203,5 @@ async fn a_journal_of_name_only_targets_needs_the_names_it_was_written_with() {
             "rotation {ALPHA}: no provider is configured for target vault; add it to the config or finish the rotation with the config it was started with"
         )
     );
-    assert_eq!(journal.read_stream(ALPHA).unwrap().len(), before);
+    assert_eq!(journal.read_stream(ALPHA).await.unwrap().len(), before);
 }

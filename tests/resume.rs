@@ -100,6 +100,7 @@ async fn resume_of_generated_open_rotations_ends_each_exactly_once() {
         // no step succeeded twice; the lock is free again.
         let events: Vec<RotationEvent> = journal
             .read_stream(&id)
+            .await
             .unwrap()
             .iter()
             .map(|e| serde_json::from_str(&e.payload).unwrap())
@@ -113,7 +114,7 @@ async fn resume_of_generated_open_rotations_ends_each_exactly_once() {
             events.last(),
             Some(RotationEvent::Completed | RotationEvent::Compensated)
         ));
-        let status = journal.stream_info(&id).unwrap().unwrap().status;
+        let status = journal.stream_info(&id).await.unwrap().unwrap().status;
         let expected = match phase {
             Phase::Completed => "completed",
             _ => "compensated",
@@ -130,6 +131,7 @@ async fn resume_of_generated_open_rotations_ends_each_exactly_once() {
         }
         let lock = journal
             .stream_info(&lock::stream_id(&secret))
+            .await
             .unwrap()
             .unwrap();
         assert_eq!(lock.status, lock::IDLE, "rotation {id}'s lock");

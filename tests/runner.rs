@@ -138,26 +138,26 @@ struct SlowAppends {
 }
 
 impl JournalRead for SlowAppends {
-    fn read_stream(&self, stream_id: &str) -> JournalResult<Vec<Event>> {
-        self.memory.read_stream(stream_id)
+    async fn read_stream(&self, stream_id: &str) -> JournalResult<Vec<Event>> {
+        self.memory.read_stream(stream_id).await
     }
-    fn stream_info(&self, stream_id: &str) -> JournalResult<Option<StreamInfo>> {
-        self.memory.stream_info(stream_id)
+    async fn stream_info(&self, stream_id: &str) -> JournalResult<Option<StreamInfo>> {
+        self.memory.stream_info(stream_id).await
     }
 }
 
 impl JournalScan for SlowAppends {
-    fn read_after(&self, after: u64, limit: usize) -> JournalResult<Vec<Event>> {
-        self.memory.read_after(after, limit)
+    async fn read_after(&self, after: u64, limit: usize) -> JournalResult<Vec<Event>> {
+        self.memory.read_after(after, limit).await
     }
-    fn streams(&self, filter: &StreamFilter) -> JournalResult<Vec<StreamInfo>> {
-        self.memory.streams(filter)
+    async fn streams(&self, filter: &StreamFilter) -> JournalResult<Vec<StreamInfo>> {
+        self.memory.streams(filter).await
     }
-    fn due_timers(&self, now_ms: i64, limit: usize) -> JournalResult<Vec<Timer>> {
-        self.memory.due_timers(now_ms, limit)
+    async fn due_timers(&self, now_ms: i64, limit: usize) -> JournalResult<Vec<Timer>> {
+        self.memory.due_timers(now_ms, limit).await
     }
-    fn next_timer(&self) -> JournalResult<Option<Timer>> {
-        self.memory.next_timer()
+    async fn next_timer(&self) -> JournalResult<Option<Timer>> {
+        self.memory.next_timer().await
     }
 }
 
@@ -314,6 +314,7 @@ async fn an_in_doubt_restore_that_landed_is_found_done() {
     let restore = StepId::new(Action::Restore, 1);
     let events: Vec<RotationEvent> =
         rekey::journal::JournalRead::read_stream(&*journal, &rotation_id)
+            .await
             .unwrap()
             .iter()
             .map(|e| serde_json::from_str(&e.payload).unwrap())
@@ -474,7 +475,7 @@ async fn a_schedule_slot_fired_again_opens_no_second_rotation() {
         }
     );
     assert!(
-        runner.load("rot-2").is_err(),
+        runner.load("rot-2").await.is_err(),
         "a second rotation was opened for the same slot"
     );
     let next = fire("rot-3", Some("rot-1")).await.unwrap();

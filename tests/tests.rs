@@ -28,3 +28,13 @@ mod resume;
 mod runner;
 mod simulation;
 mod telemetry;
+
+/// Awaits `fut` on a fresh current-thread runtime: for the synchronous harnesses (crash,
+/// multinode) that drive rekey as processes and read its journal, whose reads are async.
+pub fn block_on<F: std::future::Future>(fut: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("building a runtime")
+        .block_on(fut)
+}

@@ -363,7 +363,7 @@ async fn a_rotation_needs_the_credential_its_targets_name_not_its_entries() {
     assert!(matches!(waiting, Progress::Waiting { .. }), "{waiting:?}");
     env.manual().advance(2 * 3_600_000);
 
-    let events_before = events(&*journal, id).len();
+    let events_before = events(&*journal, id).await.len();
     let second = runner_over(
         &env,
         tmp.path(),
@@ -387,7 +387,7 @@ async fn a_rotation_needs_the_credential_its_targets_name_not_its_entries() {
         assert!(err.contains(says), "{says:?} missing from: {err}");
     }
     assert_eq!(
-        events(&*journal, id).len(),
+        events(&*journal, id).await.len(),
         events_before,
         "nothing journaled"
     );

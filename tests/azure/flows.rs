@@ -188,7 +188,11 @@ pub async fn seed_001(verdict: Verdict) -> FlowRun {
                 2,
                 "one version, one settings write: {writes:?}"
             );
-            let kinds: Vec<&str> = events(&*journal, id).iter().map(|e| e.kind()).collect();
+            let kinds: Vec<&str> = events(&*journal, id)
+                .await
+                .iter()
+                .map(|e| e.kind())
+                .collect();
             assert!(
                 kinds.ends_with(&[
                     "GraceScheduled",
@@ -230,10 +234,13 @@ pub async fn seed_001(verdict: Verdict) -> FlowRun {
             // I8: the failed rotation's version and the captured one are disabled.
             let enabled: Vec<bool> = versions.iter().map(|v| v.enabled).collect();
             assert_eq!(enabled, [false, false, true]);
-            let started = events(&*journal, id).into_iter().find_map(|e| match e {
-                RotationEvent::CompensationStarted { reason } => Some(reason),
-                _ => None,
-            });
+            let started = events(&*journal, id)
+                .await
+                .into_iter()
+                .find_map(|e| match e {
+                    RotationEvent::CompensationStarted { reason } => Some(reason),
+                    _ => None,
+                });
             assert!(
                 started.as_deref().is_some_and(|r| r.contains(REJECTED)),
                 "{started:?}"
@@ -301,10 +308,13 @@ async fn a_new_secret_compensated_once_rotates_again() {
     let targets = seed_001_targets(Verdict::Accept);
     request(&runner, plan(API_SECRET, &targets, GRACE_MS), second).await;
     let phase = drive_to_end(&runner, env.manual(), second).await;
-    let reason = events(&*journal, second).into_iter().find_map(|e| match e {
-        RotationEvent::CompensationStarted { reason } => Some(reason),
-        _ => None,
-    });
+    let reason = events(&*journal, second)
+        .await
+        .into_iter()
+        .find_map(|e| match e {
+            RotationEvent::CompensationStarted { reason } => Some(reason),
+            _ => None,
+        });
     assert_eq!(
         phase,
         Phase::Completed,
@@ -402,7 +412,7 @@ pub async fn entra() -> FlowRun {
         Some(new.secret_text.as_str()),
         "the vault holds the new password"
     );
-    let discarded = events(&*journal, id).into_iter().any(|e| {
+    let discarded = events(&*journal, id).await.into_iter().any(|e| {
         matches!(e, RotationEvent::StepNotApplied { orphan_discarded: Some(o), .. } if o == orphan.key_id)
     });
     assert!(
@@ -642,7 +652,7 @@ async fn a_restore_whose_response_was_lost_is_found_done() {
     );
 
     let restore = StepId::new(Action::Restore, 1);
-    let events = events(&*journal, id);
+    let events = events(&*journal, id).await;
     let started = events
         .iter()
         .filter(|e| matches!(e, RotationEvent::StepStarted { step, .. } if *step == restore))

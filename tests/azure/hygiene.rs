@@ -78,10 +78,10 @@ async fn no_secret_or_token_in_logs_journal_or_errors() {
     let mut haystacks = vec![("logs".to_owned(), log_text)];
     let mut failures = 0;
     for run in &runs {
-        for p in payloads(&*run.journal) {
+        for p in payloads(&*run.journal).await {
             haystacks.push((format!("journal of {}", run.rotation_id), p));
         }
-        for m in failure_messages(&*run.journal) {
+        for m in failure_messages(&*run.journal).await {
             haystacks.push((format!("journaled failure in {}", run.rotation_id), m));
         }
         for m in run.errors.messages() {

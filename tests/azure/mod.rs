@@ -532,9 +532,10 @@ pub async fn drive_to_end<J: RunnerJournal>(
 }
 
 /// The events of rotation stream `id`, decoded.
-pub fn events<J: JournalRead>(journal: &J, id: &str) -> Vec<RotationEvent> {
+pub async fn events<J: JournalRead>(journal: &J, id: &str) -> Vec<RotationEvent> {
     journal
         .read_stream(id)
+        .await
         .expect("read stream")
         .iter()
         .map(|e| serde_json::from_str(&e.payload).expect("rotation event"))
@@ -542,10 +543,18 @@ pub fn events<J: JournalRead>(journal: &J, id: &str) -> Vec<RotationEvent> {
 }
 
 /// Every payload of every stream (rotations and locks).
-pub fn payloads<J: JournalRead + JournalScan>(journal: &J) -> Vec<String> {
+pub async fn payloads<J: JournalRead + JournalScan>(journal: &J) -> Vec<String> {
     let mut all = Vec::new();
-    for info in journal.streams(&StreamFilter::default()).expect("streams") {
-        for e in journal.read_stream(&info.stream_id).expect("read stream") {
+    for info in journal
+        .streams(&StreamFilter::default())
+        .await
+        .expect("streams")
+    {
+        for e in journal
+            .read_stream(&info.stream_id)
+            .await
+            .expect("read stream")
+        {
             all.push(e.payload);
         }
     }
@@ -553,13 +562,17 @@ pub fn payloads<J: JournalRead + JournalScan>(journal: &J) -> Vec<String> {
 }
 
 /// The `StepFailed` messages of every rotation stream: what providers said when they failed.
-pub fn failure_messages<J: JournalRead + JournalScan>(journal: &J) -> Vec<String> {
+pub async fn failure_messages<J: JournalRead + JournalScan>(journal: &J) -> Vec<String> {
     let mut out = Vec::new();
-    for info in journal.streams(&StreamFilter::default()).expect("streams") {
+    for info in journal
+        .streams(&StreamFilter::default())
+        .await
+        .expect("streams")
+    {
         if is_lock_stream(&info.stream_id) {
             continue;
         }
-        for event in events(journal, &info.stream_id) {
+        for event in events(journal, &info.stream_id).await {
             if let RotationEvent::StepFailed { message, .. } = event {
                 out.push(message);
             }

@@ -182,7 +182,7 @@ async fn bulk_rotation_within_the_budget_is_never_throttled() {
         0,
         "no request was throttled"
     );
-    let journal_failures = failure_messages(&*journal);
+    let journal_failures = failure_messages(&*journal).await;
     assert!(
         journal_failures.is_empty(),
         "no step failed: {journal_failures:?}"
@@ -221,7 +221,7 @@ async fn the_same_load_without_a_budget_is_throttled() {
         .filter(|p| matches!(p, Progress::Waiting { .. }))
         .count();
     assert!(waiting > 0, "throttled rotations wait to retry");
-    let failures = failure_messages(&*journal);
+    let failures = failure_messages(&*journal).await;
     assert!(
         !failures.is_empty() && failures.iter().all(|m| m.contains("throttled")),
         "each failure is a 429: {failures:?}"

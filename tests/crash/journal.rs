@@ -144,19 +144,21 @@ impl JournalView {
             return Ok(JournalView::default());
         }
         let j = SqliteJournal::open_read_only(path).map_err(|e| format!("opening: {e}"))?;
-        Self::of(&j)
+        crate::block_on(Self::of(&j))
     }
 
     /// Reads every stream of `j` (any engine). Streams other than rotations and locks
     /// (`schedule:`, `leader:`, …) are left out.
-    pub fn of<J: JournalRead + JournalScan>(j: &J) -> Result<Self, String> {
+    pub async fn of<J: JournalRead + JournalScan>(j: &J) -> Result<Self, String> {
         let mut view = JournalView::default();
         let streams = j
             .streams(&StreamFilter::default())
+            .await
             .map_err(|e| format!("listing streams: {e}"))?;
         for info in streams {
             let events = j
                 .read_stream(&info.stream_id)
+                .await
                 .map_err(|e| format!("reading {}: {e}", info.stream_id))?;
             let undecodable = |seq: u64, payload: &str| {
                 format!("{}#{seq} is not decodable: {payload}", info.stream_id)

@@ -207,9 +207,7 @@ impl World {
             status: Some(lock::BUSY.to_owned()),
             ..StreamFilter::default()
         };
-        let locks = journal
-            .streams(&busy)
-            .expect("listing the journal's streams");
+        let locks = crate::block_on(journal.streams(&busy)).expect("listing the journal's streams");
         locks.iter().any(|s| lock::is_lock_stream(&s.stream_id))
     }
 

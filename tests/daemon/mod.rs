@@ -152,8 +152,8 @@ async fn wait_phase(r: &Running, id: &str, phase: &str) -> Value {
     panic!("rotation {id} never reached {phase}: {last}");
 }
 
-fn event_count(journal: &SqliteJournal) -> u64 {
-    journal.read_after(0, usize::MAX).unwrap().len() as u64
+async fn event_count(journal: &SqliteJournal) -> u64 {
+    journal.read_after(0, usize::MAX).await.unwrap().len() as u64
 }
 
 /// The API refuses calls without the token, and unknown secrets, with a clear error and
@@ -173,7 +173,7 @@ async fn api_starts_rotations_and_refuses_bad_requests_changing_nothing() {
             .status(),
         200
     );
-    let before = event_count(&r.journal);
+    let before = event_count(&r.journal).await;
     let rotate = |token: Option<&str>, secret: &str| {
         let mut req = c.post(format!("{}/v1/secrets/{secret}/rotate", r.base));
         if let Some(t) = token {
@@ -192,7 +192,11 @@ async fn api_starts_rotations_and_refuses_bad_requests_changing_nothing() {
         message["error"].as_str().unwrap().contains("\"s0\""),
         "{message}"
     );
-    assert_eq!(event_count(&r.journal), before, "a refused call wrote");
+    assert_eq!(
+        event_count(&r.journal).await,
+        before,
+        "a refused call wrote"
+    );
 
     let started = rotate(Some(TOKEN), "s0").await.unwrap();
     assert_eq!(started.status(), 202);
@@ -314,6 +318,7 @@ async fn bulk_triggers_queue_and_all_complete() {
                 status: Some("open".into()),
                 ..Default::default()
             })
+            .await
             .unwrap()
             .is_empty()
         {
@@ -357,7 +362,7 @@ async fn graceful_stop_leaves_open_rotations_that_the_next_start_finishes() {
         Err(rekey::daemon::Error::ShuttingDown)
     ));
     // No step was left in doubt by the graceful stop: every started step has its outcome.
-    let events = r.journal.read_after(0, usize::MAX).unwrap();
+    let events = r.journal.read_after(0, usize::MAX).await.unwrap();
     let started = events.iter().filter(|e| e.kind == "StepStarted").count();
     let outcomes = events
         .iter()
@@ -371,11 +376,12 @@ async fn graceful_stop_leaves_open_rotations_that_the_next_start_finishes() {
             status: Some("completed".into()),
             ..Default::default()
         })
+        .await
         .unwrap();
     assert_eq!(ended.len() as u64, summary.completed);
     for rotation in ended {
         let lock = rekey::runner::lock::stream_id(&rotation.subject.unwrap());
-        let lock = r.journal.stream_info(&lock).unwrap().unwrap();
+        let lock = r.journal.stream_info(&lock).await.unwrap().unwrap();
         assert_eq!(lock.status, rekey::runner::lock::IDLE, "{}", lock.stream_id);
     }
     drop(r.journal);
@@ -388,6 +394,7 @@ async fn graceful_stop_leaves_open_rotations_that_the_next_start_finishes() {
                 status: Some("open".into()),
                 ..Default::default()
             })
+            .await
             .unwrap();
         if open.is_empty() {
             break;
@@ -419,12 +426,19 @@ async fn a_trigger_after_a_rotation_ended_is_never_coalesced_into_it() {
     };
     let lock_stream = lock::stream_id("s0");
     for _ in 0..400 {
-        if r.journal.stream_info(&lock_stream).unwrap().unwrap().status == lock::IDLE {
+        if r.journal
+            .stream_info(&lock_stream)
+            .await
+            .unwrap()
+            .unwrap()
+            .status
+            == lock::IDLE
+        {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let info = r.journal.stream_info(&lock_stream).unwrap().unwrap();
+    let info = r.journal.stream_info(&lock_stream).await.unwrap().unwrap();
     assert_eq!(info.status, lock::IDLE, "the first rotation never ended");
     let plan = Config::load(&tmp.path().join("rekey.toml"))
         .unwrap()

@@ -143,22 +143,21 @@ async fn start_notifying(
 }
 
 /// (secret, trigger, requested at) of every rotation, oldest first.
-fn rotations(journal: &MemoryJournal) -> Vec<(String, String, i64)> {
-    let mut all: Vec<(String, String, i64)> = journal
-        .streams(&StreamFilter::default())
-        .unwrap()
+async fn rotations(journal: &MemoryJournal) -> Vec<(String, String, i64)> {
+    let mut all: Vec<(String, String, i64)> = Vec::new();
+    let streams = journal.streams(&StreamFilter::default()).await.unwrap();
+    for s in streams
         .into_iter()
         .filter(|s| rekey::runner::lock::is_rotation_stream(&s.stream_id))
-        .map(|s| {
-            let first = &journal.read_stream(&s.stream_id).unwrap()[0];
-            let requested: Value = serde_json::from_str(&first.payload).unwrap();
-            (
-                s.subject.unwrap(),
-                requested["trigger"].as_str().unwrap().to_owned(),
-                first.recorded_at_ms,
-            )
-        })
-        .collect();
+    {
+        let first = &journal.read_stream(&s.stream_id).await.unwrap()[0];
+        let requested: Value = serde_json::from_str(&first.payload).unwrap();
+        all.push((
+            s.subject.unwrap(),
+            requested["trigger"].as_str().unwrap().to_owned(),
+            first.recorded_at_ms,
+        ));
+    }
     all.sort_by_key(|r| r.2);
     all
 }
@@ -188,7 +187,7 @@ async fn a_new_schedule_waits_for_its_time_then_keeps_its_cadence() {
     let first_due = ms("2026-03-02T02:00:00Z");
     sleep_until(base, start_at, first_due - 60_000).await;
     assert!(
-        rotations(&d.journal).is_empty(),
+        rotations(&d.journal).await.is_empty(),
         "rotated before it was due"
     );
     // `rekey status` and the API show the same due time, read from the journal.
@@ -199,6 +198,7 @@ async fn a_new_schedule_waits_for_its_time_then_keeps_its_cadence() {
         &["s0".to_owned()],
         d.clock.now_ms(),
     )
+    .await
     .unwrap();
     let next = rows[0]
         .next_scheduled
@@ -206,7 +206,7 @@ async fn a_new_schedule_waits_for_its_time_then_keeps_its_cadence() {
         .expect("a next scheduled time");
     assert_eq!((next.at_ms, next.reason), (first_due, "cadence"));
     sleep_until(base, start_at, first_due + DAY_MS + 60_000).await;
-    let done = rotations(&d.journal);
+    let done = rotations(&d.journal).await;
     assert_eq!(done.len(), 2, "{done:?}");
     assert_eq!(done[0].1, "schedule");
     assert!(
@@ -240,7 +240,7 @@ async fn jitter_spreads_secrets_due_at_the_same_hour() {
     .await;
     let due = ms("2026-06-02T03:00:00Z");
     sleep_until(base, start_at, due + 31 * 60_000).await;
-    let done = rotations(&d.journal);
+    let done = rotations(&d.journal).await;
     assert_eq!(done.len(), n, "{done:?}");
     let mut starts: Vec<i64> = done.iter().map(|r| r.2).collect();
     for at in &starts {
@@ -270,11 +270,11 @@ async fn a_rotation_due_outside_its_window_waits_for_the_window() {
     let saturday = ms("2026-03-07T05:00:00Z");
     sleep_until(base, start_at, saturday - 60_000).await;
     assert!(
-        rotations(&d.journal).is_empty(),
+        rotations(&d.journal).await.is_empty(),
         "rotated outside its window"
     );
     sleep_until(base, start_at, saturday + 60 * 60_000).await;
-    let done = rotations(&d.journal);
+    let done = rotations(&d.journal).await;
     assert_eq!(done.len(), 1, "{done:?}");
     assert!(
         (saturday..saturday + 60 * 60_000).contains(&done[0].2),
@@ -303,7 +303,7 @@ async fn the_reported_expiry_is_shared_with_the_api_until_a_rotation_replaces_it
     assert_eq!(d.expiries.get("s0"), Some(expiry));
     // Rotated two days ahead; the new version does not expire.
     sleep_until(base, start_at, expiry - 2 * DAY_MS + 120_000).await;
-    assert_eq!(rotations(&d.journal).len(), 1);
+    assert_eq!(rotations(&d.journal).await.len(), 1);
     assert_eq!(d.expiries.get("s0"), None);
     d.handle.signal();
     d.done.await.unwrap();
@@ -324,7 +324,7 @@ async fn expiry_rotates_ahead_and_a_freeze_pushes_the_rotation_past_it() {
     )
     .await;
     sleep_until(base, start_at, expiry - 2 * DAY_MS + 60_000).await;
-    let done = rotations(&d.journal);
+    let done = rotations(&d.journal).await;
     assert_eq!(done.len(), 1, "{done:?}");
     assert_eq!(done[0].1, "near_expiry");
     assert!(
@@ -333,7 +333,7 @@ async fn expiry_rotates_ahead_and_a_freeze_pushes_the_rotation_past_it() {
     );
     // The new version does not expire: no second rotation before the cadence.
     sleep_until(base, start_at, expiry + 2 * DAY_MS).await;
-    assert_eq!(rotations(&d.journal).len(), 1);
+    assert_eq!(rotations(&d.journal).await.len(), 1);
     d.handle.signal();
     d.done.await.unwrap();
 
@@ -351,13 +351,14 @@ async fn expiry_rotates_ahead_and_a_freeze_pushes_the_rotation_past_it() {
     let d = start_notifying(tmp.path(), &config(1, &freeze), base, Some(expiry), true).await;
     sleep_until(base, start_at, freeze_until - 60_000).await;
     assert!(
-        rotations(&d.journal).is_empty(),
+        rotations(&d.journal).await.is_empty(),
         "rotated inside the freeze"
     );
     // The expiry inside the freeze was announced, not passed over in silence.
     let notices: Vec<String> = d
         .journal
         .streams(&StreamFilter::default())
+        .await
         .unwrap()
         .into_iter()
         .map(|s| s.stream_id)
@@ -368,7 +369,7 @@ async fn expiry_rotates_ahead_and_a_freeze_pushes_the_rotation_past_it() {
         "{notices:?}"
     );
     sleep_until(base, start_at, freeze_until + 60_000).await;
-    let done = rotations(&d.journal);
+    let done = rotations(&d.journal).await;
     assert_eq!(done.len(), 1, "{done:?}");
     assert!(done[0].2 >= freeze_until, "{done:?}");
     d.handle.signal();

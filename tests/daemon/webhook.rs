@@ -90,12 +90,13 @@ async fn post(r: &Running, body: &Value, code: Option<&str>) -> reqwest::Respons
         .unwrap()
 }
 
-fn rotations(r: &Running) -> Vec<String> {
+async fn rotations(r: &Running) -> Vec<String> {
     r.journal
         .streams(&StreamFilter {
             subject: Some(SECRET.into()),
             ..StreamFilter::default()
         })
+        .await
         .unwrap()
         .into_iter()
         .filter(|s| rekey::runner::lock::is_rotation_stream(&s.stream_id))
@@ -103,10 +104,11 @@ fn rotations(r: &Running) -> Vec<String> {
         .collect()
 }
 
-fn outcome(r: &Running, event_id: &str) -> Option<String> {
+async fn outcome(r: &Running, event_id: &str) -> Option<String> {
     let events = r
         .journal
         .read_stream(&rekey::daemon::events::stream_id(event_id))
+        .await
         .unwrap();
     let payload: Value = serde_json::from_str(&events.first()?.payload).unwrap();
     payload["outcome"].as_str().map(str::to_owned)
@@ -120,6 +122,7 @@ async fn until_none_open(r: &Running) {
                 status: Some("open".into()),
                 ..StreamFilter::default()
             })
+            .await
             .unwrap();
         if open.is_empty() {
             return;
@@ -159,8 +162,8 @@ async fn key_vault_events_start_rotations_once_and_ignore_the_rest() {
     let near = json!([grid_event("e1", "SecretNearExpiry", VAULT, SECRET, "aa11")]);
     assert_eq!(post(&r, &near, None).await.status(), 401);
     assert_eq!(post(&r, &near, Some("wrong")).await.status(), 401);
-    assert_eq!(outcome(&r, "e1"), None);
-    assert!(rotations(&r).is_empty());
+    assert_eq!(outcome(&r, "e1").await, None);
+    assert!(rotations(&r).await.is_empty());
 
     // Near expiry (vault and secret names in another case): one rotation.
     let near_upper = json!([grid_event(
@@ -171,19 +174,19 @@ async fn key_vault_events_start_rotations_once_and_ignore_the_rest() {
         "aa11"
     )]);
     assert_eq!(post(&r, &near_upper, Some(HOOK_SECRET)).await.status(), 200);
-    let started = outcome(&r, "e1").expect("e1 journaled");
+    let started = outcome(&r, "e1").await.expect("e1 journaled");
     assert!(started.starts_with("started "), "{started}");
     until_none_open(&r).await;
-    let first = rotations(&r);
+    let first = rotations(&r).await;
     assert_eq!(first.len(), 1);
     let requested: Value =
-        serde_json::from_str(&r.journal.read_stream(&first[0]).unwrap()[0].payload).unwrap();
+        serde_json::from_str(&r.journal.read_stream(&first[0]).await.unwrap()[0].payload).unwrap();
     assert_eq!(requested["trigger"], "near_expiry");
     assert_eq!(requested["actor"], "eventgrid:e1");
 
     // Redelivered: acknowledged, nothing new.
     assert_eq!(post(&r, &near, Some(HOOK_SECRET)).await.status(), 200);
-    assert_eq!(rotations(&r), first);
+    assert_eq!(rotations(&r).await, first);
 
     // rekey's own new version; someone else's; another vault's secret; another type.
     let written = env
@@ -200,12 +203,32 @@ async fn key_vault_events_start_rotations_once_and_ignore_the_rest() {
         grid_event("e5", "VaultAccessPolicyChanged", VAULT, SECRET, "aa11"),
     ]);
     assert_eq!(post(&r, &batch, Some(HOOK_SECRET)).await.status(), 200);
-    let said = |id| outcome(&r, id).unwrap_or_default();
-    assert!(said("e2").contains("rekey wrote itself"), "{}", said("e2"));
-    assert!(said("e3").contains("outside rekey"), "{}", said("e3"));
-    assert!(said("e4").contains("not configured"), "{}", said("e4"));
-    assert!(said("e5").contains("starts nothing"), "{}", said("e5"));
-    assert_eq!(rotations(&r), first, "an ignored event started a rotation");
+    let said = async |id| outcome(&r, id).await.unwrap_or_default();
+    assert!(
+        said("e2").await.contains("rekey wrote itself"),
+        "{}",
+        said("e2").await
+    );
+    assert!(
+        said("e3").await.contains("outside rekey"),
+        "{}",
+        said("e3").await
+    );
+    assert!(
+        said("e4").await.contains("not configured"),
+        "{}",
+        said("e4").await
+    );
+    assert!(
+        said("e5").await.contains("starts nothing"),
+        "{}",
+        said("e5").await
+    );
+    assert_eq!(
+        rotations(&r).await,
+        first,
+        "an ignored event started a rotation"
+    );
 
     // CloudEvents, one structured event: a second rotation.
     let cloud = json!({
@@ -228,8 +251,12 @@ async fn key_vault_events_start_rotations_once_and_ignore_the_rest() {
         .unwrap();
     assert_eq!(answer.status(), 200);
     until_none_open(&r).await;
-    assert!(said("c1").starts_with("started "), "{}", said("c1"));
-    assert_eq!(rotations(&r).len(), 2);
+    assert!(
+        said("c1").await.starts_with("started "),
+        "{}",
+        said("c1").await
+    );
+    assert_eq!(rotations(&r).await.len(), 2);
     r.handle.signal();
     let summary = r.done.await.unwrap();
     assert_eq!(summary.completed, 2);
@@ -265,20 +292,24 @@ async fn odd_event_ids_are_recorded_and_no_event_rotates_twice() {
     ]);
     assert_eq!(post(&r, &batch, Some(HOOK_SECRET)).await.status(), 200);
     until_none_open(&r).await;
-    let first = rotations(&r);
+    let first = rotations(&r).await;
     assert_eq!(first.len(), 1);
-    let said = |id: &str| outcome(&r, id).unwrap_or_default();
-    assert_eq!(said(odd), format!("started {}", first[0]));
+    let said = async |id: &str| outcome(&r, id).await.unwrap_or_default();
+    assert_eq!(said(odd).await, format!("started {}", first[0]));
     assert!(
-        said("good-1").contains("outside rekey"),
+        said("good-1").await.contains("outside rekey"),
         "{}",
-        said("good-1")
+        said("good-1").await
     );
-    assert!(said(&huge).contains("starts nothing"), "{}", said(&huge));
+    assert!(
+        said(&huge).await.contains("starts nothing"),
+        "{}",
+        said(&huge).await
+    );
 
     // Delivered again after the rotation ended: acknowledged, nothing started.
     assert_eq!(post(&r, &batch, Some(HOOK_SECRET)).await.status(), 200);
-    assert_eq!(rotations(&r), first);
+    assert_eq!(rotations(&r).await, first);
 
     // The request of event e9 was made (its actor is the event's stream id) and the
     // rotation ended, but the event was never recorded: its delivery records that request.
@@ -288,12 +319,16 @@ async fn odd_event_ids_are_recorded_and_no_event_rotates_twice() {
         panic!("{requested:?}");
     };
     until_none_open(&r).await;
-    let second = rotations(&r);
+    let second = rotations(&r).await;
     assert_eq!(second.len(), 2);
     let near = json!([grid_event("e9", "SecretNearExpiry", VAULT, SECRET, "bb22")]);
     assert_eq!(post(&r, &near, Some(HOOK_SECRET)).await.status(), 200);
-    assert_eq!(said("e9"), format!("started {rotation_id}"));
-    assert_eq!(rotations(&r), second, "the event's request was made twice");
+    assert_eq!(said("e9").await, format!("started {rotation_id}"));
+    assert_eq!(
+        rotations(&r).await,
+        second,
+        "the event's request was made twice"
+    );
     r.handle.signal();
     assert_eq!(r.done.await.unwrap().completed, 2);
 }
@@ -337,10 +372,18 @@ async fn a_stores_vault_name_matches_events_for_its_vault() {
     ]);
     assert_eq!(post(&r, &batch, Some(HOOK_SECRET)).await.status(), 200);
     until_none_open(&r).await;
-    let said = |id| outcome(&r, id).unwrap_or_default();
-    assert!(said("n1").starts_with("started "), "{}", said("n1"));
-    assert!(said("n2").contains("not configured"), "{}", said("n2"));
-    assert_eq!(rotations(&r).len(), 1);
+    let said = async |id| outcome(&r, id).await.unwrap_or_default();
+    assert!(
+        said("n1").await.starts_with("started "),
+        "{}",
+        said("n1").await
+    );
+    assert!(
+        said("n2").await.contains("not configured"),
+        "{}",
+        said("n2").await
+    );
+    assert_eq!(rotations(&r).await.len(), 1);
     let written = env
         .fake
         .kv_versions(STORE_PATH, SECRET)
@@ -432,20 +475,23 @@ async fn events_for_an_unknown_vault_warn_once_per_vault_name() {
     ]);
     assert_eq!(post(&r, &again, Some(HOOK_SECRET)).await.status(), 200);
 
-    let said = |id| outcome(&r, id).unwrap_or_default();
+    let said = async |id| outcome(&r, id).await.unwrap_or_default();
     for id in ["u1", "u2", "u3", "u5", "u6", "u7"] {
         assert!(
-            said(id).starts_with("ignored: vault ") && said(id).contains("not configured"),
+            said(id).await.starts_with("ignored: vault ")
+                && said(id).await.contains("not configured"),
             "{id}: {}",
-            said(id)
+            said(id).await
         );
     }
     assert!(
-        said("u4").contains("secret unlisted of vault contoso-prod is not configured"),
-        "{}",
         said("u4")
+            .await
+            .contains("secret unlisted of vault contoso-prod is not configured"),
+        "{}",
+        said("u4").await
     );
-    assert!(rotations(&r).is_empty());
+    assert!(rotations(&r).await.is_empty());
 
     let warned = logs.lines_with("WARN", "no key_vault store names");
     assert_eq!(warned.len(), 2, "one line per unknown vault: {warned:#?}");

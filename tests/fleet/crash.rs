@@ -284,11 +284,11 @@ async fn sigkill_during_bulk_fleet_rotations_then_resume_rotates_each_app_once()
     let mut per_app: BTreeMap<String, u32> = BTreeMap::new();
     // Steps a kill left in doubt, later reconciled: proof the kills hit work in flight.
     let mut in_doubt = 0;
-    for s in journal.streams(&StreamFilter::default()).unwrap() {
+    for s in journal.streams(&StreamFilter::default()).await.unwrap() {
         if !is_rotation_stream(&s.stream_id) {
             continue;
         }
-        let events = journal.read_stream(&s.stream_id).unwrap();
+        let events = journal.read_stream(&s.stream_id).await.unwrap();
         let terminal: Vec<&str> = events
             .iter()
             .map(|e| e.kind.as_str())

@@ -457,11 +457,11 @@ async fn a_generated_tenant_is_discovered_end_to_end() {
     // The journal stream says the same, in bounded events; Azure was not changed.
     let journal = SqliteJournal::open_read_only(tmp.path().join("journal.db")).unwrap();
     let run_id = doc["run_id"].as_str().unwrap();
-    let streams = journal.streams(&StreamFilter::default()).unwrap();
+    let streams = journal.streams(&StreamFilter::default()).await.unwrap();
     assert_eq!(streams.len(), 1);
     assert_eq!(streams[0].stream_id, stream_id(run_id));
     assert_eq!(streams[0].status, "partial");
-    let events = journal.read_stream(&stream_id(run_id)).unwrap();
+    let events = journal.read_stream(&stream_id(run_id)).await.unwrap();
     let mut journaled_links = 0;
     let mut journaled_credentials = 0;
     for e in &events {
@@ -552,7 +552,11 @@ async fn a_generated_tenant_is_discovered_end_to_end() {
     // A read-only open is a snapshot (an auditor's copy may be immutable): open again.
     let journal = SqliteJournal::open_read_only(tmp.path().join("journal.db")).unwrap();
     assert_eq!(
-        journal.streams(&StreamFilter::default()).unwrap().len(),
+        journal
+            .streams(&StreamFilter::default())
+            .await
+            .unwrap()
+            .len(),
         4,
         "each run journaled"
     );

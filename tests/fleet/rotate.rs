@@ -407,7 +407,7 @@ async fn fleet_progress_shows_each_step_and_attempt_in_journal_order_then_the_en
         app: app.clone(),
         outcome,
     };
-    let mut want = started(&events(journal.as_ref(), id));
+    let mut want = started(&events(journal.as_ref(), id).await);
     assert!(
         want.iter().any(|u| matches!(
             u,
@@ -419,7 +419,7 @@ async fn fleet_progress_shows_each_step_and_attempt_in_journal_order_then_the_en
     assert_eq!(*sink.0.lock().unwrap(), want);
 
     assert_eq!(drive_to_end(&runner, &clock, id).await, Phase::Completed);
-    let all = started(&events(journal.as_ref(), id));
+    let all = started(&events(journal.as_ref(), id).await);
     let mut want_all = want.clone();
     want_all.extend(all[want.len() - 1..].iter().cloned());
     want_all.push(ended("completed"));
@@ -730,6 +730,7 @@ async fn a_fleet_rotation_fetches_no_old_value_from_the_vaults() {
     );
     // The captures still journal the versions the copies held.
     let captured: Vec<String> = events(journal.as_ref(), id)
+        .await
         .into_iter()
         .filter_map(|e| match e {
             RotationEvent::StepSucceeded {

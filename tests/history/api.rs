@@ -209,9 +209,10 @@ async fn rotate(base: &str, secret: &str) -> String {
 }
 
 /// What the journal holds for `id`, as the stream should send it.
-fn journaled(journal: &SqliteJournal, id: &str) -> Vec<Sent> {
+async fn journaled(journal: &SqliteJournal, id: &str) -> Vec<Sent> {
     journal
         .read_stream(id)
+        .await
         .unwrap()
         .into_iter()
         .map(|e| Sent {
@@ -232,7 +233,7 @@ async fn progress_streams_every_event_in_order_to_the_end_and_resumes_after_last
     let id = rotate(&r.base, "s0").await;
     let mut response = subscribe(&r.base, &id, None).await;
     let (seen, keep_alives) = read_events(&mut response, usize::MAX).await;
-    let journal = journaled(&r.journal, &id);
+    let journal = journaled(&r.journal, &id).await;
     assert_eq!(
         seen, journal,
         "every journaled event, as journaled, in order"
@@ -266,7 +267,7 @@ async fn progress_streams_every_event_in_order_to_the_end_and_resumes_after_last
     let (tail, _) = read_events(&mut second, usize::MAX).await;
     let mut all = head;
     all.extend(tail);
-    assert_eq!(all, journaled(&r.journal, &id));
+    assert_eq!(all, journaled(&r.journal, &id).await);
     assert_eq!(all.last().unwrap().event, "Completed");
 
     // After the end, a resumed stream has nothing to send and closes.
@@ -573,7 +574,7 @@ async fn rekey_run_streams_progress_and_stops_with_a_stream_open() {
     let mut response = subscribe(&base, &id, None).await;
     let (seen, _) = read_events(&mut response, usize::MAX).await;
     let journal = SqliteJournal::open_read_only(tmp.path().join("journal.db")).unwrap();
-    assert_eq!(seen, journaled(&journal, &id));
+    assert_eq!(seen, journaled(&journal, &id).await);
     assert_eq!(seen.last().unwrap().event, "Completed");
 
     let open = rotate(&base, "s1").await;

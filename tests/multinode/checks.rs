@@ -20,7 +20,7 @@ pub fn rotation_count(c: &Cluster) -> usize {
     let Ok(j) = c.journal() else {
         return 0;
     };
-    j.streams(&StreamFilter::default())
+    crate::block_on(j.streams(&StreamFilter::default()))
         .map(|s| {
             s.iter()
                 .filter(|i| lock::is_rotation_stream(&i.stream_id))
@@ -36,8 +36,7 @@ pub fn settle(c: &Cluster, timeout: Duration) -> Result<(), Vec<String>> {
         let streams = c
             .journal()
             .and_then(|j| {
-                j.streams(&StreamFilter::default())
-                    .map_err(|e| e.to_string())
+                crate::block_on(j.streams(&StreamFilter::default())).map_err(|e| e.to_string())
             })
             .unwrap_or_default();
         let open: Vec<String> = streams
@@ -73,7 +72,7 @@ pub fn audit(c: &mut Cluster) -> usize {
             return 0;
         }
     };
-    let view = match JournalView::of(&j) {
+    let view = match crate::block_on(JournalView::of(&j)) {
         Ok(v) => v,
         Err(e) => {
             c.violations
@@ -220,8 +219,7 @@ pub fn audit(c: &mut Cluster) -> usize {
     }
 
     // The leader changed hands.
-    let owners: BTreeSet<String> = j
-        .read_stream(rekey::daemon::leader::STREAM)
+    let owners: BTreeSet<String> = crate::block_on(j.read_stream(rekey::daemon::leader::STREAM))
         .unwrap_or_default()
         .iter()
         .filter_map(|e| serde_json::from_str::<rekey::daemon::leader::LeaderEvent>(&e.payload).ok())
@@ -235,7 +233,7 @@ pub fn audit(c: &mut Cluster) -> usize {
     let mut fired = 0;
     for i in 0..SCHEDULED {
         let name = secret(i).0;
-        let events = j.read_stream(&lock::stream_id(&name)).unwrap_or_default();
+        let events = crate::block_on(j.read_stream(&lock::stream_id(&name))).unwrap_or_default();
         let mut minutes: BTreeMap<i64, usize> = BTreeMap::new();
         for e in &events {
             let by_schedule = match serde_json::from_str::<LockEvent>(&e.payload) {

@@ -327,8 +327,8 @@ impl Rig {
     }
 
     /// What a succeeded step produced.
-    pub fn outcome(&self, id: &str, step: StepId) -> Option<String> {
-        let (state, _) = self.runner.load(id).unwrap();
+    pub async fn outcome(&self, id: &str, step: StepId) -> Option<String> {
+        let (state, _) = self.runner.load(id).await.unwrap();
         state.outcome(&step).map(str::to_owned)
     }
 
@@ -336,6 +336,7 @@ impl Rig {
     pub async fn stored(&self, id: &str) -> SecretValue {
         let version = self
             .outcome(id, StepId::new(Action::Write, 1))
+            .await
             .expect("the rotation wrote the vault");
         self.vault.read_value(&version).await.unwrap()
     }

@@ -81,11 +81,11 @@ grace = "1h"
         "single mode replaces the password: the old one stops working at once"
     );
     assert_eq!(
-        rig.outcome(&id, StepId::new(Action::Capture, 0)),
+        rig.outcome(&id, StepId::new(Action::Capture, 0)).await,
         Some(f.app.clone())
     );
     assert_eq!(
-        rig.outcome(&id, StepId::new(Action::Create, 0)),
+        rig.outcome(&id, StepId::new(Action::Create, 0)).await,
         Some(f.app.clone())
     );
 
@@ -121,11 +121,11 @@ async fn alternating_mode_switches_roles_and_grants_survive() {
     let progress = rig.drive(&r1).await;
     assert!(in_grace(&progress), "{progress:?}");
     assert_eq!(
-        rig.outcome(&r1, StepId::new(Action::Capture, 0)),
+        rig.outcome(&r1, StepId::new(Action::Capture, 0)).await,
         Some(f.blue.clone())
     );
     assert_eq!(
-        rig.outcome(&r1, StepId::new(Action::Create, 0)),
+        rig.outcome(&r1, StepId::new(Action::Create, 0)).await,
         Some(f.green.clone())
     );
     let stored = rig.stored(&r1).await;
@@ -171,11 +171,11 @@ async fn alternating_mode_switches_roles_and_grants_survive() {
     let progress = rig.drive(&r2).await;
     assert!(in_grace(&progress), "{progress:?}");
     assert_eq!(
-        rig.outcome(&r2, StepId::new(Action::Capture, 0)),
+        rig.outcome(&r2, StepId::new(Action::Capture, 0)).await,
         Some(f.green.clone())
     );
     assert_eq!(
-        rig.outcome(&r2, StepId::new(Action::Create, 0)),
+        rig.outcome(&r2, StepId::new(Action::Create, 0)).await,
         Some(f.blue.clone())
     );
     let stored = rig.stored(&r2).await;

@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
+use futures::executor::block_on;
 use rekey::journal::{JournalRead, JournalScan, MemoryJournal, StreamFilter};
 use rekey::runner::lock::{LockEvent, is_lock_stream};
 use rekey::saga::{Action, Phase, Rotation, RotationEvent, StepId, fold};
@@ -93,7 +94,9 @@ pub fn rotation_events(
     memory: &MemoryJournal,
     rotation: &str,
 ) -> Result<Vec<RotationEvent>, String> {
-    let events = memory.read_stream(rotation).map_err(|e| e.to_string())?;
+    // The memory journal's reads are ready futures: the harness, which is synchronous,
+    // takes their values at once.
+    let events = block_on(memory.read_stream(rotation)).map_err(|e| e.to_string())?;
     events
         .iter()
         .map(|e| {
@@ -396,7 +399,7 @@ pub fn check_journal(
         }));
     }
     out.extend(check_fences(appends));
-    let streams = match memory.streams(&StreamFilter::default()) {
+    let streams = match block_on(memory.streams(&StreamFilter::default())) {
         Ok(s) => s,
         Err(e) => {
             out.push(Violation::new(Invariant::Journal, None, e.to_string()));
@@ -460,7 +463,7 @@ pub fn check_journal(
                 format!("{id}: {detail}"),
             ))
         };
-        let events = match memory.read_stream(id) {
+        let events = match block_on(memory.read_stream(id)) {
             Ok(events) => events,
             Err(e) => {
                 fail(e.to_string());
@@ -637,7 +640,7 @@ pub fn check_world(world: &World, ended: bool) -> Vec<Violation> {
 pub fn trace(memory: &MemoryJournal, stream: &str) -> String {
     const HEAD: usize = 40;
     const TAIL: usize = 10;
-    let Ok(events) = memory.read_stream(stream) else {
+    let Ok(events) = block_on(memory.read_stream(stream)) else {
         return format!("    (stream {stream} cannot be read)\n");
     };
     let start = events.first().map_or(0, |e| e.recorded_at_ms);

@@ -1098,9 +1098,7 @@ impl<'s> Harness<'s> {
             complete,
         ));
         violations.extend(checks::check_world(&world, complete));
-        let streams = self
-            .memory
-            .streams(&StreamFilter::default())
+        let streams = futures::executor::block_on(self.memory.streams(&StreamFilter::default()))
             .unwrap_or_default();
         let rotations = streams
             .iter()

@@ -132,30 +132,30 @@ impl SimJournal {
 }
 
 impl JournalRead for SimJournal {
-    fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
-        self.memory.read_stream(stream_id)
+    async fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
+        self.memory.read_stream(stream_id).await
     }
 
-    fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
-        self.memory.stream_info(stream_id)
+    async fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
+        self.memory.stream_info(stream_id).await
     }
 }
 
 impl JournalScan for SimJournal {
-    fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
-        self.memory.read_after(after, limit)
+    async fn read_after(&self, after: u64, limit: usize) -> Result<Vec<Event>> {
+        self.memory.read_after(after, limit).await
     }
 
-    fn streams(&self, filter: &StreamFilter) -> Result<Vec<StreamInfo>> {
-        self.memory.streams(filter)
+    async fn streams(&self, filter: &StreamFilter) -> Result<Vec<StreamInfo>> {
+        self.memory.streams(filter).await
     }
 
-    fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
-        self.memory.due_timers(now_ms, limit)
+    async fn due_timers(&self, now_ms: i64, limit: usize) -> Result<Vec<Timer>> {
+        self.memory.due_timers(now_ms, limit).await
     }
 
-    fn next_timer(&self) -> Result<Option<Timer>> {
-        self.memory.next_timer()
+    async fn next_timer(&self) -> Result<Option<Timer>> {
+        self.memory.next_timer().await
     }
 }
 
