@@ -33,6 +33,8 @@ mod pg_batch;
 mod postgres;
 #[path = "journal/properties.rs"]
 mod properties;
+#[path = "journal/reads.rs"]
+mod reads;
 #[path = "journal/tamper.rs"]
 mod tamper;
 #[path = "journal/timers.rs"]

@@ -1,0 +1,162 @@
+//! Reads are async and leave the runtime that awaits them free. A SQLite read runs on the
+//! runtime's blocking pool with a connection of the journal's read pool; a PostgreSQL read
+//! runs on the journal's own runtime (`postgres.rs` holds one up at the server).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::ThreadId;
+use std::time::Duration;
+
+use rekey_journal::{Append, JournalRead, JournalScan, StreamFilter};
+
+use crate::common::{
+    Journal, Kind, Place, append_ok, assert_chain, block_on, manual_clock, numbered,
+};
+
+/// Streams written before each read, and events in the long one.
+const STREAMS: u64 = 64;
+const LONG_EVENTS: u64 = 1_000;
+
+/// Which read is under test.
+#[derive(Debug, Clone, Copy)]
+enum Read {
+    /// `read_stream` of the long stream.
+    Stream,
+    /// `streams` of every stream.
+    Streams,
+}
+
+/// A SQLite journal holding [`STREAMS`] streams, one of them `long` with [`LONG_EVENTS`]
+/// events, written on a runtime of its own (so the runtime under test starts with an empty
+/// blocking pool).
+fn filled_sqlite() -> Place {
+    let place = Place::new(Kind::Sqlite);
+    let j = place.open(&manual_clock());
+    block_on(async {
+        let mut seq = 0;
+        while seq < LONG_EVENTS {
+            let events = (seq + 1..=(seq + 100).min(LONG_EVENTS))
+                .map(numbered)
+                .collect();
+            seq = append_ok(&j, Append::new("long", seq, events))
+                .await
+                .last_seq;
+        }
+        for i in 1..STREAMS {
+            append_ok(&j, Append::new(format!("s-{i:03}"), 0, vec![numbered(1)])).await;
+        }
+    });
+    place
+}
+
+/// Awaits `read` of `j` on a current-thread runtime whose every started thread (all of them
+/// blocking-pool threads: such a runtime has no workers) waits, before its first task, for a
+/// gate that only a task spawned on the runtime ahead of the read opens. The read can then
+/// complete only if it ran off the runtime's thread and left that thread free to run the
+/// opener meanwhile; a read done on the runtime's thread completes before the opener runs.
+fn read_behind_a_gate(j: Journal, read: Read) {
+    let (open, gate) = std::sync::mpsc::channel::<()>();
+    let gate = Mutex::new(gate);
+    let started: Arc<Mutex<Vec<ThreadId>>> = Arc::default();
+    let runtime = {
+        let started = started.clone();
+        tokio::runtime::Builder::new_current_thread()
+            .on_thread_start(move || {
+                started
+                    .lock()
+                    .expect("the started threads")
+                    .push(std::thread::current().id());
+                // Disconnected (the opener has run) or opened: go on. The deadline only keeps
+                // a broken engine from hanging the test; it then fails below.
+                let _ = gate
+                    .lock()
+                    .expect("the gate")
+                    .recv_timeout(Duration::from_secs(10));
+            })
+            .build()
+            .expect("building a runtime")
+    };
+    let runtime_thread = std::thread::current().id();
+    let opened = Arc::new(AtomicU64::new(0));
+    let (opened_when_read, outcome) = runtime.block_on(async {
+        let opener = {
+            let opened = opened.clone();
+            tokio::spawn(async move {
+                opened.fetch_add(1, Ordering::SeqCst);
+                let _ = open.send(());
+            })
+        };
+        let outcome = match read {
+            Read::Stream => j.read_stream("long").await.map(|e| e.len() as u64),
+            Read::Streams => j
+                .streams(&StreamFilter::default())
+                .await
+                .map(|s| s.len() as u64),
+        };
+        let opened_when_read = opened.load(Ordering::SeqCst);
+        opener.await.expect("the opening task");
+        (opened_when_read, outcome)
+    });
+    assert_eq!(
+        opened_when_read, 1,
+        "{read:?}: the read completed before a task spawned ahead of it ran: it held the \
+         runtime's only thread"
+    );
+    let started = started.lock().expect("the started threads").clone();
+    assert!(
+        !started.is_empty() && !started.contains(&runtime_thread),
+        "{read:?}: the read must run on a blocking-pool thread, not the runtime's own; \
+         threads started: {started:?}"
+    );
+    let expected = match read {
+        Read::Stream => LONG_EVENTS,
+        Read::Streams => STREAMS,
+    };
+    assert_eq!(
+        outcome.expect("the read"),
+        expected,
+        "{read:?}: what was read"
+    );
+}
+
+#[test]
+fn a_sqlite_read_stream_leaves_a_current_thread_runtime_free() {
+    let place = filled_sqlite();
+    read_behind_a_gate(place.open(&manual_clock()), Read::Stream);
+}
+
+#[test]
+fn a_sqlite_streams_scan_leaves_a_current_thread_runtime_free() {
+    let place = filled_sqlite();
+    read_behind_a_gate(place.open(&manual_clock()), Read::Streams);
+}
+
+/// A journal opened read-only reads through connections opened as its first one was.
+#[test]
+fn a_read_only_sqlite_read_leaves_a_current_thread_runtime_free() {
+    let place = filled_sqlite();
+    read_behind_a_gate(place.open_audit(), Read::Stream);
+}
+
+/// More reads at once than the journal keeps connections: each waits its turn for one (or a
+/// new one) and every one reads the whole stream, links checked.
+#[test]
+fn many_concurrent_sqlite_reads_each_read_the_whole_stream() {
+    let place = filled_sqlite();
+    for j in [place.open(&manual_clock()), place.open_audit()] {
+        let j = Arc::new(j);
+        crate::common::block_on_threaded(async {
+            let reads: Vec<_> = (0..24)
+                .map(|_| {
+                    let j = j.clone();
+                    tokio::spawn(async move { j.read_stream("long").await })
+                })
+                .collect();
+            for read in reads {
+                let events = read.await.expect("a reading task").expect("a read");
+                assert_eq!(events.len() as u64, LONG_EVENTS, "every read is whole");
+                assert_chain("long", &events);
+            }
+        });
+    }
+}
