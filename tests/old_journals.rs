@@ -168,7 +168,7 @@ async fn a_journal_of_name_only_targets_resumes_to_completion() {
         );
     }
     assert_eq!(env_line(&dir.path().join("alpha.env"), "OTHER"), "kept");
-    let report = journal.verify(None).unwrap();
+    let report = journal.verify(None).await.unwrap();
     assert!(report.is_intact(), "{report:?}");
 }
 

@@ -47,8 +47,8 @@ impl AnyJournal {
     ///
     /// # Errors
     /// Storage errors.
-    pub fn heads(&self) -> Result<Vec<Head>> {
-        each!(self, j => j.heads())
+    pub async fn heads(&self) -> Result<Vec<Head>> {
+        each!(self, j => j.heads().await)
     }
 
     /// Recomputes every chain and checks it against the recorded heads and, when given,
@@ -56,8 +56,8 @@ impl AnyJournal {
     ///
     /// # Errors
     /// Storage errors only; a broken chain is a report, not an error.
-    pub fn verify(&self, exported: Option<&[Head]>) -> Result<VerifyReport> {
-        each!(self, j => j.verify(exported))
+    pub async fn verify(&self, exported: Option<&[Head]>) -> Result<VerifyReport> {
+        each!(self, j => j.verify(exported).await)
     }
 
     /// For a SQLite journal opened read-only, whether a `-wal` beside it was read; `None`

@@ -66,15 +66,15 @@
 //! Runtimes: the journal owns a small runtime of its own on which all its database I/O
 //! runs (the writer task, the pool's connections, every query), so it neither needs nor
 //! disturbs the caller's runtime, whatever its flavour, and cannot deadlock with it, since
-//! the journal's own tasks never wait for a caller. The read traits are async: a read spawns
-//! its query on the journal's runtime and awaits the join handle, so the caller's runtime
-//! goes on with its other tasks while the server answers, even a current-thread one.
-//! Appends and lease changes await the writer's answer the same way. Only the synchronous
-//! calls block the calling thread until the journal's runtime is done (`wait_on`, or the
-//! import's own channel): opening
-//! (a constructor), [`PostgresJournal::heads`] and [`PostgresJournal::verify`] (which the
-//! CLI calls off any runtime and the console on the blocking pool), and the steps of an
-//! import (the sink of [`crate::AnyJournal::copy_from`]).
+//! the journal's own tasks never wait for a caller. Every read is async (the read traits,
+//! [`PostgresJournal::heads`], [`PostgresJournal::verify`]): it spawns its query on the
+//! journal's runtime and awaits the join handle, so the caller's runtime goes on with its
+//! other tasks while the server answers, even a current-thread one. Appends and lease
+//! changes await the writer's answer the same way. Only two synchronous calls still block
+//! the calling thread until the journal's runtime is done: opening (`wait_on`), because a
+//! constructor cannot await and a command opens its journal once, before its work; and the
+//! steps of an import (the sink of [`crate::AnyJournal::copy_from`], on the import's own
+//! channel), because that sink is a synchronous trait shared with SQLite's.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -775,17 +775,6 @@ impl PostgresJournal {
         &self.shared.target
     }
 
-    /// Runs `f` on the journal's runtime and blocks this thread until it is done: only for
-    /// the synchronous inherent calls ([`PostgresJournal::heads`], [`PostgresJournal::verify`]).
-    fn run<T, F>(&self, f: impl FnOnce(Arc<Shared>) -> F) -> Result<T>
-    where
-        T: Send + 'static,
-        F: Future<Output = Result<T>> + Send + 'static,
-    {
-        let runtime = self.runtime.as_ref().ok_or(Error::WriterStopped)?;
-        wait_on(runtime, f(self.shared.clone()))
-    }
-
     /// Runs `f` on the journal's runtime and awaits it from the caller's. The query runs
     /// where the pool's connections live (their I/O tasks were spawned on the journal's
     /// runtime), and the caller's runtime only waits on a join handle, so it goes on with
@@ -818,11 +807,12 @@ impl PostgresJournal {
     ///
     /// # Errors
     /// Storage errors, or [`Error::Corrupt`] for a malformed head hash.
-    pub fn heads(&self) -> Result<Vec<Head>> {
-        self.run(|s| async move {
+    pub async fn heads(&self) -> Result<Vec<Head>> {
+        self.read(|s| async move {
             let c = s.client().await?;
             heads_in(&s, &c).await
         })
+        .await
     }
 
     /// Recomputes every chain, in one consistent snapshot, and checks it against the
@@ -831,9 +821,9 @@ impl PostgresJournal {
     ///
     /// # Errors
     /// Storage errors only; a broken chain is a report, not an error.
-    pub fn verify(&self, exported: Option<&[Head]>) -> Result<VerifyReport> {
+    pub async fn verify(&self, exported: Option<&[Head]>) -> Result<VerifyReport> {
         let exported = exported.map(<[Head]>::to_vec);
-        self.run(|s| async move {
+        self.read(|s| async move {
             let mut c = s.client().await?;
             let tx = c
                 .build_transaction()
@@ -878,6 +868,7 @@ impl PostgresJournal {
                 .map_err(s.failed("ending a read snapshot"))?;
             Ok(verifier.finish())
         })
+        .await
     }
 
     /// Claims up to `limit` due timers for `owner` for `claim_ms`, earliest first: rows
@@ -926,8 +917,8 @@ impl PostgresJournal {
     }
 }
 
-/// Runs `fut` on the journal's runtime and blocks this thread until it is done, for the
-/// synchronous calls only (opening, `heads`, `verify`); reads are async. Unlike
+/// Runs `fut` on the journal's runtime and blocks this thread until it is done: for opening
+/// only (a constructor cannot await); reads are async. Unlike
 /// `Runtime::block_on`, this may be called from inside another runtime. On a worker of a
 /// multi-threaded runtime, the wait hands the worker's other tasks to another thread first
 /// (`block_in_place`); on a current-thread runtime it blocks that runtime for the call.

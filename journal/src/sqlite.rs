@@ -328,12 +328,6 @@ impl SqliteJournal {
         rx.await.map_err(|_| Error::WriterStopped)?
     }
 
-    /// Runs `f` with a read connection on this thread: for the synchronous inherent calls
-    /// ([`SqliteJournal::heads`], [`SqliteJournal::verify`]).
-    fn with_reader<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        self.readers.with(f)
-    }
-
     /// Runs `f` with a read connection on tokio's blocking pool and awaits it, so the
     /// caller's runtime thread is free while SQLite reads.
     async fn read<T: Send + 'static>(
@@ -366,8 +360,8 @@ impl SqliteJournal {
     ///
     /// # Errors
     /// Storage errors, or [`Error::Corrupt`] for a malformed head hash.
-    pub fn heads(&self) -> Result<Vec<Head>> {
-        self.with_reader(heads_in)
+    pub async fn heads(&self) -> Result<Vec<Head>> {
+        self.read(heads_in).await
     }
 
     /// Runs SQLite's integrity check of every page and index, then recomputes every chain
@@ -376,13 +370,14 @@ impl SqliteJournal {
     ///
     /// # Errors
     /// Storage errors only; a damaged file or a broken chain is a report, not an error.
-    pub fn verify(&self, exported: Option<&[Head]>) -> Result<VerifyReport> {
-        self.with_reader(|c| {
+    pub async fn verify(&self, exported: Option<&[Head]>) -> Result<VerifyReport> {
+        let exported = exported.map(<[Head]>::to_vec);
+        self.read(move |c| {
             snapshot(c, |c| {
                 if let Some(damage) = damage(c)? {
                     return Ok(VerifyReport::damaged(damage));
                 }
-                match verify_chains(c, exported) {
+                match verify_chains(c, exported.as_deref()) {
                     Err(Error::Sqlite { cause, .. }) if is_corrupt(&cause) => {
                         Ok(VerifyReport::damaged(cause.to_string()))
                     }
@@ -390,6 +385,7 @@ impl SqliteJournal {
                 }
             })
         })
+        .await
     }
 }
 

@@ -110,7 +110,7 @@ pub async fn run(args: DemoArgs) -> Result<u8> {
     for e in env.journal.read_stream(&rotation_id).await? {
         println!("{}", timeline_line(&e));
     }
-    let report = env.journal.verify(None)?;
+    let report = env.journal.verify(None).await?;
     println!(
         "\njournal {}: {} ({} streams, {} events)",
         env.config.journal.describe(),

@@ -222,7 +222,7 @@ pub async fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
         } => {
             let exported = heads.map(|p| read_heads(&p)).transpose()?;
             let (j, path) = open(&journal, config)?;
-            let report = j.verify(exported.as_deref())?;
+            let report = j.verify(exported.as_deref()).await?;
             if json {
                 serde_json::to_writer(
                     &mut out,
@@ -390,7 +390,7 @@ pub async fn run(cmd: JournalCommand, config: Option<&Path>) -> Result<u8> {
             copy(&from, &to, &pg, &mut out).await
         }
         JournalCommand::Heads { journal } => {
-            for head in open(&journal, config)?.0.heads()? {
+            for head in open(&journal, config)?.0.heads().await? {
                 serde_json::to_writer(&mut out, &head)?;
                 writeln!(out)?;
             }
@@ -408,8 +408,8 @@ async fn html_report(
     output: Option<&Path>,
 ) -> Result<u8> {
     use rekey_journal::Clock;
-    let verify = j.verify(None)?;
-    let heads = j.heads()?;
+    let verify = j.verify(None).await?;
+    let heads = j.heads().await?;
     let source = Source {
         location,
         verify: &verify,
@@ -594,9 +594,9 @@ async fn copy(from: &str, to: &str, pg: &PgFlags<'_>, out: &mut impl Write) -> R
         }
     };
     // The copy, read back: every chain verifies, and every head is the source's.
-    let heads = source_journal.heads()?;
-    let report = target_journal.verify(Some(&heads))?;
-    if !report.is_intact() || target_journal.heads()? != heads {
+    let heads = source_journal.heads().await?;
+    let report = target_journal.verify(Some(&heads)).await?;
+    if !report.is_intact() || target_journal.heads().await? != heads {
         anyhow::bail!(
             "the copy in {} does not verify as its source does ({}); do not use it: copy again into an empty journal",
             target.describe(),

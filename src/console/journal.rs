@@ -34,21 +34,31 @@ fn open<J: RunnerJournal + 'static>(
         .map_err(|e| format!("The journal cannot be opened for reading: {e}"))
 }
 
+/// [`open`], on the blocking pool: opening may copy a SQLite journal aside, or wait for the
+/// PostgreSQL server, and is synchronous.
+async fn opened<J: RunnerJournal + 'static>(
+    console: &Console<J>,
+) -> Result<rekey_journal::AnyJournal, String> {
+    let c = console.clone();
+    tokio::task::spawn_blocking(move || open(&c))
+        .await
+        .unwrap_or_else(|e| Err(format!("Opening the journal failed: {e}")))
+}
+
 /// `GET /ui/journal`.
 pub async fn page<J: RunnerJournal + 'static>(
     Extract(console): Extract<Console<J>>,
     Extension(signed): Extension<Signed>,
 ) -> Response {
     let location = console.api.config.journal.describe();
-    let c = console.clone();
-    // Every event is read: off the threads that serve requests.
-    let verified = tokio::task::spawn_blocking(move || {
-        open(&c)?
+    let verified = match opened(&console).await {
+        // Every event is read: awaited, so the threads that serve requests go on meanwhile.
+        Ok(j) => j
             .verify(None)
-            .map_err(|e| format!("The journal cannot be verified now: {e}"))
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("The verification failed: {e}")));
+            .await
+            .map_err(|e| format!("The journal cannot be verified now: {e}")),
+        Err(why) => Err(why),
+    };
     match verified {
         Ok(report) => render(
             StatusCode::OK,
@@ -70,14 +80,13 @@ pub async fn heads<J: RunnerJournal + 'static>(
     Extract(console): Extract<Console<J>>,
     Extension(signed): Extension<Signed>,
 ) -> Response {
-    let c = console.clone();
-    let read = tokio::task::spawn_blocking(move || {
-        open(&c)?
+    let read = match opened(&console).await {
+        Ok(j) => j
             .heads()
-            .map_err(|e| format!("The journal's heads cannot be read now: {e}"))
-    })
-    .await
-    .unwrap_or_else(|e| Err(format!("Reading the heads failed: {e}")));
+            .await
+            .map_err(|e| format!("The journal's heads cannot be read now: {e}")),
+        Err(why) => Err(why),
+    };
     let heads = match read {
         Ok(heads) => heads,
         Err(why) => return refused(&signed.session, StatusCode::SERVICE_UNAVAILABLE, why),

@@ -127,7 +127,9 @@ async fn a_read_only_journal_is_refused_for_writing_but_can_be_audited() {
 
     let j = SqliteJournal::open_read_only(&path).expect("auditing a read-only journal");
     assert_intact(
-        &j.verify(Some(&j.heads().expect("heads"))).expect("verify"),
+        &j.verify(Some(&j.heads().await.expect("heads")))
+            .await
+            .expect("verify"),
         "read-only",
     );
     assert_eq!(
@@ -151,7 +153,10 @@ async fn open_read_only_reads_and_verifies_without_writing() {
     let before = dir_snapshot(dir.path());
     {
         let j = SqliteJournal::open_read_only(&path).expect("opening read-only");
-        let report = j.verify(Some(&j.heads().expect("heads"))).expect("verify");
+        let report = j
+            .verify(Some(&j.heads().await.expect("heads")))
+            .await
+            .expect("verify");
         assert_intact(&report, "read-only open");
         assert_eq!(
             (report.streams, report.events),
@@ -350,7 +355,7 @@ async fn malformed_appends_are_refused_and_the_file_is_unchanged() {
             5,
             "nothing appended"
         );
-        assert_intact(&j.verify(None).expect("verify"), "after the refusals");
+        assert_intact(&j.verify(None).await.expect("verify"), "after the refusals");
     }
     assert_unchanged(&before, &dir_snapshot(dir.path()), "after refused appends");
 }

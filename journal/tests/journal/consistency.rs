@@ -63,8 +63,10 @@ fn read_stream_never_reports_corruption_while_the_stream_grows() {
 /// append landing between two of its reads.
 #[test]
 fn verify_is_intact_while_the_journal_grows() {
-    let outcome = while_appending(|j, _| {
-        let report = j.verify(None).map_err(|e| e.to_string())?;
+    let outcome = while_appending(|j, runtime| {
+        let report = runtime
+            .block_on(j.verify(None))
+            .map_err(|e| e.to_string())?;
         match report.broken {
             None => Ok(()),
             Some(b) => Err(b.to_string()),

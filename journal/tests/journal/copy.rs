@@ -86,9 +86,9 @@ async fn a_copy_holds_every_event_record_and_timer_and_carries_on() {
             dst.due_timers(i64::MAX, 10).await.unwrap(),
             src.due_timers(i64::MAX, 10).await.unwrap()
         );
-        let heads = src.heads().unwrap();
-        assert_eq!(dst.heads().unwrap(), heads);
-        assert_intact(&dst.verify(Some(&heads)).unwrap(), "the copy");
+        let heads = src.heads().await.unwrap();
+        assert_eq!(dst.heads().await.unwrap(), heads);
+        assert_intact(&dst.verify(Some(&heads)).await.unwrap(), "the copy");
 
         // The copy takes appends where the source left off, after its global sequences.
         let appended = dst
@@ -97,7 +97,7 @@ async fn a_copy_holds_every_event_record_and_timer_and_carries_on() {
             .unwrap();
         assert_eq!(appended.last_seq, 5);
         assert!(appended.last_global_seq > events.last().unwrap().global_seq);
-        assert_intact(&dst.verify(None).unwrap(), "the copy after an append");
+        assert_intact(&dst.verify(None).await.unwrap(), "the copy after an append");
 
         // Now it holds something: a second copy into it is refused, and changes nothing.
         let before = all_events(&dst).await;

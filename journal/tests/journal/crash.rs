@@ -250,9 +250,9 @@ fn check_recovered(
             "{context}: {stream}#{seq} is not the event that was acknowledged"
         );
     }
-    let report = j.verify(Some(exported)).expect("verify");
+    let report = crate::common::block_on(j.verify(Some(exported))).expect("verify");
     assert_intact(&report, context);
-    j.heads().expect("heads")
+    crate::common::block_on(j.heads()).expect("heads")
 }
 
 on_both_engines_sync!(sigkilled_writers_lose_no_acknowledged_event);

@@ -90,7 +90,7 @@ async fn a_closed_journal_file_holds_every_event() {
         50,
         "every event in the copy"
     );
-    assert_intact(&j.verify(None).expect("verify"), "the copy");
+    assert_intact(&j.verify(None).await.expect("verify"), "the copy");
 }
 
 /// The names in `dir`.
@@ -140,7 +140,10 @@ async fn a_copy_with_its_wal_is_read_whole_and_nothing_is_created_beside_it() {
         4,
         "the events in the -wal are read"
     );
-    assert_intact(&j.verify(None).expect("verify"), "the copy with its -wal");
+    assert_intact(
+        &j.verify(None).await.expect("verify"),
+        "the copy with its -wal",
+    );
     drop(j);
     assert_eq!(names(&with_wal), ["journal.db", "journal.db-wal"]);
 
@@ -159,7 +162,7 @@ async fn a_copy_with_its_wal_is_read_whole_and_nothing_is_created_beside_it() {
 
     let j = SqliteJournal::open_read_only(alone.join("journal.db")).expect("opening the copy");
     assert!(!j.reads_wal(), "no -wal was there to read");
-    assert_intact(&j.verify(None).expect("verify"), "the file alone");
+    assert_intact(&j.verify(None).await.expect("verify"), "the file alone");
     drop(j);
     assert_eq!(names(&alone), ["journal.db"]);
 }

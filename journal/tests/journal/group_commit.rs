@@ -74,7 +74,7 @@ async fn concurrent_appenders_to_different_streams_all_land() {
             );
         }
     }
-    let report = j.verify(None).expect("verify");
+    let report = j.verify(None).await.expect("verify");
     assert_intact(&report, "after concurrent appends");
     assert_eq!(report.streams, TASKS, "every stream verified");
 }
@@ -193,7 +193,7 @@ async fn a_conflicting_append_fails_alone_inside_its_batch() {
         N - 2,
         "each landed append has its own global sequence"
     );
-    assert_intact(&j.verify(None).expect("verify"), "after the batch");
+    assert_intact(&j.verify(None).await.expect("verify"), "after the batch");
 }
 
 /// After a batch with a failure, the writer keeps serving: the failure is not sticky.
@@ -257,5 +257,5 @@ async fn a_second_writer_on_the_file_is_never_hidden_by_the_cache() {
         matches!(fenced, Err(Error::LeaseHeld { ref holder, .. }) if holder == "runner-b"),
         "`b`'s lease holds for `a`: {fenced:?}"
     );
-    assert_intact(&a.verify(None).expect("verify"), "after two writers");
+    assert_intact(&a.verify(None).await.expect("verify"), "after two writers");
 }

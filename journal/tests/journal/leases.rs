@@ -164,7 +164,10 @@ async fn lease_life_cycle_and_fencing(kind: Kind) {
     let clock = manual_clock();
     let j = place.open(&clock);
     lease_rules(&j, &clock).await;
-    assert_intact(&j.verify(None).expect("verify"), "after the lease tests");
+    assert_intact(
+        &j.verify(None).await.expect("verify"),
+        "after the lease tests",
+    );
 }
 
 #[tokio::test]

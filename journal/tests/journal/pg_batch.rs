@@ -335,7 +335,7 @@ async fn a_mixed_batch_lands_what_it_should_without_gaps_and_refuses_exactly_the
         transactions, 1,
         "the queued requests committed as one batch"
     );
-    assert_intact(&j.verify(None).expect("verify"), "after the batch");
+    assert_intact(&j.verify(None).await.expect("verify"), "after the batch");
 }
 
 /// A TCP proxy on 127.0.0.1 in front of the test server that counts the requests clients

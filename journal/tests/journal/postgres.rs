@@ -149,7 +149,7 @@ async fn an_append_whose_commit_acknowledgement_is_lost_is_reported_done_and_sto
     // The writer goes on as usual.
     append_ok(&j, Append::new("s", 4, vec![numbered(5)])).await;
     assert_intact(
-        &j.verify(None).expect("verify"),
+        &j.verify(None).await.expect("verify"),
         "after the lost acknowledgement",
     );
 }
@@ -500,7 +500,7 @@ async fn queued_appends_commit_in_one_transaction_and_a_conflict_fails_alone() {
         "{} appends queued behind one lock must commit in at most two transactions, not {transactions}",
         N - 1
     );
-    assert_intact(&j.verify(None).expect("verify"), "after the batch");
+    assert_intact(&j.verify(None).await.expect("verify"), "after the batch");
 }
 
 /// A server that is not there is reported with where it was looked for, promptly.

@@ -189,7 +189,8 @@ async fn round_trip(kind: Kind, ops: Vec<Op>) {
         mem.streams(&filter).await.expect("streams")
     );
     let report = sql
-        .verify(Some(&sql.heads().expect("heads")))
+        .verify(Some(&sql.heads().await.expect("heads")))
+        .await
         .expect("verify");
     assert_intact(&report, &format!("{kind:?}"));
     assert_eq!(report.events, total as u64, "verify must read every event");
@@ -245,7 +246,7 @@ proptest! {
                 let place = Place::new(kind);
                 let j = Arc::new(place.open_real_time());
                 race(j.clone(), tasks, rounds, len).await;
-                assert_intact(&j.verify(None).expect("verify"), &format!("{kind:?} after the race"));
+                assert_intact(&j.verify(None).await.expect("verify"), &format!("{kind:?} after the race"));
             }
             let mem = Arc::new(memory(&ManualClock::new(T0)));
             race(mem.clone(), tasks, rounds, len).await;
@@ -382,7 +383,7 @@ fn retrying_writers_land_every_event_exactly_once() {
             let place = Place::new(kind);
             let j = Arc::new(place.open_real_time());
             run(j.clone()).await;
-            assert_intact(&j.verify(None).expect("verify"), &format!("{kind:?}"));
+            assert_intact(&j.verify(None).await.expect("verify"), &format!("{kind:?}"));
         }
         run(Arc::new(MemoryJournal::new(Arc::new(manual_clock())))).await;
     });

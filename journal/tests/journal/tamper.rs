@@ -26,9 +26,9 @@ async fn victim(place: &Place) -> Vec<Head> {
             }
         }
     }
-    let heads = j.heads().expect("heads");
+    let heads = j.heads().await.expect("heads");
     assert_intact(
-        &j.verify(Some(&heads)).expect("verify"),
+        &j.verify(Some(&heads)).await.expect("verify"),
         "the victim before the attack",
     );
     heads
@@ -183,10 +183,17 @@ struct Row {
 }
 
 /// Asserts `verify` reports its first broken link at `stream`#`seq`, described with `what`.
-fn assert_broken_at(place: &Place, exported: Option<&[Head]>, stream: &str, seq: u64, what: &str) {
+async fn assert_broken_at(
+    place: &Place,
+    exported: Option<&[Head]>,
+    stream: &str,
+    seq: u64,
+    what: &str,
+) {
     let j = place.open_audit();
     let report = j
         .verify(exported)
+        .await
         .unwrap_or_else(|e| panic!("verify must report tampering as a broken link, not fail: {e}"));
     let broken = report
         .broken
@@ -237,7 +244,7 @@ async fn tamper_edited_payload_is_found_at_its_sequence(kind: Kind) {
         .await
         .exec(r#"UPDATE events SET payload = '{"i":999}' WHERE stream_id = 'bravo' AND stream_seq = 3"#)
         .await;
-    assert_broken_at(&place, None, "bravo", 3, "edited");
+    assert_broken_at(&place, None, "bravo", 3, "edited").await;
     assert_read_corrupt_at(&place, "bravo", 3).await;
 }
 
@@ -262,7 +269,7 @@ async fn tamper_edited_and_rehashed_event_breaks_the_next_link(kind: Kind) {
     .to_vec();
     c.put_row("bravo", 3, &row).await;
     drop(c);
-    assert_broken_at(&place, None, "bravo", 4, "prev_hash");
+    assert_broken_at(&place, None, "bravo", 4, "prev_hash").await;
     assert_read_corrupt_at(&place, "bravo", 4).await;
 }
 
@@ -275,7 +282,7 @@ async fn tamper_deleted_middle_event_is_found_as_a_gap(kind: Kind) {
         .await
         .exec("DELETE FROM events WHERE stream_id = 'bravo' AND stream_seq = 3")
         .await;
-    assert_broken_at(&place, None, "bravo", 3, "gap");
+    assert_broken_at(&place, None, "bravo", 3, "gap").await;
     assert_read_corrupt_at(&place, "bravo", 4).await;
 }
 
@@ -288,7 +295,7 @@ async fn tamper_swapped_events_break_the_chain_at_the_first_swapped_position(kin
     c.put_row("bravo", 2, &third).await;
     c.put_row("bravo", 3, &second).await;
     drop(c);
-    assert_broken_at(&place, None, "bravo", 2, "prev_hash");
+    assert_broken_at(&place, None, "bravo", 2, "prev_hash").await;
     assert_read_corrupt_at(&place, "bravo", 2).await;
 }
 
@@ -308,7 +315,7 @@ async fn tamper_rows_swapped_in_global_order_are_found(kind: Kind) {
                  WHERE stream_id = 'bravo' AND stream_seq IN (2, 3);",
         )
         .await;
-    assert_broken_at(&place, None, "bravo", 3, "global order");
+    assert_broken_at(&place, None, "bravo", 3, "global order").await;
 }
 
 /// (d) The tail truncated and the head row rewritten to match: the journal is
@@ -327,7 +334,7 @@ async fn tamper_truncation_with_a_rewritten_head_is_found_by_exported_heads(kind
         .await;
     let j = place.open_audit();
     assert_intact(
-        &j.verify(None).expect("verify"),
+        &j.verify(None).await.expect("verify"),
         "without exported heads a consistent truncation is invisible (this is why heads are exported)",
     );
     let events = read(&j, "bravo").await;
@@ -337,7 +344,7 @@ async fn tamper_truncation_with_a_rewritten_head_is_found_by_exported_heads(kind
         4,
         "the truncated stream reads as its 4 remaining events"
     );
-    assert_broken_at(&place, Some(&exported), "bravo", 5, "truncated");
+    assert_broken_at(&place, Some(&exported), "bravo", 5, "truncated").await;
 }
 
 /// (d') The tail truncated but the head row left alone: the journal's own head record shows it.
@@ -348,7 +355,7 @@ async fn tamper_truncation_without_head_rewrite_is_found(kind: Kind) {
         .await
         .exec("DELETE FROM events WHERE stream_id = 'bravo' AND stream_seq > 4")
         .await;
-    assert_broken_at(&place, None, "bravo", 5, "truncated");
+    assert_broken_at(&place, None, "bravo", 5, "truncated").await;
     assert_read_corrupt_at(&place, "bravo", 5).await;
 }
 
@@ -363,7 +370,7 @@ async fn tamper_deleted_stream_is_found_by_exported_heads(kind: Kind) {
              DELETE FROM streams WHERE stream_id = 'charlie';",
         )
         .await;
-    assert_broken_at(&place, Some(&exported), "charlie", 1, "missing");
+    assert_broken_at(&place, Some(&exported), "charlie", 1, "missing").await;
 }
 
 /// (f) A column rewritten with another SQLite type (payload stored as a BLOB): still tampering,
@@ -380,7 +387,7 @@ async fn tamper_retyped_column_is_reported_as_a_broken_link() {
              WHERE stream_id = 'bravo' AND stream_seq = 3",
         )
         .await;
-    assert_broken_at(&place, None, "bravo", 3, "");
+    assert_broken_at(&place, None, "bravo", 3, "").await;
     assert_read_corrupt_at(&place, "bravo", 3).await;
 }
 
@@ -425,7 +432,7 @@ async fn triggers_refuse_updates_and_deletes_of_history(kind: Kind) {
     }
     drop(c);
     let j = place.open_audit();
-    let report = j.verify(None).expect("verify");
+    let report = j.verify(None).await.expect("verify");
     assert_intact(&report, "after the refused attacks");
     assert_eq!(report.events, 13, "every event is still there");
 }
@@ -459,6 +466,7 @@ async fn a_damaged_index_page_is_reported() {
     let j = place.open_audit();
     let report = j
         .verify(None)
+        .await
         .expect("verify reports damage, it does not fail");
     assert!(!report.is_intact(), "{report:?}");
     assert!(
