@@ -24,19 +24,8 @@ async fn an_operator_rotates_from_the_console_and_follows_it_live() {
     assert!(row.contains("none"), "no open rotation: {row}");
     b.screenshot("secrets-operator").await;
 
-    b.client
-        .find(Locator::Css("tr[data-secret='s0'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("events"))
-        .await
-        .unwrap();
+    b.click(Locator::Css("tr[data-secret='s0'] button")).await;
+    b.wait_for(Locator::Id("events"), 10).await;
     let path = b.client.current_url().await.unwrap().path().to_owned();
     assert!(path.starts_with("/ui/rotations/"), "{path}");
     // As rendered by the server: open, not yet ended, a step attempt still running (the
@@ -71,12 +60,8 @@ async fn an_operator_rotates_from_the_console_and_follows_it_live() {
         .unwrap()
         .parse()
         .unwrap();
-    b.client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("body[data-ended='true']"))
-        .await
-        .expect("the timeline should reach the terminal event live");
+    b.wait_for(Locator::Css("body[data-ended='true']"), 20)
+        .await;
     assert_eq!(b.text("#status").await, "completed");
     let timeline = b.text("#events").await;
     assert!(timeline.contains("GraceScheduled"), "{timeline}");
@@ -140,13 +125,7 @@ async fn an_operator_rotates_from_the_console_and_follows_it_live() {
         .select_by_value("completed")
         .await
         .unwrap();
-    b.client
-        .find(Locator::Id("apply"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Id("apply")).await;
     b.client
         .wait()
         .at_most(Duration::from_secs(10))
@@ -201,19 +180,9 @@ async fn a_viewer_sees_status_without_rotate_buttons() {
     assert!(buttons.is_empty(), "a viewer has no Rotate button");
     b.screenshot("secrets-viewer").await;
     // Signing out ends the session: the pages send to the sign-in form again.
-    b.client
-        .find(Locator::Css("form[action='/ui/logout'] button"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("token"))
-        .await
-        .unwrap();
+    b.click(Locator::Css("form[action='/ui/logout'] button"))
+        .await;
+    b.wait_for(Locator::Id("token"), 10).await;
     b.screenshot("login").await;
     b.client
         .goto(&format!("{}/ui/history", d.base))
@@ -328,12 +297,7 @@ async fn the_console_is_usable_from_the_keyboard() {
         .send_keys(&format!("{OPERATOR_TOKEN}{ENTER}"))
         .await
         .unwrap();
-    b.client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("secrets"))
-        .await
-        .unwrap();
+    b.wait_for(Locator::Id("secrets"), 10).await;
     // Skip link, five pages, Sign out, then the first Rotate button.
     let mut reached = None;
     for _ in 0..12 {
@@ -347,12 +311,7 @@ async fn the_console_is_usable_from_the_keyboard() {
     }
     let button = reached.expect("Tab should reach the Rotate button");
     button.send_keys(ENTER).await.unwrap();
-    b.client
-        .wait()
-        .at_most(Duration::from_secs(10))
-        .for_element(Locator::Id("events"))
-        .await
-        .unwrap();
+    b.wait_for(Locator::Id("events"), 10).await;
     assert!(b.text("h1").await.contains("Rotation of s0"));
     b.close().await;
 }

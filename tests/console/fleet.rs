@@ -4,8 +4,6 @@
 //! rotation runs to its end. An application named with markup shows as text. A viewer
 //! has no selection or Review, and its POST is refused.
 
-use std::time::Duration;
-
 use fantoccini::Locator;
 
 use super::{OPERATOR_TOKEN, VIEWER_TOKEN, browser};
@@ -75,19 +73,8 @@ async fn an_operator_reviews_and_confirms_a_fleet_rotation() {
         b.text("#discovery").await,
         "No discovery has been journaled yet."
     );
-    b.client
-        .find(Locator::Id("discover"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    b.client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Id("credentials"))
-        .await
-        .unwrap();
+    b.click(Locator::Id("discover")).await;
+    b.wait_for(Locator::Id("credentials"), 20).await;
     // By expiry: orders and search (10 days) before the markup-named app (40 days).
     let rows = b.text("#credentials tbody").await;
     let (orders, search, markup) = (
@@ -121,30 +108,15 @@ async fn an_operator_reviews_and_confirms_a_fleet_rotation() {
         "0a000000-0000-4000-8000-0000000000a1",
         "0a000000-0000-4000-8000-0000000000b2",
     ] {
-        b.client
-            .find(Locator::Css(&format!(
-                "tr[data-app='{app}'] input[type=checkbox]"
-            )))
-            .await
-            .unwrap()
-            .click()
-            .await
-            .unwrap();
+        b.click(Locator::Css(&format!(
+            "tr[data-app='{app}'] input[type=checkbox]"
+        )))
+        .await;
     }
-    b.client
-        .find(Locator::Id("review"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
+    b.click(Locator::Id("review")).await;
     let review = b
-        .client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Id("review-text"))
+        .wait_for(Locator::Id("review-text"), 20)
         .await
-        .unwrap()
         .text()
         .await
         .unwrap();
@@ -162,29 +134,16 @@ async fn an_operator_reviews_and_confirms_a_fleet_rotation() {
         "only the selected applications: {review}"
     );
     b.screenshot("fleet-review").await;
-    b.client
-        .find(Locator::Id("confirm"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    let link = b
-        .client
-        .wait()
-        .at_most(Duration::from_secs(20))
-        .for_element(Locator::Css("#started a"))
-        .await
-        .unwrap();
+    b.click(Locator::Id("confirm")).await;
+    let link = b.wait_for(Locator::Css("#started a"), 20).await;
     assert_eq!(link.text().await.unwrap(), "started");
     b.screenshot("fleet-started").await;
     link.click().await.unwrap();
-    b.client
-        .wait()
-        .at_most(Duration::from_secs(30))
-        .for_element(Locator::Css("body[data-ended='true'], #status.completed"))
-        .await
-        .expect("the fleet rotation should end");
+    b.wait_for(
+        Locator::Css("body[data-ended='true'], #status.completed"),
+        30,
+    )
+    .await;
     b.client.refresh().await.unwrap();
     assert_eq!(b.text("#status").await, "completed");
     assert!(b.text("main").await.contains("bulk, by console:operator"));
@@ -239,12 +198,8 @@ async fn a_viewer_has_no_fleet_actions_and_its_post_is_refused() {
             .await
             .unwrap();
         let message = b
-            .client
-            .wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Id("message"))
+            .wait_for(Locator::Id("message"), 10)
             .await
-            .unwrap()
             .text()
             .await
             .unwrap();

@@ -21,6 +21,7 @@ mod fleet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fantoccini::elements::Element;
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
@@ -171,17 +172,29 @@ impl Browser {
         assert!(c.current_url().await.unwrap().path().ends_with("/ui/login"));
         let field = c.find(Locator::Id("token")).await.unwrap();
         field.send_keys(token).await.unwrap();
-        c.find(Locator::Id("sign-in"))
+        self.click(Locator::Id("sign-in")).await;
+        self.wait_for(Locator::Id("secrets"), 10).await;
+    }
+
+    /// Clicks the element `locator` finds.
+    pub async fn click(&self, locator: Locator<'_>) {
+        self.client
+            .find(locator)
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("{locator:?}: {e}"))
             .click()
             .await
             .unwrap();
-        c.wait()
-            .at_most(Duration::from_secs(10))
-            .for_element(Locator::Id("secrets"))
+    }
+
+    /// Waits at most `seconds` for the element `locator` finds, and gives it.
+    pub async fn wait_for(&self, locator: Locator<'_>, seconds: u64) -> Element {
+        self.client
+            .wait()
+            .at_most(Duration::from_secs(seconds))
+            .for_element(locator)
             .await
-            .unwrap();
+            .unwrap_or_else(|e| panic!("waiting for {locator:?}: {e}"))
     }
 
     /// The text of the element `css` selects.

@@ -143,6 +143,16 @@ pub async fn list_settings(
         }
         None => format!("the settings of site {site}"),
     };
+    list_at(api, arm, &path, &resource).await
+}
+
+/// Every setting of the site or slot at ARM `path`; `resource` names it in errors.
+async fn list_at(
+    api: &Authed,
+    arm: &Url,
+    path: &str,
+    resource: &str,
+) -> Result<BTreeMap<String, String>, ProviderError> {
     let url = join(
         arm,
         &format!("{path}/config/appsettings/list"),
@@ -153,7 +163,7 @@ pub async fn list_settings(
             reqwest::Method::POST,
             &url,
             Body::Empty,
-            op("list settings", &resource),
+            op("list settings", resource),
         )
         .await?;
     Ok(resp.body["properties"]
@@ -447,27 +457,7 @@ impl AppSetting {
 
     /// Every setting of the site.
     async fn list(&self) -> Result<BTreeMap<String, String>, ProviderError> {
-        let url = join(
-            &self.arm,
-            &format!("{}/config/appsettings/list", self.site_path()),
-            Some(API_VERSION),
-        )?;
-        let resource = self.resource();
-        let resp = self
-            .api
-            .call(
-                reqwest::Method::POST,
-                &url,
-                Body::Empty,
-                op("list settings", &resource),
-            )
-            .await?;
-        Ok(resp.body["properties"]
-            .as_object()
-            .into_iter()
-            .flatten()
-            .filter_map(|(k, v)| v.as_str().map(|s| (k.clone(), s.to_owned())))
-            .collect())
+        list_at(&self.api, &self.arm, &self.site_path(), &self.resource()).await
     }
 
     /// Sets (or, with `None`, removes) our setting, leaving every other one as it was.
