@@ -195,3 +195,62 @@ async fn an_ended_rotation_is_finished_for_any_runner_without_its_lease() {
         1
     );
 }
+
+/// A step's `StepStarted` is durable before the provider is called for it, now that it
+/// shares its commit with the previous step's outcome: at each call, the journal already
+/// holds the start of every step called so far. Reads of the old value come before their
+/// step's start (they see the previous step's); no call sees fewer starts than steps done.
+#[tokio::test]
+async fn each_step_is_journaled_as_started_before_its_provider_call() {
+    use std::collections::BTreeSet;
+
+    use crate::open_rotations::OnCall;
+
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let journal = Arc::new(Counting {
+        memory: MemoryJournal::new(clock.clone()),
+        writes: Mutex::default(),
+    });
+    // How many StepStarted were durable at each provider call.
+    let seen: Arc<Mutex<Vec<usize>>> = Arc::default();
+    let (watched, log) = (journal.clone(), seen.clone());
+    let local = Local::calling(OnCall(Arc::new(move || {
+        let started = watched
+            .writes
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|w| match w {
+                Write::Append { kinds, .. } => kinds.iter().filter(|k| *k == "StepStarted").count(),
+                Write::Lease(_) => 0,
+            })
+            .sum();
+        log.lock().unwrap().push(started);
+    })));
+    let providers = Registry::new().with_roles(PROVIDER, roles!(Arc::new(local)));
+    let runner = Runner::new(
+        journal.clone(),
+        Arc::new(providers),
+        clock,
+        Options::new("durable-start", 1),
+    );
+    let Requested::Started { rotation_id } = runner
+        .request(plan("s"), Trigger::Manual, "test", "r1".into())
+        .await
+        .unwrap()
+    else {
+        panic!("a first request opens a rotation");
+    };
+    assert_eq!(
+        runner.drive(&rotation_id).await.unwrap(),
+        Progress::Finished(Phase::Completed)
+    );
+    let seen = seen.lock().unwrap().clone();
+    let distinct: BTreeSet<usize> = seen.iter().copied().collect();
+    // Nine steps, each called once its start is durable: the calls see 1 to 9 starts.
+    assert_eq!(
+        distinct,
+        (1..=9).collect::<BTreeSet<usize>>(),
+        "StepStarted durable at each call: {seen:?}"
+    );
+}

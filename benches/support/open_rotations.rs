@@ -220,6 +220,18 @@ pub struct Local {
     pub hold: AtomicBool,
     /// When set, every verify waits at this gate until it opens.
     pub verify_gate: Option<Arc<Gate>>,
+    /// When set, run at every call, as the runner makes it (before the call's future runs).
+    pub on_call: Option<OnCall>,
+}
+
+/// What a test runs at each provider call (to look at the journal as the call is made).
+#[derive(Clone)]
+pub struct OnCall(pub Arc<dyn Fn() + Send + Sync>);
+
+impl std::fmt::Debug for OnCall {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OnCall")
+    }
 }
 
 /// Holds calls until as many as expected have arrived and the gate is opened.
@@ -273,6 +285,14 @@ impl Local {
         }
     }
 
+    /// Providers that run `hook` at every call.
+    pub fn calling(hook: OnCall) -> Self {
+        Self {
+            on_call: Some(hook),
+            ..Self::default()
+        }
+    }
+
     /// Calls made so far, in any role.
     pub fn calls(&self) -> u64 {
         self.calls.load(Ordering::Relaxed)
@@ -312,6 +332,9 @@ impl Local {
                 .unwrap()
                 .entry(key.to_owned())
                 .or_default() += 1;
+        }
+        if let Some(OnCall(hook)) = &self.on_call {
+            hook();
         }
         if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
             self.first_call.notify_one();
