@@ -67,6 +67,8 @@ pub struct State<J: RunnerJournal + 'static> {
     /// What the stores last said about each scheduled secret's expiry.
     pub expiries: super::Expiries,
     pub ready: Arc<AtomicBool>,
+    /// Set while an on-demand discovery (API or console) runs: a second is refused.
+    pub discovering: Arc<AtomicBool>,
     pub metrics: Option<Arc<Metrics>>,
     /// This node's leader lease, when nodes may share the journal (`/readyz` says who leads).
     pub leadership: Option<Arc<crate::daemon::leader::Leadership>>,
@@ -93,6 +95,7 @@ impl<J: RunnerJournal + 'static> Clone for State<J> {
             viewer_tokens: self.viewer_tokens.clone(),
             expiries: self.expiries.clone(),
             ready: self.ready.clone(),
+            discovering: self.discovering.clone(),
             metrics: self.metrics.clone(),
             leadership: self.leadership.clone(),
         }

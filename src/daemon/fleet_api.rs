@@ -11,6 +11,8 @@
 //!
 //! Credentials are read from the daemon's environment, as the providers' are.
 
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use axum::extract::State as Extract;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -62,14 +64,39 @@ pub(super) fn scanner(
         .map_err(|e| e.to_string())
 }
 
+/// Marks an on-demand discovery as running until dropped (also when its request is
+/// cancelled), so two never read the tenants' and vaults' budgets at once.
+struct Discovering<'a>(&'a AtomicBool);
+
+impl<'a> Discovering<'a> {
+    fn start(flag: &'a AtomicBool) -> Option<Self> {
+        flag.compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .ok()
+            .map(|_| Self(flag))
+    }
+}
+
+impl Drop for Discovering<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 /// Runs a discovery now and journals it; or the status and message to answer with.
 ///
 /// # Errors
-/// 400 when the config or environment is wrong for it, 503 when the journal cannot
-/// record it.
+/// 409 while another on-demand discovery runs, 400 when the config or environment is
+/// wrong for it, 503 when the journal cannot record it.
 pub async fn discover_now<J: RunnerJournal + 'static>(
     state: &State<J>,
 ) -> Result<crate::fleet::discover::Discovery, (StatusCode, String)> {
+    let Some(_running) = Discovering::start(&state.discovering) else {
+        return Err((
+            StatusCode::CONFLICT,
+            "a discovery is already running on this node; its result will be at GET /v1/discovery/latest when it ends"
+                .to_owned(),
+        ));
+    };
     let (config, clock) = (state.config.clone(), state.clock.clone());
     let found = off_thread(move || async move {
         let fleet = crate::fleet::discover::fleet(&config).map_err(|e| e.to_string())?;

@@ -254,6 +254,8 @@ pub struct Daemon<J: RunnerJournal + 'static> {
     handle: Handle,
     signals: watch::Receiver<u32>,
     ready: Arc<AtomicBool>,
+    /// Shared with the API: an on-demand discovery is running.
+    discovering: Arc<AtomicBool>,
     permits: Arc<Semaphore>,
     tasks: JoinSet<(String, Result<Progress, crate::runner::Error>)>,
     /// Rotations with a drive task now.
@@ -344,6 +346,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             handle: handle.clone(),
             signals,
             ready: Arc::new(AtomicBool::new(false)),
+            discovering: Arc::new(AtomicBool::new(false)),
             expiries: Expiries::default(),
             permits,
             tasks: JoinSet::new(),
@@ -413,6 +416,7 @@ impl<J: RunnerJournal + 'static> Daemon<J> {
             viewer_tokens: Arc::new(Vec::new()),
             expiries: self.expiries.clone(),
             ready: self.ready.clone(),
+            discovering: self.discovering.clone(),
             metrics: None,
             leadership: self.leadership.clone(),
         }

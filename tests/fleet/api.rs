@@ -248,3 +248,32 @@ fn openapi_lists_the_fleet_routes() {
         );
     }
 }
+
+/// Two discoveries requested at once: the second is refused with 409 while the first
+/// reads the tenant (its Graph listing held back), and the flag is cleared once it ends,
+/// so a later request runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_discovery_requested_while_one_runs_is_refused_with_409() {
+    use crate::fake_azure::{Fault, Route};
+
+    let fake = FakeAzure::start().await;
+    fake.register_client(FakeAzure::TENANT, READER_ID, READER_SECRET);
+    seed(&fake);
+    let dir = tempfile::tempdir().unwrap();
+    let d = start(&fake, dir.path()).await;
+    fake.inject(Route::GraphListApplications, Fault::Delay { ms: 1_500 }, 1);
+    let first = call(&d, true, "/v1/discovery", None);
+    let second = async {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        call(&d, true, "/v1/discovery", None).await
+    };
+    let ((s1, first), (s2, refused)) = tokio::join!(first, second);
+    assert_eq!(s1, 200, "{first}");
+    assert_eq!(s2, 409, "{refused}");
+    assert!(refused.to_string().contains("already running"), "{refused}");
+    let (status, latest) = call(&d, false, "/v1/discovery/latest", None).await;
+    assert_eq!(status, 200, "{latest}");
+    assert_eq!(latest["run_id"], first["run_id"], "only the first ran");
+    let (status, again) = call(&d, true, "/v1/discovery", None).await;
+    assert_eq!(status, 200, "the flag is cleared once a run ends: {again}");
+}
