@@ -22,7 +22,7 @@ use rekey_journal::SqliteJournal;
 use rusqlite::{Connection, params};
 
 mod common;
-use common::{Stream, concurrent_streams, multi_thread_runtime, payload, scratch_dir, stopwatch};
+use common::{bench_concurrent_streams, multi_thread_runtime, payload, scratch_dir, stopwatch};
 
 /// Appends per engine transaction.
 const ROWS_PER_TX: u64 = 1_000;
@@ -135,21 +135,14 @@ fn ceiling_group_commit(c: &mut Criterion) {
         },
     );
     for n in [64usize, 256] {
-        let mut streams: Vec<Stream> = (0..n)
-            .map(|i| Stream::new(format!("ceiling-c{n}-{i:04}")))
-            .collect();
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_function(BenchmarkId::new("journal_concurrent_streams", n), |b| {
-            b.iter_custom(|rounds| {
-                let (elapsed, back) = rt.block_on(concurrent_streams(
-                    &journal,
-                    std::mem::take(&mut streams),
-                    rounds,
-                ));
-                streams = back;
-                elapsed
-            });
-        });
+        // One iteration: every stream appends one event.
+        bench_concurrent_streams(
+            &mut group,
+            &rt,
+            &journal,
+            ("journal_concurrent_streams", "ceiling-"),
+            n,
+        );
     }
     group.finish();
 }

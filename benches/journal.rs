@@ -37,8 +37,8 @@ use uuid::Uuid;
 )]
 mod common;
 use common::{
-    Stream, concurrent_streams, current_thread_runtime, event, multi_thread_runtime, scratch_dir,
-    stopwatch,
+    Stream, bench_concurrent_streams, current_thread_runtime, event, multi_thread_runtime,
+    scratch_dir, stopwatch,
 };
 
 /// Events in each replay stream.
@@ -69,22 +69,8 @@ fn p2_group_commit(c: &mut Criterion) {
         .measurement_time(Duration::from_secs(5));
 
     for n in [64usize, 256] {
-        let mut streams: Vec<Stream> = (0..n)
-            .map(|i| Stream::new(format!("p2-c{n}-{i:04}")))
-            .collect();
         // One iteration: every stream appends one event.
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_function(BenchmarkId::new("concurrent_streams", n), |b| {
-            b.iter_custom(|rounds| {
-                let (elapsed, back) = rt.block_on(concurrent_streams(
-                    &journal,
-                    std::mem::take(&mut streams),
-                    rounds,
-                ));
-                streams = back;
-                elapsed
-            });
-        });
+        bench_concurrent_streams(&mut group, &rt, &journal, ("concurrent_streams", "p2-"), n);
     }
 
     // The same 64 streams, round-robin from one task: every append is its own commit.

@@ -32,7 +32,7 @@ mod pg;
     reason = "shared with the SQLite journal benches, which use more of it"
 )]
 mod common;
-use common::{Stream, concurrent_streams, event, stopwatch};
+use common::{Stream, bench_concurrent_streams, event, stopwatch};
 
 fn runtime() -> Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -221,22 +221,14 @@ fn pg_group_commit(c: &mut Criterion) {
         .warm_up_time(Duration::from_secs(1))
         .measurement_time(Duration::from_secs(3));
     for n in [64usize, 256] {
-        let mut streams: Vec<Stream> = (0..n)
-            .map(|i| Stream::new(format!("c{n}-{i:04}")))
-            .collect();
         // One iteration: every stream appends one event.
-        group.throughput(Throughput::Elements(n as u64));
-        group.bench_function(BenchmarkId::new("journal_concurrent_streams", n), |b| {
-            b.iter_custom(|rounds| {
-                let (elapsed, back) = rt.block_on(concurrent_streams(
-                    &journal,
-                    std::mem::take(&mut streams),
-                    rounds,
-                ));
-                streams = back;
-                elapsed
-            });
-        });
+        bench_concurrent_streams(
+            &mut group,
+            &rt,
+            &journal,
+            ("journal_concurrent_streams", ""),
+            n,
+        );
         // One iteration: one transaction of n rows (the ceiling), and the same holding a
         // counter row as the journal's batches do (what the counter row costs one writer).
         for (name, counter_row) in [

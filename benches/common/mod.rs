@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, Throughput};
+use criterion::measurement::WallTime;
+use criterion::{BenchmarkGroup, BenchmarkId, Criterion, Throughput};
 use rekey_journal::{Append, JournalAppend, NewEvent, SqliteJournal};
 use serde_json::{Value, json};
 use tempfile::TempDir;
@@ -139,8 +140,34 @@ pub fn p1_single_writer(c: &mut Criterion, group: &str, measurement: Duration) {
     group.finish();
 }
 
+/// Benchmarks `n` streams appending at once, one event each per iteration, as `name/n` in
+/// `group`; the streams are named `{prefix}c{n}-{i}`.
+pub fn bench_concurrent_streams<J: JournalAppend + Send + Sync + 'static>(
+    group: &mut BenchmarkGroup<'_, WallTime>,
+    rt: &Runtime,
+    journal: &Arc<J>,
+    (name, prefix): (&str, &str),
+    n: usize,
+) {
+    let mut streams: Vec<Stream> = (0..n)
+        .map(|i| Stream::new(format!("{prefix}c{n}-{i:04}")))
+        .collect();
+    group.throughput(Throughput::Elements(n as u64));
+    group.bench_function(BenchmarkId::new(name, n), |b| {
+        b.iter_custom(|rounds| {
+            let (elapsed, back) = rt.block_on(concurrent_streams(
+                journal,
+                std::mem::take(&mut streams),
+                rounds,
+            ));
+            streams = back;
+            elapsed
+        });
+    });
+}
+
 /// Each stream appends `rounds` events, one at a time, all streams concurrently.
-pub async fn concurrent_streams<J: JournalAppend + Send + Sync + 'static>(
+async fn concurrent_streams<J: JournalAppend + Send + Sync + 'static>(
     journal: &Arc<J>,
     streams: Vec<Stream>,
     rounds: u64,
