@@ -44,16 +44,6 @@ fn start() -> Result<pg_cluster::Cluster, String> {
         hba_first: String::new(),
         prepare: &|_| Ok(Vec::new()),
     })?;
-    let mut createdb = pg_cluster::command(&cluster.bin.join("createdb").to_string_lossy());
-    createdb.args([
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &cluster.port.to_string(),
-        "-U",
-        USER,
-        DATABASE,
-    ]);
-    pg_cluster::run(createdb, "createdb")?;
+    cluster.create_database(USER, DATABASE)?;
     Ok(cluster)
 }

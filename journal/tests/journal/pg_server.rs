@@ -88,17 +88,7 @@ impl Server {
             hba_first: String::new(),
             prepare: &|_| Ok(Vec::new()),
         })?;
-        let mut createdb = pg_cluster::command(&cluster.bin.join("createdb").to_string_lossy());
-        createdb.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &cluster.port.to_string(),
-            "-U",
-            USER,
-            DATABASE,
-        ]);
-        pg_cluster::run(createdb, "createdb")?;
+        cluster.create_database(USER, DATABASE)?;
         Ok(Self {
             port: cluster.port,
             _cluster: Some(cluster),

@@ -212,4 +212,19 @@ impl Cluster {
         }
         Err(format!("the server did not start: {last}"))
     }
+
+    /// Creates the database `name`, owned by `user`, over loopback.
+    pub fn create_database(&self, user: &str, name: &str) -> Result<(), String> {
+        let mut createdb = command(&self.bin.join("createdb").to_string_lossy());
+        createdb.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-U",
+            user,
+            name,
+        ]);
+        run(createdb, "createdb")
+    }
 }
