@@ -6,8 +6,9 @@
 //!   beside it `first_call_after_listing`, the same drives started only once the whole
 //!   open set is listed (`Runner::open_rotations`, as before).
 //! * `fold`: every rotation folded into its state, in events per second, over the global
-//!   feed (`read_after`, pages of 10,000) and over per-stream reads (`Runner::load`)
-//!   (goal: 1M events/s each), beside the ceiling measured in the same run: a raw SQLite
+//!   feed (`read_after`, pages of 10,000) and over per-stream reads, one call each
+//!   (`Runner::load`, as a resume's drives) and 256 streams a call (`read_streams`, as
+//!   `rekey history`) (goal: 1M events/s each), beside the ceiling measured in the same run: a raw SQLite
 //!   scan of the same table's rows, every column read, nothing decoded.
 //!
 //! Run: `cargo bench --bench resume`.
@@ -18,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use rekey::journal::{Clock, JournalScan, SqliteJournal, SystemClock};
+use rekey::journal::{Clock, JournalRead, JournalScan, SqliteJournal, SystemClock};
 use rekey::resolve::Registry;
 use rekey::roles;
 use rekey::runner::lock::is_rotation_stream;
@@ -254,6 +255,22 @@ fn fold(c: &mut Criterion, t: &Template) {
             ids.iter()
                 .map(|id| rt.block_on(runner.load(id)).unwrap().1)
                 .sum::<u64>()
+        })
+    });
+    // The same per-stream reads, 256 streams a call (`read_streams`, as `rekey history`).
+    g.bench_function("per_stream_batched", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut states = HashMap::with_capacity(ROTATIONS);
+                let mut folded = 0;
+                for chunk in ids.chunks(256) {
+                    for events in journal.read_streams(chunk).await.unwrap() {
+                        folded += fold_page(&mut states, &events);
+                    }
+                }
+                assert_eq!(states.len(), ROTATIONS);
+                folded
+            })
         })
     });
     g.finish();

@@ -362,26 +362,34 @@ impl Filter {
     }
 }
 
+/// Streams read per journal call: one storage round trip each, with a bounded snapshot.
+const STREAMS_PER_READ: usize = 256;
+
 /// Every rotation `filter` admits, sorted by request time (then id).
 ///
 /// # Errors
 /// Journal errors, and a rotation whose events cannot be read.
-pub async fn rows<J: JournalRead + JournalScan + ?Sized>(
+pub async fn rows<J: JournalRead + JournalScan + Sync + ?Sized>(
     journal: &J,
     filter: &Filter,
 ) -> Result<Vec<Row>, Error> {
+    let admitted: Vec<String> = journal
+        .streams(&filter.stream_filter())
+        .await?
+        .into_iter()
+        .filter(|info| filter.admits_stream(info))
+        .map(|info| info.stream_id)
+        .collect();
     let mut rows = Vec::new();
-    for info in journal.streams(&filter.stream_filter()).await? {
-        if !filter.admits_stream(&info) {
-            continue;
-        }
-        let events = journal.read_stream(&info.stream_id).await?;
-        if events.is_empty() {
-            continue;
-        }
-        let row = fold_row(&info.stream_id, &events)?;
-        if filter.admits(&row) {
-            rows.push(row);
+    for chunk in admitted.chunks(STREAMS_PER_READ) {
+        for (id, events) in chunk.iter().zip(journal.read_streams(chunk).await?) {
+            if events.is_empty() {
+                continue;
+            }
+            let row = fold_row(id, &events)?;
+            if filter.admits(&row) {
+                rows.push(row);
+            }
         }
     }
     add_joined(journal, &mut rows).await?;
@@ -393,16 +401,20 @@ pub async fn rows<J: JournalRead + JournalScan + ?Sized>(
 
 /// Adds to each row the requests its lock stream says it served; each lock stream is read
 /// once, whatever number of rows share it.
-pub async fn add_joined<J: JournalRead + ?Sized>(
+pub async fn add_joined<J: JournalRead + Sync + ?Sized>(
     journal: &J,
     rows: &mut [Row],
 ) -> Result<(), Error> {
     let keys: BTreeSet<String> = rows.iter().map(|r| r.lock_key.clone()).collect();
+    let streams: Vec<String> = keys.iter().map(|k| lock::stream_id(k)).collect();
     let mut joined: std::collections::HashMap<String, Vec<Joined>> =
         std::collections::HashMap::new();
-    for key in keys {
-        let stream = lock::stream_id(&key);
-        for e in journal.read_stream(&stream).await? {
+    for chunk in streams.chunks(STREAMS_PER_READ) {
+        for (stream, e) in chunk
+            .iter()
+            .zip(journal.read_streams(chunk).await?)
+            .flat_map(|(stream, events)| events.into_iter().map(move |e| (stream, e)))
+        {
             if e.kind != "TriggerCoalesced" {
                 continue;
             }

@@ -87,6 +87,10 @@ impl JournalRead for AnyJournal {
         each!(self, j => j.read_stream(stream_id).await)
     }
 
+    async fn read_streams(&self, stream_ids: &[String]) -> Result<Vec<Vec<Event>>> {
+        each!(self, j => j.read_streams(stream_ids).await)
+    }
+
     async fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
         each!(self, j => j.stream_info(stream_id).await)
     }

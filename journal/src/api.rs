@@ -148,6 +148,29 @@ pub trait JournalRead {
     /// [`crate::Error::Corrupt`] when the stored events do not chain.
     fn read_stream(&self, stream_id: &str) -> impl Future<Output = Result<Vec<Event>>> + Send;
 
+    /// The events of each of `stream_ids`, in the order asked, each as
+    /// [`JournalRead::read_stream`] returns it, all from one snapshot where the engine has
+    /// them. For folding many streams (history, reports): the engines answer the whole list
+    /// in one storage round trip instead of one per stream.
+    ///
+    /// # Errors
+    /// [`crate::Error::Corrupt`] for the first stream whose stored events do not chain.
+    fn read_streams(
+        &self,
+        stream_ids: &[String],
+    ) -> impl Future<Output = Result<Vec<Vec<Event>>>> + Send
+    where
+        Self: Sync,
+    {
+        async move {
+            let mut all = Vec::with_capacity(stream_ids.len());
+            for id in stream_ids {
+                all.push(self.read_stream(id).await?);
+            }
+            Ok(all)
+        }
+    }
+
     /// The stream's summary, if it exists.
     ///
     /// # Errors

@@ -234,9 +234,11 @@ struct Sql {
     write_round: String,
     find_events: String,
     select_events_of: String,
+    select_events_of_many: String,
     select_events_after: String,
     select_events_all: String,
     stream_info: String,
+    stream_infos: String,
     streams: String,
     heads: String,
     due_timers: String,
@@ -346,6 +348,10 @@ impl Sql {
             select_events_of: s(&format!(
                 "SELECT {EVENT_COLUMNS} FROM {{s}}.events WHERE stream_id = $1 ORDER BY stream_seq"
             )),
+            select_events_of_many: s(&format!(
+                "SELECT {EVENT_COLUMNS} FROM {{s}}.events WHERE stream_id = ANY($1)
+                 ORDER BY stream_id, stream_seq"
+            )),
             select_events_after: s(&format!(
                 "SELECT {EVENT_COLUMNS} FROM {{s}}.events WHERE global_seq > $1
                  ORDER BY global_seq LIMIT $2"
@@ -355,6 +361,10 @@ impl Sql {
             )),
             stream_info: s(&format!(
                 "SELECT {STREAM_COLUMNS} FROM {{s}}.streams WHERE stream_id = $1 AND head_seq > 0"
+            )),
+            stream_infos: s(&format!(
+                "SELECT {STREAM_COLUMNS} FROM {{s}}.streams
+                 WHERE stream_id = ANY($1) AND head_seq > 0"
             )),
             streams: s(&format!(
                 "SELECT {STREAM_COLUMNS} FROM {{s}}.streams WHERE head_seq > 0
@@ -1857,6 +1867,66 @@ impl JournalRead for PostgresJournal {
                 .map_err(s.failed("ending a read snapshot"))?;
             check_stream(&stream_id, info.as_ref(), &events)?;
             Ok(events)
+        })
+        .await
+    }
+
+    async fn read_streams(&self, stream_ids: &[String]) -> Result<Vec<Vec<Event>>> {
+        let ids = stream_ids.to_vec();
+        self.read(|s| async move {
+            let mut c = s.client().await?;
+            let tx = c
+                .build_transaction()
+                .isolation_level(IsolationLevel::RepeatableRead)
+                .read_only(true)
+                .start()
+                .await
+                .map_err(s.failed("starting a read snapshot"))?;
+            // Two queries for the whole list, whatever its length.
+            let infos = tx
+                .query(s.sql.stream_infos.as_str(), &[&ids])
+                .await
+                .map_err(s.failed("reading stream summaries"))?;
+            let rows = tx
+                .query(s.sql.select_events_of_many.as_str(), &[&ids])
+                .await
+                .map_err(s.failed("reading streams"))?;
+            tx.commit()
+                .await
+                .map_err(s.failed("ending a read snapshot"))?;
+            let mut infos: HashMap<String, StreamInfo> = infos
+                .iter()
+                .map(|r| row_to_info(r).map(|i| (i.stream_id.clone(), i)))
+                .collect::<Result<_>>()?;
+            let mut by_stream: HashMap<String, Vec<Event>> = HashMap::new();
+            for r in &rows {
+                let event = row_to_event(r)?;
+                by_stream
+                    .entry(event.stream_id.clone())
+                    .or_default()
+                    .push(event);
+            }
+            // A stream asked for more than once is handed over whole at its last mention.
+            let mut mentions: HashMap<&str, usize> = HashMap::new();
+            for id in &ids {
+                *mentions.entry(id.as_str()).or_default() += 1;
+            }
+            ids.iter()
+                .map(|id| {
+                    let left = mentions.get_mut(id.as_str()).map_or(0, |n| {
+                        *n -= 1;
+                        *n
+                    });
+                    let (events, info) = if left == 0 {
+                        (by_stream.remove(id), infos.remove(id))
+                    } else {
+                        (by_stream.get(id).cloned(), infos.get(id).cloned())
+                    };
+                    let events = events.unwrap_or_default();
+                    check_stream(id, info.as_ref(), &events)?;
+                    Ok(events)
+                })
+                .collect()
         })
         .await
     }

@@ -401,6 +401,19 @@ fn snapshot<T>(c: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Resu
     Ok(out)
 }
 
+/// Every event of `stream_id`, links and head checked, read on `c` (inside a snapshot).
+fn stream_events_in(c: &Connection, stream_id: &str) -> Result<Vec<Event>> {
+    let info = stream_info_in(c, stream_id)?;
+    let mut stmt = c
+        .prepare_cached(&format!(
+            "{SELECT_EVENT} WHERE stream_id = ?1 ORDER BY stream_seq"
+        ))
+        .map_err(Error::sqlite("reading a stream"))?;
+    let events = collect_events(&mut stmt, [stream_id])?;
+    check_stream(stream_id, info.as_ref(), &events)?;
+    Ok(events)
+}
+
 /// Most problems of a damaged file a verify report lists.
 const DAMAGE_PROBLEMS_MAX: usize = 5;
 
@@ -1259,17 +1272,19 @@ const SELECT_STREAM: &str = "SELECT stream_id, subject, status, created_at_ms, u
 impl JournalRead for SqliteJournal {
     async fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
         let stream_id = stream_id.to_owned();
+        self.read(move |c| snapshot(c, |c| stream_events_in(c, &stream_id)))
+            .await
+    }
+
+    async fn read_streams(&self, stream_ids: &[String]) -> Result<Vec<Vec<Event>>> {
+        let stream_ids = stream_ids.to_vec();
+        // One trip to the blocking pool and one snapshot for the whole list.
         self.read(move |c| {
             snapshot(c, |c| {
-                let info = stream_info_in(c, &stream_id)?;
-                let mut stmt = c
-                    .prepare_cached(&format!(
-                        "{SELECT_EVENT} WHERE stream_id = ?1 ORDER BY stream_seq"
-                    ))
-                    .map_err(Error::sqlite("reading a stream"))?;
-                let events = collect_events(&mut stmt, [&stream_id])?;
-                check_stream(&stream_id, info.as_ref(), &events)?;
-                Ok(events)
+                stream_ids
+                    .iter()
+                    .map(|id| stream_events_in(c, id))
+                    .collect()
             })
         })
         .await

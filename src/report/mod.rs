@@ -173,7 +173,7 @@ impl Report {
     ///
     /// # Errors
     /// Journal errors; [`Error::NoStream`] for a stream the journal does not have.
-    pub async fn build<J: JournalRead + JournalScan + ?Sized>(
+    pub async fn build<J: JournalRead + JournalScan + Sync + ?Sized>(
         journal: &J,
         scope: &Scope,
         source: &Source<'_>,

@@ -24,6 +24,8 @@ enum Read {
     Stream,
     /// `streams` of every stream.
     Streams,
+    /// `read_streams` of every stream, in one call.
+    Many,
 }
 
 /// A SQLite journal holding [`STREAMS`] streams, one of them `long` with [`LONG_EVENTS`]
@@ -92,6 +94,10 @@ fn read_behind_a_gate(j: Journal, read: Read) {
                 .streams(&StreamFilter::default())
                 .await
                 .map(|s| s.len() as u64),
+            Read::Many => j
+                .read_streams(&stream_ids())
+                .await
+                .map(|all| all.iter().map(|events| events.len() as u64).sum::<u64>()),
         };
         let opened_when_read = opened.load(Ordering::SeqCst);
         opener.await.expect("the opening task");
@@ -111,6 +117,7 @@ fn read_behind_a_gate(j: Journal, read: Read) {
     let expected = match read {
         Read::Stream => LONG_EVENTS,
         Read::Streams => STREAMS,
+        Read::Many => LONG_EVENTS + STREAMS - 1,
     };
     assert_eq!(
         outcome.expect("the read"),
@@ -130,6 +137,56 @@ fn a_sqlite_streams_scan_leaves_a_current_thread_runtime_free() {
     let place = filled_sqlite();
     read_behind_a_gate(place.open(&manual_clock()), Read::Streams);
 }
+
+#[test]
+fn a_sqlite_read_of_many_streams_leaves_a_current_thread_runtime_free() {
+    let place = filled_sqlite();
+    read_behind_a_gate(place.open(&manual_clock()), Read::Many);
+}
+
+/// The ids of [`filled_sqlite`]'s streams, the long one first.
+fn stream_ids() -> Vec<String> {
+    std::iter::once("long".to_owned())
+        .chain((1..STREAMS).map(|i| format!("s-{i:03}")))
+        .collect()
+}
+
+/// `read_streams` answers each stream asked, in the order asked (a repeat twice, a stream
+/// that does not exist as nothing), each exactly as `read_stream` reads it.
+async fn many_streams_read_as_each_alone(kind: Kind) {
+    let place = Place::new(kind);
+    let j = place.open(&manual_clock());
+    for (stream, n) in [("alpha", 3), ("bravo", 1), ("charlie", 5)] {
+        crate::common::fill(&j, stream, n).await;
+    }
+    let asked: Vec<String> = ["charlie", "missing", "alpha", "bravo", "alpha"]
+        .map(str::to_owned)
+        .to_vec();
+    let many = j.read_streams(&asked).await.expect("reading many streams");
+    assert_eq!(many.len(), asked.len(), "one answer per stream asked");
+    for (id, events) in asked.iter().zip(&many) {
+        let alone = j.read_stream(id).await.expect("reading one stream");
+        assert_eq!(events, &alone, "{id}: as read alone");
+        assert!(
+            events.iter().all(|e| &e.stream_id == id),
+            "{id}: its own events"
+        );
+        assert_chain(id, events);
+    }
+    assert_eq!(
+        many.iter().map(Vec::len).collect::<Vec<_>>(),
+        [5, 0, 3, 1, 3]
+    );
+    assert!(
+        j.read_streams(&[])
+            .await
+            .expect("reading no stream")
+            .is_empty(),
+        "no stream asked, none read"
+    );
+}
+
+crate::common::on_both_engines!(many_streams_read_as_each_alone);
 
 /// A journal opened read-only reads through connections opened as its first one was.
 #[test]

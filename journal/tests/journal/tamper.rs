@@ -217,6 +217,12 @@ async fn assert_read_corrupt_at(place: &Place, stream: &str, seq: u64) {
         Error::Corrupt { stream: s, seq: q, .. } if s == stream && *q == seq,
         "reading {stream} must refuse the broken chain at sequence {seq}"
     );
+    let all: Vec<String> = VICTIM.iter().map(|(s, _)| (*s).to_owned()).collect();
+    expect_err!(
+        j.read_streams(&all).await,
+        Error::Corrupt { stream: s, seq: q, .. } if s == stream && *q == seq,
+        "reading {stream} among others must refuse the broken chain at sequence {seq}"
+    );
     for (other, len) in VICTIM.into_iter().filter(|(s, _)| *s != stream) {
         let events = read(&j, other).await;
         assert_chain(other, &events);
