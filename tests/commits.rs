@@ -26,6 +26,8 @@ enum Write {
         fenced: bool,
     },
     Lease(&'static str),
+    /// An atomic append to several streams: one commit.
+    AppendAll(Vec<Write>),
 }
 
 /// A memory journal that records every write (each one durable commit on disk).
@@ -67,6 +69,20 @@ impl JournalAppend for Counting {
             fenced: append.fence.is_some(),
         });
         self.memory.append(append).await
+    }
+
+    async fn append_all(&self, appends: Vec<Append>) -> Result<Vec<Appended>> {
+        self.writes.lock().unwrap().push(Write::AppendAll(
+            appends
+                .iter()
+                .map(|a| Write::Append {
+                    stream: a.stream_id.clone(),
+                    kinds: a.events.iter().map(|e| e.kind.clone()).collect(),
+                    fenced: a.fence.is_some(),
+                })
+                .collect(),
+        ));
+        self.memory.append_all(appends).await
     }
 }
 
@@ -111,26 +127,41 @@ async fn no_op_rotation() -> (Vec<Write>, Arc<Counting>) {
     (writes, journal)
 }
 
-#[tokio::test]
-async fn a_no_op_rotation_takes_one_commit_per_step_and_no_release() {
-    let (writes, _) = no_op_rotation().await;
-    let rotation: Vec<(&Vec<String>, bool)> = writes
-        .iter()
-        .filter_map(|w| match w {
-            Write::Append {
+/// Each append the runner asked for, those of an atomic append included: its commit's
+/// index among the writes, its stream, its event kinds, and whether it was fenced.
+fn appends(writes: &[Write]) -> Vec<(usize, &str, &Vec<String>, bool)> {
+    let mut out = Vec::new();
+    for (commit, w) in writes.iter().enumerate() {
+        let parts = match w {
+            Write::AppendAll(parts) => parts.iter().collect(),
+            other => vec![other],
+        };
+        for part in parts {
+            if let Write::Append {
                 stream,
                 kinds,
                 fenced,
-            } if stream == "r1" => Some((kinds, *fenced)),
-            _ => None,
-        })
-        .collect();
+            } = part
+            {
+                out.push((commit, stream.as_str(), kinds, *fenced));
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_no_op_rotation_takes_one_commit_per_step_and_no_release() {
+    let (writes, _) = no_op_rotation().await;
+    let all = appends(&writes);
+    let rotation: Vec<_> = all.iter().filter(|(_, s, ..)| *s == "r1").collect();
+    let lock: Vec<_> = all.iter().filter(|(_, s, ..)| *s != "r1").collect();
     let started = |k: &Vec<String>| k.iter().filter(|k| *k == "StepStarted").count();
-    let steps: usize = rotation.iter().map(|(k, _)| started(k)).sum();
+    let steps: usize = rotation.iter().map(|(_, _, k, _)| started(k)).sum();
     // The request, then one append per step (carrying the previous step's outcome with
     // it), then the last outcome with the terminal event.
     assert_eq!(rotation.len(), 1 + steps + 1, "{writes:#?}");
-    for (i, (kinds, fenced)) in rotation.iter().enumerate().skip(1) {
+    for (i, (_, _, kinds, fenced)) in rotation.iter().enumerate().skip(1) {
         assert!(*fenced, "append {i} to the rotation stream was not fenced");
         if i < rotation.len() - 1 {
             assert_eq!(kinds.last().map(String::as_str), Some("StepStarted"));
@@ -140,9 +171,19 @@ async fn a_no_op_rotation_takes_one_commit_per_step_and_no_release() {
             assert_eq!(kinds.first().map(String::as_str), Some("StepSucceeded"));
         }
     }
+    // The lock's opening lands with the request, its closing with the terminal event:
+    // one commit each, so no crash leaves one without the other.
+    let (first, last) = (rotation[0], rotation[rotation.len() - 1]);
+    assert_eq!(first.2, &vec!["Requested".to_owned()]);
+    assert_eq!(last.2.last().map(String::as_str), Some("Completed"));
+    let lock_kinds: Vec<(usize, &str)> = lock
+        .iter()
+        .map(|(c, _, k, _)| (*c, k[0].as_str()))
+        .collect();
     assert_eq!(
-        rotation.last().unwrap().0.last().map(String::as_str),
-        Some("Completed")
+        lock_kinds,
+        [(first.0, "RotationOpened"), (last.0, "RotationClosed")],
+        "{writes:#?}"
     );
     // One lease round trip: the acquire. The lease of an ended rotation is not released.
     let leases: Vec<_> = writes
@@ -150,19 +191,12 @@ async fn a_no_op_rotation_takes_one_commit_per_step_and_no_release() {
         .filter(|w| matches!(w, Write::Lease(_)))
         .collect();
     assert_eq!(leases, vec![&Write::Lease("acquire")]);
-    // Lock opened, lock closed, the rotation's appends, the acquire.
-    assert_eq!(writes.len(), 2 + rotation.len() + 1, "{writes:#?}");
-    assert_eq!(writes.len(), 2 + 1 + steps + 1 + 1);
+    // The opening, the acquire, one commit per step, the ending.
+    assert_eq!(writes.len(), 1 + 1 + steps + 1, "{writes:#?}");
     // For this plan of four targets: 9 steps, 23 events (21 in the rotation's stream, 2 in
-    // its lock's) in 14 durable commits, where one event per commit (and a release) took 25.
-    let events: usize = writes
-        .iter()
-        .map(|w| match w {
-            Write::Append { kinds, .. } => kinds.len(),
-            Write::Lease(_) => 0,
-        })
-        .sum();
-    assert_eq!((steps, events, writes.len()), (9, 23, 14));
+    // its lock's) in 12 durable commits, where one event per commit (and a release) took 25.
+    let events: usize = all.iter().map(|(_, _, k, _)| k.len()).sum();
+    assert_eq!((steps, events, writes.len()), (9, 23, 12));
 }
 
 /// Driving an ended rotation again, from another runner while the first runner's lease
@@ -222,7 +256,7 @@ async fn each_step_is_journaled_as_started_before_its_provider_call() {
             .iter()
             .map(|w| match w {
                 Write::Append { kinds, .. } => kinds.iter().filter(|k| *k == "StepStarted").count(),
-                Write::Lease(_) => 0,
+                Write::AppendAll(_) | Write::Lease(_) => 0,
             })
             .sum();
         log.lock().unwrap().push(started);

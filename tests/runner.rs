@@ -167,6 +167,12 @@ impl JournalAppend for SlowAppends {
         self.clock.advance(self.append_ms);
         appended
     }
+
+    async fn append_all(&self, appends: Vec<Append>) -> JournalResult<Vec<Appended>> {
+        let appended = self.memory.append_all(appends).await;
+        self.clock.advance(self.append_ms);
+        appended
+    }
 }
 
 impl Leases for SlowAppends {

@@ -122,6 +122,10 @@ impl JournalAppend for AnyJournal {
     async fn append(&self, append: Append) -> Result<Appended> {
         each!(self, j => j.append(append).await)
     }
+
+    async fn append_all(&self, appends: Vec<Append>) -> Result<Vec<Appended>> {
+        each!(self, j => j.append_all(appends).await)
+    }
 }
 
 impl Leases for AnyJournal {

@@ -190,6 +190,20 @@ pub trait JournalAppend {
     /// [`crate::Error::Conflict`], [`crate::Error::StaleFence`], [`crate::Error::LeaseExpired`],
     /// [`crate::Error::LeaseHeld`], [`crate::Error::InvalidEvent`], [`crate::Error::EventTooLarge`].
     fn append(&self, append: Append) -> impl Future<Output = Result<Appended>> + Send;
+
+    /// Appends to several streams in one transaction: every append lands or none does, and
+    /// the call resolves only after all are durable. Each is checked as
+    /// [`JournalAppend::append`] checks it, and the first refusal refuses them all. For a
+    /// change that spans streams (a lock and the rotation it opens), so no crash can leave
+    /// half of it; it also costs one durable commit instead of one per stream.
+    ///
+    /// # Errors
+    /// As [`JournalAppend::append`], for the first append refused; and
+    /// [`crate::Error::InvalidEvent`] when a stream appears twice (give it one append).
+    fn append_all(
+        &self,
+        appends: Vec<Append>,
+    ) -> impl Future<Output = Result<Vec<Appended>>> + Send;
 }
 
 /// Scans across streams: followers, exporters, status views, the timer wheel.

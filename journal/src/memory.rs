@@ -250,6 +250,18 @@ impl JournalAppend for MemoryJournal {
     async fn append(&self, append: Append) -> Result<Appended> {
         self.transact(|s, now| ops::append(s, &append, now))
     }
+
+    async fn append_all(&self, appends: Vec<Append>) -> Result<Vec<Appended>> {
+        let payloads = ops::prepare_all(&appends)?;
+        // One draft for all of them: a refusal drops the draft, and with it every append.
+        self.transact(|s, now| {
+            appends
+                .iter()
+                .zip(payloads)
+                .map(|(a, p)| ops::append_prepared(s, a, p, now))
+                .collect()
+        })
+    }
 }
 
 impl Leases for MemoryJournal {

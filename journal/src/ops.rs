@@ -60,6 +60,22 @@ pub(crate) fn prepare(a: &Append) -> Result<Vec<String>> {
         .collect()
 }
 
+/// [`prepare`] for each append of an atomic multi-stream append, which names each
+/// stream once (two appends to one stream would each expect the same head).
+pub(crate) fn prepare_all(appends: &[Append]) -> Result<Vec<Vec<String>>> {
+    for (i, a) in appends.iter().enumerate() {
+        if appends[..i].iter().any(|b| b.stream_id == a.stream_id) {
+            return Err(Error::InvalidEvent {
+                stream: a.stream_id.clone(),
+                reason: "the stream appears twice in one atomic append; give it one append \
+                         carrying all its events"
+                    .into(),
+            });
+        }
+    }
+    appends.iter().map(prepare).collect()
+}
+
 /// Appends under the journal's rules (see [`crate::JournalAppend::append`]).
 pub(crate) fn append(store: &mut impl WriteStore, a: &Append, now_ms: i64) -> Result<Appended> {
     let payloads = prepare(a)?;

@@ -1191,7 +1191,7 @@ async fn commit_batch(s: &Shared, batch: Vec<Request>, mut retried: bool) {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
         }
-        match run_batch(s, &ops, retried).await {
+        match run_batch(s, &ops, retried, Commit::EachOk).await {
             Ok(outcomes) => {
                 for (reply, outcome) in replies.into_iter().zip(outcomes) {
                     let _ = reply.send(outcome);
@@ -1217,15 +1217,51 @@ async fn commit_batch(s: &Shared, batch: Vec<Request>, mut retried: bool) {
             }
         }
     }
-    let why = last.map(|e| e.to_string()).unwrap_or_default();
     for reply in replies {
-        let _ = reply.send(Err(Error::WriteFailed {
-            reason: format!(
-                "the connection to {} failed {BATCH_ATTEMPTS_MAX} times, so whether this write was committed is unknown ({why}); re-read the stream before deciding again",
-                s.target
-            ),
-        }));
+        let _ = reply.send(Err(outcome_unknown(s, last.as_ref())));
     }
+}
+
+/// Runs an atomic multi-stream append in a transaction of its own, beside the writer's
+/// batches (the counter row's lock orders them, as it orders nodes): every op lands or
+/// none does. A failed connection is retried as a batch is, with the same event ids.
+async fn commit_all(s: &Shared, ops: Vec<Op>) -> Result<Vec<Done>> {
+    let mut retried = false;
+    let mut last = None;
+    for attempt in 0..BATCH_ATTEMPTS_MAX {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
+        }
+        match run_batch(s, &ops, retried, Commit::AllOk).await {
+            Ok(outcomes) => return outcomes.into_iter().collect(),
+            Err(BatchFailure::Connection(e)) => {
+                retried = true;
+                last = Some(e);
+            }
+            Err(BatchFailure::Refused(e)) => return Err(e),
+        }
+    }
+    Err(outcome_unknown(s, last.as_ref()))
+}
+
+/// The answer to a write whose connection failed every attempt.
+fn outcome_unknown(s: &Shared, last: Option<&Error>) -> Error {
+    let why = last.map(ToString::to_string).unwrap_or_default();
+    Error::WriteFailed {
+        reason: format!(
+            "the connection to {} failed {BATCH_ATTEMPTS_MAX} times, so whether this write was committed is unknown ({why}); re-read the stream before deciding again",
+            s.target
+        ),
+    }
+}
+
+/// When a transaction of several ops commits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    /// A batch: the ops that were accepted commit; a refused one changed nothing.
+    EachOk,
+    /// An atomic multi-stream append: only if every op was accepted, else it rolls back.
+    AllOk,
 }
 
 /// Splits a failure into "the connection failed" and "the server refused".
@@ -1249,9 +1285,10 @@ async fn run_batch(
     s: &Shared,
     ops: &[Op],
     retried: bool,
+    commit: Commit,
 ) -> std::result::Result<Vec<Result<Done>>, BatchFailure> {
     let client = s.client().await.map_err(BatchFailure::Connection)?;
-    let result = run_batch_on(s, &client, ops, retried).await;
+    let result = run_batch_on(s, &client, ops, retried, commit).await;
     if result.is_err() {
         drop(Object::take(client));
     }
@@ -1263,6 +1300,7 @@ async fn run_batch_on(
     c: &Object,
     ops: &[Op],
     retried: bool,
+    commit: Commit,
 ) -> std::result::Result<Vec<Result<Done>>, BatchFailure> {
     let fail = |context: &'static str| move |e| classify(s, context, e);
     // A malformed stream id is refused by the rules, before it reaches the database.
@@ -1351,11 +1389,7 @@ async fn run_batch_on(
             break;
         }
     }
-    // The durable commit: nobody hears "ok" before it.
-    c.batch_execute("COMMIT")
-        .await
-        .map_err(fail("committing"))?;
-    Ok(outcomes
+    let outcomes: Vec<Result<Done>> = outcomes
         .into_iter()
         .zip(ops)
         .map(|(outcome, op)| {
@@ -1368,7 +1402,18 @@ async fn run_batch_on(
                 })
             })
         })
-        .collect())
+        .collect();
+    if commit == Commit::AllOk && outcomes.iter().any(Result::is_err) {
+        c.batch_execute("ROLLBACK")
+            .await
+            .map_err(fail("rolling back a refused atomic append"))?;
+        return Ok(outcomes);
+    }
+    // The durable commit: nobody hears "ok" before it.
+    c.batch_execute("COMMIT")
+        .await
+        .map_err(fail("committing"))?;
+    Ok(outcomes)
 }
 
 /// Reads again the rows of the streams of `pending`, whose guarded writes found them changed.
@@ -2017,6 +2062,34 @@ impl JournalAppend for PostgresJournal {
             Done::Appended(a) => Ok(a),
             other => Err(unexpected(&other)),
         }
+    }
+
+    async fn append_all(&self, appends: Vec<Append>) -> Result<Vec<Appended>> {
+        if self.read_only {
+            return Err(Error::OpenedReadOnly);
+        }
+        if appends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let payloads = ops::prepare_all(&appends)?;
+        let ops: Vec<Op> = appends
+            .into_iter()
+            .zip(payloads)
+            .map(|(a, p)| {
+                let ids = self.ids.take(a.events.len());
+                Op::Append(a, ids, p)
+            })
+            .collect();
+        // On the journal's runtime, as reads are: the transaction is its own, not a batch's.
+        let done = self
+            .read(|s| async move { commit_all(&s, ops).await })
+            .await?;
+        done.iter()
+            .map(|d| match d {
+                Done::Appended(a) => Ok(a.clone()),
+                other => Err(unexpected(other)),
+            })
+            .collect()
     }
 }
 

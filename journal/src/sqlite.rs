@@ -48,6 +48,8 @@ type Reply<T> = oneshot::Sender<Result<T>>;
 enum Request {
     /// An append with the payloads [`ops::prepare`] made of it.
     Append(Append, Vec<String>, Reply<Appended>),
+    /// Appends to several streams, all or none, each with its payloads.
+    AppendAll(Vec<(Append, Vec<String>)>, Reply<Vec<Appended>>),
     Acquire {
         stream_id: String,
         owner: String,
@@ -140,6 +142,7 @@ impl Request {
     fn refuse(self, error: Error) {
         match self {
             Request::Append(_, _, reply) => drop(reply.send(Err(error))),
+            Request::AppendAll(_, reply) => drop(reply.send(Err(error))),
             Request::Acquire { reply, .. } | Request::Renew(_, _, reply) => {
                 drop(reply.send(Err(error)));
             }
@@ -839,6 +842,7 @@ fn write_loop(mut side: WriteSide, requests: mpsc::Receiver<Request>, clock: Arc
 /// A finished request waiting for its commit before its answer is sent.
 enum Done {
     Appended(Reply<Appended>, Result<Appended>),
+    AppendedAll(Reply<Vec<Appended>>, Result<Vec<Appended>>),
     Lease(Reply<Lease>, Result<Lease>),
     Released(Reply<()>, Result<()>),
 }
@@ -915,6 +919,20 @@ impl WriteSide {
                         }
                         (Done::Appended(reply, r), ok)
                     }
+                    Request::AppendAll(all, reply) => {
+                        // In the request's savepoint (or alone in the transaction): the
+                        // first refusal undoes the appends before it.
+                        let n: u64 = all.iter().map(|(a, _)| a.events.len() as u64).sum();
+                        let r = all
+                            .into_iter()
+                            .map(|(a, p)| ops::append_prepared(&mut store, &a, p, now_ms))
+                            .collect::<Result<Vec<_>>>();
+                        let ok = r.is_ok();
+                        if ok {
+                            events += n;
+                        }
+                        (Done::AppendedAll(reply, r), ok)
+                    }
                     Request::Acquire {
                         stream_id,
                         owner,
@@ -977,6 +995,8 @@ impl WriteSide {
             match (d, &outcome) {
                 (Done::Appended(reply, r), Ok(_)) => drop(reply.send(r)),
                 (Done::Appended(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
+                (Done::AppendedAll(reply, r), Ok(_)) => drop(reply.send(r)),
+                (Done::AppendedAll(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
                 (Done::Lease(reply, r), Ok(_)) => drop(reply.send(r)),
                 (Done::Lease(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
                 (Done::Released(reply, r), Ok(_)) => drop(reply.send(r)),
@@ -1375,6 +1395,16 @@ impl JournalAppend for SqliteJournal {
         let payloads = ops::prepare(&append)?;
         self.request(|reply| Request::Append(append, payloads, reply))
             .await
+    }
+
+    async fn append_all(&self, appends: Vec<Append>) -> Result<Vec<Appended>> {
+        self.writer.as_ref().ok_or(Error::OpenedReadOnly)?;
+        if appends.is_empty() {
+            return Ok(Vec::new());
+        }
+        let payloads = ops::prepare_all(&appends)?;
+        let all = appends.into_iter().zip(payloads).collect();
+        self.request(|reply| Request::AppendAll(all, reply)).await
     }
 }
 

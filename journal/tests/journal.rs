@@ -9,6 +9,8 @@ mod common;
 #[path = "journal/pg_server.rs"]
 mod pg_server;
 
+#[path = "journal/atomic.rs"]
+mod atomic;
 #[path = "journal/bad_input.rs"]
 mod bad_input;
 #[path = "journal/consistency.rs"]

@@ -14,7 +14,8 @@ use std::sync::{Arc, Mutex};
 
 use rand::{RngExt, SeedableRng, rngs::StdRng};
 use rekey_journal::{
-    Append, Clock, JournalAppend, JournalRead, JournalScan, Lease, Leases, NewEvent, TimerOp,
+    Append, Appended, Clock, JournalAppend, JournalRead, JournalScan, Lease, Leases, NewEvent,
+    TimerOp,
 };
 use tracing::{Instrument, info, info_span, warn};
 
@@ -316,8 +317,10 @@ impl<J: RunnerJournal> Runner<J> {
                     trigger: open_trigger,
                     actor: open_actor,
                 }) => {
-                    // A crash between the two appends left the lock without its rotation
-                    // stream: create it, so the trigger coalesces into a real rotation.
+                    // A journal written before the lock's opening and the rotation's
+                    // request became one atomic append may hold a lock opened without its
+                    // rotation stream (a crash between the two): create it, so the trigger
+                    // coalesces into a real rotation.
                     match self.journal.stream_info(open).await? {
                         None => {
                             self.create_rotation_stream(open, open_plan, open_trigger, open_actor)
@@ -357,19 +360,24 @@ impl<J: RunnerJournal> Runner<J> {
             let opening = matches!(event, LockEvent::Opened { .. });
             let append =
                 Append::new(&lock_stream, seq, vec![lock_event(&event)]).subject(&plan.secret);
-            let append = if opening {
-                append.status(lock::BUSY)
+            let written = if opening {
+                // The lock's `Opened` and the rotation's `Requested` land together.
+                let rotation = rotation_stream_append(&rotation_id, &plan, &trigger, actor);
+                self.journal
+                    .append_all(vec![append.status(lock::BUSY), rotation])
+                    .await
+                    .map(drop)
             } else {
-                append
+                self.journal.append(append).await.map(drop)
             };
-            match self.journal.append(append).await {
-                Ok(_) => {}
-                Err(rekey_journal::Error::Conflict { .. }) => continue,
+            match written {
+                Ok(()) => {}
+                Err(rekey_journal::Error::Conflict { stream, .. }) if stream == lock_stream => {
+                    continue;
+                }
                 Err(e) => return Err(e.into()),
             }
             if opening {
-                self.create_rotation_stream(&rotation_id, &plan, &trigger, actor)
-                    .await?;
                 info!(
                     rotation_id,
                     secret = plan.secret,
@@ -395,15 +403,7 @@ impl<J: RunnerJournal> Runner<J> {
         trigger: &Trigger,
         actor: &str,
     ) -> Result<(), Error> {
-        let event = RotationEvent::Requested {
-            rotation_id: rotation_id.to_owned(),
-            plan: plan.clone(),
-            trigger: trigger.clone(),
-            actor: actor.to_owned(),
-        };
-        let append = Append::new(rotation_id, 0, vec![rotation_event(&event)])
-            .subject(&plan.secret)
-            .status("open");
+        let append = rotation_stream_append(rotation_id, plan, trigger, actor);
         match self.journal.append(append).await {
             // Someone (a resume after a crash) created it first: the same request.
             Ok(_) | Err(rekey_journal::Error::Conflict { .. }) => Ok(()),
@@ -585,9 +585,7 @@ impl<J: RunnerJournal> Runner<J> {
             }
             match command {
                 Command::Done { phase } => {
-                    // The terminal event is durable before the lock says so.
-                    self.flush(d).await?;
-                    self.close_lock(&d.state, phase).await?;
+                    self.end(d, phase).await?;
                     return Ok(Progress::Finished(phase));
                 }
                 Command::WaitUntil { at_ms, reason } => {
@@ -643,9 +641,18 @@ impl<J: RunnerJournal> Runner<J> {
         if d.pending.is_empty() {
             return Ok(());
         }
-        // The renewal at the top of the step may be long past (a slow append or a call
-        // between them): renew here too while the lease has less than half left, before
-        // it can lapse under this append.
+        let append = self.pending_append(d).await?;
+        // Wall time for the latency metric only; no decision depends on it.
+        let started = tokio::time::Instant::now();
+        let appended = self.journal.append(append).await?;
+        self.journaled(d, &appended, started);
+        Ok(())
+    }
+
+    /// The append of the held events, under a lease renewed first if it runs short: the
+    /// renewal at the top of the step may be long past (a slow append or a call between
+    /// them), and the lease must not lapse under this append.
+    async fn pending_append(&self, d: &mut Driving) -> Result<Append, Error> {
         if d.lease.expires_at_ms - self.clock.now_ms() < self.options.lease_ttl_ms / 2 {
             d.lease = self
                 .journal
@@ -653,24 +660,54 @@ impl<J: RunnerJournal> Runner<J> {
                 .await?;
         }
         let events = d.pending.iter().map(|(_, e)| rotation_event(e)).collect();
-        let mut append = Append::new(d.state.id.clone(), d.seq, events).fenced(d.lease.fence());
-        match d.pending.last().map(|(_, e)| e) {
-            Some(RotationEvent::Completed) => append = append.status("completed"),
-            Some(RotationEvent::Compensated) => append = append.status("compensated"),
-            _ => {}
-        }
-        let pending = std::mem::take(&mut d.pending);
-        // Wall time for the latency metric only; no decision depends on it.
-        let started = tokio::time::Instant::now();
-        let appended = self.journal.append(append).await?;
+        let append = Append::new(d.state.id.clone(), d.seq, events).fenced(d.lease.fence());
+        Ok(match d.pending.last().map(|(_, e)| e) {
+            Some(RotationEvent::Completed) => append.status("completed"),
+            Some(RotationEvent::Compensated) => append.status("compensated"),
+            _ => append,
+        })
+    }
+
+    /// Notes that the held events are durable (as `appended`, since `started`).
+    fn journaled(&self, d: &mut Driving, appended: &Appended, started: tokio::time::Instant) {
         d.seq = appended.last_seq;
+        let pending = std::mem::take(&mut d.pending);
         if let Some(observer) = &self.options.observer {
             let seconds = started.elapsed().as_secs_f64();
             for (before, event) in &pending {
                 observer.journaled(before, event, seconds);
             }
         }
-        Ok(())
+    }
+
+    /// Journals the terminal event (with whatever else is held) and closes the lock, in
+    /// one commit when the lock still holds this rotation open: the lock then never says
+    /// closed before the rotation has ended, and no crash can leave one without the other.
+    async fn end(&self, d: &mut Driving, phase: Phase) -> Result<(), Error> {
+        let lock_stream = lock::stream_id(&d.state.plan.lock_key);
+        if !d.pending.is_empty() {
+            let (events, seq) = self.read_lock(&lock_stream).await?;
+            if matches!(lock::open_rotation(&events),
+                Some(LockEvent::Opened { rotation_id, .. }) if *rotation_id == d.state.id)
+            {
+                let rotation = self.pending_append(d).await?;
+                let close = close_lock_append(&lock_stream, seq, &d.state.id, phase);
+                let started = tokio::time::Instant::now();
+                match self.journal.append_all(vec![rotation, close]).await {
+                    Ok(appended) => {
+                        self.journaled(d, &appended[0], started);
+                        return Ok(());
+                    }
+                    // A trigger joined the rotation meanwhile: nothing landed; end in
+                    // two commits, the rotation's first.
+                    Err(rekey_journal::Error::Conflict { stream, .. }) if stream == lock_stream => {
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
+        self.flush(d).await?;
+        self.close_lock(&d.state, phase).await
     }
 
     /// The provider of `step`'s target, in the target's role.
@@ -1126,12 +1163,7 @@ impl<J: RunnerJournal> Runner<J> {
                 Some(LockEvent::Opened { rotation_id, .. }) if *rotation_id == state.id => {}
                 _ => return Ok(()),
             }
-            let event = LockEvent::Closed {
-                rotation_id: state.id.clone(),
-                phase,
-            };
-            let append =
-                Append::new(&lock_stream, seq, vec![lock_event(&event)]).status(lock::IDLE);
+            let append = close_lock_append(&lock_stream, seq, &state.id, phase);
             match self.journal.append(append).await {
                 Ok(_) => return Ok(()),
                 Err(rekey_journal::Error::Conflict { .. }) => continue,
@@ -1139,6 +1171,33 @@ impl<J: RunnerJournal> Runner<J> {
             }
         }
     }
+}
+
+/// The append that creates a rotation's stream with its `Requested`.
+fn rotation_stream_append(
+    rotation_id: &str,
+    plan: &Plan,
+    trigger: &Trigger,
+    actor: &str,
+) -> Append {
+    let event = RotationEvent::Requested {
+        rotation_id: rotation_id.to_owned(),
+        plan: plan.clone(),
+        trigger: trigger.clone(),
+        actor: actor.to_owned(),
+    };
+    Append::new(rotation_id, 0, vec![rotation_event(&event)])
+        .subject(&plan.secret)
+        .status("open")
+}
+
+/// The lock's `Closed` of `rotation_id`, after the lock's sequence `seq`.
+fn close_lock_append(lock_stream: &str, seq: u64, rotation_id: &str, phase: Phase) -> Append {
+    let event = LockEvent::Closed {
+        rotation_id: rotation_id.to_owned(),
+        phase,
+    };
+    Append::new(lock_stream, seq, vec![lock_event(&event)]).status(lock::IDLE)
 }
 
 /// What a step's provider is given besides the step itself.

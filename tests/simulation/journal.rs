@@ -174,6 +174,31 @@ impl JournalAppend for SimJournal {
         yield_at(&self.probe, Point::AfterAppend).await;
         Ok(appended)
     }
+
+    /// One crash point before and one after: the appends land together or not at all.
+    async fn append_all(&self, appends: Vec<Append>) -> Result<Vec<Appended>> {
+        let fenced = appends.iter().any(|a| a.fence.is_some());
+        yield_at(&self.probe, Point::BeforeAppend { fenced }).await;
+        let records: Vec<(String, Option<rekey::journal::Fence>)> = appends
+            .iter()
+            .map(|a| (a.stream_id.clone(), a.fence.clone()))
+            .collect();
+        let appended = self.memory.append_all(appends).await?;
+        self.log()
+            .appends
+            .extend(
+                records
+                    .into_iter()
+                    .zip(&appended)
+                    .map(|((stream, fence), a)| AppendRecord {
+                        stream,
+                        first_seq: a.first_seq,
+                        fence,
+                    }),
+            );
+        yield_at(&self.probe, Point::AfterAppend).await;
+        Ok(appended)
+    }
 }
 
 impl Leases for SimJournal {

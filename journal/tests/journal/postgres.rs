@@ -104,17 +104,25 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// A journal on a fresh schema, reached through a [`CommitCutter`] (not yet armed).
+async fn behind_a_commit_cutter() -> (CommitCutter, PostgresJournal) {
+    let cutter = CommitCutter::start(pg_server::server().port).await;
+    let config = pg_server::config_on(cutter.port);
+    let j = PostgresJournal::open_with_clock(
+        config,
+        &pg_server::fresh_schema(),
+        Arc::new(manual_clock()),
+    )
+    .expect("opening through the proxy");
+    (cutter, j)
+}
+
 /// The connection is cut after the server committed an append and before the writer heard
 /// so. The writer runs the append again on a new connection, with the same event ids: it is
 /// reported done, with the sequences it got, and its events are stored once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_append_whose_commit_acknowledgement_is_lost_is_reported_done_and_stored_once() {
-    let cutter = CommitCutter::start(pg_server::server().port).await;
-    let config = pg_server::config_on(cutter.port);
-    let schema = pg_server::fresh_schema();
-    let clock = manual_clock();
-    let j = PostgresJournal::open_with_clock(config, &schema, Arc::new(clock.clone()))
-        .expect("opening through the proxy");
+    let (cutter, j) = behind_a_commit_cutter().await;
     fill(&j, "s", 2).await;
 
     cutter.armed.store(true, Ordering::SeqCst);
@@ -148,6 +156,44 @@ async fn an_append_whose_commit_acknowledgement_is_lost_is_reported_done_and_sto
     );
     // The writer goes on as usual.
     append_ok(&j, Append::new("s", 4, vec![numbered(5)])).await;
+    assert_intact(
+        &j.verify(None).await.expect("verify"),
+        "after the lost acknowledgement",
+    );
+}
+
+/// As above, for an atomic append to two streams: run again with the same event ids after
+/// the lost acknowledgement, each of its appends is found done, and stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_atomic_append_whose_commit_acknowledgement_is_lost_is_reported_done_once() {
+    let (cutter, j) = behind_a_commit_cutter().await;
+    fill(&j, "lock", 1).await;
+
+    cutter.armed.store(true, Ordering::SeqCst);
+    let appended = j
+        .append_all(vec![
+            Append::new("lock", 1, vec![event("Lost", json!({"k": 1}))]),
+            Append::new("rotation", 0, vec![event("Lost", json!({"k": 2}))]),
+        ])
+        .await
+        .expect("the retried atomic append must be reported done");
+    assert_eq!(
+        cutter.cuts.load(Ordering::SeqCst),
+        1,
+        "the acknowledgement was lost"
+    );
+    assert_eq!(
+        appended
+            .iter()
+            .map(|a| (a.first_seq, a.last_seq))
+            .collect::<Vec<_>>(),
+        [(2, 2), (1, 1)]
+    );
+    for (stream, len) in [("lock", 2), ("rotation", 1)] {
+        let stored = read(&j, stream).await;
+        assert_chain(stream, &stored);
+        assert_eq!(stored.len(), len, "{stream} stored once: {stored:#?}");
+    }
     assert_intact(
         &j.verify(None).await.expect("verify"),
         "after the lost acknowledgement",
