@@ -53,7 +53,7 @@ const REPLAY_BUILD_IN_FLIGHT: usize = 2048;
 const REPLAY_PAGE: usize = 10_000;
 
 fn p1_single_writer(c: &mut Criterion) {
-    common::p1_single_writer(c, "p1_single_writer", Duration::from_secs(5));
+    common::p1_single_writer(c, "p1_single_writer", Duration::from_secs(5), None);
 }
 
 fn p2_group_commit(c: &mut Criterion) {

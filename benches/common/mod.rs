@@ -99,8 +99,14 @@ pub fn multi_thread_runtime() -> Runtime {
 }
 
 /// P1: one writer, one event per durable append, against a raw `write` + `fdatasync`
-/// loop on a file in the same directory, as the group `group`.
-pub fn p1_single_writer(c: &mut Criterion, group: &str, measurement: Duration) {
+/// loop on a file in the same directory, as the group `group`; and, when given, against
+/// `engine_alone`: one durable commit of the engine alone with one append's rows.
+pub fn p1_single_writer(
+    c: &mut Criterion,
+    group: &str,
+    measurement: Duration,
+    engine_alone: Option<&mut dyn FnMut()>,
+) {
     let dir = scratch_dir();
     let journal = SqliteJournal::open(dir.path().join("p1.journal")).expect("opening the journal");
     let rt = current_thread_runtime();
@@ -137,6 +143,11 @@ pub fn p1_single_writer(c: &mut Criterion, group: &str, measurement: Duration) {
             raw.sync_data().expect("raw fdatasync");
         });
     });
+    if let Some(commit) = engine_alone {
+        group.bench_function("engine_alone_one_append_per_commit", |b| {
+            b.iter(&mut *commit)
+        });
+    }
     group.finish();
 }
 
