@@ -6,9 +6,14 @@
 //! answers each request: group commit, with per-request results. Callers check and
 //! encode their events before the queue; the writer keeps stream heads and leases in
 //! memory, dropped whenever `PRAGMA data_version` shows another connection committed.
-//! Its automatic checkpoint is off: a checkpointer thread on its own connection copies
-//! the WAL into the main file (passively) after enough commits, so no commit waits for
-//! a checkpoint. Reads use separate read-only connections and never wait for the writer.
+//! Its automatic checkpoint (which runs inside a commit, before anyone hears of it) is
+//! off: after enough commits the writer, once it has answered the batch, copies the WAL
+//! into the main file itself (passively: it never waits for a reader). Being the only
+//! writer, it checkpoints a WAL nobody appends to meanwhile, so the checkpoint completes
+//! and the next commit starts the WAL over, overwriting blocks already allocated. (A
+//! checkpointer thread beside the writer never caught up with it: the WAL only grew, and
+//! every commit paid for growing a file; see `CHECKPOINT_AFTER_COMMITS`.) Reads use
+//! separate read-only connections and never wait for the writer.
 //!
 //! Reads are async but SQLite is not: each read runs on tokio's blocking pool
 //! (`spawn_blocking`) with a connection taken from a small pool of read-only connections
@@ -221,7 +226,7 @@ impl SqliteJournal {
                 aside: None,
             },
         );
-        let side = WriteSide::new(write, Checkpointer::start(&path)?)?;
+        let side = WriteSide::new(write)?;
 
         let (queue, requests) = mpsc::channel();
         let writer_clock = clock.clone();
@@ -736,20 +741,20 @@ fn open_reader(path: &Path, target: &Path, uri: bool) -> Result<Connection> {
 const WRITER_STATEMENTS_MAX: usize = 32;
 /// Streams whose head and lease the writer keeps in memory before it starts afresh.
 const CACHE_STREAMS_MAX: usize = 65_536;
-/// Commits, and events, after which the checkpointer copies the WAL into the main file.
-/// (The writer's own automatic checkpoint is off, so no commit waits for one.)
+/// Commits, and events, after which the writer copies the WAL into the main file. A
+/// checkpoint thread of its own, measured in `ceiling_p1`, made one durable append take
+/// about 1.7x as long as this (the WAL it chased never restarted).
 const CHECKPOINT_AFTER_COMMITS: u32 = 256;
 const CHECKPOINT_AFTER_EVENTS: u64 = 4_096;
 
-/// The writer thread's state: its connection, its cache of heads and leases, and the
-/// checkpointer it wakes.
+/// The writer thread's state: its connection, its cache of heads and leases, and what
+/// it committed since its last checkpoint.
 struct WriteSide {
     conn: Connection,
     cache: Cache,
     /// `PRAGMA data_version` when the cache was last known current: it changes when
     /// another connection (another process, an import) commits to the file.
     data_version: Option<i64>,
-    checkpointer: Option<Checkpointer>,
     commits: u32,
     events: u64,
 }
@@ -776,45 +781,6 @@ impl Cache {
     }
 }
 
-/// A thread with its own connection that checkpoints the WAL (passively: it never
-/// blocks the writer) when woken.
-struct Checkpointer {
-    wake: mpsc::SyncSender<()>,
-    thread: JoinHandle<()>,
-}
-
-impl Checkpointer {
-    fn start(path: &Path) -> Result<Self> {
-        let conn = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(|e| schema::readonly_or(e, path, "opening the checkpointer"))?;
-        schema::make_durable(&conn, path)?;
-        let (wake, woken) = mpsc::sync_channel(1);
-        let thread = std::thread::Builder::new()
-            .name("rekey-journal-checkpointer".into())
-            .spawn(move || {
-                while woken.recv().is_ok() {
-                    // A checkpoint that cannot finish now (a reader on an old snapshot)
-                    // is finished by a later one; nothing waits for it.
-                    let _ = conn
-                        .prepare_cached("PRAGMA wal_checkpoint(PASSIVE)")
-                        .and_then(|mut s| s.query_row([], |_| Ok(())));
-                }
-            })
-            .map_err(|e| Error::WriteFailed {
-                reason: format!("cannot start the checkpointer thread: {e}"),
-            })?;
-        Ok(Self { wake, thread })
-    }
-
-    fn stop(self) {
-        drop(self.wake);
-        let _ = self.thread.join();
-    }
-}
-
 /// Runs one transaction-control statement, prepared once per connection.
 fn exec_cached(conn: &Connection, sql: &str) -> rusqlite::Result<()> {
     conn.prepare_cached(sql)?.execute([]).map(drop)
@@ -831,9 +797,6 @@ fn write_loop(mut side: WriteSide, requests: mpsc::Receiver<Request>, clock: Arc
         }
         side.commit_batch(batch, clock.now_ms());
     }
-    if let Some(checkpointer) = side.checkpointer.take() {
-        checkpointer.stop();
-    }
     // Closing: move everything from the WAL into the main file, so the `.db` alone (a
     // backup, an auditor's copy) holds every event. The reader is idle, so this completes.
     let _ = side.conn.execute_batch("PRAGMA wal_checkpoint(TRUNCATE)");
@@ -848,8 +811,8 @@ enum Done {
 }
 
 impl WriteSide {
-    fn new(conn: Connection, checkpointer: Checkpointer) -> Result<Self> {
-        // Checkpoints run on the checkpointer's connection, never inside a commit.
+    fn new(conn: Connection) -> Result<Self> {
+        // Checkpoints run between batches (`after_commit`), never inside a commit.
         conn.execute_batch("PRAGMA wal_autocheckpoint=0")
             .map_err(Error::sqlite(
                 "turning off the writer's automatic checkpoint",
@@ -860,7 +823,6 @@ impl WriteSide {
             conn,
             cache: Cache::default(),
             data_version: None,
-            checkpointer: Some(checkpointer),
             commits: 0,
             events: 0,
         })
@@ -1008,17 +970,21 @@ impl WriteSide {
         }
     }
 
-    /// Wakes the checkpointer once enough has been committed since it last ran.
+    /// Checkpoints once enough has been committed since the last checkpoint. Called
+    /// after the batch's callers were answered, so none of them waits for it; requests
+    /// that arrive meanwhile wait, and join the next batch together.
     fn after_commit(&mut self, events: u64) {
         self.commits += 1;
         self.events += events;
         if self.commits >= CHECKPOINT_AFTER_COMMITS || self.events >= CHECKPOINT_AFTER_EVENTS {
             self.commits = 0;
             self.events = 0;
-            if let Some(c) = &self.checkpointer {
-                // A full slot means a wake-up is already pending.
-                let _ = c.wake.try_send(());
-            }
+            // One that cannot finish now (a reader on an old snapshot) is finished by a
+            // later one; nothing depends on it.
+            let _ = self
+                .conn
+                .prepare_cached("PRAGMA wal_checkpoint(PASSIVE)")
+                .and_then(|mut s| s.query_row([], |_| Ok(())));
         }
     }
 }

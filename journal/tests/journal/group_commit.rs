@@ -259,3 +259,30 @@ async fn a_second_writer_on_the_file_is_never_hidden_by_the_cache() {
     );
     assert_intact(&a.verify(None).await.expect("verify"), "after two writers");
 }
+
+/// The writer checkpoints the WAL itself between batches, so the WAL starts over after
+/// each checkpoint and stays as large as the commits between two checkpoints need, however
+/// many appends come one after another. (A checkpointer racing the writer never caught up:
+/// the WAL grew with every commit.)
+#[tokio::test]
+async fn the_wal_starts_over_instead_of_growing_with_every_commit() {
+    const APPENDS: u64 = 2_500;
+    let (_dir, path) = scratch();
+    let j = open_sqlite(&path, &manual_clock());
+    let wal = path.with_file_name(format!(
+        "{}-wal",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    let mut largest = 0;
+    for seq in 0..APPENDS {
+        append_ok(&j, Append::new("long", seq, vec![numbered(seq + 1)])).await;
+        largest = largest.max(std::fs::metadata(&wal).map_or(0, |m| m.len()));
+    }
+    // Each commit writes a few pages (the event's, its index's, the stream's head): 2,500
+    // commits without a restart would leave a WAL of 30 MB or more.
+    assert!(
+        largest < 8 << 20,
+        "the WAL grew to {largest} bytes over {APPENDS} appends"
+    );
+    assert_eq!(read(&j, "long").await.len() as u64, APPENDS);
+}
