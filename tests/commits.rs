@@ -35,6 +35,53 @@ enum Write {
 struct Counting {
     memory: MemoryJournal,
     writes: Mutex<Vec<Write>>,
+    /// Set: the first atomic append that closes a lock finds a trigger joined the lock
+    /// just before it (as one arriving from another process would).
+    race_the_close: std::sync::atomic::AtomicBool,
+}
+
+impl Counting {
+    fn new(clock: Arc<dyn Clock>) -> Self {
+        Self {
+            memory: MemoryJournal::new(clock),
+            writes: Mutex::default(),
+            race_the_close: false.into(),
+        }
+    }
+
+    /// Appends a `TriggerCoalesced` to the lock that `closing` would close, once.
+    async fn join_before(&self, closing: &[Append]) {
+        let Some(close) = closing
+            .iter()
+            .find(|a| a.events.iter().any(|e| e.kind == "RotationClosed"))
+        else {
+            return;
+        };
+        if !self
+            .race_the_close
+            .swap(false, std::sync::atomic::Ordering::SeqCst)
+        {
+            return;
+        }
+        let rotation_id = close.events[0].payload["rotation_id"].clone();
+        let joined = rekey::journal::NewEvent::new(
+            "TriggerCoalesced",
+            serde_json::json!({
+                "type": "Coalesced",
+                "into": rotation_id,
+                "trigger": "schedule",
+                "actor": "another-process",
+            }),
+        );
+        self.memory
+            .append(Append::new(
+                &close.stream_id,
+                close.expected_seq,
+                vec![joined],
+            ))
+            .await
+            .expect("the joining trigger");
+    }
 }
 
 impl JournalRead for Counting {
@@ -72,6 +119,7 @@ impl JournalAppend for Counting {
     }
 
     async fn append_all(&self, appends: Vec<Append>) -> Result<Vec<Appended>> {
+        self.join_before(&appends).await;
         self.writes.lock().unwrap().push(Write::AppendAll(
             appends
                 .iter()
@@ -102,11 +150,17 @@ impl Leases for Counting {
 }
 
 async fn no_op_rotation() -> (Vec<Write>, Arc<Counting>) {
+    no_op_rotation_racing(false).await
+}
+
+/// A no-op rotation of `plan("s")`, where a trigger joins its lock just before the drive
+/// would close it when `race_the_close`.
+async fn no_op_rotation_racing(race_the_close: bool) -> (Vec<Write>, Arc<Counting>) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let journal = Arc::new(Counting {
-        memory: MemoryJournal::new(clock.clone()),
-        writes: Mutex::default(),
-    });
+    let journal = Arc::new(Counting::new(clock.clone()));
+    journal
+        .race_the_close
+        .store(race_the_close, std::sync::atomic::Ordering::SeqCst);
     let providers = Registry::new().with_roles(PROVIDER, roles!(Arc::new(Local::default())));
     let runner = Arc::new(Runner::new(
         journal.clone(),
@@ -199,6 +253,50 @@ async fn a_no_op_rotation_takes_one_commit_per_step_and_no_release() {
     assert_eq!((steps, events, writes.len()), (9, 23, 12));
 }
 
+/// A trigger that joins the lock just before the drive ends the rotation makes the atomic
+/// ending conflict on the lock: nothing of it lands, and the drive ends in two commits
+/// instead, the rotation's terminal event first, then the lock's closing after the join.
+#[tokio::test]
+async fn an_ending_that_races_a_joining_trigger_ends_in_two_commits() {
+    let (writes, journal) = no_op_rotation_racing(true).await;
+    let all = appends(&writes);
+    let (last_commit, ..) = *all.last().unwrap();
+    let tail: Vec<(&str, &str)> = all
+        .iter()
+        .filter(|(c, ..)| *c + 3 > last_commit)
+        .map(|(_, s, k, _)| (*s, k.last().unwrap().as_str()))
+        .collect();
+    assert_eq!(
+        tail,
+        [
+            ("r1", "Completed"),
+            ("lock:s", "RotationClosed"),
+            ("r1", "Completed"),
+            ("lock:s", "RotationClosed"),
+        ],
+        "the refused atomic ending, then the rotation's, then the lock's: {writes:#?}"
+    );
+    assert!(matches!(writes[writes.len() - 3], Write::AppendAll(_)));
+    let lock: Vec<String> = journal
+        .read_stream("lock:s")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.kind)
+        .collect();
+    assert_eq!(
+        lock,
+        ["RotationOpened", "TriggerCoalesced", "RotationClosed"]
+    );
+    let rotation = journal.read_stream("r1").await.unwrap();
+    assert_eq!(rotation.last().unwrap().kind, "Completed");
+    assert_eq!(
+        rotation.iter().filter(|e| e.kind == "Completed").count(),
+        1,
+        "one terminal event"
+    );
+}
+
 /// Driving an ended rotation again, from another runner while the first runner's lease
 /// is still live, finds it ended (it needs no lease: nothing is left to call).
 #[tokio::test]
@@ -241,10 +339,7 @@ async fn each_step_is_journaled_as_started_before_its_provider_call() {
     use crate::open_rotations::OnCall;
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
-    let journal = Arc::new(Counting {
-        memory: MemoryJournal::new(clock.clone()),
-        writes: Mutex::default(),
-    });
+    let journal = Arc::new(Counting::new(clock.clone()));
     // How many StepStarted were durable at each provider call.
     let seen: Arc<Mutex<Vec<usize>>> = Arc::default();
     let (watched, log) = (journal.clone(), seen.clone());
