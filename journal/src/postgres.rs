@@ -78,6 +78,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -530,10 +531,12 @@ enum Done {
     Released,
 }
 
+/// A request for the writer: one op, or the ops of an atomic multi-stream append, which
+/// land together or not at all (see [`plan_round`]).
 #[derive(Debug)]
 struct Request {
-    op: Op,
-    reply: oneshot::Sender<Result<Done>>,
+    ops: Vec<Op>,
+    reply: oneshot::Sender<Result<Vec<Done>>>,
 }
 
 /// Why a batch did not commit.
@@ -802,13 +805,20 @@ impl PostgresJournal {
     }
 
     async fn request(&self, op: Op) -> Result<Done> {
+        let mut done = self.request_all(vec![op]).await?;
+        done.pop().ok_or_else(|| Error::WriteFailed {
+            reason: "the writer answered a write with no outcome".into(),
+        })
+    }
+
+    async fn request_all(&self, ops: Vec<Op>) -> Result<Vec<Done>> {
         if self.read_only {
             return Err(Error::OpenedReadOnly);
         }
         let queue = self.queue.as_ref().ok_or(Error::WriterStopped)?;
         let (reply, answer) = oneshot::channel();
         queue
-            .send(Request { op, reply })
+            .send(Request { ops, reply })
             .map_err(|_| Error::WriterStopped)?;
         answer.await.map_err(|_| Error::WriterStopped)?
     }
@@ -1185,16 +1195,26 @@ fn take_waiting(requests: &mut mpsc::UnboundedReceiver<Request>, batch: &mut Vec
 /// commit is recognised; a batch the server refused is run again one request at a time, so one
 /// request's failure does not sink the others.
 async fn commit_batch(s: &Shared, batch: Vec<Request>, mut retried: bool) {
-    let (ops, replies): (Vec<Op>, Vec<_>) = batch.into_iter().map(|r| (r.op, r.reply)).unzip();
+    let mut ops = Vec::new();
+    let mut groups = Vec::new();
+    let mut replies = Vec::new();
+    for r in batch {
+        let start = ops.len();
+        ops.extend(r.ops);
+        groups.push(start..ops.len());
+        replies.push(r.reply);
+    }
     let mut last = None;
     for attempt in 0..BATCH_ATTEMPTS_MAX {
         if attempt > 0 {
             tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
         }
-        match run_batch(s, &ops, retried, Commit::EachOk).await {
-            Ok(outcomes) => {
-                for (reply, outcome) in replies.into_iter().zip(outcomes) {
-                    let _ = reply.send(outcome);
+        match run_batch(s, &ops, &groups, retried).await {
+            Ok(mut outcomes) => {
+                // Each request's ops, in order: all done, or its first refusal.
+                for (reply, group) in replies.into_iter().zip(&groups).rev() {
+                    let answer = outcomes.split_off(group.start).into_iter().collect();
+                    let _ = reply.send(answer);
                 }
                 return;
             }
@@ -1202,7 +1222,7 @@ async fn commit_batch(s: &Shared, batch: Vec<Request>, mut retried: bool) {
                 retried = true;
                 last = Some(e);
             }
-            Err(BatchFailure::Refused(e)) if ops.len() == 1 => {
+            Err(BatchFailure::Refused(e)) if replies.len() == 1 => {
                 if let Some(reply) = replies.into_iter().next() {
                     let _ = reply.send(Err(e));
                 }
@@ -1210,8 +1230,10 @@ async fn commit_batch(s: &Shared, batch: Vec<Request>, mut retried: bool) {
             }
             Err(BatchFailure::Refused(_)) => {
                 // Alone, each request gets its own outcome.
-                for (op, reply) in ops.into_iter().zip(replies) {
-                    Box::pin(commit_batch(s, vec![Request { op, reply }], retried)).await;
+                let mut ops = ops.into_iter();
+                for (reply, group) in replies.into_iter().zip(groups) {
+                    let ops = ops.by_ref().take(group.len()).collect();
+                    Box::pin(commit_batch(s, vec![Request { ops, reply }], retried)).await;
                 }
                 return;
             }
@@ -1220,28 +1242,6 @@ async fn commit_batch(s: &Shared, batch: Vec<Request>, mut retried: bool) {
     for reply in replies {
         let _ = reply.send(Err(outcome_unknown(s, last.as_ref())));
     }
-}
-
-/// Runs an atomic multi-stream append in a transaction of its own, beside the writer's
-/// batches (the counter row's lock orders them, as it orders nodes): every op lands or
-/// none does. A failed connection is retried as a batch is, with the same event ids.
-async fn commit_all(s: &Shared, ops: Vec<Op>) -> Result<Vec<Done>> {
-    let mut retried = false;
-    let mut last = None;
-    for attempt in 0..BATCH_ATTEMPTS_MAX {
-        if attempt > 0 {
-            tokio::time::sleep(Duration::from_millis(50 << attempt)).await;
-        }
-        match run_batch(s, &ops, retried, Commit::AllOk).await {
-            Ok(outcomes) => return outcomes.into_iter().collect(),
-            Err(BatchFailure::Connection(e)) => {
-                retried = true;
-                last = Some(e);
-            }
-            Err(BatchFailure::Refused(e)) => return Err(e),
-        }
-    }
-    Err(outcome_unknown(s, last.as_ref()))
 }
 
 /// The answer to a write whose connection failed every attempt.
@@ -1253,15 +1253,6 @@ fn outcome_unknown(s: &Shared, last: Option<&Error>) -> Error {
             s.target
         ),
     }
-}
-
-/// When a transaction of several ops commits.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Commit {
-    /// A batch: the ops that were accepted commit; a refused one changed nothing.
-    EachOk,
-    /// An atomic multi-stream append: only if every op was accepted, else it rolls back.
-    AllOk,
 }
 
 /// Splits a failure into "the connection failed" and "the server refused".
@@ -1284,11 +1275,11 @@ fn classify(s: &Shared, context: &str, e: tokio_postgres::Error) -> BatchFailure
 async fn run_batch(
     s: &Shared,
     ops: &[Op],
+    groups: &[Range<usize>],
     retried: bool,
-    commit: Commit,
 ) -> std::result::Result<Vec<Result<Done>>, BatchFailure> {
     let client = s.client().await.map_err(BatchFailure::Connection)?;
-    let result = run_batch_on(s, &client, ops, retried, commit).await;
+    let result = run_batch_on(s, &client, ops, groups, retried).await;
     if result.is_err() {
         drop(Object::take(client));
     }
@@ -1299,8 +1290,8 @@ async fn run_batch_on(
     s: &Shared,
     c: &Object,
     ops: &[Op],
+    groups: &[Range<usize>],
     retried: bool,
-    commit: Commit,
 ) -> std::result::Result<Vec<Result<Done>>, BatchFailure> {
     let fail = |context: &'static str| move |e| classify(s, context, e);
     // A malformed stream id is refused by the rules, before it reaches the database.
@@ -1349,7 +1340,7 @@ async fn run_batch_on(
         if round > 0 {
             reread_rows(s, c, ops, &pending, &mut rows).await?;
         }
-        let planned = plan_round(ops, &pending, &mut rows, now_ms);
+        let planned = plan_round(ops, groups, &pending, &mut rows, now_ms);
         let written = write_round(s, c, ops, &planned, last_global, now_ms).await?;
         let mut again = Vec::new();
         for (i, decided) in planned.decided {
@@ -1383,6 +1374,19 @@ async fn run_batch_on(
                 (other, _) => other,
             });
         }
+        // Part of an atomic group landed and part found its row changed: it cannot be
+        // undone alone, so the batch is refused, and run again one request at a time.
+        if let Some(g) = groups.iter().find(|g| {
+            let waiting = (g.start..g.end).filter(|i| again.contains(i)).count();
+            g.len() > 1 && waiting > 0 && waiting < g.len()
+        }) {
+            return Err(BatchFailure::Refused(Error::WriteFailed {
+                reason: format!(
+                    "stream {} changed under an atomic append; retry",
+                    ops[g.start].stream_id()
+                ),
+            }));
+        }
         last_global = written.last_global.max(last_global);
         pending = again;
         if pending.is_empty() {
@@ -1403,12 +1407,6 @@ async fn run_batch_on(
             })
         })
         .collect();
-    if commit == Commit::AllOk && outcomes.iter().any(Result::is_err) {
-        c.batch_execute("ROLLBACK")
-            .await
-            .map_err(fail("rolling back a refused atomic append"))?;
-        return Ok(outcomes);
-    }
     // The durable commit: nobody hears "ok" before it.
     c.batch_execute("COMMIT")
         .await
@@ -1447,7 +1445,7 @@ async fn reread_rows(
 
 /// One stream's change in a round: the row the rules read first (the guard) and the row their
 /// decisions leave, with what the stream's appends carry for its summary row.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Fold {
     /// The row as read, `None` when the stream had no row (it is then inserted).
     base: Option<StreamRow>,
@@ -1528,53 +1526,145 @@ struct Round {
 }
 
 /// Decides every op of `pending` in batch order with the rules, each over its stream's row
-/// as the earlier ops of the batch left it (`rows` is updated as it goes).
+/// as the earlier ops of the batch left it (`rows` is updated as it goes). The ops of an
+/// atomic group (a range of `groups` longer than one) are decided together: when the rules
+/// refuse one of them, the others are undone from the round too, and each is refused.
 fn plan_round(
     ops: &[Op],
+    groups: &[Range<usize>],
     pending: &[usize],
     rows: &mut HashMap<String, StreamRow>,
     now_ms: i64,
 ) -> Round {
     let mut round = Round::default();
-    for &i in pending {
-        let op = &ops[i];
-        let stream_id = op.stream_id();
-        let row = rows.get(stream_id).cloned();
-        let mut plan = Plan::new(row.as_ref());
-        let decided = match op {
-            Op::Append(a, _, payloads) => {
-                ops::append_prepared(&mut plan, a, payloads.clone(), now_ms).map(Done::Appended)
-            }
-            Op::Acquire {
-                stream_id,
-                owner,
-                ttl_ms,
-            } => ops::acquire(&mut plan, stream_id, owner, *ttl_ms, now_ms).map(Done::Lease),
-            Op::Renew(lease, ttl_ms) => {
-                ops::renew(&mut plan, lease, *ttl_ms, now_ms).map(Done::Lease)
-            }
-            Op::Release(lease) => ops::release(&mut plan, lease, now_ms).map(|()| Done::Released),
+    let mut pending = pending.iter().copied().peekable();
+    while let Some(i) = pending.next() {
+        let group = groups
+            .iter()
+            .find(|g| g.contains(&i))
+            .filter(|g| g.len() > 1 && g.start == i)
+            .cloned();
+        let Some(group) = group else {
+            plan_op(&mut round, rows, ops, i, now_ms);
+            continue;
         };
-        // A refused op changes nothing; an accepted one that writes joins its stream's change.
-        if decided.is_ok() && (plan.head.is_some() || plan.lease.is_some()) {
-            let fold = round.folds.entry(stream_id.to_owned()).or_insert_with(|| {
-                round.order.push(stream_id.to_owned());
-                Fold::new(row.clone())
-            });
-            fold.absorb(&plan);
-            rows.insert(stream_id.to_owned(), fold.row.clone());
-            if let Op::Append(_, event_ids, _) = op {
-                round.events.extend(
-                    plan.events
-                        .into_iter()
-                        .zip(event_ids.iter().copied())
-                        .map(|(event, id)| (i, event, id)),
-                );
-            }
+        let saved = Saved::take(&round, rows, &ops[group.clone()]);
+        plan_op(&mut round, rows, ops, i, now_ms);
+        while let Some(next) = pending.next_if(|n| group.contains(n)) {
+            plan_op(&mut round, rows, ops, next, now_ms);
         }
-        round.decided.push((i, decided));
+        if round.decided[saved.decided..]
+            .iter()
+            .any(|(_, d)| d.is_err())
+        {
+            saved.restore(&mut round, rows);
+        }
     }
     round
+}
+
+/// Decides op `i` and adds what it changes to the round.
+fn plan_op(
+    round: &mut Round,
+    rows: &mut HashMap<String, StreamRow>,
+    ops: &[Op],
+    i: usize,
+    now_ms: i64,
+) {
+    let op = &ops[i];
+    let stream_id = op.stream_id();
+    let row = rows.get(stream_id).cloned();
+    let mut plan = Plan::new(row.as_ref());
+    let decided = match op {
+        Op::Append(a, _, payloads) => {
+            ops::append_prepared(&mut plan, a, payloads.clone(), now_ms).map(Done::Appended)
+        }
+        Op::Acquire {
+            stream_id,
+            owner,
+            ttl_ms,
+        } => ops::acquire(&mut plan, stream_id, owner, *ttl_ms, now_ms).map(Done::Lease),
+        Op::Renew(lease, ttl_ms) => ops::renew(&mut plan, lease, *ttl_ms, now_ms).map(Done::Lease),
+        Op::Release(lease) => ops::release(&mut plan, lease, now_ms).map(|()| Done::Released),
+    };
+    // A refused op changes nothing; an accepted one that writes joins its stream's change.
+    if decided.is_ok() && (plan.head.is_some() || plan.lease.is_some()) {
+        let fold = round.folds.entry(stream_id.to_owned()).or_insert_with(|| {
+            round.order.push(stream_id.to_owned());
+            Fold::new(row.clone())
+        });
+        fold.absorb(&plan);
+        rows.insert(stream_id.to_owned(), fold.row.clone());
+        if let Op::Append(_, event_ids, _) = op {
+            round.events.extend(
+                plan.events
+                    .into_iter()
+                    .zip(event_ids.iter().copied())
+                    .map(|(event, id)| (i, event, id)),
+            );
+        }
+    }
+    round.decided.push((i, decided));
+}
+
+/// The round and rows as they were before an atomic group was decided, for its streams.
+struct Saved {
+    decided: usize,
+    events: usize,
+    order: usize,
+    streams: Vec<(String, Option<StreamRow>, Option<Fold>)>,
+}
+
+impl Saved {
+    fn take(round: &Round, rows: &HashMap<String, StreamRow>, group: &[Op]) -> Self {
+        Self {
+            decided: round.decided.len(),
+            events: round.events.len(),
+            order: round.order.len(),
+            streams: group
+                .iter()
+                .map(|op| {
+                    let id = op.stream_id();
+                    (
+                        id.to_owned(),
+                        rows.get(id).cloned(),
+                        round.folds.get(id).cloned(),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Undoes the group's changes and refuses each of its ops: the first with the refusal
+    /// the rules gave (the group's answer), the others saying why they were not written.
+    fn restore(self, round: &mut Round, rows: &mut HashMap<String, StreamRow>) {
+        round.events.truncate(self.events);
+        round.order.truncate(self.order);
+        for (id, row, fold) in self.streams {
+            match row {
+                Some(row) => rows.insert(id.clone(), row),
+                None => rows.remove(&id),
+            };
+            match fold {
+                Some(fold) => round.folds.insert(id, fold),
+                None => round.folds.remove(&id),
+            };
+        }
+        // The group's answer is its first op's: the refusal the rules gave.
+        let mut decided = round.decided.split_off(self.decided);
+        let mut refusal = decided
+            .iter_mut()
+            .find(|(_, d)| d.is_err())
+            .map(|(_, d)| std::mem::replace(d, Ok(Done::Released)));
+        for (i, _) in decided {
+            let d = refusal.take().unwrap_or_else(|| {
+                Err(Error::WriteFailed {
+                    reason: "not written: another append of its atomic group was refused".into(),
+                })
+            });
+            round.decided.push((i, d));
+        }
+    }
 }
 
 /// What a round's statement wrote.
@@ -2080,14 +2170,13 @@ impl JournalAppend for PostgresJournal {
                 Op::Append(a, ids, p)
             })
             .collect();
-        // On the journal's runtime, as reads are: the transaction is its own, not a batch's.
-        let done = self
-            .read(|s| async move { commit_all(&s, ops).await })
-            .await?;
-        done.iter()
+        // One request: the writer commits it with the batch it joins, all of it or none.
+        self.request_all(ops)
+            .await?
+            .into_iter()
             .map(|d| match d {
-                Done::Appended(a) => Ok(a.clone()),
-                other => Err(unexpected(other)),
+                Done::Appended(a) => Ok(a),
+                other => Err(unexpected(&other)),
             })
             .collect()
     }
