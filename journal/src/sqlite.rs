@@ -1,9 +1,11 @@
 //! The embedded engine: one SQLite file in WAL mode with `synchronous=FULL`.
 //!
 //! All writes go through one writer thread that owns the write connection. It takes
-//! every request waiting in its queue, runs each in its own savepoint inside one
-//! transaction (a lone request needs none), commits once (one fsync), and only then
-//! answers each request: group commit, with per-request results. Callers check and
+//! every request waiting in its queue, runs them in one transaction, commits once (one
+//! fsync), and only then answers each request: group commit, with per-request results.
+//! The rules refuse a request before its first write, so a refused one leaves nothing to
+//! undo; only an atomic append to several streams runs in a savepoint of its own, and a
+//! request that fails part-way (a storage error) rolls back the whole batch. Callers check and
 //! encode their events before the queue; the writer keeps stream heads and leases in
 //! memory, dropped whenever `PRAGMA data_version` shows another connection committed.
 //! Its automatic checkpoint (which runs inside a commit, before anyone hears of it) is
@@ -855,14 +857,18 @@ impl WriteSide {
             return;
         }
         // A lone request needs no savepoint: if it fails, the transaction is rolled back.
+        // Nor does one of a single op: the rules refuse before they write, so a refused op
+        // wrote nothing. An atomic append may be refused after its first appends wrote.
         let alone = batch.len() == 1;
         let mut done = Vec::with_capacity(batch.len());
         let mut events = 0u64;
+        let mut batch = batch.into_iter();
         let outcome = (|| -> Result<bool> {
             self.check_cache()?;
             let mut any_ok = false;
-            for request in batch {
-                if !alone {
+            for request in batch.by_ref() {
+                let savepoint = !alone && matches!(request, Request::AppendAll(..));
+                if savepoint {
                     exec_cached(&self.conn, "SAVEPOINT request")
                         .map_err(Error::sqlite("starting a savepoint"))?;
                 }
@@ -870,6 +876,7 @@ impl WriteSide {
                     conn: &self.conn,
                     cache: &mut self.cache,
                     touched: Vec::new(),
+                    wrote: false,
                 };
                 let (finished, ok) = match request {
                     Request::Append(a, payloads, reply) => {
@@ -916,20 +923,27 @@ impl WriteSide {
                         (Done::Released(reply, r), ok)
                     }
                 };
-                let touched = store.touched;
+                let (touched, wrote) = (store.touched, store.wrote);
                 if ok {
                     any_ok = true;
-                    if !alone {
+                    if savepoint {
                         exec_cached(&self.conn, "RELEASE request")
                             .map_err(Error::sqlite("releasing a savepoint"))?;
                     }
                 } else {
                     // What the request wrote is undone below; so is its trace in the cache.
                     self.cache.forget(&touched);
-                    if !alone {
+                    if savepoint {
                         exec_cached(&self.conn, "ROLLBACK TO request")
                             .and_then(|()| exec_cached(&self.conn, "RELEASE request"))
                             .map_err(Error::sqlite("rolling back a savepoint"))?;
+                    } else if wrote && !alone {
+                        // Failed part-way with no savepoint to undo it: the whole batch
+                        // rolls back, and every request hears it.
+                        done.push(finished);
+                        return Err(Error::WriteFailed {
+                            reason: "a write failed part-way through its request".into(),
+                        });
                     }
                 }
                 done.push(finished);
@@ -950,10 +964,16 @@ impl WriteSide {
                 let _ = exec_cached(&self.conn, "ROLLBACK");
             }
         }
+        let failed = |e: &Error| Error::WriteFailed {
+            reason: format!("the batch commit failed, nothing was written: {e}"),
+        };
+        if let Err(e) = &outcome {
+            // Requests the batch did not reach are answered too.
+            for request in batch {
+                request.refuse(failed(e));
+            }
+        }
         for d in done {
-            let failed = |e: &Error| Error::WriteFailed {
-                reason: format!("the batch commit failed, nothing was written: {e}"),
-            };
             match (d, &outcome) {
                 (Done::Appended(reply, r), Ok(_)) => drop(reply.send(r)),
                 (Done::Appended(reply, _), Err(e)) => drop(reply.send(Err(failed(e)))),
@@ -995,6 +1015,9 @@ struct SqlStore<'c> {
     conn: &'c Connection,
     cache: &'c mut Cache,
     touched: Vec<String>,
+    /// Some row was written (the rules refuse before their first write, so a refused
+    /// request that wrote means a storage failure mid-way).
+    wrote: bool,
 }
 
 impl WriteStore for SqlStore<'_> {
@@ -1047,6 +1070,7 @@ impl WriteStore for SqlStore<'_> {
     }
 
     fn put_lease(&mut self, l: &Lease) -> Result<()> {
+        self.wrote = true;
         self.touched.push(l.stream_id.clone());
         self.cache.leases.remove(&l.stream_id);
         self.conn
@@ -1065,6 +1089,7 @@ impl WriteStore for SqlStore<'_> {
     }
 
     fn insert_event(&mut self, e: &Event) -> Result<u64> {
+        self.wrote = true;
         self.conn
             .prepare_cached(
                 "INSERT INTO events (stream_id, stream_seq, kind, schema_version, recorded_at_ms,
@@ -1090,6 +1115,7 @@ impl WriteStore for SqlStore<'_> {
     }
 
     fn put_head(&mut self, h: &HeadUpdate<'_>) -> Result<()> {
+        self.wrote = true;
         self.touched.push(h.stream_id.to_owned());
         self.cache.heads.remove(h.stream_id);
         let result = if h.created {
@@ -1150,6 +1176,7 @@ impl WriteStore for SqlStore<'_> {
     }
 
     fn put_timer(&mut self, t: &Timer) -> Result<()> {
+        self.wrote = true;
         self.conn
             .prepare_cached(
                 "INSERT INTO timers (stream_id, name, due_at_ms) VALUES (?1, ?2, ?3)
@@ -1163,6 +1190,7 @@ impl WriteStore for SqlStore<'_> {
     }
 
     fn clear_timer(&mut self, stream_id: &str, name: &str) -> Result<()> {
+        self.wrote = true;
         self.conn
             .prepare_cached("DELETE FROM timers WHERE stream_id = ?1 AND name = ?2")
             .and_then(|mut s| s.execute([stream_id, name]))

@@ -286,3 +286,66 @@ async fn the_wal_starts_over_instead_of_growing_with_every_commit() {
     );
     assert_eq!(read(&j, "long").await.len() as u64, APPENDS);
 }
+
+/// A request that fails part-way through its writes (here a storage-level refusal of its
+/// second event, after its first was inserted) has no savepoint to undo it: the whole batch
+/// rolls back, every request in it hears that nothing was written, and nothing of it lands.
+#[tokio::test]
+async fn a_request_failing_part_way_rolls_back_its_whole_batch() {
+    const N: usize = 12;
+    let (_dir, path) = scratch();
+    let j = open_sqlite(&path, &manual_clock());
+    append_ok(&j, Append::new("before", 0, vec![numbered(1)])).await;
+
+    let locker = rusqlite::Connection::open(&path).expect("opening a second connection");
+    locker
+        .execute_batch(
+            "CREATE TRIGGER poison BEFORE INSERT ON events WHEN NEW.kind = 'Poison'
+             BEGIN SELECT RAISE(ABORT, 'poisoned'); END;
+             BEGIN IMMEDIATE;",
+        )
+        .expect("arming the poison and taking the write lock");
+    let poisoned = N / 2;
+    let appends: Vec<Append> = (0..N)
+        .map(|i| {
+            let mut events = vec![numbered(1)];
+            if i == poisoned {
+                events.push(event("Poison", json!({})));
+            }
+            Append::new(format!("p-{i:02}"), 0, events)
+        })
+        .collect();
+    let mut pending: Vec<_> = appends
+        .iter()
+        .cloned()
+        .map(|a| Box::pin(j.append(a)))
+        .collect();
+    let mut cx = Context::from_waker(Waker::noop());
+    for f in &mut pending {
+        assert!(matches!(f.as_mut().poll(&mut cx), Poll::Pending));
+    }
+    locker
+        .execute_batch("ROLLBACK")
+        .expect("releasing the lock");
+    for (i, f) in pending.into_iter().enumerate() {
+        let e = match f.await {
+            Err(e) => e,
+            Ok(a) => panic!("request {i} must fail with its batch, but landed: {a:?}"),
+        };
+        assert!(
+            matches!(&e, Error::WriteFailed { reason } if reason.contains("nothing was written")),
+            "request {i}: {e}"
+        );
+    }
+    for i in 0..N {
+        assert!(
+            read(&j, &format!("p-{i:02}")).await.is_empty(),
+            "p-{i:02}: nothing of the batch landed"
+        );
+    }
+    assert_intact(
+        &j.verify(None).await.expect("verify"),
+        "after the failed batch",
+    );
+    append_ok(&j, Append::new("before", 1, vec![numbered(2)])).await;
+}
