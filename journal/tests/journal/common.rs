@@ -360,3 +360,29 @@ macro_rules! expect_err {
     };
 }
 pub(crate) use expect_err;
+
+/// An append queued with the writer and not yet answered.
+pub type Queued<'a> = std::pin::Pin<Box<dyn Future<Output = rekey_journal::Result<Appended>> + 'a>>;
+
+/// Sends each of `appends` to `j`'s writer (polling each once) while something else holds
+/// the write lock (`held` names it), asserting none is answered yet: once the lock is
+/// released they reach the writer queued together, as one batch.
+pub fn queue_while_held<'a, J: JournalAppend>(
+    j: &'a J,
+    appends: &[Append],
+    held: &str,
+) -> Vec<Queued<'a>> {
+    let mut queued: Vec<Queued<'a>> = appends
+        .iter()
+        .cloned()
+        .map(|a| Box::pin(j.append(a)) as Queued<'a>)
+        .collect();
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    for (i, f) in queued.iter_mut().enumerate() {
+        assert!(
+            f.as_mut().poll(&mut cx).is_pending(),
+            "request {i} was answered while {held} was held"
+        );
+    }
+    queued
+}

@@ -3,14 +3,13 @@
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 
 use rekey_journal::{Append, Error, JournalAppend, JournalScan, Leases, SqliteJournal, TimerOp};
 use serde_json::json;
 
 use crate::common::{
-    T0, append_ok, assert_chain, assert_intact, event, manual_clock, numbered, open_sqlite, read,
-    scratch,
+    T0, append_ok, assert_chain, assert_intact, event, manual_clock, numbered, open_sqlite,
+    queue_while_held, read, scratch,
 };
 
 /// Many tasks appending to their own streams at once all land, each with its own answer.
@@ -123,18 +122,7 @@ async fn a_conflicting_append_fails_alone_inside_its_batch() {
         .collect();
 
     // Polling each future once sends its request to the writer; none can complete yet.
-    let mut pending: Vec<_> = appends
-        .iter()
-        .cloned()
-        .map(|a| Box::pin(j.append(a)))
-        .collect();
-    let mut cx = Context::from_waker(Waker::noop());
-    for (i, f) in pending.iter_mut().enumerate() {
-        assert!(
-            matches!(f.as_mut().poll(&mut cx), Poll::Pending),
-            "request {i} was answered while another connection held the write lock"
-        );
-    }
+    let pending = queue_while_held(&j, &appends, "another connection's write lock");
     locker
         .execute_batch("ROLLBACK")
         .expect("releasing the write lock");
@@ -315,15 +303,7 @@ async fn a_request_failing_part_way_rolls_back_its_whole_batch() {
             Append::new(format!("p-{i:02}"), 0, events)
         })
         .collect();
-    let mut pending: Vec<_> = appends
-        .iter()
-        .cloned()
-        .map(|a| Box::pin(j.append(a)))
-        .collect();
-    let mut cx = Context::from_waker(Waker::noop());
-    for f in &mut pending {
-        assert!(matches!(f.as_mut().poll(&mut cx), Poll::Pending));
-    }
+    let pending = queue_while_held(&j, &appends, "another connection's write lock");
     locker
         .execute_batch("ROLLBACK")
         .expect("releasing the lock");

@@ -5,7 +5,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::task::{Context, Waker};
 
 use rekey_journal::{
     Append, Error, JournalAppend, JournalRead, JournalScan, Leases, PostgresJournal, TimerOp,
@@ -16,7 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::common::{
     Kind, Place, T0, append_ok, assert_chain, assert_intact, event, expect_err, fill, head_seq,
-    manual_clock, numbered, read,
+    manual_clock, numbered, queue_while_held, read,
 };
 use crate::pg_server;
 
@@ -478,18 +477,7 @@ async fn queued_appends_commit_in_one_transaction_and_a_conflict_fails_alone() {
         })
         .collect();
     // Polling each future once queues its request; none can be answered yet.
-    let mut pending: Vec<_> = appends
-        .iter()
-        .cloned()
-        .map(|a| Box::pin(j.append(a)))
-        .collect();
-    let mut cx = Context::from_waker(Waker::noop());
-    for (i, f) in pending.iter_mut().enumerate() {
-        assert!(
-            f.as_mut().poll(&mut cx).is_pending(),
-            "request {i} was answered while the counter row was held"
-        );
-    }
+    let pending = queue_while_held(&j, &appends, "the counter row");
     hold.rollback().await.expect("releasing the counter row");
     let mut results = Vec::new();
     for f in pending {
