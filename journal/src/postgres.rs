@@ -845,13 +845,7 @@ impl PostgresJournal {
         let exported = exported.map(<[Head]>::to_vec);
         self.read(|s| async move {
             let mut c = s.client().await?;
-            let tx = c
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(s.failed("starting a read snapshot"))?;
+            let tx = s.snapshot(&mut c).await?;
             let mut verifier = Verifier::new(heads_in(&s, &tx).await?, exported.as_deref());
             let rows = tx
                 .query(s.sql.select_events_all.as_str(), &[])
@@ -978,6 +972,16 @@ impl Shared {
             context,
             cause,
         }
+    }
+
+    /// A read-only transaction on `c` in which every query sees one snapshot.
+    async fn snapshot<'c>(&self, c: &'c mut Object) -> Result<deadpool_postgres::Transaction<'c>> {
+        c.build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(self.failed("starting a read snapshot"))
     }
 
     async fn client(&self) -> Result<Object> {
@@ -1984,13 +1988,7 @@ impl JournalRead for PostgresJournal {
         let stream_id = stream_id.to_owned();
         self.read(|s| async move {
             let mut c = s.client().await?;
-            let tx = c
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(s.failed("starting a read snapshot"))?;
+            let tx = s.snapshot(&mut c).await?;
             let info = stream_info_in(&s, &tx, &stream_id).await?;
             let rows = tx
                 .query(s.sql.select_events_of.as_str(), &[&stream_id])
@@ -2010,13 +2008,7 @@ impl JournalRead for PostgresJournal {
         let ids = stream_ids.to_vec();
         self.read(|s| async move {
             let mut c = s.client().await?;
-            let tx = c
-                .build_transaction()
-                .isolation_level(IsolationLevel::RepeatableRead)
-                .read_only(true)
-                .start()
-                .await
-                .map_err(s.failed("starting a read snapshot"))?;
+            let tx = s.snapshot(&mut c).await?;
             // Two queries for the whole list, whatever its length.
             let infos = tx
                 .query(s.sql.stream_infos.as_str(), &[&ids])
