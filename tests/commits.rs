@@ -108,28 +108,29 @@ impl JournalScan for Counting {
     }
 }
 
-impl JournalAppend for Counting {
-    async fn append(&self, append: Append) -> Result<Appended> {
-        self.writes.lock().unwrap().push(Write::Append {
+impl Write {
+    /// The record of `append`.
+    fn of(append: &Append) -> Self {
+        Write::Append {
             stream: append.stream_id.clone(),
             kinds: append.events.iter().map(|e| e.kind.clone()).collect(),
             fenced: append.fence.is_some(),
-        });
+        }
+    }
+}
+
+impl JournalAppend for Counting {
+    async fn append(&self, append: Append) -> Result<Appended> {
+        self.writes.lock().unwrap().push(Write::of(&append));
         self.memory.append(append).await
     }
 
     async fn append_all(&self, appends: Vec<Append>) -> Result<Vec<Appended>> {
         self.join_before(&appends).await;
-        self.writes.lock().unwrap().push(Write::AppendAll(
-            appends
-                .iter()
-                .map(|a| Write::Append {
-                    stream: a.stream_id.clone(),
-                    kinds: a.events.iter().map(|e| e.kind.clone()).collect(),
-                    fenced: a.fence.is_some(),
-                })
-                .collect(),
-        ));
+        self.writes
+            .lock()
+            .unwrap()
+            .push(Write::AppendAll(appends.iter().map(Write::of).collect()));
         self.memory.append_all(appends).await
     }
 }
@@ -149,6 +150,29 @@ impl Leases for Counting {
     }
 }
 
+/// Requests rotation `r1` of `plan("s")` over `journal` with `local` as its provider, and
+/// drives it, as runner `owner`, until it completes.
+async fn rotate_to_completion(
+    journal: Arc<Counting>,
+    clock: Arc<dyn Clock>,
+    local: Local,
+    owner: &str,
+) {
+    let providers = Registry::new().with_roles(PROVIDER, roles!(Arc::new(local)));
+    let runner = Runner::new(journal, Arc::new(providers), clock, Options::new(owner, 1));
+    let Requested::Started { rotation_id } = runner
+        .request(plan("s"), Trigger::Manual, "test", "r1".into())
+        .await
+        .unwrap()
+    else {
+        panic!("a first request opens a rotation");
+    };
+    assert_eq!(
+        runner.drive(&rotation_id).await.unwrap(),
+        Progress::Finished(Phase::Completed)
+    );
+}
+
 async fn no_op_rotation() -> (Vec<Write>, Arc<Counting>) {
     no_op_rotation_racing(false).await
 }
@@ -161,22 +185,7 @@ async fn no_op_rotation_racing(race_the_close: bool) -> (Vec<Write>, Arc<Countin
     journal
         .race_the_close
         .store(race_the_close, std::sync::atomic::Ordering::SeqCst);
-    let providers = Registry::new().with_roles(PROVIDER, roles!(Arc::new(Local::default())));
-    let runner = Arc::new(Runner::new(
-        journal.clone(),
-        Arc::new(providers),
-        clock,
-        Options::new("commits", 1),
-    ));
-    let Requested::Started { rotation_id } = runner
-        .request(plan("s"), Trigger::Manual, "test", "r1".into())
-        .await
-        .unwrap()
-    else {
-        panic!("a first request opens a rotation");
-    };
-    let done = runner.drive(&rotation_id).await.unwrap();
-    assert_eq!(done, Progress::Finished(Phase::Completed));
+    rotate_to_completion(journal.clone(), clock, Local::default(), "commits").await;
     let writes = journal.writes.lock().unwrap().clone();
     (writes, journal)
 }
@@ -344,36 +353,13 @@ async fn each_step_is_journaled_as_started_before_its_provider_call() {
     let seen: Arc<Mutex<Vec<usize>>> = Arc::default();
     let (watched, log) = (journal.clone(), seen.clone());
     let local = Local::calling(OnCall(Arc::new(move || {
-        let started = watched
-            .writes
-            .lock()
-            .unwrap()
+        let started = appends(&watched.writes.lock().unwrap())
             .iter()
-            .map(|w| match w {
-                Write::Append { kinds, .. } => kinds.iter().filter(|k| *k == "StepStarted").count(),
-                Write::AppendAll(_) | Write::Lease(_) => 0,
-            })
+            .map(|(_, _, kinds, _)| kinds.iter().filter(|k| *k == "StepStarted").count())
             .sum();
         log.lock().unwrap().push(started);
     })));
-    let providers = Registry::new().with_roles(PROVIDER, roles!(Arc::new(local)));
-    let runner = Runner::new(
-        journal.clone(),
-        Arc::new(providers),
-        clock,
-        Options::new("durable-start", 1),
-    );
-    let Requested::Started { rotation_id } = runner
-        .request(plan("s"), Trigger::Manual, "test", "r1".into())
-        .await
-        .unwrap()
-    else {
-        panic!("a first request opens a rotation");
-    };
-    assert_eq!(
-        runner.drive(&rotation_id).await.unwrap(),
-        Progress::Finished(Phase::Completed)
-    );
+    rotate_to_completion(journal.clone(), clock, local, "durable-start").await;
     let seen = seen.lock().unwrap().clone();
     let distinct: BTreeSet<usize> = seen.iter().copied().collect();
     // Nine steps, each called once its start is durable: the calls see 1 to 9 starts.
