@@ -619,8 +619,8 @@ fn fold(
     // Per rotator step: when its last attempt started.
     let mut create_started_ms = std::collections::BTreeMap::new();
     for e in events {
-        let event: RotationEvent =
-            serde_json::from_str(&e.payload).map_err(|err| decode(e, err.to_string()))?;
+        let event = RotationEvent::from_journal(&e.kind, &e.payload)
+            .map_err(|err| decode(e, err.to_string()))?;
         match &event {
             RotationEvent::Requested { actor: a, .. } => {
                 actor.clone_from(a);

@@ -380,7 +380,7 @@ pub async fn rotation<J: RunnerJournal + 'static>(
     };
     for e in &events {
         page.last_seq = e.stream_seq;
-        let detail = serde_json::from_str::<RotationEvent>(&e.payload).map_or_else(
+        let detail = RotationEvent::from_journal(&e.kind, &e.payload).map_or_else(
             |_| "(cannot be read by this version of rekey)".to_owned(),
             |event| detail(&event),
         );

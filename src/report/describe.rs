@@ -20,7 +20,7 @@ pub fn describe(e: &Event) -> String {
     use crate::runner::lock::LockEvent;
     use crate::saga::RotationEvent as R;
     let id = |id: &Option<String>| id.as_deref().map_or(String::new(), |i| format!(" -> {i}"));
-    if let Ok(r) = serde_json::from_str::<R>(&e.payload) {
+    if let Ok(r) = R::from_journal(&e.kind, &e.payload) {
         return match r {
             R::Requested {
                 plan,

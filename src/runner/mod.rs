@@ -470,8 +470,8 @@ impl<J: RunnerJournal> Runner<J> {
         let events = self.journal.read_stream(rotation_id).await?;
         let mut state = None;
         for e in &events {
-            let event: RotationEvent =
-                serde_json::from_str(&e.payload).map_err(|err| Error::Decode {
+            let event =
+                RotationEvent::from_journal(&e.kind, &e.payload).map_err(|err| Error::Decode {
                     rotation: rotation_id.to_owned(),
                     seq: e.stream_seq,
                     detail: err.to_string(),

@@ -4,6 +4,7 @@
 //! random number. The runner owns all of that.
 
 pub mod address;
+mod decode;
 pub mod event;
 pub mod state;
 
