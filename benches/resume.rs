@@ -9,7 +9,8 @@
 //!   feed (`read_after`, pages of 10,000) and over per-stream reads, one call each
 //!   (`Runner::load`, as a resume's drives) and 256 streams a call (`read_streams`, as
 //!   `rekey history`) (goal: 1M events/s each), beside the ceiling measured in the same run: a raw SQLite
-//!   scan of the same table's rows, every column read, nothing decoded.
+//!   scan of the same table's rows, every column read, nothing decoded; and
+//!   `read_after_unfolded`, the journal's feed read with nothing folded.
 //!
 //! Run: `cargo bench --bench resume`.
 
@@ -172,19 +173,25 @@ fn first_call_by(
 }
 
 /// Folds rotation events into per-rotation states; returns how many it folded.
-fn fold_page(states: &mut HashMap<String, Rotation>, page: &[rekey::journal::Event]) -> u64 {
+fn fold_page(states: &mut States, page: &[rekey::journal::Event]) -> u64 {
     let mut folded = 0;
     for e in page {
         if !is_rotation_stream(&e.stream_id) {
             continue;
         }
-        let event: RotationEvent = serde_json::from_str(&e.payload).unwrap();
-        let before = states.remove(&e.stream_id);
-        states.insert(e.stream_id.clone(), apply(before, &event).unwrap());
+        let event = RotationEvent::from_journal(&e.kind, &e.payload).unwrap();
+        if !states.contains_key(&e.stream_id) {
+            states.insert(e.stream_id.clone(), None);
+        }
+        let state = states.get_mut(&e.stream_id).unwrap();
+        *state = Some(apply(state.take(), &event).unwrap());
         folded += 1;
     }
     folded
 }
+
+/// Each rotation's state by its id (`None` only while its first event is folded).
+type States = HashMap<String, Option<Rotation>>;
 
 fn fold(c: &mut Criterion, t: &Template) {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
@@ -235,7 +242,7 @@ fn fold(c: &mut Criterion, t: &Template) {
     g.bench_function("read_after", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let mut states = HashMap::with_capacity(ROTATIONS);
+                let mut states = States::with_capacity(ROTATIONS);
                 let (mut after, mut folded) = (0, 0);
                 loop {
                     let page = journal.read_after(after, 10_000).await.unwrap();
@@ -245,6 +252,22 @@ fn fold(c: &mut Criterion, t: &Template) {
                 }
                 assert_eq!(states.len(), ROTATIONS);
                 folded
+            })
+        })
+    });
+    // The same reads with nothing folded: what the journal's reading costs alone.
+    g.bench_function("read_after_unfolded", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let (mut after, mut read) = (0, 0);
+                loop {
+                    let page = journal.read_after(after, 10_000).await.unwrap();
+                    let Some(last) = page.last() else { break };
+                    after = last.global_seq;
+                    read += page.len();
+                }
+                assert_eq!(read as u64, t.events);
+                read
             })
         })
     });
@@ -261,7 +284,7 @@ fn fold(c: &mut Criterion, t: &Template) {
     g.bench_function("per_stream_batched", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let mut states = HashMap::with_capacity(ROTATIONS);
+                let mut states = States::with_capacity(ROTATIONS);
                 let mut folded = 0;
                 for chunk in ids.chunks(256) {
                     for events in journal.read_streams(chunk).await.unwrap() {

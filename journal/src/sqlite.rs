@@ -1225,16 +1225,23 @@ fn row_to_event(r: &rusqlite::Row<'_>) -> Result<Event> {
         seq: stream_seq,
         detail: format!("an event column cannot be decoded ({e})"),
     };
-    let prev: Vec<u8> = r.get(7).map_err(get)?;
-    let hash: Vec<u8> = r.get(8).map_err(get)?;
+    // The hashes are read in place, not copied out of the row first.
+    let hash_at = |i: usize| match r.get_ref(i).map_err(get)? {
+        rusqlite::types::ValueRef::Blob(bytes) => digest(&stream_id, stream_seq, bytes),
+        other => Err(get(rusqlite::Error::InvalidColumnType(
+            i,
+            "hash".into(),
+            other.data_type(),
+        ))),
+    };
     Ok(Event {
         global_seq: r.get::<_, i64>(0).map_err(get)? as u64,
         kind: r.get(3).map_err(get)?,
         schema_version: r.get(4).map_err(get)?,
         recorded_at_ms: r.get(5).map_err(get)?,
         payload: r.get(6).map_err(get)?,
-        prev_hash: digest(&stream_id, stream_seq, &prev)?,
-        hash: digest(&stream_id, stream_seq, &hash)?,
+        prev_hash: hash_at(7)?,
+        hash: hash_at(8)?,
         stream_id,
         stream_seq,
     })

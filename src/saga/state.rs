@@ -127,31 +127,44 @@ pub struct Nondeterminism {
     pub why: String,
 }
 
+/// The forward steps' order: each (role, action) for every target of the role, in the
+/// plan's order. Stores are captured first: the rotator's capture is shown the value they
+/// hold, so an alternating rotator can tell which of its credentials is in use. Only the
+/// rotator's create step carries the credential generation.
+const FORWARD: [(Role, Action); 7] = [
+    (Role::Store, Action::Capture),
+    (Role::Dependent, Action::Capture),
+    (Role::Rotator, Action::Capture),
+    (Role::Rotator, Action::Create),
+    (Role::Store, Action::Write),
+    (Role::Dependent, Action::Update),
+    (Role::Verifier, Action::Verify),
+];
+
 impl Rotation {
     /// Forward steps in order, for the current credential generation.
     pub fn forward_steps(&self) -> Vec<StepId> {
-        let mut steps = Vec::new();
-        let by_role = |role: Role| {
+        self.forward().collect()
+    }
+
+    /// [`Rotation::forward_steps`] without collecting them: the fold asks for the active
+    /// step at every event, so this allocates nothing.
+    fn forward(&self) -> impl Iterator<Item = StepId> + '_ {
+        FORWARD.iter().flat_map(move |&(role, action)| {
             self.plan
                 .targets
                 .iter()
                 .enumerate()
                 .filter(move |(_, t)| t.role == role)
-                .map(|(i, _)| i as u16)
-        };
-        // Stores are captured first: the rotator's capture is shown the value they hold, so
-        // an alternating rotator can tell which of its credentials is in use.
-        for role in [Role::Store, Role::Dependent, Role::Rotator] {
-            steps.extend(by_role(role).map(|t| StepId::new(Action::Capture, t)));
-        }
-        steps.extend(by_role(Role::Rotator).map(|t| StepId {
-            generation: self.generation,
-            ..StepId::new(Action::Create, t)
-        }));
-        steps.extend(by_role(Role::Store).map(|t| StepId::new(Action::Write, t)));
-        steps.extend(by_role(Role::Dependent).map(|t| StepId::new(Action::Update, t)));
-        steps.extend(by_role(Role::Verifier).map(|t| StepId::new(Action::Verify, t)));
-        steps
+                .map(move |(i, _)| StepId {
+                    generation: if action == Action::Create {
+                        self.generation
+                    } else {
+                        0
+                    },
+                    ..StepId::new(action, i as u16)
+                })
+        })
     }
 
     /// Retirement steps, run once the grace period is over.
@@ -214,13 +227,16 @@ impl Rotation {
             return Some(lost);
         }
         let list = match self.phase {
-            Phase::Forward => self.forward_steps(),
+            Phase::Forward => return self.forward().find(|s| !self.succeeded(s)),
             Phase::Grace => self.retire_steps(),
             Phase::Compensating => self.undo_steps(),
             Phase::Completed | Phase::Compensated => return None,
         };
-        list.into_iter()
-            .find(|s| !matches!(self.steps.get(s), Some(StepStatus::Succeeded { .. })))
+        list.into_iter().find(|s| !self.succeeded(s))
+    }
+
+    fn succeeded(&self, step: &StepId) -> bool {
+        matches!(self.steps.get(step), Some(StepStatus::Succeeded { .. }))
     }
 
     fn misfit(&self, event: &RotationEvent, why: impl Into<String>) -> Nondeterminism {

@@ -397,6 +397,19 @@ async fn tamper_retyped_column_is_reported_as_a_broken_link() {
     assert_read_corrupt_at(&place, "bravo", 3).await;
 }
 
+/// A hash column rewritten as text is corruption at its event when read, not a storage
+/// error.
+#[tokio::test]
+async fn tamper_hash_retyped_as_text_is_read_as_corruption_at_its_event() {
+    let place = Place::new(Kind::Sqlite);
+    victim(&place).await;
+    attacker(&place)
+        .await
+        .exec("UPDATE events SET prev_hash = hex(prev_hash) WHERE stream_id = 'bravo' AND stream_seq = 4")
+        .await;
+    assert_read_corrupt_at(&place, "bravo", 4).await;
+}
+
 /// With its triggers in place, the journal's storage itself refuses rewrites of history.
 async fn triggers_refuse_updates_and_deletes_of_history(kind: Kind) {
     let place = Place::new(kind);
