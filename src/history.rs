@@ -365,6 +365,29 @@ impl Filter {
 /// Streams read per journal call: one storage round trip each, with a bounded snapshot.
 const STREAMS_PER_READ: usize = 256;
 
+/// Reads `ids`' streams [`STREAMS_PER_READ`] at a time and hands each chunk, with its
+/// streams' events, to `fold`; the next chunk's read is under way while `fold` runs, so
+/// the storage's reading and the caller's folding overlap.
+async fn read_ahead<J: JournalRead + Sync + ?Sized>(
+    journal: &J,
+    ids: &[String],
+    mut fold: impl FnMut(&[String], Vec<Vec<Event>>) -> Result<(), Error>,
+) -> Result<(), Error> {
+    let mut chunks = ids.chunks(STREAMS_PER_READ);
+    let Some(first) = chunks.next() else {
+        return Ok(());
+    };
+    let (mut chunk, mut read) = (first, journal.read_streams(first).await?);
+    for next in chunks {
+        // The read is polled first, so it has started when the fold begins.
+        let (next_read, folded) =
+            tokio::join!(journal.read_streams(next), async { fold(chunk, read) });
+        folded?;
+        (chunk, read) = (next, next_read?);
+    }
+    fold(chunk, read)
+}
+
 /// Every rotation `filter` admits, sorted by request time (then id).
 ///
 /// # Errors
@@ -381,8 +404,8 @@ pub async fn rows<J: JournalRead + JournalScan + Sync + ?Sized>(
         .map(|info| info.stream_id)
         .collect();
     let mut rows = Vec::new();
-    for chunk in admitted.chunks(STREAMS_PER_READ) {
-        for (id, events) in chunk.iter().zip(journal.read_streams(chunk).await?) {
+    read_ahead(journal, &admitted, |chunk, read| {
+        for (id, events) in chunk.iter().zip(read) {
             if events.is_empty() {
                 continue;
             }
@@ -391,7 +414,9 @@ pub async fn rows<J: JournalRead + JournalScan + Sync + ?Sized>(
                 rows.push(row);
             }
         }
-    }
+        Ok(())
+    })
+    .await?;
     add_joined(journal, &mut rows).await?;
     rows.sort_by(|a, b| {
         (a.requested_at_ms, &a.rotation_id).cmp(&(b.requested_at_ms, &b.rotation_id))
@@ -409,10 +434,10 @@ pub async fn add_joined<J: JournalRead + Sync + ?Sized>(
     let streams: Vec<String> = keys.iter().map(|k| lock::stream_id(k)).collect();
     let mut joined: std::collections::HashMap<String, Vec<Joined>> =
         std::collections::HashMap::new();
-    for chunk in streams.chunks(STREAMS_PER_READ) {
+    read_ahead(journal, &streams, |chunk, read| {
         for (stream, e) in chunk
             .iter()
-            .zip(journal.read_streams(chunk).await?)
+            .zip(read)
             .flat_map(|(stream, events)| events.into_iter().map(move |e| (stream, e)))
         {
             if e.kind != "TriggerCoalesced" {
@@ -437,7 +462,9 @@ pub async fn add_joined<J: JournalRead + Sync + ?Sized>(
                 });
             }
         }
-    }
+        Ok(())
+    })
+    .await?;
     for row in rows {
         if let Some(j) = joined.remove(&row.rotation_id) {
             row.joined = j;

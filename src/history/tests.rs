@@ -724,3 +724,66 @@ async fn rows_read_each_matching_rotation_once_and_no_other_stream() {
     assert_eq!(ids, ["r20", "r22", "r24", "r26", "r28"]);
     assert_eq!(journal.reads.lock().unwrap().len(), 30 + 5);
 }
+
+/// Three chunks of streams, one event each, read through [`Counting`].
+async fn three_chunks() -> (Counting, Vec<String>) {
+    use rekey_journal::{Append, JournalAppend, NewEvent};
+    let clock = rekey_journal::ManualClock::new(T0);
+    let inner = rekey_journal::MemoryJournal::new(std::sync::Arc::new(clock));
+    let ids: Vec<String> = (0..2 * STREAMS_PER_READ + 3)
+        .map(|i| format!("s{i:04}"))
+        .collect();
+    for id in &ids {
+        let event = NewEvent::new("Noted", serde_json::json!({ "id": id }));
+        inner.append(Append::new(id, 0, vec![event])).await.unwrap();
+    }
+    let journal = Counting {
+        inner,
+        reads: std::sync::Mutex::default(),
+    };
+    (journal, ids)
+}
+
+#[tokio::test]
+async fn read_ahead_reads_the_next_chunk_before_folding_this_one() {
+    let (journal, ids) = three_chunks().await;
+    let mut folded = Vec::new();
+    read_ahead(&journal, &ids, |chunk, read| {
+        journal.reads.lock().unwrap().push("fold".into());
+        for (id, events) in chunk.iter().zip(read) {
+            assert_eq!(events.len(), 1);
+            assert_eq!(&events[0].stream_id, id);
+            folded.push(id.clone());
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(folded, ids, "every stream folded once, in order");
+    let log = journal.reads.lock().unwrap();
+    let folds: Vec<usize> = (0..log.len()).filter(|&i| log[i] == "fold").collect();
+    let n = STREAMS_PER_READ;
+    // Chunks 1 and 2 read, then chunk 1 folded; chunk 3 read, then chunk 2 folded; then 3.
+    assert_eq!(folds, [2 * n, 2 * n + 4, 2 * n + 5], "{log:?}");
+}
+
+#[tokio::test]
+async fn read_ahead_stops_at_the_first_fold_that_fails() {
+    let (journal, ids) = three_chunks().await;
+    let mut calls = 0;
+    let err = read_ahead(&journal, &ids, |chunk, _| {
+        calls += 1;
+        match calls {
+            2 => Err(Error::Decode {
+                rotation: chunk[0].clone(),
+                seq: 1,
+                detail: "planted".into(),
+            }),
+            _ => Ok(()),
+        }
+    })
+    .await
+    .unwrap_err();
+    assert_eq!(calls, 2, "no chunk is folded after a failed one");
+    assert!(err.to_string().contains(&ids[STREAMS_PER_READ]), "{err}");
+}
