@@ -7,9 +7,10 @@
 //!   open set is listed (`Runner::open_rotations`, as before).
 //! * `fold`: every rotation folded into its state, in events per second, over the global
 //!   feed (`read_after`, pages of 10,000) and over per-stream reads, one call each
-//!   (`Runner::load`, as a resume's drives) and 256 streams a call (`read_streams`, as
-//!   `rekey history`) (goal: 1M events/s each), beside the ceiling measured in the same run: a raw SQLite
-//!   scan of the same table's rows, every column read, nothing decoded; and
+//!   (`Runner::load`, as a resume's drives) and 256 streams a call, the next call under
+//!   way while a chunk is folded (`history::read_ahead`, as `rekey history`) (goal: 1M
+//!   events/s each), beside the ceiling measured in the same run: a raw SQLite scan of
+//!   the same table's rows, every column read, nothing decoded; and
 //!   `read_after_unfolded`, the journal's feed read with nothing folded.
 //!
 //! Run: `cargo bench --bench resume`.
@@ -20,7 +21,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
-use rekey::journal::{Clock, JournalRead, JournalScan, SqliteJournal, SystemClock};
+use rekey::history::read_ahead;
+use rekey::journal::{Clock, JournalScan, SqliteJournal, SystemClock};
 use rekey::resolve::Registry;
 use rekey::roles;
 use rekey::runner::lock::is_rotation_stream;
@@ -280,17 +282,21 @@ fn fold(c: &mut Criterion, t: &Template) {
                 .sum::<u64>()
         })
     });
-    // The same per-stream reads, 256 streams a call (`read_streams`, as `rekey history`).
+    // The same per-stream reads, 256 streams a call, the next read while one chunk is
+    // folded (`history::read_ahead`, as `rekey history`).
     g.bench_function("per_stream_batched", |b| {
         b.iter(|| {
             rt.block_on(async {
                 let mut states = States::with_capacity(ROTATIONS);
                 let mut folded = 0;
-                for chunk in ids.chunks(256) {
-                    for events in journal.read_streams(chunk).await.unwrap() {
+                read_ahead(journal.as_ref(), &ids, |_, read| {
+                    for events in read {
                         folded += fold_page(&mut states, &events);
                     }
-                }
+                    Ok(())
+                })
+                .await
+                .unwrap();
                 assert_eq!(states.len(), ROTATIONS);
                 folded
             })

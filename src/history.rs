@@ -368,7 +368,10 @@ const STREAMS_PER_READ: usize = 256;
 /// Reads `ids`' streams [`STREAMS_PER_READ`] at a time and hands each chunk, with its
 /// streams' events, to `fold`; the next chunk's read is under way while `fold` runs, so
 /// the storage's reading and the caller's folding overlap.
-async fn read_ahead<J: JournalRead + Sync + ?Sized>(
+///
+/// # Errors
+/// The first failed read, or the first error `fold` returns (no chunk is folded after it).
+pub async fn read_ahead<J: JournalRead + Sync + ?Sized>(
     journal: &J,
     ids: &[String],
     mut fold: impl FnMut(&[String], Vec<Vec<Event>>) -> Result<(), Error>,
