@@ -70,6 +70,12 @@ pub fn open_rotation(events: &[LockEvent]) -> Option<&LockEvent> {
     })
 }
 
+/// Whether the lock holds `rotation_id` open (its closing is then still owed).
+pub fn holds_open(events: &[LockEvent], rotation_id: &str) -> bool {
+    matches!(open_rotation(events),
+        Some(LockEvent::Opened { rotation_id: open, .. }) if open == rotation_id)
+}
+
 /// The request of `secret` by `actor` made since the lock's `Closed` of rotation `after`
 /// (since the lock began when `None`): the rotation it opened or coalesced into. A
 /// request repeated by another process (a schedule fired again after a takeover) finds

@@ -684,30 +684,31 @@ impl<J: RunnerJournal> Runner<J> {
     /// one commit when the lock still holds this rotation open: the lock then never says
     /// closed before the rotation has ended, and no crash can leave one without the other.
     async fn end(&self, d: &mut Driving, phase: Phase) -> Result<(), Error> {
-        let lock_stream = lock::stream_id(&d.state.plan.lock_key);
-        if !d.pending.is_empty() {
-            let (events, seq) = self.read_lock(&lock_stream).await?;
-            if matches!(lock::open_rotation(&events),
-                Some(LockEvent::Opened { rotation_id, .. }) if *rotation_id == d.state.id)
-            {
-                let rotation = self.pending_append(d).await?;
-                let close = close_lock_append(&lock_stream, seq, &d.state.id, phase);
-                let started = tokio::time::Instant::now();
-                match self.journal.append_all(vec![rotation, close]).await {
-                    Ok(appended) => {
-                        self.journaled(d, &appended[0], started);
-                        return Ok(());
-                    }
-                    // A trigger joined the rotation meanwhile: nothing landed; end in
-                    // two commits, the rotation's first.
-                    Err(rekey_journal::Error::Conflict { stream, .. }) if stream == lock_stream => {
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
+        if d.pending.is_empty() {
+            return self.close_lock(&d.state, phase).await;
         }
-        self.flush(d).await?;
-        self.close_lock(&d.state, phase).await
+        let lock_stream = lock::stream_id(&d.state.plan.lock_key);
+        let (events, seq) = self.read_lock(&lock_stream).await?;
+        if !lock::holds_open(&events, &d.state.id) {
+            // The lock has moved on from this rotation: there is nothing to close.
+            return self.flush(d).await;
+        }
+        let rotation = self.pending_append(d).await?;
+        let close = close_lock_append(&lock_stream, seq, &d.state.id, phase);
+        let started = tokio::time::Instant::now();
+        match self.journal.append_all(vec![rotation, close]).await {
+            Ok(appended) => {
+                self.journaled(d, &appended[0], started);
+                Ok(())
+            }
+            // A trigger joined the rotation meanwhile: nothing landed; end in two
+            // commits, the rotation's first.
+            Err(rekey_journal::Error::Conflict { stream, .. }) if stream == lock_stream => {
+                self.flush(d).await?;
+                self.close_lock(&d.state, phase).await
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// The provider of `step`'s target, in the target's role.
@@ -1159,9 +1160,8 @@ impl<J: RunnerJournal> Runner<J> {
         let lock_stream = lock::stream_id(&state.plan.lock_key);
         loop {
             let (events, seq) = self.read_lock(&lock_stream).await?;
-            match lock::open_rotation(&events) {
-                Some(LockEvent::Opened { rotation_id, .. }) if *rotation_id == state.id => {}
-                _ => return Ok(()),
+            if !lock::holds_open(&events, &state.id) {
+                return Ok(());
             }
             let append = close_lock_append(&lock_stream, seq, &state.id, phase);
             match self.journal.append(append).await {
