@@ -1543,10 +1543,11 @@ fn plan_round(
     let mut round = Round::default();
     let mut pending = pending.iter().copied().peekable();
     while let Some(i) = pending.next() {
+        // The groups are the batch's requests, in order: the one holding `i` is found by
+        // bisection, not by a scan per op.
         let group = groups
-            .iter()
-            .find(|g| g.contains(&i))
-            .filter(|g| g.len() > 1 && g.start == i)
+            .get(groups.partition_point(|g| g.end <= i))
+            .filter(|g| g.contains(&i) && g.len() > 1 && g.start == i)
             .cloned();
         let Some(group) = group else {
             plan_op(&mut round, rows, ops, i, now_ms);
