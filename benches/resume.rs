@@ -7,11 +7,13 @@
 //!   open set is listed (`Runner::open_rotations`, as before).
 //! * `fold`: every rotation folded into its state, in events per second, over the global
 //!   feed (`read_after`, pages of 10,000) and over per-stream reads, one call each
-//!   (`Runner::load`, as a resume's drives) and 256 streams a call, the next call under
-//!   way while a chunk is folded (`history::read_ahead`, as `rekey history`) (goal: 1M
-//!   events/s each), beside the ceiling measured in the same run: a raw SQLite scan of
-//!   the same table's rows, every column read, nothing decoded; and
-//!   `read_after_unfolded`, the journal's feed read with nothing folded.
+//!   (`Runner::load` awaited in turn by a task on a multi-threaded runtime, as a resume's
+//!   drives; `per_stream_current_thread`: each awaited alone on a current-thread runtime)
+//!   and 256 streams a call, the next call under way while a chunk is folded
+//!   (`history::read_ahead`, as `rekey history`) (goal: 1M events/s each), beside the
+//!   ceiling measured in the same run: a raw SQLite scan of the same table's rows, every
+//!   column read, nothing decoded; and, with nothing folded, what the journal's reading
+//!   costs alone: `read_after_unfolded` and `per_stream_batched_unfolded`.
 //!
 //! Run: `cargo bench --bench resume`.
 
@@ -22,7 +24,7 @@ use std::time::Duration;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use rekey::history::read_ahead;
-use rekey::journal::{Clock, JournalScan, SqliteJournal, SystemClock};
+use rekey::journal::{Clock, JournalRead, JournalScan, SqliteJournal, SystemClock};
 use rekey::resolve::Registry;
 use rekey::roles;
 use rekey::runner::lock::is_rotation_stream;
@@ -275,7 +277,24 @@ fn fold(c: &mut Criterion, t: &Template) {
     });
     // Per-stream reads fold the rotation streams only (one lock event per rotation less).
     g.throughput(Throughput::Elements(t.events - ROTATIONS as u64));
+    // As a resume's drives load them: by a task on a multi-threaded runtime (as the CLI's).
+    let mt = multi_thread_runtime();
+    let shared_ids = Arc::new(ids.clone());
     g.bench_function("per_stream", |b| {
+        b.iter(|| {
+            let (runner, ids) = (runner.clone(), shared_ids.clone());
+            let loads = mt.spawn(async move {
+                let mut folded = 0;
+                for id in ids.iter() {
+                    folded += runner.load(id).await.unwrap().1;
+                }
+                folded
+            });
+            mt.block_on(loads).unwrap()
+        })
+    });
+    // The same loads, each awaited alone on a current-thread runtime.
+    g.bench_function("per_stream_current_thread", |b| {
         b.iter(|| {
             ids.iter()
                 .map(|id| rt.block_on(runner.load(id)).unwrap().1)
@@ -299,6 +318,22 @@ fn fold(c: &mut Criterion, t: &Template) {
                 .unwrap();
                 assert_eq!(states.len(), ROTATIONS);
                 folded
+            })
+        })
+    });
+    // The same per-stream reads, 256 streams a call, with nothing folded: what reading
+    // them costs alone.
+    g.bench_function("per_stream_batched_unfolded", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let mut read = 0;
+                for chunk in ids.chunks(256) {
+                    for events in journal.read_streams(chunk).await.unwrap() {
+                        read += events.len();
+                    }
+                }
+                assert_eq!(read as u64, t.events - ROTATIONS as u64);
+                read
             })
         })
     });
