@@ -20,9 +20,12 @@
 //! Reads are async but SQLite is not: each read runs on tokio's blocking pool
 //! (`spawn_blocking`) with a connection taken from a small pool of read-only connections
 //! ([`READERS_MAX`] at most, opened as the first one was), so a read never holds a runtime
-//! worker, and a current-thread runtime goes on with its other tasks while it reads. Each
-//! read opens and ends its own read transaction, so under WAL it sees every commit made
-//! before it started.
+//! worker, and a current-thread runtime goes on with its other tasks while it reads. A read
+//! of one stream (`read_stream`, `stream_info`) on a multi-threaded runtime runs in place
+//! instead (`block_in_place`: the worker's other tasks move to another thread meanwhile):
+//! the trip to the pool and back, two thread wake-ups, cost several times what reading a
+//! short stream does. Each read opens and ends its own read transaction, so under WAL it
+//! sees every commit made before it started.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -366,6 +369,28 @@ impl SqliteJournal {
         }
     }
 
+    /// Runs `f`, a read of one stream, with a read connection: on a multi-threaded runtime
+    /// in place, the worker's other tasks handed to another thread meanwhile
+    /// (`block_in_place`), which spares the two thread wake-ups of a trip to the blocking
+    /// pool (they cost more than reading a short stream); elsewhere as [`Self::read`], so a
+    /// current-thread runtime goes on with its other tasks. Reads of many streams or rows
+    /// keep the trip: a caller may overlap them with work of its own (`read_ahead`).
+    async fn read_one<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        if !lends_its_thread() {
+            return self.read(f).await;
+        }
+        let _permit = self
+            .readers
+            .permits
+            .acquire()
+            .await
+            .map_err(|_| Error::WriterStopped)?;
+        tokio::task::block_in_place(|| self.readers.with(f))
+    }
+
     /// The head of every stream, for export and later truncation checks.
     ///
     /// # Errors
@@ -397,6 +422,13 @@ impl SqliteJournal {
         })
         .await
     }
+}
+
+/// Whether the runtime polling this task is multi-threaded: only there may a task block
+/// its thread in place (rekey runs no `LocalSet`, where `block_in_place` would panic).
+fn lends_its_thread() -> bool {
+    tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
 
 /// Runs several reads through `c` in one read transaction, so they see one consistent
@@ -1293,7 +1325,7 @@ const SELECT_STREAM: &str = "SELECT stream_id, subject, status, created_at_ms, u
 impl JournalRead for SqliteJournal {
     async fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
         let stream_id = stream_id.to_owned();
-        self.read(move |c| snapshot(c, |c| stream_events_in(c, &stream_id)))
+        self.read_one(move |c| snapshot(c, |c| stream_events_in(c, &stream_id)))
             .await
     }
 
@@ -1313,7 +1345,7 @@ impl JournalRead for SqliteJournal {
 
     async fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
         let stream_id = stream_id.to_owned();
-        self.read(move |c| stream_info_in(c, &stream_id)).await
+        self.read_one(move |c| stream_info_in(c, &stream_id)).await
     }
 }
 

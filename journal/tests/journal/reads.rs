@@ -1,6 +1,8 @@
 //! Reads are async and leave the runtime that awaits them free. A SQLite read runs on the
-//! runtime's blocking pool with a connection of the journal's read pool; a PostgreSQL read
-//! runs on the journal's own runtime (`postgres.rs` holds one up at the server).
+//! runtime's blocking pool with a connection of the journal's read pool, except a read of
+//! one stream on a multi-threaded runtime, which runs in place while the worker's other
+//! tasks move to another thread; a PostgreSQL read runs on the journal's own runtime
+//! (`postgres.rs` holds one up at the server).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -142,6 +144,82 @@ fn a_sqlite_streams_scan_leaves_a_current_thread_runtime_free() {
 fn a_sqlite_read_of_many_streams_leaves_a_current_thread_runtime_free() {
     let place = filled_sqlite();
     read_behind_a_gate(place.open(&manual_clock()), Read::Many);
+}
+
+/// Which read of one stream is under test, and where it is awaited.
+#[derive(Debug, Clone, Copy)]
+enum One {
+    Stream,
+    Info,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum AwaitedBy {
+    /// A task on one of the runtime's workers (a resume's drives).
+    Task,
+    /// The future given to the runtime's `block_on` (the CLI's commands).
+    BlockOn,
+}
+
+/// Awaits `read` of `j` on a multi-threaded runtime whose only blocking-pool thread is
+/// held busy until the read has returned. The read completes only if it ran in place,
+/// needing no blocking-pool thread: a read sent to the pool would wait until the busy
+/// thread gave up (after 10 s), and the busy thread would then report it was never
+/// released.
+fn read_one_while_the_blocking_pool_is_busy(j: Journal, read: One, by: AwaitedBy) {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .max_blocking_threads(1)
+        .enable_all()
+        .build()
+        .expect("building a runtime");
+    let (started, running) = std::sync::mpsc::channel::<()>();
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let busy = runtime.spawn_blocking(move || {
+        let _ = started.send(());
+        released.recv_timeout(Duration::from_secs(10))
+    });
+    running.recv().expect("the blocking-pool thread started");
+    let j = Arc::new(j);
+    let reading = {
+        let j = j.clone();
+        async move {
+            match read {
+                One::Stream => j.read_stream("long").await.map(|e| e.len() as u64),
+                One::Info => j
+                    .stream_info("long")
+                    .await
+                    .map(|i| i.map_or(0, |i| i.head_seq)),
+            }
+        }
+    };
+    let outcome = match by {
+        AwaitedBy::Task => runtime
+            .block_on(runtime.spawn(reading))
+            .expect("the reading task"),
+        AwaitedBy::BlockOn => runtime.block_on(reading),
+    };
+    let _ = release.send(());
+    let busy = runtime.block_on(busy).expect("the busy thread");
+    assert!(
+        busy.is_ok(),
+        "{read:?} awaited by {by:?}: the read waited for the blocking pool's only thread"
+    );
+    assert_eq!(
+        outcome.expect("the read"),
+        LONG_EVENTS,
+        "{read:?}: what was read"
+    );
+}
+
+#[test]
+fn a_sqlite_read_of_one_stream_on_a_multi_threaded_runtime_runs_in_place() {
+    let place = filled_sqlite();
+    for read in [One::Stream, One::Info] {
+        for by in [AwaitedBy::Task, AwaitedBy::BlockOn] {
+            read_one_while_the_blocking_pool_is_busy(place.open(&manual_clock()), read, by);
+        }
+    }
 }
 
 /// The ids of [`filled_sqlite`]'s streams, the long one first.
