@@ -303,10 +303,20 @@ async fn a_request_failing_part_way_rolls_back_its_whole_batch() {
             Append::new(format!("p-{i:02}"), 0, events)
         })
         .collect();
+    // The writer takes a first request alone and drains the queue at once, so a request
+    // sent ahead of the others, given time to be taken, keeps the writer blocked on the lock
+    // while the others queue: they then form the next batch together, however the threads
+    // are scheduled. (Taken late, the gate joins their batch and fails with it.)
+    let gate = Append::new("gate", 0, vec![numbered(1)]);
+    let gate = queue_while_held(&j, &[gate], "another connection's write lock");
+    std::thread::sleep(std::time::Duration::from_millis(200));
     let pending = queue_while_held(&j, &appends, "another connection's write lock");
     locker
         .execute_batch("ROLLBACK")
         .expect("releasing the lock");
+    for f in gate {
+        let _ = f.await;
+    }
     for (i, f) in pending.into_iter().enumerate() {
         let e = match f.await {
             Err(e) => e,
