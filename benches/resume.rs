@@ -11,8 +11,9 @@
 //!   drives; `per_stream_current_thread`: each awaited alone on a current-thread runtime)
 //!   and 256 streams a call, the next call under way while a chunk is folded
 //!   (`history::read_ahead`, as `rekey history`) (goal: 1M events/s each), beside the
-//!   ceiling measured in the same run: a raw SQLite scan of the same table's rows, every
-//!   column read, nothing decoded; and, with nothing folded, what the journal's reading
+//!   ceilings measured in the same run: a raw SQLite scan of the same table's rows, every
+//!   column read, nothing decoded, and the same raw reads one stream at a time by its index
+//!   (`ceiling_raw_per_stream`); and, with nothing folded, what the journal's reading
 //!   costs alone: `read_after_unfolded` and `per_stream_batched_unfolded`.
 //!
 //! Run: `cargo bench --bench resume`.
@@ -194,6 +195,30 @@ fn fold_page(states: &mut States, page: &[rekey::journal::Event]) -> u64 {
     folded
 }
 
+/// Every column of an event row, as the journal stores it.
+const RAW_SELECT: &str = "SELECT global_seq, stream_id, stream_seq, kind, schema_version, \
+     recorded_at_ms, payload, prev_hash, hash FROM events";
+
+/// Reads every column of every row of `rows` into owned values; returns how many rows.
+fn raw_rows(mut rows: rusqlite::Rows<'_>) -> u64 {
+    let mut n = 0;
+    while let Some(row) = rows.next().unwrap() {
+        let _: (i64, String, i64, String, i64, i64, String, Vec<u8>, Vec<u8>) = (
+            row.get(0).unwrap(),
+            row.get(1).unwrap(),
+            row.get(2).unwrap(),
+            row.get(3).unwrap(),
+            row.get(4).unwrap(),
+            row.get(5).unwrap(),
+            row.get(6).unwrap(),
+            row.get(7).unwrap(),
+            row.get(8).unwrap(),
+        );
+        n += 1;
+    }
+    n
+}
+
 /// Each rotation's state by its id (`None` only while its first event is folded).
 type States = HashMap<String, Option<Rotation>>;
 
@@ -214,28 +239,9 @@ fn fold(c: &mut Criterion, t: &Template) {
         .unwrap();
         b.iter(|| {
             let mut stmt = conn
-                .prepare_cached(
-                    "SELECT global_seq, stream_id, stream_seq, kind, schema_version, \
-                     recorded_at_ms, payload, prev_hash, hash FROM events ORDER BY global_seq",
-                )
+                .prepare_cached(&format!("{RAW_SELECT} ORDER BY global_seq"))
                 .unwrap();
-            let mut rows = stmt.query([]).unwrap();
-            let mut n = 0u64;
-            while let Some(row) = rows.next().unwrap() {
-                let _: (i64, String, i64, String, i64, i64, String, Vec<u8>, Vec<u8>) = (
-                    row.get(0).unwrap(),
-                    row.get(1).unwrap(),
-                    row.get(2).unwrap(),
-                    row.get(3).unwrap(),
-                    row.get(4).unwrap(),
-                    row.get(5).unwrap(),
-                    row.get(6).unwrap(),
-                    row.get(7).unwrap(),
-                    row.get(8).unwrap(),
-                );
-                n += 1;
-            }
-            assert_eq!(n, t.events);
+            assert_eq!(raw_rows(stmt.query([]).unwrap()), t.events);
         })
     });
     // Reads are async: each pass is awaited on a runtime made once, outside the measured loop.
@@ -277,6 +283,27 @@ fn fold(c: &mut Criterion, t: &Template) {
     });
     // Per-stream reads fold the rotation streams only (one lock event per rotation less).
     g.throughput(Throughput::Elements(t.events - ROTATIONS as u64));
+    // The engine alone reading each rotation's stream by its index, one query a stream,
+    // every column read, nothing decoded: the ceiling of the per-stream lines.
+    g.bench_function("ceiling_raw_per_stream", |b| {
+        let conn = rusqlite::Connection::open_with_flags(
+            &t.path,
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        b.iter(|| {
+            let mut stmt = conn
+                .prepare_cached(&format!(
+                    "{RAW_SELECT} WHERE stream_id = ?1 ORDER BY stream_seq"
+                ))
+                .unwrap();
+            let read: u64 = ids
+                .iter()
+                .map(|id| raw_rows(stmt.query([id]).unwrap()))
+                .sum();
+            assert_eq!(read, t.events - ROTATIONS as u64);
+        })
+    });
     // As a resume's drives load them: by a task on a multi-threaded runtime (as the CLI's).
     let mt = multi_thread_runtime();
     let shared_ids = Arc::new(ids.clone());
