@@ -19,13 +19,14 @@
 //!
 //! Reads are async but SQLite is not: each read runs on tokio's blocking pool
 //! (`spawn_blocking`) with a connection taken from a small pool of read-only connections
-//! ([`READERS_MAX`] at most, opened as the first one was), so a read never holds a runtime
-//! worker, and a current-thread runtime goes on with its other tasks while it reads. A read
-//! of one stream (`read_stream`, `stream_info`) on a multi-threaded runtime runs in place
-//! instead (`block_in_place`: the worker's other tasks move to another thread meanwhile):
-//! the trip to the pool and back, two thread wake-ups, cost several times what reading a
-//! short stream does. Each read opens and ends its own read transaction, so under WAL it
-//! sees every commit made before it started.
+//! ([`READERS_MAX`] at most, opened as the first one was), so a read does not hold a
+//! runtime worker, and a current-thread runtime goes on with its other tasks while it
+//! reads. A short read on a multi-threaded runtime runs in place instead, holding up one
+//! worker for tens of microseconds: a stream's summary (`stream_info`), or a stream of at
+//! most [`IN_PLACE_EVENTS_MAX`] events (`read_stream`; a longer one goes to the pool once
+//! its summary says so). The trip to the pool and back, two thread wake-ups, costs several
+//! times what such a read does. Each read opens and ends its own read transaction, so
+//! under WAL it sees every commit made before it started.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -369,26 +370,18 @@ impl SqliteJournal {
         }
     }
 
-    /// Runs `f`, a read of one stream, with a read connection: on a multi-threaded runtime
-    /// in place, the worker's other tasks handed to another thread meanwhile
-    /// (`block_in_place`), which spares the two thread wake-ups of a trip to the blocking
-    /// pool (they cost more than reading a short stream); elsewhere as [`Self::read`], so a
-    /// current-thread runtime goes on with its other tasks. Reads of many streams or rows
-    /// keep the trip: a caller may overlap them with work of its own (`read_ahead`).
-    async fn read_one<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        if !lends_its_thread() {
-            return self.read(f).await;
+    /// Runs `f`, a short read, in place when the runtime is multi-threaded and a read
+    /// connection is free, and `None` (`f` not run) otherwise. A short read (one row by its
+    /// key, or a stream of at most [`IN_PLACE_EVENTS_MAX`] events) takes tens of
+    /// microseconds, less than the blocking pool's round trip (two thread wake-ups);
+    /// `block_in_place` would hand the worker's tasks to threads it starts, each keeping
+    /// an allocator heap of its own (measured: about 80 MiB more at rest).
+    fn try_in_place<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Option<Result<T>> {
+        if !multi_threaded() {
+            return None;
         }
-        let _permit = self
-            .readers
-            .permits
-            .acquire()
-            .await
-            .map_err(|_| Error::WriterStopped)?;
-        tokio::task::block_in_place(|| self.readers.with(f))
+        let _permit = self.readers.permits.try_acquire().ok()?;
+        Some(self.readers.with(f))
     }
 
     /// The head of every stream, for export and later truncation checks.
@@ -424,9 +417,12 @@ impl SqliteJournal {
     }
 }
 
-/// Whether the runtime polling this task is multi-threaded: only there may a task block
-/// its thread in place (rekey runs no `LocalSet`, where `block_in_place` would panic).
-fn lends_its_thread() -> bool {
+/// Streams of at most this many events are read in place ([`SqliteJournal::try_in_place`]).
+const IN_PLACE_EVENTS_MAX: u64 = 64;
+
+/// Whether the runtime polling this task is multi-threaded, so a short read in place
+/// holds up one worker while the others go on.
+fn multi_threaded() -> bool {
     tokio::runtime::Handle::try_current()
         .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread)
 }
@@ -446,13 +442,32 @@ fn snapshot<T>(c: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Resu
 /// Every event of `stream_id`, links and head checked, read on `c` (inside a snapshot).
 fn stream_events_in(c: &Connection, stream_id: &str) -> Result<Vec<Event>> {
     let info = stream_info_in(c, stream_id)?;
+    events_of(c, stream_id, info.as_ref())
+}
+
+/// [`stream_events_in`], or `None` when the stream is longer than
+/// [`IN_PLACE_EVENTS_MAX`] (nothing read but its summary).
+fn short_stream_events_in(c: &Connection, stream_id: &str) -> Result<Option<Vec<Event>>> {
+    let info = stream_info_in(c, stream_id)?;
+    if info
+        .as_ref()
+        .is_some_and(|i| i.head_seq > IN_PLACE_EVENTS_MAX)
+    {
+        return Ok(None);
+    }
+    events_of(c, stream_id, info.as_ref()).map(Some)
+}
+
+/// The events of `stream_id` whose summary `info` was read in the same snapshot, checked
+/// against it.
+fn events_of(c: &Connection, stream_id: &str, info: Option<&StreamInfo>) -> Result<Vec<Event>> {
     let mut stmt = c
         .prepare_cached(&format!(
             "{SELECT_EVENT} WHERE stream_id = ?1 ORDER BY stream_seq"
         ))
         .map_err(Error::sqlite("reading a stream"))?;
     let events = collect_events(&mut stmt, [stream_id])?;
-    check_stream(stream_id, info.as_ref(), &events)?;
+    check_stream(stream_id, info, &events)?;
     Ok(events)
 }
 
@@ -1324,8 +1339,14 @@ const SELECT_STREAM: &str = "SELECT stream_id, subject, status, created_at_ms, u
 
 impl JournalRead for SqliteJournal {
     async fn read_stream(&self, stream_id: &str) -> Result<Vec<Event>> {
+        let short = self.try_in_place(|c| snapshot(c, |c| short_stream_events_in(c, stream_id)));
+        if let Some(events) = short.transpose()?.flatten() {
+            // Never waits: yields only when this task has run long without yielding.
+            tokio::task::consume_budget().await;
+            return Ok(events);
+        }
         let stream_id = stream_id.to_owned();
-        self.read_one(move |c| snapshot(c, |c| stream_events_in(c, &stream_id)))
+        self.read(move |c| snapshot(c, |c| stream_events_in(c, &stream_id)))
             .await
     }
 
@@ -1344,8 +1365,12 @@ impl JournalRead for SqliteJournal {
     }
 
     async fn stream_info(&self, stream_id: &str) -> Result<Option<StreamInfo>> {
+        if let Some(read) = self.try_in_place(|c| stream_info_in(c, stream_id)) {
+            tokio::task::consume_budget().await;
+            return read;
+        }
         let stream_id = stream_id.to_owned();
-        self.read_one(move |c| stream_info_in(c, &stream_id)).await
+        self.read(move |c| stream_info_in(c, &stream_id)).await
     }
 }
 

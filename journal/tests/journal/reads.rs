@@ -1,8 +1,8 @@
 //! Reads are async and leave the runtime that awaits them free. A SQLite read runs on the
-//! runtime's blocking pool with a connection of the journal's read pool, except a read of
-//! one stream on a multi-threaded runtime, which runs in place while the worker's other
-//! tasks move to another thread; a PostgreSQL read runs on the journal's own runtime
-//! (`postgres.rs` holds one up at the server).
+//! runtime's blocking pool with a connection of the journal's read pool, except a short
+//! read on a multi-threaded runtime (a stream's summary, a stream of a few events), which
+//! runs in place; a PostgreSQL read runs on the journal's own runtime (`postgres.rs` holds
+//! one up at the server).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -161,12 +161,16 @@ enum AwaitedBy {
     BlockOn,
 }
 
-/// Awaits `read` of `j` on a multi-threaded runtime whose only blocking-pool thread is
-/// held busy until the read has returned. The read completes only if it ran in place,
-/// needing no blocking-pool thread: a read sent to the pool would wait until the busy
-/// thread gave up (after 10 s), and the busy thread would then report it was never
-/// released.
-fn read_one_while_the_blocking_pool_is_busy(j: Journal, read: One, by: AwaitedBy) {
+/// A multi-threaded runtime with one worker, its only blocking-pool thread held busy (for
+/// at most 10 s) until the sender releases it; the busy thread's outcome says whether it
+/// was released (Ok) or gave up waiting.
+type BusyPool = (
+    tokio::runtime::Runtime,
+    tokio::task::JoinHandle<Result<(), std::sync::mpsc::RecvTimeoutError>>,
+    std::sync::mpsc::Sender<()>,
+);
+
+fn runtime_with_a_busy_blocking_pool() -> BusyPool {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .max_blocking_threads(1)
@@ -180,12 +184,22 @@ fn read_one_while_the_blocking_pool_is_busy(j: Journal, read: One, by: AwaitedBy
         released.recv_timeout(Duration::from_secs(10))
     });
     running.recv().expect("the blocking-pool thread started");
+    (runtime, busy, release)
+}
+
+/// Awaits `read` of `j` (a short stream's events, or the long stream's summary) on a
+/// multi-threaded runtime whose only blocking-pool thread is held busy until the read has
+/// returned. The read completes only if it ran in place, needing no blocking-pool thread:
+/// a read sent to the pool would wait until the busy thread gave up (after 10 s), and the
+/// busy thread would then report it was never released.
+fn read_one_while_the_blocking_pool_is_busy(j: Journal, read: One, by: AwaitedBy) {
+    let (runtime, busy, release) = runtime_with_a_busy_blocking_pool();
     let j = Arc::new(j);
     let reading = {
         let j = j.clone();
         async move {
             match read {
-                One::Stream => j.read_stream("long").await.map(|e| e.len() as u64),
+                One::Stream => j.read_stream("s-001").await.map(|e| e.len() as u64),
                 One::Info => j
                     .stream_info("long")
                     .await
@@ -205,11 +219,43 @@ fn read_one_while_the_blocking_pool_is_busy(j: Journal, read: One, by: AwaitedBy
         busy.is_ok(),
         "{read:?} awaited by {by:?}: the read waited for the blocking pool's only thread"
     );
+    let expected = match read {
+        One::Stream => 1,
+        One::Info => LONG_EVENTS,
+    };
     assert_eq!(
         outcome.expect("the read"),
-        LONG_EVENTS,
+        expected,
         "{read:?}: what was read"
     );
+}
+
+/// A stream longer than a short read goes to the blocking pool even on a multi-threaded
+/// runtime: with the pool's only thread busy, its read is still waiting a while later, and
+/// completes once the thread is released.
+#[test]
+fn a_sqlite_read_of_a_long_stream_on_a_multi_threaded_runtime_goes_to_the_blocking_pool() {
+    let place = filled_sqlite();
+    let j = Arc::new(place.open(&manual_clock()));
+    let (runtime, busy, release) = runtime_with_a_busy_blocking_pool();
+    let reading = {
+        let j = j.clone();
+        runtime.spawn(async move { j.read_stream("long").await })
+    };
+    // Read in place, 1,000 events take a few milliseconds.
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        !reading.is_finished(),
+        "the long stream was read in place, on the runtime's worker"
+    );
+    let _ = release.send(());
+    let events = runtime
+        .block_on(reading)
+        .expect("the reading task")
+        .expect("the read");
+    assert_eq!(events.len() as u64, LONG_EVENTS);
+    assert_chain("long", &events);
+    assert!(runtime.block_on(busy).expect("the busy thread").is_ok());
 }
 
 #[test]
