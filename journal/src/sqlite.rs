@@ -119,11 +119,25 @@ impl Readers {
     /// Runs `f` on an idle connection, or a new one, on this thread; the connection is kept
     /// for the next read unless `f` failed (it may have left the connection in a bad state).
     fn with<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match idle {
+        let conn = match self.take_idle() {
             Some(c) => c,
             None => open_reader(&self.path, &self.target, self.uri)?,
         };
+        self.run(conn, f)
+    }
+
+    /// [`Readers::with`] on an idle connection only: `None` (`f` not run) when none is
+    /// idle, as opening one is no short read.
+    fn with_idle<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Option<Result<T>> {
+        let conn = self.take_idle()?;
+        Some(self.run(conn, f))
+    }
+
+    fn take_idle(&self) -> Option<Connection> {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop()
+    }
+
+    fn run<T>(&self, conn: Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
         let out = f(&conn);
         if out.is_ok() {
             let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -371,7 +385,7 @@ impl SqliteJournal {
     }
 
     /// Runs `f`, a short read, in place when the runtime is multi-threaded and a read
-    /// connection is free, and `None` (`f` not run) otherwise. A short read (one row by its
+    /// connection is idle, and `None` (`f` not run) otherwise. A short read (one row by its
     /// key, or a stream of at most [`IN_PLACE_EVENTS_MAX`] events) takes tens of
     /// microseconds, less than the blocking pool's round trip (two thread wake-ups);
     /// `block_in_place` would hand the worker's tasks to threads it starts, each keeping
@@ -381,7 +395,7 @@ impl SqliteJournal {
             return None;
         }
         let _permit = self.readers.permits.try_acquire().ok()?;
-        Some(self.readers.with(f))
+        self.readers.with_idle(f)
     }
 
     /// The head of every stream, for export and later truncation checks.
