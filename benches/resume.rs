@@ -195,6 +195,11 @@ fn fold_page(states: &mut States, page: &[rekey::journal::Event]) -> u64 {
     folded
 }
 
+/// A plain read-only SQLite connection to the journal's file, for the raw ceilings.
+fn raw_connection(path: &Path) -> rusqlite::Connection {
+    rusqlite::Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY).unwrap()
+}
+
 /// Every column of an event row, as the journal stores it.
 const RAW_SELECT: &str = "SELECT global_seq, stream_id, stream_seq, kind, schema_version, \
      recorded_at_ms, payload, prev_hash, hash FROM events";
@@ -232,11 +237,7 @@ fn fold(c: &mut Criterion, t: &Template) {
     let mut g = c.benchmark_group("fold");
     g.sample_size(10).throughput(Throughput::Elements(t.events));
     g.bench_function("ceiling_raw_scan", |b| {
-        let conn = rusqlite::Connection::open_with_flags(
-            &t.path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
+        let conn = raw_connection(&t.path);
         b.iter(|| {
             let mut stmt = conn
                 .prepare_cached(&format!("{RAW_SELECT} ORDER BY global_seq"))
@@ -282,15 +283,12 @@ fn fold(c: &mut Criterion, t: &Template) {
         })
     });
     // Per-stream reads fold the rotation streams only (one lock event per rotation less).
-    g.throughput(Throughput::Elements(t.events - ROTATIONS as u64));
+    let rotation_events = t.events - ROTATIONS as u64;
+    g.throughput(Throughput::Elements(rotation_events));
     // The engine alone reading each rotation's stream by its index, one query a stream,
     // every column read, nothing decoded: the ceiling of the per-stream lines.
     g.bench_function("ceiling_raw_per_stream", |b| {
-        let conn = rusqlite::Connection::open_with_flags(
-            &t.path,
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
+        let conn = raw_connection(&t.path);
         b.iter(|| {
             let mut stmt = conn
                 .prepare_cached(&format!(
@@ -301,7 +299,7 @@ fn fold(c: &mut Criterion, t: &Template) {
                 .iter()
                 .map(|id| raw_rows(stmt.query([id]).unwrap()))
                 .sum();
-            assert_eq!(read, t.events - ROTATIONS as u64);
+            assert_eq!(read, rotation_events);
         })
     });
     // As a resume's drives load them: by a task on a multi-threaded runtime (as the CLI's).
@@ -359,7 +357,7 @@ fn fold(c: &mut Criterion, t: &Template) {
                         read += events.len();
                     }
                 }
-                assert_eq!(read as u64, t.events - ROTATIONS as u64);
+                assert_eq!(read as u64, rotation_events);
                 read
             })
         })
