@@ -1,7 +1,8 @@
 //! Durable commits per rotation: a no-op rotation journals each step's outcome with the
-//! next step's `StepStarted` in one append, and spends no lease round trip it does not
-//! need (no release once the rotation has ended), while every append to the rotation
-//! stream stays fenced.
+//! next step's `StepStarted` in one append, lets steps that only read (captures, a verify)
+//! ride along with the next commit instead of committing before their calls, and spends
+//! no lease round trip it does not need (no release once the rotation has ended), while
+//! every append to the rotation stream stays fenced.
 
 use std::sync::{Arc, Mutex};
 
@@ -23,6 +24,10 @@ enum Write {
     Append {
         stream: String,
         kinds: Vec<String>,
+        /// The action of each `StepStarted` among them, in order.
+        started: Vec<String>,
+        /// The idempotency key of each `StepStarted` among them, in order.
+        keys: Vec<String>,
         fenced: bool,
     },
     Lease(&'static str),
@@ -114,6 +119,18 @@ impl Write {
         Write::Append {
             stream: append.stream_id.clone(),
             kinds: append.events.iter().map(|e| e.kind.clone()).collect(),
+            started: append
+                .events
+                .iter()
+                .filter(|e| e.kind == "StepStarted")
+                .map(|e| e.payload["step"]["action"].as_str().unwrap().to_owned())
+                .collect(),
+            keys: append
+                .events
+                .iter()
+                .filter(|e| e.kind == "StepStarted")
+                .map(|e| e.payload["key"].as_str().unwrap().to_owned())
+                .collect(),
             fenced: append.fence.is_some(),
         }
     }
@@ -193,6 +210,18 @@ async fn no_op_rotation_racing(race_the_close: bool) -> (Vec<Write>, Arc<Countin
 /// Each append the runner asked for, those of an atomic append included: its commit's
 /// index among the writes, its stream, its event kinds, and whether it was fenced.
 fn appends(writes: &[Write]) -> Vec<(usize, &str, &Vec<String>, bool)> {
+    appended(writes)
+        .into_iter()
+        .map(|(c, s, k, _, f)| (c, s, k, f))
+        .collect()
+}
+
+/// An append as [`appended`] lists it: its commit's index, its stream, its event kinds,
+/// the action of each `StepStarted` among them, and whether it was fenced.
+type Record<'a> = (usize, &'a str, &'a Vec<String>, &'a Vec<String>, bool);
+
+/// As [`appends`], with the action of each `StepStarted` in the append.
+fn appended(writes: &[Write]) -> Vec<Record<'_>> {
     let mut out = Vec::new();
     for (commit, w) in writes.iter().enumerate() {
         let parts = match w {
@@ -203,10 +232,12 @@ fn appends(writes: &[Write]) -> Vec<(usize, &str, &Vec<String>, bool)> {
             if let Write::Append {
                 stream,
                 kinds,
+                started,
                 fenced,
+                ..
             } = part
             {
-                out.push((commit, stream.as_str(), kinds, *fenced));
+                out.push((commit, stream.as_str(), kinds, started, *fenced));
             }
         }
     }
@@ -214,34 +245,52 @@ fn appends(writes: &[Write]) -> Vec<(usize, &str, &Vec<String>, bool)> {
 }
 
 #[tokio::test]
-async fn a_no_op_rotation_takes_one_commit_per_step_and_no_release() {
+async fn a_no_op_rotation_commits_once_per_step_that_changes_something_and_never_releases() {
     let (writes, _) = no_op_rotation().await;
-    let all = appends(&writes);
+    let all = appended(&writes);
     let rotation: Vec<_> = all.iter().filter(|(_, s, ..)| *s == "r1").collect();
     let lock: Vec<_> = all.iter().filter(|(_, s, ..)| *s != "r1").collect();
-    let started = |k: &Vec<String>| k.iter().filter(|k| *k == "StepStarted").count();
-    let steps: usize = rotation.iter().map(|(_, _, k, _)| started(k)).sum();
-    // The request, then one append per step (carrying the previous step's outcome with
-    // it), then the last outcome with the terminal event.
-    assert_eq!(rotation.len(), 1 + steps + 1, "{writes:#?}");
-    for (i, (_, _, kinds, fenced)) in rotation.iter().enumerate().skip(1) {
-        assert!(*fenced, "append {i} to the rotation stream was not fenced");
-        if i < rotation.len() - 1 {
-            assert_eq!(kinds.last().map(String::as_str), Some("StepStarted"));
-            assert_eq!(started(kinds), 1, "{kinds:?}");
-        }
-        if i > 1 {
-            assert_eq!(kinds.first().map(String::as_str), Some("StepSucceeded"));
-        }
-    }
-    // The lock's opening lands with the request, its closing with the terminal event:
-    // one commit each, so no crash leaves one without the other.
+    // The request, then one append per step that starts after an effect or starts one
+    // (carrying the previous step's outcome with it), then the last outcome with the
+    // terminal event. The captures ride along with the create's start.
     let (first, last) = (rotation[0], rotation[rotation.len() - 1]);
     assert_eq!(first.2, &vec!["Requested".to_owned()]);
     assert_eq!(last.2.last().map(String::as_str), Some("Completed"));
+    let middle = &rotation[1..rotation.len() - 1];
+    let last_started: Vec<&str> = middle
+        .iter()
+        .map(|(_, _, kinds, started, fenced)| {
+            assert!(*fenced, "an append to the rotation stream was not fenced");
+            assert_eq!(kinds.last().map(String::as_str), Some("StepStarted"));
+            started.last().unwrap().as_str()
+        })
+        .collect();
+    assert_eq!(
+        last_started,
+        [
+            "create",
+            "write",
+            "update",
+            "verify",
+            "disable_old",
+            "retire_old"
+        ],
+        "{writes:#?}"
+    );
+    assert_eq!(
+        *middle[0].3,
+        ["capture", "capture", "capture", "create"],
+        "the reads start and end in the create's commit: {writes:#?}"
+    );
+    for (i, (_, _, kinds, started, _)) in middle.iter().enumerate().skip(1) {
+        assert_eq!(started.len(), 1, "append {i}: {kinds:?}");
+        assert_eq!(kinds.first().map(String::as_str), Some("StepSucceeded"));
+    }
+    // The lock's opening lands with the request, its closing with the terminal event:
+    // one commit each, so no crash leaves one without the other.
     let lock_kinds: Vec<(usize, &str)> = lock
         .iter()
-        .map(|(c, _, k, _)| (*c, k[0].as_str()))
+        .map(|(c, _, k, ..)| (*c, k[0].as_str()))
         .collect();
     assert_eq!(
         lock_kinds,
@@ -254,12 +303,12 @@ async fn a_no_op_rotation_takes_one_commit_per_step_and_no_release() {
         .filter(|w| matches!(w, Write::Lease(_)))
         .collect();
     assert_eq!(leases, vec![&Write::Lease("acquire")]);
-    // The opening, the acquire, one commit per step, the ending.
-    assert_eq!(writes.len(), 1 + 1 + steps + 1, "{writes:#?}");
     // For this plan of four targets: 9 steps, 23 events (21 in the rotation's stream, 2 in
-    // its lock's) in 12 durable commits, where one event per commit (and a release) took 25.
-    let events: usize = all.iter().map(|(_, _, k, _)| k.len()).sum();
-    assert_eq!((steps, events, writes.len()), (9, 23, 12));
+    // its lock's) in 9 durable commits (the opening, the acquire, six steps' starts, the
+    // ending), where one commit per step took 12, and one event per commit 25.
+    let steps: usize = rotation.iter().map(|(_, _, _, s, _)| s.len()).sum();
+    let events: usize = all.iter().map(|(_, _, k, ..)| k.len()).sum();
+    assert_eq!((steps, events, writes.len()), (9, 23, 9));
 }
 
 /// A trigger that joins the lock just before the drive ends the rotation makes the atomic
@@ -337,35 +386,58 @@ async fn an_ended_rotation_is_finished_for_any_runner_without_its_lease() {
     );
 }
 
-/// A step's `StepStarted` is durable before the provider is called for it, now that it
-/// shares its commit with the previous step's outcome: at each call, the journal already
-/// holds the start of every step called so far. Reads of the old value come before their
-/// step's start (they see the previous step's); no call sees fewer starts than steps done.
+/// An effect's `StepStarted` is durable before the provider is called for it (DESIGN §4),
+/// and so is the outcome of every effect before any later call. Only reads (the captures)
+/// are called with their starts not yet durable: they join the next effect's commit.
 #[tokio::test]
-async fn each_step_is_journaled_as_started_before_its_provider_call() {
-    use std::collections::BTreeSet;
-
+async fn each_effect_is_journaled_as_started_before_its_provider_call() {
     use crate::open_rotations::OnCall;
 
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let journal = Arc::new(Counting::new(clock.clone()));
-    // How many StepStarted were durable at each provider call.
-    let seen: Arc<Mutex<Vec<usize>>> = Arc::default();
+    // At each provider call: for an effect, whether its start was durable; and how many
+    // StepStarted and StepSucceeded were durable.
+    type AtCall = (Option<bool>, usize, usize);
+    let seen: Arc<Mutex<Vec<AtCall>>> = Arc::default();
     let (watched, log) = (journal.clone(), seen.clone());
-    let local = Local::calling(OnCall(Arc::new(move || {
-        let started = appends(&watched.writes.lock().unwrap())
-            .iter()
-            .map(|(_, _, kinds, _)| kinds.iter().filter(|k| *k == "StepStarted").count())
-            .sum();
-        log.lock().unwrap().push(started);
+    let local = Local::calling(OnCall(Arc::new(move |effect: Option<&str>| {
+        let writes = watched.writes.lock().unwrap();
+        let count = |kind: &str| {
+            appends(&writes)
+                .iter()
+                .map(|(_, _, kinds, _)| kinds.iter().filter(|k| *k == kind).count())
+                .sum()
+        };
+        let durable_start = effect.map(|key| {
+            writes.iter().any(|w| {
+                let parts = match w {
+                    Write::AppendAll(parts) => parts.iter().collect(),
+                    other => vec![other],
+                };
+                parts.iter().any(
+                    |p| matches!(p, Write::Append { keys, .. } if keys.iter().any(|k| k == key)),
+                )
+            })
+        });
+        let durable = (durable_start, count("StepStarted"), count("StepSucceeded"));
+        log.lock().unwrap().push(durable);
     })));
     rotate_to_completion(journal.clone(), clock, local, "durable-start").await;
     let seen = seen.lock().unwrap().clone();
-    let distinct: BTreeSet<usize> = seen.iter().copied().collect();
-    // Nine steps, each called once its start is durable: the calls see 1 to 9 starts.
-    assert_eq!(
-        distinct,
-        (1..=9).collect::<BTreeSet<usize>>(),
-        "StepStarted durable at each call: {seen:?}"
-    );
+    // One call per step, and a read of the stored value for the rotator's capture.
+    assert_eq!(seen.len(), 10, "{seen:?}");
+    let mut effects = 0;
+    for (i, &(durable_start, _, succeeded)) in seen.iter().enumerate() {
+        assert_ne!(durable_start, Some(false), "call {i}: {seen:?}");
+        // The outcome of every effect called before is durable.
+        assert!(succeeded >= effects, "call {i}: {seen:?}");
+        effects += usize::from(durable_start.is_some());
+    }
+    assert_eq!(effects, 5, "{seen:?}");
+    // The captures (and the read of the stored value) come first, and are called before
+    // anything but the request is durable; the verify, the last read, after the update,
+    // finds its start already durable with the update's outcome.
+    assert_eq!(&seen[..4], &[(None, 0, 0); 4], "{seen:?}");
+    let last_read = seen.iter().rev().find(|(effect, ..)| effect.is_none());
+    assert_eq!(last_read, Some(&(None, 7, 6)), "{seen:?}");
 }

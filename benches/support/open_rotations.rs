@@ -224,9 +224,14 @@ pub struct Local {
     pub on_call: Option<OnCall>,
 }
 
-/// What a test runs at each provider call (to look at the journal as the call is made).
+/// What a test runs at each provider call (to look at the journal as the call is made),
+/// told the step's idempotency key when the call is an effect, `None` when it only reads
+/// (a capture, a verify, an inspection, a value).
 #[derive(Clone)]
-pub struct OnCall(pub Arc<dyn Fn() + Send + Sync>);
+pub struct OnCall(pub Arc<CallHook>);
+
+/// The function an [`OnCall`] runs.
+pub type CallHook = dyn Fn(Option<&str>) + Send + Sync;
 
 impl std::fmt::Debug for OnCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -334,7 +339,7 @@ impl Local {
                 .or_default() += 1;
         }
         if let Some(OnCall(hook)) = &self.on_call {
-            hook();
+            hook(effect);
         }
         if self.calls.fetch_add(1, Ordering::Relaxed) == 0 {
             self.first_call.notify_one();

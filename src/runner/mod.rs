@@ -1,7 +1,8 @@
 //! The runner: takes the saga's commands, performs them through providers, and journals
 //! what happened, following the exactly-once protocol of `DESIGN.md` §4:
-//! `StepStarted` is durable before a provider is called; an outcome is journaled after;
-//! a step found started without an outcome is reconciled, never blindly repeated.
+//! `StepStarted` is durable before a provider is called to change something (a step that
+//! only reads may ride along with the next commit); an outcome is journaled after; a step
+//! found started without an outcome is reconciled, never blindly repeated.
 //!
 //! It owns everything impure: leases, the clock, jitter, retries, and secret values held
 //! in memory between steps (read back from a store by version id after a restart).
@@ -213,8 +214,24 @@ struct Driving {
     /// (for the observer). They are journaled together, in one append, before the next
     /// provider call and before the drive returns: a step's outcome, the pure events the
     /// saga decides after it, and the next step's `StepStarted` are one durable commit,
-    /// and that commit precedes the call it starts.
+    /// and that commit precedes the call it starts. Reads alone (captures, a verify after
+    /// a verify) wait for the next commit: see [`Driving::holds_only_reads`].
     pending: Vec<(Rotation, RotationEvent)>,
+}
+
+impl Driving {
+    /// Whether every held event belongs to a step that only reads its target (its start,
+    /// its outcome). Such events need not be durable before the next call: a crash loses
+    /// only reads, which the resumed rotation runs again. Anything else held (an effect's
+    /// start or outcome, a phase change) is journaled before the next call (DESIGN §4).
+    fn holds_only_reads(&self) -> bool {
+        self.pending.iter().all(|(_, e)| match e {
+            RotationEvent::StepStarted { step, .. }
+            | RotationEvent::StepSucceeded { step, .. }
+            | RotationEvent::StepFailed { step, .. } => step.action.only_reads(),
+            _ => false,
+        })
+    }
 }
 
 /// Events a drive holds back at most before journaling them (well under an append's limit).
@@ -635,8 +652,9 @@ impl<J: RunnerJournal> Runner<J> {
     }
 
     /// Journals the held events in one append under the lease, and waits until it is
-    /// durable. Called before every provider call, so a `StepStarted` is durable before
-    /// the call it announces (DESIGN §4), together with the previous step's outcome.
+    /// durable. Called before every provider call that follows anything but reads, so an
+    /// effect's `StepStarted` is durable before the call it announces (DESIGN §4),
+    /// together with the previous step's outcome and the reads before it.
     async fn flush(&self, d: &mut Driving) -> Result<(), Error> {
         if d.pending.is_empty() {
             return Ok(());
@@ -925,7 +943,9 @@ impl<J: RunnerJournal> Runner<J> {
         let result = match given {
             Err(e) => Err(e),
             Ok(given) => {
-                self.flush(d).await?;
+                if !d.holds_only_reads() {
+                    self.flush(d).await?;
+                }
                 self.lease_for_call(&mut d.lease).await?;
                 let ids = Ids {
                     captured: captured.as_deref(),

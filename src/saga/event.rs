@@ -118,6 +118,12 @@ pub enum Action {
 }
 
 impl Action {
+    /// Whether the action only reads its target (capture, verify): running it again
+    /// repeats no effect, so its start need not be durable before its call.
+    pub fn only_reads(self) -> bool {
+        matches!(self, Action::Capture | Action::Verify)
+    }
+
     /// The compensation of a forward action, if it changed anything.
     pub fn undo(self) -> Option<Action> {
         match self {
@@ -238,7 +244,8 @@ pub enum RotationEvent {
         trigger: Trigger,
         actor: String,
     },
-    /// Written and made durable before the provider is called.
+    /// Written and made durable before the provider is called, when the step changes
+    /// something; a step that only reads may be journaled with the next commit.
     StepStarted {
         step: StepId,
         attempt: u32,
