@@ -170,6 +170,12 @@ async fn a_journal_of_name_only_targets_resumes_to_completion() {
     assert_eq!(env_line(&dir.path().join("alpha.env"), "OTHER"), "kept");
     let report = journal.verify(None).await.unwrap();
     assert!(report.is_intact(), "{report:?}");
+    // Written before new journals got 2,048-byte pages, it keeps its 4,096-byte ones.
+    let page_size: i64 = rusqlite::Connection::open(&config.journal_path)
+        .unwrap()
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(page_size, 4096);
 }
 
 /// A journal from before addresses names its targets only by their config names: under a

@@ -132,6 +132,32 @@ pub(crate) fn inspect(conn: &Connection, path: &Path) -> Result<Found> {
     Ok(Found::Journal(version))
 }
 
+/// Page size of a new journal, in bytes. A commit writes every page it changed, whole, to
+/// the WAL, and appends to many streams at once change many pages (each stream's head row
+/// and its events' index entry sit on pages of their own). At 256 rotations in flight,
+/// 2,048-byte pages wrote 22 KB per rotation where SQLite's default 4,096 wrote 97 KB,
+/// the writer spent about a fifth less CPU per rotation, and rotations/s rose 17-34%;
+/// reads, which fetch more pages for the same events, cost 7-10% more. A journal keeps
+/// the page size it was created with.
+pub(crate) const PAGE_SIZE: i64 = 2048;
+
+/// Gives a database that holds nothing yet [`PAGE_SIZE`] pages (SQLite takes the setting
+/// only before the first table and before WAL mode), and reads it back.
+pub(crate) fn set_page_size(conn: &Connection, path: &Path) -> Result<()> {
+    conn.execute_batch(&format!("PRAGMA page_size={PAGE_SIZE}"))
+        .map_err(Error::sqlite("setting the page size"))?;
+    let found = pragma_i64(conn, path, "page_size")?;
+    if found != PAGE_SIZE {
+        return Err(Error::WriteFailed {
+            reason: format!(
+                "creating the journal {}: SQLite kept {found}-byte pages, not {PAGE_SIZE}",
+                path.display()
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// Sets WAL and `synchronous=FULL`, reads both back, and refuses anything less.
 pub(crate) fn make_durable(conn: &Connection, path: &Path) -> Result<()> {
     let mode: String = conn

@@ -647,6 +647,7 @@ fn create_whole(path: &Path) -> Result<()> {
     {
         let mut conn = Connection::open(new.path())
             .map_err(|e| schema::readonly_or(e, path, "creating the journal"))?;
+        schema::set_page_size(&conn, path)?;
         schema::make_durable(&conn, path)?;
         schema::migrate(&mut conn, path, 0)?;
     }

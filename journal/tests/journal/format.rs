@@ -93,6 +93,22 @@ async fn a_closed_journal_file_holds_every_event() {
     assert_intact(&j.verify(None).await.expect("verify"), "the copy");
 }
 
+/// A new journal has 2,048-byte pages: a commit writes each page it changed whole, and
+/// appends to many streams change many pages. The file keeps them once written.
+#[tokio::test]
+async fn a_new_sqlite_journal_has_2048_byte_pages() {
+    let (_dir, path) = scratch();
+    {
+        let j = open_sqlite(&path, &manual_clock());
+        fill(&j, "one", 3).await;
+    }
+    let conn = rusqlite::Connection::open(&path).expect("opening the journal file");
+    let page_size: i64 = conn
+        .query_row("PRAGMA page_size", [], |r| r.get(0))
+        .expect("reading the page size");
+    assert_eq!(page_size, 2048);
+}
+
 /// The names in `dir`.
 fn names(dir: &std::path::Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
