@@ -116,22 +116,29 @@ impl JournalScan for Counting {
 impl Write {
     /// The record of `append`.
     fn of(append: &Append) -> Self {
+        let (started, keys) = append
+            .events
+            .iter()
+            .filter(|e| e.kind == "StepStarted")
+            .map(|e| {
+                let text = |v: &serde_json::Value| v.as_str().unwrap().to_owned();
+                (text(&e.payload["step"]["action"]), text(&e.payload["key"]))
+            })
+            .unzip();
         Write::Append {
             stream: append.stream_id.clone(),
             kinds: append.events.iter().map(|e| e.kind.clone()).collect(),
-            started: append
-                .events
-                .iter()
-                .filter(|e| e.kind == "StepStarted")
-                .map(|e| e.payload["step"]["action"].as_str().unwrap().to_owned())
-                .collect(),
-            keys: append
-                .events
-                .iter()
-                .filter(|e| e.kind == "StepStarted")
-                .map(|e| e.payload["key"].as_str().unwrap().to_owned())
-                .collect(),
+            started,
+            keys,
             fenced: append.fence.is_some(),
+        }
+    }
+
+    /// The appends this write made: itself, or each part of an atomic append.
+    fn parts(&self) -> Vec<&Write> {
+        match self {
+            Write::AppendAll(parts) => parts.iter().collect(),
+            other => vec![other],
         }
     }
 }
@@ -224,11 +231,7 @@ type Record<'a> = (usize, &'a str, &'a Vec<String>, &'a Vec<String>, bool);
 fn appended(writes: &[Write]) -> Vec<Record<'_>> {
     let mut out = Vec::new();
     for (commit, w) in writes.iter().enumerate() {
-        let parts = match w {
-            Write::AppendAll(parts) => parts.iter().collect(),
-            other => vec![other],
-        };
-        for part in parts {
+        for part in w.parts() {
             if let Write::Append {
                 stream,
                 kinds,
@@ -409,15 +412,10 @@ async fn each_effect_is_journaled_as_started_before_its_provider_call() {
                 .sum()
         };
         let durable_start = effect.map(|key| {
-            writes.iter().any(|w| {
-                let parts = match w {
-                    Write::AppendAll(parts) => parts.iter().collect(),
-                    other => vec![other],
-                };
-                parts.iter().any(
-                    |p| matches!(p, Write::Append { keys, .. } if keys.iter().any(|k| k == key)),
-                )
-            })
+            writes
+                .iter()
+                .flat_map(Write::parts)
+                .any(|p| matches!(p, Write::Append { keys, .. } if keys.iter().any(|k| k == key)))
         });
         let durable = (durable_start, count("StepStarted"), count("StepSucceeded"));
         log.lock().unwrap().push(durable);
